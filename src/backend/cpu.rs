@@ -1,0 +1,555 @@
+//! The f32 reference backend: plain loops, obviously right, the oracle for every CUDA kernel.
+//! Math follows transformers' float32 path (f32 accumulation, exact GELU/tanh/exp).
+
+use super::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use crate::config::Activation;
+use anyhow::{bail, Result};
+
+/// A row-major f32 matrix with a fixed row capacity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub capacity: usize,
+}
+
+impl CpuTensor {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+    /// Sets the logical row count, failing (not growing) past the capacity.
+    fn set_rows(&mut self, rows: usize, op: &str) -> Result<()> {
+        if rows > self.capacity {
+            bail!(
+                "{op}: output needs {rows} rows but was allocated for {}",
+                self.capacity
+            );
+        }
+        self.rows = rows;
+        self.data.resize(rows * self.cols, 0.0);
+        Ok(())
+    }
+}
+
+pub struct CpuKvCache {
+    pub shape: KvShape,
+    /// Per layer: `[num_blocks, block_size, kv_heads, head_dim]`.
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums: vectorizes, and sums in a fixed order.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+fn rms_scale(r: &[f32], eps: f32) -> f32 {
+    let ms = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32)
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// erf to ~1e-15 (Abramowitz–Stegun 7.1.26 is too coarse for a reference): series for small
+/// |x|, continued fraction via erfc for large.
+fn erf(x: f64) -> f64 {
+    let ax = x.abs();
+    let r = if ax < 2.5 {
+        // Maclaurin series: erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+        let mut term = ax;
+        let mut sum = ax;
+        let x2 = ax * ax;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -x2 / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(x) = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...))))
+        let mut f = 0.0;
+        for k in (1..60).rev() {
+            f = (k as f64 / 2.0) / (ax + f);
+        }
+        1.0 - (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f)
+    };
+    r.copysign(x)
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuTensor;
+    type Step = StepInput;
+    type Rope = Vec<f32>;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload_weight(
+        &self,
+        name: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<CpuTensor> {
+        if data.len() != rows * cols {
+            bail!(
+                "weight `{name}`: {} values for shape [{rows}, {cols}]",
+                data.len()
+            );
+        }
+        Ok(CpuTensor {
+            data: data.to_vec(),
+            rows,
+            cols,
+            capacity: rows,
+        })
+    }
+
+    fn upload_rope(&self, inv_freq: &[f32]) -> Result<Vec<f32>> {
+        Ok(inv_freq.to_vec())
+    }
+
+    fn upload_step(&self, step: &StepInput) -> Result<StepInput> {
+        let n = step.num_tokens();
+        if step.positions.len() != n || step.slots.len() != n {
+            bail!(
+                "step: {n} tokens but {} positions and {} slots",
+                step.positions.len(),
+                step.slots.len()
+            );
+        }
+        if step.block_size == 0 {
+            bail!("step: block_size must be positive");
+        }
+        let mut next = 0;
+        for (i, s) in step.seqs.iter().enumerate() {
+            if s.q_start != next || s.q_len == 0 || s.q_len > s.ctx_len {
+                bail!(
+                    "step: sequence {i} has q_start {} q_len {} ctx_len {}",
+                    s.q_start,
+                    s.q_len,
+                    s.ctx_len
+                );
+            }
+            if s.block_table.len() * step.block_size < s.ctx_len {
+                bail!(
+                    "step: sequence {i} needs {} cache positions but its block table covers {}",
+                    s.ctx_len,
+                    s.block_table.len() * step.block_size
+                );
+            }
+            next += s.q_len;
+        }
+        if next != n {
+            bail!("step: sequences cover {next} tokens but the step has {n}");
+        }
+        Ok(step.clone())
+    }
+
+    fn alloc(&self, capacity_rows: usize, cols: usize) -> Result<CpuTensor> {
+        Ok(CpuTensor {
+            data: Vec::with_capacity(capacity_rows * cols),
+            rows: 0,
+            cols,
+            capacity: capacity_rows,
+        })
+    }
+
+    fn alloc_kv_cache(&self, shape: KvShape) -> Result<CpuKvCache> {
+        let n = shape.num_blocks * shape.block_size * shape.kv_heads * shape.head_dim;
+        Ok(CpuKvCache {
+            shape,
+            k: (0..shape.layers).map(|_| vec![0.0; n]).collect(),
+            v: (0..shape.layers).map(|_| vec![0.0; n]).collect(),
+        })
+    }
+
+    fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data[..t.rows * t.cols].to_vec())
+    }
+
+    fn weight_bytes(&self, w: &CpuTensor) -> usize {
+        w.data.len() * 4
+    }
+
+    fn embed(
+        &self,
+        step: &StepInput,
+        table: &CpuTensor,
+        scale: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        if out.cols != table.cols {
+            bail!(
+                "embed: table has {} columns, output {}",
+                table.cols,
+                out.cols
+            );
+        }
+        out.set_rows(step.num_tokens(), "embed")?;
+        for (t, &id) in step.token_ids.iter().enumerate() {
+            if id as usize >= table.rows {
+                bail!(
+                    "embed: token id {id} at position {t} is outside the vocabulary of {}",
+                    table.rows
+                );
+            }
+            let src = table.row(id as usize);
+            for (o, s) in out.data[t * out.cols..(t + 1) * out.cols]
+                .iter_mut()
+                .zip(src)
+            {
+                *o = s * scale;
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        residual: Option<&mut CpuTensor>,
+        w: &CpuTensor,
+        eps: f32,
+        offset: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let c = x.cols;
+        if w.data.len() != c || out.cols != c {
+            bail!(
+                "rms_norm: x has {c} columns, weight {} and output {}",
+                w.data.len(),
+                out.cols
+            );
+        }
+        out.set_rows(x.rows, "rms_norm")?;
+        let norm = |r: &[f32], o: &mut [f32]| {
+            let s = rms_scale(r, eps);
+            for ((o, v), g) in o.iter_mut().zip(r).zip(&w.data) {
+                *o = v * s * (offset + g);
+            }
+        };
+        match residual {
+            Some(res) => {
+                if res.cols != c || res.rows != x.rows {
+                    bail!(
+                        "rms_norm: residual is [{}, {}], x is [{}, {c}]",
+                        res.rows,
+                        res.cols,
+                        x.rows
+                    );
+                }
+                for r in 0..x.rows {
+                    let rr = &mut res.data[r * c..(r + 1) * c];
+                    for (a, b) in rr.iter_mut().zip(x.row(r)) {
+                        *a += b;
+                    }
+                    norm(rr, &mut out.data[r * c..(r + 1) * c]);
+                }
+            }
+            None => {
+                for r in 0..x.rows {
+                    norm(x.row(r), &mut out.data[r * c..(r + 1) * c]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let (k, n) = (w.cols, w.rows);
+        if x.cols != k || out.cols != n {
+            bail!(
+                "matmul: x is [{}, {}], weight [{n}, {k}], output has {} columns",
+                x.rows,
+                x.cols,
+                out.cols
+            );
+        }
+        if let Some(b) = bias {
+            if b.data.len() != n {
+                bail!("matmul: bias has {} values for {n} outputs", b.data.len());
+            }
+        }
+        out.set_rows(x.rows, "matmul")?;
+        // Weight row outermost: each weight row is read once for all tokens.
+        for j in 0..n {
+            let wr = w.row(j);
+            let b = bias.map_or(0.0, |b| b.data[j]);
+            for t in 0..x.rows {
+                out.data[t * n + j] = dot(x.row(t), wr) + b;
+            }
+        }
+        Ok(())
+    }
+
+    fn rope_kv_write(
+        &self,
+        qkv: &CpuTensor,
+        step: &StepInput,
+        rope: &Vec<f32>,
+        qk_norm: Option<QkNorm<'_, CpuTensor>>,
+        attn: &AttnParams,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        q_out: &mut CpuTensor,
+    ) -> Result<()> {
+        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let sh = cache.shape;
+        if qkv.cols != (h + 2 * kv) * hd || q_out.cols != h * hd || qkv.rows != step.num_tokens() {
+            bail!("rope_kv_write: qkv is [{}, {}] for {} tokens, {h} heads, {kv} kv heads, head_dim {hd}",
+                qkv.rows, qkv.cols, step.num_tokens());
+        }
+        if sh.kv_heads != kv
+            || sh.head_dim != hd
+            || layer >= sh.layers
+            || sh.block_size != step.block_size
+        {
+            bail!("rope_kv_write: cache shape {sh:?} does not match layer {layer} with {kv} kv heads of {hd}");
+        }
+        let rot = rope.len() * 2;
+        if rot > hd {
+            bail!("rope_kv_write: rotary dim {rot} exceeds head_dim {hd}");
+        }
+        q_out.set_rows(qkv.rows, "rope_kv_write")?;
+        let rotate = |x: &mut [f32], pos: u32| {
+            for (i, f) in rope.iter().enumerate() {
+                let angle = pos as f32 * f;
+                let (s, c) = angle.sin_cos();
+                let (x1, x2) = (x[i], x[i + rot / 2]);
+                x[i] = x1 * c - x2 * s;
+                x[i + rot / 2] = x2 * c + x1 * s;
+            }
+        };
+        let normed = |x: &mut [f32], w: &CpuTensor, eps: f32, off: f32| {
+            let s = rms_scale(x, eps);
+            for (v, g) in x.iter_mut().zip(&w.data) {
+                *v = *v * s * (off + g);
+            }
+        };
+        let cap = sh.num_blocks * sh.block_size;
+        for t in 0..qkv.rows {
+            let row = qkv.row(t);
+            let pos = step.positions[t];
+            for head in 0..h {
+                let mut x = row[head * hd..(head + 1) * hd].to_vec();
+                if let Some(n) = &qk_norm {
+                    normed(&mut x, n.q, n.eps, n.offset);
+                }
+                rotate(&mut x, pos);
+                q_out.data[t * h * hd + head * hd..][..hd].copy_from_slice(&x);
+            }
+            let slot = step.slots[t];
+            if slot < 0 {
+                continue;
+            }
+            let slot = slot as usize;
+            if slot >= cap {
+                bail!("rope_kv_write: slot {slot} of token {t} is outside the cache ({cap} slots)");
+            }
+            for head in 0..kv {
+                let mut k = row[(h + head) * hd..(h + head + 1) * hd].to_vec();
+                if let Some(n) = &qk_norm {
+                    normed(&mut k, n.k, n.eps, n.offset);
+                }
+                rotate(&mut k, pos);
+                let at = (slot * kv + head) * hd;
+                cache.k[layer][at..at + hd].copy_from_slice(&k);
+                let v = &row[(h + kv + head) * hd..(h + kv + head + 1) * hd];
+                cache.v[layer][at..at + hd].copy_from_slice(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        step: &StepInput,
+        cache: &CpuKvCache,
+        layer: usize,
+        attn: &AttnParams,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        if q.cols != h * hd
+            || out.cols != h * hd
+            || q.rows != step.num_tokens()
+            || layer >= cache.shape.layers
+        {
+            bail!(
+                "attention: q is [{}, {}] for {} tokens and {h} heads of {hd}",
+                q.rows,
+                q.cols,
+                step.num_tokens()
+            );
+        }
+        out.set_rows(q.rows, "attention")?;
+        let group = h / kv;
+        let bs = step.block_size;
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let mut scores = Vec::new();
+        for s in &step.seqs {
+            let slot_of = |j: usize| s.block_table[j / bs] as usize * bs + j % bs;
+            for i in 0..s.q_len {
+                let t = s.q_start + i;
+                let p = s.ctx_len - s.q_len + i;
+                let lo = attn.window.map_or(0, |w| (p + 1).saturating_sub(w));
+                for head in 0..h {
+                    let qh = &q.row(t)[head * hd..(head + 1) * hd];
+                    let kvh = head / group;
+                    scores.clear();
+                    for j in lo..=p {
+                        let at = (slot_of(j) * kv + kvh) * hd;
+                        let mut sc = dot(qh, &kc[at..at + hd]) * attn.scale;
+                        if let Some(cap) = attn.softcap {
+                            sc = cap * (sc / cap).tanh();
+                        }
+                        scores.push(sc);
+                    }
+                    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for sc in scores.iter_mut() {
+                        *sc = (*sc - m).exp();
+                        sum += *sc;
+                    }
+                    let o = &mut out.data[t * h * hd + head * hd..][..hd];
+                    o.fill(0.0);
+                    for (jj, j) in (lo..=p).enumerate() {
+                        let at = (slot_of(j) * kv + kvh) * hd;
+                        let pr = scores[jj] / sum;
+                        for (ov, vv) in o.iter_mut().zip(&vc[at..at + hd]) {
+                            *ov += pr * vv;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn act_mul(&self, gate_up: &CpuTensor, act: Activation, out: &mut CpuTensor) -> Result<()> {
+        let i = out.cols;
+        if gate_up.cols != 2 * i {
+            bail!(
+                "act_mul: gate_up has {} columns, output {i} (expected half)",
+                gate_up.cols
+            );
+        }
+        out.set_rows(gate_up.rows, "act_mul")?;
+        let f = match act {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+            Activation::Gelu => gelu_erf,
+        };
+        for t in 0..gate_up.rows {
+            let r = gate_up.row(t);
+            for j in 0..i {
+                out.data[t * i + j] = f(r[j]) * r[i + j];
+            }
+        }
+        Ok(())
+    }
+
+    fn gather_last(&self, x: &CpuTensor, step: &StepInput, out: &mut CpuTensor) -> Result<()> {
+        if out.cols != x.cols {
+            bail!("gather_last: x has {} columns, output {}", x.cols, out.cols);
+        }
+        let rows = step.last_rows();
+        out.set_rows(rows.len(), "gather_last")?;
+        for (i, r) in rows.into_iter().enumerate() {
+            if r >= x.rows {
+                bail!("gather_last: row {r} outside x of {} rows", x.rows);
+            }
+            out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
+        }
+        Ok(())
+    }
+
+    fn softcap(&self, x: &mut CpuTensor, cap: f32) -> Result<()> {
+        for v in x.data.iter_mut() {
+            *v = cap * (*v / cap).tanh();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        // erf(0.5), erf(1), erf(2), erf(3) to 1e-12.
+        for (x, want) in [
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (-1.0, -0.842_700_792_949_714_9),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 1e-12,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
+        }
+    }
+
+    #[test]
+    fn matmul_rejects_wrong_shape_by_name() {
+        let be = CpuBackend;
+        let x = be.upload_weight("x", &[1.0; 6], 2, 3).unwrap();
+        let w = be.upload_weight("w", &[1.0; 8], 2, 4).unwrap();
+        let mut out = be.alloc(2, 2).unwrap();
+        let err = be.matmul(&x, &w, None, &mut out).unwrap_err().to_string();
+        assert!(err.starts_with("matmul:"), "{err}");
+    }
+
+    #[test]
+    fn output_capacity_is_enforced() {
+        let be = CpuBackend;
+        let x = be.upload_weight("x", &[1.0; 6], 3, 2).unwrap();
+        let w = be.upload_weight("w", &[1.0; 4], 2, 2).unwrap();
+        let mut out = be.alloc(2, 2).unwrap();
+        let err = be.matmul(&x, &w, None, &mut out).unwrap_err().to_string();
+        assert!(err.contains("allocated for 2"), "{err}");
+    }
+}

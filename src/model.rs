@@ -1,0 +1,348 @@
+//! The one decoder. Every family is this file run over a different `ModelSpec`: embedding,
+//! then per layer [norm → fused qkv → (q/k norm) rope + cache write → attention → o-proj
+//! (→ post-norm)] and [norm → fused gate|up → act·mul → down (→ post-norm)], each added to
+//! the residual stream, then the final norm, lm_head and the optional soft-cap.
+
+use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use crate::config::ModelSpec;
+use crate::weights::names::{self, LayerNames};
+use crate::weights::TensorSource;
+use anyhow::{bail, Context, Result};
+
+struct Layer<B: Backend> {
+    attn_norm: B::Weight,
+    qkv: B::Weight,
+    qkv_bias: Option<B::Weight>,
+    qk_norm: Option<(B::Weight, B::Weight)>,
+    o: B::Weight,
+    o_bias: Option<B::Weight>,
+    post_attn_norm: Option<B::Weight>,
+    mlp_norm: B::Weight,
+    gate_up: B::Weight,
+    gate_up_bias: Option<B::Weight>,
+    down: B::Weight,
+    down_bias: Option<B::Weight>,
+    post_mlp_norm: Option<B::Weight>,
+    attn: AttnParams,
+    rope: usize,
+}
+
+pub struct Model<B: Backend> {
+    pub spec: ModelSpec,
+    embed: B::Weight,
+    layers: Vec<Layer<B>>,
+    final_norm: B::Weight,
+    /// `None` when tied to the embedding.
+    lm_head: Option<B::Weight>,
+    ropes: Vec<B::Rope>,
+    /// Bytes the uploaded weights occupy on the backend.
+    pub weight_bytes: usize,
+}
+
+/// Activation buffers sized once for the largest step; reused by every forward.
+pub struct Workspace<B: Backend> {
+    x: B::Tensor,
+    delta: B::Tensor,
+    h: B::Tensor,
+    qkv: B::Tensor,
+    q: B::Tensor,
+    attn_out: B::Tensor,
+    proj: B::Tensor,
+    gate_up: B::Tensor,
+    act: B::Tensor,
+    last: B::Tensor,
+    logits: B::Tensor,
+    pub max_tokens: usize,
+}
+
+impl<B: Backend> Workspace<B> {
+    pub fn new(be: &B, spec: &ModelSpec, max_tokens: usize) -> Result<Self> {
+        let t = max_tokens;
+        let inter = spec
+            .intermediate
+            .max(spec.moe.as_ref().map_or(0, |m| m.expert_intermediate));
+        Ok(Workspace {
+            x: be.alloc(t, spec.hidden)?,
+            delta: be.alloc(t, spec.hidden)?,
+            h: be.alloc(t, spec.hidden)?,
+            qkv: be.alloc(t, spec.qkv_dim())?,
+            q: be.alloc(t, spec.q_dim())?,
+            attn_out: be.alloc(t, spec.q_dim())?,
+            proj: be.alloc(t, spec.hidden)?,
+            gate_up: be.alloc(t, 2 * inter)?,
+            act: be.alloc(t, inter)?,
+            last: be.alloc(t, spec.hidden)?,
+            logits: be.alloc(t, spec.vocab_size)?,
+            max_tokens,
+        })
+    }
+}
+
+/// Loads `[rows, cols]` (or a vector when `cols == 0` means `[rows]`) and uploads it.
+fn upload<B: Backend>(
+    be: &B,
+    src: &dyn TensorSource,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<B::Weight> {
+    let shape: Vec<usize> = if cols == 0 {
+        vec![rows]
+    } else {
+        vec![rows, cols]
+    };
+    let data = src.load(name, &shape)?;
+    be.upload_weight(
+        name,
+        &data,
+        if cols == 0 { 1 } else { rows },
+        if cols == 0 { rows } else { cols },
+    )
+}
+
+/// Loads several `[rows_i, cols]` matrices and uploads them stacked as one (fused projections).
+fn upload_stacked<B: Backend>(
+    be: &B,
+    src: &dyn TensorSource,
+    parts: &[(&str, usize)],
+    cols: usize,
+) -> Result<B::Weight> {
+    let rows: usize = parts.iter().map(|p| p.1).sum();
+    let mut data = Vec::with_capacity(rows * cols);
+    for (name, r) in parts {
+        let shape: Vec<usize> = if cols == 0 { vec![*r] } else { vec![*r, cols] };
+        data.extend(src.load(name, &shape)?);
+    }
+    let (r, c) = if cols == 0 { (1, rows) } else { (rows, cols) };
+    be.upload_weight(parts[0].0, &data, r, c)
+}
+
+impl<B: Backend> Model<B> {
+    /// Uploads every weight, one tensor at a time, fusing q|k|v and gate|up.
+    pub fn load(be: &B, spec: ModelSpec, src: &dyn TensorSource) -> Result<Self> {
+        if spec.moe.is_some() {
+            bail!(
+                "model_type `{}`: mixture-of-experts layers are not implemented yet",
+                spec.model_type
+            );
+        }
+        let (d, hd) = (spec.hidden, spec.head_dim);
+        let (qd, kvd, inter) = (spec.q_dim(), spec.kv_dim(), spec.intermediate);
+        let mut layers = Vec::with_capacity(spec.num_layers);
+        for (i, ls) in spec.layers.iter().enumerate() {
+            let n = LayerNames::new(&spec, i);
+            let w = |s: &str| format!("{s}.weight");
+            let b = |s: &str| format!("{s}.bias");
+            let qkv_parts = [(w(&n.q), qd), (w(&n.k), kvd), (w(&n.v), kvd)];
+            let parts: Vec<(&str, usize)> =
+                qkv_parts.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+            let qkv = upload_stacked(be, src, &parts, d)?;
+            let qkv_bias = if spec.qkv_bias {
+                let bp = [(b(&n.q), qd), (b(&n.k), kvd), (b(&n.v), kvd)];
+                let parts: Vec<(&str, usize)> = bp.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+                Some(upload_stacked(be, src, &parts, 0)?)
+            } else {
+                None
+            };
+            let gu = [(w(&n.gate), inter), (w(&n.up), inter)];
+            let parts: Vec<(&str, usize)> = gu.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+            let gate_up = upload_stacked(be, src, &parts, d)?;
+            let (gate_up_bias, down_bias) = if spec.mlp_bias {
+                let gb = [(b(&n.gate), inter), (b(&n.up), inter)];
+                let parts: Vec<(&str, usize)> = gb.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+                (
+                    Some(upload_stacked(be, src, &parts, 0)?),
+                    Some(upload(be, src, &b(&n.down), d, 0)?),
+                )
+            } else {
+                (None, None)
+            };
+            let sandwich = |name: &str| -> Result<Option<B::Weight>> {
+                if spec.sandwich_norms {
+                    Ok(Some(upload(be, src, name, d, 0)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: upload(be, src, &n.attn_norm, d, 0)?,
+                qkv,
+                qkv_bias,
+                qk_norm: if spec.qk_norm {
+                    Some((
+                        upload(be, src, &n.q_norm, hd, 0)?,
+                        upload(be, src, &n.k_norm, hd, 0)?,
+                    ))
+                } else {
+                    None
+                },
+                o: upload(be, src, &w(&n.o), d, qd)?,
+                o_bias: if spec.o_bias {
+                    Some(upload(be, src, &b(&n.o), d, 0)?)
+                } else {
+                    None
+                },
+                post_attn_norm: sandwich(&n.post_attn_norm)?,
+                mlp_norm: upload(be, src, &n.mlp_norm, d, 0)?,
+                gate_up,
+                gate_up_bias,
+                down: upload(be, src, &w(&n.down), d, inter)?,
+                down_bias,
+                post_mlp_norm: sandwich(&n.post_mlp_norm)?,
+                attn: AttnParams {
+                    num_heads: spec.num_heads,
+                    num_kv_heads: spec.num_kv_heads,
+                    head_dim: hd,
+                    scale: spec.attn_scale,
+                    softcap: spec.attn_softcap,
+                    window: ls.sliding_window,
+                },
+                rope: ls.rope,
+            });
+        }
+        let embed = upload(be, src, names::EMBED, spec.vocab_size, d)?;
+        let lm_head = if spec.tie_embeddings {
+            None
+        } else {
+            Some(upload(be, src, names::LM_HEAD, spec.vocab_size, d).context(
+                "the checkpoint has no separate output projection and config.json does not set tie_word_embeddings",
+            )?)
+        };
+        let final_norm = upload(be, src, names::FINAL_NORM, d, 0)?;
+        let ropes = spec
+            .ropes
+            .iter()
+            .map(|r| be.upload_rope(&r.inv_freq()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut weight_bytes = be.weight_bytes(&embed) + be.weight_bytes(&final_norm);
+        weight_bytes += lm_head.as_ref().map_or(0, |w| be.weight_bytes(w));
+        for l in &layers {
+            for w in [&l.attn_norm, &l.qkv, &l.o, &l.mlp_norm, &l.gate_up, &l.down] {
+                weight_bytes += be.weight_bytes(w);
+            }
+            let opt = [
+                &l.qkv_bias,
+                &l.o_bias,
+                &l.post_attn_norm,
+                &l.gate_up_bias,
+                &l.down_bias,
+                &l.post_mlp_norm,
+            ];
+            weight_bytes += opt
+                .iter()
+                .filter_map(|w| w.as_ref())
+                .map(|w| be.weight_bytes(w))
+                .sum::<usize>();
+            weight_bytes += l
+                .qk_norm
+                .as_ref()
+                .map_or(0, |(a, b)| be.weight_bytes(a) + be.weight_bytes(b));
+        }
+        Ok(Model {
+            spec,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            ropes,
+            weight_bytes,
+        })
+    }
+
+    /// Cache geometry for `num_blocks` blocks of `block_size` positions.
+    pub fn kv_shape(&self, num_blocks: usize, block_size: usize) -> KvShape {
+        KvShape {
+            layers: self.spec.num_layers,
+            num_blocks,
+            block_size,
+            kv_heads: self.spec.num_kv_heads,
+            head_dim: self.spec.head_dim,
+        }
+    }
+
+    /// Runs one step and returns its logits on the host: one row per sequence (its last new
+    /// token), or one row per token with `all_positions`.
+    pub fn forward(
+        &self,
+        be: &B,
+        step: &StepInput,
+        cache: &mut B::KvCache,
+        ws: &mut Workspace<B>,
+        all_positions: bool,
+    ) -> Result<Vec<f32>> {
+        let n = step.num_tokens();
+        if n == 0 || n > ws.max_tokens {
+            bail!(
+                "forward: step has {n} tokens; the workspace holds 1 to {}",
+                ws.max_tokens
+            );
+        }
+        let spec = &self.spec;
+        let (eps, off) = (spec.norm_eps, spec.norm_weight_offset);
+        let dstep = be.upload_step(step)?;
+        be.embed(&dstep, &self.embed, spec.embed_scale, &mut ws.x)?;
+        let mut pending = false; // whether ws.delta still has to be added to ws.x
+        let norm_into_h =
+            |be: &B, ws: &mut Workspace<B>, w: &B::Weight, pending: &mut bool| -> Result<()> {
+                if *pending {
+                    be.rms_norm(&ws.delta, Some(&mut ws.x), w, eps, off, &mut ws.h)?;
+                } else {
+                    be.rms_norm(&ws.x, None, w, eps, off, &mut ws.h)?;
+                }
+                *pending = true;
+                Ok(())
+            };
+        for (i, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            norm_into_h(be, ws, &l.attn_norm, &mut pending)?;
+            be.matmul(&ws.h, &l.qkv, l.qkv_bias.as_ref(), &mut ws.qkv)?;
+            let qk = l.qk_norm.as_ref().map(|(q, k)| QkNorm {
+                q,
+                k,
+                eps,
+                offset: off,
+            });
+            be.rope_kv_write(
+                &ws.qkv,
+                &dstep,
+                &self.ropes[l.rope],
+                qk,
+                &l.attn,
+                cache,
+                i,
+                &mut ws.q,
+            )?;
+            be.attention(&ws.q, &dstep, cache, i, &l.attn, &mut ws.attn_out)?;
+            match &l.post_attn_norm {
+                Some(pn) => {
+                    be.matmul(&ws.attn_out, &l.o, l.o_bias.as_ref(), &mut ws.proj)?;
+                    be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
+                }
+                None => be.matmul(&ws.attn_out, &l.o, l.o_bias.as_ref(), &mut ws.delta)?,
+            }
+            // MLP block.
+            norm_into_h(be, ws, &l.mlp_norm, &mut pending)?;
+            be.matmul(&ws.h, &l.gate_up, l.gate_up_bias.as_ref(), &mut ws.gate_up)?;
+            be.act_mul(&ws.gate_up, spec.activation, &mut ws.act)?;
+            match &l.post_mlp_norm {
+                Some(pn) => {
+                    be.matmul(&ws.act, &l.down, l.down_bias.as_ref(), &mut ws.proj)?;
+                    be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
+                }
+                None => be.matmul(&ws.act, &l.down, l.down_bias.as_ref(), &mut ws.delta)?,
+            }
+        }
+        norm_into_h(be, ws, &self.final_norm, &mut pending)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        if all_positions {
+            be.matmul(&ws.h, head, None, &mut ws.logits)?;
+        } else {
+            be.gather_last(&ws.h, &dstep, &mut ws.last)?;
+            be.matmul(&ws.last, head, None, &mut ws.logits)?;
+        }
+        if let Some(cap) = spec.final_softcap {
+            be.softcap(&mut ws.logits, cap)?;
+        }
+        be.to_host(&ws.logits)
+    }
+}
