@@ -1,0 +1,86 @@
+// common.cuh — helpers every kernel file shares: bf16 <-> f32, 16-byte vector loads and
+// stores of 8 bf16, warp and block sums.
+//
+// Conventions for kernels/*.cu (build.rs relies on them):
+// - Exported kernels are `extern "C" __global__`, named <op>_<dtype>[_<variant>], each listed
+//   in KERNEL_NAMES in src/backend/cuda/mod.rs (tests/fatbin.rs checks the list).
+// - Everything else lives in `namespace flint::<file stem>`: the compute_80 PTX is built from
+//   one translation unit that #includes every .cu, so file-local names must not collide.
+// - Storage is bf16, math is f32. Minimum arch sm_80 (native bf16 conversions).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "params.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "flint kernels need sm_80 or newer"
+#endif
+
+namespace flint {
+
+typedef __nv_bfloat16 bf16;
+
+constexpr int WARP_SIZE = 32;
+constexpr unsigned FULL_MASK = 0xffffffffu;
+// 8 bf16 = 16 bytes: the widest single load (LDG.128).
+constexpr int VEC = 8;
+
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+// Round to nearest even, as torch does when it casts f32 to bf16.
+__device__ __forceinline__ bf16 to_bf16(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ bool aligned16(const void *p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+// 8 bf16 in one 16-byte register quad; the union (not a pointer cast) reinterprets it.
+union Pack8 {
+    uint4 raw;
+    __nv_bfloat162 h[VEC / 2];
+};
+
+// p must be 16-byte aligned.
+__device__ __forceinline__ void load8(const bf16 *p, float (&v)[VEC]) {
+    Pack8 pk;
+    pk.raw = *reinterpret_cast<const uint4 *>(p);
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) {
+        const float2 f = __bfloat1622float2(pk.h[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+    }
+}
+
+// p must be 16-byte aligned.
+__device__ __forceinline__ void store8(bf16 *p, const float (&v)[VEC]) {
+    Pack8 pk;
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) pk.h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+    *reinterpret_cast<uint4 *>(p) = pk.raw;
+}
+
+// Sum over the 32 lanes of a full warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = WARP_SIZE / 2; o > 0; o /= 2) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Sum over the CTA; every thread gets the total. blockDim.x must be a multiple of 32 (at
+// most 1024) and every thread must call it. `scratch` is __shared__ float[32]; it may be
+// reused by the next call (the trailing barrier protects it).
+__device__ __forceinline__ float block_sum(float v, float *scratch) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int num_warps = blockDim.x / WARP_SIZE;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? scratch[lane] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();
+    return v;
+}
+
+}  // namespace flint

@@ -1,0 +1,99 @@
+/* params.h — the parameter structs that kernels take by value and Rust fills in.
+ *
+ * One header, two readers: nvcc compiles it into every kernel, and build.rs runs bindgen on
+ * it to make `flint::backend::cuda::params`, so the two layouts agree by construction. The
+ * FLINT_ASSERT_SIZE lines pin each size on both sides (tests/fatbin.rs checks the Rust side
+ * once more); change a struct and its size line together, on purpose.
+ *
+ * Rules that keep the layout identical in C (bindgen) and CUDA C++:
+ * - plain C: fixed-width integers, float, FLINT_PTR; no bool, enum, bitfields or unions;
+ * - pointers first (8 bytes each), then 4-byte scalars, so no padding sits between fields;
+ * - a device pointer is FLINT_PTR(T): `T *` in a kernel, `uint64_t` for the host (cudarc's
+ *   CUdeviceptr), so a Rust struct holds plain addresses and stays Copy + Send;
+ * - an optional tensor is a pointer that may be 0 (null), said so beside the field.
+ * Shapes are written [rows, cols] in elements, row-major and contiguous.
+ */
+#ifndef FLINT_PARAMS_H
+#define FLINT_PARAMS_H
+
+#include <stdint.h>
+
+/* Typed pointers for device code (and for host C++ that runs kernel code, which defines
+ * FLINT_PARAMS_TYPED); plain addresses for bindgen. */
+#if defined(__CUDACC__) || defined(FLINT_PARAMS_TYPED)
+#include <cuda_bf16.h>
+typedef __nv_bfloat16 flint_bf16;
+#define FLINT_PTR(T) T *
+#else
+#define FLINT_PTR(T) uint64_t
+#endif
+
+#if defined(__cplusplus)
+#define FLINT_ASSERT_SIZE(T, n) static_assert(sizeof(T) == (n), "layout of " #T " changed")
+#else
+#define FLINT_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), "layout of " #T " changed")
+#endif
+
+/** Largest head_dim rope_kv_write_bf16 takes (its cos/sin table lives in shared memory). */
+#define FLINT_ROPE_MAX_HEAD_DIM 512
+
+/** embed_bf16: out[t, :] = table[ids[t], :] * scale; an id outside [0, vocab) gives zeros. */
+typedef struct EmbedParams {
+    FLINT_PTR(const int32_t) ids;        /**< [num_tokens] */
+    FLINT_PTR(const flint_bf16) table;   /**< [vocab, dim] */
+    FLINT_PTR(flint_bf16) out;           /**< [num_tokens, dim] */
+    int32_t num_tokens;
+    int32_t vocab;
+    int32_t dim;
+    float scale;                         /**< Gemma: sqrt(dim); others 1 */
+} EmbedParams;
+FLINT_ASSERT_SIZE(EmbedParams, 40);
+
+/** rms_norm_bf16: r = x (+ residual, written back to residual);
+ * out = r * rsqrt(mean(r^2) + eps) * (w_offset + w). out may alias x. */
+typedef struct RmsNormParams {
+    FLINT_PTR(const flint_bf16) x;       /**< [rows, cols] */
+    FLINT_PTR(flint_bf16) residual;      /**< [rows, cols], or 0 for none; updated in place */
+    FLINT_PTR(const flint_bf16) w;       /**< [cols] */
+    FLINT_PTR(flint_bf16) out;           /**< [rows, cols] */
+    int32_t rows;
+    int32_t cols;
+    float eps;
+    float w_offset;                      /**< 0; 1 for Gemma's (1 + w) */
+} RmsNormParams;
+FLINT_ASSERT_SIZE(RmsNormParams, 48);
+
+/** act_mul_bf16_{silu,gelu_tanh,gelu}: out[t, i] = act(gate_up[t, i]) * gate_up[t, inter + i]. */
+typedef struct ActMulParams {
+    FLINT_PTR(const flint_bf16) gate_up; /**< [num_tokens, 2 * inter]: gate columns, then up */
+    FLINT_PTR(flint_bf16) out;           /**< [num_tokens, inter] */
+    int32_t num_tokens;
+    int32_t inter;
+} ActMulParams;
+FLINT_ASSERT_SIZE(ActMulParams, 24);
+
+/** rope_kv_write_bf16: per token, optional per-head RMSNorm of q and k, rotary embedding
+ * (rotate-half layout) of q and k, q to q_out, k and v into the paged cache. */
+typedef struct RopeKvWriteParams {
+    FLINT_PTR(const flint_bf16) qkv;     /**< [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] */
+    FLINT_PTR(const int32_t) positions;  /**< [num_tokens] */
+    FLINT_PTR(const int64_t) slot_mapping; /**< [num_tokens]: block * block_size + offset; -1 = padding */
+    FLINT_PTR(const float) inv_freq;     /**< [rotary_dim / 2] */
+    FLINT_PTR(const flint_bf16) q_norm;  /**< [head_dim], or 0 for no qk-norm */
+    FLINT_PTR(const flint_bf16) k_norm;  /**< [head_dim], or 0 for no qk-norm */
+    FLINT_PTR(flint_bf16) q_out;         /**< [num_tokens, num_heads, head_dim] */
+    FLINT_PTR(flint_bf16) k_cache;       /**< [num_blocks, block_size, num_kv_heads, head_dim] (one layer) */
+    FLINT_PTR(flint_bf16) v_cache;       /**< [num_blocks, block_size, num_kv_heads, head_dim] (one layer) */
+    int32_t num_tokens;
+    int32_t num_heads;
+    int32_t num_kv_heads;
+    int32_t head_dim;                    /**< <= FLINT_ROPE_MAX_HEAD_DIM */
+    int32_t rotary_dim;                  /**< even, <= head_dim; dims past it pass through */
+    int32_t block_size;
+    int32_t num_blocks;                  /**< slots past num_blocks * block_size are not written */
+    float eps;                           /**< qk-norm */
+    float w_offset;                      /**< qk-norm: 0; 1 for Gemma's (1 + w) */
+} RopeKvWriteParams;
+FLINT_ASSERT_SIZE(RopeKvWriteParams, 112);
+
+#endif /* FLINT_PARAMS_H */
