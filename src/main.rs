@@ -1,0 +1,396 @@
+//! The `flint` command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use flint::backend::cpu::CpuBackend;
+use flint::bench::{self, BenchOptions};
+use flint::engine::{self, GenerateOptions};
+use flint::sampling::SamplingParams;
+use flint::tokenizer::{DecodeStream, Tokenizer};
+use flint::ModelRef;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "flint", version, about = "GPU-first LLM inference engine")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Device {
+    /// The GPU if one can be used, else the CPU (saying so).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TextFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TableFormat {
+    Md,
+    Csv,
+    Json,
+}
+
+/// A comma list of numbers: `512,2048`.
+#[derive(Clone, Debug)]
+struct NumList(Vec<usize>);
+
+fn num_list(s: &str) -> Result<NumList, String> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("`{x}` is not a non-negative integer"))
+        })
+        .collect::<Result<_, _>>()
+        .map(NumList)
+}
+
+/// Comma-separated token ids: `1,450,4996`.
+#[derive(Clone, Debug)]
+struct IdList(Vec<u32>);
+
+fn id_list(s: &str) -> Result<IdList, String> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{x}` is not a token id"))
+        })
+        .collect::<Result<_, _>>()
+        .map(IdList)
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Model summary: shape, parameter count, bytes.
+    Info {
+        /// A Hugging Face folder or `synthetic:<preset>`.
+        #[arg(long)]
+        model: String,
+    },
+    /// Logits of a prompt as JSON: the last position, or every position.
+    Logits {
+        #[arg(long)]
+        model: String,
+        /// Comma-separated token ids.
+        #[arg(long, value_parser = id_list)]
+        prompt_ids: IdList,
+        #[arg(long)]
+        all_positions: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+    },
+    /// Generate a continuation.
+    Generate {
+        #[arg(long)]
+        model: String,
+        /// Prompt text (needs tokenizer.json in the model folder).
+        #[arg(long, conflicts_with = "prompt_ids")]
+        prompt: Option<String>,
+        /// Prompt as comma-separated token ids.
+        #[arg(long, value_parser = id_list)]
+        prompt_ids: Option<IdList>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep generating past EOS.
+        #[arg(long)]
+        ignore_eos: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+    },
+    /// Token ids of a text as JSON `{"ids": [...]}`, special tokens added as transformers does.
+    Tokenize {
+        /// A folder with tokenizer.json (and tokenizer_config.json).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        no_special_tokens: bool,
+        text: String,
+    },
+    /// Throughput, llama-bench style: pp (prompt) and tg (decode) tokens/s.
+    Bench {
+        /// Default: `synthetic:llama-3-8b` on a GPU, `synthetic:tiny` on the CPU.
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        /// Prompt lengths (pp tests); 0 skips.
+        #[arg(short = 'p', long = "n-prompt", value_parser = num_list)]
+        prompt: Option<NumList>,
+        /// Decode lengths (tg tests); 0 skips.
+        #[arg(short = 'n', long = "n-gen", value_parser = num_list)]
+        gen: Option<NumList>,
+        /// Tokens already in the cache.
+        #[arg(short = 'd', long = "n-depth", value_parser = num_list, default_value = "0")]
+        depth: NumList,
+        /// Sequences decoded together in tg tests.
+        #[arg(short = 'b', long = "batch", value_parser = num_list, default_value = "1")]
+        batch: NumList,
+        #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+        reps: usize,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
+        output: TableFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+    },
+}
+
+/// The backend for a `--device`. Only the CPU exists until the CUDA backend lands.
+fn cpu_for(device: Device) -> Result<CpuBackend> {
+    match device {
+        Device::Cpu => Ok(CpuBackend),
+        Device::Auto => {
+            eprintln!(
+                "flint: the CUDA backend is not built yet; running on the CPU (f32 reference)"
+            );
+            Ok(CpuBackend)
+        }
+        Device::Cuda => {
+            bail!("--device cuda: the CUDA backend is not implemented yet; use --device cpu")
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Info { model } => info(&model),
+        Cmd::Logits {
+            model,
+            prompt_ids,
+            all_positions,
+            device,
+        } => {
+            let be = cpu_for(device)?;
+            let m = ModelRef::parse(&model).load(&be)?;
+            let logits = engine::prompt_logits(&be, &m, &prompt_ids.0, all_positions)?;
+            let rows: Vec<&[f32]> = logits.chunks(m.spec.vocab_size).collect();
+            println!("{}", json!({ "logits": rows }));
+            Ok(())
+        }
+        Cmd::Generate {
+            model,
+            prompt,
+            prompt_ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            format,
+            device,
+        } => {
+            let mref = ModelRef::parse(&model);
+            let tok = match &mref {
+                ModelRef::Dir(d) if d.join("tokenizer.json").exists() => {
+                    Some(Tokenizer::from_dir(d)?)
+                }
+                _ => None,
+            };
+            let ids = match (prompt, prompt_ids) {
+                (Some(text), None) => match &tok {
+                    Some(t) => t.encode(&text, true)?,
+                    None => bail!(
+                        "--prompt needs a tokenizer.json in the model folder; use --prompt-ids"
+                    ),
+                },
+                (None, Some(ids)) => ids.0,
+                _ => bail!("give --prompt TEXT or --prompt-ids IDS"),
+            };
+            let be = cpu_for(device)?;
+            let m = mref.load(&be)?;
+            let mut eos = m.spec.eos_token_ids.clone();
+            if let Some(t) = &tok {
+                eos.extend(
+                    t.eos_ids()
+                        .into_iter()
+                        .filter(|e| !m.spec.eos_token_ids.contains(e)),
+                );
+            }
+            let opts = GenerateOptions {
+                max_new_tokens,
+                sampling: SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                },
+                eos_ids: eos,
+                ignore_eos,
+            };
+            let mut stream = tok.as_ref().map(|t| DecodeStream::new(t, true));
+            let mut out = std::io::stdout();
+            let mut stream_err = None;
+            let g = engine::generate_with(&be, &m, &ids, &opts, |id| {
+                if let (TextFormat::Text, Some(s)) = (format, stream.as_mut()) {
+                    match s.step(id) {
+                        Ok(Some(piece)) => {
+                            let _ = write!(out, "{piece}");
+                            let _ = out.flush();
+                        }
+                        Ok(None) => {}
+                        Err(e) => stream_err = Some(e),
+                    }
+                }
+            })?;
+            if let Some(e) = stream_err {
+                return Err(e.context("decoding generated tokens"));
+            }
+            if let (TextFormat::Text, Some(s)) = (format, stream.as_mut()) {
+                // Text held back waiting for the rest of a character.
+                if let Some(rest) = s.flush()? {
+                    print!("{rest}");
+                }
+            }
+            let text = match &tok {
+                Some(t) => Some(t.decode(&g.tokens, true)?),
+                None => None,
+            };
+            match format {
+                TextFormat::Json => println!(
+                    "{}",
+                    json!({ "token_ids": g.tokens, "text": text, "finish_reason": g.finish.as_str() })
+                ),
+                TextFormat::Text if tok.is_some() => println!(),
+                TextFormat::Text => {
+                    let s: Vec<String> = g.tokens.iter().map(|t| t.to_string()).collect();
+                    println!("{}", s.join(","));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Tokenize {
+            model,
+            no_special_tokens,
+            text,
+        } => {
+            let t = Tokenizer::from_dir(&model)?;
+            println!("{}", json!({ "ids": t.encode(&text, !no_special_tokens)? }));
+            Ok(())
+        }
+        Cmd::Bench {
+            model,
+            prompt,
+            gen,
+            depth,
+            batch,
+            reps,
+            output,
+            device,
+        } => {
+            let be = cpu_for(device)?;
+            let model = model.unwrap_or_else(|| {
+                eprintln!("flint bench: no GPU backend yet, so the default model is synthetic:tiny on the CPU");
+                "synthetic:tiny".to_string()
+            });
+            let mref = ModelRef::parse(&model);
+            let spec = mref.spec()?;
+            let need = spec.param_count() * 4;
+            if need > 8 << 30 {
+                bail!(
+                    "{model}: {:.1} GiB of f32 weights is too large for the CPU reference backend",
+                    need as f64 / (1u64 << 30) as f64
+                );
+            }
+            let m = mref.load(&be)?;
+            // CPU defaults are small: the reference backend is slow by design.
+            let opt = BenchOptions {
+                prompt: prompt.map_or(vec![128], |p| p.0),
+                gen: gen.map_or(vec![32], |g| g.0),
+                depth: depth.0,
+                batch: batch.0,
+                reps,
+            };
+            let name = model.as_str();
+            match output {
+                TableFormat::Md => println!("{}", bench::markdown_header()),
+                TableFormat::Csv => println!("{}", bench::csv_header()),
+                TableFormat::Json => {}
+            }
+            let rows = bench::run(&be, &m, &opt, |r| match output {
+                TableFormat::Md => println!("{}", bench::markdown_row(name, be_name(&be), r)),
+                TableFormat::Csv => println!("{}", bench::csv_row(name, be_name(&be), r)),
+                TableFormat::Json => {}
+            })?;
+            if output == TableFormat::Json {
+                println!(
+                    "{}",
+                    json!({ "model": name, "backend": be_name(&be), "weight_bytes": m.weight_bytes, "rows": rows })
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn be_name<B: flint::backend::Backend>(be: &B) -> &'static str {
+    be.name()
+}
+
+fn info(model: &str) -> Result<()> {
+    let mref = ModelRef::parse(model);
+    let spec = mref.spec()?;
+    let params = spec.param_count();
+    let checkpoint_bytes = match &mref {
+        ModelRef::Dir(d) => Some(
+            flint::weights::WeightStore::open(d)
+                .with_context(|| format!("{model}: weights"))?
+                .total_bytes(),
+        ),
+        ModelRef::Synthetic(_) => None,
+    };
+    let windows: Vec<Option<usize>> = spec.layers.iter().map(|l| l.sliding_window).collect();
+    let v = json!({
+        "model": model,
+        "model_type": spec.model_type,
+        "layers": spec.num_layers,
+        "hidden": spec.hidden,
+        "intermediate": spec.intermediate,
+        "heads": spec.num_heads,
+        "kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "vocab": spec.vocab_size,
+        "max_position": spec.max_position,
+        "activation": format!("{:?}", spec.activation),
+        "rope": spec.ropes.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>(),
+        "sliding_windows": windows,
+        "attn_softcap": spec.attn_softcap,
+        "final_softcap": spec.final_softcap,
+        "qk_norm": spec.qk_norm,
+        "tied_embeddings": spec.tie_embeddings,
+        "moe": spec.moe.as_ref().map(|m| json!({"experts": m.num_experts, "top_k": m.top_k, "expert_intermediate": m.expert_intermediate})),
+        "parameters": params,
+        "bf16_weight_bytes": params * 2,
+        "checkpoint_bytes": checkpoint_bytes,
+        "kv_bytes_per_token_bf16": 2 * spec.num_layers * spec.kv_dim() * 2,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The `flint` binary end to end: JSON outputs parse and agree with transformers' fixtures,
+//! bad input exits non-zero with a message naming the problem.
+
+mod common;
+
+use serde_json::Value;
+use std::process::Command;
+
+fn flint(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(args)
+        .output()
+        .expect("runs flint");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    common::fixtures_dir().join(name).display().to_string()
+}
+
+#[test]
+fn logits_command_matches_transformers() {
+    let r = common::reference("gemma2");
+    let ids: Vec<String> = r.prompts[1].iter().map(|t| t.to_string()).collect();
+    let (ok, out, err) = flint(&[
+        "logits",
+        "--model",
+        &fixture("gemma2"),
+        "--prompt-ids",
+        &ids.join(","),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let rows = v["logits"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    let got: Vec<f32> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert!(common::max_rel_err(&got, &r.logits_last[1]) < 1e-4);
+
+    let (ok, out, _) = flint(&[
+        "logits",
+        "--model",
+        &fixture("gemma2"),
+        "--prompt-ids",
+        &ids.join(","),
+        "--all-positions",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["logits"].as_array().unwrap().len(), r.prompts[1].len());
+}
+
+#[test]
+fn generate_json_gives_the_greedy_tokens() {
+    let r = common::reference("qwen3");
+    let ids: Vec<String> = r.prompts[2].iter().map(|t| t.to_string()).collect();
+    let args = [
+        "generate",
+        "--model",
+        &fixture("qwen3"),
+        "--prompt-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ];
+    let (ok, out, err) = flint(&args);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<u32> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, r.greedy[2]);
+    assert_eq!(v["finish_reason"], "length");
+}
+
+#[test]
+fn generate_stops_at_eos_unless_told_not_to() {
+    // The qwen3 fixture's greedy run emits EOS id 2 (generation_config eos [2, 3]).
+    let r = common::reference("qwen3");
+    let (p, g) = r
+        .prompts
+        .iter()
+        .zip(&r.greedy)
+        .find(|(_, g)| g.iter().any(|t| *t == 2 || *t == 3))
+        .expect("a run with EOS");
+    let cut = g.iter().position(|t| *t == 2 || *t == 3).unwrap();
+    let ids: Vec<String> = p.iter().map(|t| t.to_string()).collect();
+    let (ok, out, err) = flint(&[
+        "generate",
+        "--model",
+        &fixture("qwen3"),
+        "--prompt-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "16",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<u32> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, g[..=cut].to_vec());
+    assert_eq!(v["finish_reason"], "eos");
+}
+
+#[test]
+fn info_and_bench_run_on_synthetic_models() {
+    let (ok, out, err) = flint(&["info", "--model", "synthetic:llama-3-8b"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kv_heads"], 8);
+    let p = v["parameters"].as_u64().unwrap();
+    assert!((8_000_000_000..8_100_000_000).contains(&p), "{p}");
+
+    let (ok, out, err) = flint(&[
+        "bench",
+        "-m",
+        "synthetic:tiny",
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-b",
+        "1,2",
+        "-r",
+        "2",
+        "-o",
+        "json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let tests: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(tests, vec![("pp16", 1), ("tg4", 1), ("tg4", 2)]);
+    assert!(rows.iter().all(|r| r["mean_tps"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn bad_input_is_an_error_naming_it() {
+    let (ok, _, err) = flint(&["info", "--model", "/nonexistent/model"]);
+    assert!(
+        !ok && err.contains("/nonexistent/model/config.json"),
+        "{err}"
+    );
+    let (ok, _, err) = flint(&[
+        "logits",
+        "--model",
+        &fixture("llama2"),
+        "--prompt-ids",
+        "1,99999",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !ok && err.contains("99999") && err.contains("vocabulary"),
+        "{err}"
+    );
+    let (ok, _, err) = flint(&[
+        "logits",
+        "--model",
+        &fixture("llama2"),
+        "--prompt-ids",
+        "1,x",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("`x` is not a token id"), "{err}");
+    let (ok, _, err) = flint(&[
+        "generate",
+        "--model",
+        "synthetic:tiny",
+        "--prompt",
+        "hi",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("tokenizer"), "{err}");
+    let (ok, _, err) = flint(&["bench", "-m", "synthetic:nope", "--device", "cpu"]);
+    assert!(
+        !ok && err.contains("unknown synthetic preset `nope`"),
+        "{err}"
+    );
+    let long: Vec<String> = (0..200).map(|i| (i % 50).to_string()).collect();
+    let (ok, _, err) = flint(&[
+        "logits",
+        "--model",
+        &fixture("llama2"),
+        "--prompt-ids",
+        &long.join(","),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("context"), "{err}");
+}
