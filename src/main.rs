@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flint::backend::cpu::CpuBackend;
+use flint::backend::Backend;
 use flint::bench::{self, BenchOptions};
 use flint::engine::{self, GenerateOptions};
 use flint::sampling::SamplingParams;
@@ -155,18 +156,14 @@ enum Cmd {
     },
 }
 
-/// The backend for a `--device`. Only the CPU exists until the CUDA backend lands.
-fn cpu_for(device: Device) -> Result<CpuBackend> {
-    match device {
-        Device::Cpu => Ok(CpuBackend),
-        Device::Auto => {
-            eprintln!(
-                "flint: the CUDA backend is not built yet; running on the CPU (f32 reference)"
-            );
-            Ok(CpuBackend)
-        }
-        Device::Cuda => {
-            bail!("--device cuda: the CUDA backend is not implemented yet; use --device cpu")
+impl Cmd {
+    /// The `--device` of commands that run a model.
+    fn device(&self) -> Option<Device> {
+        match self {
+            Cmd::Logits { device, .. }
+            | Cmd::Generate { device, .. }
+            | Cmd::Bench { device, .. } => Some(*device),
+            Cmd::Info { .. } | Cmd::Tokenize { .. } => None,
         }
     }
 }
@@ -178,18 +175,34 @@ fn main() {
     }
 }
 
+/// Picks the backend for the command's `--device` and runs it there. The one place that
+/// names concrete backends.
 fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
+    match cli.cmd.device() {
+        None | Some(Device::Cpu) => run_on(&CpuBackend, cli.cmd),
+        Some(Device::Auto) => {
+            eprintln!(
+                "flint: the CUDA backend is not built yet; running on the CPU (f32 reference)"
+            );
+            run_on(&CpuBackend, cli.cmd)
+        }
+        Some(Device::Cuda) => {
+            bail!("--device cuda: the CUDA backend is not implemented yet; use --device cpu")
+        }
+    }
+}
+
+fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Info { model } => info(&model),
         Cmd::Logits {
             model,
             prompt_ids,
             all_positions,
-            device,
+            device: _,
         } => {
-            let be = cpu_for(device)?;
-            let m = ModelRef::parse(&model).load(&be)?;
-            let logits = engine::prompt_logits(&be, &m, &prompt_ids.0, all_positions)?;
+            let m = ModelRef::parse(&model).load(be)?;
+            let logits = engine::prompt_logits(be, &m, &prompt_ids.0, all_positions)?;
             let rows: Vec<&[f32]> = logits.chunks(m.spec.vocab_size).collect();
             println!("{}", json!({ "logits": rows }));
             Ok(())
@@ -205,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             ignore_eos,
             format,
-            device,
+            device: _,
         } => {
             let mref = ModelRef::parse(&model);
             let tok = match &mref {
@@ -224,8 +237,7 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Some(ids)) => ids.0,
                 _ => bail!("give --prompt TEXT or --prompt-ids IDS"),
             };
-            let be = cpu_for(device)?;
-            let m = mref.load(&be)?;
+            let m = mref.load(be)?;
             let mut eos = m.spec.eos_token_ids.clone();
             if let Some(t) = &tok {
                 eos.extend(
@@ -248,7 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut stream = tok.as_ref().map(|t| DecodeStream::new(t, true));
             let mut out = std::io::stdout();
             let mut stream_err = None;
-            let g = engine::generate_with(&be, &m, &ids, &opts, |id| {
+            let g = engine::generate_with(be, &m, &ids, &opts, |id| {
                 if let (TextFormat::Text, Some(s)) = (format, stream.as_mut()) {
                     match s.step(id) {
                         Ok(Some(piece)) => {
@@ -303,27 +315,32 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             reps,
             output,
-            device,
+            device: _,
         } => {
-            let be = cpu_for(device)?;
+            let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
-                eprintln!("flint bench: no GPU backend yet, so the default model is synthetic:tiny on the CPU");
-                "synthetic:tiny".to_string()
+                if on_cpu {
+                    eprintln!("flint bench: on the CPU the default model is synthetic:tiny");
+                    "synthetic:tiny".to_string()
+                } else {
+                    "synthetic:llama-3-8b".to_string()
+                }
             });
             let mref = ModelRef::parse(&model);
             let spec = mref.spec()?;
             let need = spec.param_count() * 4;
-            if need > 8 << 30 {
+            if on_cpu && need > 8 << 30 {
                 bail!(
                     "{model}: {:.1} GiB of f32 weights is too large for the CPU reference backend",
                     need as f64 / (1u64 << 30) as f64
                 );
             }
-            let m = mref.load(&be)?;
+            let m = mref.load(be)?;
             // CPU defaults are small: the reference backend is slow by design.
+            let (pp, tg) = if on_cpu { (128, 32) } else { (512, 128) };
             let opt = BenchOptions {
-                prompt: prompt.map_or(vec![128], |p| p.0),
-                gen: gen.map_or(vec![32], |g| g.0),
+                prompt: prompt.map_or(vec![pp], |p| p.0),
+                gen: gen.map_or(vec![tg], |g| g.0),
                 depth: depth.0,
                 batch: batch.0,
                 reps,
@@ -334,24 +351,20 @@ fn run(cli: Cli) -> Result<()> {
                 TableFormat::Csv => println!("{}", bench::csv_header()),
                 TableFormat::Json => {}
             }
-            let rows = bench::run(&be, &m, &opt, |r| match output {
-                TableFormat::Md => println!("{}", bench::markdown_row(name, be_name(&be), r)),
-                TableFormat::Csv => println!("{}", bench::csv_row(name, be_name(&be), r)),
+            let rows = bench::run(be, &m, &opt, |r| match output {
+                TableFormat::Md => println!("{}", bench::markdown_row(name, be.name(), r)),
+                TableFormat::Csv => println!("{}", bench::csv_row(name, be.name(), r)),
                 TableFormat::Json => {}
             })?;
             if output == TableFormat::Json {
                 println!(
                     "{}",
-                    json!({ "model": name, "backend": be_name(&be), "weight_bytes": m.weight_bytes, "rows": rows })
+                    json!({ "model": name, "backend": be.name(), "weight_bytes": m.weight_bytes, "rows": rows })
                 );
             }
             Ok(())
         }
     }
-}
-
-fn be_name<B: flint::backend::Backend>(be: &B) -> &'static str {
-    be.name()
 }
 
 fn info(model: &str) -> Result<()> {
