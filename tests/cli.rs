@@ -18,6 +18,12 @@ fn flint(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The `token_ids` array of `generate --format json`.
+fn token_ids(v: &Value) -> Vec<u32> {
+    let ids = v["token_ids"].as_array().expect("token_ids array");
+    ids.iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
 fn fixture(name: &str) -> String {
     common::fixtures_dir().join(name).display().to_string()
 }
@@ -83,12 +89,7 @@ fn generate_json_gives_the_greedy_tokens() {
     let (ok, out, err) = flint(&args);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    let got: Vec<u32> = v["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let got = token_ids(&v);
     assert_eq!(got, r.greedy[2]);
     assert_eq!(v["finish_reason"], "length");
 }
@@ -120,12 +121,7 @@ fn generate_stops_at_eos_unless_told_not_to() {
     ]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    let got: Vec<u32> = v["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let got = token_ids(&v);
     assert_eq!(got, g[..=cut].to_vec());
     assert_eq!(v["finish_reason"], "eos");
 }
