@@ -220,3 +220,30 @@ fn bad_input_is_an_error_naming_it() {
     ]);
     assert!(!ok && err.contains("context"), "{err}");
 }
+
+#[test]
+fn tokenize_command_matches_transformers() {
+    let dir = common::fixtures_dir().join("../tokenizers/llama3_style");
+    let e: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    for case in e["cases"].as_array().unwrap().iter().take(6) {
+        let text = case["text"].as_str().unwrap();
+        if text.starts_with('-') {
+            continue; // would parse as a flag
+        }
+        let d = dir.display().to_string();
+        let (ok, out, err) = flint(&["tokenize", "--model", &d, text]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ids"], case["ids"], "{text:?}");
+        let (ok, out, _) = flint(&["tokenize", "--model", &d, "--no-special-tokens", text]);
+        assert!(ok);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["ids"], case["ids_no_special"],
+            "{text:?} without special tokens"
+        );
+    }
+    let (ok, _, err) = flint(&["tokenize", "--model", "/nonexistent", "hi"]);
+    assert!(!ok && err.contains("/nonexistent/tokenizer.json"), "{err}");
+}
