@@ -621,24 +621,17 @@ fn parse_layers(f: &Fields, model_type: &str, n: usize, has_local: bool) -> Resu
 }
 
 fn parse_moe(f: &Fields, model_type: &str, n: usize) -> Result<Option<MoeSpec>> {
-    let (experts_key, topk_key, inter_key) = match model_type {
-        "mixtral" => (
-            "num_local_experts",
-            "num_experts_per_tok",
-            "intermediate_size",
-        ),
-        "grok-1" if f.get("num_local_experts").is_some() => (
-            "num_local_experts",
-            "num_experts_per_tok",
-            "intermediate_size",
-        ),
-        "grok-1" => ("num_experts", "num_experts_per_tok", "intermediate_size"),
-        "qwen2_moe" | "qwen3_moe" => (
-            "num_experts",
-            "num_experts_per_tok",
-            "moe_intermediate_size",
-        ),
+    // transformers 5 writes `num_local_experts` for Qwen3-MoE too (its `num_experts` is an
+    // alias); published Qwen configs and Grok-1's HF port say `num_experts`.
+    let (topk_key, inter_key) = match model_type {
+        "mixtral" | "grok-1" => ("num_experts_per_tok", "intermediate_size"),
+        "qwen2_moe" | "qwen3_moe" => ("num_experts_per_tok", "moe_intermediate_size"),
         _ => return Ok(None),
+    };
+    let experts_key = match model_type {
+        "mixtral" => "num_local_experts",
+        _ if f.get("num_local_experts").is_some() => "num_local_experts",
+        _ => "num_experts",
     };
     let num_experts = f.usize(experts_key)?;
     let top_k = f.usize(topk_key)?;
