@@ -7,11 +7,11 @@
 mod moe;
 
 use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
-use moe::{MoeLayer, MoeWorkspace};
 use crate::config::ModelSpec;
 use crate::weights::names::{self, LayerNames};
 use crate::weights::TensorSource;
 use anyhow::{bail, Context, Result};
+use moe::{MoeLayer, MoeWorkspace};
 
 struct Layer<B: Backend> {
     attn_norm: B::Weight,
@@ -94,6 +94,14 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
+impl<B: Backend> Workspace<B> {
+    /// Expert ids `[T, top_k]` (as f32) chosen by the last sparse layer of the last forward;
+    /// `None` for a dense model.
+    pub fn last_expert_ids(&self, be: &B) -> Option<Result<Vec<f32>>> {
+        self.moe.as_ref().map(|m| m.last_expert_ids(be))
+    }
+}
+
 /// Loads `[rows, cols]` (or a vector when `cols == 0` means `[rows]`) and uploads it.
 fn upload<B: Backend>(
     be: &B,
@@ -159,8 +167,7 @@ impl<B: Backend> Model<B> {
                 Mlp::Moe(MoeLayer::load(be, &spec, i, src)?)
             } else {
                 let gu = [(w(&n.gate), inter), (w(&n.up), inter)];
-                let parts: Vec<(&str, usize)> =
-                    gu.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+                let parts: Vec<(&str, usize)> = gu.iter().map(|(s, r)| (s.as_str(), *r)).collect();
                 let gate_up = upload_stacked(be, src, &parts, d)?;
                 let (gate_up_bias, down_bias) = if spec.mlp_bias {
                     let gb = [(b(&n.gate), inter), (b(&n.up), inter)];

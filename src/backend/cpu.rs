@@ -664,7 +664,10 @@ impl Backend for CpuBackend {
         }
         for t in 0..x.rows {
             let g = 1.0 / (1.0 + (-gate.data[t]).exp());
-            for (o, v) in out.data[t * x.cols..(t + 1) * x.cols].iter_mut().zip(x.row(t)) {
+            for (o, v) in out.data[t * x.cols..(t + 1) * x.cols]
+                .iter_mut()
+                .zip(x.row(t))
+            {
                 *o += g * v;
             }
         }

@@ -221,7 +221,10 @@ pub trait Backend {
         weights: &mut Self::Tensor,
     ) -> Result<()> {
         let _ = (logits, routing, ids, weights);
-        bail!("{}: moe_route is not implemented on this backend", self.name())
+        bail!(
+            "{}: moe_route is not implemented on this backend",
+            self.name()
+        )
     }
 
     /// The routed experts of one MoE layer, combined:
@@ -244,7 +247,10 @@ pub trait Backend {
         out: &mut Self::Tensor,
     ) -> Result<()> {
         let _ = (x, ids, weights, gate_up, down, shape, scratch, out);
-        bail!("{}: moe_experts is not implemented on this backend", self.name())
+        bail!(
+            "{}: moe_experts is not implemented on this backend",
+            self.name()
+        )
     }
 
     /// Qwen2-MoE's gated shared expert: `out[t] += sigmoid(gate[t, 0]) · x[t]`, with
@@ -256,6 +262,9 @@ pub trait Backend {
         out: &mut Self::Tensor,
     ) -> Result<()> {
         let _ = (x, gate, out);
-        bail!("{}: sigmoid_gate_add is not implemented on this backend", self.name())
+        bail!(
+            "{}: sigmoid_gate_add is not implemented on this backend",
+            self.name()
+        )
     }
 }

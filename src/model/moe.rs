@@ -40,6 +40,13 @@ impl<B: Backend> MoeWorkspace<B> {
     }
 }
 
+impl<B: Backend> MoeWorkspace<B> {
+    /// Expert ids `[T, k]` chosen by the last sparse layer run (for tests and reports).
+    pub fn last_expert_ids(&self, be: &B) -> Result<Vec<f32>> {
+        be.to_host(&self.ids)
+    }
+}
+
 pub(super) struct SharedExpert<B: Backend> {
     gate_up: B::Weight,
     down: B::Weight,
@@ -137,7 +144,12 @@ impl<B: Backend> MoeLayer<B> {
         out: &mut B::Tensor,
     ) -> Result<()> {
         be.matmul(h, &self.router, None, &mut ws.router_logits)?;
-        be.moe_route(&ws.router_logits, &self.routing, &mut ws.ids, &mut ws.weights)?;
+        be.moe_route(
+            &ws.router_logits,
+            &self.routing,
+            &mut ws.ids,
+            &mut ws.weights,
+        )?;
         be.moe_experts(
             h,
             &ws.ids,

@@ -146,7 +146,9 @@ impl MoeNames {
             _ => (format!("{p}.mlp"), "gate_proj", "up_proj", "down_proj"),
         };
         let fused_gu = format!("{block}.experts.gate_up_proj");
-        let experts = if src.contains(&fused_gu) && !src.contains(&format!("{block}.experts.0.{gate}.weight")) {
+        let experts = if src.contains(&fused_gu)
+            && !src.contains(&format!("{block}.experts.0.{gate}.weight"))
+        {
             ExpertLayout::Fused {
                 gate_up: fused_gu,
                 down: format!("{block}.experts.down_proj"),
