@@ -408,3 +408,41 @@ fn full_size_moe_presets_parse_with_their_published_routing() {
     assert!(!g.moe.as_ref().unwrap().norm_topk_prob);
     assert_eq!(g.attn_softcap, Some(30.0));
 }
+
+/// A fixture's weights under its config with one field changed.
+fn load_with(name: &str, key: &str, value: serde_json::Value) -> anyhow::Result<Model<CpuBackend>> {
+    let dir = fixtures_dir().join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().insert(key.into(), value);
+    let spec = ModelSpec::from_json_str(&v.to_string(), "edited config.json")?;
+    let store = WeightStore::open(&dir)?;
+    Model::load(&CpuBackend, spec, &store)
+}
+
+#[test]
+fn misshapen_moe_tensors_are_errors_naming_them() {
+    let err = |name: &str, key: &str, v: usize| {
+        format!("{:#}", load_with(name, key, v.into()).err().unwrap())
+    };
+    // Router [E, D] against a config with one more expert.
+    let e = err("mixtral", "num_local_experts", 9);
+    assert!(
+        e.contains("mixtral/model.safetensors")
+            && e.contains("block_sparse_moe.gate.weight")
+            && e.contains("[9, 64]"),
+        "{e}"
+    );
+    // Per-expert layout: each expert's own tensor is checked.
+    let e = err("mixtral", "intermediate_size", 32);
+    assert!(
+        e.contains("block_sparse_moe.experts.0.w1.weight") && e.contains("[32, 64]"),
+        "{e}"
+    );
+    // Fused layout: the stacked [E, 2I, D] tensor is checked as a whole.
+    let e = err("qwen3_moe", "moe_intermediate_size", 16);
+    assert!(
+        e.contains("mlp.experts.gate_up_proj") && e.contains("[16, 32, 64]"),
+        "{e}"
+    );
+}
