@@ -148,7 +148,7 @@ impl<B: Backend> Model<B> {
         let (qd, kvd, inter) = (spec.q_dim(), spec.kv_dim(), spec.intermediate);
         let mut layers = Vec::with_capacity(spec.num_layers);
         for (i, ls) in spec.layers.iter().enumerate() {
-            let n = LayerNames::new(&spec, i);
+            let n = LayerNames::new(&spec, i, src);
             let w = |s: &str| format!("{s}.weight");
             let b = |s: &str| format!("{s}.bias");
             let qkv_parts = [(w(&n.q), qd), (w(&n.k), kvd), (w(&n.v), kvd)];
@@ -237,16 +237,17 @@ impl<B: Backend> Model<B> {
         };
         // Grok-1's output multiplier is folded into the final norm's multiplier:
         // `(norm(x)·(off + w))·Eᵀ·s = (norm(x)·(off + w)·s)·Eᵀ`.
+        let final_norm_name = names::final_norm(src);
         let final_norm = if spec.logit_scale == 1.0 {
-            upload(be, src, names::FINAL_NORM, d, 0)?
+            upload(be, src, final_norm_name, d, 0)?
         } else {
             let off = spec.norm_weight_offset;
             let w: Vec<f32> = src
-                .load(names::FINAL_NORM, &[d])?
+                .load(final_norm_name, &[d])?
                 .iter()
                 .map(|g| (off + g) * spec.logit_scale - off)
                 .collect();
-            be.upload_weight(names::FINAL_NORM, &w, 1, d)?
+            be.upload_weight(final_norm_name, &w, 1, d)?
         };
         let ropes = spec
             .ropes

@@ -446,3 +446,27 @@ fn misshapen_moe_tensors_are_errors_naming_them() {
         "{e}"
     );
 }
+
+/// Grok-1's checkpoint with its norms spelled `.weight` (as vLLM renames the port's `.scale`).
+struct NormsAsWeight(WeightStore);
+
+impl flint::weights::TensorSource for NormsAsWeight {
+    fn load(&self, name: &str, shape: &[usize]) -> anyhow::Result<Vec<f32>> {
+        self.0
+            .load_f32(&name.replace("norm.weight", "norm.scale"), shape)
+    }
+    fn contains(&self, name: &str) -> bool {
+        !name.ends_with("norm.scale") && self.0.contains(&name.replace("norm.weight", "norm.scale"))
+    }
+}
+
+#[test]
+fn grok1_norms_load_under_either_spelling() {
+    let dir = fixtures_dir().join("grok1");
+    let spec = ModelSpec::from_dir(&dir).unwrap();
+    let src = NormsAsWeight(WeightStore::open(&dir).unwrap());
+    let m = Model::load(&CpuBackend, spec, &src).unwrap();
+    let r = reference("grok1");
+    let got = engine::prompt_logits(&CpuBackend, &m, &r.prompts[1], false).unwrap();
+    assert!(max_rel_err(&got, &r.logits_last[1]) < 1e-4);
+}

@@ -7,6 +7,17 @@ use crate::config::ModelSpec;
 
 pub const EMBED: &str = "model.embed_tokens.weight";
 pub const FINAL_NORM: &str = "model.norm.weight";
+
+/// The final norm's name: `model.norm.weight`, or `model.norm.scale` in Grok-1's HF port
+/// (whose RMSNorm parameter is called `scale`).
+pub fn final_norm(src: &dyn TensorSource) -> &'static str {
+    const SCALE: &str = "model.norm.scale";
+    if !src.contains(FINAL_NORM) && src.contains(SCALE) {
+        SCALE
+    } else {
+        FINAL_NORM
+    }
+}
 pub const LM_HEAD: &str = "lm_head.weight";
 
 /// Names of one decoder layer's tensors.
@@ -35,11 +46,18 @@ fn is_grok(spec: &ModelSpec) -> bool {
 }
 
 impl LayerNames {
-    pub fn new(spec: &ModelSpec, i: usize) -> Self {
+    /// `src` decides between spellings a family's checkpoints use for the same tensor.
+    pub fn new(spec: &ModelSpec, i: usize, src: &dyn TensorSource) -> Self {
         let p = format!("model.layers.{i}");
         if is_grok(spec) {
-            // The HF port of Grok-1 (hpcai-tech/grok-1, keyfan/grok-1-hf; the names vLLM's and
-            // SGLang's grok1 loaders read): `attn.*_proj` and four named sandwich norms.
+            // The HF port of Grok-1 (hpcai-tech/grok-1 modeling_grok1.py; the names vLLM's and
+            // SGLang's grok1 loaders read): `attn.*_proj` and four named sandwich norms whose
+            // parameter is `scale` (vLLM renames it `weight`; both are accepted).
+            let s = if src.contains(&format!("{p}.pre_attn_norm.scale")) {
+                "scale"
+            } else {
+                "weight"
+            };
             return LayerNames {
                 q: format!("{p}.attn.q_proj"),
                 k: format!("{p}.attn.k_proj"),
@@ -50,10 +68,10 @@ impl LayerNames {
                 gate: format!("{p}.mlp.gate_proj"),
                 up: format!("{p}.mlp.up_proj"),
                 down: format!("{p}.mlp.down_proj"),
-                attn_norm: format!("{p}.pre_attn_norm.weight"),
-                post_attn_norm: format!("{p}.post_attn_norm.weight"),
-                mlp_norm: format!("{p}.pre_moe_norm.weight"),
-                post_mlp_norm: format!("{p}.post_moe_norm.weight"),
+                attn_norm: format!("{p}.pre_attn_norm.{s}"),
+                post_attn_norm: format!("{p}.post_attn_norm.{s}"),
+                mlp_norm: format!("{p}.pre_moe_norm.{s}"),
+                post_mlp_norm: format!("{p}.post_moe_norm.{s}"),
             };
         }
         // Gemma 2/3 call the norm on the attention output `post_attention_layernorm`; the
