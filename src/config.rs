@@ -88,14 +88,19 @@ pub struct LayerSpec {
     pub rope: usize,
 }
 
-/// Mixture-of-experts shape (parsed now, run by the MoE issue).
+/// Mixture-of-experts shape. Routing in every supported family: softmax over all router
+/// logits (f32), take the top-k probabilities (ties: lower expert id first), then divide them
+/// by their sum if `norm_topk_prob`; the layer output is `Σ_j w_j · expert_{id_j}(x)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MoeSpec {
     pub num_experts: usize,
     pub top_k: usize,
     pub expert_intermediate: usize,
-    /// Renormalize the selected top-k probabilities to sum to one.
+    /// Renormalize the selected top-k probabilities to sum to one (Mixtral: always; Qwen:
+    /// the config field, default false; Grok-1: never).
     pub norm_topk_prob: bool,
+    /// Qwen2-MoE's shared expert: a dense gated MLP of this width whose output is scaled by
+    /// `sigmoid(shared_expert_gate · x)` and added to the routed experts' output.
     pub shared_expert_intermediate: Option<usize>,
     /// Layers whose MLP is sparse (others are dense).
     pub sparse_layers: Vec<bool>,
@@ -299,6 +304,9 @@ impl ModelSpec {
             // transformers runs Gemma 1 with the tanh approximation whatever `hidden_act` says
             // unless `hidden_activation` is set.
             (_, "gemma") if f.str("hidden_activation").is_none() => Activation::GeluTanh,
+            // Grok-1's reference (xai-org/grok-1 model.py) calls `jax.nn.gelu`, whose default
+            // is the tanh approximation; the HF ports' `"hidden_act": "gelu"` means the same.
+            (_, "grok-1") => Activation::GeluTanh,
             ("silu" | "swish", _) => Activation::Silu,
             ("gelu_pytorch_tanh" | "gelu_new" | "gelu_fast", _) => Activation::GeluTanh,
             ("gelu", _) => Activation::Gelu,
@@ -324,7 +332,8 @@ impl ModelSpec {
             _ => 1.0 / (head_dim as f32).sqrt(),
         };
         let qkv_bias = match model_type.as_str() {
-            "qwen2" | "qwen2_moe" => true,
+            "qwen2" => true,
+            "qwen2_moe" => f.bool_or("qkv_bias", true)?,
             _ => f.bool_or("attention_bias", false)?,
         };
         let o_bias = matches!(
@@ -352,7 +361,8 @@ impl ModelSpec {
             // transformers applies the attention cap in Gemma 2 only (Gemma 3 ignores the field).
             attn_softcap: match (model_type == "gemma2", grok) {
                 (true, _) => f.opt_f32("attn_logit_softcapping")?,
-                (_, true) => f.opt_f32("max_attn_value")?,
+                // xai-org/grok-1 model.py hard-codes 30.0 (`max_attn_value` in the HF ports).
+                (_, true) => Some(f.f32_or("max_attn_value", 30.0)?),
                 _ => None,
             },
             final_softcap: if gemma {
@@ -611,24 +621,17 @@ fn parse_layers(f: &Fields, model_type: &str, n: usize, has_local: bool) -> Resu
 }
 
 fn parse_moe(f: &Fields, model_type: &str, n: usize) -> Result<Option<MoeSpec>> {
-    let (experts_key, topk_key, inter_key) = match model_type {
-        "mixtral" => (
-            "num_local_experts",
-            "num_experts_per_tok",
-            "intermediate_size",
-        ),
-        "grok-1" if f.get("num_local_experts").is_some() => (
-            "num_local_experts",
-            "num_experts_per_tok",
-            "intermediate_size",
-        ),
-        "grok-1" => ("num_experts", "num_experts_per_tok", "intermediate_size"),
-        "qwen2_moe" | "qwen3_moe" => (
-            "num_experts",
-            "num_experts_per_tok",
-            "moe_intermediate_size",
-        ),
+    // transformers 5 writes `num_local_experts` for Qwen3-MoE too (its `num_experts` is an
+    // alias); published Qwen configs and Grok-1's HF port say `num_experts`.
+    let (topk_key, inter_key) = match model_type {
+        "mixtral" | "grok-1" => ("num_experts_per_tok", "intermediate_size"),
+        "qwen2_moe" | "qwen3_moe" => ("num_experts_per_tok", "moe_intermediate_size"),
         _ => return Ok(None),
+    };
+    let experts_key = match model_type {
+        "mixtral" => "num_local_experts",
+        _ if f.get("num_local_experts").is_some() => "num_local_experts",
+        _ => "num_experts",
     };
     let num_experts = f.usize(experts_key)?;
     let top_k = f.usize(topk_key)?;
@@ -654,7 +657,13 @@ fn parse_moe(f: &Fields, model_type: &str, n: usize) -> Result<Option<MoeSpec>> 
         num_experts,
         top_k,
         expert_intermediate: f.usize(inter_key)?,
-        norm_topk_prob: f.bool_or("norm_topk_prob", model_type == "mixtral")?,
+        // transformers' MixtralTopKRouter always renormalizes (it never reads the field);
+        // Grok-1's MoELayer weighs experts by the raw top-k softmax probabilities.
+        norm_topk_prob: match model_type {
+            "mixtral" => true,
+            "grok-1" => false,
+            _ => f.bool_or("norm_topk_prob", false)?,
+        },
         shared_expert_intermediate: f
             .opt_usize("shared_expert_intermediate_size")?
             .filter(|&s| s > 0),

@@ -1,13 +1,17 @@
 //! The one decoder. Every family is this file run over a different `ModelSpec`: embedding,
 //! then per layer [norm → fused qkv → (q/k norm) rope + cache write → attention → o-proj
 //! (→ post-norm)] and [norm → fused gate|up → act·mul → down (→ post-norm)], each added to
-//! the residual stream, then the final norm, lm_head and the optional soft-cap.
+//! the residual stream, then the final norm, lm_head and the optional soft-cap. A layer's
+//! MLP is dense or a mixture of experts (`moe.rs`) as `MoeSpec::sparse_layers` says.
+
+mod moe;
 
 use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
 use crate::config::ModelSpec;
 use crate::weights::names::{self, LayerNames};
 use crate::weights::TensorSource;
 use anyhow::{bail, Context, Result};
+use moe::{MoeLayer, MoeWorkspace};
 
 struct Layer<B: Backend> {
     attn_norm: B::Weight,
@@ -18,13 +22,23 @@ struct Layer<B: Backend> {
     o_bias: Option<B::Weight>,
     post_attn_norm: Option<B::Weight>,
     mlp_norm: B::Weight,
+    mlp: Mlp<B>,
+    post_mlp_norm: Option<B::Weight>,
+    attn: AttnParams,
+    rope: usize,
+}
+
+/// A dense gated MLP: fused gate|up → act·mul → down.
+struct DenseMlp<B: Backend> {
     gate_up: B::Weight,
     gate_up_bias: Option<B::Weight>,
     down: B::Weight,
     down_bias: Option<B::Weight>,
-    post_mlp_norm: Option<B::Weight>,
-    attn: AttnParams,
-    rope: usize,
+}
+
+enum Mlp<B: Backend> {
+    Dense(DenseMlp<B>),
+    Moe(MoeLayer<B>),
 }
 
 pub struct Model<B: Backend> {
@@ -52,6 +66,7 @@ pub struct Workspace<B: Backend> {
     act: B::Tensor,
     last: B::Tensor,
     logits: B::Tensor,
+    moe: Option<MoeWorkspace<B>>,
     pub max_tokens: usize,
 }
 
@@ -73,8 +88,17 @@ impl<B: Backend> Workspace<B> {
             act: be.alloc(t, inter)?,
             last: be.alloc(t, spec.hidden)?,
             logits: be.alloc(t, spec.vocab_size)?,
+            moe: MoeWorkspace::new(be, spec, t)?,
             max_tokens,
         })
+    }
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Expert ids `[T, top_k]` (as f32) chosen by the last sparse layer of the last forward;
+    /// `None` for a dense model.
+    pub fn last_expert_ids(&self, be: &B) -> Option<Result<Vec<f32>>> {
+        self.moe.as_ref().map(|m| m.last_expert_ids(be))
     }
 }
 
@@ -120,17 +144,11 @@ fn upload_stacked<B: Backend>(
 impl<B: Backend> Model<B> {
     /// Uploads every weight, one tensor at a time, fusing q|k|v and gate|up.
     pub fn load(be: &B, spec: ModelSpec, src: &dyn TensorSource) -> Result<Self> {
-        if spec.moe.is_some() {
-            bail!(
-                "model_type `{}`: mixture-of-experts layers are not implemented yet",
-                spec.model_type
-            );
-        }
         let (d, hd) = (spec.hidden, spec.head_dim);
         let (qd, kvd, inter) = (spec.q_dim(), spec.kv_dim(), spec.intermediate);
         let mut layers = Vec::with_capacity(spec.num_layers);
         for (i, ls) in spec.layers.iter().enumerate() {
-            let n = LayerNames::new(&spec, i);
+            let n = LayerNames::new(&spec, i, src);
             let w = |s: &str| format!("{s}.weight");
             let b = |s: &str| format!("{s}.bias");
             let qkv_parts = [(w(&n.q), qd), (w(&n.k), kvd), (w(&n.v), kvd)];
@@ -144,18 +162,30 @@ impl<B: Backend> Model<B> {
             } else {
                 None
             };
-            let gu = [(w(&n.gate), inter), (w(&n.up), inter)];
-            let parts: Vec<(&str, usize)> = gu.iter().map(|(s, r)| (s.as_str(), *r)).collect();
-            let gate_up = upload_stacked(be, src, &parts, d)?;
-            let (gate_up_bias, down_bias) = if spec.mlp_bias {
-                let gb = [(b(&n.gate), inter), (b(&n.up), inter)];
-                let parts: Vec<(&str, usize)> = gb.iter().map(|(s, r)| (s.as_str(), *r)).collect();
-                (
-                    Some(upload_stacked(be, src, &parts, 0)?),
-                    Some(upload(be, src, &b(&n.down), d, 0)?),
-                )
+            let sparse = spec.moe.as_ref().is_some_and(|m| m.sparse_layers[i]);
+            let mlp = if sparse {
+                Mlp::Moe(MoeLayer::load(be, &spec, i, src)?)
             } else {
-                (None, None)
+                let gu = [(w(&n.gate), inter), (w(&n.up), inter)];
+                let parts: Vec<(&str, usize)> = gu.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+                let gate_up = upload_stacked(be, src, &parts, d)?;
+                let (gate_up_bias, down_bias) = if spec.mlp_bias {
+                    let gb = [(b(&n.gate), inter), (b(&n.up), inter)];
+                    let parts: Vec<(&str, usize)> =
+                        gb.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+                    (
+                        Some(upload_stacked(be, src, &parts, 0)?),
+                        Some(upload(be, src, &b(&n.down), d, 0)?),
+                    )
+                } else {
+                    (None, None)
+                };
+                Mlp::Dense(DenseMlp {
+                    gate_up,
+                    gate_up_bias,
+                    down: upload(be, src, &w(&n.down), d, inter)?,
+                    down_bias,
+                })
             };
             let sandwich = |name: &str| -> Result<Option<B::Weight>> {
                 if spec.sandwich_norms {
@@ -184,10 +214,7 @@ impl<B: Backend> Model<B> {
                 },
                 post_attn_norm: sandwich(&n.post_attn_norm)?,
                 mlp_norm: upload(be, src, &n.mlp_norm, d, 0)?,
-                gate_up,
-                gate_up_bias,
-                down: upload(be, src, &w(&n.down), d, inter)?,
-                down_bias,
+                mlp,
                 post_mlp_norm: sandwich(&n.post_mlp_norm)?,
                 attn: AttnParams {
                     num_heads: spec.num_heads,
@@ -208,7 +235,20 @@ impl<B: Backend> Model<B> {
                 "the checkpoint has no separate output projection and config.json does not set tie_word_embeddings",
             )?)
         };
-        let final_norm = upload(be, src, names::FINAL_NORM, d, 0)?;
+        // Grok-1's output multiplier is folded into the final norm's multiplier:
+        // `(norm(x)·(off + w))·Eᵀ·s = (norm(x)·(off + w)·s)·Eᵀ`.
+        let final_norm_name = names::final_norm(src);
+        let final_norm = if spec.logit_scale == 1.0 {
+            upload(be, src, final_norm_name, d, 0)?
+        } else {
+            let off = spec.norm_weight_offset;
+            let w: Vec<f32> = src
+                .load(final_norm_name, &[d])?
+                .iter()
+                .map(|g| (off + g) * spec.logit_scale - off)
+                .collect();
+            be.upload_weight(final_norm_name, &w, 1, d)?
+        };
         let ropes = spec
             .ropes
             .iter()
@@ -217,17 +257,22 @@ impl<B: Backend> Model<B> {
         let mut weight_bytes = be.weight_bytes(&embed) + be.weight_bytes(&final_norm);
         weight_bytes += lm_head.as_ref().map_or(0, |w| be.weight_bytes(w));
         for l in &layers {
-            for w in [&l.attn_norm, &l.qkv, &l.o, &l.mlp_norm, &l.gate_up, &l.down] {
+            for w in [&l.attn_norm, &l.qkv, &l.o, &l.mlp_norm] {
                 weight_bytes += be.weight_bytes(w);
             }
-            let opt = [
-                &l.qkv_bias,
-                &l.o_bias,
-                &l.post_attn_norm,
-                &l.gate_up_bias,
-                &l.down_bias,
-                &l.post_mlp_norm,
-            ];
+            weight_bytes += match &l.mlp {
+                Mlp::Dense(m) => {
+                    be.weight_bytes(&m.gate_up)
+                        + be.weight_bytes(&m.down)
+                        + [&m.gate_up_bias, &m.down_bias]
+                            .iter()
+                            .filter_map(|w| w.as_ref())
+                            .map(|w| be.weight_bytes(w))
+                            .sum::<usize>()
+                }
+                Mlp::Moe(m) => m.weight_bytes(be),
+            };
+            let opt = [&l.qkv_bias, &l.o_bias, &l.post_attn_norm, &l.post_mlp_norm];
             weight_bytes += opt
                 .iter()
                 .filter_map(|w| w.as_ref())
@@ -322,14 +367,24 @@ impl<B: Backend> Model<B> {
             }
             // MLP block.
             norm_into_h(be, ws, &l.mlp_norm, &mut pending)?;
-            be.matmul(&ws.h, &l.gate_up, l.gate_up_bias.as_ref(), &mut ws.gate_up)?;
-            be.act_mul(&ws.gate_up, spec.activation, &mut ws.act)?;
-            match &l.post_mlp_norm {
-                Some(pn) => {
-                    be.matmul(&ws.act, &l.down, l.down_bias.as_ref(), &mut ws.proj)?;
-                    be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
+            let target = if l.post_mlp_norm.is_some() {
+                &mut ws.proj
+            } else {
+                &mut ws.delta
+            };
+            match &l.mlp {
+                Mlp::Dense(m) => {
+                    be.matmul(&ws.h, &m.gate_up, m.gate_up_bias.as_ref(), &mut ws.gate_up)?;
+                    be.act_mul(&ws.gate_up, spec.activation, &mut ws.act)?;
+                    be.matmul(&ws.act, &m.down, m.down_bias.as_ref(), target)?;
                 }
-                None => be.matmul(&ws.act, &l.down, l.down_bias.as_ref(), &mut ws.delta)?,
+                Mlp::Moe(m) => {
+                    let mws = ws.moe.as_mut().context("workspace has no MoE buffers")?;
+                    m.forward(be, &ws.h, mws, target)?;
+                }
+            }
+            if let Some(pn) = &l.post_mlp_norm {
+                be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
             }
         }
         norm_into_h(be, ws, &self.final_norm, &mut pending)?;

@@ -16,7 +16,18 @@ use flint::ModelRef;
 
 const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &[
-    "gemma", "gemma2", "gemma3", "llama2", "llama3", "mistral", "qwen2", "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "grok1",
+    "llama2",
+    "llama3",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
 ];
 
 fn load(name: &str) -> Model<CpuBackend> {

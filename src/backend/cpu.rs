@@ -1,7 +1,7 @@
 //! The f32 reference backend: plain loops, obviously right, the oracle for every CUDA kernel.
 //! Math follows transformers' float32 path (f32 accumulation, exact GELU/tanh/exp).
 
-use super::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use super::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput};
 use crate::config::Activation;
 use anyhow::{bail, Result};
 
@@ -506,6 +506,170 @@ impl Backend for CpuBackend {
     fn softcap(&self, x: &mut CpuTensor, cap: f32) -> Result<()> {
         for v in x.data.iter_mut() {
             *v = cap * (*v / cap).tanh();
+        }
+        Ok(())
+    }
+
+    fn moe_route(
+        &self,
+        logits: &CpuTensor,
+        routing: &MoeRouting,
+        ids: &mut CpuTensor,
+        weights: &mut CpuTensor,
+    ) -> Result<()> {
+        let (e, k) = (routing.num_experts, routing.top_k);
+        if k == 0 || k > e || logits.cols != e || ids.cols != k || weights.cols != k {
+            bail!(
+                "moe_route: logits have {} columns for {e} experts, top-k {k}, ids {} and weights {} columns",
+                logits.cols,
+                ids.cols,
+                weights.cols
+            );
+        }
+        ids.set_rows(logits.rows, "moe_route")?;
+        weights.set_rows(logits.rows, "moe_route")?;
+        let mut p = vec![0f32; e];
+        let mut order: Vec<usize> = Vec::with_capacity(e);
+        for t in 0..logits.rows {
+            let row = logits.row(t);
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (pi, &l) in p.iter_mut().zip(row) {
+                *pi = (l - m).exp();
+                sum += *pi;
+            }
+            for pi in p.iter_mut() {
+                *pi /= sum;
+            }
+            // Stable sort on descending probability: equal values keep the lower id first.
+            order.clear();
+            order.extend(0..e);
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            let top = &order[..k];
+            let norm = if routing.norm_topk_prob {
+                top.iter().map(|&i| p[i]).sum::<f32>()
+            } else {
+                1.0
+            };
+            for (j, &i) in top.iter().enumerate() {
+                ids.data[t * k + j] = i as f32;
+                weights.data[t * k + j] = p[i] / norm;
+            }
+        }
+        Ok(())
+    }
+
+    fn moe_experts(
+        &self,
+        x: &CpuTensor,
+        ids: &CpuTensor,
+        weights: &CpuTensor,
+        gate_up: &CpuTensor,
+        down: &CpuTensor,
+        shape: &MoeExperts,
+        scratch: &mut CpuTensor,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let (ne, k, d, i) = (
+            shape.num_experts,
+            shape.top_k,
+            shape.hidden,
+            shape.intermediate,
+        );
+        let t_rows = x.rows;
+        if x.cols != d
+            || out.cols != d
+            || ids.cols != k
+            || weights.cols != k
+            || ids.rows != t_rows
+            || weights.rows != t_rows
+        {
+            bail!(
+                "moe_experts: x is [{t_rows}, {}], ids [{}, {}], weights [{}, {}], output has {} columns; expected hidden {d}, top-k {k}",
+                x.cols, ids.rows, ids.cols, weights.rows, weights.cols, out.cols
+            );
+        }
+        if gate_up.rows != ne * 2 * i || gate_up.cols != d || down.rows != ne * d || down.cols != i
+        {
+            bail!(
+                "moe_experts: stacked weights are [{}, {}] and [{}, {}]; expected [{}, {d}] and [{}, {i}] for {ne} experts of width {i}",
+                gate_up.rows, gate_up.cols, down.rows, down.cols, ne * 2 * i, ne * d
+            );
+        }
+        if scratch.cols != 2 * i {
+            bail!(
+                "moe_experts: scratch has {} columns, needs {}",
+                scratch.cols,
+                2 * i
+            );
+        }
+        scratch.set_rows(t_rows * k, "moe_experts (scratch)")?;
+        out.set_rows(t_rows, "moe_experts")?;
+        out.data.fill(0.0);
+        let f = match shape.act {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+            Activation::Gelu => gelu_erf,
+        };
+        // Assignment a = t·k + j: token t's j-th choice. Group them by expert.
+        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); ne];
+        for (a, &id) in ids.data[..t_rows * k].iter().enumerate() {
+            if !(id >= 0.0 && id.fract() == 0.0 && (id as usize) < ne) {
+                bail!(
+                    "moe_experts: token {} selects expert {id}, outside 0..{ne}",
+                    a / k
+                );
+            }
+            by_expert[id as usize].push(a);
+        }
+        for (e, assigned) in by_expert.iter().enumerate() {
+            if assigned.is_empty() {
+                continue;
+            }
+            // gate|up for every assigned token, each weight row read once.
+            for r in 0..2 * i {
+                let wr = gate_up.row(e * 2 * i + r);
+                for &a in assigned {
+                    scratch.data[a * 2 * i + r] = dot(x.row(a / k), wr);
+                }
+            }
+            for &a in assigned {
+                let s = &mut scratch.data[a * 2 * i..(a + 1) * 2 * i];
+                for c in 0..i {
+                    s[c] = f(s[c]) * s[i + c];
+                }
+            }
+            for r in 0..d {
+                let wr = down.row(e * d + r);
+                for &a in assigned {
+                    let y = dot(&scratch.data[a * 2 * i..a * 2 * i + i], wr);
+                    out.data[(a / k) * d + r] += weights.data[a] * y;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sigmoid_gate_add(&self, x: &CpuTensor, gate: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        if gate.cols != 1 || gate.rows != x.rows || out.cols != x.cols || out.rows != x.rows {
+            bail!(
+                "sigmoid_gate_add: x is [{}, {}], gate [{}, {}], output [{}, {}]",
+                x.rows,
+                x.cols,
+                gate.rows,
+                gate.cols,
+                out.rows,
+                out.cols
+            );
+        }
+        for t in 0..x.rows {
+            let g = 1.0 / (1.0 + (-gate.data[t]).exp());
+            for (o, v) in out.data[t * x.cols..(t + 1) * x.cols]
+                .iter_mut()
+                .zip(x.row(t))
+            {
+                *o += g * v;
+            }
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::config::Activation;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 /// One sequence's share of a step: its new tokens and its view of the paged KV cache.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +78,26 @@ pub struct KvShape {
     pub block_size: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+}
+
+/// Router semantics of one MoE layer (see `config::MoeSpec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeRouting {
+    pub num_experts: usize,
+    pub top_k: usize,
+    /// Divide the selected probabilities by their sum.
+    pub norm_topk_prob: bool,
+}
+
+/// Shape of one MoE layer's stacked experts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeExperts {
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub hidden: usize,
+    /// Each expert's intermediate width I.
+    pub intermediate: usize,
+    pub act: Activation,
 }
 
 pub trait Backend {
@@ -186,4 +206,65 @@ pub trait Backend {
 
     /// In place `x = cap * tanh(x / cap)`.
     fn softcap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()>;
+
+    /// MoE routing, one token per row: `logits [T, E]` (router matmul output) →
+    /// `p = softmax(logits)` over all E experts in f32 → the top-k of p in descending order
+    /// (equal probabilities: the lower expert id first) → `ids [T, k]` and `weights [T, k]`
+    /// (`p` of each, divided by their sum when `norm_topk_prob`). Ids are written as f32
+    /// holding exact integers (only this op and `moe_experts` read them, so another backend
+    /// may store them bit-cast as i32).
+    fn moe_route(
+        &self,
+        logits: &Self::Tensor,
+        routing: &MoeRouting,
+        ids: &mut Self::Tensor,
+        weights: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (logits, routing, ids, weights);
+        bail!(
+            "{}: moe_route is not implemented on this backend",
+            self.name()
+        )
+    }
+
+    /// The routed experts of one MoE layer, combined:
+    /// `out[t] = Σ_j weights[t, j] · down_e (act(gate_e · x[t]) * (up_e · x[t]))`, e = ids[t, j].
+    /// `gate_up` is the stacked weight `[E · 2I, D]` (expert e's gate rows then up rows at
+    /// rows `e·2I ..`), `down` is `[E · D, I]` (expert e at rows `e·D ..`): the
+    /// `[E, 2I, D]` / `[E, D, I]` tensors a grouped GEMM reads. `scratch` has room for
+    /// `T · k` rows of `2I` columns (permuted gate|up activations). `out [T, D]` is
+    /// overwritten; experts no token selected are never read.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts(
+        &self,
+        x: &Self::Tensor,
+        ids: &Self::Tensor,
+        weights: &Self::Tensor,
+        gate_up: &Self::Weight,
+        down: &Self::Weight,
+        shape: &MoeExperts,
+        scratch: &mut Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, ids, weights, gate_up, down, shape, scratch, out);
+        bail!(
+            "{}: moe_experts is not implemented on this backend",
+            self.name()
+        )
+    }
+
+    /// Qwen2-MoE's gated shared expert: `out[t] += sigmoid(gate[t, 0]) · x[t]`, with
+    /// `x [T, D]`, `gate [T, 1]`, `out [T, D]`.
+    fn sigmoid_gate_add(
+        &self,
+        x: &Self::Tensor,
+        gate: &Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, gate, out);
+        bail!(
+            "{}: sigmoid_gate_add is not implemented on this backend",
+            self.name()
+        )
+    }
 }

@@ -1,0 +1,472 @@
+//! Mixture of experts on the CPU reference: the MoE fixtures against their references
+//! (transformers 5.24 for mixtral / qwen2_moe / qwen3_moe; for grok1 the float64 numpy forward
+//! in tests/fixtures/make_grok1_fixture.py, written from xai-org/grok-1's model.py since
+//! transformers has no Grok-1 class), the routing op's semantics, the experts op against a
+//! per-expert dense computation, and shrunk synthetic Mixtral / Qwen3-MoE presets whose
+//! routing spreads tokens over several experts.
+
+mod common;
+
+use common::{fixtures_dir, max_rel_err, reference};
+use flint::backend::cpu::{CpuBackend, CpuTensor};
+use flint::backend::{Backend, MoeExperts, MoeRouting, StepInput};
+use flint::config::{Activation, ModelSpec};
+use flint::engine::{self, GenerateOptions, BLOCK_SIZE};
+use flint::kv_cache::{BlockAllocator, SeqCache};
+use flint::model::{Model, Workspace};
+use flint::sampling::SamplingParams;
+use flint::weights::synthetic::{SyntheticSource, PRESETS};
+use flint::weights::WeightStore;
+use flint::ModelRef;
+
+const MOE_FIXTURES: &[&str] = &["grok1", "mixtral", "qwen2_moe", "qwen3_moe"];
+
+fn t(be: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
+    be.upload_weight("t", data, rows, cols).unwrap()
+}
+
+#[test]
+fn moe_fixtures_match_their_references() {
+    for name in MOE_FIXTURES {
+        let be = CpuBackend;
+        let m = ModelRef::Dir(fixtures_dir().join(name))
+            .load(&be)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(m.spec.moe.is_some(), "{name}: no MoE in the spec");
+        let r = reference(name);
+        let mut worst = 0f32;
+        for (p, want) in r.prompts.iter().zip(&r.logits_last) {
+            let got = engine::prompt_logits(&be, &m, p, false).unwrap();
+            let e = max_rel_err(&got, want);
+            worst = worst.max(e);
+            assert!(
+                e < 1e-4,
+                "{name}: prompt of {} tokens: relative error {e:.2e}",
+                p.len()
+            );
+        }
+        let longest = r.prompts.iter().max_by_key(|p| p.len()).unwrap();
+        let got = engine::prompt_logits(&be, &m, longest, true).unwrap();
+        let v = m.spec.vocab_size;
+        for (i, want) in r.logits_all.iter().enumerate() {
+            let e = max_rel_err(&got[i * v..(i + 1) * v], want);
+            worst = worst.max(e);
+            assert!(e < 1e-4, "{name}: position {i}: relative error {e:.2e}");
+        }
+        eprintln!("{name}: max relative logit error {worst:.2e}");
+        let opts = GenerateOptions {
+            max_new_tokens: 16,
+            sampling: SamplingParams::default(),
+            eos_ids: m.spec.eos_token_ids.clone(),
+            ignore_eos: true,
+        };
+        for (p, want) in r.prompts.iter().zip(&r.greedy) {
+            let g = engine::generate(&be, &m, p, &opts).unwrap();
+            assert_eq!(&g.tokens, want, "{name}: greedy after {p:?}");
+        }
+    }
+}
+
+#[test]
+fn fixture_specs_have_the_moe_quirks() {
+    let spec = |n: &str| ModelSpec::from_dir(&fixtures_dir().join(n)).unwrap();
+    let mx = spec("mixtral");
+    let m = mx.moe.as_ref().unwrap();
+    assert_eq!((m.num_experts, m.top_k, m.norm_topk_prob), (8, 2, true));
+    let q2 = spec("qwen2_moe");
+    let m = q2.moe.as_ref().unwrap();
+    assert_eq!(m.shared_expert_intermediate, Some(48));
+    assert!(!m.norm_topk_prob && q2.qkv_bias);
+    assert_eq!(
+        m.sparse_layers,
+        vec![false, true, false, true],
+        "decoder_sparse_step 2"
+    );
+    let q3 = spec("qwen3_moe");
+    let m = q3.moe.as_ref().unwrap();
+    assert_eq!((m.num_experts, m.top_k, m.norm_topk_prob), (16, 4, true));
+    assert_eq!(
+        m.sparse_layers,
+        vec![true, false, true],
+        "mlp_only_layers [1]"
+    );
+    let g = spec("grok1");
+    let m = g.moe.as_ref().unwrap();
+    assert!(!m.norm_topk_prob && g.sandwich_norms);
+    assert_eq!(g.activation, Activation::GeluTanh);
+    assert_eq!((g.attn_scale, g.attn_softcap), (0.5, Some(30.0)));
+    assert_eq!(g.embed_scale, 6.0);
+    assert!((g.logit_scale - 0.577_350_26).abs() < 1e-7);
+    // qwen3_moe is stored in transformers 5's fused layout, mixtral in the published one.
+    let st = WeightStore::open(&fixtures_dir().join("qwen3_moe")).unwrap();
+    assert!(st.contains("model.layers.0.mlp.experts.gate_up_proj"));
+    let st = WeightStore::open(&fixtures_dir().join("mixtral")).unwrap();
+    assert!(st.contains("model.layers.0.block_sparse_moe.experts.7.w2.weight"));
+}
+
+fn route(logits: &[f32], e: usize, k: usize, norm: bool) -> (Vec<f32>, Vec<f32>) {
+    let be = CpuBackend;
+    let rows = logits.len() / e;
+    let l = t(&be, rows, e, logits);
+    let (mut ids, mut w) = (be.alloc(rows, k).unwrap(), be.alloc(rows, k).unwrap());
+    let r = MoeRouting {
+        num_experts: e,
+        top_k: k,
+        norm_topk_prob: norm,
+    };
+    be.moe_route(&l, &r, &mut ids, &mut w).unwrap();
+    (be.to_host(&ids).unwrap(), be.to_host(&w).unwrap())
+}
+
+#[test]
+fn routing_is_softmax_then_top_k_then_optional_renormalization() {
+    let logits = [0.5f32, 2.0, -1.0, 1.0];
+    let z: f32 = logits.iter().map(|x| x.exp()).sum();
+    let p: Vec<f32> = logits.iter().map(|x| x.exp() / z).collect();
+    let (ids, w) = route(&logits, 4, 2, false);
+    assert_eq!(ids, vec![1.0, 3.0]);
+    assert!(
+        (w[0] - p[1]).abs() < 1e-7 && (w[1] - p[3]).abs() < 1e-7,
+        "{w:?} vs {p:?}"
+    );
+    let (ids, w) = route(&logits, 4, 2, true);
+    assert_eq!(ids, vec![1.0, 3.0]);
+    assert!((w[0] + w[1] - 1.0).abs() < 1e-6);
+    assert!((w[0] / w[1] - p[1] / p[3]).abs() < 1e-5);
+    // top-k = all experts, renormalized: the full softmax.
+    let (_, w) = route(&logits, 4, 4, true);
+    let mut sorted = p.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    for (a, b) in w.iter().zip(&sorted) {
+        assert!((a - b).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn routing_ties_pick_the_lower_expert_id_first() {
+    let (ids, w) = route(&[1.0, 2.0, 2.0, 2.0, 0.0, 2.0], 6, 3, false);
+    assert_eq!(ids, vec![1.0, 2.0, 3.0]);
+    assert!(w[0] == w[1] && w[1] == w[2]);
+    let (ids, w) = route(&[0.0; 8], 8, 2, true);
+    assert_eq!(ids, vec![0.0, 1.0]);
+    assert_eq!(w, vec![0.5, 0.5]);
+}
+
+#[test]
+fn routing_rejects_bad_shapes_by_name() {
+    let be = CpuBackend;
+    let l = t(&be, 1, 4, &[0.0; 4]);
+    let (mut ids, mut w) = (be.alloc(1, 2).unwrap(), be.alloc(1, 2).unwrap());
+    let r = MoeRouting {
+        num_experts: 5,
+        top_k: 2,
+        norm_topk_prob: true,
+    };
+    let err = be
+        .moe_route(&l, &r, &mut ids, &mut w)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("moe_route:"), "{err}");
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Experts {
+    x: CpuTensor,
+    gate_up: CpuTensor,
+    down: CpuTensor,
+    shape: MoeExperts,
+}
+
+fn experts(tokens: usize, ne: usize, k: usize, d: usize, i: usize) -> Experts {
+    let be = CpuBackend;
+    Experts {
+        x: t(&be, tokens, d, &values(tokens * d, 1)),
+        gate_up: t(&be, ne * 2 * i, d, &values(ne * 2 * i * d, 2)),
+        down: t(&be, ne * d, i, &values(ne * d * i, 3)),
+        shape: MoeExperts {
+            num_experts: ne,
+            top_k: k,
+            hidden: d,
+            intermediate: i,
+            act: Activation::Silu,
+        },
+    }
+}
+
+/// One expert on one token with the dense ops: down · (act(gate · x) * (up · x)).
+fn dense_expert(ex: &Experts, tok: usize, e: usize) -> Vec<f32> {
+    let be = CpuBackend;
+    let (d, i) = (ex.shape.hidden, ex.shape.intermediate);
+    let x = t(&be, 1, d, ex.x.row(tok));
+    let gu = t(
+        &be,
+        2 * i,
+        d,
+        &ex.gate_up.data[e * 2 * i * d..(e + 1) * 2 * i * d],
+    );
+    let dn = t(&be, d, i, &ex.down.data[e * d * i..(e + 1) * d * i]);
+    let (mut h, mut a, mut y) = (
+        be.alloc(1, 2 * i).unwrap(),
+        be.alloc(1, i).unwrap(),
+        be.alloc(1, d).unwrap(),
+    );
+    be.matmul(&x, &gu, None, &mut h).unwrap();
+    be.act_mul(&h, ex.shape.act, &mut a).unwrap();
+    be.matmul(&a, &dn, None, &mut y).unwrap();
+    be.to_host(&y).unwrap()
+}
+
+fn run_experts(ex: &Experts, ids: &[f32], w: &[f32]) -> anyhow::Result<Vec<f32>> {
+    let be = CpuBackend;
+    let (n, k) = (ex.x.rows, ex.shape.top_k);
+    let ids = t(&be, n, k, ids);
+    let w = t(&be, n, k, w);
+    let mut scratch = be.alloc(n * k, 2 * ex.shape.intermediate)?;
+    let mut out = be.alloc(n, ex.shape.hidden)?;
+    be.moe_experts(
+        &ex.x,
+        &ids,
+        &w,
+        &ex.gate_up,
+        &ex.down,
+        &ex.shape,
+        &mut scratch,
+        &mut out,
+    )?;
+    be.to_host(&out)
+}
+
+#[test]
+fn experts_op_equals_the_weighted_sum_of_dense_experts() {
+    let (n, ne, k, d, i) = (5, 6, 2, 16, 8);
+    let mut ex = experts(n, ne, k, d, i);
+    // Experts 4 and 5 get no token: poison them, the op must never read them.
+    for v in &mut ex.gate_up.data[4 * 2 * i * d..] {
+        *v = f32::NAN;
+    }
+    for v in &mut ex.down.data[4 * d * i..] {
+        *v = f32::NAN;
+    }
+    let ids = [0.0, 1.0, 1.0, 3.0, 2.0, 0.0, 3.0, 2.0, 1.0, 0.0];
+    let w = [0.7, 0.3, 0.6, 0.4, 0.5, 0.5, 0.9, 0.1, 0.2, 0.8];
+    let got = run_experts(&ex, &ids, &w).unwrap();
+    for tok in 0..n {
+        let mut want = vec![0f32; d];
+        for j in 0..k {
+            let y = dense_expert(&ex, tok, ids[tok * k + j] as usize);
+            for (a, b) in want.iter_mut().zip(y) {
+                *a += w[tok * k + j] * b;
+            }
+        }
+        let e = max_rel_err(&got[tok * d..(tok + 1) * d], &want);
+        assert!(e < 1e-6, "token {tok}: relative error {e:.2e}");
+    }
+}
+
+#[test]
+fn experts_op_with_every_token_on_one_expert() {
+    let (n, ne, k, d, i) = (4, 8, 1, 16, 8);
+    let ex = experts(n, ne, k, d, i);
+    let got = run_experts(&ex, &[5.0; 4], &[1.0; 4]).unwrap();
+    for tok in 0..n {
+        let want = dense_expert(&ex, tok, 5);
+        assert!(max_rel_err(&got[tok * d..(tok + 1) * d], &want) < 1e-6);
+    }
+    // And routed by moe_route: one dominant logit for every token.
+    let mut logits = vec![0f32; n * ne];
+    for tok in 0..n {
+        logits[tok * ne + 5] = 10.0;
+    }
+    let (ids, w) = route(&logits, ne, 2, true);
+    for tok in 0..n {
+        assert_eq!(ids[tok * 2], 5.0);
+        assert!(w[tok * 2] > 0.99);
+    }
+}
+
+#[test]
+fn experts_op_rejects_an_expert_id_out_of_range() {
+    let ex = experts(2, 4, 1, 8, 4);
+    let err = run_experts(&ex, &[1.0, 4.0], &[1.0, 1.0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("moe_experts:") && err.contains("expert 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigmoid_gate_add_scales_and_accumulates() {
+    let be = CpuBackend;
+    let x = t(&be, 2, 3, &[1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
+    let g = t(&be, 2, 1, &[0.0, 100.0]);
+    let mut out = t(&be, 2, 3, &[1.0; 6]);
+    be.sigmoid_gate_add(&x, &g, &mut out).unwrap();
+    assert_eq!(
+        be.to_host(&out).unwrap(),
+        vec![1.5, 2.0, 2.5, 0.0, 1.0, 2.0]
+    );
+}
+
+/// A preset's config with small dimensions but its own expert count, top-k and routing flags.
+fn shrunk(preset: &str) -> ModelSpec {
+    let (_, json) = PRESETS.iter().find(|p| p.0 == preset).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let o = v.as_object_mut().unwrap();
+    for (k, x) in [
+        ("vocab_size", 512),
+        ("hidden_size", 64),
+        ("intermediate_size", 96),
+        ("moe_intermediate_size", 32),
+        ("num_hidden_layers", 2),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+        ("head_dim", 16),
+    ] {
+        if k != "head_dim" || o.contains_key(k) {
+            o.insert(k.into(), x.into());
+        }
+    }
+    ModelSpec::from_json_str(&v.to_string(), preset).unwrap()
+}
+
+#[test]
+fn shrunk_synthetic_moe_presets_route_tokens_to_many_experts() {
+    for preset in ["mixtral-8x7b", "qwen3-30b-a3b", "grok-1"] {
+        let be = CpuBackend;
+        let spec = shrunk(preset);
+        let moe = spec.moe.clone().unwrap();
+        let src = SyntheticSource::new(&spec, 0);
+        let m = Model::load(&be, spec, &src).unwrap_or_else(|e| panic!("{preset}: {e:#}"));
+        let prompt: Vec<u32> = (0..48).map(|i| (i * 37 + 11) % 512).collect();
+        let n = prompt.len();
+        let blocks = n.div_ceil(BLOCK_SIZE);
+        let mut alloc = BlockAllocator::new(blocks, BLOCK_SIZE);
+        let mut cache = be.alloc_kv_cache(m.kv_shape(blocks, BLOCK_SIZE)).unwrap();
+        let mut ws = Workspace::new(&be, &m.spec, n).unwrap();
+        let mut step = StepInput {
+            block_size: BLOCK_SIZE,
+            ..Default::default()
+        };
+        SeqCache::default()
+            .push_to_step(&mut alloc, &prompt, &mut step)
+            .unwrap();
+        let logits = m.forward(&be, &step, &mut cache, &mut ws, false).unwrap();
+        assert!(
+            logits.iter().all(|x| x.is_finite()),
+            "{preset}: non-finite logits"
+        );
+        let ids = ws.last_expert_ids(&be).unwrap().unwrap();
+        assert_eq!(ids.len(), n * moe.top_k);
+        let mut used = vec![0usize; moe.num_experts];
+        for id in &ids {
+            used[*id as usize] += 1;
+        }
+        let distinct = used.iter().filter(|&&c| c > 0).count();
+        eprintln!(
+            "{preset} (shrunk): {distinct} of {} experts used, the busiest takes {} of {} slots",
+            moe.num_experts,
+            used.iter().max().unwrap(),
+            n * moe.top_k
+        );
+        let busiest = *used.iter().max().unwrap();
+        assert!(
+            distinct >= moe.num_experts.min(n * moe.top_k) / 2 && busiest < n,
+            "{preset}: degenerate routing, tokens per expert {used:?}"
+        );
+    }
+}
+
+#[test]
+fn full_size_moe_presets_parse_with_their_published_routing() {
+    let spec = |p: &str| flint::weights::synthetic::preset_spec(p).unwrap();
+    let mx = spec("mixtral-8x7b");
+    let m = mx.moe.as_ref().unwrap();
+    assert_eq!((m.num_experts, m.top_k, m.norm_topk_prob), (8, 2, true));
+    assert!(m.sparse_layers.iter().all(|&s| s));
+    let q = spec("qwen3-30b-a3b");
+    let m = q.moe.as_ref().unwrap();
+    assert_eq!(
+        (m.num_experts, m.top_k, m.expert_intermediate),
+        (128, 8, 768)
+    );
+    assert!(m.norm_topk_prob);
+    let g = spec("grok-1");
+    assert!(!g.moe.as_ref().unwrap().norm_topk_prob);
+    assert_eq!(g.attn_softcap, Some(30.0));
+}
+
+/// A fixture's weights under its config with one field changed.
+fn load_with(name: &str, key: &str, value: serde_json::Value) -> anyhow::Result<Model<CpuBackend>> {
+    let dir = fixtures_dir().join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().insert(key.into(), value);
+    let spec = ModelSpec::from_json_str(&v.to_string(), "edited config.json")?;
+    let store = WeightStore::open(&dir)?;
+    Model::load(&CpuBackend, spec, &store)
+}
+
+#[test]
+fn misshapen_moe_tensors_are_errors_naming_them() {
+    let err = |name: &str, key: &str, v: usize| {
+        format!("{:#}", load_with(name, key, v.into()).err().unwrap())
+    };
+    // Router [E, D] against a config with one more expert.
+    let e = err("mixtral", "num_local_experts", 9);
+    assert!(
+        e.contains("mixtral/model.safetensors")
+            && e.contains("block_sparse_moe.gate.weight")
+            && e.contains("[9, 64]"),
+        "{e}"
+    );
+    // Per-expert layout: each expert's own tensor is checked.
+    let e = err("mixtral", "intermediate_size", 32);
+    assert!(
+        e.contains("block_sparse_moe.experts.0.w1.weight") && e.contains("[32, 64]"),
+        "{e}"
+    );
+    // Fused layout: the stacked [E, 2I, D] tensor is checked as a whole.
+    let e = err("qwen3_moe", "moe_intermediate_size", 16);
+    assert!(
+        e.contains("mlp.experts.gate_up_proj") && e.contains("[16, 32, 64]"),
+        "{e}"
+    );
+}
+
+/// Grok-1's checkpoint with its norms spelled `.weight` (as vLLM renames the port's `.scale`).
+struct NormsAsWeight(WeightStore);
+
+impl flint::weights::TensorSource for NormsAsWeight {
+    fn load(&self, name: &str, shape: &[usize]) -> anyhow::Result<Vec<f32>> {
+        self.0
+            .load_f32(&name.replace("norm.weight", "norm.scale"), shape)
+    }
+    fn contains(&self, name: &str) -> bool {
+        !name.ends_with("norm.scale") && self.0.contains(&name.replace("norm.weight", "norm.scale"))
+    }
+}
+
+#[test]
+fn grok1_norms_load_under_either_spelling() {
+    let dir = fixtures_dir().join("grok1");
+    let spec = ModelSpec::from_dir(&dir).unwrap();
+    let src = NormsAsWeight(WeightStore::open(&dir).unwrap());
+    let m = Model::load(&CpuBackend, spec, &src).unwrap();
+    let r = reference("grok1");
+    let got = engine::prompt_logits(&CpuBackend, &m, &r.prompts[1], false).unwrap();
+    assert!(max_rel_err(&got, &r.logits_last[1]) < 1e-4);
+}
