@@ -25,8 +25,9 @@
 //!
 //! Scales are f32 `[N, K/group]` (per channel: `group == K`, one scale per row); f16/bf16
 //! checkpoint scales convert exactly. Integer zero points, where the format has them, are
-//! `i16` `[N, K/group]` (GPTQ v1 can yield a zero of 16 for 4-bit and 256 for 8-bit, which is
-//! why they are not u4/u8). Without zero points int8 is symmetric around 0 and int4 around 8.
+//! `i16` `[N, K/group]` (int4 zeros are 0..=15 from every importer; int8 zeros are signed,
+//! and quantizers or hand-built weights may use any integer). Without zero points int8 is
+//! symmetric around 0 and int4 around 8.
 //! `g_idx` (GPTQ act-order) maps input column `k` to its group; it is only kept when it is not
 //! the trivial `k / group`. (A GPU kernel would rather permute K at load so groups become
 //! contiguous, and permute activations the same way: later work.)
@@ -837,7 +838,7 @@ fn build_int(
 }
 
 /// GPTQ: `qweight` i32 `[K*bits/32, N]` (packed along K, element j at bit j*bits), `qzeros`
-/// i32 `[G, N*bits/32]` (packed along N; v1 stores `zero - 1`), `scales` f16 `[G, N]`,
+/// i32 `[G, N*bits/32]` (packed along N; v1 stores `zero - 1`, see below), `scales` f16 `[G, N]`,
 /// optional `g_idx` i32 `[K]`. `w[n,k] = scales[g,n] * (q[k,n] - zero[g,n])`, `g = g_idx[k]`.
 pub fn import_gptq(
     cfg: &QuantConfig,
@@ -900,13 +901,26 @@ pub fn import_gptq(
         }
     };
     let qw = qweight.i32s();
-    let qz = qzeros.i32s();
-    let off = if v2 { 0 } else { 1 };
+    // v1 stores every zero minus one. GPTQModel (convert_gptq_v1_to_v2_format_module, the
+    // loader transformers uses) undoes that with one wrapping add of 0x11111111 / 0x01010101
+    // per int32 word, not field by field: a zero of 0, written as a borrow by its v2->v1
+    // conversion, comes back as 0 and its neighbour is restored too. (A field-wise `+ 1`,
+    // as exllama/vLLM do, reads such a field as 16 and the neighbour off by one.)
+    let word_off: i32 = match (v2, bits) {
+        (true, _) => 0,
+        (false, 4) => 0x1111_1111,
+        (false, _) => 0x0101_0101,
+    };
+    let qz: Vec<i32> = qzeros
+        .i32s()
+        .into_iter()
+        .map(|w| w.wrapping_add(word_off))
+        .collect();
     let mut zeros = vec![0i32; n * g];
     let mut sc = vec![0.0f32; n * g];
     for gg in 0..g {
         for c in 0..n {
-            zeros[c * g + gg] = unpack_bits(qz[gg * (n / per) + c / per], bits, c % per) + off;
+            zeros[c * g + gg] = unpack_bits(qz[gg * (n / per) + c / per], bits, c % per);
             sc[c * g + gg] = s[gg * n + c];
         }
     }
