@@ -543,3 +543,32 @@ fn missing_tensor_through_the_store_names_it_and_the_file() {
         .to_string();
     assert!(e.contains("layer.qweight") && e.contains("I32"), "{e}");
 }
+
+/// Throughput of quantize-on-load at an 8B-model matrix size (run with `--ignored`).
+#[test]
+#[ignore]
+fn quantize_throughput() {
+    let (n, k) = (14336, 4096);
+    let w = test_weight(n, k, 9);
+    let t = std::time::Instant::now();
+    let q4 = quantize_int4(&w, n, k, 128, true).unwrap();
+    let t4 = t.elapsed();
+    let t = std::time::Instant::now();
+    let q8 = quantize_int8(&w, n, k, k).unwrap();
+    let t8 = t.elapsed();
+    let t = std::time::Instant::now();
+    let f8 = quantize_fp8(&w, n, k, true).unwrap();
+    let tf = t.elapsed();
+    let t = std::time::Instant::now();
+    let d = q4.dequantize();
+    let td = t.elapsed();
+    let gb = (n * k * 4) as f64 / 1e9;
+    println!(
+        "[{n}, {k}] f32 in: int4 {:.2} GB/s, int8 {:.2} GB/s, fp8 {:.2} GB/s, int4 dequant {:.2} GB/s",
+        gb / t4.as_secs_f64(),
+        gb / t8.as_secs_f64(),
+        gb / tf.as_secs_f64(),
+        gb / td.as_secs_f64()
+    );
+    assert_eq!(d.len() + q8.qdata.len() + f8.qdata.len(), 3 * n * k);
+}
