@@ -131,6 +131,11 @@ fn compressed_tensors_int_matches_reference() {
     let w = check_case("ct_w8a16_channel_sym");
     assert_eq!(w.scheme, QuantScheme::Int8 { group: 256 });
     check_case("ct_w4a16_channel_asym_f16");
+    let w = check_case("ct_w8a8_int_channel_sym");
+    assert_eq!(w.scheme, QuantScheme::Int8 { group: 256 });
+    assert!(w.zeros.is_none());
+    let w = check_case("ct_w8a8_int_channel_asym");
+    assert!(w.zeros.is_some());
 }
 
 #[test]
@@ -147,6 +152,13 @@ fn fp8_checkpoints_match_reference() {
         w.scheme,
         QuantScheme::Fp8E4M3 {
             scale: Fp8Scale::Channel
+        }
+    );
+    let w = check_case("ct_fp8_block");
+    assert_eq!(
+        w.scheme,
+        QuantScheme::Fp8E4M3 {
+            scale: Fp8Scale::Block { bn: 16, bk: 128 }
         }
     );
     check_case("fbgemm_fp8");
