@@ -297,6 +297,10 @@ fn quantize_rejects_bad_shapes() {
     assert!(e.contains("64") && e.contains("96"), "{e}");
     let e = quantize_fp8(&w, 5, 96, true).unwrap_err().to_string();
     assert!(e.contains("[5, 96]"), "{e}");
+    let mut bad = w.clone();
+    bad[96 + 3] = f32::NAN;
+    let e = quantize_int8(&bad, 4, 96, 96).unwrap_err().to_string();
+    assert!(e.contains("[1, 3]") && e.contains("NaN"), "{e}");
 }
 
 #[test]

@@ -240,7 +240,9 @@ impl QuantWeight {
         Ok(())
     }
 
-    /// The f32 weight `[N, K]` row-major, exactly as the format defines it.
+    /// The f32 weight `[N, K]` row-major, exactly as the format defines it. Importers and
+    /// quantizers return validated weights; a hand-built one must pass [`Self::validate`]
+    /// first (this indexes without further checks).
     pub fn dequantize(&self) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let mut out = vec![0.0f32; n * k];
@@ -295,10 +297,18 @@ impl QuantWeight {
 
 fn check_dense(w: &[f32], n: usize, k: usize) -> Result<()> {
     ensure!(
-        n > 0 && k > 0 && w.len() == n * k,
+        n > 0 && k > 0 && n.checked_mul(k) == Some(w.len()),
         "quantize: weight has {} values, expected [{n}, {k}]",
         w.len()
     );
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "quantize: weight element [{}, {}] is {}, not finite",
+            i / k,
+            i % k,
+            w[i]
+        );
+    }
     Ok(())
 }
 
@@ -1036,7 +1046,7 @@ pub fn import_compressed_int(
             ws.i32s().into_iter().map(i64::from).collect()
         };
         ensure!(
-            dims.iter().all(|&d| d > 0),
+            dims.iter().all(|&d| d > 0 && d < 1 << 40),
             "tensor `{}`: bad shape {dims:?}",
             ws.name
         );
