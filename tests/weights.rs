@@ -112,14 +112,27 @@ fn wrong_shape_missing_tensor_and_dtype_are_named() {
         "{e}"
     );
 
+    // Quantized storage types open (read raw by weights::quant) but are not f32 tensors.
     let d = temp_dir("i8");
     write(
         &d,
         "model.safetensors",
         &safetensors(&[("q", "I8", &[4], vec![1, 2, 3, 4])]),
     );
+    let s = WeightStore::open(&d).unwrap();
+    let e = err_of(s.load_f32("q", &[4]));
+    assert!(
+        e.contains("`q`") && e.contains("I8") && e.contains("quant"),
+        "{e}"
+    );
+    let d = temp_dir("f64");
+    write(
+        &d,
+        "model.safetensors",
+        &safetensors(&[("q", "F64", &[1], vec![0; 8])]),
+    );
     let e = err_of(WeightStore::open(&d));
-    assert!(e.contains("`q`") && e.contains("I8"), "{e}");
+    assert!(e.contains("`q`") && e.contains("F64"), "{e}");
 
     let e = err_of(WeightStore::open(&temp_dir("empty")));
     assert!(e.contains("no model.safetensors"), "{e}");

@@ -2,6 +2,7 @@
 //! at a time and converted to f32 on request. Every error names the file and the tensor.
 
 pub mod names;
+pub mod quant;
 pub mod synthetic;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,20 +13,35 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Element types flint reads from checkpoints.
+/// Element types flint reads from checkpoints. The float types convert to f32 (`load_f32`);
+/// the integer and fp8 types are the storage of quantized checkpoints and are read as raw
+/// bytes (`bytes`) by the importers in [`quant`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
     F16,
     BF16,
+    I8,
+    U8,
+    I32,
+    I64,
+    F8E4M3,
+    F8E5M2,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::I8 | DType::U8 | DType::F8E4M3 | DType::F8E5M2 => 1,
+            DType::I64 => 8,
         }
+    }
+
+    /// True for the types `load_f32` converts (f32, f16, bf16).
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
 }
 
@@ -102,6 +118,16 @@ impl WeightStore {
         Ok(store)
     }
 
+    /// Opens one safetensors file on its own (tests, tools, loose quantized tensors).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let mut store = WeightStore {
+            shards: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        store.add_file(path.to_path_buf())?;
+        Ok(store)
+    }
+
     /// Adds one safetensors file (validating its header against its length).
     pub fn add_file(&mut self, path: PathBuf) -> Result<()> {
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -118,8 +144,15 @@ impl WeightStore {
                 Dtype::F32 => DType::F32,
                 Dtype::F16 => DType::F16,
                 Dtype::BF16 => DType::BF16,
+                Dtype::I8 => DType::I8,
+                Dtype::U8 => DType::U8,
+                Dtype::I32 => DType::I32,
+                Dtype::I64 => DType::I64,
+                Dtype::F8_E4M3 => DType::F8E4M3,
+                Dtype::F8_E5M2 => DType::F8E5M2,
                 other => bail!(
-                    "{}: tensor `{name}` has dtype {other:?}; flint reads f32, f16 and bf16",
+                    "{}: tensor `{name}` has dtype {other:?}; flint reads f32, f16, bf16 \
+                     and the quantized storage types i8, u8, i32, i64, f8_e4m3, f8_e5m2",
                     path.display()
                 ),
             };
@@ -192,6 +225,14 @@ impl WeightStore {
                 shape
             );
         }
+        if !info.dtype.is_float() {
+            bail!(
+                "{}: tensor `{name}` has dtype {:?}, which is quantized storage, not a float \
+                 tensor; it is read through weights::quant with its quantization_config",
+                self.file_of(info).display(),
+                info.dtype
+            );
+        }
         Ok(to_f32(info.dtype, bytes))
     }
 }
@@ -213,6 +254,8 @@ impl TensorSource for WeightStore {
 }
 
 /// Converts little-endian f32/f16/bf16 bytes to f32 (exact: every f16/bf16 value is an f32).
+/// Integer and fp8 types are not floats to convert: they give an empty vector (callers check
+/// `DType::is_float` first, as `load_f32` does).
 pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes
@@ -227,5 +270,8 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
+        DType::I8 | DType::U8 | DType::I32 | DType::I64 | DType::F8E4M3 | DType::F8E5M2 => {
+            Vec::new()
+        }
     }
 }
