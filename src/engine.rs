@@ -1,6 +1,28 @@
-//! The decode loop. For now one sequence at a time: prefill the prompt in one step, then
-//! one token per step until EOS, the token limit or the context limit. The batched engine
-//! (scheduler, continuous batching, graphs) grows from here.
+//! The batched [`Engine`] (continuous batching over a paged KV cache, scheduled by
+//! [`crate::scheduler`]) and the single-sequence helpers [`generate`] and [`prompt_logits`].
+//!
+//! ```
+//! use flint::backend::cpu::CpuBackend;
+//! use flint::engine::{Engine, EngineConfig, FinishReason, Request};
+//! use flint::ModelRef;
+//!
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama3");
+//! let model = ModelRef::Dir(dir).load(&CpuBackend).unwrap();
+//! let mut engine = Engine::new(CpuBackend, model, EngineConfig::default()).unwrap();
+//! let id = engine
+//!     .add_request(Request { prompt: vec![1, 2, 3], max_new_tokens: 4, ..Default::default() })
+//!     .unwrap();
+//! // Step by step (streaming) ...
+//! while engine.has_unfinished() {
+//!     let out = engine.step().unwrap();
+//!     for (req, token) in out.tokens { assert_eq!(req, id); let _ = token; }
+//! }
+//! // ... or all at once.
+//! let done = engine
+//!     .generate(vec![Request { prompt: vec![4, 5], max_new_tokens: 2, ignore_eos: true, ..Default::default() }])
+//!     .unwrap();
+//! assert_eq!((done[0].reason, done[0].tokens.len()), (FinishReason::Length, 2));
+//! ```
 
 use crate::backend::{Backend, StepInput};
 use crate::kv_cache::{BlockAllocator, SeqCache};
@@ -474,5 +496,100 @@ fn finished(s: &Sequence, reason: FinishReason, error: Option<String>) -> Finish
         reason,
         tokens: s.tokens[s.prompt_len..].to_vec(),
         error,
+    }
+}
+
+/// A borrowed backend is a backend: lets an [`Engine`] run on a backend the caller keeps
+/// (`Engine<&B>` with a model loaded through `&be`).
+impl<B: Backend> Backend for &B {
+    type Tensor = B::Tensor;
+    type Weight = B::Weight;
+    type Step = B::Step;
+    type Rope = B::Rope;
+    type KvCache = B::KvCache;
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn upload_weight(&self, n: &str, d: &[f32], r: usize, c: usize) -> Result<Self::Weight> {
+        (**self).upload_weight(n, d, r, c)
+    }
+    fn upload_rope(&self, f: &[f32]) -> Result<Self::Rope> {
+        (**self).upload_rope(f)
+    }
+    fn upload_step(&self, s: &StepInput) -> Result<Self::Step> {
+        (**self).upload_step(s)
+    }
+    fn alloc(&self, r: usize, c: usize) -> Result<Self::Tensor> {
+        (**self).alloc(r, c)
+    }
+    fn alloc_kv_cache(&self, s: crate::backend::KvShape) -> Result<Self::KvCache> {
+        (**self).alloc_kv_cache(s)
+    }
+    fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        (**self).to_host(t)
+    }
+    fn weight_bytes(&self, w: &Self::Weight) -> usize {
+        (**self).weight_bytes(w)
+    }
+    fn embed(&self, s: &Self::Step, t: &Self::Weight, k: f32, o: &mut Self::Tensor) -> Result<()> {
+        (**self).embed(s, t, k, o)
+    }
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        r: Option<&mut Self::Tensor>,
+        w: &Self::Weight,
+        eps: f32,
+        off: f32,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).rms_norm(x, r, w, eps, off, o)
+    }
+    fn matmul(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).matmul(x, w, b, o)
+    }
+    fn rope_kv_write(
+        &self,
+        qkv: &Self::Tensor,
+        s: &Self::Step,
+        rope: &Self::Rope,
+        qk: Option<crate::backend::QkNorm<'_, Self::Weight>>,
+        a: &crate::backend::AttnParams,
+        c: &mut Self::KvCache,
+        l: usize,
+        q: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).rope_kv_write(qkv, s, rope, qk, a, c, l, q)
+    }
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        s: &Self::Step,
+        c: &Self::KvCache,
+        l: usize,
+        a: &crate::backend::AttnParams,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).attention(q, s, c, l, a, o)
+    }
+    fn act_mul(
+        &self,
+        g: &Self::Tensor,
+        a: crate::config::Activation,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).act_mul(g, a, o)
+    }
+    fn gather_last(&self, x: &Self::Tensor, s: &Self::Step, o: &mut Self::Tensor) -> Result<()> {
+        (**self).gather_last(x, s, o)
+    }
+    fn softcap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()> {
+        (**self).softcap(x, cap)
     }
 }

@@ -263,3 +263,40 @@ fn stop_tokens_end_a_request() {
     assert_eq!(got[0].reason, FinishReason::Stop);
     assert_eq!(got[0].tokens, free[..=k]);
 }
+
+#[test]
+fn throughput_cli_reports_json() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(["throughput", "--model", "synthetic:tiny", "--device", "cpu"])
+        .args([
+            "--num-requests",
+            "5",
+            "--input-len",
+            "6",
+            "--output-len",
+            "4",
+        ])
+        .args([
+            "--range-ratio",
+            "0.5",
+            "--num-blocks",
+            "3",
+            "--max-num-seqs",
+            "4",
+        ])
+        .args(["--max-batch-tokens", "8", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["completed"], 5);
+    assert_eq!(v["failed"], 0);
+    assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+    for k in ["ttft_ms", "itl_ms"] {
+        assert!(v[k]["p50"].as_f64().unwrap() <= v[k]["p99"].as_f64().unwrap());
+    }
+}
