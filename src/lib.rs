@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod capi;
 pub mod config;
 pub mod engine;
 pub mod kv_cache;
