@@ -236,3 +236,111 @@ impl Scheduler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingParams;
+
+    fn seq(id: u64, len: usize) -> Sequence {
+        Sequence {
+            id,
+            tokens: vec![1; len],
+            prompt_len: len,
+            max_new_tokens: 100,
+            stop_ids: vec![],
+            eos_ids: vec![],
+            cache: SeqCache::default(),
+            sampler: Sampler::new(SamplingParams::default()).unwrap(),
+            preemptions: 0,
+        }
+    }
+
+    fn step(s: &mut Scheduler) -> (Vec<Chunk>, StepInput) {
+        let mut st = StepInput {
+            block_size: s.alloc.block_size,
+            ..Default::default()
+        };
+        let c = s.schedule(&mut st);
+        (c, st)
+    }
+
+    /// Pretends the chunks' sequences sampled a token.
+    fn sample(s: &mut Scheduler, chunks: &[Chunk]) {
+        for c in chunks.iter().filter(|c| c.sample) {
+            s.running[c.idx].tokens.push(2);
+        }
+    }
+
+    #[test]
+    fn decodes_first_then_chunked_prefill_under_the_budget() {
+        let mut s = Scheduler::new(16, 4, 8, 6);
+        s.waiting.push_back(seq(0, 3));
+        s.waiting.push_back(seq(1, 9));
+        let (c, st) = step(&mut s);
+        assert_eq!(st.num_tokens(), 6);
+        assert_eq!(
+            c,
+            vec![
+                Chunk {
+                    idx: 0,
+                    len: 3,
+                    sample: true
+                },
+                Chunk {
+                    idx: 1,
+                    len: 3,
+                    sample: false
+                }
+            ]
+        );
+        sample(&mut s, &c);
+        let (c, _) = step(&mut s);
+        // Seq 0 decodes first; seq 1 continues its prefill with the rest of the budget.
+        assert_eq!(
+            c,
+            vec![
+                Chunk {
+                    idx: 0,
+                    len: 1,
+                    sample: true
+                },
+                Chunk {
+                    idx: 1,
+                    len: 5,
+                    sample: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_newest_is_preempted_and_blocks_are_conserved() {
+        let mut s = Scheduler::new(2, 4, 8, 64);
+        s.waiting.push_back(seq(0, 4));
+        s.waiting.push_back(seq(1, 4));
+        let (c, _) = step(&mut s);
+        assert_eq!(c.len(), 2);
+        sample(&mut s, &c);
+        assert_eq!(s.alloc.num_free(), 0);
+        // Both need a new block for their 5th token: seq 1 (newest) gives way.
+        let (c, _) = step(&mut s);
+        assert_eq!(
+            c,
+            vec![Chunk {
+                idx: 0,
+                len: 1,
+                sample: true
+            }]
+        );
+        assert_eq!(
+            s.waiting
+                .front()
+                .map(|q| (q.id, q.tokens.len(), q.cache.len)),
+            Some((1, 5, 0))
+        );
+        assert_eq!(s.num_preemptions, 1);
+        let held: usize = s.running.iter().map(|q| q.cache.blocks.len()).sum();
+        assert_eq!(held + s.alloc.num_free(), 2);
+    }
+}
