@@ -5,11 +5,14 @@
 
 pub mod backend;
 pub mod bench;
+pub mod capi;
 pub mod config;
 pub mod engine;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
+pub mod throughput;
 pub mod tokenizer;
 pub mod weights;
 

@@ -154,6 +154,41 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
     },
+    /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
+    Throughput {
+        #[arg(long, short = 'm', default_value = "synthetic:tiny")]
+        model: String,
+        #[arg(long, default_value_t = 64)]
+        num_requests: usize,
+        #[arg(long, default_value_t = 128)]
+        input_len: usize,
+        #[arg(long, default_value_t = 128)]
+        output_len: usize,
+        /// Lengths uniform in [len·(1-r), len·(1+r)].
+        #[arg(long, default_value_t = 0.0)]
+        range_ratio: f64,
+        /// Requests per second (Poisson); all at once when absent.
+        #[arg(long)]
+        request_rate: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1024)]
+        num_blocks: usize,
+        #[arg(long, default_value_t = 64)]
+        max_num_seqs: usize,
+        #[arg(long, default_value_t = 2048)]
+        max_batch_tokens: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        output: ThroughputFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ThroughputFormat {
+    Table,
+    Json,
 }
 
 impl Cmd {
@@ -162,7 +197,8 @@ impl Cmd {
         match self {
             Cmd::Logits { device, .. }
             | Cmd::Generate { device, .. }
-            | Cmd::Bench { device, .. } => Some(*device),
+            | Cmd::Bench { device, .. }
+            | Cmd::Throughput { device, .. } => Some(*device),
             Cmd::Info { .. } | Cmd::Tokenize { .. } => None,
         }
     }
@@ -195,6 +231,41 @@ fn run(cli: Cli) -> Result<()> {
 fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Info { model } => info(&model),
+        Cmd::Throughput {
+            model,
+            num_requests,
+            input_len,
+            output_len,
+            range_ratio,
+            request_rate,
+            seed,
+            num_blocks,
+            max_num_seqs,
+            max_batch_tokens,
+            output,
+            ..
+        } => {
+            let opt = flint::throughput::ThroughputOptions {
+                num_requests,
+                input_len,
+                output_len,
+                range_ratio,
+                request_rate,
+                seed,
+                config: flint::engine::EngineConfig {
+                    num_blocks,
+                    block_size: flint::engine::BLOCK_SIZE,
+                    max_num_seqs,
+                    max_batch_tokens,
+                },
+            };
+            let r = flint::throughput::run(be, &ModelRef::parse(&model), &opt)?;
+            match output {
+                ThroughputFormat::Table => print!("{}", flint::throughput::to_table(&r)),
+                ThroughputFormat::Json => println!("{}", flint::throughput::to_json(&r)),
+            }
+            Ok(())
+        }
         Cmd::Logits {
             model,
             prompt_ids,

@@ -1,0 +1,184 @@
+//! `flint throughput`: N requests through the batched [`Engine`], submitted at once or at a
+//! Poisson rate; completed and failed counts, tokens/s, TTFT and ITL percentiles.
+
+use crate::backend::Backend;
+use crate::engine::{Engine, EngineConfig, FinishReason, Request};
+use crate::sampling::Rng;
+use crate::ModelRef;
+use anyhow::Result;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ThroughputOptions {
+    pub num_requests: usize,
+    pub input_len: usize,
+    pub output_len: usize,
+    /// Lengths drawn uniformly from [len·(1-r), len·(1+r)], as vLLM's `--range-ratio`.
+    pub range_ratio: f64,
+    /// Requests per second (Poisson arrivals); `None` submits all at once.
+    pub request_rate: Option<f64>,
+    pub seed: u64,
+    pub config: EngineConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ThroughputReport {
+    pub completed: usize,
+    pub failed: usize,
+    pub elapsed_s: f64,
+    pub input_tokens: usize,
+    pub output_tokens: usize,
+    pub output_tokens_per_s: f64,
+    pub total_tokens_per_s: f64,
+    pub ttft_ms: Percentiles,
+    pub itl_ms: Percentiles,
+    pub preemptions: usize,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+    }
+}
+
+fn draw_len(rng: &mut Rng, len: usize, ratio: f64) -> usize {
+    if ratio <= 0.0 {
+        return len.max(1);
+    }
+    let lo = (len as f64 * (1.0 - ratio)).floor().max(1.0) as usize;
+    let hi = ((len as f64 * (1.0 + ratio)).ceil() as usize).max(lo);
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+}
+
+/// Runs the benchmark on `be`.
+pub fn run<B: Backend>(
+    be: &B,
+    model: &ModelRef,
+    opt: &ThroughputOptions,
+) -> Result<ThroughputReport> {
+    let m = model.load(&be)?;
+    let vocab = m.spec.vocab_size as u64;
+    let mut engine = Engine::new(be, m, opt.config.clone())?;
+    let mut rng = Rng::new(opt.seed);
+    let mut reqs = Vec::new();
+    let mut arrival = 0.0f64;
+    for _ in 0..opt.num_requests {
+        let i = draw_len(&mut rng, opt.input_len, opt.range_ratio);
+        let o = draw_len(&mut rng, opt.output_len, opt.range_ratio);
+        let prompt = (0..i).map(|_| (rng.next_u64() % vocab) as u32).collect();
+        if let Some(rate) = opt.request_rate {
+            arrival += -(1.0 - rng.next_f32() as f64).max(1e-12).ln() / rate;
+        }
+        let req = Request {
+            prompt,
+            max_new_tokens: o,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        reqs.push((Duration::from_secs_f64(arrival), req));
+    }
+    let mut rep = ThroughputReport::default();
+    let start = Instant::now();
+    let mut next = 0;
+    // id -> (submitted, last token time)
+    let mut live: HashMap<u64, (Instant, Option<Instant>)> = HashMap::new();
+    let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+    while next < reqs.len() || engine.has_unfinished() {
+        while next < reqs.len() && start.elapsed() >= reqs[next].0 {
+            let (_, r) = &reqs[next];
+            rep.input_tokens += r.prompt.len();
+            match engine.add_request(r.clone()) {
+                Ok(id) => {
+                    live.insert(id, (Instant::now(), None));
+                }
+                Err(_) => rep.failed += 1,
+            }
+            next += 1;
+        }
+        if !engine.has_unfinished() {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let out = engine.step()?;
+        let now = Instant::now();
+        for (id, _) in &out.tokens {
+            rep.output_tokens += 1;
+            if let Some((sub, last)) = live.get_mut(id) {
+                match last {
+                    None => ttft.push((now - *sub).as_secs_f64() * 1e3),
+                    Some(l) => itl.push((now - *l).as_secs_f64() * 1e3),
+                }
+                *last = Some(now);
+            }
+        }
+        for f in out.finished {
+            live.remove(&f.id);
+            match f.reason {
+                FinishReason::Error | FinishReason::Aborted => rep.failed += 1,
+                _ => rep.completed += 1,
+            }
+        }
+    }
+    rep.elapsed_s = start.elapsed().as_secs_f64();
+    let t = rep.elapsed_s.max(1e-9);
+    rep.output_tokens_per_s = rep.output_tokens as f64 / t;
+    rep.total_tokens_per_s = (rep.input_tokens + rep.output_tokens) as f64 / t;
+    rep.ttft_ms = percentiles(ttft);
+    rep.itl_ms = percentiles(itl);
+    rep.preemptions = engine.num_preemptions();
+    Ok(rep)
+}
+
+pub fn to_json(r: &ThroughputReport) -> serde_json::Value {
+    let p = |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99});
+    serde_json::json!({
+        "completed": r.completed,
+        "failed": r.failed,
+        "elapsed_s": r.elapsed_s,
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+        "output_tokens_per_s": r.output_tokens_per_s,
+        "total_tokens_per_s": r.total_tokens_per_s,
+        "ttft_ms": p(&r.ttft_ms),
+        "itl_ms": p(&r.itl_ms),
+        "preemptions": r.preemptions,
+    })
+}
+
+pub fn to_table(r: &ThroughputReport) -> String {
+    let row = |n: &str, p: &Percentiles| {
+        format!("{n:<10} {:>10.2} {:>10.2} {:>10.2}\n", p.p50, p.p90, p.p99)
+    };
+    format!(
+        "completed {}  failed {}  elapsed {:.2} s  preemptions {}\n\
+         output tokens/s {:.1}  total tokens/s {:.1}\n\
+         {:<10} {:>10} {:>10} {:>10}\n{}{}",
+        r.completed,
+        r.failed,
+        r.elapsed_s,
+        r.preemptions,
+        r.output_tokens_per_s,
+        r.total_tokens_per_s,
+        "ms",
+        "p50",
+        "p90",
+        "p99",
+        row("ttft", &r.ttft_ms),
+        row("itl", &r.itl_ms),
+    )
+}

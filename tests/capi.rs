@@ -1,0 +1,99 @@
+//! The C ABI end to end: examples/c/main.c compiled with `cc` against the built cdylib runs
+//! greedy generation on a fixture and prints the tokens the Rust API gives; every function in
+//! include/flint.h is exported by the library.
+
+mod common;
+
+use common::fixtures_dir;
+use flint::backend::cpu::CpuBackend;
+use flint::engine::{Engine, EngineConfig, Request};
+use flint::ModelRef;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// target/<profile>, from this test binary's path (target/<profile>/deps/capi-…).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn header_functions() -> Vec<String> {
+    let h = std::fs::read_to_string(root().join("include/flint.h")).unwrap();
+    h.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("flint_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn header_matches_the_exports() {
+    let src = std::fs::read_to_string(root().join("src/capi.rs")).unwrap();
+    let exported: Vec<&str> = src
+        .split("extern \"C\" fn ")
+        .skip(1)
+        .map(|s| s.split('(').next().unwrap())
+        .collect();
+    let mut h = header_functions();
+    h.sort();
+    h.dedup();
+    let mut e: Vec<String> = exported.iter().map(|s| s.to_string()).collect();
+    e.sort();
+    assert_eq!(h, e, "include/flint.h and src/capi.rs disagree");
+}
+
+#[test]
+fn c_example_matches_the_rust_api() {
+    let lib = profile_dir();
+    assert!(
+        lib.join("libflint.so").exists() || lib.join("libflint.dylib").exists(),
+        "no cdylib in {}",
+        lib.display()
+    );
+    let out_dir = std::env::temp_dir().join(format!("flint-capi-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let exe = out_dir.join("flint_c_example");
+    let st = Command::new("cc")
+        .arg(root().join("examples/c/main.c"))
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-L")
+        .arg(&lib)
+        .args(["-lflint", "-o"])
+        .arg(&exe)
+        .status()
+        .expect("cc runs");
+    assert!(st.success(), "cc failed");
+    let model = fixtures_dir().join("llama3");
+    let prompt = [3u32, 14, 15, 9, 2, 6];
+    let run = Command::new(&exe)
+        .arg(&model)
+        .arg("7")
+        .args(prompt.iter().map(|t| t.to_string()))
+        .env("LD_LIBRARY_PATH", &lib)
+        .env("DYLD_LIBRARY_PATH", &lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let m = ModelRef::Dir(model).load(&CpuBackend).unwrap();
+    let mut e = Engine::new(CpuBackend, m, EngineConfig::default()).unwrap();
+    let want = e
+        .generate(vec![Request {
+            prompt: prompt.to_vec(),
+            max_new_tokens: 7,
+            ignore_eos: true,
+            ..Default::default()
+        }])
+        .unwrap();
+    let want: Vec<String> = want[0].tokens.iter().map(|t| t.to_string()).collect();
+    assert_eq!(stdout.trim(), format!("{} finish=length", want.join(" ")));
+    let _ = std::fs::remove_dir_all(Path::new(&out_dir));
+}
