@@ -1,6 +1,6 @@
 // attention.cuh — the tile engine shared by attention_prefill.cu and attention_decode.cu.
 //
-// One CTA runs one tile of the plan's tile map (metadata, see attention_params.h): up to
+// One CTA runs one tile of the plan's tile map (metadata, see attention/params.h): up to
 // CTA_Q rows of one sequence and one kv head, where row r = i * group + g is query i of the
 // sequence with query head kv_head * group + g (GQA: the group's heads share every K/V tile
 // load; K/V are read in place from the paged cache through the block table).
@@ -142,14 +142,15 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
             const bool visible = key < kv_hi && key <= pos[k] && key >= lo;
             s = visible ? s : NEG_INF;
             const float m_new = fmaxf(m[k], warp_max(s));
-            if (m_new == NEG_INF) continue;  // nothing visible yet for this row (warp-uniform)
-            const float pr = visible ? exp2f((s - m_new) * LOG2E) : 0.0f;
-            const float corr = exp2f((m[k] - m_new) * LOG2E);  // 0 when m was -inf
+            // m_new == -inf: nothing visible yet for this row; subtract 0 so no NaN appears.
+            const float m_use = m_new == NEG_INF ? 0.0f : m_new;
+            const float pr = visible ? exp2f((s - m_use) * LOG2E) : 0.0f;
+            const float corr = exp2f((m[k] - m_use) * LOG2E);  // 0 when m was -inf
             l[k] = l[k] * corr + warp_sum(pr);
             m[k] = m_new;
 #pragma unroll
             for (int d = 0; d < DPL; ++d) acc[k][d] *= corr;
-#pragma unroll 8
+#pragma unroll 4
             for (int j = 0; j < CTA_KV; ++j) {
                 const float pj = __shfl_sync(FULL_MASK, pr, j);
 #pragma unroll

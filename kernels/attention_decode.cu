@@ -1,7 +1,7 @@
 // attention_decode.cu — flash-decoding: one new token per sequence against its paged cache,
 // the keys split across CTAs, then a reduction that merges the splits by log-sum-exp.
 //
-// attention_decode_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention_params.h)
+// attention_decode_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q, k_cache, v_cache, metadata, scale, softcap, window: as attention_prefill.cu
 //   partial_o    [T, H, num_splits, hd]   f32  out: each split's normalised output
 //   partial_lse  [T, H, num_splits]       f32  out: m + ln(l) of the split (-inf if empty)

@@ -3,12 +3,12 @@
 // prefix reuse). out[t, h] = softmax_j(softcap(scale * q[t, h] . k[j])) v[j] over the keys
 // query t may see (causal, optional sliding window); GQA head h reads kv head h / (H / KV).
 //
-// attention_prefill_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention_params.h)
+// attention_prefill_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q         [T, H, hd]                          bf16   rotated queries
 //   k_cache   [num_blocks, block_size, KV, hd]    bf16   this layer
 //   v_cache   [num_blocks, block_size, KV, hd]    bf16
 //   out       [T, H, hd]                          bf16   rows of padded tokens untouched
-//   metadata  [see attention_params.h]            int32  q_start, q_len, ctx_len, block
+//   metadata  [see attention/params.h]            int32  q_start, q_len, ctx_len, block
 //                                                        tables, tile map
 //   scale f32, softcap f32 (0 = none), window int32 (0 = none); partial_* unused.
 // Grid/block: grid.x = num_tiles (one CTA per tile of the plan's tile map: sequence,

@@ -96,6 +96,6 @@ typedef struct RopeKvWriteParams {
 } RopeKvWriteParams;
 FLINT_ASSERT_SIZE(RopeKvWriteParams, 112);
 
-#include "attention_params.h"
+#include "attention/params.h"
 
 #endif /* FLINT_PARAMS_H */

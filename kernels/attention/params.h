@@ -1,5 +1,6 @@
-/* attention_params.h — params of the attention kernels (included by params.h; same layout
- * rules: pointers first, then 4-byte scalars). Filled by src/backend/cuda/attention.rs.
+/* attention/params.h — params of the attention kernels (included by params.h; same layout
+ * rules). It sits in its own folder because build.rs allowlists headers named params.h for
+ * bindgen. Filled by src/backend/cuda/attention.rs.
  *
  * Metadata (int32, uploaded once per step; offsets below are in elements):
  *   [0, S)                     q_start[s]    first row of sequence s in q/out
