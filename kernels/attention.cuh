@@ -46,11 +46,11 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Key range [lo, hi) of a split: the visible range cut into num_splits CTA_KV-aligned chunks.
-__device__ __forceinline__ void split_range(int lo, int hi, int split, int num_splits, int &s_lo, int &s_hi) {
+__device__ __forceinline__ int2 split_range(int lo, int hi, int split, int num_splits) {
     const int n = hi - lo;
     const int chunk = ((n + num_splits - 1) / num_splits + CTA_KV - 1) / CTA_KV * CTA_KV;
-    s_lo = min(hi, lo + split * chunk);
-    s_hi = min(hi, s_lo + chunk);
+    const int s_lo = min(hi, lo + split * chunk);
+    return make_int2(s_lo, min(hi, s_lo + chunk));
 }
 
 // Runs one tile. Prefill (WRITE_PARTIAL false): out = softmax(s) v in bf16. Decode split
@@ -92,7 +92,11 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
     const int p_min = first_pos + tile.row0 / group, p_max = first_pos + last_row / group;
     int kv_lo = p.window > 0 ? max(0, p_min - p.window + 1) : 0;
     int kv_hi = p_max + 1;
-    if (WRITE_PARTIAL) split_range(kv_lo, kv_hi, tile.split, p.num_splits, kv_lo, kv_hi);
+    if (WRITE_PARTIAL) {
+        const int2 r = split_range(kv_lo, kv_hi, tile.split, p.num_splits);
+        kv_lo = r.x;
+        kv_hi = r.y;
+    }
 
     float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DPL];
     int pos[ROWS_PER_WARP];
@@ -128,7 +132,7 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
         for (int k = 0; k < ROWS_PER_WARP; ++k) {
             const int r = warp + k * NUM_WARPS;
             float s = 0.0f;
-#pragma unroll 4
+#pragma unroll 2
             for (int c = 0; c < HEAD_DIM; c += VEC) {
                 float qv[VEC], kv[VEC];
                 load8(q_s + r * HEAD_DIM + c, qv);
@@ -150,7 +154,7 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
             m[k] = m_new;
 #pragma unroll
             for (int d = 0; d < DPL; ++d) acc[k][d] *= corr;
-#pragma unroll 4
+#pragma unroll
             for (int j = 0; j < CTA_KV; ++j) {
                 const float pj = __shfl_sync(FULL_MASK, pr, j);
 #pragma unroll
@@ -169,7 +173,7 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
             const int64_t at = (int64_t(t) * H + h) * p.num_splits + tile.split;
 #pragma unroll
             for (int d = 0; d < DPL; ++d) p.partial_o[at * HEAD_DIM + d * WARP_SIZE + lane] = acc[k][d] * inv;
-            if (lane == 0) p.partial_lse[at] = l[k] > 0.0f ? m[k] + logf(l[k]) : NEG_INF;
+            if (lane == 0) p.partial_lse[at] = l[k] > 0.0f ? m[k] + log2f(l[k]) / LOG2E : NEG_INF;
         } else {
 #pragma unroll
             for (int d = 0; d < DPL; ++d)

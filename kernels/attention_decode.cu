@@ -46,7 +46,7 @@ __device__ __forceinline__ void reduce(const AttentionParams &p) {
 }  // namespace flint::attention_decode
 
 #define FLINT_ATTN_DECODE(HD)                                                                    \
-    extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS)                  \
+    extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS, 1)                \
         attention_decode_bf16_hd##HD(const AttentionParams p) {                                  \
         flint::attention::run_tile<HD, true>(p);                                                 \
     }

@@ -17,7 +17,7 @@
 #include "attention.cuh"
 
 #define FLINT_ATTN_PREFILL(HD)                                                                   \
-    extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS)                  \
+    extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS, 1)                \
         attention_prefill_bf16_hd##HD(const AttentionParams p) {                                 \
         flint::attention::run_tile<HD, false>(p);                                                \
     }
