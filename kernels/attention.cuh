@@ -183,6 +183,3 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
 }
 
 }  // namespace flint::attention
-
-// The one place head dims are instantiated: X(64) X(128) X(256).
-#define FLINT_ATTN_HEAD_DIMS(X) X(64) X(128) X(256)

@@ -45,15 +45,9 @@ __device__ __forceinline__ void reduce(const AttentionParams &p) {
 
 }  // namespace flint::attention_decode
 
-#define FLINT_ATTN_DECODE(HD)                                                                    \
-    extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS, 1)                \
-        attention_decode_bf16_hd##HD(const AttentionParams p) {                                  \
-        flint::attention::run_tile<HD, true>(p);                                                 \
-    }
-FLINT_ATTN_HEAD_DIMS(FLINT_ATTN_DECODE)
-#undef FLINT_ATTN_DECODE
+// The head-dim instantiations (one line each; keep in step with HEAD_DIMS in attention.rs).
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64, true>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128, true>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256, true>(p); }
 
-extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS)
-    attention_decode_reduce_bf16(const AttentionParams p) {
-    flint::attention_decode::reduce(p);
-}
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS) void attention_decode_reduce_bf16(const AttentionParams p) { flint::attention_decode::reduce(p); }

@@ -16,10 +16,7 @@
 // static smem only (~42 KiB at hd 256). Algorithm: kernels/attention.cuh. Minimum arch sm_80.
 #include "attention.cuh"
 
-#define FLINT_ATTN_PREFILL(HD)                                                                   \
-    extern "C" __global__ void __launch_bounds__(flint::attention::NUM_THREADS, 1)                \
-        attention_prefill_bf16_hd##HD(const AttentionParams p) {                                 \
-        flint::attention::run_tile<HD, false>(p);                                                \
-    }
-FLINT_ATTN_HEAD_DIMS(FLINT_ATTN_PREFILL)
-#undef FLINT_ATTN_PREFILL
+// The head-dim instantiations (one line each; keep in step with HEAD_DIMS in attention.rs).
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64, false>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128, false>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256, false>(p); }

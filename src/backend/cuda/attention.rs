@@ -37,7 +37,7 @@ pub const CTA_Q: usize = FLINT_ATTN_CTA_Q as usize;
 pub const CTA_KV: usize = FLINT_ATTN_CTA_KV as usize;
 /// Threads per CTA of every attention kernel.
 pub const NUM_THREADS: u32 = FLINT_ATTN_NUM_WARPS * 32;
-/// Head dims with a kernel instantiation (kernels/attention.cuh FLINT_ATTN_HEAD_DIMS).
+/// Head dims with a kernel instantiation (the extern "C" lines of attention_prefill.cu / attention_decode.cu).
 pub const HEAD_DIMS: &[usize] = &[64, 128, 256];
 /// A decode split covers at least this many keys (fewer is not worth a partial + merge).
 pub const MIN_KEYS_PER_SPLIT: usize = 256;
