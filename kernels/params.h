@@ -96,4 +96,6 @@ typedef struct RopeKvWriteParams {
 } RopeKvWriteParams;
 FLINT_ASSERT_SIZE(RopeKvWriteParams, 112);
 
+#include "attention/params.h"
+
 #endif /* FLINT_PARAMS_H */

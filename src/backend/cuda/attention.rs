@@ -1,14 +1,49 @@
 //! Attention launch planning: which kernel (prefill tiles or split-K decode + reduce), grid
 //! shapes, split counts and the per-step metadata arrays. Plain Rust, unit-tested on the CPU;
 //! the host layer uploads `metadata()` once per step, hands each layer's pointers to
-//! `launches()` and launches what comes back. One selection function decides the kernel, so
-//! "is it supported", the launcher and the workspace size never disagree.
+//! `launches()` and launches what comes back. One selection function ([`select_kernel`])
+//! decides the kernel, so "is it supported", the launcher and the workspace size never
+//! disagree.
 //!
-//! This file fixes the interface between the host layer and the attention kernels; the
-//! kernels and the real plan land with the CUDA backend issue.
+//! Metadata (i32, `S` sequences, `B` = longest block table of the step):
+//!
+//! | elements                         | content                                        |
+//! |----------------------------------|------------------------------------------------|
+//! | `[0, S)`                         | `q_start[s]`: first row of sequence s          |
+//! | `[S, 2S)`                        | `q_len[s]`                                     |
+//! | `[2S, 3S)`                       | `ctx_len[s]`: keys in the cache after the step |
+//! | `[3S, 3S + S·B)`                 | block tables, row s padded to B with 0         |
+//! | `[tiles_offset, + 4·num_tiles)`  | tiles `(seq, row0, kv_head, split)`            |
+//!
+//! A tile (one CTA) covers rows `row0 .. row0 + CTA_Q` of its sequence's flattened
+//! `(query i, group head g)` rows, `r = i·group + g`, for one kv head, and (decode) one split
+//! of the keys. Kernels: kernels/attention.cuh (engine), attention_prefill.cu,
+//! attention_decode.cu; params struct: kernels/attention/params.h.
+//!
+//! Host layer contract: all kernels use static shared memory only (at most 41 984 bytes, under
+//! the 48 KiB default), so no `MAX_DYNAMIC_SHARED_SIZE` attribute is needed; each `Launch`'s
+//! `params` is the `AttentionParams` C struct, passed by value as the only argument; launches
+//! of one layer run in order on one stream (the reduce reads the decode kernel's workspace).
 
+use crate::backend::cuda::params::{
+    AttentionParams, FLINT_ATTN_CTA_KV, FLINT_ATTN_CTA_Q, FLINT_ATTN_NUM_WARPS,
+};
 use crate::backend::{AttnParams, StepInput};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
+
+/// Rows of (query, group head) per tile.
+pub const CTA_Q: usize = FLINT_ATTN_CTA_Q as usize;
+/// Keys per shared-memory K/V tile (and the split granularity).
+pub const CTA_KV: usize = FLINT_ATTN_CTA_KV as usize;
+/// Threads per CTA of every attention kernel.
+pub const NUM_THREADS: u32 = FLINT_ATTN_NUM_WARPS * 32;
+/// Head dims with a kernel instantiation (the extern "C" lines of attention_prefill.cu / attention_decode.cu).
+pub const HEAD_DIMS: &[usize] = &[64, 128, 256];
+/// A decode split covers at least this many keys (fewer is not worth a partial + merge).
+pub const MIN_KEYS_PER_SPLIT: usize = 256;
+pub const MAX_SPLITS: usize = 64;
+/// Decode aims for this many waves of CTAs over the SMs.
+const TARGET_WAVES: usize = 2;
 
 /// Device pointers one layer's attention reads and writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,11 +73,72 @@ pub struct Launch {
 }
 
 /// Kernel symbols launched from here (the host resolves them once at load).
-pub const ATTENTION_KERNELS: &[&str] = &[];
+pub const ATTENTION_KERNELS: &[&str] = &[
+    "attention_prefill_bf16_hd64",
+    "attention_prefill_bf16_hd128",
+    "attention_prefill_bf16_hd256",
+    "attention_decode_bf16_hd64",
+    "attention_decode_bf16_hd128",
+    "attention_decode_bf16_hd256",
+    "attention_decode_reduce_bf16",
+];
 
 /// Dynamic shared memory `kernel` may use (the host raises the function's limit at load).
+/// The attention kernels use static shared memory only.
 pub fn max_shared_bytes(_kernel: &str) -> u32 {
     0
+}
+
+fn prefill_symbol(head_dim: usize) -> Option<&'static str> {
+    Some(match head_dim {
+        64 => "attention_prefill_bf16_hd64",
+        128 => "attention_prefill_bf16_hd128",
+        256 => "attention_prefill_bf16_hd256",
+        _ => return None,
+    })
+}
+
+fn decode_symbol(head_dim: usize) -> Option<&'static str> {
+    Some(match head_dim {
+        64 => "attention_decode_bf16_hd64",
+        128 => "attention_decode_bf16_hd128",
+        256 => "attention_decode_bf16_hd256",
+        _ => return None,
+    })
+}
+
+/// Which kernel a step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// Tiled attention, one CTA per tile, output written directly (any q_len).
+    Prefill,
+    /// Every sequence has q_len 1: keys split `splits` ways, then an LSE merge.
+    Decode { splits: usize },
+}
+
+/// The one kernel-selection function. Decode (split-K) when every sequence has q_len 1 and
+/// the unsplit grid would leave SMs idle; the split count fills about `TARGET_WAVES` waves,
+/// keeps at least `MIN_KEYS_PER_SPLIT` keys per split of the longest context, and is at most
+/// `MAX_SPLITS`. One split is the prefill kernel.
+pub fn select_kernel(
+    q_lens_ctx: &[(usize, usize)],
+    tiles_per_query: usize,
+    num_sms: u32,
+) -> AttnKernel {
+    if q_lens_ctx.is_empty() || q_lens_ctx.iter().any(|&(q, _)| q != 1) {
+        return AttnKernel::Prefill;
+    }
+    let ctas = q_lens_ctx.len() * tiles_per_query;
+    let max_ctx = q_lens_ctx.iter().map(|&(_, c)| c).max().unwrap_or(0);
+    let want = (num_sms as usize * TARGET_WAVES).div_ceil(ctas.max(1));
+    let splits = want
+        .min(max_ctx.div_ceil(MIN_KEYS_PER_SPLIT))
+        .min(MAX_SPLITS);
+    if splits <= 1 {
+        AttnKernel::Prefill
+    } else {
+        AttnKernel::Decode { splits }
+    }
 }
 
 /// The plan of one step's attention, shared by every layer.
@@ -50,6 +146,20 @@ pub fn max_shared_bytes(_kernel: &str) -> u32 {
 pub struct AttnPlan {
     metadata: Vec<i32>,
     workspace_bytes: usize,
+    kernel: AttnKernel,
+    num_tokens: usize,
+    num_seqs: usize,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    max_blocks: usize,
+    tiles_offset: usize,
+    num_tiles: usize,
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("attention: {what} = {v} does not fit in i32"))
 }
 
 impl AttnPlan {
@@ -61,8 +171,113 @@ impl AttnPlan {
         head_dim: usize,
         num_sms: u32,
     ) -> Result<Self> {
-        let _ = (step, num_heads, num_kv_heads, head_dim, num_sms);
-        bail!("attention: the CUDA attention kernels are not written yet")
+        ensure!(
+            HEAD_DIMS.contains(&head_dim),
+            "attention: head_dim {head_dim} has no CUDA kernel (supported: {HEAD_DIMS:?})"
+        );
+        ensure!(
+            num_kv_heads > 0 && num_heads > 0 && num_heads % num_kv_heads == 0,
+            "attention: {num_heads} query heads are not a multiple of {num_kv_heads} kv heads"
+        );
+        ensure!(num_sms > 0, "attention: num_sms is 0");
+        let bs = step.block_size;
+        ensure!(bs > 0, "attention: block_size is 0");
+        let t = step.num_tokens();
+        to_i32(t * num_heads * head_dim, "tokens x heads x head_dim")?;
+        let group = num_heads / num_kv_heads;
+        for (i, s) in step.seqs.iter().enumerate() {
+            ensure!(
+                s.q_len <= s.ctx_len,
+                "attention: sequence {i} has {} new tokens but ctx_len {}",
+                s.q_len,
+                s.ctx_len
+            );
+            ensure!(
+                s.q_start + s.q_len <= t,
+                "attention: sequence {i} rows {}..{} past the step's {t} tokens",
+                s.q_start,
+                s.q_start + s.q_len
+            );
+            ensure!(
+                s.block_table.len() * bs >= s.ctx_len,
+                "attention: sequence {i} block table ({} blocks of {bs}) does not cover ctx_len {}",
+                s.block_table.len(),
+                s.ctx_len
+            );
+            for &b in &s.block_table {
+                to_i32(b as usize, "block id")?;
+                to_i32((b as usize + 1) * bs, "block slot")?;
+            }
+        }
+        let tiles_per_query = group.div_ceil(CTA_Q) * num_kv_heads;
+        let lens: Vec<(usize, usize)> = step.seqs.iter().map(|s| (s.q_len, s.ctx_len)).collect();
+        let kernel = select_kernel(&lens, tiles_per_query, num_sms);
+        let splits = match kernel {
+            AttnKernel::Prefill => 1,
+            AttnKernel::Decode { splits } => splits,
+        };
+
+        let n = step.seqs.len();
+        let max_blocks = step
+            .seqs
+            .iter()
+            .map(|s| s.block_table.len())
+            .max()
+            .unwrap_or(0);
+        let mut md = Vec::with_capacity(3 * n + n * max_blocks);
+        for s in &step.seqs {
+            md.push(to_i32(s.q_start, "q_start")?);
+        }
+        for s in &step.seqs {
+            md.push(to_i32(s.q_len, "q_len")?);
+        }
+        for s in &step.seqs {
+            md.push(to_i32(s.ctx_len, "ctx_len")?);
+        }
+        for s in &step.seqs {
+            md.extend(s.block_table.iter().map(|&b| b as i32));
+            md.extend(std::iter::repeat_n(0, max_blocks - s.block_table.len()));
+        }
+        let tiles_offset = md.len();
+        for (i, s) in step.seqs.iter().enumerate() {
+            let rows = s.q_len * group;
+            for row0 in (0..rows).step_by(CTA_Q) {
+                for kvh in 0..num_kv_heads {
+                    for split in 0..splits {
+                        md.extend([
+                            i as i32,
+                            to_i32(row0, "tile row")?,
+                            kvh as i32,
+                            split as i32,
+                        ]);
+                    }
+                }
+            }
+        }
+        let num_tiles = (md.len() - tiles_offset) / 4;
+        to_i32(md.len(), "metadata length")?;
+        ensure!(
+            num_tiles <= i32::MAX as usize && num_tiles < (1 << 31),
+            "attention: {num_tiles} tiles"
+        );
+        let workspace_bytes = match kernel {
+            AttnKernel::Prefill => 0,
+            AttnKernel::Decode { splits } => t * num_heads * splits * (head_dim + 1) * 4,
+        };
+        Ok(Self {
+            metadata: md,
+            workspace_bytes,
+            kernel,
+            num_tokens: t,
+            num_seqs: n,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            block_size: bs,
+            max_blocks,
+            tiles_offset,
+            num_tiles,
+        })
     }
 
     /// i32 metadata the kernels index (block tables, sequence offsets, tile maps).
@@ -74,9 +289,622 @@ impl AttnPlan {
         self.workspace_bytes
     }
 
+    pub fn kernel(&self) -> AttnKernel {
+        self.kernel
+    }
+
+    pub fn num_tiles(&self) -> usize {
+        self.num_tiles
+    }
+
+    /// Element offset of the tile map in `metadata()`.
+    pub fn tiles_offset(&self) -> usize {
+        self.tiles_offset
+    }
+
+    pub fn max_blocks(&self) -> usize {
+        self.max_blocks
+    }
+
+    /// The kernels' params struct for one layer (pointers from `ptrs`).
+    pub fn params(&self, attn: &AttnParams, ptrs: &AttnPtrs) -> Result<AttentionParams> {
+        ensure!(
+            attn.num_heads == self.num_heads
+                && attn.num_kv_heads == self.num_kv_heads
+                && attn.head_dim == self.head_dim,
+            "attention: layer has {}/{} heads of {}, the plan {}/{} of {}",
+            attn.num_heads,
+            attn.num_kv_heads,
+            attn.head_dim,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim
+        );
+        ensure!(
+            attn.scale.is_finite(),
+            "attention: scale {} is not finite",
+            attn.scale
+        );
+        let softcap = match attn.softcap {
+            None => 0.0,
+            Some(c) if c.is_finite() && c > 0.0 => c,
+            Some(c) => bail!("attention: softcap {c} must be positive and finite"),
+        };
+        let window = match attn.window {
+            None => 0,
+            Some(0) => bail!("attention: a window of 0 keys sees nothing"),
+            Some(w) => to_i32(w, "window")?,
+        };
+        let splits = match self.kernel {
+            AttnKernel::Prefill => 1,
+            AttnKernel::Decode { splits } => splits,
+        };
+        let (partial_o, partial_lse) = match self.kernel {
+            AttnKernel::Prefill => (0, 0),
+            AttnKernel::Decode { splits } => {
+                ensure!(ptrs.workspace != 0, "attention: decode needs a workspace");
+                let o_bytes = self.num_tokens * self.num_heads * splits * self.head_dim * 4;
+                (ptrs.workspace, ptrs.workspace + o_bytes as u64)
+            }
+        };
+        Ok(AttentionParams {
+            q: ptrs.q,
+            k_cache: ptrs.k_cache,
+            v_cache: ptrs.v_cache,
+            out: ptrs.out,
+            metadata: ptrs.metadata,
+            partial_o,
+            partial_lse,
+            num_tokens: to_i32(self.num_tokens, "num_tokens")?,
+            num_seqs: to_i32(self.num_seqs, "num_seqs")?,
+            num_heads: to_i32(self.num_heads, "num_heads")?,
+            num_kv_heads: to_i32(self.num_kv_heads, "num_kv_heads")?,
+            head_dim: to_i32(self.head_dim, "head_dim")?,
+            block_size: to_i32(self.block_size, "block_size")?,
+            max_blocks: to_i32(self.max_blocks, "max_blocks")?,
+            tiles_offset: to_i32(self.tiles_offset, "tiles_offset")?,
+            num_tiles: to_i32(self.num_tiles, "num_tiles")?,
+            num_splits: splits as i32,
+            scale: attn.scale,
+            softcap,
+            window,
+            pad_: 0,
+        })
+    }
+
     /// The launches of one layer (window and soft-cap may differ per layer).
     pub fn launches(&self, attn: &AttnParams, ptrs: &AttnPtrs) -> Result<Vec<Launch>> {
-        let _ = (attn, ptrs);
-        bail!("attention: the CUDA attention kernels are not written yet")
+        let p = self.params(attn, ptrs)?;
+        if self.num_tiles == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = params_bytes(&p);
+        let grid = (self.num_tiles as u32, 1, 1);
+        let block = (NUM_THREADS, 1, 1);
+        let symbol = |f: fn(usize) -> Option<&'static str>| {
+            f(self.head_dim).ok_or_else(|| anyhow::anyhow!("attention: head_dim {}", self.head_dim))
+        };
+        Ok(match self.kernel {
+            AttnKernel::Prefill => vec![Launch {
+                kernel: symbol(prefill_symbol)?,
+                grid,
+                block,
+                shared_bytes: 0,
+                params: bytes,
+            }],
+            AttnKernel::Decode { .. } => {
+                let jobs = self.num_seqs * self.num_heads;
+                let warps = FLINT_ATTN_NUM_WARPS as usize;
+                vec![
+                    Launch {
+                        kernel: symbol(decode_symbol)?,
+                        grid,
+                        block,
+                        shared_bytes: 0,
+                        params: bytes.clone(),
+                    },
+                    Launch {
+                        kernel: "attention_decode_reduce_bf16",
+                        grid: (jobs.div_ceil(warps) as u32, 1, 1),
+                        block,
+                        shared_bytes: 0,
+                        params: bytes,
+                    },
+                ]
+            }
+        })
+    }
+}
+
+/// The exact bytes of the C struct.
+fn params_bytes(p: &AttentionParams) -> Vec<u8> {
+    let n = std::mem::size_of::<AttentionParams>();
+    // SAFETY: AttentionParams is a bindgen #[repr(C)] struct of u64/i32/f32 fields laid out
+    // without padding (params.h pins its size to 112 = the sum of its fields), so all n bytes
+    // behind the reference are initialised.
+    unsafe { std::slice::from_raw_parts((p as *const AttentionParams).cast::<u8>(), n) }.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{CpuBackend, CpuKvCache, CpuTensor};
+    use crate::backend::{Backend, KvShape, SeqStep};
+
+    fn step(seqs: &[(usize, usize)], bs: usize) -> StepInput {
+        // (q_len, ctx_len); block tables hand out shuffled block ids, rows packed in order.
+        let mut s = StepInput {
+            block_size: bs,
+            ..Default::default()
+        };
+        let mut next = 0u32;
+        for &(q_len, ctx_len) in seqs {
+            let nb = ctx_len.div_ceil(bs);
+            let table: Vec<u32> = (0..nb as u32).map(|b| (next + b) * 7 % 1009).collect();
+            next += nb as u32;
+            s.seqs.push(SeqStep {
+                q_start: s.token_ids.len(),
+                q_len,
+                ctx_len,
+                block_table: table,
+            });
+            for i in 0..q_len {
+                s.token_ids.push(0);
+                s.positions.push((ctx_len - q_len + i) as u32);
+                s.slots.push(0);
+            }
+        }
+        s
+    }
+
+    /// The kernels' algorithm (attention.cuh run_tile + attention_decode.cu reduce) in f32,
+    /// driven only by the plan's metadata and params, as the CUDA threads index it.
+    fn emulate(
+        plan: &AttnPlan,
+        p: &AttentionParams,
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+    ) -> Vec<f32> {
+        let md = plan.metadata();
+        let (h, kv, hd) = (
+            p.num_heads as usize,
+            p.num_kv_heads as usize,
+            p.head_dim as usize,
+        );
+        let group = h / kv;
+        let sn = p.num_seqs as usize;
+        let splits = p.num_splits as usize;
+        let t_n = p.num_tokens as usize;
+        let mut out = vec![f32::NAN; t_n * h * hd];
+        let mut po = vec![0f32; t_n * h * splits * hd];
+        let mut plse = vec![0f32; t_n * h * splits];
+        let decode = matches!(plan.kernel(), AttnKernel::Decode { .. });
+        for tile in 0..p.num_tiles as usize {
+            let tm = &md[p.tiles_offset as usize + 4 * tile..][..4];
+            let (seq, row0, kvh, split) =
+                (tm[0] as usize, tm[1] as i64, tm[2] as usize, tm[3] as i64);
+            let (q_start, q_len, ctx) =
+                (md[seq] as i64, md[sn + seq] as i64, md[2 * sn + seq] as i64);
+            let bt = &md[3 * sn + seq * p.max_blocks as usize..];
+            let g = group as i64;
+            let rows = q_len * g;
+            let first = ctx - q_len;
+            let last_row = rows.min(row0 + CTA_Q as i64) - 1;
+            let (p_min, p_max) = (first + row0 / g, first + last_row / g);
+            let mut lo = if p.window > 0 {
+                (p_min - p.window as i64 + 1).max(0)
+            } else {
+                0
+            };
+            let mut hi = p_max + 1;
+            if decode {
+                let n = hi - lo;
+                let ckv = CTA_KV as i64;
+                let chunk = ((n + splits as i64 - 1) / splits as i64 + ckv - 1) / ckv * ckv;
+                let s_lo = hi.min(lo + split * chunk);
+                hi = hi.min(s_lo + chunk);
+                lo = s_lo;
+            }
+            for r in 0..CTA_Q as i64 {
+                let row = row0 + r;
+                let pos = if row < rows { first + row / g } else { -1 };
+                let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+                let mut acc = vec![0f32; hd];
+                let qrow: Vec<f32> = if row < rows {
+                    let (i, hh) = (row / g, kvh * group + (row % g) as usize);
+                    q[((q_start + i) as usize * h + hh) * hd..][..hd].to_vec()
+                } else {
+                    vec![0.0; hd]
+                };
+                let mut kv0 = lo;
+                while kv0 < hi {
+                    let mut sc = [f32::NEG_INFINITY; CTA_KV];
+                    let mut vis = [false; CTA_KV];
+                    for j in 0..CTA_KV {
+                        let key = kv0 + j as i64;
+                        let wlo = if p.window > 0 {
+                            pos - p.window as i64 + 1
+                        } else {
+                            0
+                        };
+                        vis[j] = key < hi && key <= pos && key >= wlo;
+                        if key < hi {
+                            let bsz = p.block_size as i64;
+                            let slot = bt[(key / bsz) as usize] as i64 * bsz + key % bsz;
+                            let at = (slot as usize * kv + kvh) * hd;
+                            let mut s = 0f32;
+                            for d in 0..hd {
+                                s += qrow[d] * kc[at + d];
+                            }
+                            s *= p.scale;
+                            if p.softcap > 0.0 {
+                                s = p.softcap * (s / p.softcap).tanh();
+                            }
+                            if vis[j] {
+                                sc[j] = s;
+                            }
+                        }
+                    }
+                    let m_new = sc.iter().cloned().fold(m, f32::max);
+                    let m_use = if m_new == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        m_new
+                    };
+                    let corr = (m - m_use).exp();
+                    let pr: Vec<f32> = (0..CTA_KV)
+                        .map(|j| if vis[j] { (sc[j] - m_use).exp() } else { 0.0 })
+                        .collect();
+                    l = l * corr + pr.iter().sum::<f32>();
+                    m = m_new;
+                    for a in acc.iter_mut() {
+                        *a *= corr;
+                    }
+                    for (j, &pj) in pr.iter().enumerate() {
+                        let key = kv0 + j as i64;
+                        if key < hi {
+                            let bsz = p.block_size as i64;
+                            let slot = bt[(key / bsz) as usize] as i64 * bsz + key % bsz;
+                            let at = (slot as usize * kv + kvh) * hd;
+                            for d in 0..hd {
+                                acc[d] += pj * vc[at + d];
+                            }
+                        }
+                    }
+                    kv0 += CTA_KV as i64;
+                }
+                if row >= rows {
+                    continue;
+                }
+                let t = (q_start + row / g) as usize;
+                let hh = kvh * group + (row % g) as usize;
+                let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+                if decode {
+                    let at = (t * h + hh) * splits + split as usize;
+                    for d in 0..hd {
+                        po[at * hd + d] = acc[d] * inv;
+                    }
+                    plse[at] = if l > 0.0 {
+                        m + l.ln()
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                } else {
+                    for d in 0..hd {
+                        out[(t * h + hh) * hd + d] = acc[d] * inv;
+                    }
+                }
+            }
+        }
+        if decode {
+            for job in 0..sn * h {
+                let (seq, hh) = (job / h, job % h);
+                let t = md[seq] as usize;
+                let base = (t * h + hh) * splits;
+                let mx = plse[base..base + splits]
+                    .iter()
+                    .cloned()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                for d in 0..hd {
+                    let (mut num, mut den) = (0f32, 0f32);
+                    if mx != f32::NEG_INFINITY {
+                        for s in 0..splits {
+                            let w = (plse[base + s] - mx).exp();
+                            num += w * po[(base + s) * hd + d];
+                            den += w;
+                        }
+                    }
+                    out[(t * h + hh) * hd + d] = if den > 0.0 { num / den } else { 0.0 };
+                }
+            }
+        }
+        out
+    }
+
+    fn check(
+        seqs: &[(usize, usize)],
+        h: usize,
+        kv: usize,
+        hd: usize,
+        bs: usize,
+        attn_var: (Option<f32>, Option<usize>),
+        sms: u32,
+    ) -> AttnKernel {
+        let st = step(seqs, bs);
+        let plan = AttnPlan::new(&st, h, kv, hd, sms).unwrap();
+        let attn = AttnParams {
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            softcap: attn_var.0,
+            window: attn_var.1,
+        };
+        let ptrs = AttnPtrs {
+            workspace: 1 << 20,
+            ..Default::default()
+        };
+        let p = plan.params(&attn, &ptrs).unwrap();
+        let num_blocks = 1009;
+        let n = num_blocks * bs * kv * hd;
+        let mut seed = 12345u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        let kc: Vec<f32> = (0..n).map(|_| rnd() * 2.0).collect();
+        let vc: Vec<f32> = (0..n).map(|_| rnd()).collect();
+        let t = st.num_tokens();
+        let q: Vec<f32> = (0..t * h * hd).map(|_| rnd() * 2.0).collect();
+        let got = emulate(&plan, &p, &q, &kc, &vc);
+        let cache = CpuKvCache {
+            shape: KvShape {
+                layers: 1,
+                num_blocks,
+                block_size: bs,
+                kv_heads: kv,
+                head_dim: hd,
+            },
+            k: vec![kc],
+            v: vec![vc],
+        };
+        let qt = CpuTensor {
+            data: q,
+            rows: t,
+            cols: h * hd,
+            capacity: t,
+        };
+        let mut out = CpuBackend.alloc(t, h * hd).unwrap();
+        CpuBackend
+            .attention(&qt, &st, &cache, 0, &attn, &mut out)
+            .unwrap();
+        for (i, (a, b)) in got.iter().zip(&out.data).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-4,
+                "element {i}: emulated {a}, cpu {b} ({seqs:?}, {attn_var:?})"
+            );
+        }
+        plan.kernel()
+    }
+
+    #[test]
+    fn emulated_prefill_matches_cpu_attention() {
+        // Ragged + mixed: prefill chunks with prior context (chunked prefill), decode rows.
+        let seqs = [(5, 5), (1, 40), (17, 70), (3, 3), (1, 1)];
+        for var in [
+            (None, None),
+            (Some(30.0), None),
+            (None, Some(7)),
+            (Some(5.0), Some(33)),
+        ] {
+            assert_eq!(check(&seqs, 8, 2, 64, 4, var, 132), AttnKernel::Prefill);
+            assert_eq!(check(&seqs, 4, 4, 64, 16, var, 132), AttnKernel::Prefill);
+            assert_eq!(check(&seqs, 32, 1, 64, 16, var, 132), AttnKernel::Prefill);
+            // MQA, 2 row tiles
+        }
+        check(&[(40, 100)], 6, 2, 128, 16, (None, Some(50)), 8);
+    }
+
+    #[test]
+    fn emulated_split_decode_matches_cpu_attention() {
+        let seqs = [(1, 1000), (1, 40), (1, 1), (1, 513)];
+        for var in [
+            (None, None),
+            (Some(30.0), None),
+            (None, Some(300)),
+            (None, Some(1)),
+        ] {
+            let k = check(&seqs, 8, 2, 64, 16, var, 132);
+            assert!(
+                matches!(k, AttnKernel::Decode { splits } if splits > 1),
+                "{k:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tile_map_and_metadata_layout() {
+        let st = step(&[(5, 9), (1, 3), (0, 4)], 4);
+        let plan = AttnPlan::new(&st, 8, 2, 64, 132).unwrap();
+        assert_eq!(plan.kernel(), AttnKernel::Prefill);
+        let md = plan.metadata();
+        assert_eq!(&md[..9], &[0, 5, 6, 5, 1, 0, 9, 3, 4]);
+        assert_eq!(plan.max_blocks(), 3);
+        // block tables padded to 3 with 0
+        assert_eq!(&md[9..18], &[0, 7, 14, 21, 0, 0, 28, 0, 0]);
+        assert_eq!(plan.tiles_offset(), 18);
+        // seq 0: 5 queries x group 4 = 20 rows = 2 row tiles x 2 kv heads; seq 1: 4 rows, 1 tile x 2.
+        let tiles: Vec<&[i32]> = md[18..].chunks(4).collect();
+        assert_eq!(
+            tiles,
+            vec![
+                &[0, 0, 0, 0][..],
+                &[0, 0, 1, 0],
+                &[0, 16, 0, 0],
+                &[0, 16, 1, 0],
+                &[1, 0, 0, 0],
+                &[1, 0, 1, 0]
+            ]
+        );
+        assert_eq!(plan.num_tiles(), 6);
+        assert_eq!(plan.workspace_bytes(), 0);
+        let attn = AttnParams {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 64,
+            scale: 0.125,
+            softcap: None,
+            window: None,
+        };
+        let l = plan.launches(&attn, &AttnPtrs::default()).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].kernel, "attention_prefill_bf16_hd64");
+        assert_eq!(l[0].grid, (6, 1, 1));
+        assert_eq!(l[0].block, (128, 1, 1));
+        assert_eq!(l[0].params.len(), 112);
+    }
+
+    #[test]
+    fn split_counts() {
+        let lens = |n: usize, c: usize| vec![(1usize, c); n];
+        assert_eq!(
+            select_kernel(&lens(1, 100_000), 8, 132),
+            AttnKernel::Decode { splits: 33 }
+        );
+        assert_eq!(
+            select_kernel(&lens(1, 1000), 8, 132),
+            AttnKernel::Decode { splits: 4 }
+        );
+        assert_eq!(select_kernel(&lens(1, 200), 8, 132), AttnKernel::Prefill);
+        assert_eq!(
+            select_kernel(&lens(64, 100_000), 8, 132),
+            AttnKernel::Prefill
+        );
+        assert_eq!(
+            select_kernel(&lens(1, 1 << 20), 1, 132),
+            AttnKernel::Decode { splits: MAX_SPLITS }
+        );
+        assert_eq!(
+            select_kernel(&[(1, 5000), (2, 5000)], 8, 132),
+            AttnKernel::Prefill
+        );
+        assert_eq!(select_kernel(&[], 8, 132), AttnKernel::Prefill);
+        let st = step(&[(1, 4000), (1, 10)], 16);
+        let plan = AttnPlan::new(&st, 8, 2, 128, 132).unwrap();
+        let AttnKernel::Decode { splits } = plan.kernel() else {
+            panic!("{:?}", plan.kernel())
+        };
+        assert_eq!(plan.num_tiles(), 2 * 2 * splits);
+        assert_eq!(plan.workspace_bytes(), 2 * 8 * splits * 129 * 4);
+        let attn = AttnParams {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 128,
+            scale: 0.1,
+            softcap: None,
+            window: None,
+        };
+        let l = plan
+            .launches(
+                &attn,
+                &AttnPtrs {
+                    workspace: 4096,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            l.iter().map(|l| l.kernel).collect::<Vec<_>>(),
+            [
+                "attention_decode_bf16_hd128",
+                "attention_decode_reduce_bf16"
+            ]
+        );
+        assert_eq!(l[1].grid, (4, 1, 1));
+        let p = plan
+            .params(
+                &attn,
+                &AttnPtrs {
+                    workspace: 4096,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(p.partial_lse, 4096 + (2 * 8 * splits * 128 * 4) as u64);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let st = step(&[(2, 5)], 4);
+        let e = |r: Result<AttnPlan>| r.unwrap_err().to_string();
+        assert!(e(AttnPlan::new(&st, 8, 2, 96, 132)).contains("head_dim 96"));
+        assert!(e(AttnPlan::new(&st, 8, 3, 64, 132)).contains("not a multiple"));
+        assert!(e(AttnPlan::new(&st, 8, 0, 64, 132)).contains("not a multiple"));
+        let mut short = st.clone();
+        short.seqs[0].block_table.pop();
+        assert!(e(AttnPlan::new(&short, 8, 2, 64, 132)).contains("does not cover"));
+        let mut bad = st.clone();
+        bad.seqs[0].q_len = 6;
+        assert!(e(AttnPlan::new(&bad, 8, 2, 64, 132)).contains("ctx_len"));
+        let mut past = st.clone();
+        past.seqs[0].q_start = 1;
+        assert!(e(AttnPlan::new(&past, 8, 2, 64, 132)).contains("past the step"));
+        let plan = AttnPlan::new(&st, 8, 2, 64, 132).unwrap();
+        let attn = AttnParams {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 64,
+            scale: 0.125,
+            softcap: None,
+            window: None,
+        };
+        let p = AttnPtrs::default();
+        assert!(plan
+            .launches(
+                &AttnParams {
+                    window: Some(0),
+                    ..attn
+                },
+                &p
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("window"));
+        assert!(plan
+            .launches(
+                &AttnParams {
+                    softcap: Some(-1.0),
+                    ..attn
+                },
+                &p
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("softcap"));
+        assert!(plan
+            .launches(
+                &AttnParams {
+                    num_heads: 4,
+                    ..attn
+                },
+                &p
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("heads"));
+    }
+
+    #[test]
+    fn symbols_are_listed() {
+        for k in ATTENTION_KERNELS {
+            assert!(crate::backend::cuda::KERNEL_NAMES.contains(k), "{k}");
+        }
+        for &hd in HEAD_DIMS {
+            assert!(ATTENTION_KERNELS.contains(&prefill_symbol(hd).unwrap()));
+            assert!(ATTENTION_KERNELS.contains(&decode_symbol(hd).unwrap()));
+        }
     }
 }

@@ -14,6 +14,15 @@ pub const KERNEL_NAMES: &[&str] = &[
     "act_mul_bf16_gelu",
     "act_mul_bf16_gelu_tanh",
     "act_mul_bf16_silu",
+    // attention_decode.cu: split-K decode + LSE merge
+    "attention_decode_bf16_hd128",
+    "attention_decode_bf16_hd256",
+    "attention_decode_bf16_hd64",
+    "attention_decode_reduce_bf16",
+    // attention_prefill.cu: tiled causal attention over the paged cache
+    "attention_prefill_bf16_hd128",
+    "attention_prefill_bf16_hd256",
+    "attention_prefill_bf16_hd64",
     // embed.cu
     "embed_bf16",
     // rms_norm.cu: optional fused residual add
