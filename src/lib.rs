@@ -10,6 +10,7 @@ pub mod engine;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
+pub mod selftest;
 pub mod tokenizer;
 pub mod weights;
 

@@ -189,6 +189,23 @@ impl CudaBackend {
             .context("memset")
     }
 
+    /// Layer `layer`'s K and V cache as f32 on the host (the selftest's view of the cache).
+    pub fn kv_to_host(&self, c: &CudaKvCache, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        if layer >= c.shape.layers {
+            bail!("kv_to_host: layer {layer} of {}", c.shape.layers);
+        }
+        let per = c.per_layer();
+        let get = |i: usize| -> Result<Vec<f32>> {
+            let h = self
+                .dev
+                .stream
+                .clone_dtoh(&c.buf.slice(i * per..(i + 1) * per))
+                .context("kv_to_host")?;
+            Ok(h.into_iter().map(f32::from).collect())
+        };
+        Ok((get(2 * layer)?, get(2 * layer + 1)?))
+    }
+
     /// Uploads host data as a tensor (tests and the selftest fill inputs this way).
     pub fn tensor_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
         self.upload_weight("tensor", data, rows, cols)
