@@ -201,6 +201,7 @@ impl CudaBackend {
                 .stream
                 .clone_dtoh(&c.buf.slice(i * per..(i + 1) * per))
                 .context("kv_to_host")?;
+            self.synchronize()?;
             Ok(h.into_iter().map(f32::from).collect())
         };
         Ok((get(2 * layer)?, get(2 * layer + 1)?))
@@ -420,6 +421,7 @@ impl Backend for CudaBackend {
             .stream
             .clone_dtoh(&t.buf.slice(0..t.len()))
             .context("to_host: copying to the host (or an earlier kernel failed)")?;
+        self.synchronize()?;
         Ok(host.into_iter().map(f32::from).collect())
     }
 
