@@ -234,16 +234,14 @@ impl CudaBackend {
         let before = self.uploaded.get();
         let after = before + bytes;
         self.uploaded.set(after);
-        // A line per 256 MiB once past 1 GiB, on a terminal only.
-        let step = 256 << 20;
+        // A line per GiB once past the first, on a terminal only (complete lines: nothing
+        // is left dangling when loading ends).
+        let step = 1 << 30;
         if after >= PROGRESS_FROM
             && after / step != before / step
             && std::io::stderr().is_terminal()
         {
-            eprint!(
-                "\rflint: {:.2} GiB of weights on the GPU",
-                after as f64 / (1u64 << 30) as f64
-            );
+            eprintln!("flint: {} GiB of weights on the GPU", after / step);
         }
     }
 

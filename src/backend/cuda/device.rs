@@ -86,7 +86,9 @@ impl Device {
             // it would record events on every buffer access.
             // SAFETY: called before any allocation on this context.
             unsafe { ctx.disable_event_tracking() };
-            let stream = ctx.default_stream();
+            // A stream of our own, not the legacy default one: CUDA graphs cannot capture
+            // the legacy stream.
+            let stream = ctx.new_stream().context("creating the CUDA stream")?;
             let attr = |a| ctx.attribute(a).context("cuDeviceGetAttribute");
             use sys::CUdevice_attribute::*;
             let info = DeviceInfo {
