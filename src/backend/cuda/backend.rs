@@ -184,9 +184,9 @@ impl CudaBackend {
 
     fn fill_bytes<T>(&self, buf: &CudaSlice<T>, byte: u8) -> Result<()> {
         let bytes = buf.len() * std::mem::size_of::<T>();
+        let stream = self.stream()?;
         // SAFETY: writes exactly the buffer's bytes, on the stream that owns it.
-        unsafe { cu::memset_d8_async(self.ptr(buf), byte, bytes, self.dev.stream.cu_stream()) }
-            .context("memset")
+        unsafe { cu::memset_d8_async(self.ptr(buf), byte, bytes, stream) }.context("memset")
     }
 
     /// Layer `layer`'s K and V cache as f32 on the host (the selftest's view of the cache).
@@ -216,8 +216,14 @@ impl CudaBackend {
         dptr(s, &self.dev.stream)
     }
 
-    fn stream(&self) -> cudarc::driver::sys::CUstream {
-        self.dev.stream.cu_stream()
+    /// The stream to launch on, with our context made current on this thread (a raw
+    /// cuLaunchKernel uses the calling thread's context).
+    fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        Ok(self.dev.stream.cu_stream())
     }
 
     fn check_step(&self, op: &str, step: &CudaStep) -> Result<()> {
@@ -471,7 +477,7 @@ impl Backend for CudaBackend {
                 "embed_bf16",
                 self.k.embed_bf16,
                 k::embed_shape(n),
-                self.stream(),
+                self.stream()?,
                 &p,
             )
         }
@@ -528,7 +534,7 @@ impl Backend for CudaBackend {
                 "rms_norm_bf16",
                 self.k.rms_norm_bf16,
                 k::rms_norm_shape(x.rows, c),
-                self.stream(),
+                self.stream()?,
                 &p,
             )
         }
@@ -666,7 +672,7 @@ impl Backend for CudaBackend {
                 "rope_kv_write_bf16",
                 self.k.rope_kv_write_bf16,
                 k::rope_shape(n, h, kv),
-                self.stream(),
+                self.stream()?,
                 &p,
             )
         }
@@ -717,7 +723,7 @@ impl Backend for CudaBackend {
         for l in plan.launches(attn, &ptrs)? {
             // SAFETY: the plan built these launches for pointers into live buffers of the
             // shapes checked above.
-            unsafe { k::launch_attention(&self.k, &l, self.stream())? };
+            unsafe { k::launch_attention(&self.k, &l, self.stream()?)? };
         }
         Ok(())
     }
@@ -747,7 +753,7 @@ impl Backend for CudaBackend {
                 name,
                 f,
                 k::act_mul_shape(gate_up.rows, i),
-                self.stream(),
+                self.stream()?,
                 &p,
             )
         }
@@ -781,7 +787,7 @@ impl Backend for CudaBackend {
                 "gather_rows_bf16",
                 self.k.gather_rows_bf16,
                 k::gather_shape(rows.len()),
-                self.stream(),
+                self.stream()?,
                 &p,
             )
         }
@@ -807,7 +813,7 @@ impl Backend for CudaBackend {
                 "softcap_bf16",
                 self.k.softcap_bf16,
                 k::softcap_shape(n),
-                self.stream(),
+                self.stream()?,
                 &p,
             )
         }

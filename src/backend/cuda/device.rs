@@ -194,6 +194,9 @@ impl Staging {
 
     /// Copies `bytes` to the start of the buffer (which `ensure` sized).
     pub fn upload(&mut self, stream: &Arc<CudaStream>, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let buf = self.buf.as_mut().context("staging: not allocated")?;
         let mut view = buf.slice_mut(0..bytes.len());
         stream
