@@ -97,5 +97,25 @@ typedef struct RopeKvWriteParams {
 FLINT_ASSERT_SIZE(RopeKvWriteParams, 112);
 
 #include "attention/params.h"
+/** gather_rows_bf16: out[i, :] = x[rows[i], :]; a row index outside [0, x_rows) gives zeros. */
+typedef struct GatherParams {
+    FLINT_PTR(const flint_bf16) x;       /**< [x_rows, cols] */
+    FLINT_PTR(const int32_t) rows;       /**< [num_rows]: which row of x each output row copies */
+    FLINT_PTR(flint_bf16) out;           /**< [num_rows, cols] */
+    int32_t num_rows;
+    int32_t cols;
+    int32_t x_rows;
+    int32_t reserved;                    /**< 0; keeps the size a multiple of 8 with no padding */
+} GatherParams;
+FLINT_ASSERT_SIZE(GatherParams, 40);
+
+/** softcap_bf16: in place x = cap * tanh(x / cap) over the first n elements. */
+typedef struct SoftcapParams {
+    FLINT_PTR(flint_bf16) x;             /**< [n] (a [rows, cols] tensor's logical rows) */
+    int64_t n;
+    float cap;                           /**< > 0 */
+    float inv_cap;                       /**< 1 / cap */
+} SoftcapParams;
+FLINT_ASSERT_SIZE(SoftcapParams, 24);
 
 #endif /* FLINT_PARAMS_H */

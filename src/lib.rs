@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+pub mod selftest;
 pub mod throughput;
 pub mod tokenizer;
 pub mod weights;

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flint::backend::cpu::CpuBackend;
+use flint::backend::cuda::CudaBackend;
 use flint::backend::Backend;
 use flint::bench::{self, BenchOptions};
 use flint::engine::{self, GenerateOptions};
@@ -183,6 +184,19 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
     },
+    /// Every CUDA op against the CPU reference, then the fixtures end to end. Exit code 0:
+    /// all passed, 1: a case failed, 2: no usable GPU.
+    Selftest {
+        /// Also write the per-case results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Fewer shapes per op and one prompt per fixture.
+        #[arg(long)]
+        quick: bool,
+        /// Folder of Hugging Face fixtures (each with reference.json).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf"))]
+        fixtures: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -199,7 +213,7 @@ impl Cmd {
             | Cmd::Generate { device, .. }
             | Cmd::Bench { device, .. }
             | Cmd::Throughput { device, .. } => Some(*device),
-            Cmd::Info { .. } | Cmd::Tokenize { .. } => None,
+            Cmd::Info { .. } | Cmd::Tokenize { .. } | Cmd::Selftest { .. } => None,
         }
     }
 }
@@ -214,22 +228,39 @@ fn main() {
 /// Picks the backend for the command's `--device` and runs it there. The one place that
 /// names concrete backends.
 fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Selftest {
+        json,
+        quick,
+        fixtures,
+    } = cli.cmd
+    {
+        let opts = flint::selftest::SelftestOptions {
+            json,
+            quick,
+            fixtures,
+        };
+        std::process::exit(flint::selftest::run(&opts));
+    }
     match cli.cmd.device() {
         None | Some(Device::Cpu) => run_on(&CpuBackend, cli.cmd),
-        Some(Device::Auto) => {
-            eprintln!(
-                "flint: the CUDA backend is not built yet; running on the CPU (f32 reference)"
-            );
-            run_on(&CpuBackend, cli.cmd)
-        }
+        Some(Device::Auto) => match CudaBackend::new() {
+            Ok(be) => run_on(&be, cli.cmd),
+            Err(e) => {
+                eprintln!("flint: no usable GPU ({e:#}); running on the CPU (f32 reference)");
+                run_on(&CpuBackend, cli.cmd)
+            }
+        },
         Some(Device::Cuda) => {
-            bail!("--device cuda: the CUDA backend is not implemented yet; use --device cpu")
+            let be = CudaBackend::new().context("--device cuda")?;
+            run_on(&be, cli.cmd)
         }
     }
 }
 
 fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
     match cmd {
+        // Picks its own backends; `run` handles it before choosing one.
+        Cmd::Selftest { .. } => bail!("selftest is not run on a chosen backend"),
         Cmd::Info { model } => info(&model),
         Cmd::Throughput {
             model,

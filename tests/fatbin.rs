@@ -252,6 +252,16 @@ fn param_structs_have_the_layout_params_h_pins() {
             size_of::<params::RopeKvWriteParams>(),
             align_of::<params::RopeKvWriteParams>(),
         ),
+        (
+            "GatherParams",
+            size_of::<params::GatherParams>(),
+            align_of::<params::GatherParams>(),
+        ),
+        (
+            "SoftcapParams",
+            size_of::<params::SoftcapParams>(),
+            align_of::<params::SoftcapParams>(),
+        ),
     ];
     // From the field lists: 8-byte device pointers first, then 4-byte scalars, padded to 8.
     let from_fields = |ptrs: usize, scalars: usize| (ptrs * 8 + scalars * 4).next_multiple_of(8);
@@ -260,6 +270,9 @@ fn param_structs_have_the_layout_params_h_pins() {
         ("RmsNormParams", from_fields(4, 4)),
         ("ActMulParams", from_fields(2, 2)),
         ("RopeKvWriteParams", from_fields(9, 9)),
+        ("GatherParams", from_fields(3, 4)),
+        // n is an int64: two 4-byte slots.
+        ("SoftcapParams", from_fields(1, 4)),
     ];
     let header = std::fs::read_to_string(kernels_dir().join("params.h")).unwrap();
     let pinned: Vec<(String, usize)> = header

@@ -1,0 +1,857 @@
+//! `CudaBackend`: `trait Backend` on one GPU. Activations and weights are bf16 on the device
+//! (f32 checkpoints are rounded to nearest-even on upload); math inside kernels is f32.
+//!
+//! Memory, and why the decode loop does not allocate:
+//! - tensors are allocated by `alloc` (the model's `Workspace`, sized once) with a fixed row
+//!   capacity; ops set the logical row count exactly as `cpu.rs` does and fail past it;
+//! - each step's metadata (token ids, positions, slots, last rows) is packed into one host
+//!   buffer and copied with one H2D copy into the backend's step staging buffer; the attention
+//!   plan's metadata and its workspace live in a second staging buffer. Both only grow, when a
+//!   step is larger than any before it, so steady-state decode allocates nothing;
+//! - consequence: only the most recently uploaded `Step` is valid. Using an older one is an
+//!   error (each `Step` remembers the staging generation it was written in).
+//!
+//! Everything runs on one stream, in order; `to_host` synchronizes.
+
+use super::attention::{AttnPlan, AttnPtrs};
+use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
+use super::gemm::Gemm;
+use super::kernels::{self as k, i32_of, Kernels};
+use super::params::*;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use crate::config::Activation;
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{result as cu, CudaSlice};
+use half::bf16;
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal;
+
+/// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
+pub struct CudaTensor {
+    buf: CudaSlice<bf16>,
+    pub rows: usize,
+    pub cols: usize,
+    pub capacity: usize,
+}
+
+impl CudaTensor {
+    fn set_rows(&mut self, rows: usize, op: &str) -> Result<()> {
+        if rows > self.capacity {
+            bail!(
+                "{op}: output needs {rows} rows but was allocated for {}",
+                self.capacity
+            );
+        }
+        self.rows = rows;
+        Ok(())
+    }
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// Rotary inverse frequencies, f32 on the device.
+pub struct CudaRope {
+    inv_freq: CudaSlice<f32>,
+    len: usize,
+}
+
+/// K and V of every layer in one allocation: layer l's K at `2l`, its V at `2l + 1`, each
+/// `[num_blocks, block_size, kv_heads, head_dim]` bf16.
+pub struct CudaKvCache {
+    buf: CudaSlice<bf16>,
+    pub shape: KvShape,
+}
+
+impl CudaKvCache {
+    fn per_layer(&self) -> usize {
+        let s = self.shape;
+        s.num_blocks * s.block_size * s.kv_heads * s.head_dim
+    }
+}
+
+/// The attention plan of a step, made at its first attention call (the step alone does not
+/// know the head counts) and reused by every later layer of the same shape.
+struct PlannedAttn {
+    key: (usize, usize, usize),
+    plan: std::result::Result<AttnPlan, String>,
+    /// Attention staging generation the metadata was uploaded in.
+    generation: u64,
+    metadata: u64,
+    workspace: u64,
+}
+
+/// One step's metadata on the device (pointers into the backend's step staging buffer).
+pub struct CudaStep {
+    input: StepInput,
+    generation: u64,
+    ids: u64,
+    positions: u64,
+    slots: u64,
+    last_rows: u64,
+    attn: RefCell<Option<PlannedAttn>>,
+}
+
+/// Byte offsets of a step's arrays in its packed upload (16-byte aligned each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepLayout {
+    pub ids: usize,
+    pub positions: usize,
+    pub slots: usize,
+    pub last_rows: usize,
+    pub total: usize,
+}
+
+impl StepLayout {
+    pub fn new(tokens: usize, seqs: usize) -> StepLayout {
+        let a = |n: usize| n.next_multiple_of(16);
+        let ids = 0;
+        let positions = a(ids + 4 * tokens);
+        let slots = a(positions + 4 * tokens);
+        let last_rows = a(slots + 8 * tokens);
+        let total = a(last_rows + 4 * seqs);
+        StepLayout {
+            ids,
+            positions,
+            slots,
+            last_rows,
+            total,
+        }
+    }
+}
+
+pub struct CudaBackend {
+    gemm: Gemm,
+    k: Kernels,
+    step_staging: RefCell<Staging>,
+    attn_staging: RefCell<Staging>,
+    uploaded: Cell<usize>,
+    dev: Device,
+}
+
+/// Bytes uploaded after which `upload_weight` shows progress (on a terminal).
+const PROGRESS_FROM: usize = 1 << 30;
+
+impl CudaBackend {
+    /// GPU 0. Fails (never panics) naming what is missing: the driver, cuBLASLt, a GPU, or
+    /// kernels for this GPU in the binary.
+    pub fn new() -> Result<CudaBackend> {
+        Self::with_device(0)
+    }
+
+    pub fn with_device(ordinal: usize) -> Result<CudaBackend> {
+        let dev = Device::open(ordinal)?;
+        let k = Kernels::load(&dev)?;
+        let gemm = no_panic("cuBLASLt start-up", || Gemm::new(dev.stream.clone()))?;
+        Ok(CudaBackend {
+            gemm,
+            k,
+            step_staging: RefCell::new(Staging::new()),
+            attn_staging: RefCell::new(Staging::new()),
+            uploaded: Cell::new(0),
+            dev,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.dev.info
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.dev.ctx.mem_get_info().context("cuMemGetInfo")
+    }
+
+    /// Waits for queued work; surfaces asynchronous kernel faults.
+    pub fn synchronize(&self) -> Result<()> {
+        self.dev
+            .stream
+            .synchronize()
+            .context("CUDA stream synchronize (an earlier kernel failed)")
+    }
+
+    /// Fills a tensor's whole capacity with NaN (bf16 0xFFFF), so a kernel that skips an
+    /// element shows up in a comparison.
+    pub fn poison(&self, t: &mut CudaTensor) -> Result<()> {
+        self.fill_bytes(&t.buf, 0xFF)
+    }
+
+    /// Fills the whole cache with NaN.
+    pub fn poison_cache(&self, c: &mut CudaKvCache) -> Result<()> {
+        self.fill_bytes(&c.buf, 0xFF)
+    }
+
+    fn fill_bytes<T>(&self, buf: &CudaSlice<T>, byte: u8) -> Result<()> {
+        let bytes = buf.len() * std::mem::size_of::<T>();
+        let stream = self.stream()?;
+        // SAFETY: writes exactly the buffer's bytes, on the stream that owns it.
+        unsafe { cu::memset_d8_async(self.ptr(buf), byte, bytes, stream) }.context("memset")
+    }
+
+    /// Layer `layer`'s K and V cache as f32 on the host (the selftest's view of the cache).
+    pub fn kv_to_host(&self, c: &CudaKvCache, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        if layer >= c.shape.layers {
+            bail!("kv_to_host: layer {layer} of {}", c.shape.layers);
+        }
+        let per = c.per_layer();
+        let get = |i: usize| -> Result<Vec<f32>> {
+            let h = self
+                .dev
+                .stream
+                .clone_dtoh(&c.buf.slice(i * per..(i + 1) * per))
+                .context("kv_to_host")?;
+            self.synchronize()?;
+            Ok(h.into_iter().map(f32::from).collect())
+        };
+        Ok((get(2 * layer)?, get(2 * layer + 1)?))
+    }
+
+    /// Uploads host data as a tensor (tests and the selftest fill inputs this way).
+    pub fn tensor_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.upload_weight("tensor", data, rows, cols)
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        dptr(s, &self.dev.stream)
+    }
+
+    /// The stream to launch on, with our context made current on this thread (a raw
+    /// cuLaunchKernel uses the calling thread's context).
+    fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        Ok(self.dev.stream.cu_stream())
+    }
+
+    fn check_step(&self, op: &str, step: &CudaStep) -> Result<()> {
+        if step.generation != self.step_staging.borrow().generation {
+            bail!(
+                "{op}: this step's metadata was overwritten by a later upload_step (only the \
+                 most recently uploaded step can run)"
+            );
+        }
+        Ok(())
+    }
+
+    fn note_upload(&self, bytes: usize) {
+        let before = self.uploaded.get();
+        let after = before + bytes;
+        self.uploaded.set(after);
+        // A line per GiB once past the first, on a terminal only (complete lines: nothing
+        // is left dangling when loading ends).
+        let step = 1 << 30;
+        if after >= PROGRESS_FROM
+            && after / step != before / step
+            && std::io::stderr().is_terminal()
+        {
+            eprintln!("flint: {} GiB of weights on the GPU", after / step);
+        }
+    }
+
+    /// The plan for this step and attention shape, made (and its metadata uploaded) once.
+    fn planned(&self, step: &CudaStep, attn: &AttnParams) -> Result<(u64, u64, AttnPlanRef)> {
+        let key = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let mut slot = step.attn.borrow_mut();
+        let cur_gen = self.attn_staging.borrow().generation;
+        let fresh = matches!(&*slot, Some(p) if p.key == key && p.generation == cur_gen);
+        if !fresh {
+            let plan = AttnPlan::new(
+                &step.input,
+                attn.num_heads,
+                attn.num_kv_heads,
+                attn.head_dim,
+                self.dev.info.num_sms,
+            )
+            .map_err(|e| format!("{e:#}"));
+            let (mut metadata, mut workspace, mut generation) = (0, 0, cur_gen);
+            if let Ok(p) = &plan {
+                let meta: Vec<u8> = p.metadata().iter().flat_map(|v| v.to_le_bytes()).collect();
+                let ws_at = meta.len().next_multiple_of(256);
+                let mut st = self.attn_staging.borrow_mut();
+                let base = st.ensure(&self.dev.stream, ws_at + p.workspace_bytes())?;
+                if !meta.is_empty() {
+                    st.upload(&self.dev.stream, &meta)?;
+                }
+                generation = st.generation;
+                metadata = base;
+                workspace = base + ws_at as u64;
+            }
+            *slot = Some(PlannedAttn {
+                key,
+                plan,
+                generation,
+                metadata,
+                workspace,
+            });
+        }
+        let p = slot.as_ref().expect("set above");
+        match &p.plan {
+            Ok(_) => Ok((p.metadata, p.workspace, AttnPlanRef)),
+            Err(e) => bail!("{e}"),
+        }
+    }
+}
+
+/// Marker that `planned` succeeded (the plan itself stays borrowed inside the step).
+struct AttnPlanRef;
+
+fn to_bf16(data: &[f32]) -> Vec<bf16> {
+    data.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Weight = CudaTensor;
+    type Step = CudaStep;
+    type Rope = CudaRope;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload_weight(
+        &self,
+        name: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaTensor> {
+        if data.len() != rows * cols {
+            bail!(
+                "weight `{name}`: {} values for shape [{rows}, {cols}]",
+                data.len()
+            );
+        }
+        let host = to_bf16(data);
+        let buf = if host.is_empty() {
+            // SAFETY: a one-element buffer nobody reads (cuMemAlloc rejects 0 bytes).
+            unsafe { self.dev.stream.alloc::<bf16>(1) }
+        } else {
+            self.dev.stream.clone_htod(&host)
+        }
+        .with_context(|| format!("weight `{name}`: uploading [{rows}, {cols}] bf16"))?;
+        self.note_upload(host.len() * 2);
+        Ok(CudaTensor {
+            buf,
+            rows,
+            cols,
+            capacity: rows,
+        })
+    }
+
+    fn upload_rope(&self, inv_freq: &[f32]) -> Result<CudaRope> {
+        let buf = if inv_freq.is_empty() {
+            // SAFETY: never read (rotary_dim 0).
+            unsafe { self.dev.stream.alloc::<f32>(1) }
+        } else {
+            self.dev.stream.clone_htod(inv_freq)
+        }
+        .context("uploading rope frequencies")?;
+        Ok(CudaRope {
+            inv_freq: buf,
+            len: inv_freq.len(),
+        })
+    }
+
+    fn upload_step(&self, step: &StepInput) -> Result<CudaStep> {
+        // The CPU backend's checks are the contract; reuse them.
+        let input = CpuBackend.upload_step(step)?;
+        let n = input.num_tokens();
+        let last = input.last_rows();
+        let lay = StepLayout::new(n, last.len());
+        let mut bytes = vec![0u8; lay.total];
+        for (i, &id) in input.token_ids.iter().enumerate() {
+            let v = i32::try_from(id).context("step: token id does not fit in an int32")?;
+            bytes[lay.ids + 4 * i..][..4].copy_from_slice(&v.to_le_bytes());
+        }
+        for (i, &p) in input.positions.iter().enumerate() {
+            let v = i32::try_from(p).context("step: position does not fit in an int32")?;
+            bytes[lay.positions + 4 * i..][..4].copy_from_slice(&v.to_le_bytes());
+        }
+        for (i, &s) in input.slots.iter().enumerate() {
+            bytes[lay.slots + 8 * i..][..8].copy_from_slice(&s.to_le_bytes());
+        }
+        for (i, &r) in last.iter().enumerate() {
+            bytes[lay.last_rows + 4 * i..][..4].copy_from_slice(&(r as i32).to_le_bytes());
+        }
+        let mut st = self.step_staging.borrow_mut();
+        let base = st.ensure(&self.dev.stream, lay.total)?;
+        st.upload(&self.dev.stream, &bytes)?;
+        let at = |off: usize| base + off as u64;
+        Ok(CudaStep {
+            generation: st.generation,
+            ids: at(lay.ids),
+            positions: at(lay.positions),
+            slots: at(lay.slots),
+            last_rows: at(lay.last_rows),
+            input,
+            attn: RefCell::new(None),
+        })
+    }
+
+    fn alloc(&self, capacity_rows: usize, cols: usize) -> Result<CudaTensor> {
+        let n = (capacity_rows * cols).max(1);
+        // SAFETY: ops write rows before they are read; `to_host` reads only logical rows.
+        let buf = unsafe { self.dev.stream.alloc::<bf16>(n) }
+            .with_context(|| format!("alloc: [{capacity_rows}, {cols}] bf16 ({} bytes)", n * 2))?;
+        Ok(CudaTensor {
+            buf,
+            rows: 0,
+            cols,
+            capacity: capacity_rows,
+        })
+    }
+
+    fn alloc_kv_cache(&self, shape: KvShape) -> Result<CudaKvCache> {
+        let per = shape.num_blocks * shape.block_size * shape.kv_heads * shape.head_dim;
+        let n = (2 * shape.layers * per).max(1);
+        let buf =
+            self.dev.stream.alloc_zeros::<bf16>(n).with_context(|| {
+                format!("alloc_kv_cache: {shape:?} needs {} bytes of bf16", n * 2)
+            })?;
+        Ok(CudaKvCache { buf, shape })
+    }
+
+    fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        if t.len() == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self
+            .dev
+            .stream
+            .clone_dtoh(&t.buf.slice(0..t.len()))
+            .context("to_host: copying to the host (or an earlier kernel failed)")?;
+        self.synchronize()?;
+        Ok(host.into_iter().map(f32::from).collect())
+    }
+
+    fn weight_bytes(&self, w: &CudaTensor) -> usize {
+        w.rows * w.cols * 2
+    }
+
+    fn embed(
+        &self,
+        step: &CudaStep,
+        table: &CudaTensor,
+        scale: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.check_step("embed", step)?;
+        if out.cols != table.cols {
+            bail!(
+                "embed: table has {} columns, output {}",
+                table.cols,
+                out.cols
+            );
+        }
+        let n = step.input.num_tokens();
+        if let Some((t, id)) = step
+            .input
+            .token_ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= table.rows)
+        {
+            bail!(
+                "embed: token id {id} at position {t} is outside the vocabulary of {}",
+                table.rows
+            );
+        }
+        out.set_rows(n, "embed")?;
+        let p = EmbedParams {
+            ids: step.ids,
+            table: self.ptr(&table.buf),
+            out: self.ptr(&out.buf),
+            num_tokens: i32_of("embed", "tokens", n)?,
+            vocab: i32_of("embed", "vocab", table.rows)?,
+            dim: i32_of("embed", "dim", table.cols)?,
+            scale,
+        };
+        // SAFETY: ids has n entries, table [vocab, dim], out holds n rows (checked above).
+        unsafe {
+            k::launch(
+                "embed_bf16",
+                self.k.embed_bf16,
+                k::embed_shape(n),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        residual: Option<&mut CudaTensor>,
+        w: &CudaTensor,
+        eps: f32,
+        offset: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let c = x.cols;
+        if w.len() != c || out.cols != c {
+            bail!(
+                "rms_norm: x has {c} columns, weight {} and output {}",
+                w.len(),
+                out.cols
+            );
+        }
+        let res_ptr = match &residual {
+            Some(res) => {
+                if res.cols != c || res.rows != x.rows {
+                    bail!(
+                        "rms_norm: residual is [{}, {}], x is [{}, {c}]",
+                        res.rows,
+                        res.cols,
+                        x.rows
+                    );
+                }
+                self.ptr(&res.buf)
+            }
+            None => 0,
+        };
+        out.set_rows(x.rows, "rms_norm")?;
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let p = RmsNormParams {
+            x: self.ptr(&x.buf),
+            residual: res_ptr,
+            w: self.ptr(&w.buf),
+            out: self.ptr(&out.buf),
+            rows: i32_of("rms_norm", "rows", x.rows)?,
+            cols: i32_of("rms_norm", "cols", c)?,
+            eps,
+            w_offset: offset,
+        };
+        // SAFETY: x, residual and out hold x.rows rows of c columns; w holds c values.
+        unsafe {
+            k::launch(
+                "rms_norm_bf16",
+                self.k.rms_norm_bf16,
+                k::rms_norm_shape(x.rows, c),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+
+    fn matmul(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let (kk, n) = (w.cols, w.rows);
+        if x.cols != kk || out.cols != n {
+            bail!(
+                "matmul: x is [{}, {}], weight [{n}, {kk}], output has {} columns",
+                x.rows,
+                x.cols,
+                out.cols
+            );
+        }
+        if let Some(b) = bias {
+            if b.len() != n {
+                bail!("matmul: bias has {} values for {n} outputs", b.len());
+            }
+        }
+        out.set_rows(x.rows, "matmul")?;
+        if x.rows == 0 || n == 0 {
+            return Ok(());
+        }
+        if kk == 0 {
+            // cuBLASLt rejects K = 0; the product is the bias (or zeros).
+            bail!("matmul: weight has no input features");
+        }
+        self.gemm.run(
+            &x.buf,
+            &w.buf,
+            bias.map(|b| &b.buf),
+            &mut out.buf,
+            (x.rows, n, kk),
+        )
+    }
+
+    fn rope_kv_write(
+        &self,
+        qkv: &CudaTensor,
+        step: &CudaStep,
+        rope: &CudaRope,
+        qk_norm: Option<QkNorm<'_, CudaTensor>>,
+        attn: &AttnParams,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        q_out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.check_step("rope_kv_write", step)?;
+        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let sh = cache.shape;
+        let n = step.input.num_tokens();
+        if qkv.cols != (h + 2 * kv) * hd || q_out.cols != h * hd || qkv.rows != n {
+            bail!(
+                "rope_kv_write: qkv is [{}, {}] for {n} tokens, {h} heads, {kv} kv heads, head_dim {hd}",
+                qkv.rows,
+                qkv.cols
+            );
+        }
+        if sh.kv_heads != kv
+            || sh.head_dim != hd
+            || layer >= sh.layers
+            || sh.block_size != step.input.block_size
+        {
+            bail!("rope_kv_write: cache shape {sh:?} does not match layer {layer} with {kv} kv heads of {hd}");
+        }
+        let rot = rope.len * 2;
+        if rot > hd {
+            bail!("rope_kv_write: rotary dim {rot} exceeds head_dim {hd}");
+        }
+        if hd > FLINT_ROPE_MAX_HEAD_DIM as usize {
+            bail!(
+                "rope_kv_write: head_dim {hd} exceeds the kernel's limit of {FLINT_ROPE_MAX_HEAD_DIM}"
+            );
+        }
+        let (q_norm, k_norm, eps, w_offset) = match &qk_norm {
+            Some(qn) => {
+                if qn.q.len() != hd || qn.k.len() != hd {
+                    bail!(
+                        "rope_kv_write: qk-norm weights have {} and {} values for head_dim {hd}",
+                        qn.q.len(),
+                        qn.k.len()
+                    );
+                }
+                (self.ptr(&qn.q.buf), self.ptr(&qn.k.buf), qn.eps, qn.offset)
+            }
+            None => (0, 0, 0.0, 0.0),
+        };
+        let cap = sh.num_blocks * sh.block_size;
+        if let Some((t, &s)) = step
+            .input
+            .slots
+            .iter()
+            .enumerate()
+            .find(|(_, &s)| s >= 0 && s as usize >= cap)
+        {
+            bail!("rope_kv_write: slot {s} of token {t} is outside the cache ({cap} slots)");
+        }
+        q_out.set_rows(n, "rope_kv_write")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let per = cache.per_layer() as u64;
+        let base = self.ptr(&cache.buf);
+        let p = RopeKvWriteParams {
+            qkv: self.ptr(&qkv.buf),
+            positions: step.positions,
+            slot_mapping: step.slots,
+            inv_freq: self.ptr(&rope.inv_freq),
+            q_norm,
+            k_norm,
+            q_out: self.ptr(&q_out.buf),
+            k_cache: base + 2 * (2 * layer as u64) * per,
+            v_cache: base + 2 * (2 * layer as u64 + 1) * per,
+            num_tokens: i32_of("rope_kv_write", "tokens", n)?,
+            num_heads: i32_of("rope_kv_write", "heads", h)?,
+            num_kv_heads: i32_of("rope_kv_write", "kv heads", kv)?,
+            head_dim: hd as i32,
+            rotary_dim: rot as i32,
+            block_size: i32_of("rope_kv_write", "block_size", sh.block_size)?,
+            num_blocks: i32_of("rope_kv_write", "num_blocks", sh.num_blocks)?,
+            eps,
+            w_offset,
+        };
+        // SAFETY: shapes checked above; slots are inside the cache or -1; the layer's K and V
+        // slices lie inside the one cache allocation.
+        unsafe {
+            k::launch(
+                "rope_kv_write_bf16",
+                self.k.rope_kv_write_bf16,
+                k::rope_shape(n, h, kv),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        step: &CudaStep,
+        cache: &CudaKvCache,
+        layer: usize,
+        attn: &AttnParams,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.check_step("attention", step)?;
+        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let n = step.input.num_tokens();
+        if q.cols != h * hd || out.cols != h * hd || q.rows != n || layer >= cache.shape.layers {
+            bail!(
+                "attention: q is [{}, {}] for {n} tokens and {h} heads of {hd}",
+                q.rows,
+                q.cols
+            );
+        }
+        if kv == 0 || h % kv != 0 || cache.shape.kv_heads != kv || cache.shape.head_dim != hd {
+            bail!(
+                "attention: {h} heads over {kv} kv heads of {hd} do not match the cache {:?}",
+                cache.shape
+            );
+        }
+        out.set_rows(n, "attention")?;
+        let (metadata, workspace, _) = self.planned(step, attn)?;
+        let per = cache.per_layer() as u64;
+        let base = self.ptr(&cache.buf);
+        let ptrs = AttnPtrs {
+            q: self.ptr(&q.buf),
+            k_cache: base + 2 * (2 * layer as u64) * per,
+            v_cache: base + 2 * (2 * layer as u64 + 1) * per,
+            out: self.ptr(&out.buf),
+            metadata,
+            workspace,
+        };
+        let slot = step.attn.borrow();
+        let plan = match slot.as_ref().map(|p| &p.plan) {
+            Some(Ok(p)) => p,
+            _ => bail!("attention: no plan"),
+        };
+        for l in plan.launches(attn, &ptrs)? {
+            // SAFETY: the plan built these launches for pointers into live buffers of the
+            // shapes checked above.
+            unsafe { k::launch_attention(&self.k, &l, self.stream()?)? };
+        }
+        Ok(())
+    }
+
+    fn act_mul(&self, gate_up: &CudaTensor, act: Activation, out: &mut CudaTensor) -> Result<()> {
+        let i = out.cols;
+        if gate_up.cols != 2 * i {
+            bail!(
+                "act_mul: gate_up has {} columns, output {i} (expected half)",
+                gate_up.cols
+            );
+        }
+        out.set_rows(gate_up.rows, "act_mul")?;
+        if gate_up.rows == 0 || i == 0 {
+            return Ok(());
+        }
+        let (f, name) = self.k.act_mul(act);
+        let p = ActMulParams {
+            gate_up: self.ptr(&gate_up.buf),
+            out: self.ptr(&out.buf),
+            num_tokens: i32_of(name, "tokens", gate_up.rows)?,
+            inter: i32_of(name, "inter", i)?,
+        };
+        // SAFETY: gate_up is [rows, 2i], out holds rows of i.
+        unsafe {
+            k::launch(
+                name,
+                f,
+                k::act_mul_shape(gate_up.rows, i),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+
+    fn gather_last(&self, x: &CudaTensor, step: &CudaStep, out: &mut CudaTensor) -> Result<()> {
+        self.check_step("gather_last", step)?;
+        if out.cols != x.cols {
+            bail!("gather_last: x has {} columns, output {}", x.cols, out.cols);
+        }
+        let rows = step.input.last_rows();
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            bail!("gather_last: row {r} outside x of {} rows", x.rows);
+        }
+        out.set_rows(rows.len(), "gather_last")?;
+        if rows.is_empty() || x.cols == 0 {
+            return Ok(());
+        }
+        let p = GatherParams {
+            x: self.ptr(&x.buf),
+            rows: step.last_rows,
+            out: self.ptr(&out.buf),
+            num_rows: i32_of("gather_last", "rows", rows.len())?,
+            cols: i32_of("gather_last", "cols", x.cols)?,
+            x_rows: i32_of("gather_last", "x rows", x.rows)?,
+            reserved: 0,
+        };
+        // SAFETY: every row index is < x.rows (checked); out holds rows.len() rows.
+        unsafe {
+            k::launch(
+                "gather_rows_bf16",
+                self.k.gather_rows_bf16,
+                k::gather_shape(rows.len()),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+
+    fn softcap(&self, x: &mut CudaTensor, cap: f32) -> Result<()> {
+        if !(cap > 0.0 && cap.is_finite()) {
+            bail!("softcap: cap must be positive and finite, got {cap}");
+        }
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let p = SoftcapParams {
+            x: self.ptr(&x.buf),
+            n: n as i64,
+            cap,
+            inv_cap: 1.0 / cap,
+        };
+        // SAFETY: x holds n elements.
+        unsafe {
+            k::launch(
+                "softcap_bf16",
+                self.k.softcap_bf16,
+                k::softcap_shape(n),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_layout_is_aligned_and_disjoint() {
+        for (t, s) in [(1, 1), (3, 2), (17, 5), (512, 1), (0, 0)] {
+            let l = StepLayout::new(t, s);
+            for off in [l.ids, l.positions, l.slots, l.last_rows, l.total] {
+                assert_eq!(off % 16, 0);
+            }
+            assert!(l.positions >= l.ids + 4 * t);
+            assert!(l.slots >= l.positions + 4 * t);
+            assert!(l.last_rows >= l.slots + 8 * t);
+            assert!(l.total >= l.last_rows + 4 * s);
+        }
+    }
+
+    #[test]
+    fn without_a_gpu_new_fails_with_a_clear_error() {
+        match CudaBackend::new() {
+            Ok(be) => println!("a GPU is present ({}); skipping", be.info().name),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(
+                    msg.contains("libcuda")
+                        || msg.contains("cuBLASLt")
+                        || msg.contains("no GPU")
+                        || msg.contains("kernels were not built"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,926 @@
+//! `flint selftest`: every CUDA op against the CPU reference, then every fixture end to end.
+//!
+//! Op cases: the same random inputs (rounded to bf16 first, so both backends start from the
+//! same values) go through both backends via `trait Backend`; the GPU's outputs are poisoned
+//! with NaN before each run, so an element a kernel skips fails the case. The measure is the
+//! relative L2 error `‖gpu − cpu‖ / ‖cpu‖`. One op's honest bf16 error is about one output
+//! rounding (2⁻⁹ relative per element, ~3e-3 in L2), so single ops must stay under 1e-2;
+//! attention, which also reads a bf16-rounded cache, under 2e-2.
+//!
+//! End to end: each fixture's prompts through the whole model on both backends. Weights and
+//! every activation are bf16 on the GPU, f32 on the CPU, so logits differ by the accumulated
+//! rounding of ~10 ops per layer: rel-L2 of logits under 2e-2 (a real bug is O(1)). Greedy
+//! tokens must match for the first 4 steps unless the CPU's own top-2 margin at the first
+//! divergence is under 1% of its largest |logit| (a near tie bf16 may legitimately flip).
+//! The `flint generate --device cuda` path runs as a subprocess of this binary.
+//!
+//! Exit codes: 0 all passed, 1 a case failed, 2 no usable GPU (with the reason).
+
+use crate::backend::cpu::{CpuBackend, CpuKvCache, CpuTensor};
+use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor};
+use crate::backend::{AttnParams, Backend, KvShape, QkNorm, SeqStep, StepInput};
+use crate::config::Activation;
+use crate::engine::{self, GenerateOptions};
+use crate::sampling::SamplingParams;
+use crate::ModelRef;
+use anyhow::{bail, Context, Result};
+use half::bf16;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+pub struct SelftestOptions {
+    pub json: Option<PathBuf>,
+    pub quick: bool,
+    pub fixtures: PathBuf,
+}
+
+/// Single-op tolerance (rel-L2) and attention's.
+const OP_TOL: f64 = 1e-2;
+const ATTN_TOL: f64 = 2e-2;
+/// End-to-end logits tolerance (rel-L2) and greedy steps compared.
+const E2E_TOL: f64 = 2e-2;
+const GREEDY_STEPS: usize = 4;
+
+#[derive(Clone, Debug)]
+struct Case {
+    group: &'static str,
+    name: String,
+    err: f64,
+    tol: f64,
+    note: Option<String>,
+    error: Option<String>,
+}
+
+impl Case {
+    fn pass(&self) -> bool {
+        self.error.is_none() && self.err <= self.tol
+    }
+    fn json(&self) -> Value {
+        json!({"group": self.group, "case": self.name, "rel_l2": if self.err.is_finite() { json!(self.err) } else { json!(null) },
+               "tol": self.tol, "pass": self.pass(), "note": self.note, "error": self.error})
+    }
+}
+
+/// Runs the selftest; returns the process exit code.
+pub fn run(opts: &SelftestOptions) -> i32 {
+    let gpu = match CudaBackend::new() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("flint selftest: no usable GPU: {e:#}");
+            if let Some(p) = &opts.json {
+                let v =
+                    json!({"date": utc_now(), "gpu": null, "error": format!("{e:#}"), "cases": []});
+                let _ = std::fs::write(p, serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            return 2;
+        }
+    };
+    let info = gpu.info().clone();
+    println!(
+        "flint selftest on {} (sm_{}{}, {} SMs, {:.1} GiB, driver CUDA {})",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.num_sms,
+        info.total_mem as f64 / (1u64 << 30) as f64,
+        info.driver
+    );
+    let mut cases = Vec::new();
+    let mut record = |c: Case| {
+        let status = if c.pass() { "PASS" } else { "FAIL" };
+        let detail = match (&c.error, &c.note) {
+            (Some(e), _) => format!("  error: {e}"),
+            (None, Some(n)) => format!("  ({n})"),
+            _ => String::new(),
+        };
+        println!(
+            "{status}  {:<14} {:<58} rel_l2 {:>10.3e}  tol {:.0e}{detail}",
+            c.group, c.name, c.err, c.tol
+        );
+        cases.push(c);
+    };
+    let t = Tester {
+        gpu: &gpu,
+        cpu: CpuBackend,
+        rng: std::cell::RefCell::new(Rng(0x5eed_f11e)),
+    };
+    for c in t.op_cases(opts.quick) {
+        record(c);
+    }
+    for c in e2e_cases(&gpu, &opts.fixtures, opts.quick) {
+        record(c);
+    }
+    let failed = cases.iter().filter(|c| !c.pass()).count();
+    println!(
+        "{} cases: {} passed, {failed} failed",
+        cases.len(),
+        cases.len() - failed
+    );
+    if let Some(p) = &opts.json {
+        let v = json!({
+            "date": utc_now(),
+            "flint_version": env!("CARGO_PKG_VERSION"),
+            "gpu": {"name": info.name, "driver_cuda": info.driver,
+                    "compute_capability": format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
+                    "sms": info.num_sms, "memory_bytes": info.total_mem},
+            "quick": opts.quick,
+            "passed": cases.len() - failed,
+            "failed": failed,
+            "cases": cases.iter().map(Case::json).collect::<Vec<_>>(),
+        });
+        if let Err(e) = std::fs::write(p, serde_json::to_string_pretty(&v).unwrap_or_default()) {
+            eprintln!("flint selftest: writing {}: {e}", p.display());
+            return 1;
+        }
+    }
+    i32::from(failed > 0)
+}
+
+/// SplitMix64 with Box–Muller normals: reproducible inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform().max(1e-300), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+}
+
+fn round_bf16(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
+
+fn rel_l2(gpu: &[f32], cpu: &[f32]) -> f64 {
+    if gpu.len() != cpu.len() {
+        return f64::NAN;
+    }
+    let (mut d, mut n) = (0f64, 0f64);
+    for (g, c) in gpu.iter().zip(cpu) {
+        d += (*g as f64 - *c as f64).powi(2);
+        n += (*c as f64).powi(2);
+    }
+    (d / n.max(1e-30)).sqrt()
+}
+
+/// A ragged step over `seqs` = [(ctx_len, q_len)]; block tables are handed out in reverse so
+/// that logical and physical block order differ. Returns the step and the cache blocks used.
+fn make_step(seqs: &[(usize, usize)], bs: usize, rng: &mut Rng, pad: bool) -> (StepInput, usize) {
+    let total_blocks: usize = seqs.iter().map(|s| s.0.div_ceil(bs)).sum();
+    let mut free: Vec<u32> = (0..total_blocks as u32).collect();
+    let mut step = StepInput {
+        block_size: bs,
+        ..Default::default()
+    };
+    for &(ctx, q) in seqs {
+        let table: Vec<u32> = (0..ctx.div_ceil(bs)).map(|_| free.pop().unwrap()).collect();
+        let q_start = step.token_ids.len();
+        for p in ctx - q..ctx {
+            step.token_ids.push((rng.next() % 100) as u32);
+            step.positions.push(p as u32);
+            step.slots
+                .push((table[p / bs] as usize * bs + p % bs) as i64);
+        }
+        step.seqs.push(SeqStep {
+            q_start,
+            q_len: q,
+            ctx_len: ctx,
+            block_table: table,
+        });
+    }
+    if pad && step.slots.len() > 1 {
+        // A padded token: its q is still written, the cache is not.
+        let last = step.slots.len() - 1;
+        step.slots[last] = -1;
+    }
+    (step, total_blocks)
+}
+
+struct Tester<'a> {
+    gpu: &'a CudaBackend,
+    cpu: CpuBackend,
+    rng: std::cell::RefCell<Rng>,
+}
+
+/// An input on both backends.
+struct Both {
+    cpu: CpuTensor,
+    gpu: CudaTensor,
+}
+
+impl Tester<'_> {
+    fn data(&self, n: usize, scale: f32) -> Vec<f32> {
+        let mut r = self.rng.borrow_mut();
+        (0..n).map(|_| round_bf16(r.normal() * scale)).collect()
+    }
+
+    fn input(&self, rows: usize, cols: usize, scale: f32) -> Result<Both> {
+        let d = self.data(rows * cols, scale);
+        Ok(Both {
+            cpu: self.cpu.upload_weight("input", &d, rows, cols)?,
+            gpu: self.gpu.tensor_from(&d, rows, cols)?,
+        })
+    }
+
+    /// Output tensors: the GPU one poisoned with NaN over its whole capacity.
+    fn output(&self, rows: usize, cols: usize) -> Result<(CpuTensor, CudaTensor)> {
+        let c = self.cpu.alloc(rows, cols)?;
+        let mut g = self.gpu.alloc(rows, cols)?;
+        self.gpu.poison(&mut g)?;
+        Ok((c, g))
+    }
+
+    fn compare(&self, c: &CpuTensor, g: &CudaTensor) -> Result<f64> {
+        let gh = self.gpu.to_host(g)?;
+        let ch = self.cpu.to_host(c)?;
+        if gh.len() != ch.len() {
+            bail!(
+                "GPU output has {} values, CPU {} (rows {} vs {})",
+                gh.len(),
+                ch.len(),
+                g.rows,
+                c.rows
+            );
+        }
+        Ok(rel_l2(&gh, &ch))
+    }
+
+    fn case(
+        &self,
+        group: &'static str,
+        name: String,
+        tol: f64,
+        f: impl FnOnce() -> Result<f64>,
+    ) -> Case {
+        let r = f().and_then(|e| {
+            self.gpu.synchronize()?;
+            Ok(e)
+        });
+        match r {
+            Ok(err) => Case {
+                group,
+                name,
+                err,
+                tol,
+                note: None,
+                error: None,
+            },
+            Err(e) => Case {
+                group,
+                name,
+                err: f64::NAN,
+                tol,
+                note: None,
+                error: Some(format!("{e:#}")),
+            },
+        }
+    }
+
+    fn op_cases(&self, quick: bool) -> Vec<Case> {
+        fn pick<T>(quick: bool, v: Vec<T>) -> Vec<T> {
+            if quick {
+                v.into_iter().take(2).collect()
+            } else {
+                v
+            }
+        }
+        let mut out = Vec::new();
+        for (vocab, dim, tokens, scale) in pick(
+            quick,
+            vec![
+                (100, 64, 7, 1.0),
+                (300, 1000, 5, 31.6),
+                (32000, 256, 33, 1.0),
+                (50, 4096, 1, 64.0),
+            ],
+        ) {
+            out.push(self.case(
+                "embed",
+                format!("vocab {vocab} dim {dim} tokens {tokens} scale {scale}"),
+                OP_TOL,
+                || self.embed(vocab, dim, tokens, scale),
+            ));
+        }
+        for (rows, cols, res, off) in pick(
+            quick,
+            vec![
+                (7, 4096, true, 0.0),
+                (1, 64, false, 0.0),
+                (5, 1000, true, 1.0),
+                (3, 33, false, 1.0),
+                (64, 2048, true, 0.0),
+            ],
+        ) {
+            out.push(self.case(
+                "rms_norm",
+                format!("[{rows}, {cols}] residual {res} offset {off}"),
+                OP_TOL,
+                || self.rms_norm(rows, cols, res, off),
+            ));
+        }
+        for (t, k, n, bias) in pick(
+            quick,
+            vec![
+                (1, 4096, 4096, false),
+                (7, 1000, 333, true),
+                (64, 512, 1024, false),
+                (1, 33, 17, true),
+                (13, 256, 1000, true),
+                (128, 2048, 512, false),
+            ],
+        ) {
+            out.push(self.case(
+                "matmul",
+                format!("[{t}, {k}] x [{n}, {k}]^T bias {bias}"),
+                OP_TOL,
+                || self.matmul(t, k, n, bias),
+            ));
+        }
+        for act in [Activation::Silu, Activation::GeluTanh, Activation::Gelu] {
+            for (t, inter) in pick(quick, vec![(1, 14336), (7, 1000), (5, 33)]) {
+                out.push(
+                    self.case("act_mul", format!("{act:?} [{t}, {inter}]"), OP_TOL, || {
+                        self.act_mul(act, t, inter)
+                    }),
+                );
+            }
+        }
+        // (heads, kv heads, head dim, rotary dim, qk-norm offset)
+        let shapes: Vec<(usize, usize, usize, usize, Option<f32>)> = pick(
+            quick,
+            vec![
+                (8, 8, 64, 64, None),
+                (32, 8, 128, 128, None),
+                (8, 1, 256, 256, Some(1.0)),
+                (16, 2, 128, 64, Some(0.0)),
+                (4, 4, 80, 80, None),
+            ],
+        );
+        let steps: Vec<Vec<(usize, usize)>> = pick(
+            quick,
+            vec![
+                vec![(37, 37)],
+                vec![(20, 5), (1, 1), (50, 9)],
+                vec![(100, 1), (17, 1), (3, 1), (64, 1)],
+            ],
+        );
+        for &(h, kv, hd, rot, qn) in &shapes {
+            for seqs in &steps {
+                out.push(self.case(
+                    "rope_kv_write",
+                    format!("H {h} KV {kv} hd {hd} rot {rot} qk-norm {qn:?} seqs {seqs:?}"),
+                    OP_TOL,
+                    || self.rope(h, kv, hd, rot, qn, seqs),
+                ));
+            }
+        }
+        // (window, softcap)
+        let variants = pick(
+            quick,
+            vec![
+                (None, None),
+                (Some(8), None),
+                (None, Some(50.0)),
+                (Some(16), Some(30.0)),
+            ],
+        );
+        for &(h, kv, hd, _, _) in &shapes {
+            for seqs in &steps {
+                for &(w, cap) in &variants {
+                    out.push(self.case(
+                        "attention",
+                        format!("H {h} KV {kv} hd {hd} window {w:?} softcap {cap:?} seqs {seqs:?}"),
+                        ATTN_TOL,
+                        || self.attention(h, kv, hd, w, cap, seqs),
+                    ));
+                }
+            }
+        }
+        for seqs in &steps {
+            for cols in [64, 1000] {
+                out.push(self.case(
+                    "gather_last",
+                    format!("cols {cols} seqs {seqs:?}"),
+                    OP_TOL,
+                    || self.gather(cols, seqs),
+                ));
+            }
+        }
+        for (rows, cols, cap) in pick(quick, vec![(3, 1000, 30.0), (1, 32000, 30.0), (5, 33, 5.0)])
+        {
+            out.push(self.case(
+                "softcap",
+                format!("[{rows}, {cols}] cap {cap}"),
+                OP_TOL,
+                || self.softcap(rows, cols, cap),
+            ));
+        }
+        out
+    }
+
+    fn embed(&self, vocab: usize, dim: usize, tokens: usize, scale: f32) -> Result<f64> {
+        let table = self.input(vocab, dim, 1.0)?;
+        let (mut step, _) = make_step(&[(tokens, tokens)], 16, &mut self.rng.borrow_mut(), false);
+        for (i, id) in step.token_ids.iter_mut().enumerate() {
+            *id = ((i * 7919 + 13) % vocab) as u32;
+        }
+        let (mut c, mut g) = self.output(tokens + 2, dim)?;
+        let cs = self.cpu.upload_step(&step)?;
+        let gs = self.gpu.upload_step(&step)?;
+        self.cpu.embed(&cs, &table.cpu, scale, &mut c)?;
+        self.gpu.embed(&gs, &table.gpu, scale, &mut g)?;
+        self.compare(&c, &g)
+    }
+
+    fn rms_norm(&self, rows: usize, cols: usize, res: bool, off: f32) -> Result<f64> {
+        let x = self.input(rows, cols, 1.0)?;
+        let w = self.input(1, cols, 0.5)?;
+        let (mut c, mut g) = self.output(rows, cols)?;
+        if res {
+            let mut r = self.input(rows, cols, 2.0)?;
+            self.cpu
+                .rms_norm(&x.cpu, Some(&mut r.cpu), &w.cpu, 1e-6, off, &mut c)?;
+            self.gpu
+                .rms_norm(&x.gpu, Some(&mut r.gpu), &w.gpu, 1e-6, off, &mut g)?;
+            let e_res = self.compare(&r.cpu, &r.gpu)?;
+            Ok(self.compare(&c, &g)?.max(e_res))
+        } else {
+            self.cpu.rms_norm(&x.cpu, None, &w.cpu, 1e-6, off, &mut c)?;
+            self.gpu.rms_norm(&x.gpu, None, &w.gpu, 1e-6, off, &mut g)?;
+            self.compare(&c, &g)
+        }
+    }
+
+    fn matmul(&self, t: usize, k: usize, n: usize, bias: bool) -> Result<f64> {
+        let x = self.input(t, k, 1.0)?;
+        let w = self.input(n, k, 1.0 / (k as f32).sqrt())?;
+        let b = if bias {
+            Some(self.input(1, n, 1.0)?)
+        } else {
+            None
+        };
+        let (mut c, mut g) = self.output(t + 3, n)?;
+        self.cpu
+            .matmul(&x.cpu, &w.cpu, b.as_ref().map(|b| &b.cpu), &mut c)?;
+        self.gpu
+            .matmul(&x.gpu, &w.gpu, b.as_ref().map(|b| &b.gpu), &mut g)?;
+        self.compare(&c, &g)
+    }
+
+    fn act_mul(&self, act: Activation, t: usize, inter: usize) -> Result<f64> {
+        let x = self.input(t, 2 * inter, 2.0)?;
+        let (mut c, mut g) = self.output(t, inter)?;
+        self.cpu.act_mul(&x.cpu, act, &mut c)?;
+        self.gpu.act_mul(&x.gpu, act, &mut g)?;
+        self.compare(&c, &g)
+    }
+
+    fn ropes(&self, rot: usize) -> Result<(Vec<f32>, crate::backend::cuda::CudaRope)> {
+        let f: Vec<f32> = (0..rot / 2)
+            .map(|i| 10000f32.powf(-(2.0 * i as f32) / rot as f32))
+            .collect();
+        Ok((f.clone(), self.gpu.upload_rope(&f)?))
+    }
+
+    /// Both caches, written by rope_kv_write over `step`.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_cache(
+        &self,
+        step: &StepInput,
+        blocks: usize,
+        h: usize,
+        kv: usize,
+        hd: usize,
+        rot: usize,
+        qn: Option<f32>,
+    ) -> Result<(CpuKvCache, CudaKvCache, CpuTensor, CudaTensor)> {
+        let shape = KvShape {
+            layers: 2,
+            num_blocks: blocks,
+            block_size: step.block_size,
+            kv_heads: kv,
+            head_dim: hd,
+        };
+        let mut cc = self.cpu.alloc_kv_cache(shape)?;
+        let mut gc = self.gpu.alloc_kv_cache(shape)?;
+        self.gpu.poison_cache(&mut gc)?;
+        let n = step.num_tokens();
+        let qkv = self.input(n, (h + 2 * kv) * hd, 1.0)?;
+        let (fc, fg) = self.ropes(rot)?;
+        let norms = match qn {
+            Some(_) => Some((self.input(1, hd, 0.5)?, self.input(1, hd, 0.5)?)),
+            None => None,
+        };
+        let attn = AttnParams {
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+            scale: 1.0,
+            softcap: None,
+            window: None,
+        };
+        let (mut qc, mut qg) = self.output(n, h * hd)?;
+        let cs = self.cpu.upload_step(step)?;
+        let gs = self.gpu.upload_step(step)?;
+        let off = qn.unwrap_or(0.0);
+        let qk_c = norms.as_ref().map(|(q, k)| QkNorm {
+            q: &q.cpu,
+            k: &k.cpu,
+            eps: 1e-6,
+            offset: off,
+        });
+        let qk_g = norms.as_ref().map(|(q, k)| QkNorm {
+            q: &q.gpu,
+            k: &k.gpu,
+            eps: 1e-6,
+            offset: off,
+        });
+        self.cpu
+            .rope_kv_write(&qkv.cpu, &cs, &fc, qk_c, &attn, &mut cc, 1, &mut qc)?;
+        self.gpu
+            .rope_kv_write(&qkv.gpu, &gs, &fg, qk_g, &attn, &mut gc, 1, &mut qg)?;
+        Ok((cc, gc, qc, qg))
+    }
+
+    fn rope(
+        &self,
+        h: usize,
+        kv: usize,
+        hd: usize,
+        rot: usize,
+        qn: Option<f32>,
+        seqs: &[(usize, usize)],
+    ) -> Result<f64> {
+        let (step, blocks) = make_step(seqs, 16, &mut self.rng.borrow_mut(), true);
+        let (cc, gc, qc, qg) = self.fill_cache(&step, blocks, h, kv, hd, rot, qn)?;
+        let e_q = self.compare(&qc, &qg)?;
+        // The cache rows this step wrote (padded tokens write nothing).
+        let (gk, gv) = self.gpu.kv_to_host(&gc, 1)?;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for &s in step.slots.iter().filter(|&&s| s >= 0) {
+            let at = s as usize * kv * hd;
+            a.extend_from_slice(&gk[at..at + kv * hd]);
+            b.extend_from_slice(&cc.k[1][at..at + kv * hd]);
+            a.extend_from_slice(&gv[at..at + kv * hd]);
+            b.extend_from_slice(&cc.v[1][at..at + kv * hd]);
+        }
+        Ok(e_q.max(rel_l2(&a, &b)))
+    }
+
+    fn attention(
+        &self,
+        h: usize,
+        kv: usize,
+        hd: usize,
+        window: Option<usize>,
+        softcap: Option<f32>,
+        seqs: &[(usize, usize)],
+    ) -> Result<f64> {
+        // Fill the whole context, then attend from the last q_len tokens of each sequence.
+        let full: Vec<(usize, usize)> = seqs.iter().map(|&(c, _)| (c, c)).collect();
+        let (fill, blocks) = make_step(&full, 16, &mut self.rng.borrow_mut(), false);
+        let (cc, gc, _, _) = self.fill_cache(&fill, blocks, h, kv, hd, hd, None)?;
+        let mut step = StepInput {
+            block_size: 16,
+            ..Default::default()
+        };
+        for (s, &(ctx, q)) in fill.seqs.iter().zip(seqs) {
+            let q_start = step.token_ids.len();
+            let from = s.q_start + ctx - q;
+            step.token_ids
+                .extend_from_slice(&fill.token_ids[from..from + q]);
+            step.positions
+                .extend_from_slice(&fill.positions[from..from + q]);
+            step.slots.extend_from_slice(&fill.slots[from..from + q]);
+            step.seqs.push(SeqStep {
+                q_start,
+                q_len: q,
+                ctx_len: ctx,
+                block_table: s.block_table.clone(),
+            });
+        }
+        let n = step.num_tokens();
+        let q = self.input(n, h * hd, 1.0)?;
+        let attn = AttnParams {
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            softcap,
+            window,
+        };
+        let (mut c, mut g) = self.output(n, h * hd)?;
+        let cs = self.cpu.upload_step(&step)?;
+        let gs = self.gpu.upload_step(&step)?;
+        self.cpu.attention(&q.cpu, &cs, &cc, 1, &attn, &mut c)?;
+        self.gpu.attention(&q.gpu, &gs, &gc, 1, &attn, &mut g)?;
+        self.compare(&c, &g)
+    }
+
+    fn gather(&self, cols: usize, seqs: &[(usize, usize)]) -> Result<f64> {
+        let (step, _) = make_step(seqs, 16, &mut self.rng.borrow_mut(), false);
+        let n = step.num_tokens();
+        let x = self.input(n, cols, 1.0)?;
+        let (mut c, mut g) = self.output(n, cols)?;
+        let cs = self.cpu.upload_step(&step)?;
+        let gs = self.gpu.upload_step(&step)?;
+        self.cpu.gather_last(&x.cpu, &cs, &mut c)?;
+        self.gpu.gather_last(&x.gpu, &gs, &mut g)?;
+        self.compare(&c, &g)
+    }
+
+    fn softcap(&self, rows: usize, cols: usize, cap: f32) -> Result<f64> {
+        let mut x = self.input(rows, cols, 40.0)?;
+        self.cpu.softcap(&mut x.cpu, cap)?;
+        self.gpu.softcap(&mut x.gpu, cap)?;
+        self.compare(&x.cpu, &x.gpu)
+    }
+}
+
+/// Every fixture folder holding a reference.json, sorted.
+fn fixture_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("reading fixtures folder {}", root.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("reference.json").is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn prompts_of(dir: &Path) -> Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(dir.join("reference.json"))?;
+    let v: Value = serde_json::from_str(&text)?;
+    let p = v["prompts"]
+        .as_array()
+        .context("reference.json: no prompts")?;
+    Ok(p.iter()
+        .map(|ids| {
+            ids.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+fn greedy(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+        eos_ids: Vec::new(),
+        ignore_eos: true,
+    }
+}
+
+fn e2e_cases(gpu: &CudaBackend, root: &Path, quick: bool) -> Vec<Case> {
+    let dirs = match fixture_dirs(root) {
+        Ok(d) if !d.is_empty() => d,
+        Ok(_) => {
+            return vec![failed_case(
+                "fixtures",
+                root.display().to_string(),
+                "no fixture folder (with reference.json) found".into(),
+            )]
+        }
+        Err(e) => {
+            return vec![failed_case(
+                "fixtures",
+                root.display().to_string(),
+                format!("{e:#}"),
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        match fixture_cases(gpu, &dir, &name, quick) {
+            Ok(mut c) => out.append(&mut c),
+            Err(e) => out.push(failed_case("e2e", name, format!("{e:#}"))),
+        }
+    }
+    out
+}
+
+fn failed_case(group: &'static str, name: String, error: String) -> Case {
+    Case {
+        group,
+        name,
+        err: f64::NAN,
+        tol: E2E_TOL,
+        note: None,
+        error: Some(error),
+    }
+}
+
+fn fixture_cases(gpu: &CudaBackend, dir: &Path, name: &str, quick: bool) -> Result<Vec<Case>> {
+    let cpu = CpuBackend;
+    let mref = ModelRef::Dir(dir.to_path_buf());
+    let mc = mref.load(&cpu)?;
+    let mg = mref.load(gpu)?;
+    let mut out = Vec::new();
+    let prompts = prompts_of(dir)?;
+    let prompts: Vec<_> = if quick {
+        prompts.into_iter().take(1).collect()
+    } else {
+        prompts
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        let case = |what: &str, r: Result<(f64, Option<String>)>| match r {
+            Ok((err, note)) => Case {
+                group: "e2e",
+                name: format!("{name} prompt {i} ({} tokens) {what}", p.len()),
+                err,
+                tol: E2E_TOL,
+                note,
+                error: None,
+            },
+            Err(e) => failed_case("e2e", format!("{name} prompt {i} {what}"), format!("{e:#}")),
+        };
+        for all in [false, true] {
+            let r = (|| {
+                let c = engine::prompt_logits(&cpu, &mc, p, all)?;
+                let g = engine::prompt_logits(gpu, &mg, p, all)?;
+                Ok((rel_l2(&g, &c), None))
+            })();
+            out.push(case(if all { "logits all" } else { "logits last" }, r));
+        }
+        let r = (|| {
+            let c = engine::generate(&cpu, &mc, p, &greedy(GREEDY_STEPS))?.tokens;
+            let g = engine::generate(gpu, &mg, p, &greedy(GREEDY_STEPS))?.tokens;
+            greedy_verdict(&cpu, &mc, p, &c, &g)
+        })();
+        out.push(case(&format!("greedy {GREEDY_STEPS}"), r));
+    }
+    // The CLI path: `flint generate --device cuda` as a subprocess, against the CPU's tokens.
+    if let Some(p) = prompts.first() {
+        let r = (|| {
+            let ids: Vec<String> = p.iter().map(|t| t.to_string()).collect();
+            let exe = std::env::current_exe()?;
+            let o = std::process::Command::new(exe)
+                .args([
+                    "generate",
+                    "--device",
+                    "cuda",
+                    "--format",
+                    "json",
+                    "--ignore-eos",
+                ])
+                .args(["--max-new-tokens", &GREEDY_STEPS.to_string()])
+                .arg("--model")
+                .arg(dir)
+                .args(["--prompt-ids", &ids.join(",")])
+                .output()?;
+            if !o.status.success() {
+                bail!(
+                    "flint generate --device cuda failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            let v: Value = serde_json::from_slice(&o.stdout).context("generate's JSON")?;
+            let g: Vec<u32> = v["token_ids"]
+                .as_array()
+                .context("no token_ids")?
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect();
+            let c = engine::generate(&cpu, &mc, p, &greedy(GREEDY_STEPS))?.tokens;
+            greedy_verdict(&cpu, &mc, p, &c, &g)
+        })();
+        out.push(match r {
+            Ok((err, note)) => Case {
+                group: "e2e",
+                name: format!(
+                    "{name} prompt 0 ({} tokens) cli generate --device cuda",
+                    p.len()
+                ),
+                err,
+                tol: E2E_TOL,
+                note,
+                error: None,
+            },
+            Err(e) => failed_case(
+                "e2e",
+                format!("{name} cli generate --device cuda"),
+                format!("{e:#}"),
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// 0 when the greedy tokens agree, or first diverge at a near tie of the CPU's logits.
+fn greedy_verdict(
+    cpu: &CpuBackend,
+    m: &crate::model::Model<CpuBackend>,
+    prompt: &[u32],
+    c: &[u32],
+    g: &[u32],
+) -> Result<(f64, Option<String>)> {
+    let Some(at) = c.iter().zip(g).position(|(a, b)| a != b) else {
+        if c.len() != g.len() {
+            bail!("CPU made {} tokens, GPU {}", c.len(), g.len());
+        }
+        return Ok((0.0, None));
+    };
+    let mut ctx = prompt.to_vec();
+    ctx.extend_from_slice(&c[..at]);
+    let logits = engine::prompt_logits(cpu, m, &ctx, false)?;
+    let (ci, gi) = (c[at] as usize, g[at] as usize);
+    let margin = (logits[ci] - logits[gi]) as f64;
+    let big = logits.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+    let note = format!(
+        "tokens diverge at step {at}: cpu {} gpu {}, cpu margin {margin:.3e} of max |logit| {big:.3e}",
+        c[at], g[at]
+    );
+    if margin <= 0.01 * big {
+        Ok((0.0, Some(format!("near tie: {note}"))))
+    } else {
+        Ok((f64::INFINITY, Some(note)))
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from the system clock.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_l2_and_nan() {
+        assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!(rel_l2(&[f32::NAN, 2.0], &[1.0, 2.0]).is_nan());
+        let c = Case {
+            group: "x",
+            name: "y".into(),
+            err: f64::NAN,
+            tol: 1e-2,
+            note: None,
+            error: None,
+        };
+        assert!(!c.pass(), "NaN must fail");
+    }
+
+    #[test]
+    fn ragged_steps_are_valid() {
+        let mut r = Rng(1);
+        for seqs in [vec![(37, 37)], vec![(20, 5), (1, 1), (50, 9)]] {
+            let (s, blocks) = make_step(&seqs, 16, &mut r, true);
+            CpuBackend.upload_step(&s).unwrap();
+            assert!(s.slots.iter().all(|&x| x < (blocks * 16) as i64));
+        }
+    }
+
+    #[test]
+    fn utc_date_is_well_formed() {
+        let d = utc_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z'));
+    }
+}
