@@ -141,39 +141,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_step(&self, step: &StepInput) -> Result<StepInput> {
-        let n = step.num_tokens();
-        if step.positions.len() != n || step.slots.len() != n {
-            bail!(
-                "step: {n} tokens but {} positions and {} slots",
-                step.positions.len(),
-                step.slots.len()
-            );
-        }
-        if step.block_size == 0 {
-            bail!("step: block_size must be positive");
-        }
-        let mut next = 0;
-        for (i, s) in step.seqs.iter().enumerate() {
-            if s.q_start != next || s.q_len == 0 || s.q_len > s.ctx_len {
-                bail!(
-                    "step: sequence {i} has q_start {} q_len {} ctx_len {}",
-                    s.q_start,
-                    s.q_len,
-                    s.ctx_len
-                );
-            }
-            if s.block_table.len() * step.block_size < s.ctx_len {
-                bail!(
-                    "step: sequence {i} needs {} cache positions but its block table covers {}",
-                    s.ctx_len,
-                    s.block_table.len() * step.block_size
-                );
-            }
-            next += s.q_len;
-        }
-        if next != n {
-            bail!("step: sequences cover {next} tokens but the step has {n}");
-        }
+        step.validate()?;
         Ok(step.clone())
     }
 

@@ -42,6 +42,45 @@ impl StepInput {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
     }
+    /// Checks the step is self-consistent (every backend's `upload_step` calls this first).
+    pub fn validate(&self) -> Result<()> {
+        let step = self;
+        let n = step.num_tokens();
+        if step.positions.len() != n || step.slots.len() != n {
+            bail!(
+                "step: {n} tokens but {} positions and {} slots",
+                step.positions.len(),
+                step.slots.len()
+            );
+        }
+        if step.block_size == 0 {
+            bail!("step: block_size must be positive");
+        }
+        let mut next = 0;
+        for (i, s) in step.seqs.iter().enumerate() {
+            if s.q_start != next || s.q_len == 0 || s.q_len > s.ctx_len {
+                bail!(
+                    "step: sequence {i} has q_start {} q_len {} ctx_len {}",
+                    s.q_start,
+                    s.q_len,
+                    s.ctx_len
+                );
+            }
+            if s.block_table.len() * step.block_size < s.ctx_len {
+                bail!(
+                    "step: sequence {i} needs {} cache positions but its block table covers {}",
+                    s.ctx_len,
+                    s.block_table.len() * step.block_size
+                );
+            }
+            next += s.q_len;
+        }
+        if next != n {
+            bail!("step: sequences cover {next} tokens but the step has {n}");
+        }
+        Ok(())
+    }
+
     /// Row of each sequence's last new token: where its next-token logits come from.
     pub fn last_rows(&self) -> Vec<usize> {
         self.seqs.iter().map(|s| s.q_start + s.q_len - 1).collect()

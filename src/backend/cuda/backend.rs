@@ -18,7 +18,6 @@ use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
 use super::params::*;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
 use crate::config::Activation;
 use anyhow::{bail, Context, Result};
@@ -358,8 +357,8 @@ impl Backend for CudaBackend {
     }
 
     fn upload_step(&self, step: &StepInput) -> Result<CudaStep> {
-        // The CPU backend's checks are the contract; reuse them.
-        let input = CpuBackend.upload_step(step)?;
+        step.validate()?;
+        let input = step;
         let n = input.num_tokens();
         let last = input.last_rows();
         let lay = StepLayout::new(n, last.len());
@@ -388,7 +387,7 @@ impl Backend for CudaBackend {
             positions: at(lay.positions),
             slots: at(lay.slots),
             last_rows: at(lay.last_rows),
-            input,
+            input: input.clone(),
             attn: RefCell::new(None),
         })
     }
