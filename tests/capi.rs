@@ -21,6 +21,34 @@ fn profile_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// `cargo test` builds the library only as an rlib, so the shared library the C example links
+/// against is built here: the same cargo, profile and target directory, hence the same kernels
+/// and features (a no-op when `cargo build` already made it).
+fn build_cdylib(profile_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let target_dir = profile_dir.parent().unwrap();
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root())
+        .args(["build", "--lib", "--target-dir"])
+        .arg(target_dir);
+    if profile == "release" {
+        cmd.arg("--release");
+    } else if profile != "debug" {
+        cmd.args(["--profile", &profile]);
+    }
+    let out = cmd.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo build --lib failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn header_functions() -> Vec<String> {
     let h = std::fs::read_to_string(root().join("include/flint.h")).unwrap();
     h.split(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -48,6 +76,7 @@ fn header_matches_the_exports() {
 #[test]
 fn c_example_matches_the_rust_api() {
     let lib = profile_dir();
+    build_cdylib(&lib);
     assert!(
         lib.join("libflint.so").exists() || lib.join("libflint.dylib").exists(),
         "no cdylib in {}",
