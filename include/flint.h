@@ -9,13 +9,17 @@
 
 typedef struct FlintEngine FlintEngine;
 
-/* Engine sizes; zeros take the defaults. device: "cpu" (NULL = "cpu"). */
+/* Engine sizes; zeros take the defaults. device: "cpu" or "cuda" (NULL = "cpu"; "cuda"
+ * without a usable GPU fails with the reason in flint_last_error). num_blocks 0: sized from
+ * free GPU memory after a warm-up step (256 on the CPU). gpu_memory_fraction 0 = 0.9. */
 typedef struct FlintConfig {
   const char *device;
   size_t num_blocks;
   size_t block_size;
   size_t max_num_seqs;
   size_t max_batch_tokens;
+  double gpu_memory_fraction;
+  bool disable_prefix_caching;
 } FlintConfig;
 
 typedef struct FlintSampling {

@@ -6,10 +6,11 @@
 //! until the next failing call on the thread).
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
 use crate::engine::{Engine, EngineConfig, Request, StepOutput};
 use crate::sampling::SamplingParams;
 use crate::ModelRef;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,12 +18,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// Engine sizes; zeros take the defaults.
 #[repr(C)]
 pub struct FlintConfig {
-    /// "cpu" (NULL = "cpu").
+    /// "cpu" or "cuda" (NULL = "cpu").
     pub device: *const c_char,
+    /// 0: sized from free GPU memory after a warm-up (256 on the CPU).
     pub num_blocks: usize,
     pub block_size: usize,
     pub max_num_seqs: usize,
     pub max_batch_tokens: usize,
+    /// Share of GPU memory to use when sizing the KV cache (0 = 0.9).
+    pub gpu_memory_fraction: f64,
+    /// Nonzero turns prefix caching off.
+    pub disable_prefix_caching: bool,
 }
 
 #[repr(C)]
@@ -35,6 +41,7 @@ pub struct FlintSampling {
 
 enum AnyEngine {
     Cpu(Engine<CpuBackend>),
+    Cuda(Box<Engine<CudaBackend>>),
 }
 
 /// Opaque engine handle.
@@ -70,6 +77,7 @@ macro_rules! with_engine {
     ($h:expr, $e:ident => $body:expr) => {
         match &mut $h.engine {
             AnyEngine::Cpu($e) => $body,
+            AnyEngine::Cuda($e) => $body,
         }
     };
 }
@@ -112,15 +120,26 @@ pub unsafe extern "C" fn flint_engine_create(
             }
             let pick = |v: usize, d: usize| if v == 0 { d } else { v };
             cfg = EngineConfig {
-                num_blocks: pick(c.num_blocks, cfg.num_blocks),
+                num_blocks: (c.num_blocks != 0).then_some(c.num_blocks),
                 block_size: pick(c.block_size, cfg.block_size),
                 max_num_seqs: pick(c.max_num_seqs, cfg.max_num_seqs),
                 max_batch_tokens: pick(c.max_batch_tokens, cfg.max_batch_tokens),
+                gpu_memory_fraction: if c.gpu_memory_fraction == 0.0 {
+                    cfg.gpu_memory_fraction
+                } else {
+                    c.gpu_memory_fraction
+                },
+                enable_prefix_caching: !c.disable_prefix_caching,
             };
         }
         let engine = match device {
             "cpu" => AnyEngine::Cpu(Engine::new(CpuBackend, model.load(&CpuBackend)?, cfg)?),
-            d => bail!("device `{d}`: only \"cpu\" is available in this build"),
+            "cuda" => {
+                let be = CudaBackend::new().context("device \"cuda\"")?;
+                let m = model.load(&be)?;
+                AnyEngine::Cuda(Box::new(Engine::new(be, m, cfg)?))
+            }
+            d => bail!("device `{d}`: use \"cpu\" or \"cuda\""),
         };
         Ok(Box::into_raw(Box::new(FlintEngine {
             engine,

@@ -25,12 +25,12 @@
 //! ```
 
 use crate::backend::{Backend, StepInput};
-use crate::kv_cache::{BlockAllocator, SeqCache};
+use crate::kv_cache::{BlockAllocator, PrefixCacheStats, SeqCache};
 use crate::model::{Model, Workspace};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, Sequence};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 
 pub const BLOCK_SIZE: usize = 16;
@@ -188,22 +188,64 @@ pub fn generate_with<B: Backend>(
 /// Sizes of the paged KV cache and of each step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
-    pub num_blocks: usize,
+    /// KV cache blocks. `None`: sized after a warm-up step from the backend's free memory and
+    /// [`EngineConfig::gpu_memory_fraction`] (vLLM's rule); a backend that reports no memory
+    /// (the CPU reference) then gets [`DEFAULT_NUM_BLOCKS`], so give it an explicit count.
+    pub num_blocks: Option<usize>,
     pub block_size: usize,
     /// Most sequences running at once.
     pub max_num_seqs: usize,
     /// Token budget of one step (decodes plus prefill chunks); sizes the workspace.
     pub max_batch_tokens: usize,
+    /// Share of the device's total memory flint may use (weights, workspace and KV cache
+    /// together) when `num_blocks` is `None`; vLLM's `--gpu-memory-utilization`.
+    pub gpu_memory_fraction: f64,
+    /// Share full KV blocks between requests with the same prefix (on by default).
+    pub enable_prefix_caching: bool,
 }
+
+/// KV cache blocks on a backend that reports no free memory, when none are asked for.
+pub const DEFAULT_NUM_BLOCKS: usize = 256;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            num_blocks: 256,
+            num_blocks: None,
             block_size: BLOCK_SIZE,
             max_num_seqs: 32,
             max_batch_tokens: 512,
+            gpu_memory_fraction: 0.9,
+            enable_prefix_caching: true,
         }
+    }
+}
+
+/// How the KV cache was sized, for logs and reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvCacheInfo {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub bytes: usize,
+    /// Tokens the whole cache holds (all running sequences together).
+    pub max_concurrent_tokens: usize,
+    /// How many requests of the model's full context fit at once.
+    pub max_concurrency_at_full_context: f64,
+    /// Where the size came from: "configured", "default" or "measured: ...".
+    pub source: String,
+}
+
+impl std::fmt::Display for KvCacheInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KV cache: {} blocks of {} tokens ({:.1} MiB), {} tokens at once, {:.2}x concurrency at the full context ({})",
+            self.num_blocks,
+            self.block_size,
+            self.bytes as f64 / (1u64 << 20) as f64,
+            self.max_concurrent_tokens,
+            self.max_concurrency_at_full_context,
+            self.source
+        )
     }
 }
 
@@ -226,7 +268,14 @@ pub struct Request {
 pub struct Finished {
     pub id: u64,
     pub reason: FinishReason,
+    /// Every generated token, the one that completed a stop string or stop token included.
     pub tokens: Vec<u32>,
+    /// The tokens decoded (special tokens skipped) when the engine has a tokenizer. After a
+    /// stop string the text ends just before it: the stop string is not included (vLLM's
+    /// default, `include_stop_str_in_output=False`), while `tokens` keep the whole of it.
+    pub text: Option<String>,
+    /// Prompt tokens whose prefill was skipped at admission because the prefix cache held them.
+    pub cached_tokens: usize,
     /// Set when `reason` is [`FinishReason::Error`].
     pub error: Option<String>,
 }
@@ -245,7 +294,9 @@ pub struct StepOutput {
 pub struct Engine<B: Backend> {
     pub backend: B,
     pub model: Model<B>,
+    /// The configuration, `num_blocks` filled in with the size chosen.
     pub config: EngineConfig,
+    kv_info: KvCacheInfo,
     sched: Scheduler,
     cache: B::KvCache,
     ws: Workspace<B>,
@@ -256,24 +307,58 @@ pub struct Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
+    /// Builds the engine. Start-up order as nano-vllm's: workspace, then (when
+    /// `config.num_blocks` is `None` and the backend reports memory) a warm-up step of
+    /// `max_batch_tokens` tokens, then the KV cache from what the memory fraction leaves.
     pub fn new(backend: B, model: Model<B>, config: EngineConfig) -> Result<Self> {
         let c = &config;
-        if c.num_blocks == 0 || c.block_size == 0 || c.max_num_seqs == 0 || c.max_batch_tokens == 0
+        if c.num_blocks == Some(0)
+            || c.block_size == 0
+            || c.max_num_seqs == 0
+            || c.max_batch_tokens == 0
         {
             bail!("engine config: num_blocks, block_size, max_num_seqs and max_batch_tokens must all be ≥ 1, got {c:?}");
         }
-        let cache = backend.alloc_kv_cache(model.kv_shape(c.num_blocks, c.block_size))?;
-        let ws = Workspace::new(&backend, &model.spec, c.max_batch_tokens)?;
-        let sched = Scheduler::new(
-            c.num_blocks,
+        if !(c.gpu_memory_fraction > 0.0 && c.gpu_memory_fraction <= 1.0) {
+            bail!(
+                "engine config: gpu_memory_fraction must be in (0, 1], got {}",
+                c.gpu_memory_fraction
+            );
+        }
+        let mut ws = Workspace::new(&backend, &model.spec, c.max_batch_tokens)?;
+        let block_bytes = backend.kv_cache_bytes(model.kv_shape(1, c.block_size));
+        let (num_blocks, source) = match c.num_blocks {
+            Some(n) => (n, "configured".to_string()),
+            None => size_kv_cache(&backend, &model, &mut ws, c, block_bytes)?,
+        };
+        let cache = backend
+            .alloc_kv_cache(model.kv_shape(num_blocks, c.block_size))
+            .with_context(|| format!("allocating the KV cache ({num_blocks} blocks, {source})"))?;
+        let sched = Scheduler::with_prefix_caching(
+            num_blocks,
             c.block_size,
             c.max_num_seqs,
             c.max_batch_tokens,
+            c.enable_prefix_caching,
         );
+        let tokens = num_blocks * c.block_size;
+        let kv_info = KvCacheInfo {
+            num_blocks,
+            block_size: c.block_size,
+            bytes: num_blocks * block_bytes,
+            max_concurrent_tokens: tokens,
+            max_concurrency_at_full_context: tokens as f64 / model.spec.max_position.max(1) as f64,
+            source,
+        };
+        let config = EngineConfig {
+            num_blocks: Some(num_blocks),
+            ..config
+        };
         Ok(Engine {
             backend,
             model,
             config,
+            kv_info,
             sched,
             cache,
             ws,
@@ -284,14 +369,35 @@ impl<B: Backend> Engine<B> {
         })
     }
 
-    /// Lets requests use stop strings.
+    /// Lets requests use stop strings, and fills [`Finished::text`].
     pub fn with_tokenizer(mut self, tokenizer: Tokenizer) -> Self {
         self.tokenizer = Some(tokenizer);
         self
     }
 
+    /// The KV cache's size and where it came from.
+    pub fn kv_cache_info(&self) -> &KvCacheInfo {
+        &self.kv_info
+    }
+
+    /// Blocks no request holds (including freed blocks the prefix cache still remembers).
     pub fn num_free_blocks(&self) -> usize {
         self.sched.alloc.num_free()
+    }
+
+    /// Blocks currently findable in the prefix cache.
+    pub fn num_cached_blocks(&self) -> usize {
+        self.sched.alloc.num_cached()
+    }
+
+    /// Sum of the blocks' reference counts: 0 once every request has finished.
+    pub fn num_block_references(&self) -> usize {
+        self.sched.alloc.num_references()
+    }
+
+    /// Prompt tokens looked up in the prefix cache and found there, so far.
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.sched.alloc.stats
     }
 
     /// Sequences preempted (blocks freed, requeued for recompute) so far.
@@ -341,6 +447,7 @@ impl<B: Backend> Engine<B> {
             cache: SeqCache::default(),
             sampler,
             preemptions: 0,
+            cached_tokens: None,
         };
         let cap = self.sched.capacity_tokens();
         let need = req.prompt.len() + 1;
@@ -369,8 +476,9 @@ impl<B: Backend> Engine<B> {
         match self.sched.remove(id) {
             Some(s) => {
                 self.stops.remove(&id);
-                self.pending_finished
-                    .push(finished(&s, FinishReason::Aborted, None));
+                let mut f = finished(&s, FinishReason::Aborted, None);
+                f.text = self.decode(&f.tokens);
+                self.pending_finished.push(f);
                 true
             }
             None => false,
@@ -419,8 +527,11 @@ impl<B: Backend> Engine<B> {
                     return Ok(out);
                 }
             };
+        // The K/V of every chunk is written: completed full blocks join the prefix cache.
+        self.sched.commit(&chunks);
         let v = self.model.spec.vocab_size;
-        let mut done: Vec<(usize, FinishReason)> = Vec::new();
+        // (running index, reason, text cut at a stop string)
+        let mut done: Vec<(usize, FinishReason, Option<String>)> = Vec::new();
         for (row, c) in chunks.iter().enumerate() {
             if !c.sample {
                 continue;
@@ -429,45 +540,47 @@ impl<B: Backend> Engine<B> {
             let t = s.sampler.sample(&logits[row * v..(row + 1) * v]);
             s.tokens.push(t);
             out.tokens.push((s.id, t));
+            let s = &self.sched.running[c.idx];
+            let stop_text = self.stop_string_hit(s);
             let reason = if s.eos_ids.contains(&t) {
                 Some(FinishReason::Eos)
-            } else if s.stop_ids.contains(&t) || self.stop_string_hit(c.idx) {
+            } else if s.stop_ids.contains(&t) || stop_text.is_some() {
                 Some(FinishReason::Stop)
-            } else if self.sched.running[c.idx].num_generated()
-                >= self.sched.running[c.idx].max_new_tokens
-            {
+            } else if s.num_generated() >= s.max_new_tokens {
                 Some(FinishReason::Length)
-            } else if self.sched.running[c.idx].tokens.len() > self.model.spec.max_position {
+            } else if s.tokens.len() > self.model.spec.max_position {
                 Some(FinishReason::ContextFull)
             } else {
                 None
             };
             if let Some(r) = reason {
-                done.push((c.idx, r));
+                done.push((c.idx, r, stop_text));
             }
         }
         done.sort_unstable_by_key(|d| d.0);
-        for &(i, r) in done.iter().rev() {
+        for (i, r, text) in done.into_iter().rev() {
             let s = self.sched.remove_running(i);
             self.stops.remove(&s.id);
-            out.finished.push(finished(&s, r, None));
+            let mut f = finished(&s, r, None);
+            f.text = text.or_else(|| self.decode(&f.tokens));
+            out.finished.push(f);
         }
         Ok(out)
     }
 
-    fn stop_string_hit(&mut self, idx: usize) -> bool {
-        let s = &self.sched.running[idx];
-        let (Some(tok), Some(strings)) = (&self.tokenizer, self.stops.get(&s.id)) else {
-            return false;
-        };
-        let longest = strings.iter().map(|x| x.len()).max().unwrap_or(0);
-        // Decode a tail long enough to hold any stop string (a token is ≥ 1 byte).
-        let gen = &s.tokens[s.prompt_len..];
-        let tail = &gen[gen.len().saturating_sub(longest + 1)..];
-        let Ok(text) = tok.decode(tail, false) else {
-            return false;
-        };
-        strings.iter().any(|x| text.contains(x.as_str()))
+    /// The generated text, when the engine has a tokenizer and it decodes.
+    fn decode(&self, tokens: &[u32]) -> Option<String> {
+        self.tokenizer.as_ref()?.decode(tokens, true).ok()
+    }
+
+    /// When the sequence's generated text now holds one of its stop strings: the text before
+    /// the earliest one. The whole generated text is decoded (a window could split a
+    /// multi-byte character or a sentencepiece space); only requests with stop strings pay.
+    fn stop_string_hit(&self, s: &Sequence) -> Option<String> {
+        let strings = self.stops.get(&s.id)?;
+        let text = self.decode(&s.tokens[s.prompt_len..])?;
+        let at = strings.iter().filter_map(|x| text.find(x.as_str())).min()?;
+        Some(text[..at].to_string())
     }
 
     /// Runs `requests` to completion; results in request order.
@@ -490,11 +603,74 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// Blocks for a KV cache sized from measured memory: runs one warm-up step of the largest
+/// batch (so every lazily sized buffer exists), then gives the cache what
+/// `gpu_memory_fraction · total` leaves beyond what is in use. Backends reporting no memory
+/// get [`DEFAULT_NUM_BLOCKS`].
+fn size_kv_cache<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    ws: &mut Workspace<B>,
+    c: &EngineConfig,
+    block_bytes: usize,
+) -> Result<(usize, String)> {
+    if be.memory_info()?.is_none() {
+        return Ok((
+            DEFAULT_NUM_BLOCKS,
+            format!("default: the {} backend reports no free memory", be.name()),
+        ));
+    }
+    // Warm-up: one sequence of the step token budget through a throw-away cache.
+    let n = c.max_batch_tokens.min(model.spec.max_position).max(1);
+    let blocks = n.div_ceil(c.block_size);
+    {
+        let mut alloc = BlockAllocator::new(blocks, c.block_size);
+        let mut cache = be
+            .alloc_kv_cache(model.kv_shape(blocks, c.block_size))
+            .context("warm-up before sizing the KV cache")?;
+        let mut step = StepInput {
+            block_size: c.block_size,
+            ..Default::default()
+        };
+        SeqCache::default().push_to_step(&mut alloc, &vec![0; n], &mut step)?;
+        model
+            .forward(be, &step, &mut cache, ws, false)
+            .context("warm-up step before sizing the KV cache")?;
+    }
+    let m = be.memory_info()?.expect("reported above");
+    let allowed = (m.total as f64 * c.gpu_memory_fraction) as usize;
+    let used = m.total.saturating_sub(m.free);
+    let budget = allowed.saturating_sub(used);
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let num_blocks = budget / block_bytes.max(1);
+    if num_blocks == 0 {
+        bail!(
+            "KV cache: gpu_memory_fraction {} of {:.2} GiB allows {:.2} GiB, but {:.2} GiB are in use after loading and a warm-up step: not one block ({} bytes) fits; raise the fraction or lower max_batch_tokens",
+            c.gpu_memory_fraction,
+            gib(m.total),
+            gib(allowed),
+            gib(used),
+            block_bytes
+        );
+    }
+    Ok((
+        num_blocks,
+        format!(
+            "measured: {:.2} of {:.2} GiB in use after warm-up, fraction {}",
+            gib(used),
+            gib(m.total),
+            c.gpu_memory_fraction
+        ),
+    ))
+}
+
 fn finished(s: &Sequence, reason: FinishReason, error: Option<String>) -> Finished {
     Finished {
         id: s.id,
         reason,
         tokens: s.tokens[s.prompt_len..].to_vec(),
+        text: None,
+        cached_tokens: s.cached_tokens.unwrap_or(0),
         error,
     }
 }
@@ -530,6 +706,12 @@ impl<B: Backend> Backend for &B {
     }
     fn weight_bytes(&self, w: &Self::Weight) -> usize {
         (**self).weight_bytes(w)
+    }
+    fn memory_info(&self) -> Result<Option<crate::backend::MemoryInfo>> {
+        (**self).memory_info()
+    }
+    fn kv_cache_bytes(&self, s: crate::backend::KvShape) -> usize {
+        (**self).kv_cache_bytes(s)
     }
     fn embed(&self, s: &Self::Step, t: &Self::Weight, k: f32, o: &mut Self::Tensor) -> Result<()> {
         (**self).embed(s, t, k, o)
@@ -591,5 +773,36 @@ impl<B: Backend> Backend for &B {
     }
     fn softcap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()> {
         (**self).softcap(x, cap)
+    }
+    fn moe_route(
+        &self,
+        l: &Self::Tensor,
+        r: &crate::backend::MoeRouting,
+        ids: &mut Self::Tensor,
+        w: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).moe_route(l, r, ids, w)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts(
+        &self,
+        x: &Self::Tensor,
+        ids: &Self::Tensor,
+        w: &Self::Tensor,
+        gate_up: &Self::Weight,
+        down: &Self::Weight,
+        shape: &crate::backend::MoeExperts,
+        scratch: &mut Self::Tensor,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).moe_experts(x, ids, w, gate_up, down, shape, scratch, o)
+    }
+    fn sigmoid_gate_add(
+        &self,
+        x: &Self::Tensor,
+        g: &Self::Tensor,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).sigmoid_gate_add(x, g, o)
     }
 }

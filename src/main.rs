@@ -173,8 +173,16 @@ enum Cmd {
         request_rate: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value_t = 1024)]
-        num_blocks: usize,
+        /// KV cache blocks (16 tokens each); default: sized from free GPU memory after a
+        /// warm-up step (the CPU backend, which reports no memory, then gets 256).
+        #[arg(long)]
+        num_blocks: Option<usize>,
+        /// Share of the GPU's memory for weights, workspace and KV cache together.
+        #[arg(long, default_value_t = 0.9)]
+        gpu_memory_fraction: f64,
+        /// Turn off sharing of cached KV blocks between requests with a common prefix.
+        #[arg(long)]
+        no_prefix_caching: bool,
         #[arg(long, default_value_t = 64)]
         max_num_seqs: usize,
         #[arg(long, default_value_t = 2048)]
@@ -271,6 +279,8 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             request_rate,
             seed,
             num_blocks,
+            gpu_memory_fraction,
+            no_prefix_caching,
             max_num_seqs,
             max_batch_tokens,
             output,
@@ -288,6 +298,8 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     block_size: flint::engine::BLOCK_SIZE,
                     max_num_seqs,
                     max_batch_tokens,
+                    gpu_memory_fraction,
+                    enable_prefix_caching: !no_prefix_caching,
                 },
             };
             let r = flint::throughput::run(be, &ModelRef::parse(&model), &opt)?;

@@ -28,6 +28,8 @@ pub struct Sequence {
     pub sampler: Sampler,
     /// Times this sequence was preempted.
     pub preemptions: usize,
+    /// Prompt tokens found in the prefix cache at its first admission (None before it).
+    pub cached_tokens: Option<usize>,
 }
 
 impl Sequence {
@@ -69,8 +71,24 @@ impl Scheduler {
         max_num_seqs: usize,
         max_batch_tokens: usize,
     ) -> Self {
+        Self::with_prefix_caching(
+            num_blocks,
+            block_size,
+            max_num_seqs,
+            max_batch_tokens,
+            false,
+        )
+    }
+
+    pub fn with_prefix_caching(
+        num_blocks: usize,
+        block_size: usize,
+        max_num_seqs: usize,
+        max_batch_tokens: usize,
+        prefix_caching: bool,
+    ) -> Self {
         Scheduler {
-            alloc: BlockAllocator::new(num_blocks, block_size),
+            alloc: BlockAllocator::with_prefix_caching(num_blocks, block_size, prefix_caching),
             waiting: VecDeque::new(),
             running: Vec::new(),
             max_num_seqs,
@@ -89,8 +107,16 @@ impl Scheduler {
     }
 
     fn release(&mut self, seq: &mut Sequence) {
-        self.alloc.free(&mut seq.cache.blocks);
-        seq.cache.len = 0;
+        seq.cache.release(&mut self.alloc);
+    }
+
+    /// After the step's forward succeeded: the full blocks it completed become findable in
+    /// the prefix cache (never before their K/V is written).
+    pub fn commit(&mut self, chunks: &[Chunk]) {
+        for c in chunks {
+            let s = &mut self.running[c.idx];
+            s.cache.register_full_blocks(&mut self.alloc, &s.tokens);
+        }
     }
 
     /// Takes sequence `idx` out of the running set, its blocks freed.
@@ -201,7 +227,10 @@ impl Scheduler {
             if self.alloc.num_free() == 0 {
                 break;
             }
-            let s = self.waiting.pop_front().unwrap();
+            let mut s = self.waiting.pop_front().unwrap();
+            // Cached full blocks of its prefix are taken, not recomputed.
+            let hit = s.cache.match_prefix(&mut self.alloc, &s.tokens);
+            s.cached_tokens.get_or_insert(hit);
             self.running.push(s);
             let i = self.running.len() - 1;
             match self.push_chunk(i, budget, step) {
@@ -253,6 +282,7 @@ mod tests {
             cache: SeqCache::default(),
             sampler: Sampler::new(SamplingParams::default()).unwrap(),
             preemptions: 0,
+            cached_tokens: None,
         }
     }
 

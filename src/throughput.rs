@@ -41,6 +41,10 @@ pub struct ThroughputReport {
     pub ttft_ms: Percentiles,
     pub itl_ms: Percentiles,
     pub preemptions: usize,
+    /// The engine's KV cache: blocks, tokens it holds at once, how it was sized.
+    pub kv_cache: Option<crate::engine::KvCacheInfo>,
+    /// Prompt tokens served from the prefix cache (their prefill skipped).
+    pub prefix_cache_hit_tokens: usize,
 }
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
@@ -74,6 +78,7 @@ pub fn run<B: Backend>(
     let m = model.load(&be)?;
     let vocab = m.spec.vocab_size as u64;
     let mut engine = Engine::new(be, m, opt.config.clone())?;
+    eprintln!("flint throughput: {}", engine.kv_cache_info());
     let mut rng = Rng::new(opt.seed);
     let mut reqs = Vec::new();
     let mut arrival = 0.0f64;
@@ -141,6 +146,8 @@ pub fn run<B: Backend>(
     rep.ttft_ms = percentiles(ttft);
     rep.itl_ms = percentiles(itl);
     rep.preemptions = engine.num_preemptions();
+    rep.kv_cache = Some(engine.kv_cache_info().clone());
+    rep.prefix_cache_hit_tokens = engine.prefix_cache_stats().hits;
     Ok(rep)
 }
 
@@ -157,6 +164,15 @@ pub fn to_json(r: &ThroughputReport) -> serde_json::Value {
         "ttft_ms": p(&r.ttft_ms),
         "itl_ms": p(&r.itl_ms),
         "preemptions": r.preemptions,
+        "prefix_cache_hit_tokens": r.prefix_cache_hit_tokens,
+        "kv_cache": r.kv_cache.as_ref().map(|k| serde_json::json!({
+            "num_blocks": k.num_blocks,
+            "block_size": k.block_size,
+            "bytes": k.bytes,
+            "max_concurrent_tokens": k.max_concurrent_tokens,
+            "max_concurrency_at_full_context": k.max_concurrency_at_full_context,
+            "source": k.source,
+        })),
     })
 }
 
@@ -164,14 +180,19 @@ pub fn to_table(r: &ThroughputReport) -> String {
     let row = |n: &str, p: &Percentiles| {
         format!("{n:<10} {:>10.2} {:>10.2} {:>10.2}\n", p.p50, p.p90, p.p99)
     };
+    let kv = match &r.kv_cache {
+        Some(k) => format!("{k}\n"),
+        None => String::new(),
+    };
     format!(
-        "completed {}  failed {}  elapsed {:.2} s  preemptions {}\n\
+        "{kv}completed {}  failed {}  elapsed {:.2} s  preemptions {}  prefix-cache hit tokens {}\n\
          output tokens/s {:.1}  total tokens/s {:.1}\n\
          {:<10} {:>10} {:>10} {:>10}\n{}{}",
         r.completed,
         r.failed,
         r.elapsed_s,
         r.preemptions,
+        r.prefix_cache_hit_tokens,
         r.output_tokens_per_s,
         r.total_tokens_per_s,
         "ms",

@@ -126,3 +126,40 @@ fn c_example_matches_the_rust_api() {
     assert_eq!(stdout.trim(), format!("{} finish=length", want.join(" ")));
     let _ = std::fs::remove_dir_all(Path::new(&out_dir));
 }
+
+#[test]
+fn an_unknown_or_unavailable_device_is_a_clear_error() {
+    use flint::capi::{flint_engine_create, flint_engine_destroy, flint_last_error, FlintConfig};
+    use std::ffi::{CStr, CString};
+    let model = CString::new("synthetic:tiny").unwrap();
+    let create = |device: &str| {
+        let d = CString::new(device).unwrap();
+        let cfg = FlintConfig {
+            device: d.as_ptr(),
+            num_blocks: 4,
+            block_size: 0,
+            max_num_seqs: 0,
+            max_batch_tokens: 0,
+            gpu_memory_fraction: 0.0,
+            disable_prefix_caching: false,
+        };
+        // SAFETY: both strings outlive the call; cfg is a valid FlintConfig.
+        let h = unsafe { flint_engine_create(model.as_ptr(), &cfg) };
+        // SAFETY: flint_last_error returns a valid NUL-terminated string.
+        let err = unsafe { CStr::from_ptr(flint_last_error()) }
+            .to_string_lossy()
+            .into_owned();
+        (h, err)
+    };
+    let (h, err) = create("tpu");
+    assert!(h.is_null());
+    assert!(err.contains("\"cuda\""), "{err}");
+    // Without a usable GPU, "cuda" fails saying so; with one, it builds an engine.
+    let (h, err) = create("cuda");
+    if h.is_null() {
+        assert!(err.contains("cuda"), "{err}");
+    } else {
+        // SAFETY: a handle flint_engine_create returned, destroyed once.
+        unsafe { flint_engine_destroy(h) };
+    }
+}

@@ -119,6 +119,20 @@ pub struct KvShape {
     pub head_dim: usize,
 }
 
+impl KvShape {
+    /// K and V elements of every layer.
+    pub fn num_elements(&self) -> usize {
+        2 * self.layers * self.num_blocks * self.block_size * self.kv_heads * self.head_dim
+    }
+}
+
+/// Device memory in bytes, as `cuMemGetInfo` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryInfo {
+    pub free: usize,
+    pub total: usize,
+}
+
 /// Router semantics of one MoE layer (see `config::MoeSpec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MoeRouting {
@@ -168,6 +182,17 @@ pub trait Backend {
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// Bytes held by a weight (for reports).
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
+
+    /// Free and total device memory, to size the KV cache from. `None` on a backend without
+    /// its own memory (the CPU reference): its KV cache is sized by an explicit block count.
+    fn memory_info(&self) -> Result<Option<MemoryInfo>> {
+        Ok(None)
+    }
+
+    /// Bytes a KV cache of `shape` takes (f32 elements unless the backend says otherwise).
+    fn kv_cache_bytes(&self, shape: KvShape) -> usize {
+        shape.num_elements() * 4
+    }
 
     /// `out[t] = table[token_ids[t]] * scale`.
     fn embed(

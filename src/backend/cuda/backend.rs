@@ -432,6 +432,21 @@ impl Backend for CudaBackend {
         w.rows * w.cols * 2
     }
 
+    fn memory_info(&self) -> Result<Option<crate::backend::MemoryInfo>> {
+        // Pending frees on our stream are done before free memory is read.
+        self.synchronize()?;
+        let (free, total) = self
+            .dev
+            .ctx
+            .mem_get_info()
+            .context("memory_info: cuMemGetInfo")?;
+        Ok(Some(crate::backend::MemoryInfo { free, total }))
+    }
+
+    fn kv_cache_bytes(&self, shape: KvShape) -> usize {
+        shape.num_elements() * 2 // bf16, as alloc_kv_cache allocates
+    }
+
     fn embed(
         &self,
         step: &CudaStep,
