@@ -24,7 +24,7 @@
 //! assert_eq!((done[0].reason, done[0].tokens.len()), (FinishReason::Length, 2));
 //! ```
 
-use crate::backend::{Backend, StepInput};
+use crate::backend::{Backend, MemoryInfo, StepInput};
 use crate::kv_cache::{BlockAllocator, PrefixCacheStats, SeqCache};
 use crate::model::{Model, Workspace};
 use crate::sampling::{Sampler, SamplingParams};
@@ -632,36 +632,43 @@ fn size_kv_cache<B: Backend>(
             block_size: c.block_size,
             ..Default::default()
         };
+        // Token 0 is in every vocabulary; the values do not matter, the buffers do.
         SeqCache::default().push_to_step(&mut alloc, &vec![0; n], &mut step)?;
         model
             .forward(be, &step, &mut cache, ws, false)
             .context("warm-up step before sizing the KV cache")?;
     }
     let m = be.memory_info()?.expect("reported above");
-    let allowed = (m.total as f64 * c.gpu_memory_fraction) as usize;
-    let used = m.total.saturating_sub(m.free);
-    let budget = allowed.saturating_sub(used);
+    let num_blocks = blocks_for_memory(m, c.gpu_memory_fraction, block_bytes)?;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-    let num_blocks = budget / block_bytes.max(1);
-    if num_blocks == 0 {
-        bail!(
-            "KV cache: gpu_memory_fraction {} of {:.2} GiB allows {:.2} GiB, but {:.2} GiB are in use after loading and a warm-up step: not one block ({} bytes) fits; raise the fraction or lower max_batch_tokens",
-            c.gpu_memory_fraction,
-            gib(m.total),
-            gib(allowed),
-            gib(used),
-            block_bytes
-        );
-    }
     Ok((
         num_blocks,
         format!(
             "measured: {:.2} of {:.2} GiB in use after warm-up, fraction {}",
-            gib(used),
+            gib(m.total - m.free.min(m.total)),
             gib(m.total),
             c.gpu_memory_fraction
         ),
     ))
+}
+
+/// KV blocks that fit in `fraction · total` beyond the memory already in use (weights,
+/// workspace, the warm-up's buffers, other processes): vLLM's rule. An error when none fits.
+pub fn blocks_for_memory(m: MemoryInfo, fraction: f64, block_bytes: usize) -> Result<usize> {
+    let allowed = (m.total as f64 * fraction) as usize;
+    let used = m.total.saturating_sub(m.free);
+    let budget = allowed.saturating_sub(used);
+    let num_blocks = budget / block_bytes.max(1);
+    if num_blocks == 0 {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "KV cache: gpu_memory_fraction {fraction} of {:.2} GiB allows {:.2} GiB, but {:.2} GiB are in use after loading and a warm-up step: not one block ({block_bytes} bytes) fits; raise the fraction or lower max_batch_tokens",
+            gib(m.total),
+            gib(allowed),
+            gib(used),
+        );
+    }
+    Ok(num_blocks)
 }
 
 fn finished(s: &Sequence, reason: FinishReason, error: Option<String>) -> Finished {

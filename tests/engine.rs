@@ -295,6 +295,9 @@ fn throughput_cli_reports_json() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["completed"], 5);
+    assert_eq!(v["kv_cache"]["num_blocks"], 3);
+    assert_eq!(v["kv_cache"]["max_concurrent_tokens"], 48);
+    assert_eq!(v["kv_cache"]["source"], "configured");
     assert_eq!(v["failed"], 0);
     assert!(v["output_tokens_per_s"].as_f64().unwrap() > 0.0);
     for k in ["ttft_ms", "itl_ms"] {
@@ -554,4 +557,49 @@ fn a_stop_string_spanning_tokens_ends_the_request_and_is_cut_from_the_text() {
     );
     assert_eq!(got[0].text, Some(tok.decode(&free, true).unwrap()));
     assert_eq!(e.num_free_blocks(), 8);
+}
+
+// ---- KV cache sizing ----
+
+#[test]
+fn the_kv_cache_is_sized_from_memory_or_an_explicit_count() {
+    use flint::backend::MemoryInfo;
+    use flint::engine::blocks_for_memory;
+    let gib = 1usize << 30;
+    // 80 GiB card, 20 GiB in use, 0.9: 72 - 20 = 52 GiB for blocks of 2 MiB.
+    let m = MemoryInfo {
+        free: 60 * gib,
+        total: 80 * gib,
+    };
+    assert_eq!(blocks_for_memory(m, 0.9, 2 << 20).unwrap(), 52 * 512);
+    let err = blocks_for_memory(m, 0.2, 2 << 20).unwrap_err().to_string();
+    assert!(err.contains("not one block"), "{err}");
+    // The CPU backend reports no memory: the default count, said so; or the count asked for.
+    let e = engine(
+        "llama3",
+        EngineConfig {
+            num_blocks: None,
+            ..Default::default()
+        },
+    );
+    let k = e.kv_cache_info();
+    assert_eq!(k.num_blocks, flint::engine::DEFAULT_NUM_BLOCKS);
+    assert_eq!(k.max_concurrent_tokens, k.num_blocks * k.block_size);
+    assert!(k.source.starts_with("default"), "{}", k.source);
+    let e = engine("llama3", small_cfg(16));
+    let s = &e.model.spec;
+    let per_block = 2 * s.num_layers * 4 * s.num_kv_heads * s.head_dim * 4;
+    assert_eq!(
+        (e.kv_cache_info().num_blocks, e.kv_cache_info().bytes),
+        (8, 8 * per_block)
+    );
+    assert!(Engine::new(
+        CpuBackend,
+        e.model,
+        EngineConfig {
+            gpu_memory_fraction: 1.5,
+            ..Default::default()
+        }
+    )
+    .is_err());
 }
