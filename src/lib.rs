@@ -2,6 +2,47 @@
 //!
 //! Every supported model is one decoder (`model.rs`) driven by a normalized [`config::ModelSpec`]
 //! and written against [`backend::Backend`], whose CPU implementation is the f32 reference.
+//!
+//! # Embedding the engine
+//!
+//! [`Engine`] serves many requests at once (continuous batching, chunked prefill, paged KV
+//! cache with prefix caching, preemption); [`Engine::step`] streams the tokens of each step,
+//! [`Engine::generate`] runs a batch to completion. On a GPU build the same code runs over
+//! `backend::cuda::CudaBackend`, whose KV cache is sized from free memory when
+//! [`EngineConfig::num_blocks`] is `None`.
+//!
+//! ```
+//! use flint::backend::cpu::CpuBackend;
+//! use flint::{Engine, EngineConfig, FinishReason, ModelRef, Request, SamplingParams};
+//!
+//! // A tiny checkpoint from the test fixtures (any Hugging Face folder, or "synthetic:tiny").
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama3");
+//! let model = ModelRef::Dir(dir).load(&CpuBackend)?;
+//! let config = EngineConfig { num_blocks: Some(64), ..Default::default() };
+//! let mut engine = Engine::new(CpuBackend, model, config)?;
+//!
+//! let system: Vec<u32> = (10..42).collect(); // a 32-token prefix shared by both requests
+//! let ask = |tail: &[u32], seed| Request {
+//!     prompt: system.iter().chain(tail).copied().collect(),
+//!     max_new_tokens: 8,
+//!     sampling: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed },
+//!     ignore_eos: true,
+//!     ..Default::default()
+//! };
+//! let first = engine.generate(vec![ask(&[5, 6], 1)])?;
+//! // Streaming: tokens arrive step by step; the shared prefix is not computed again.
+//! let id = engine.add_request(ask(&[7, 8, 9], 2))?;
+//! let mut streamed = Vec::new();
+//! let mut done = Vec::new();
+//! while engine.has_unfinished() {
+//!     let out = engine.step()?;
+//!     streamed.extend(out.tokens.iter().filter(|(r, _)| *r == id).map(|(_, t)| *t));
+//!     done.extend(out.finished);
+//! }
+//! assert_eq!(first[0].reason, FinishReason::Length);
+//! assert_eq!((done[0].tokens.clone(), done[0].cached_tokens), (streamed, 32));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 pub mod backend;
 pub mod bench;
@@ -16,6 +57,9 @@ pub mod selftest;
 pub mod throughput;
 pub mod tokenizer;
 pub mod weights;
+
+pub use engine::{Engine, EngineConfig, FinishReason, Finished, KvCacheInfo, Request, StepOutput};
+pub use sampling::SamplingParams;
 
 use anyhow::Result;
 use std::path::PathBuf;
