@@ -130,6 +130,7 @@ pub unsafe extern "C" fn flint_engine_create(
                     c.gpu_memory_fraction
                 },
                 enable_prefix_caching: !c.disable_prefix_caching,
+                ..cfg
             };
         }
         let engine = match device {

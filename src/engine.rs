@@ -28,7 +28,7 @@ use crate::backend::{Backend, MemoryInfo, StepInput};
 use crate::kv_cache::{BlockAllocator, PrefixCacheStats, SeqCache};
 use crate::model::{Model, Workspace};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::scheduler::{Scheduler, Sequence};
+use crate::scheduler::{Chunk, Scheduler, Sequence};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -202,6 +202,10 @@ pub struct EngineConfig {
     pub gpu_memory_fraction: f64,
     /// Share full KV blocks between requests with the same prefix (on by default).
     pub enable_prefix_caching: bool,
+    /// Replay decode steps from CUDA graphs captured per batch-size bucket (backends with
+    /// graphs only). Off by default until the graph path has been checked on a GPU
+    /// (`flint selftest`); vLLM's `--enforce-eager` is the opposite switch.
+    pub cuda_graphs: bool,
 }
 
 /// KV cache blocks on a backend that reports no free memory, when none are asked for.
@@ -216,6 +220,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             gpu_memory_fraction: 0.9,
             enable_prefix_caching: true,
+            cuda_graphs: false,
         }
     }
 }
@@ -304,7 +309,45 @@ pub struct Engine<B: Backend> {
     stops: HashMap<u64, Vec<String>>,
     next_id: u64,
     pending_finished: Vec<Finished>,
+    /// Decode batch sizes with a graph (empty: every step eager).
+    graph_buckets: Vec<usize>,
+    /// Keys this engine's graphs take in the backend: `graph_base + bucket`.
+    graph_base: u64,
+    graph_replays: usize,
 }
+
+/// Decode graph batch sizes nano-vllm uses: 1, 2, 4, 8, then multiples of 16, up to `max`.
+pub fn graph_buckets(max: usize) -> Vec<usize> {
+    let mut b: Vec<usize> = [1, 2, 4, 8].into_iter().filter(|&x| x <= max).collect();
+    b.extend((16..=max).step_by(16));
+    if b.last().is_some_and(|&l| l < max) {
+        b.push(max);
+    }
+    b
+}
+
+/// A pure decode `step` padded to `bucket` sequences with a fixed launch shape: padded rows
+/// are token 0 at position 0 of a one-key sequence over block 0 with slot -1 (their K/V is
+/// written nowhere, their logits dropped), and kernels are planned for `plan_ctx` keys.
+pub fn pad_decode_step(step: &StepInput, bucket: usize, plan_ctx: usize) -> StepInput {
+    let mut p = step.clone();
+    for i in step.num_tokens()..bucket {
+        p.token_ids.push(0);
+        p.positions.push(0);
+        p.slots.push(-1);
+        p.seqs.push(crate::backend::SeqStep {
+            q_start: i,
+            q_len: 1,
+            ctx_len: 1,
+            block_table: vec![0],
+        });
+    }
+    p.plan_ctx = plan_ctx;
+    p
+}
+
+/// Distinct graph keys for every engine in the process (engines may share a backend).
+static NEXT_GRAPH_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<B: Backend> Engine<B> {
     /// Builds the engine. Start-up order as nano-vllm's: workspace, then (when
@@ -354,7 +397,16 @@ impl<B: Backend> Engine<B> {
             num_blocks: Some(num_blocks),
             ..config
         };
+        let graph_buckets = if config.cuda_graphs && backend.supports_graphs() {
+            graph_buckets(config.max_num_seqs.min(config.max_batch_tokens))
+        } else {
+            Vec::new()
+        };
+        let graph_base = NEXT_GRAPH_BASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32;
         Ok(Engine {
+            graph_buckets,
+            graph_base,
+            graph_replays: 0,
             backend,
             model,
             config,
@@ -505,28 +557,21 @@ impl<B: Backend> Engine<B> {
             return Ok(out);
         }
         out.num_batched_tokens = step.num_tokens();
-        let logits =
-            match self
-                .model
-                .forward(&self.backend, &step, &mut self.cache, &mut self.ws, false)
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    // The step's sequences cannot be trusted: end them with the error.
-                    let mut idx: Vec<usize> = chunks.iter().map(|c| c.idx).collect();
-                    idx.sort_unstable();
-                    for &i in idx.iter().rev() {
-                        let s = self.sched.remove_running(i);
-                        self.stops.remove(&s.id);
-                        out.finished.push(finished(
-                            &s,
-                            FinishReason::Error,
-                            Some(format!("{e:#}")),
-                        ));
-                    }
-                    return Ok(out);
+        let logits = match self.forward(step, &chunks) {
+            Ok(l) => l,
+            Err(e) => {
+                // The step's sequences cannot be trusted: end them with the error.
+                let mut idx: Vec<usize> = chunks.iter().map(|c| c.idx).collect();
+                idx.sort_unstable();
+                for &i in idx.iter().rev() {
+                    let s = self.sched.remove_running(i);
+                    self.stops.remove(&s.id);
+                    out.finished
+                        .push(finished(&s, FinishReason::Error, Some(format!("{e:#}"))));
                 }
-            };
+                return Ok(out);
+            }
+        };
         // The K/V of every chunk is written: completed full blocks join the prefix cache.
         self.sched.commit(&chunks);
         let v = self.model.spec.vocab_size;
@@ -566,6 +611,59 @@ impl<B: Backend> Engine<B> {
             out.finished.push(f);
         }
         Ok(out)
+    }
+
+    /// Runs the step's forward: a pure decode step of at most the largest bucket replays
+    /// the bucket's graph (padded rows write nowhere), anything else runs eagerly. A graph
+    /// failure turns graphs off for this engine, says so once, and reruns the step eagerly
+    /// (a failed capture ran nothing; a rerun rewrites the same K/V).
+    fn forward(&mut self, step: StepInput, chunks: &[Chunk]) -> Result<Vec<f32>> {
+        let n = chunks.len();
+        let decode = chunks.iter().all(|c| c.len == 1 && c.sample);
+        let bucket = self.graph_buckets.iter().copied().find(|&b| b >= n);
+        if let (true, Some(b)) = (decode, bucket) {
+            let padded = self.graph_step(&step, b);
+            let key = self.graph_base + b as u64;
+            let be = &self.backend;
+            match self.model.forward_graphed(
+                be,
+                &padded,
+                &mut self.cache,
+                &mut self.ws,
+                false,
+                Some(key),
+            ) {
+                Ok(mut l) => {
+                    self.graph_replays += 1;
+                    l.truncate(n * self.model.spec.vocab_size);
+                    return Ok(l);
+                }
+                Err(e) => {
+                    eprintln!("flint: CUDA graph for decode batch {b} failed ({e:#}); running eagerly from now on");
+                    self.graph_buckets.clear();
+                    self.backend.clear_graphs();
+                }
+            }
+        }
+        self.model
+            .forward(&self.backend, &step, &mut self.cache, &mut self.ws, false)
+    }
+
+    /// `step` (pure decode) as graph bucket `bucket` runs it (see [`pad_decode_step`]),
+    /// planned for the longest context the cache can hold.
+    pub fn graph_step(&self, step: &StepInput, bucket: usize) -> StepInput {
+        let cap = self.config.num_blocks.unwrap_or(0) * self.config.block_size;
+        pad_decode_step(step, bucket, self.model.spec.max_position.min(cap))
+    }
+
+    /// Decode steps run from a CUDA graph so far.
+    pub fn num_graph_steps(&self) -> usize {
+        self.graph_replays
+    }
+
+    /// Whether decode steps still use graphs (false when off, unsupported, or after a failure).
+    pub fn graphs_enabled(&self) -> bool {
+        !self.graph_buckets.is_empty()
     }
 
     /// The generated text, when the engine has a tokenizer and it decodes.
@@ -716,6 +814,21 @@ impl<B: Backend> Backend for &B {
     }
     fn memory_info(&self) -> Result<Option<crate::backend::MemoryInfo>> {
         (**self).memory_info()
+    }
+    fn prepare_attention(&self, s: &Self::Step, a: &crate::backend::AttnParams) -> Result<()> {
+        (**self).prepare_attention(s, a)
+    }
+    fn supports_graphs(&self) -> bool {
+        (**self).supports_graphs()
+    }
+    fn graph_begin(&self, key: u64) -> Result<()> {
+        (**self).graph_begin(key)
+    }
+    fn graph_end(&self, ok: bool) -> Result<()> {
+        (**self).graph_end(ok)
+    }
+    fn clear_graphs(&self) {
+        (**self).clear_graphs()
     }
     fn kv_cache_bytes(&self, s: crate::backend::KvShape) -> usize {
         (**self).kv_cache_bytes(s)

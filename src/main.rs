@@ -183,6 +183,12 @@ enum Cmd {
         /// Turn off sharing of cached KV blocks between requests with a common prefix.
         #[arg(long)]
         no_prefix_caching: bool,
+        /// Replay decode steps from CUDA graphs (off by default until checked on a GPU).
+        #[arg(long, conflicts_with = "enforce_eager")]
+        cuda_graphs: bool,
+        /// Never use CUDA graphs (vLLM's flag; the default for now).
+        #[arg(long)]
+        enforce_eager: bool,
         #[arg(long, default_value_t = 64)]
         max_num_seqs: usize,
         #[arg(long, default_value_t = 2048)]
@@ -281,6 +287,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             num_blocks,
             gpu_memory_fraction,
             no_prefix_caching,
+            cuda_graphs,
             max_num_seqs,
             max_batch_tokens,
             output,
@@ -300,6 +307,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     max_batch_tokens,
                     gpu_memory_fraction,
                     enable_prefix_caching: !no_prefix_caching,
+                    cuda_graphs,
                 },
             };
             let r = flint::throughput::run(be, &ModelRef::parse(&model), &opt)?;

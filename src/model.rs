@@ -315,6 +315,21 @@ impl<B: Backend> Model<B> {
         ws: &mut Workspace<B>,
         all_positions: bool,
     ) -> Result<Vec<f32>> {
+        self.forward_graphed(be, step, cache, ws, all_positions, None)
+    }
+
+    /// As [`Model::forward`]; with `graph = Some(key)` the device work between the step's
+    /// upload and the logits' copy to the host runs as graph `key` of the backend (captured
+    /// the first time, replayed after: see [`Backend::graph_begin`]).
+    pub fn forward_graphed(
+        &self,
+        be: &B,
+        step: &StepInput,
+        cache: &mut B::KvCache,
+        ws: &mut Workspace<B>,
+        all_positions: bool,
+        graph: Option<u64>,
+    ) -> Result<Vec<f32>> {
         let n = step.num_tokens();
         if n == 0 || n > ws.max_tokens {
             bail!(
@@ -322,10 +337,35 @@ impl<B: Backend> Model<B> {
                 ws.max_tokens
             );
         }
+        let dstep = be.upload_step(step)?;
+        let Some(key) = graph else {
+            self.device_forward(be, &dstep, cache, ws, all_positions)?;
+            return be.to_host(&ws.logits);
+        };
+        // Plans and metadata uploads happen before the region: nothing inside may copy.
+        for l in &self.layers {
+            be.prepare_attention(&dstep, &l.attn)?;
+        }
+        be.graph_begin(key)?;
+        let ran = self.device_forward(be, &dstep, cache, ws, all_positions);
+        let ended = be.graph_end(ran.is_ok());
+        ran?;
+        ended?;
+        be.to_host(&ws.logits)
+    }
+
+    /// Every kernel of one step, leaving the logits in `ws.logits`.
+    fn device_forward(
+        &self,
+        be: &B,
+        dstep: &B::Step,
+        cache: &mut B::KvCache,
+        ws: &mut Workspace<B>,
+        all_positions: bool,
+    ) -> Result<()> {
         let spec = &self.spec;
         let (eps, off) = (spec.norm_eps, spec.norm_weight_offset);
-        let dstep = be.upload_step(step)?;
-        be.embed(&dstep, &self.embed, spec.embed_scale, &mut ws.x)?;
+        be.embed(dstep, &self.embed, spec.embed_scale, &mut ws.x)?;
         let mut pending = false; // whether ws.delta still has to be added to ws.x
         let norm_into_h =
             |be: &B, ws: &mut Workspace<B>, w: &B::Weight, pending: &mut bool| -> Result<()> {
@@ -349,7 +389,7 @@ impl<B: Backend> Model<B> {
             });
             be.rope_kv_write(
                 &ws.qkv,
-                &dstep,
+                dstep,
                 &self.ropes[l.rope],
                 qk,
                 &l.attn,
@@ -357,7 +397,7 @@ impl<B: Backend> Model<B> {
                 i,
                 &mut ws.q,
             )?;
-            be.attention(&ws.q, &dstep, cache, i, &l.attn, &mut ws.attn_out)?;
+            be.attention(&ws.q, dstep, cache, i, &l.attn, &mut ws.attn_out)?;
             match &l.post_attn_norm {
                 Some(pn) => {
                     be.matmul(&ws.attn_out, &l.o, l.o_bias.as_ref(), &mut ws.proj)?;
@@ -392,12 +432,12 @@ impl<B: Backend> Model<B> {
         if all_positions {
             be.matmul(&ws.h, head, None, &mut ws.logits)?;
         } else {
-            be.gather_last(&ws.h, &dstep, &mut ws.last)?;
+            be.gather_last(&ws.h, dstep, &mut ws.last)?;
             be.matmul(&ws.last, head, None, &mut ws.logits)?;
         }
         if let Some(cap) = spec.final_softcap {
             be.softcap(&mut ws.logits, cap)?;
         }
-        be.to_host(&ws.logits)
+        Ok(())
     }
 }

@@ -110,6 +110,9 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     for c in e2e_cases(&gpu, &opts.fixtures, opts.quick) {
         record(c);
     }
+    for c in graph_cases(&gpu) {
+        record(c);
+    }
     let failed = cases.iter().filter(|c| !c.pass()).count();
     println!(
         "{} cases: {} passed, {failed} failed",
@@ -923,4 +926,163 @@ mod tests {
         assert_eq!(d.len(), 20, "{d}");
         assert!(d.starts_with("20") && d.ends_with('Z'));
     }
+}
+
+/// A 2-layer Llama shape whose head_dim (64) has CUDA attention kernels (the fixtures'
+/// head dims of 16 and 32 have none), with deterministic random weights.
+const GRAPH_MODEL: &str = r#"{"model_type":"llama","vocab_size":512,"hidden_size":512,
+    "intermediate_size":1024,"num_hidden_layers":2,"num_attention_heads":8,
+    "num_key_value_heads":4,"max_position_embeddings":2048,"rms_norm_eps":1e-5,
+    "rope_theta":10000.0,"bos_token_id":1,"eos_token_id":2}"#;
+
+fn graph_model<B: Backend>(be: &B) -> Result<crate::model::Model<B>> {
+    let spec = crate::config::ModelSpec::from_json_str(GRAPH_MODEL, "selftest:graph-llama")?;
+    let src = crate::weights::synthetic::SyntheticSource::new(&spec, 7);
+    crate::model::Model::load(be, spec, &src)
+}
+
+/// CUDA graphs for decode: (1) a padded decode step captured then replayed (with new
+/// tokens, lengths and padding) gives bit-for-bit the logits of the same step run eagerly;
+/// (2) the engine with graphs on and off gives the same greedy tokens, with graphs really
+/// replayed; (3) the KV cache sized from measured free memory.
+fn graph_cases(gpu: &CudaBackend) -> Vec<Case> {
+    let case = |name: &str, r: Result<(f64, String)>, tol: f64| match r {
+        Ok((err, note)) => Case {
+            group: "graphs",
+            name: name.into(),
+            err,
+            tol,
+            note: Some(note),
+            error: None,
+        },
+        Err(e) => failed_case("graphs", name.into(), format!("{e:#}")),
+    };
+    vec![
+        case(
+            "decode step: capture + replays vs eager (bitwise)",
+            graph_replay_vs_eager(gpu),
+            0.0,
+        ),
+        case(
+            "engine: greedy tokens, graphs on vs off",
+            graph_engine_tokens(gpu),
+            0.0,
+        ),
+        case(
+            "engine: KV cache sized from free memory",
+            kv_sizing(gpu),
+            0.0,
+        ),
+    ]
+}
+
+fn graph_replay_vs_eager(gpu: &CudaBackend) -> Result<(f64, String)> {
+    use crate::kv_cache::{BlockAllocator, SeqCache};
+    let m = graph_model(gpu)?;
+    let bs = 16;
+    let blocks = 64;
+    let mut alloc = BlockAllocator::new(blocks, bs);
+    let mut cache = gpu.alloc_kv_cache(m.kv_shape(blocks, bs))?;
+    let mut ws = crate::model::Workspace::new(gpu, &m.spec, 64)?;
+    let mut seqs = vec![SeqCache::default(); 3];
+    let mut rng = Rng(0x9a4f);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next() % 512) as u32).collect() };
+    let mut step = StepInput {
+        block_size: bs,
+        ..Default::default()
+    };
+    for (s, len) in seqs.iter_mut().zip([20, 7, 33]) {
+        s.push_to_step(&mut alloc, &ids(len), &mut step)?;
+    }
+    m.forward(gpu, &step, &mut cache, &mut ws, false)?;
+    let key = u64::MAX - 7;
+    gpu.clear_graphs();
+    let mut worst = 0.0f64;
+    // Three decode steps: all 3 sequences (bucket 4), again (replay with new lengths; seq 1
+    // crosses into a new block at 16), then 2 of them padded with 2 rows (replay).
+    for (round, live) in [(0, 3usize), (1, 3), (2, 2)] {
+        let mut step = StepInput {
+            block_size: bs,
+            ..Default::default()
+        };
+        for s in seqs.iter_mut().take(live) {
+            s.push_to_step(&mut alloc, &ids(1), &mut step)?;
+        }
+        let padded = engine::pad_decode_step(&step, 4, 1024);
+        let eager = m.forward(gpu, &padded, &mut cache, &mut ws, false)?;
+        let graph = m.forward_graphed(gpu, &padded, &mut cache, &mut ws, false, Some(key))?;
+        if graph.len() != eager.len() {
+            bail!(
+                "round {round}: {} graph logits, {} eager",
+                graph.len(),
+                eager.len()
+            );
+        }
+        let v = m.spec.vocab_size;
+        worst = worst.max(rel_l2(&graph[..live * v], &eager[..live * v]));
+    }
+    let n = gpu.num_graphs();
+    gpu.clear_graphs();
+    if n != 1 {
+        bail!("{n} graphs held after 3 rounds of one bucket (expected 1: replays, not recaptures)");
+    }
+    Ok((worst, "3 rounds, bucket 4, plan_ctx 1024".into()))
+}
+
+fn graph_engine_tokens(gpu: &CudaBackend) -> Result<(f64, String)> {
+    use crate::engine::{Engine, EngineConfig, Request};
+    let run = |graphs: bool| -> Result<(Vec<Vec<u32>>, usize, bool)> {
+        let m = graph_model(&gpu)?;
+        let cfg = EngineConfig {
+            num_blocks: Some(128),
+            max_num_seqs: 8,
+            max_batch_tokens: 128,
+            cuda_graphs: graphs,
+            ..Default::default()
+        };
+        let mut e = Engine::new(gpu, m, cfg)?;
+        let reqs: Vec<Request> = (0..7)
+            .map(|i| Request {
+                prompt: (0..5 + 9 * i)
+                    .map(|j| ((i * 31 + j * 17 + 3) % 512) as u32)
+                    .collect(),
+                max_new_tokens: 12 + 3 * i,
+                ignore_eos: true,
+                ..Default::default()
+            })
+            .collect();
+        let out = e.generate(reqs)?;
+        Ok((
+            out.into_iter().map(|f| f.tokens).collect(),
+            e.num_graph_steps(),
+            e.graphs_enabled(),
+        ))
+    };
+    let (eager, _, _) = run(false)?;
+    let (graphed, steps, still_on) = run(true)?;
+    gpu.clear_graphs();
+    if !still_on || steps == 0 {
+        bail!("graphs fell back to eager ({steps} graph steps; see the engine's message above)");
+    }
+    let total: usize = eager.iter().map(Vec::len).sum();
+    let differ: usize = eager
+        .iter()
+        .zip(&graphed)
+        .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count() + a.len().abs_diff(b.len()))
+        .sum();
+    Ok((
+        differ as f64 / total.max(1) as f64,
+        format!("{steps} graph decode steps; {differ} of {total} tokens differ"),
+    ))
+}
+
+fn kv_sizing(gpu: &CudaBackend) -> Result<(f64, String)> {
+    use crate::engine::{Engine, EngineConfig};
+    let m = graph_model(&gpu)?;
+    let e = Engine::new(gpu, m, EngineConfig::default())?;
+    let k = e.kv_cache_info().clone();
+    if !k.source.starts_with("measured") || k.num_blocks == 0 {
+        bail!("{k}");
+    }
+    Ok((0.0, k.to_string()))
 }

@@ -603,3 +603,272 @@ fn the_kv_cache_is_sized_from_memory_or_an_explicit_count() {
     )
     .is_err());
 }
+
+// ---- decode graphs: the engine's side of the protocol, on a CPU backend that says it has
+// graphs (regions run eagerly, so outputs must not change) ----
+
+use anyhow::Result;
+use flint::backend::{Backend, StepInput};
+use std::cell::{Cell, RefCell};
+
+#[derive(Default)]
+struct GraphProbe {
+    inner: CpuBackend,
+    region: Cell<Option<u64>>,
+    /// Regions entered per key.
+    keys: RefCell<std::collections::HashMap<u64, usize>>,
+    /// Calls that are forbidden inside a region.
+    violations: RefCell<Vec<String>>,
+    fail_captures: Cell<bool>,
+    cleared: Cell<usize>,
+}
+
+impl GraphProbe {
+    fn outside(&self, op: &str) {
+        if let Some(k) = self.region.get() {
+            self.violations
+                .borrow_mut()
+                .push(format!("{op} inside graph region {k}"));
+        }
+    }
+}
+
+impl Backend for GraphProbe {
+    type Tensor = <CpuBackend as Backend>::Tensor;
+    type Weight = <CpuBackend as Backend>::Weight;
+    type Step = <CpuBackend as Backend>::Step;
+    type Rope = <CpuBackend as Backend>::Rope;
+    type KvCache = <CpuBackend as Backend>::KvCache;
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn upload_weight(&self, n: &str, d: &[f32], r: usize, c: usize) -> Result<Self::Weight> {
+        self.inner.upload_weight(n, d, r, c)
+    }
+    fn upload_rope(&self, f: &[f32]) -> Result<Self::Rope> {
+        self.inner.upload_rope(f)
+    }
+    fn weight_bytes(&self, w: &Self::Weight) -> usize {
+        self.inner.weight_bytes(w)
+    }
+    fn memory_info(&self) -> Result<Option<flint::backend::MemoryInfo>> {
+        self.inner.memory_info()
+    }
+    fn prepare_attention(&self, s: &Self::Step, a: &flint::backend::AttnParams) -> Result<()> {
+        self.inner.prepare_attention(s, a)
+    }
+    fn kv_cache_bytes(&self, s: flint::backend::KvShape) -> usize {
+        self.inner.kv_cache_bytes(s)
+    }
+    fn embed(&self, s: &Self::Step, t: &Self::Weight, k: f32, o: &mut Self::Tensor) -> Result<()> {
+        self.inner.embed(s, t, k, o)
+    }
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        r: Option<&mut Self::Tensor>,
+        w: &Self::Weight,
+        eps: f32,
+        off: f32,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.rms_norm(x, r, w, eps, off, o)
+    }
+    fn matmul(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.matmul(x, w, b, o)
+    }
+    fn rope_kv_write(
+        &self,
+        qkv: &Self::Tensor,
+        s: &Self::Step,
+        rope: &Self::Rope,
+        qk: Option<flint::backend::QkNorm<'_, Self::Weight>>,
+        a: &flint::backend::AttnParams,
+        c: &mut Self::KvCache,
+        l: usize,
+        q: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.rope_kv_write(qkv, s, rope, qk, a, c, l, q)
+    }
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        s: &Self::Step,
+        c: &Self::KvCache,
+        l: usize,
+        a: &flint::backend::AttnParams,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.attention(q, s, c, l, a, o)
+    }
+    fn act_mul(
+        &self,
+        g: &Self::Tensor,
+        a: flint::config::Activation,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.act_mul(g, a, o)
+    }
+    fn gather_last(&self, x: &Self::Tensor, s: &Self::Step, o: &mut Self::Tensor) -> Result<()> {
+        self.inner.gather_last(x, s, o)
+    }
+    fn softcap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()> {
+        self.inner.softcap(x, cap)
+    }
+    fn moe_route(
+        &self,
+        l: &Self::Tensor,
+        r: &flint::backend::MoeRouting,
+        ids: &mut Self::Tensor,
+        w: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.moe_route(l, r, ids, w)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts(
+        &self,
+        x: &Self::Tensor,
+        ids: &Self::Tensor,
+        w: &Self::Tensor,
+        gate_up: &Self::Weight,
+        down: &Self::Weight,
+        shape: &flint::backend::MoeExperts,
+        scratch: &mut Self::Tensor,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner
+            .moe_experts(x, ids, w, gate_up, down, shape, scratch, o)
+    }
+    fn sigmoid_gate_add(
+        &self,
+        x: &Self::Tensor,
+        g: &Self::Tensor,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.inner.sigmoid_gate_add(x, g, o)
+    }
+    fn upload_step(&self, s: &StepInput) -> Result<Self::Step> {
+        self.outside("upload_step");
+        self.inner.upload_step(s)
+    }
+    fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        self.outside("to_host");
+        self.inner.to_host(t)
+    }
+    fn alloc(&self, r: usize, c: usize) -> Result<Self::Tensor> {
+        self.outside("alloc");
+        self.inner.alloc(r, c)
+    }
+    fn alloc_kv_cache(&self, s: flint::backend::KvShape) -> Result<Self::KvCache> {
+        self.outside("alloc_kv_cache");
+        self.inner.alloc_kv_cache(s)
+    }
+    fn supports_graphs(&self) -> bool {
+        true
+    }
+    fn graph_begin(&self, key: u64) -> Result<()> {
+        if self.region.get().is_some() {
+            anyhow::bail!("nested graph region");
+        }
+        if self.fail_captures.get() {
+            anyhow::bail!("capture refused (test)");
+        }
+        self.region.set(Some(key));
+        *self.keys.borrow_mut().entry(key).or_default() += 1;
+        Ok(())
+    }
+    fn graph_end(&self, _ok: bool) -> Result<()> {
+        self.region
+            .take()
+            .map(|_| ())
+            .ok_or_else(|| anyhow::anyhow!("graph_end outside a region"))
+    }
+    fn clear_graphs(&self) {
+        self.cleared.set(self.cleared.get() + 1);
+    }
+}
+
+fn graph_engine(cuda_graphs: bool) -> Engine<&'static GraphProbe> {
+    let be: &'static GraphProbe = Box::leak(Box::default());
+    let m = ModelRef::Dir(fixtures_dir().join("llama3"))
+        .load(&be)
+        .unwrap();
+    Engine::new(
+        be,
+        m,
+        EngineConfig {
+            num_blocks: Some(24),
+            block_size: 4,
+            max_num_seqs: 6,
+            max_batch_tokens: 16,
+            cuda_graphs,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn decode_graph_steps_are_padded_to_buckets_and_change_no_output() {
+    assert_eq!(flint::engine::graph_buckets(6), vec![1, 2, 4, 6]);
+    assert_eq!(
+        flint::engine::graph_buckets(40),
+        vec![1, 2, 4, 8, 16, 32, 40]
+    );
+    let mut eager = engine("llama3", cfg(24, 16, true));
+    let reqs = burst(eager.model.spec.vocab_size);
+    let want = eager.generate(reqs.clone()).unwrap();
+    let mut e = graph_engine(true);
+    assert!(e.graphs_enabled());
+    let got = e.generate(reqs).unwrap();
+    assert_eq!(got, want, "graph-padded decode steps changed an output");
+    let be = e.backend;
+    assert!(
+        be.violations.borrow().is_empty(),
+        "{:?}",
+        be.violations.borrow()
+    );
+    assert!(
+        e.num_graph_steps() > 10,
+        "{} graph steps",
+        e.num_graph_steps()
+    );
+    // One key per bucket used; only bucket sizes.
+    let keys = be.keys.borrow();
+    let buckets: std::collections::BTreeSet<u64> = keys.keys().map(|k| k & 0xffff_ffff).collect();
+    assert!(
+        buckets.iter().all(|b| [1, 2, 4, 6].contains(b)),
+        "{buckets:?}"
+    );
+    assert!(buckets.len() >= 2, "{buckets:?}");
+    assert_eq!(e.num_free_blocks(), 24);
+}
+
+#[test]
+fn a_failing_graph_falls_back_to_eager_without_losing_a_request() {
+    let mut eager = engine("llama3", cfg(24, 16, true));
+    let reqs = burst(eager.model.spec.vocab_size);
+    let want = eager.generate(reqs.clone()).unwrap();
+    let mut e = graph_engine(true);
+    e.backend.fail_captures.set(true);
+    let got = e.generate(reqs).unwrap();
+    assert_eq!(got, want);
+    assert!(!e.graphs_enabled());
+    assert_eq!((e.num_graph_steps(), e.backend.cleared.get()), (0, 1));
+    // Off by config: never a region.
+    let mut off = graph_engine(false);
+    let r = Request {
+        prompt: vec![1, 2, 3],
+        max_new_tokens: 4,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    off.generate(vec![r]).unwrap();
+    assert!(off.backend.keys.borrow().is_empty());
+}

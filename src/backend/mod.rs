@@ -36,6 +36,11 @@ pub struct StepInput {
     pub slots: Vec<i64>,
     pub seqs: Vec<SeqStep>,
     pub block_size: usize,
+    /// Plan kernels as if a sequence of this many keys were in the step (0: the step's own
+    /// longest). Decode steps replayed from a CUDA graph set the longest context the cache
+    /// can hold, so the launch shapes (split counts, block-table stride) stay the same from
+    /// step to step while the lengths in the metadata change.
+    pub plan_ctx: usize,
 }
 
 impl StepInput {
@@ -188,6 +193,44 @@ pub trait Backend {
     fn memory_info(&self) -> Result<Option<MemoryInfo>> {
         Ok(None)
     }
+
+    /// Makes everything `attention` will need for this step and shape (plans, metadata
+    /// uploads) ahead of time, so that the layers' work can be captured in a graph.
+    fn prepare_attention(&self, step: &Self::Step, attn: &AttnParams) -> Result<()> {
+        let _ = (step, attn);
+        Ok(())
+    }
+
+    /// Whether [`Backend::graph_begin`] / [`Backend::graph_end`] work here.
+    fn supports_graphs(&self) -> bool {
+        false
+    }
+
+    /// Starts a graph region for graph `key` (after the step was uploaded and its attention
+    /// prepared): when `key` holds a graph captured from the same input buffers, the ops up
+    /// to `graph_end` do their host-side checks but launch nothing (the graph replays at
+    /// `graph_end`); otherwise their launches are captured into a new graph for `key`.
+    /// Nothing in the region may allocate, synchronize or copy to the device.
+    fn graph_begin(&self, key: u64) -> Result<()> {
+        let _ = key;
+        bail!(
+            "{}: CUDA graphs are not supported on this backend",
+            self.name()
+        )
+    }
+
+    /// Ends the region: keeps a captured graph and launches the graph. With `ok` false (an op
+    /// failed) a capture is discarded and nothing is launched.
+    fn graph_end(&self, ok: bool) -> Result<()> {
+        let _ = ok;
+        bail!(
+            "{}: CUDA graphs are not supported on this backend",
+            self.name()
+        )
+    }
+
+    /// Drops every captured graph.
+    fn clear_graphs(&self) {}
 
     /// Bytes a KV cache of `shape` takes (f32 elements unless the backend says otherwise).
     fn kv_cache_bytes(&self, shape: KvShape) -> usize {

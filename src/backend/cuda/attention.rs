@@ -210,7 +210,12 @@ impl AttnPlan {
             }
         }
         let tiles_per_query = group.div_ceil(CTA_Q) * num_kv_heads;
-        let lens: Vec<(usize, usize)> = step.seqs.iter().map(|s| (s.q_len, s.ctx_len)).collect();
+        // With `plan_ctx` the shape is planned for that many keys (graph replays).
+        let lens: Vec<(usize, usize)> = step
+            .seqs
+            .iter()
+            .map(|s| (s.q_len, s.ctx_len.max(step.plan_ctx)))
+            .collect();
         let kernel = select_kernel(&lens, tiles_per_query, num_sms);
         let splits = match kernel {
             AttnKernel::Prefill => 1,
@@ -223,7 +228,8 @@ impl AttnPlan {
             .iter()
             .map(|s| s.block_table.len())
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(step.plan_ctx.div_ceil(bs));
         let mut md = Vec::with_capacity(3 * n + n * max_blocks);
         for s in &step.seqs {
             md.push(to_i32(s.q_start, "q_start")?);
@@ -631,7 +637,22 @@ mod tests {
         attn_var: (Option<f32>, Option<usize>),
         sms: u32,
     ) -> AttnKernel {
-        let st = step(seqs, bs);
+        check_planned(seqs, h, kv, hd, bs, attn_var, sms, 0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_planned(
+        seqs: &[(usize, usize)],
+        h: usize,
+        kv: usize,
+        hd: usize,
+        bs: usize,
+        attn_var: (Option<f32>, Option<usize>),
+        sms: u32,
+        plan_ctx: usize,
+    ) -> AttnKernel {
+        let mut st = step(seqs, bs);
+        st.plan_ctx = plan_ctx;
         let plan = AttnPlan::new(&st, h, kv, hd, sms).unwrap();
         let attn = AttnParams {
             num_heads: h,
@@ -720,6 +741,46 @@ mod tests {
             let k = check(&seqs, 8, 2, 64, 16, var, 132);
             assert!(
                 matches!(k, AttnKernel::Decode { splits } if splits > 1),
+                "{k:?}"
+            );
+        }
+    }
+
+    /// CUDA-graph decode steps: planned for the longest context, the launch shape is the same
+    /// whatever the lengths, and the (mostly empty) splits still give exact attention.
+    #[test]
+    fn a_plan_for_a_fixed_context_keeps_its_shape_and_stays_exact() {
+        let shape = |seqs: &[(usize, usize)]| {
+            let mut st = step(seqs, 16);
+            st.plan_ctx = 4096;
+            let p = AttnPlan::new(&st, 8, 2, 64, 132).unwrap();
+            (
+                p.kernel(),
+                p.metadata().len(),
+                p.num_tiles(),
+                p.tiles_offset(),
+                p.max_blocks(),
+                p.workspace_bytes(),
+            )
+        };
+        let a = shape(&[(1, 1), (1, 40), (1, 17), (1, 1)]);
+        let b = shape(&[(1, 900), (1, 3), (1, 4096), (1, 2)]);
+        assert_eq!(a, b);
+        assert_eq!(a.4, 256, "block tables padded to the context's 256 blocks");
+        assert!(matches!(a.0, AttnKernel::Decode { splits } if splits > 1));
+        for var in [(None, None), (Some(30.0), Some(7))] {
+            let k = check_planned(
+                &[(1, 1), (1, 40), (1, 17), (1, 300)],
+                8,
+                2,
+                64,
+                16,
+                var,
+                132,
+                4096,
+            );
+            assert!(
+                matches!(k, AttnKernel::Decode { splits } if splits > 4),
                 "{k:?}"
             );
         }

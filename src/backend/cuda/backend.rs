@@ -22,8 +22,10 @@ use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
 use crate::config::Activation;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{result as cu, CudaSlice};
+use cudarc::driver::{sys, CudaGraph};
 use half::bf16;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
@@ -126,7 +128,26 @@ pub struct CudaBackend {
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
+    /// Decode graphs by key, with the input addresses each was captured with.
+    graphs: RefCell<HashMap<u64, (InputAddrs, CudaGraph)>>,
+    mode: Cell<GraphMode>,
+    /// Where the latest step's inputs and attention metadata/workspace live on the device.
+    inputs: Cell<InputAddrs>,
     dev: Device,
+}
+
+/// The device addresses a graph bakes in that change when staging grows: step arrays
+/// (ids, positions, slots, last rows) and the attention metadata and workspace. Weights,
+/// workspace tensors and the KV cache are fixed for an engine's life.
+type InputAddrs = [u64; 6];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GraphMode {
+    Eager,
+    /// Launches are recorded into a new graph for the key.
+    Capturing(u64),
+    /// Ops only do their host-side work; `graph_end` launches the key's graph.
+    Replaying(u64),
 }
 
 /// Bytes uploaded after which `upload_weight` shows progress (on a terminal).
@@ -149,6 +170,9 @@ impl CudaBackend {
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
+            graphs: RefCell::new(HashMap::new()),
+            mode: Cell::new(GraphMode::Eager),
+            inputs: Cell::new([0; 6]),
             dev,
         })
     }
@@ -225,6 +249,16 @@ impl CudaBackend {
         Ok(self.dev.stream.cu_stream())
     }
 
+    /// In a replayed graph region: ops check and size their outputs but launch nothing.
+    fn replaying(&self) -> bool {
+        matches!(self.mode.get(), GraphMode::Replaying(_))
+    }
+
+    /// Graphs held (for tests and reports).
+    pub fn num_graphs(&self) -> usize {
+        self.graphs.borrow().len()
+    }
+
     fn check_step(&self, op: &str, step: &CudaStep) -> Result<()> {
         if step.generation != self.step_staging.borrow().generation {
             bail!(
@@ -256,6 +290,14 @@ impl CudaBackend {
         let mut slot = step.attn.borrow_mut();
         let cur_gen = self.attn_staging.borrow().generation;
         let fresh = matches!(&*slot, Some(p) if p.key == key && p.generation == cur_gen);
+        if !fresh && self.mode.get() != GraphMode::Eager {
+            // Planning uploads metadata: impossible inside a capture (and a replay would
+            // launch a graph holding another plan). prepare_attention plans ahead.
+            bail!(
+                "attention: no plan prepared for {key:?} in a graph region (layers with \
+                 different attention shapes cannot be replayed from one graph)"
+            );
+        }
         if !fresh {
             let plan = AttnPlan::new(
                 &step.input,
@@ -277,6 +319,10 @@ impl CudaBackend {
                 generation = st.generation;
                 metadata = base;
                 workspace = base + ws_at as u64;
+                let mut a = self.inputs.get();
+                a[4] = metadata;
+                a[5] = workspace;
+                self.inputs.set(a);
             }
             *slot = Some(PlannedAttn {
                 key,
@@ -358,6 +404,9 @@ impl Backend for CudaBackend {
 
     fn upload_step(&self, step: &StepInput) -> Result<CudaStep> {
         step.validate()?;
+        if self.mode.get() != GraphMode::Eager {
+            bail!("upload_step inside a graph region (upload before graph_begin)");
+        }
         let input = step;
         let n = input.num_tokens();
         let last = input.last_rows();
@@ -381,6 +430,14 @@ impl Backend for CudaBackend {
         let base = st.ensure(&self.dev.stream, lay.total)?;
         st.upload(&self.dev.stream, &bytes)?;
         let at = |off: usize| base + off as u64;
+        self.inputs.set([
+            at(lay.ids),
+            at(lay.positions),
+            at(lay.slots),
+            at(lay.last_rows),
+            0,
+            0,
+        ]);
         Ok(CudaStep {
             generation: st.generation,
             ids: at(lay.ids),
@@ -416,6 +473,9 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        if self.mode.get() != GraphMode::Eager {
+            bail!("to_host inside a graph region (it synchronizes: read after graph_end)");
+        }
         if t.len() == 0 {
             return Ok(Vec::new());
         }
@@ -445,6 +505,79 @@ impl Backend for CudaBackend {
 
     fn kv_cache_bytes(&self, shape: KvShape) -> usize {
         shape.num_elements() * 2 // bf16, as alloc_kv_cache allocates
+    }
+
+    fn prepare_attention(&self, step: &CudaStep, attn: &AttnParams) -> Result<()> {
+        self.check_step("prepare_attention", step)?;
+        self.planned(step, attn).map(|_| ())
+    }
+
+    fn supports_graphs(&self) -> bool {
+        true
+    }
+
+    fn graph_begin(&self, key: u64) -> Result<()> {
+        if self.mode.get() != GraphMode::Eager {
+            bail!(
+                "graph_begin: already in a graph region ({:?})",
+                self.mode.get()
+            );
+        }
+        let addrs = self.inputs.get();
+        let mut graphs = self.graphs.borrow_mut();
+        match graphs.get(&key) {
+            Some((a, _)) if *a == addrs => {
+                self.mode.set(GraphMode::Replaying(key));
+                return Ok(());
+            }
+            // Staging grew since the capture: the graph reads stale addresses.
+            Some(_) => {
+                graphs.remove(&key);
+            }
+            None => {}
+        }
+        // Thread-local mode: a forbidden call (allocation, synchronization) made by this
+        // thread during the capture fails instead of silently escaping the graph.
+        self.dev
+            .stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .context("graph_begin: cuStreamBeginCapture")?;
+        self.mode.set(GraphMode::Capturing(key));
+        Ok(())
+    }
+
+    fn graph_end(&self, ok: bool) -> Result<()> {
+        let mode = self.mode.replace(GraphMode::Eager);
+        match mode {
+            GraphMode::Eager => bail!("graph_end without graph_begin"),
+            GraphMode::Replaying(key) => {
+                if !ok {
+                    return Ok(());
+                }
+                let graphs = self.graphs.borrow();
+                let (_, g) = graphs.get(&key).context("graph_end: the graph vanished")?;
+                g.launch().context("graph_end: cuGraphLaunch")
+            }
+            GraphMode::Capturing(key) => {
+                // Always end the capture, even after a failed op, so the stream is usable.
+                let g = self
+                    .dev
+                    .stream
+                    .end_capture(sys::CUgraphInstantiate_flags(0))
+                    .context("graph_end: cuStreamEndCapture / cuGraphInstantiate")?;
+                if !ok {
+                    return Ok(());
+                }
+                let g = g.context("graph_end: the capture recorded nothing")?;
+                g.launch().context("graph_end: cuGraphLaunch")?;
+                self.graphs.borrow_mut().insert(key, (self.inputs.get(), g));
+                Ok(())
+            }
+        }
+    }
+
+    fn clear_graphs(&self) {
+        self.graphs.borrow_mut().clear();
     }
 
     fn embed(
@@ -485,6 +618,9 @@ impl Backend for CudaBackend {
             dim: i32_of("embed", "dim", table.cols)?,
             scale,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         // SAFETY: ids has n entries, table [vocab, dim], out holds n rows (checked above).
         unsafe {
             k::launch(
@@ -542,6 +678,9 @@ impl Backend for CudaBackend {
             eps,
             w_offset: offset,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         // SAFETY: x, residual and out hold x.rows rows of c columns; w holds c values.
         unsafe {
             k::launch(
@@ -582,6 +721,9 @@ impl Backend for CudaBackend {
         if kk == 0 {
             // cuBLASLt rejects K = 0; the product is the bias (or zeros).
             bail!("matmul: weight has no input features");
+        }
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
         }
         self.gemm.run(
             &x.buf,
@@ -679,6 +821,9 @@ impl Backend for CudaBackend {
             eps,
             w_offset,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         // SAFETY: shapes checked above; slots are inside the cache or -1; the layer's K and V
         // slices lie inside the one cache allocation.
         unsafe {
@@ -729,6 +874,9 @@ impl Backend for CudaBackend {
             metadata,
             workspace,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         let slot = step.attn.borrow();
         let plan = match slot.as_ref().map(|p| &p.plan) {
             Some(Ok(p)) => p,
@@ -761,6 +909,9 @@ impl Backend for CudaBackend {
             num_tokens: i32_of(name, "tokens", gate_up.rows)?,
             inter: i32_of(name, "inter", i)?,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         // SAFETY: gate_up is [rows, 2i], out holds rows of i.
         unsafe {
             k::launch(
@@ -795,6 +946,9 @@ impl Backend for CudaBackend {
             x_rows: i32_of("gather_last", "x rows", x.rows)?,
             reserved: 0,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         // SAFETY: every row index is < x.rows (checked); out holds rows.len() rows.
         unsafe {
             k::launch(
@@ -821,6 +975,9 @@ impl Backend for CudaBackend {
             cap,
             inv_cap: 1.0 / cap,
         };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         // SAFETY: x holds n elements.
         unsafe {
             k::launch(
