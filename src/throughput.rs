@@ -45,6 +45,8 @@ pub struct ThroughputReport {
     pub kv_cache: Option<crate::engine::KvCacheInfo>,
     /// Prompt tokens served from the prefix cache (their prefill skipped).
     pub prefix_cache_hit_tokens: usize,
+    /// Decode steps replayed from CUDA graphs.
+    pub graph_steps: usize,
 }
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
@@ -79,6 +81,12 @@ pub fn run<B: Backend>(
     let vocab = m.spec.vocab_size as u64;
     let mut engine = Engine::new(be, m, opt.config.clone())?;
     eprintln!("flint throughput: {}", engine.kv_cache_info());
+    if opt.config.cuda_graphs && !engine.graphs_enabled() {
+        eprintln!(
+            "flint throughput: CUDA graphs asked for, but the {} backend has none: decoding eagerly",
+            be.name()
+        );
+    }
     let mut rng = Rng::new(opt.seed);
     let mut reqs = Vec::new();
     let mut arrival = 0.0f64;
@@ -146,6 +154,7 @@ pub fn run<B: Backend>(
     rep.ttft_ms = percentiles(ttft);
     rep.itl_ms = percentiles(itl);
     rep.preemptions = engine.num_preemptions();
+    rep.graph_steps = engine.num_graph_steps();
     rep.kv_cache = Some(engine.kv_cache_info().clone());
     rep.prefix_cache_hit_tokens = engine.prefix_cache_stats().hits;
     Ok(rep)
@@ -165,6 +174,7 @@ pub fn to_json(r: &ThroughputReport) -> serde_json::Value {
         "itl_ms": p(&r.itl_ms),
         "preemptions": r.preemptions,
         "prefix_cache_hit_tokens": r.prefix_cache_hit_tokens,
+        "graph_steps": r.graph_steps,
         "kv_cache": r.kv_cache.as_ref().map(|k| serde_json::json!({
             "num_blocks": k.num_blocks,
             "block_size": k.block_size,
