@@ -91,6 +91,7 @@ fn ops(c: &mut Criterion) {
     let mut s2 = SeqCache {
         blocks: seq.blocks.clone(),
         len: ctx - 1,
+        ..Default::default()
     };
     s2.push_to_step(&mut alloc, &[0], &mut last).unwrap();
     let q1 = tensor(&be, &mut rng, 1, H * HD);

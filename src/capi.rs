@@ -40,7 +40,7 @@ pub struct FlintSampling {
 }
 
 enum AnyEngine {
-    Cpu(Engine<CpuBackend>),
+    Cpu(Box<Engine<CpuBackend>>),
     Cuda(Box<Engine<CudaBackend>>),
 }
 
@@ -134,7 +134,11 @@ pub unsafe extern "C" fn flint_engine_create(
             };
         }
         let engine = match device {
-            "cpu" => AnyEngine::Cpu(Engine::new(CpuBackend, model.load(&CpuBackend)?, cfg)?),
+            "cpu" => AnyEngine::Cpu(Box::new(Engine::new(
+                CpuBackend,
+                model.load(&CpuBackend)?,
+                cfg,
+            )?)),
             "cuda" => {
                 let be = CudaBackend::new().context("device \"cuda\"")?;
                 let m = model.load(&be)?;

@@ -891,43 +891,6 @@ pub fn utc_now() -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rel_l2_and_nan() {
-        assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
-        assert!(rel_l2(&[f32::NAN, 2.0], &[1.0, 2.0]).is_nan());
-        let c = Case {
-            group: "x",
-            name: "y".into(),
-            err: f64::NAN,
-            tol: 1e-2,
-            note: None,
-            error: None,
-        };
-        assert!(!c.pass(), "NaN must fail");
-    }
-
-    #[test]
-    fn ragged_steps_are_valid() {
-        let mut r = Rng(1);
-        for seqs in [vec![(37, 37)], vec![(20, 5), (1, 1), (50, 9)]] {
-            let (s, blocks) = make_step(&seqs, 16, &mut r, true);
-            CpuBackend.upload_step(&s).unwrap();
-            assert!(s.slots.iter().all(|&x| x < (blocks * 16) as i64));
-        }
-    }
-
-    #[test]
-    fn utc_date_is_well_formed() {
-        let d = utc_now();
-        assert_eq!(d.len(), 20, "{d}");
-        assert!(d.starts_with("20") && d.ends_with('Z'));
-    }
-}
-
 /// A 2-layer Llama shape whose head_dim (64) has CUDA attention kernels (the fixtures'
 /// head dims of 16 and 32 have none), with deterministic random weights.
 const GRAPH_MODEL: &str = r#"{"model_type":"llama","vocab_size":512,"hidden_size":512,
@@ -1085,4 +1048,41 @@ fn kv_sizing(gpu: &CudaBackend) -> Result<(f64, String)> {
         bail!("{k}");
     }
     Ok((0.0, k.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_l2_and_nan() {
+        assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!(rel_l2(&[f32::NAN, 2.0], &[1.0, 2.0]).is_nan());
+        let c = Case {
+            group: "x",
+            name: "y".into(),
+            err: f64::NAN,
+            tol: 1e-2,
+            note: None,
+            error: None,
+        };
+        assert!(!c.pass(), "NaN must fail");
+    }
+
+    #[test]
+    fn ragged_steps_are_valid() {
+        let mut r = Rng(1);
+        for seqs in [vec![(37, 37)], vec![(20, 5), (1, 1), (50, 9)]] {
+            let (s, blocks) = make_step(&seqs, 16, &mut r, true);
+            CpuBackend.upload_step(&s).unwrap();
+            assert!(s.slots.iter().all(|&x| x < (blocks * 16) as i64));
+        }
+    }
+
+    #[test]
+    fn utc_date_is_well_formed() {
+        let d = utc_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z'));
+    }
 }
