@@ -7,6 +7,7 @@
 //!
 //! The CPU backend (`cpu.rs`) is the f32 oracle every CUDA kernel is compared against.
 
+mod by_ref;
 pub mod cpu;
 pub mod cuda;
 
