@@ -20,6 +20,7 @@ typedef struct FlintConfig {
   size_t max_batch_tokens;
   double gpu_memory_fraction;
   bool disable_prefix_caching;
+  bool cuda_graphs; /* replay decode steps from CUDA graphs (unverified on a GPU yet) */
 } FlintConfig;
 
 typedef struct FlintSampling {

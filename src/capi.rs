@@ -29,6 +29,8 @@ pub struct FlintConfig {
     pub gpu_memory_fraction: f64,
     /// Nonzero turns prefix caching off.
     pub disable_prefix_caching: bool,
+    /// Nonzero replays decode steps from CUDA graphs ("cuda" only; unverified on a GPU yet).
+    pub cuda_graphs: bool,
 }
 
 #[repr(C)]
@@ -130,7 +132,7 @@ pub unsafe extern "C" fn flint_engine_create(
                     c.gpu_memory_fraction
                 },
                 enable_prefix_caching: !c.disable_prefix_caching,
-                ..cfg
+                cuda_graphs: c.cuda_graphs,
             };
         }
         let engine = match device {

@@ -142,6 +142,7 @@ fn an_unknown_or_unavailable_device_is_a_clear_error() {
             max_batch_tokens: 0,
             gpu_memory_fraction: 0.0,
             disable_prefix_caching: false,
+            cuda_graphs: false,
         };
         // SAFETY: both strings outlive the call; cfg is a valid FlintConfig.
         let h = unsafe { flint_engine_create(model.as_ptr(), &cfg) };
@@ -162,4 +163,59 @@ fn an_unknown_or_unavailable_device_is_a_clear_error() {
         // SAFETY: a handle flint_engine_create returned, destroyed once.
         unsafe { flint_engine_destroy(h) };
     }
+}
+
+/// The hand-written header's structs have the Rust layout (size and every field offset), as
+/// cc lays them out.
+#[test]
+fn header_structs_match_the_rust_layout() {
+    use flint::capi::{FlintConfig, FlintSampling};
+    use std::mem::{offset_of, size_of};
+    let dir = std::env::temp_dir().join(format!("flint-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = dir.join("layout.c");
+    std::fs::write(
+        &c,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include "flint.h"
+int main(void) {
+  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(FlintConfig),
+         offsetof(FlintConfig, num_blocks), offsetof(FlintConfig, block_size),
+         offsetof(FlintConfig, max_num_seqs), offsetof(FlintConfig, max_batch_tokens),
+         offsetof(FlintConfig, gpu_memory_fraction),
+         offsetof(FlintConfig, disable_prefix_caching), offsetof(FlintConfig, cuda_graphs),
+         sizeof(FlintSampling));
+  return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.join("layout");
+    let st = Command::new("cc")
+        .arg(&c)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("cc runs");
+    assert!(st.success(), "cc failed");
+    let out = Command::new(&exe).output().unwrap();
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want = [
+        size_of::<FlintConfig>(),
+        offset_of!(FlintConfig, num_blocks),
+        offset_of!(FlintConfig, block_size),
+        offset_of!(FlintConfig, max_num_seqs),
+        offset_of!(FlintConfig, max_batch_tokens),
+        offset_of!(FlintConfig, gpu_memory_fraction),
+        offset_of!(FlintConfig, disable_prefix_caching),
+        offset_of!(FlintConfig, cuda_graphs),
+        size_of::<FlintSampling>(),
+    ]
+    .map(|v| v.to_string())
+    .join(" ");
+    assert_eq!(got, want, "include/flint.h vs src/capi.rs layouts");
+    let _ = std::fs::remove_dir_all(&dir);
 }
