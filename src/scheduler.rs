@@ -8,6 +8,9 @@
 //!    part of the prompt it recomputes).
 //! 2. prefill: running sequences with a partial prefill, then waiting sequences in arrival
 //!    order, each taking a chunk of what is left of the token budget and the free blocks.
+//!    An admitted sequence first takes the cached full blocks of its prefix (prefix caching,
+//!    `kv_cache.rs`), so its prefill starts after them; the blocks a step completed become
+//!    findable only after its forward ran ([`Scheduler::commit`]).
 
 use crate::backend::StepInput;
 use crate::kv_cache::{BlockAllocator, SeqCache};
