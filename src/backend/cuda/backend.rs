@@ -819,6 +819,57 @@ impl Backend for CudaBackend {
     }
 }
 
+/// Raw device copies for `flint bench-ops` (src/bench_ops.rs): the copy-bandwidth ceiling, and
+/// large inputs filled with random values without a host upload of every byte.
+impl CudaBackend {
+    /// Copies `src`'s whole capacity into `dst`, which must have the same size.
+    pub fn copy_tensor(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        let (a, b) = (src.capacity * src.cols, dst.capacity * dst.cols);
+        if a != b {
+            bail!("copy_tensor: source holds {a} values, destination {b}");
+        }
+        self.copy_bytes(self.ptr(&dst.buf), self.ptr(&src.buf), 2 * a)
+    }
+
+    /// Fills `dst`'s whole capacity by repeating `pattern`'s logical values.
+    pub fn fill_tensor_from(&self, pattern: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        let n = dst.capacity * dst.cols;
+        self.tile(pattern, self.ptr(&dst.buf), 2 * n)
+    }
+
+    /// Fills every layer of the cache by repeating `pattern`'s logical values.
+    pub fn fill_cache_from(&self, pattern: &CudaTensor, c: &mut CudaKvCache) -> Result<()> {
+        self.tile(pattern, self.ptr(&c.buf), 2 * c.buf.len())
+    }
+
+    /// Writes `bytes` at `dst` as repeats of `pattern`: one copy, then doubling copies of
+    /// what is already written (log2 of the size in copies).
+    fn tile(&self, pattern: &CudaTensor, dst: u64, bytes: usize) -> Result<()> {
+        let unit = (2 * pattern.len()).min(bytes);
+        if pattern.len() == 0 {
+            bail!("fill: the pattern tensor is empty");
+        }
+        self.copy_bytes(dst, self.ptr(&pattern.buf), unit)?;
+        let mut done = unit;
+        while done < bytes {
+            let n = done.min(bytes - done);
+            self.copy_bytes(dst + done as u64, dst, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn copy_bytes(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let stream = self.stream()?;
+        // SAFETY: callers pass ranges inside live allocations of this context; source and
+        // destination ranges do not overlap (tile copies a written prefix to what follows it).
+        unsafe { cu::memcpy_dtod_async(dst, src, bytes, stream) }.context("device-to-device copy")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
