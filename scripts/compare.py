@@ -165,15 +165,19 @@ def merge(flint, bench, peer):
     return out, bw, rate, notes
 
 
-def markdown(rows, bw, rate, notes, flint_info, peer_info, problems):
+def markdown(rows, bw, rate, notes, flint_info, peer_info, problems, peer_ceilings=(None, None)):
     md = ["## flint vs peers (issue 7)", ""]
     dev = flint_info.get("device") or peer_info.get("device") or "?"
     md.append(f"Device: {dev}; torch {peer_info.get('torch', '?')}. Ratio = peer time / flint time "
               "(above 1: flint is faster). Roofline = max(bytes / copy bandwidth, FLOPs / GEMM rate) "
               "over flint's time, ceilings measured by flint in this run.")
     md.append("")
-    md.append("Ceilings: copy " + (f"{bw / 1e9:.0f} GB/s" if bw else "—") + " (read + write), bf16 GEMM 8192³ "
-              + (f"{rate / 1e12:.0f} TFLOP/s" if rate else "—") + ".")
+    pbw, prate = peer_ceilings
+
+    def num(v, scale, unit):
+        return f"{v / scale:.0f} {unit}" if v else "—"
+    md.append(f"Ceilings (flint / torch): copy {num(bw, 1e9, 'GB/s')} / {num(pbw, 1e9, 'GB/s')} (read + write), "
+              f"bf16 GEMM 8192³ cuBLASLt {num(rate, 1e12, 'TFLOP/s')} / torch.matmul {num(prate, 1e12, 'TFLOP/s')}.")
     for n in notes + problems:
         md.append(f"- {n}")
     md += ["", "| case | flint | peer | peer time | peer/flint | flint bound | flint % roofline |",
@@ -233,10 +237,12 @@ def main():
             peer.update(got[0])
             peer_info.update(got[1])
     for what, rows in (("flint bench-ops", flint), ("flint bench", bench), ("peers.py", peer)):
-        if not rows and not any(what in x for x in problems):
+        if not rows and not any(x.startswith(what + ":") for x in problems):
             problems.append(f"{what}: no rows (see its log in gpu-check.json)")
     rows, bw, rate, notes = merge(flint, bench, peer)
-    md = markdown(rows, bw, rate, notes, flint_info, peer_info, problems)
+    pc = tuple((peer[i][k] / ok_time(peer[i])) if ok_time(peer.get(i)) else None
+               for i, k in (("copy", "bytes"), ("gemm_8192", "flops")))
+    md = markdown(rows, bw, rate, notes, flint_info, peer_info, problems, pc)
     if a.md:
         with open(a.md, "w") as f:
             f.write(md)
@@ -244,7 +250,8 @@ def main():
         sys.stdout.write(md)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"copy_bytes_per_s": bw, "gemm_flops_per_s": rate, "notes": notes + problems,
+            json.dump({"copy_bytes_per_s": bw, "gemm_flops_per_s": rate, "peer_copy_bytes_per_s": pc[0],
+                       "peer_gemm_flops_per_s": pc[1], "notes": notes + problems,
                        "flint": flint_info, "peer": peer_info, "rows": rows}, f, indent=1)
 
 

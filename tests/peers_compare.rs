@@ -89,6 +89,12 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     let table = std::fs::read_to_string(&md).unwrap();
     assert!(table.contains("| proj_o_t1 | 20 µs | torch.matmul | 15 µs | 0.75 | memory | 78% |"));
     assert!(table.contains("err: attention: CUDA_ERROR_OUT_OF_MEMORY"));
+    // Both ceilings printed, flint's and torch's (2 GiB in 0.8 ms; 2·8192³ in 1.4 ms).
+    assert!(
+        table.contains("copy 2147 GB/s / 2684 GB/s")
+            && table.contains("cuBLASLt 733 TFLOP/s / torch.matmul 785 TFLOP/s"),
+        "{table}"
+    );
     assert!(table.contains("missing.jsonl does not exist"), "{table}");
     // Report order: ceilings first, end to end last.
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
