@@ -14,10 +14,12 @@ faster), and flint's fraction of its roofline: the floor max(bytes / copy bandwi
 FLOPs / GEMM rate) over flint's time, with both ceilings measured in the same run by flint
 itself (`copy` and `gemm_8192` rows; the peer's are used, and said so, if flint's are missing).
 
-End-to-end rows come from `flint bench` (synthetic:llama-3-8b): `e2e_ttft_p2048_b1` is the
-pp2048 time, `e2e_decode_b<B>` the time of one tg128 decode step at batch B (tokens/s =
-B / time). Their bytes are the weights plus the KV cache read at the mean context; FLOPs are
-2 x parameters per token.
+End-to-end rows come from `flint bench` on synthetic:llama-3-8b, its `-o csv` output (rows
+printed as they complete, so a timeout keeps the finished ones) or its `-o json` report:
+`e2e_ttft_p2048_b1` is the pp2048 time (tokens / mean tokens/s), `e2e_decode_b<B>` the time of
+one tg128 decode step at batch B (B / mean tokens/s). Bytes of a decode step: every weight the
+step reads (all but the embedding table, of which one row per token) plus the KV cache at the
+mean context; FLOPs: 2 per weight per token, plus attention (prefill: causal pairs).
 """
 import argparse
 import json
@@ -25,8 +27,28 @@ import math
 import os
 import sys
 
-# Llama-3-8B: K and V bytes per cached token over all layers (2 x 32 layers x 8 x 128 x 2 B).
-KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2
+# Llama-3-8B (flint's synthetic:llama-3-8b, peers.py's config).
+LAYERS, HIDDEN, INTER, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 32, 4096, 14336, 128256, 32, 8, 128
+LAYER_MATRIX_PARAMS = (HEADS + 2 * KV_HEADS) * HEAD_DIM * HIDDEN + HIDDEN * HEADS * HEAD_DIM + 3 * INTER * HIDDEN
+# Weights read once per decode step: every layer's matrices and 2 norms, the final norm and
+# lm_head; the embedding table contributes one row per token (counted with the activations).
+STEP_WEIGHT_BYTES = 2 * (LAYERS * (LAYER_MATRIX_PARAMS + 2 * HIDDEN) + HIDDEN + VOCAB * HIDDEN)
+# K and V bytes per cached token over all layers.
+KV_BYTES_PER_TOKEN = 2 * LAYERS * KV_HEADS * HEAD_DIM * 2
+
+
+def e2e_counts(kind, batch, n):
+    """(bytes, flops) of `e2e_ttft_p<n>_b1` (kind "pp") or one step of `e2e_decode_b<batch>`
+    over tg<n> (kind "tg", mean context (n + 1) / 2)."""
+    mat = LAYERS * LAYER_MATRIX_PARAMS
+    if kind == "pp":  # logits of the last token only
+        attn = LAYERS * 4 * HEADS * HEAD_DIM * n * (n + 1) / 2
+        kv = n * KV_BYTES_PER_TOKEN  # written once
+        return float(STEP_WEIGHT_BYTES + kv), 2.0 * mat * n + 2.0 * VOCAB * HIDDEN + attn
+    ctx = (n + 1) / 2
+    attn = LAYERS * 4 * HEADS * HEAD_DIM * ctx * batch
+    return (float(STEP_WEIGHT_BYTES + batch * ctx * KV_BYTES_PER_TOKEN),
+            2.0 * (mat + VOCAB * HIDDEN) * batch + attn)
 
 
 def json_lines(path):
@@ -64,27 +86,38 @@ def case_rows(path):
 
 
 def bench_rows(path):
-    """flint bench -o json → e2e rows with the ids peers.py uses."""
-    rows = {}
+    """flint bench output (-o csv lines or the -o json report) → e2e rows with peers.py's ids."""
+    found = []  # (test, batch, tokens/s)
+    with open(path, errors="replace") as f:
+        text = f.read()
+    for line in text.splitlines():
+        parts = line.strip().split(",")
+        if len(parts) == 8 and parts[0] != "model":
+            try:
+                found.append((parts[2], int(parts[3]), float(parts[6])))
+            except ValueError:
+                pass
     for obj in json_lines(path):
-        wb = obj.get("weight_bytes")
         for r in obj.get("rows", []) if isinstance(obj.get("rows"), list) else []:
-            test, batch, samples = r.get("test", ""), r.get("batch"), r.get("samples_ms") or []
-            if not samples or " @ " in test or wb is None:
-                continue
-            secs = sum(samples) / len(samples) / 1e3
-            params = wb / 2
-            if test.startswith("pp") and batch == 1:
-                p = int(test[2:])
-                rows[f"e2e_ttft_p{p}_b1"] = {"id": f"e2e_ttft_p{p}_b1", "median_s": secs,
-                                            "bytes": float(wb), "flops": 2.0 * params * p,
-                                            "note": f"flint bench {test}"}
-            elif test.startswith("tg"):
-                n = int(test[2:])
-                kv = batch * (n + 1) / 2 * KV_BYTES_PER_TOKEN
-                rows[f"e2e_decode_b{batch}"] = {"id": f"e2e_decode_b{batch}", "median_s": secs / n,
-                                               "bytes": float(wb) + kv, "flops": 2.0 * params * batch,
-                                               "note": f"flint bench {test} b{batch}: {batch * n / secs:.1f} tok/s"}
+            if isinstance(r, dict) and "mean_tps" in r:
+                found.append((r.get("test", ""), r.get("batch"), r["mean_tps"]))
+    rows = {}
+    for test, batch, tps in found:
+        if " @ " in test or not tps or tps <= 0:
+            continue
+        n = int(test[2:])
+        if test.startswith("pp") and batch == 1:
+            id = f"e2e_ttft_p{n}_b1"
+            secs = n / tps
+            note = f"flint bench {test}: {tps:.0f} tok/s"
+        elif test.startswith("tg"):
+            id = f"e2e_decode_b{batch}"
+            secs = batch / tps
+            note = f"flint bench {test} b{batch}: {tps:.1f} tok/s"
+        else:
+            continue
+        b, fl = e2e_counts(test[:2], batch, n)
+        rows[id] = {"id": id, "group": "e2e", "median_s": secs, "bytes": b, "flops": fl, "note": note}
     return rows
 
 

@@ -16,7 +16,7 @@
 # $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
 # output tail holds it). Steps, most important first, each with its own timeout, so the whole
 # run stays under ~540 s even if every step times out (the tool's call limit is 600 s):
-#   selftest 140 s, bench-ops 75 s, bench (pp512, pp2048, tg128 at b1/8/32) 100 s,
+#   selftest 140 s, bench-ops 75 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
 #   peers micro 60 s, peers e2e (transformers + torch.compile) 150 s, report ~5 s.
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
@@ -118,8 +118,9 @@ selftest_rc="$(cat "$log/selftest.rc")"
 # Kernel-level timings (issue 7): stops starting cases after --budget-s, then ends the one
 # in flight (the slowest, prefill attention at 16k tokens, takes a few seconds).
 step bench_ops 75 "$flint" bench-ops -o json --budget-s 55 --case-s 0.25
-# One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode rows.
-step bench 100 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,8,32 -r 3 -o json
+# One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
+# rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
+step bench 100 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1
@@ -167,7 +168,7 @@ report = {
     "selftest": stepinfo("selftest", selftest),
     "selftest_stdout": read("selftest.out"),
     "bench_ops": stepinfo("bench_ops", parse(read("bench_ops.out"))),
-    "bench": stepinfo("bench", parse(read("bench.out"))),
+    "bench": stepinfo("bench", read("bench.out")),
     "peers_micro": stepinfo("peers_micro", parse(read("peers_micro.out"))),
     "peers_e2e": stepinfo("peers_e2e", parse(read("peers_e2e.out"))),
     "comparison": parse(read("peers.json")),
@@ -187,9 +188,12 @@ elif selftest and selftest.get("cases") is not None:
 else:
     md.append(f"selftest: exit {s['exit']}: {s['stderr_tail'][-500:]}")
 b = report["bench"]
-if b["result"] and "rows" in b["result"]:
-    md.append(f"bench ({b['seconds']} s): " + "; ".join(
-        f"{r['test']} b{r['batch']}: {r['mean_tps']:.1f} ± {r['std_tps']:.1f} t/s" for r in b["result"]["rows"]))
+def csv_cell(c):
+    try: return f"{c[2]} b{c[3]}: {float(c[6]):.1f} ± {float(c[7]):.1f} t/s"
+    except ValueError: return ",".join(c)
+csv = [l.split(",") for l in (b["result"] or "").splitlines() if l.count(",") == 7 and not l.startswith("model,")]
+if csv:
+    md.append(f"bench (exit {b['exit']} after {b['seconds']} s): " + "; ".join(csv_cell(c) for c in csv))
 else:
     md.append(f"bench: exit {b['exit']}: {b['stderr_tail'][-300:]}")
 for k in ("bench_ops", "peers_micro", "peers_e2e"):

@@ -1,11 +1,36 @@
 //! scripts/compare.py (issue 7's table) on fixed inputs: flint's bench-ops output cut short by
-//! a timeout, a `flint bench` report and a peers.py report (tests/fixtures/peers/, written by
+//! a timeout, `flint bench -o csv` output cut short too (its JSON report must give the same
+//! rows), and a peers.py report (tests/fixtures/peers/, written by
 //! hand with round numbers so the expected ratios and roofline fractions are plain arithmetic).
 //! Skips, saying so, where python3 is missing (the GPU bundle needs it there anyway).
 
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
+
+fn compare(root: &Path, bench: &Path, md: &Path, js: &Path, extra_peer: &Path) {
+    let fx = root.join("tests/fixtures/peers");
+    let out = Command::new("python3")
+        .arg(root.join("scripts/compare.py"))
+        .arg("--flint-ops")
+        .arg(fx.join("flint-ops.jsonl"))
+        .arg("--flint-bench")
+        .arg(bench)
+        .arg("--peers")
+        .arg(fx.join("peers.jsonl"))
+        .arg(extra_peer)
+        .arg("--md")
+        .arg(md)
+        .arg("--json")
+        .arg(js)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 fn python3() -> bool {
     Command::new("python3")
@@ -25,25 +50,12 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     let dir = std::env::temp_dir().join(format!("flint-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (md, js) = (dir.join("peers.md"), dir.join("peers.json"));
-    let out = Command::new("python3")
-        .arg(root.join("scripts/compare.py"))
-        .arg("--flint-ops")
-        .arg(fx.join("flint-ops.jsonl"))
-        .arg("--flint-bench")
-        .arg(fx.join("flint-bench.json"))
-        .arg("--peers")
-        .arg(fx.join("peers.jsonl"))
-        .arg(dir.join("missing.jsonl"))
-        .arg("--md")
-        .arg(&md)
-        .arg("--json")
-        .arg(&js)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    compare(
+        root,
+        &fx.join("flint-bench.csv"),
+        &md,
+        &js,
+        &dir.join("missing.jsonl"),
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&js).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
@@ -65,20 +77,26 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     let floor = 2.0 * (2.0 * 4096.0 + 4096.0 * 4096.0) / (2.0 * (1u64 << 30) as f64 / 1e-3);
     assert!(close(&o["roofline_fraction"], floor / 20e-6), "{o}");
     assert_eq!(o["bound"], "memory");
-    // Decode step from `flint bench` tg128 b1 (1.28 s / 128 = 10 ms) against the peer's 8 ms;
-    // its bytes are the weights plus the KV cache at the mean context of 64.5 tokens.
+    // Decode step from `flint bench` tg128 b1 (100 tok/s: 10 ms) against the peer's 8 ms; its
+    // bytes are the weights a step reads (all of Llama-3-8B's 16 060 522 496 bytes but the
+    // 128256 x 4096 embedding table) plus the KV cache at the mean context of 64.5 tokens.
     let d = row("e2e_decode_b1");
     assert!(close(&d["flint_s"], 0.01) && close(&d["ratio_peer_over_flint"], 0.8));
     let kv = 64.5 * (2 * 32 * 8 * 128 * 2) as f64;
     let bw = 2.0 * (1u64 << 30) as f64 / 1e-3;
-    assert!(close(
-        &d["roofline_fraction"],
-        (16060522496.0 + kv) / bw / 0.01
-    ));
-    // Prefill of 2048 tokens is FLOP-bound: 2·params·2048 over the GEMM rate.
+    let weights = 16060522496.0 - 2.0 * 128256.0 * 4096.0;
+    assert!(close(&d["roofline_fraction"], (weights + kv) / bw / 0.01));
+    // Prefill of 2048 tokens (pp2048 at 10240 tok/s: 200 ms) is FLOP-bound: 2 per matrix
+    // weight per token (6 979 321 856 layer weights), lm_head for the last token only, and
+    // the causal attention pairs of 32 layers.
     let p = row("e2e_ttft_p2048_b1");
     assert_eq!(p["bound"], "FLOPs");
-    assert!(close(&p["ratio_peer_over_flint"], 1.25));
+    assert!(close(&p["ratio_peer_over_flint"], 1.25) && close(&p["flint_s"], 0.2));
+    let flops = 2.0 * 6979321856.0 * 2048.0
+        + 2.0 * 128256.0 * 4096.0
+        + 32.0 * 4.0 * 32.0 * 128.0 * 2048.0 * 2049.0 / 2.0;
+    let rate = 2.0 * 8192f64.powi(3) / 1.5e-3;
+    assert!(close(&p["roofline_fraction"], flops / rate / 0.2), "{p}");
     // A flint error and a case flint does not have are rows too; depth rows are not e2e rows.
     assert!(row("decode_attn_b1_c1024")["flint_error"]
         .as_str()
@@ -100,5 +118,27 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.first(), Some(&"copy"));
     assert_eq!(ids.last(), Some(&"e2e_decode_b1"));
+    // The JSON report of `flint bench` gives the same end-to-end rows as its CSV lines.
+    let js2 = dir.join("peers2.json");
+    compare(
+        root,
+        &fx.join("flint-bench.json"),
+        &dir.join("peers2.md"),
+        &js2,
+        &fx.join("peers.jsonl"),
+    );
+    let v2: Value = serde_json::from_str(&std::fs::read_to_string(&js2).unwrap()).unwrap();
+    for id in ["e2e_ttft_p2048_b1", "e2e_decode_b1"] {
+        let r2 = v2["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap();
+        assert!(
+            close(&r2["flint_s"], row(id)["flint_s"].as_f64().unwrap()),
+            "{id}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
