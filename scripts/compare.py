@@ -169,7 +169,8 @@ def merge(flint, bench, peer):
     for i in ids:
         if i == "e2e_build":
             continue
-        f, p = fl.get(i), peer.get(i)
+        # flint-only variants (`prefill_attn_<n>_mma`) sit beside the same peer case.
+        f, p = fl.get(i), peer.get(i) or peer.get(i[: -len("_mma")] if i.endswith("_mma") else None)
         tf, tp = ok_time(f), ok_time(p)
         src = f or p or {}
         bytes_, flops = src.get("bytes") or 0.0, src.get("flops") or 0.0

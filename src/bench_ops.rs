@@ -12,7 +12,10 @@
 //! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
-//!   C = 1k, 8k, 32k), the split-K decode path.
+//!   C = 1k, 8k, 32k), the split-K decode path;
+//! - `prefill_attn_<n>_mma`: the prefill cases again on the tensor-core kernel
+//!   (`PrefillPath::Mma`, opt-in until a GPU run checked it), last, so that a fault in it
+//!   cannot cost the other rows.
 //!
 //! Timing: one untimed warm-up call (plans, cuBLASLt heuristics), one call to size the
 //! batches, then `BATCHES` batches of back-to-back calls on the stream, each timed from the
@@ -22,6 +25,7 @@
 //! (never zeros); weights and caches smaller than `ROTATE_BYTES` are replicated and rotated so
 //! repeated calls do not run from the L2 cache.
 
+use crate::backend::cuda::attention::PrefillPath;
 use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor};
 use crate::backend::{AttnParams, Backend, KvShape, SeqStep, StepInput};
 use crate::sampling::Rng;
@@ -68,6 +72,7 @@ pub enum Case {
     },
     Prefill {
         tokens: usize,
+        path: PrefillPath,
     },
     Decode {
         batch: usize,
@@ -91,7 +96,10 @@ impl Case {
         match self {
             Case::Copy { .. } => "copy".into(),
             Case::Gemm { id, .. } => id.clone(),
-            Case::Prefill { tokens } => format!("prefill_attn_{tokens}"),
+            Case::Prefill { tokens, path } => match path {
+                PrefillPath::Fma => format!("prefill_attn_{tokens}"),
+                PrefillPath::Mma => format!("prefill_attn_{tokens}_mma"),
+            },
             Case::Decode { batch, ctx } => format!("decode_attn_b{batch}_c{ctx}"),
         }
     }
@@ -100,8 +108,8 @@ impl Case {
         match self {
             Case::Copy { bytes } => format!("{bytes} bytes"),
             Case::Gemm { t, n, k, .. } => format!("[{t}, {k}] x [{n}, {k}]^T"),
-            Case::Prefill { tokens } => {
-                format!("causal {tokens} tokens, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}")
+            Case::Prefill { tokens, path } => {
+                format!("causal {tokens} tokens, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}, {path:?}")
             }
             Case::Decode { batch, ctx } => {
                 format!("{batch} seqs x {ctx} keys, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}")
@@ -115,7 +123,7 @@ impl Case {
         let b = match *self {
             Case::Copy { bytes } => 2 * bytes,
             Case::Gemm { t, n, k, .. } => 2 * (t * k + n * k + t * n),
-            Case::Prefill { tokens } => {
+            Case::Prefill { tokens, .. } => {
                 2 * (2 * tokens * HEADS * HEAD_DIM + 2 * tokens * KV_HEADS * HEAD_DIM)
             }
             Case::Decode { batch, ctx } => {
@@ -130,7 +138,7 @@ impl Case {
         match *self {
             Case::Copy { .. } => 0.0,
             Case::Gemm { t, n, k, .. } => 2.0 * t as f64 * n as f64 * k as f64,
-            Case::Prefill { tokens } => {
+            Case::Prefill { tokens, .. } => {
                 let pairs = tokens as f64 * (tokens as f64 + 1.0) / 2.0;
                 4.0 * (HEADS * HEAD_DIM) as f64 * pairs
             }
@@ -173,12 +181,13 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
             }
         }
     }
+    let prefill = |path| {
+        PREFILL_TOKENS
+            .iter()
+            .map(move |&tokens| Case::Prefill { tokens, path })
+    };
     if want("prefill") {
-        v.extend(
-            PREFILL_TOKENS
-                .iter()
-                .map(|&tokens| Case::Prefill { tokens }),
-        );
+        v.extend(prefill(PrefillPath::Fma));
     }
     if want("decode") {
         for &batch in DECODE_BATCH {
@@ -186,6 +195,9 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                 v.push(Case::Decode { batch, ctx });
             }
         }
+    }
+    if want("prefill") {
+        v.extend(prefill(PrefillPath::Mma));
     }
     Ok(v)
 }
@@ -327,8 +339,11 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
                 be.matmul(&x, &ws[i % ws.len()], None, &mut out)
             })
         }
-        Case::Prefill { tokens } => {
-            attention_case(be, pattern, attention_step(1, tokens, tokens), 1, case_s)
+        Case::Prefill { tokens, path } => {
+            be.set_prefill_path(path);
+            let t = attention_case(be, pattern, attention_step(1, tokens, tokens), 1, case_s);
+            be.set_prefill_path(PrefillPath::Fma);
+            t
         }
         Case::Decode { batch, ctx } => {
             let per_layer = 2 * 2 * batch * ctx * KV_HEADS * HEAD_DIM;
@@ -453,7 +468,9 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 3 + 9);
+        assert_eq!(all.len(), 1 + 1 + 25 + 3 + 9 + 3);
+        // The unverified tensor-core rows come last.
+        assert_eq!(all.last().unwrap().id(), "prefill_attn_16384_mma");
         let mut ids: Vec<String> = all.iter().map(|c| c.id()).collect();
         ids.sort();
         ids.dedup();
@@ -462,6 +479,7 @@ mod tests {
         assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
         let only = cases(&["decode".into()]).unwrap();
         assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9);
+        assert_eq!(cases(&["prefill".into()]).unwrap().len(), 6);
         let e = cases(&["nope".into()]).unwrap_err().to_string();
         assert!(e.contains("unknown group `nope`"), "{e}");
     }
@@ -488,7 +506,10 @@ mod tests {
         );
         assert_eq!(d.flops(), 4.0 * 32.0 * 128.0 * 1024.0);
         // Causal prefill of 2 tokens: 3 (query, key) pairs.
-        let p = Case::Prefill { tokens: 2 };
+        let p = Case::Prefill {
+            tokens: 2,
+            path: PrefillPath::Mma,
+        };
         assert_eq!(p.flops(), 4.0 * 32.0 * 128.0 * 3.0);
         assert_eq!(Case::Copy { bytes: 10 }.bytes(), 20.0);
     }

@@ -97,6 +97,15 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
         + 32.0 * 4.0 * 32.0 * 128.0 * 2048.0 * 2049.0 / 2.0;
     let rate = 2.0 * 8192f64.powi(3) / 1.5e-3;
     assert!(close(&p["roofline_fraction"], flops / rate / 0.2), "{p}");
+    // The tensor-core variant sits beside the same SDPA row: 50 µs / 100 µs.
+    assert!(close(
+        &row("prefill_attn_1024_mma")["ratio_peer_over_flint"],
+        0.5
+    ));
+    assert!(close(
+        &row("prefill_attn_1024")["ratio_peer_over_flint"],
+        0.125
+    ));
     // A flint error and a case flint does not have are rows too; depth rows are not e2e rows.
     assert!(row("decode_attn_b1_c1024")["flint_error"]
         .as_str()

@@ -13,7 +13,7 @@
 //!
 //! Everything runs on one stream, in order; `to_host` synchronizes.
 
-use super::attention::{AttnPlan, AttnPtrs};
+use super::attention::{AttnPlan, AttnPtrs, PrefillPath};
 use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
@@ -73,7 +73,7 @@ impl CudaKvCache {
 /// The attention plan of a step, made at its first attention call (the step alone does not
 /// know the head counts) and reused by every later layer of the same shape.
 struct PlannedAttn {
-    key: (usize, usize, usize),
+    key: (usize, usize, usize, PrefillPath),
     plan: std::result::Result<AttnPlan, String>,
     /// Attention staging generation the metadata was uploaded in.
     generation: u64,
@@ -126,6 +126,7 @@ pub struct CudaBackend {
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
+    prefill_path: Cell<PrefillPath>,
     dev: Device,
 }
 
@@ -149,8 +150,14 @@ impl CudaBackend {
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
+            prefill_path: Cell::new(PrefillPath::default()),
             dev,
         })
+    }
+
+    /// Which prefill attention kernel later steps run (see `PrefillPath`).
+    pub fn set_prefill_path(&self, path: PrefillPath) {
+        self.prefill_path.set(path);
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -252,7 +259,8 @@ impl CudaBackend {
 
     /// The plan for this step and attention shape, made (and its metadata uploaded) once.
     fn planned(&self, step: &CudaStep, attn: &AttnParams) -> Result<(u64, u64, AttnPlanRef)> {
-        let key = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let path = self.prefill_path.get();
+        let key = (attn.num_heads, attn.num_kv_heads, attn.head_dim, path);
         let mut slot = step.attn.borrow_mut();
         let cur_gen = self.attn_staging.borrow().generation;
         let fresh = matches!(&*slot, Some(p) if p.key == key && p.generation == cur_gen);
@@ -264,6 +272,7 @@ impl CudaBackend {
                 attn.head_dim,
                 self.dev.info.num_sms,
             )
+            .map(|p| p.with_prefill_path(path))
             .map_err(|e| format!("{e:#}"));
             let (mut metadata, mut workspace, mut generation) = (0, 0, cur_gen);
             if let Ok(p) = &plan {
