@@ -16,8 +16,8 @@
 # $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
 # output tail holds it). Steps, most important first, each with its own timeout, so the whole
 # run stays under ~540 s even if every step times out (the tool's call limit is 600 s):
-#   selftest 140 s, bench-ops 75 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
-#   peers micro 60 s, peers e2e (transformers + torch.compile) 150 s, report ~5 s.
+#   selftest 150 s, bench-ops 70 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
+#   peers micro 55 s, peers e2e (transformers + torch.compile) 150 s, report ~5 s.
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU); the
@@ -113,18 +113,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
     >"$log/nvidia-smi-query.out" 2>&1 || true
 cat "$log/nvidia-smi-query.out"
 
-step selftest 140 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures"
+step selftest 150 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Kernel-level timings (issue 7): stops starting cases after --budget-s, then ends the one
 # in flight (the slowest, prefill attention at 16k tokens, takes a few seconds).
-step bench_ops 75 "$flint" bench-ops -o json --budget-s 55 --case-s 0.25
+step bench_ops 70 "$flint" bench-ops -o json --budget-s 50 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
 step bench 100 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1
-    step peers_micro 60 python3 "$here/peers.py" --part micro --budget-s 45 --case-s 0.25
+    step peers_micro 55 python3 "$here/peers.py" --part micro --budget-s 40 --case-s 0.25
     # torch.compile of the 8B decode step takes about a minute per batch size: last, alone.
     step peers_e2e 150 python3 "$here/peers.py" --part e2e --budget-s 140
 else
