@@ -117,7 +117,8 @@ class Runner:
         row = {"id": id, "group": group, "peer": peer, "bytes": float(bytes_), "flops": float(flops),
                "median_s": None, "min_s": None, "calls": 0, "note": note, "error": None}
         if self.left() <= min_left:
-            row["error"] = f"skipped: the {self.args.budget_s:.0f} s budget was spent"
+            row["error"] = (f"skipped: {max(0.0, self.left()):.0f} s of the {self.args.budget_s:.0f} s budget "
+                            f"left, the case needs about {max(min_left, 1.0):.0f} s")
         else:
             try:
                 r = body()
