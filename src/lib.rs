@@ -46,6 +46,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_ops;
 pub mod capi;
 pub mod config;
 pub mod engine;
