@@ -18,13 +18,17 @@ use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
 use super::params::*;
-use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use crate::backend::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput};
 use crate::config::Activation;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{result as cu, CudaSlice};
 use half::bf16;
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
+
+// The MoE ops (owned by the MoE kernels' author); a child module so it reads private fields.
+#[path = "moe.rs"]
+pub(super) mod moe;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
 pub struct CudaTensor {
@@ -126,6 +130,7 @@ pub struct CudaBackend {
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
+    moe: moe::MoeState,
     dev: Device,
 }
 
@@ -142,6 +147,7 @@ impl CudaBackend {
     pub fn with_device(ordinal: usize) -> Result<CudaBackend> {
         let dev = Device::open(ordinal)?;
         let k = Kernels::load(&dev)?;
+        let moe = moe::MoeState::load(&dev)?;
         let gemm = no_panic("cuBLASLt start-up", || Gemm::new(dev.stream.clone()))?;
         Ok(CudaBackend {
             gemm,
@@ -149,6 +155,7 @@ impl CudaBackend {
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
+            moe,
             dev,
         })
     }
@@ -816,6 +823,34 @@ impl Backend for CudaBackend {
                 &p,
             )
         }
+    }
+
+    fn moe_route(
+        &self,
+        logits: &CudaTensor,
+        routing: &MoeRouting,
+        ids: &mut CudaTensor,
+        weights: &mut CudaTensor,
+    ) -> Result<()> {
+        self.moe_route_impl(logits, routing, ids, weights)
+    }
+
+    fn moe_experts(
+        &self,
+        x: &CudaTensor,
+        ids: &CudaTensor,
+        weights: &CudaTensor,
+        gate_up: &CudaTensor,
+        down: &CudaTensor,
+        shape: &MoeExperts,
+        scratch: &mut CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.moe_experts_impl(x, ids, weights, gate_up, down, shape, scratch, out)
+    }
+
+    fn sigmoid_gate_add(&self, x: &CudaTensor, gate: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        self.sigmoid_gate_add_impl(x, gate, out)
     }
 }
 
