@@ -14,7 +14,8 @@
 # `flint bench` runs, the torch peer line, each step's exit code and log tail), plus
 # $OUT/gpu-check.md, a short summary that it also prints last (so the reply's output tail
 # holds it). Every step has its own timeout; the whole run stays under ~8 minutes:
-#   selftest 180 s, bench prefill+decode 120 s, bench decode batches 120 s, torch peer 60 s.
+#   selftest 180 s, bench prefill+decode 120 s, bench decode batches 120 s, torch peer 60 s,
+#   MoE layer bench 60 s.
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU); the
@@ -113,6 +114,7 @@ step selftest 180 "$flint" selftest --json "$log/selftest.json" --fixtures "$her
 selftest_rc="$(cat "$log/selftest.rc")"
 step bench_pp512_tg128 120 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512 -n 128 -r 3 -o json
 step bench_tg128_b1_8_32 120 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o json
+step bench_moe_layer 60 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o json
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     cat >"$log/peer.py" <<'PY'
@@ -172,6 +174,7 @@ report = {
     "bench_pp512_tg128": stepinfo("bench_pp512_tg128", parse(read("bench_pp512_tg128.out"))),
     "bench_tg128_b1_8_32": stepinfo("bench_tg128_b1_8_32", parse(read("bench_tg128_b1_8_32.out"))),
     "torch_peer": stepinfo("torch_peer", parse(read("torch_peer.out"))),
+    "bench_moe_layer": stepinfo("bench_moe_layer", parse(read("bench_moe_layer.out"))),
 }
 json.dump(report, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 md = ["# flint gpu-check", "", "commit " + report["commit"], "", "```", (report["nvidia_smi_query"] or "").strip(), "```", ""]
@@ -193,6 +196,8 @@ for k in ("bench_pp512_tg128", "bench_tg128_b1_8_32"):
         md.append(f"{k}: " + "; ".join(json.dumps(r) for r in b["result"]["rows"]))
     else:
         md.append(f"{k}: exit {b['exit']}: {b['stderr_tail'][-300:]}")
+b = report["bench_moe_layer"]
+md.append("bench_moe_layer: " + ("; ".join(json.dumps(r) for r in b["result"]["moe_layer"]) if b["result"] and "moe_layer" in b["result"] else f"exit {b['exit']}: {b['stderr_tail'][-300:]}"))
 p = report["torch_peer"]
 md.append("torch peer: " + (json.dumps(p["result"]) if p["result"] else f"exit {p['exit']}: {p['stderr_tail'][-300:]}"))
 open(os.path.join(out, "gpu-check.md"), "w").write("\n".join(md) + "\n")

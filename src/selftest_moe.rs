@@ -60,14 +60,8 @@ impl Tester<'_> {
         let tokens: &[usize] = if quick { &[1, 64] } else { &[1, 8, 64, 512] };
         for &(label, e, k, d, i, act) in &shapes {
             for &t in tokens {
-                for path in [MoePath::Gemv, MoePath::Grouped] {
-                    out.push(self.case(
-                        "moe_experts",
-                        format!("{label} E {e} top-{k} D {d} I {i} {act:?} tokens {t} {path:?}"),
-                        OP_TOL,
-                        || self.moe_experts(t, e, k, d, i, act, path, Routing::Random),
-                    ));
-                }
+                let name = format!("{label} E {e} top-{k} D {d} I {i} {act:?} tokens {t}");
+                out.extend(self.moe_experts_cases(name, t, e, k, d, i, act, Routing::Random));
             }
         }
         let skewed: &[(usize, Routing)] = if quick {
@@ -80,14 +74,8 @@ impl Tester<'_> {
             ]
         };
         for &(t, r) in skewed {
-            for path in [MoePath::Gemv, MoePath::Grouped] {
-                out.push(self.case(
-                    "moe_experts",
-                    format!("mixtral-ish tokens {t} {r:?} {path:?}"),
-                    OP_TOL,
-                    || self.moe_experts(t, 8, 2, 512, 1792, Activation::Silu, path, r),
-                ));
-            }
+            let name = format!("mixtral-ish tokens {t} {r:?}");
+            out.extend(self.moe_experts_cases(name, t, 8, 2, 512, 1792, Activation::Silu, r));
         }
         for (t, d) in [(1, 4096), (7, 1000), (5, 33)] {
             out.push(self.case(
@@ -136,6 +124,34 @@ impl Tester<'_> {
         self.compare(&cw, &gw)
     }
 
+    /// One case per path, both on the same inputs against one CPU reference run.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts_cases(
+        &self,
+        name: String,
+        t: usize,
+        e: usize,
+        k: usize,
+        d: usize,
+        i: usize,
+        act: Activation,
+        routing: Routing,
+    ) -> Vec<Case> {
+        let paths = [MoePath::Gemv, MoePath::Grouped];
+        let errs = self.moe_experts(t, e, k, d, i, act, &paths, routing);
+        paths
+            .iter()
+            .enumerate()
+            .map(|(n, path)| {
+                let r = match &errs {
+                    Ok(v) => Ok(v[n]),
+                    Err(err) => Err(anyhow::anyhow!("{err:#}")),
+                };
+                self.case("moe_experts", format!("{name} {path:?}"), OP_TOL, || r)
+            })
+            .collect()
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn moe_experts(
         &self,
@@ -145,9 +161,9 @@ impl Tester<'_> {
         d: usize,
         i: usize,
         act: Activation,
-        path: MoePath,
+        paths: &[MoePath],
         routing: Routing,
-    ) -> Result<f64> {
+    ) -> Result<Vec<f64>> {
         let x = self.input(t, d, 1.0)?;
         let gate_up = self.input(e * 2 * i, d, 1.0 / (d as f32).sqrt())?;
         let down = self.input(e * d, i, 1.0 / (i as f32).sqrt())?;
@@ -189,9 +205,7 @@ impl Tester<'_> {
             act,
         };
         let mut cs = self.cpu.alloc(t * k, 2 * i)?;
-        let mut gs = self.gpu.alloc(t * k, 2 * i)?;
-        self.gpu.poison(&mut gs)?;
-        let (mut c, mut g) = self.output(t, d)?;
+        let mut c = self.cpu.alloc(t, d)?;
         self.cpu.moe_experts(
             &x.cpu,
             &ids.cpu,
@@ -202,18 +216,27 @@ impl Tester<'_> {
             &mut cs,
             &mut c,
         )?;
-        self.gpu.moe_experts_with(
-            &x.gpu,
-            &ids.gpu,
-            &w.gpu,
-            &gate_up.gpu,
-            &down.gpu,
-            &shape,
-            &mut gs,
-            &mut g,
-            path,
-        )?;
-        self.compare(&c, &g)
+        let mut errs = Vec::with_capacity(paths.len());
+        for &path in paths {
+            // Fresh poisoned buffers per path: nothing one path wrote can hide a gap in another.
+            let mut gs = self.gpu.alloc(t * k, 2 * i)?;
+            self.gpu.poison(&mut gs)?;
+            let mut g = self.gpu.alloc(t, d)?;
+            self.gpu.poison(&mut g)?;
+            self.gpu.moe_experts_with(
+                &x.gpu,
+                &ids.gpu,
+                &w.gpu,
+                &gate_up.gpu,
+                &down.gpu,
+                &shape,
+                &mut gs,
+                &mut g,
+                path,
+            )?;
+            errs.push(self.compare(&c, &g)?);
+        }
+        Ok(errs)
     }
 
     fn sigmoid_gate_add(&self, t: usize, d: usize) -> Result<f64> {
