@@ -51,10 +51,19 @@ fn moe(c: &mut Criterion) {
         let dn = rand(&mut rng, D * I, 1.0 / (I as f32).sqrt());
         Layer {
             router: be
-                .upload_weight("router", &rand(&mut rng, E * D, 1.0 / (D as f32).sqrt()), E, D)
+                .upload_weight(
+                    "router",
+                    &rand(&mut rng, E * D, 1.0 / (D as f32).sqrt()),
+                    E,
+                    D,
+                )
                 .unwrap(),
-            gate_up: be.upload_weight("gate_up", &stacked(&gu, E), E * 2 * I, D).unwrap(),
-            down: be.upload_weight("down", &stacked(&dn, E), E * D, I).unwrap(),
+            gate_up: be
+                .upload_weight("gate_up", &stacked(&gu, E), E * 2 * I, D)
+                .unwrap(),
+            down: be
+                .upload_weight("down", &stacked(&dn, E), E * D, I)
+                .unwrap(),
         }
     };
     let routing = MoeRouting {
@@ -91,8 +100,15 @@ fn moe(c: &mut Criterion) {
                     let t0 = Instant::now();
                     for _ in 0..iters {
                         be.moe_experts_with(
-                            &x, &ids, &w, &layer.gate_up, &layer.down, &shape, &mut scratch,
-                            &mut out, path,
+                            &x,
+                            &ids,
+                            &w,
+                            &layer.gate_up,
+                            &layer.down,
+                            &shape,
+                            &mut scratch,
+                            &mut out,
+                            path,
                         )
                         .unwrap();
                     }

@@ -105,7 +105,7 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
         intermediate: i,
         act,
     };
-    let mut rng = Rng::new(0x6d6f_65);
+    let mut rng = Rng::new(0x006d_6f65);
     let src = SyntheticSource::new(spec, 7);
     let router_data = src.load("moe_bench.router.weight", &[ne, d])?;
     let router = be.upload_weight("moe_bench.router", &router_data, ne, d)?;

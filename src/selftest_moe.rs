@@ -78,12 +78,11 @@ impl Tester<'_> {
             out.extend(self.moe_experts_cases(name, t, 8, 2, 512, 1792, Activation::Silu, r));
         }
         for (t, d) in [(1, 4096), (7, 1000), (5, 33)] {
-            out.push(self.case(
-                "sigmoid_gate_add",
-                format!("[{t}, {d}]"),
-                OP_TOL,
-                || self.sigmoid_gate_add(t, d),
-            ));
+            out.push(
+                self.case("sigmoid_gate_add", format!("[{t}, {d}]"), OP_TOL, || {
+                    self.sigmoid_gate_add(t, d)
+                }),
+            );
         }
         out
     }
@@ -109,8 +108,10 @@ impl Tester<'_> {
         };
         let (mut ci, mut gi) = self.output(t, k)?;
         let (mut cw, mut gw) = self.output(t, k)?;
-        self.cpu.moe_route(&logits.cpu, &routing, &mut ci, &mut cw)?;
-        self.gpu.moe_route(&logits.gpu, &routing, &mut gi, &mut gw)?;
+        self.cpu
+            .moe_route(&logits.cpu, &routing, &mut ci, &mut cw)?;
+        self.gpu
+            .moe_route(&logits.gpu, &routing, &mut gi, &mut gw)?;
         let (ch, gh) = (self.cpu.to_host(&ci)?, self.gpu.to_host(&gi)?);
         if let Some(a) = (0..ch.len()).find(|&a| ch[a] != gh.get(a).copied().unwrap_or(-1.0)) {
             bail!(

@@ -621,6 +621,9 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
         "cpu",
     ]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("has no MoE layers") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("has no MoE layers") && !err.contains("panicked"),
+        "{err}"
+    );
     assert!(out.is_empty(), "{out}");
 }

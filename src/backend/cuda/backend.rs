@@ -849,7 +849,12 @@ impl Backend for CudaBackend {
         self.moe_experts_impl(x, ids, weights, gate_up, down, shape, scratch, out)
     }
 
-    fn sigmoid_gate_add(&self, x: &CudaTensor, gate: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+    fn sigmoid_gate_add(
+        &self,
+        x: &CudaTensor,
+        gate: &CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         self.sigmoid_gate_add_impl(x, gate, out)
     }
 }

@@ -158,11 +158,7 @@ pub fn dispatch_reference(ids: &[f32], experts: usize, max_tiles: usize) -> Disp
 /// moe_route_bf16: one warp per token, 4 per CTA.
 pub fn route_shape(tokens: usize) -> (Dim3, Dim3) {
     (
-        (
-            tokens.div_ceil(ROUTE_WARPS).clamp(1, 65_535) as u32,
-            1,
-            1,
-        ),
+        (tokens.div_ceil(ROUTE_WARPS).clamp(1, 65_535) as u32, 1, 1),
         ((ROUTE_WARPS * 32) as u32, 1, 1),
     )
 }
@@ -356,7 +352,11 @@ impl CudaBackend {
             );
         }
         if scratch.cols != 2 * i {
-            bail!("{OP}: scratch has {} columns, needs {}", scratch.cols, 2 * i);
+            bail!(
+                "{OP}: scratch has {} columns, needs {}",
+                scratch.cols,
+                2 * i
+            );
         }
         if ne == 0 || ne > MAX_EXPERTS || kk == 0 || kk > MAX_TOPK {
             bail!("{OP}: {ne} experts top-{kk} is outside the kernel's limits (1..={MAX_EXPERTS} experts, top-1..={MAX_TOPK})");
@@ -378,7 +378,11 @@ impl CudaBackend {
         let lay = MoeLayout::new(assign, ne, d);
         i32_of(OP, "dispatch rows", lay.max_tiles * TILE_M)?;
         let stream = self.stream()?;
-        let base = self.moe.ws.borrow_mut().ensure(&self.dev.stream, lay.total)?;
+        let base = self
+            .moe
+            .ws
+            .borrow_mut()
+            .ensure(&self.dev.stream, lay.total)?;
         let at = |off: usize| base + off as u64;
         let ids_ptr = self.ptr(&ids.buf);
         let dp = MoeDispatchParams {
@@ -630,7 +634,12 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_and_disjoint() {
-        for (a, e, d) in [(1, 8, 4096), (16, 8, 4096), (4096 * 8, 128, 2048), (3, 60, 33)] {
+        for (a, e, d) in [
+            (1, 8, 4096),
+            (16, 8, 4096),
+            (4096 * 8, 128, 2048),
+            (3, 60, 33),
+        ] {
             let l = MoeLayout::new(a, e, d);
             for off in [l.counts, l.offsets, l.tile_expert, l.row_src, l.y, l.total] {
                 assert_eq!(off % 256, 0);
