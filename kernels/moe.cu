@@ -156,12 +156,12 @@ __device__ void route(const MoeRouteParams &p) {
                 mine_p = bv;
                 mine_id = bid;
             }
-            // The owner takes the winner out of the race (unrolled: v stays in registers).
-            if (lane == bid % WARP_SIZE) {
+            // The owner takes the winner out of the race (a select per slot, no dynamic index:
+            // v stays in registers).
+            const bool owner = lane == bid % WARP_SIZE;
+            const int slot = bid / WARP_SIZE;
 #pragma unroll
-                for (int i = 0; i < PER_LANE; ++i)
-                    if (i == bid / WARP_SIZE) v[i] = -1.0f;
-            }
+            for (int i = 0; i < PER_LANE; ++i) v[i] = (owner && i == slot) ? -1.0f : v[i];
         }
         float norm = 1.0f;
         if (p.norm_topk_prob) norm = warp_sum(lane < K ? mine_p : 0.0f);
