@@ -39,6 +39,9 @@ pub struct MoeBenchRow {
     pub expert_tokens_max: usize,
     /// Experts that received no token.
     pub idle_experts: usize,
+    /// Expert weight bytes flint had to read (every used expert once) per flint_ms, in GB/s:
+    /// the decode-time figure of merit (compare with the card's copy bandwidth).
+    pub flint_weight_gbps: f64,
 }
 
 /// Default token counts.
@@ -226,6 +229,8 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
         } else {
             be.name().to_string()
         };
+        let used = counts.iter().filter(|&&c| c > 0).count();
+        let weight_bytes = (used * 3 * d * i * 2) as f64;
         let row = MoeBenchRow {
             tokens: t,
             path,
@@ -235,7 +240,8 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
             dense_ms,
             expert_tokens_min: counts.iter().copied().min().unwrap_or(0),
             expert_tokens_max: counts.iter().copied().max().unwrap_or(0),
-            idle_experts: counts.iter().filter(|&&c| c == 0).count(),
+            idle_experts: ne - used,
+            flint_weight_gbps: weight_bytes / (flint_ms * 1e-3) / 1e9,
         };
         on_row(&row);
         rows.push(row);
@@ -244,14 +250,14 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
 }
 
 pub fn markdown_header() -> String {
-    "| model | backend | tokens | path | flint MoE layer ms | cuBLAS loop ms | dense-equivalent ms | loop / flint | dense / flint | expert tokens min..max (idle) |\n\
-     | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    "| model | backend | tokens | path | flint MoE layer ms | per-expert GEMM loop ms | dense-equivalent ms | loop / flint | dense / flint | flint expert weights GB/s | expert tokens min..max (idle) |\n\
+     | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         .to_string()
 }
 
 pub fn markdown_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
     format!(
-        "| {model} | {backend} | {} | {} | {:.3} ± {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {}..{} ({}) |",
+        "| {model} | {backend} | {} | {} | {:.3} ± {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0} | {}..{} ({}) |",
         r.tokens,
         r.path,
         r.flint_ms,
@@ -260,6 +266,7 @@ pub fn markdown_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
         r.dense_ms,
         r.loop_ms / r.flint_ms,
         r.dense_ms / r.flint_ms,
+        r.flint_weight_gbps,
         r.expert_tokens_min,
         r.expert_tokens_max,
         r.idle_experts
@@ -267,18 +274,19 @@ pub fn markdown_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
 }
 
 pub fn csv_header() -> String {
-    "model,backend,tokens,path,flint_ms,flint_std_ms,loop_ms,dense_ms,expert_tokens_min,expert_tokens_max,idle_experts".to_string()
+    "model,backend,tokens,path,flint_ms,flint_std_ms,loop_ms,dense_ms,flint_weight_gbps,expert_tokens_min,expert_tokens_max,idle_experts".to_string()
 }
 
 pub fn csv_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
     format!(
-        "{model},{backend},{},{},{:.4},{:.4},{:.4},{:.4},{},{},{}",
+        "{model},{backend},{},{},{:.4},{:.4},{:.4},{:.4},{:.1},{},{},{}",
         r.tokens,
         r.path,
         r.flint_ms,
         r.flint_std_ms,
         r.loop_ms,
         r.dense_ms,
+        r.flint_weight_gbps,
         r.expert_tokens_min,
         r.expert_tokens_max,
         r.idle_experts
