@@ -24,11 +24,11 @@
 //   expert. Grid = (max_tiles, ceil(n_dim / TILE_N)); a CTA whose tile has no expert (-1)
 //   exits at once, so experts with no tokens cost one early-exit CTA per empty tile slot and
 //   read no weights. Block: 4 warps in 2 x 2, each a 32 x 32 quarter of the 64 x 64 tile, bf16
-//   tensor cores (nvcuda::wmma 16x16x16, f32 accumulate). K step 32, staged in shared memory
-//   with 16-byte loads (scalar loads for a K that is not a multiple of 8). gate_up keeps gate
+//   tensor cores (nvcuda::wmma 16x16x16, f32 accumulate). K step 32, double-buffered in shared
+//   memory with 16-byte cp.async (plain loads for a K that is not a multiple of 8). gate_up keeps gate
 //   and up accumulators of the same fragment type side by side, so act(gate) * up is applied
 //   element-wise in registers before the one store. down multiplies each row by its routing
-//   weight in the epilogue. Shared memory ~33 KB static.
+//   weight in the epilogue. Shared memory ~31 KB static (the epilogue tile reuses the stages).
 //
 // moe_gemv_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — gather-GEMV for a few tokens.
 //   Grid = (ceil(n_dim / 4), E), 4 warps: a warp owns one output column n of one expert and
@@ -250,12 +250,42 @@ typedef wmma::fragment<wmma::matrix_a, WMMA, WMMA, WMMA, bf16, wmma::row_major> 
 typedef wmma::fragment<wmma::matrix_b, WMMA, WMMA, WMMA, bf16, wmma::col_major> FragB;
 typedef wmma::fragment<wmma::accumulator, WMMA, WMMA, WMMA, float> FragC;
 
+// sm_80 cp.async: a 16-byte global -> shared copy that skips the registers, so the next K
+// tile streams in while the tensor cores work on this one. .cg: cache in L2 only (a weight
+// tile is read once per CTA).
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
+}
+
+// Stages one 8-column chunk of a row into shared memory: cp.async when the chunk is whole and
+// aligned, else a plain store (zeros past the row's end, or for a padding row / column).
+__device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, int len, bool vec) {
+    if (src != nullptr && vec && k + VEC <= len) {
+        cp_async16(dst, src + k);
+    } else {
+        *reinterpret_cast<uint4 *>(dst) = load_chunk_raw(src, k, len, vec);
+    }
+}
+
 template <class Act, bool GATED>
 __device__ void grouped_gemm(const MoeGemmParams &p) {
-    __shared__ __align__(32) bf16 s_a[TILE_M * LDS];
-    __shared__ __align__(32) bf16 s_b[(GATED ? 2 : 1) * TILE_N * LDS];  // gate rows, then up rows
-    __shared__ __align__(32) float s_c[TILE_M * LDC];
+    constexpr int NB = GATED ? 2 : 1;  // B operands: gate and up, or down alone
+    constexpr int A_ELEMS = TILE_M * LDS;
+    constexpr int B_ELEMS = NB * TILE_N * LDS;
+    constexpr int STAGE_BYTES = 2 * (A_ELEMS + B_ELEMS) * static_cast<int>(sizeof(bf16));
+    constexpr int C_BYTES = TILE_M * LDC * static_cast<int>(sizeof(float));
+    // Two K stages of A and B; after the K loop the same bytes hold the f32 epilogue tile.
+    __shared__ __align__(128) unsigned char smem[STAGE_BYTES > C_BYTES ? STAGE_BYTES : C_BYTES];
     __shared__ int s_row[TILE_M];
+    bf16 *const s_a = reinterpret_cast<bf16 *>(smem);  // [2][TILE_M][LDS]
+    bf16 *const s_b = s_a + 2 * A_ELEMS;                // [2][NB * TILE_N][LDS]: gate rows, then up rows
+    float *const s_c = reinterpret_cast<float *>(smem); // [TILE_M][LDC], epilogue only
 
     const int tile = blockIdx.x;
     const int e = p.tile_expert[tile];
@@ -273,7 +303,7 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
     const int c = (tid % (TILE_K / VEC)) * VEC;
     const int r0 = tid / (TILE_K / VEC);
     const bf16 *a_src[2];
-    const bf16 *b_src[2][GATED ? 2 : 1];
+    const bf16 *b_src[2][NB];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int r = r0 + h * (TILE_M / 2);
@@ -281,51 +311,64 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
         a_src[h] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
         const int n = n0 + r;
 #pragma unroll
-        for (int g = 0; g < (GATED ? 2 : 1); ++g) {
-            const int64_t wrow = static_cast<int64_t>(e) * (GATED ? 2 : 1) * N + static_cast<int64_t>(g) * N + n;
+        for (int g = 0; g < NB; ++g) {
+            const int64_t wrow = static_cast<int64_t>(e) * NB * N + static_cast<int64_t>(g) * N + n;
             b_src[h][g] = n < N ? p.w + wrow * K : nullptr;
         }
     }
-
-    FragC acc[GATED ? 2 : 1][FRAGS][FRAGS];
+    auto stage = [&](int buf, int k0) {
 #pragma unroll
-    for (int g = 0; g < (GATED ? 2 : 1); ++g)
+        for (int h = 0; h < 2; ++h) {
+            const int r = r0 + h * (TILE_M / 2);
+            stage_chunk(&s_a[buf * A_ELEMS + r * LDS + c], a_src[h], k0 + c, K, vec);
+#pragma unroll
+            for (int g = 0; g < NB; ++g)
+                stage_chunk(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c], b_src[h][g], k0 + c, K, vec);
+        }
+    };
+
+    FragC acc[NB][FRAGS][FRAGS];
+#pragma unroll
+    for (int g = 0; g < NB; ++g)
 #pragma unroll
         for (int i = 0; i < FRAGS; ++i)
 #pragma unroll
             for (int j = 0; j < FRAGS; ++j) wmma::fill_fragment(acc[g][i][j], 0.0f);
 
-    for (int k0 = 0; k0 < K; k0 += TILE_K) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = r0 + h * (TILE_M / 2);
-            *reinterpret_cast<uint4 *>(&s_a[r * LDS + c]) = load_chunk_raw(a_src[h], k0 + c, K, vec);
-#pragma unroll
-            for (int g = 0; g < (GATED ? 2 : 1); ++g)
-                *reinterpret_cast<uint4 *>(&s_b[(g * TILE_N + r) * LDS + c]) =
-                    load_chunk_raw(b_src[h][g], k0 + c, K, vec);
-        }
-        __syncthreads();
+    // Double-buffered K loop: stage kt + 1 is in flight while stage kt is multiplied. One
+    // commit group per iteration (possibly empty), so wait_group 1 = "stage kt has landed".
+    const int num_k = (K + TILE_K - 1) / TILE_K;
+    stage(0, 0);
+    cp_async_commit();
+    for (int kt = 0; kt < num_k; ++kt) {
+        if (kt + 1 < num_k) stage((kt + 1) & 1, (kt + 1) * TILE_K);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();  // stage kt visible to every warp (cp.async and plain stores alike)
+        const bf16 *sa = s_a + (kt & 1) * A_ELEMS;
+        const bf16 *sb = s_b + (kt & 1) * B_ELEMS;
 #pragma unroll
         for (int kk = 0; kk < TILE_K; kk += WMMA) {
             FragA fa[FRAGS];
 #pragma unroll
             for (int i = 0; i < FRAGS; ++i)
-                wmma::load_matrix_sync(fa[i], &s_a[(wm * WARP_TILE + i * WMMA) * LDS + kk], LDS);
+                wmma::load_matrix_sync(fa[i], &sa[(wm * WARP_TILE + i * WMMA) * LDS + kk], LDS);
 #pragma unroll
-            for (int g = 0; g < (GATED ? 2 : 1); ++g) {
+            for (int g = 0; g < NB; ++g) {
 #pragma unroll
                 for (int j = 0; j < FRAGS; ++j) {
                     // B(k, n) = w[n, k]: the [n][k] tile read as column-major K x N.
                     FragB fb;
-                    wmma::load_matrix_sync(fb, &s_b[(g * TILE_N + wn * WARP_TILE + j * WMMA) * LDS + kk], LDS);
+                    wmma::load_matrix_sync(fb, &sb[(g * TILE_N + wn * WARP_TILE + j * WMMA) * LDS + kk], LDS);
 #pragma unroll
                     for (int i = 0; i < FRAGS; ++i) wmma::mma_sync(acc[g][i][j], fa[i], fb, acc[g][i][j]);
                 }
             }
         }
-        __syncthreads();
+        __syncthreads();  // every warp is done with buffer kt & 1 before iteration kt + 1 refills it
     }
+    cp_async_wait<0>();  // nothing may still land in the bytes the epilogue reuses
+    __syncthreads();
 
     // Epilogue: act(gate) * up element-wise (same fragment type = same element mapping).
 #pragma unroll
