@@ -40,7 +40,11 @@
 //   256 threads of 8 columns.
 // sigmoid_gate_add_bf16(SigmoidGateAddParams): out[t] += sigmoid(gate[t]) * x[t]. Same grid.
 //
-// Minimum arch sm_80 (bf16 wmma).
+// Minimum arch sm_80 (bf16 wmma, cp.async). tests/moe_emulation compiles this file for the host
+// (FLINT_EMULATE) and checks every kernel against a double-precision reference.
+//
+// Versions: 1. simple staged loads; 2. (now) cp.async double-buffered K loop in the grouped
+// GEMM. Next: 128-row tiles and wgmma/TMA on sm_90 for the large-token case.
 #ifndef FLINT_EMULATE  // tests/moe_emulation runs this file on the host with its own wmma
 #include <mma.h>
 #endif

@@ -16,7 +16,9 @@
 //! This file is a child module of `backend.rs` (declared there with `#[path]`), so it uses the
 //! backend's private fields without widening them.
 //!
-//! Status: compiled for every target arch; UNVERIFIED on a GPU until `flint selftest` runs.
+//! Status: compiled for every target arch (0 spills); the kernel source passes its host
+//! emulation (tests/moe_emulation, run by tests/moe.rs); UNVERIFIED on a GPU until
+//! `flint selftest` runs there.
 
 use super::super::device::{Device, Staging};
 use super::super::kernels::{self as k, i32_of, Dim3};
