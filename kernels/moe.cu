@@ -31,10 +31,10 @@
 //   weight in the epilogue. Shared memory ~31 KB static (the epilogue tile reuses the stages).
 //
 // moe_gemv_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — gather-GEMV for a few tokens.
-//   Grid = (ceil(n_dim / 4), E), 4 warps: a warp owns one output column n of one expert and
-//   dots its weight row(s) with the (at most FLINT_MOE_GEMV_TOKENS per pass) rows routed to
-//   that expert, so each selected weight row is read once, 16 bytes per lane-load; CTAs of
-//   experts with no tokens exit at once.
+//   Grid = (ceil(n_dim / 4), max_tiles), 4 warps: a warp owns one output column n of the
+//   expert of one dispatch tile and dots its weight row(s) with that tile's rows (at most
+//   FLINT_MOE_GEMV_TOKENS per pass), so with few tokens (one tile per used expert) each
+//   selected weight row is read once, 16 bytes per lane-load, and idle experts get no CTA.
 //
 // moe_combine_bf16(MoeCombineParams): out[t] = sum_j y[t * k + j]. Grid (T, ceil(D / 2048)),
 //   256 threads of 8 columns.
@@ -422,16 +422,20 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
 
 template <class Act, bool GATED>
 __device__ void gather_gemv(const MoeGemmParams &p) {
-    const int e = blockIdx.y;
-    const int count = p.counts[e];
+    // One CTA row per dispatch tile: with few tokens every used expert has exactly one tile,
+    // so grid.y = max_tiles = min(E, T * k) and no CTA is launched for an idle expert.
+    const int tile = blockIdx.y;
+    const int e = p.tile_expert[tile];
     const int n = blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE;
-    if (count == 0 || n >= p.n_dim) return;  // no barriers in this kernel: early exits are safe
+    if (e < 0 || n >= p.n_dim) return;  // no barriers in this kernel: early exits are safe
+    const int first = tile * TILE_M;  // this tile's first padded row
+    const int count = min(TILE_M, p.counts[e] - (first - p.offsets[e]));
     const int lane = threadIdx.x % WARP_SIZE;
     const int N = p.n_dim, K = p.k_dim;
     const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
     const bf16 *w0 = p.w + (static_cast<int64_t>(e) * (GATED ? 2 : 1) * N + n) * K;  // gate (or the only) row
     const bf16 *w1 = GATED ? w0 + static_cast<int64_t>(N) * K : nullptr;             // up row
-    const int *rows = p.row_src + p.offsets[e];
+    const int *rows = p.row_src + first;
 
     for (int g0 = 0; g0 < count; g0 += GEMV_TOKENS) {
         const int m = min(GEMV_TOKENS, count - g0);

@@ -261,8 +261,9 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
             launch(gate_up_gemm, dim3(tiles, (I + 63) / 64), dim3(128), gu);
             launch(moe_down_bf16, dim3(tiles, (D + 63) / 64), dim3(128), dn);
         } else {
-            launch(gate_up_gemv, dim3((I + 3) / 4, E), dim3(128), gu);
-            launch(moe_gemv_down_bf16, dim3((D + 3) / 4, E), dim3(128), dn);
+            const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
+            launch(gate_up_gemv, dim3((I + 3) / 4, tiles), dim3(128), gu);
+            launch(moe_gemv_down_bf16, dim3((D + 3) / 4, tiles), dim3(128), dn);
         }
         MoeCombineParams cp{};
         cp.y = y;
@@ -318,8 +319,10 @@ int main() {
     test_experts(20, 3, 3, 36, 20, GELU_TANH, ALL_SAME, true, g);
     // Few tokens, many idle experts; erf GELU.
     test_experts(5, 16, 4, 64, 64, GELU, RANDOM, true, g);
-    // All tokens on the same two experts: three 64-row tiles each (grouped path only).
+    // All tokens on the same two experts: three 64-row tiles each (grouped path only: the
+    // GEMV emulation is slow), then two tiles each on both paths.
     test_experts(150, 8, 2, 40, 72, SILU, ALL_SAME, false, g);
+    test_experts(70, 4, 2, 16, 8, SILU, ALL_SAME, true, g);
     test_sigmoid_gate_add(3, 100, g);
     test_sigmoid_gate_add(2, 33, g);
     std::printf("%s\n", failures ? "FAILED" : "all passed");

@@ -179,14 +179,15 @@ pub fn grouped_shape(max_tiles: usize, n: usize) -> Result<(Dim3, Dim3)> {
     Ok(((max_tiles.max(1) as u32, y.max(1) as u32, 1), (128, 1, 1)))
 }
 
-/// Gather-GEMV: (column quad, expert), 4 warps.
-pub fn gemv_shape(n: usize, experts: usize) -> Result<(Dim3, Dim3)> {
+/// Gather-GEMV: (column quad, dispatch tile), 4 warps. With few tokens the tiles are the
+/// used experts, so idle experts get no CTA.
+pub fn gemv_shape(n: usize, max_tiles: usize) -> Result<(Dim3, Dim3)> {
     let x = n.div_ceil(GEMV_WARPS);
-    if x > i32::MAX as usize || experts > 65_535 {
-        bail!("moe_experts: GEMV grid ({x}, {experts}) is too large");
+    if x > i32::MAX as usize || max_tiles > 65_535 {
+        bail!("moe_experts: GEMV grid ({x}, {max_tiles}) is too large");
     }
     Ok((
-        (x.max(1) as u32, experts.max(1) as u32, 1),
+        (x.max(1) as u32, max_tiles.max(1) as u32, 1),
         ((GEMV_WARPS * 32) as u32, 1, 1),
     ))
 }
@@ -456,19 +457,19 @@ impl CudaBackend {
             }
             MoePath::Gemv => {
                 let name = format!("moe_gemv_gate_up_bf16_{act}");
-                // SAFETY: as above; the GEMV kernels read counts/offsets/row_src only.
+                // SAFETY: as above; the GEMV kernels read the same dispatch tables.
                 unsafe {
                     k::launch(
                         &name,
                         self.moe.gemv_gate_up[ai],
-                        gemv_shape(i, ne)?,
+                        gemv_shape(i, lay.max_tiles)?,
                         stream,
                         &gu,
                     )?;
                     k::launch(
                         "moe_gemv_down_bf16",
                         self.moe.gemv_down,
-                        gemv_shape(d, ne)?,
+                        gemv_shape(d, lay.max_tiles)?,
                         stream,
                         &dn,
                     )?;
@@ -663,7 +664,9 @@ mod tests {
         // Mixtral gate_up at 4096 tokens: 136 tile slots x 224 column blocks.
         let (g, b) = grouped_shape(max_tiles(8192, 8), 14336).unwrap();
         assert_eq!((g, b), ((136, 224, 1), (128, 1, 1)));
-        assert_eq!(gemv_shape(4096, 8).unwrap().0, (1024, 8, 1));
+        // Decode on Qwen3-MoE (128 experts, top-8): 8 tile rows, not 128.
+        assert_eq!(gemv_shape(768, max_tiles(8, 128)).unwrap().0, (192, 8, 1));
+        assert!(gemv_shape(64, 70_000).is_err());
         assert_eq!(rowwise_shape(5, 4096), ((5, 2, 1), (256, 1, 1)));
         assert!(grouped_shape(1, 64 * 70_000).is_err());
     }
