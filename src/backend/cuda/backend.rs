@@ -857,6 +857,10 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         self.sigmoid_gate_add_impl(x, gate, out)
     }
+
+    fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
+        self.reserve_moe_impl(max_tokens, shape)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! Workspace: the permuted activations `h [T·k, I]` live in the caller's `scratch`
 //! (`[T·k, 2I]` by the trait's contract); the dispatch tables and the weighted expert outputs
 //! `y [T·k, D]` live in a grow-only device buffer owned by the backend ([`MoeLayout`]), sized
-//! at the first (warm-up) step of a given size, so steady-state decode allocates nothing.
+//! by `reserve_moe` when the model's workspace is made (else at the first step that needs
+//! more), so no step of the decode loop allocates.
 //!
 //! This file is a child module of `backend.rs` (declared there with `#[path]`), so it uses the
 //! backend's private fields without widening them.
@@ -495,6 +496,17 @@ impl CudaBackend {
                 &cp,
             )
         }
+    }
+
+    /// Grows the MoE workspace to the worst case of `max_tokens` tokens now, not at the first
+    /// large step.
+    pub(super) fn reserve_moe_impl(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
+        let lay = MoeLayout::new(max_tokens * shape.top_k, shape.num_experts, shape.hidden);
+        self.moe
+            .ws
+            .borrow_mut()
+            .ensure(&self.dev.stream, lay.total)?;
+        Ok(())
     }
 
     pub(super) fn sigmoid_gate_add_impl(
