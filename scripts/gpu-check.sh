@@ -10,12 +10,15 @@
 #
 # There (the lead, with the device tool; gpu-bundle/ is git-ignored, so it must be carried):
 #   run(command="bash gpu-bundle/run.sh", carry=["gpu-bundle"], timeout_s=600)
-# run.sh writes ONE report, $OUT/gpu-check.json (nvidia-smi, `flint selftest --json`, two
-# `flint bench` runs, the torch peer line, each step's exit code and log tail), plus
-# $OUT/gpu-check.md, a short summary that it also prints last (so the reply's output tail
-# holds it). Every step has its own timeout; the whole run stays under ~8 minutes:
-#   selftest 180 s, bench prefill+decode 120 s, bench decode batches 120 s, torch peer 60 s,
-#   MoE layer bench 60 s.
+# run.sh writes $OUT/gpu-check.json (nvidia-smi, `flint selftest --json`, `flint bench-ops`,
+# `flint bench`, the PyTorch peer (scripts/peers.py), each step's exit code and log tail, and
+# the merged comparison rows), $OUT/peers.md (issue 7's table, by scripts/compare.py) and
+# $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
+# output tail holds it). Steps, most important first, each with its own timeout, so the whole
+# run stays under ~575 s even if every step times out (the tool's call limit is 600 s):
+#   selftest 150 s, bench-ops 70 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
+#   MoE layer bench 45 s, peers micro 55 s, peers e2e (transformers + torch.compile) 150 s,
+#   report ~5 s (575 s in all).
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU); the
@@ -23,7 +26,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 case "${1:-}" in
 -h | --help)
@@ -52,6 +55,7 @@ mkdir -p "$bundle"
 cp "$bin" "$bundle/flint"
 strip "$bundle/flint" 2>/dev/null || true
 cp -r tests/fixtures/hf "$bundle/fixtures"
+cp scripts/peers.py scripts/compare.py "$bundle/"
 git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
 
 cat >"$bundle/run.sh" <<'RUN'
@@ -110,40 +114,33 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
     >"$log/nvidia-smi-query.out" 2>&1 || true
 cat "$log/nvidia-smi-query.out"
 
-step selftest 180 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures"
+step selftest 150 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
-step bench_pp512_tg128 120 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512 -n 128 -r 3 -o json
-step bench_tg128_b1_8_32 120 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o json
-step bench_moe_layer 60 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o json
+# Kernel-level timings (issue 7): stops starting cases after --budget-s, then ends the one
+# in flight (the slowest, prefill attention at 16k tokens, takes a few seconds).
+step bench_ops 70 "$flint" bench-ops -o json --budget-s 50 --case-s 0.25
+# One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
+# rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
+step bench 100 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv
+# Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
+# dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
+step bench_moe_layer 45 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
-    cat >"$log/peer.py" <<'PY'
-import json, torch
-dev = torch.device("cuda")
-def timed(f, reps):
-    for _ in range(3): f()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(); s.record()
-    for _ in range(reps): f()
-    e.record(); torch.cuda.synchronize()
-    return s.elapsed_time(e) / 1e3 / reps
-n = 4096
-a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-t = timed(lambda: torch.matmul(a, b), 20)
-src = torch.empty(1 << 30, dtype=torch.uint8, device=dev)  # 1 GiB
-dst = torch.empty_like(src)
-tc = timed(lambda: dst.copy_(src), 10)
-print(json.dumps({
-    "torch": torch.__version__, "device": torch.cuda.get_device_name(),
-    "matmul_bf16_4096_tflops": 2 * n**3 / t / 1e12,
-    "d2d_copy_gbps_read_plus_write": 2 * src.numel() / tc / 1e9,
-}))
-PY
-    step torch_peer 60 python3 "$log/peer.py"
+    export PYTHONUNBUFFERED=1
+    step peers_micro 55 python3 "$here/peers.py" --part micro --budget-s 40 --case-s 0.25
+    # torch.compile of the 8B decode step takes about a minute per batch size: last, alone.
+    step peers_e2e 150 python3 "$here/peers.py" --part e2e --budget-s 140
 else
-    echo "no python3 with torch: no peer line" >"$log/torch_peer.err"
-    echo 127 >"$log/torch_peer.rc"
+    for s in peers_micro peers_e2e; do
+        echo "no python3 with torch: no peer rows" >"$log/$s.err"
+        echo 127 >"$log/$s.rc"
+    done
+fi
+if command -v python3 >/dev/null; then
+    python3 "$here/compare.py" --flint-ops "$log/bench_ops.out" --flint-bench "$log/bench.out" \
+        --peers "$log/peers_micro.out" "$log/peers_e2e.out" --md "$out/peers.md" \
+        --json "$log/peers.json" 2>"$log/compare.err" || echo "compare.py failed: $(tail -3 "$log/compare.err")"
 fi
 
 # One report: JSON when python3 is there, else the logs concatenated.
@@ -161,6 +158,9 @@ def parse(text):
         except Exception: pass
     try: return json.loads(text)
     except Exception: return None
+def read_out(name):
+    p = os.path.join(out, name)
+    return open(p, errors="replace").read() if os.path.exists(p) else None
 def stepinfo(name, result):
     return {"exit": int((read(name + ".rc") or "-1").strip()), "seconds": int((read(name + ".secs") or "0").strip() or 0),
             "result": result, "stderr_tail": "\n".join((read(name + ".err") or "").splitlines()[-20:])}
@@ -171,10 +171,12 @@ report = {
     "nvidia_smi_query": read("nvidia-smi-query.out"),
     "selftest": stepinfo("selftest", selftest),
     "selftest_stdout": read("selftest.out"),
-    "bench_pp512_tg128": stepinfo("bench_pp512_tg128", parse(read("bench_pp512_tg128.out"))),
-    "bench_tg128_b1_8_32": stepinfo("bench_tg128_b1_8_32", parse(read("bench_tg128_b1_8_32.out"))),
-    "torch_peer": stepinfo("torch_peer", parse(read("torch_peer.out"))),
-    "bench_moe_layer": stepinfo("bench_moe_layer", parse(read("bench_moe_layer.out"))),
+    "bench_ops": stepinfo("bench_ops", parse(read("bench_ops.out"))),
+    "bench": stepinfo("bench", read("bench.out")),
+    "bench_moe_layer": stepinfo("bench_moe_layer", read("bench_moe_layer.out")),
+    "peers_micro": stepinfo("peers_micro", parse(read("peers_micro.out"))),
+    "peers_e2e": stepinfo("peers_e2e", parse(read("peers_e2e.out"))),
+    "comparison": parse(read("peers.json")),
 }
 json.dump(report, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 md = ["# flint gpu-check", "", "commit " + report["commit"], "", "```", (report["nvidia_smi_query"] or "").strip(), "```", ""]
@@ -190,23 +192,31 @@ elif selftest and selftest.get("cases") is not None:
         md.append(f"- FAIL {g}: {len(cs)} cases, e.g. {cs[0]['case']}: {cs[0].get('error') or cs[0].get('rel_l2')}")
 else:
     md.append(f"selftest: exit {s['exit']}: {s['stderr_tail'][-500:]}")
-for k in ("bench_pp512_tg128", "bench_tg128_b1_8_32"):
-    b = report[k]
-    if b["result"] and "rows" in b["result"]:
-        md.append(f"{k}: " + "; ".join(json.dumps(r) for r in b["result"]["rows"]))
-    else:
-        md.append(f"{k}: exit {b['exit']}: {b['stderr_tail'][-300:]}")
-b = report["bench_moe_layer"]
-md.append("bench_moe_layer: " + ("; ".join(json.dumps(r) for r in b["result"]["moe_layer"]) if b["result"] and "moe_layer" in b["result"] else f"exit {b['exit']}: {b['stderr_tail'][-300:]}"))
-p = report["torch_peer"]
-md.append("torch peer: " + (json.dumps(p["result"]) if p["result"] else f"exit {p['exit']}: {p['stderr_tail'][-300:]}"))
+b = report["bench"]
+def csv_cell(c):
+    try: return f"{c[2]} b{c[3]}: {float(c[6]):.1f} ± {float(c[7]):.1f} t/s"
+    except ValueError: return ",".join(c)
+csv = [l.split(",") for l in (b["result"] or "").splitlines() if l.count(",") == 7 and not l.startswith("model,")]
+if csv:
+    md.append(f"bench (exit {b['exit']} after {b['seconds']} s): " + "; ".join(csv_cell(c) for c in csv))
+else:
+    md.append(f"bench: exit {b['exit']}: {b['stderr_tail'][-300:]}")
+m = report["bench_moe_layer"]
+moe = [l.split(",") for l in (m["result"] or "").splitlines() if l.count(",") == 11 and not l.startswith("model,")]
+md.append(f"bench_moe_layer (exit {m['exit']} after {m['seconds']} s): " + ("; ".join(f"t{c[2]} {c[3]}: flint {c[4]} ms, loop {c[6]} ms, dense {c[7]} ms, {c[8]} GB/s" for c in moe) or m["stderr_tail"][-300:]))
+for k in ("bench_ops", "peers_micro", "peers_e2e"):
+    st = report[k]
+    md.append(f"{k}: exit {st['exit']} after {st['seconds']} s" + ("" if st["exit"] == 0 else f": {st['stderr_tail'][-300:]}"))
+table = read_out("peers.md")
+if table:
+    md += ["", table.strip()]
 open(os.path.join(out, "gpu-check.md"), "w").write("\n".join(md) + "\n")
 PY
 else
     for f in "$log"/*; do echo "=== $(basename "$f")"; cat "$f"; done >"$out/gpu-check.json"
     echo "python3 missing: $out/gpu-check.json is the logs concatenated" >"$out/gpu-check.md"
 fi
-# Only the two report files come back from $OUT (the tool returns at most 8 files).
+# Only the three report files come back from $OUT (the tool returns at most 8 files).
 rm -rf "$log"
 echo
 cat "$out/gpu-check.md"

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_ops;
 pub mod capi;
 pub mod config;
 pub mod engine;

@@ -191,6 +191,22 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
     },
+    /// Kernel-level timings of flint's CUDA paths (copy, GEMM, attention) with bytes and
+    /// FLOPs per case, for the peer comparison (scripts/peers.py, scripts/compare.py). GPU only.
+    BenchOps {
+        /// Groups to run, comma-separated: copy, gemm, proj, prefill, decode (default: all).
+        #[arg(long)]
+        only: Option<String>,
+        /// Cases not started after this many seconds are reported as skipped.
+        #[arg(long, default_value_t = 70.0)]
+        budget_s: f64,
+        /// Target timed seconds per case.
+        #[arg(long, default_value_t = 0.3)]
+        case_s: f64,
+        /// json: one `{"row": ...}` line per case as it completes, then the whole report.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
+        output: TableFormat,
+    },
     /// Every CUDA op against the CPU reference, then the fixtures end to end. Exit code 0:
     /// all passed, 1: a case failed, 2: no usable GPU.
     Selftest {
@@ -220,7 +236,10 @@ impl Cmd {
             | Cmd::Generate { device, .. }
             | Cmd::Bench { device, .. }
             | Cmd::Throughput { device, .. } => Some(*device),
-            Cmd::Info { .. } | Cmd::Tokenize { .. } | Cmd::Selftest { .. } => None,
+            Cmd::Info { .. }
+            | Cmd::Tokenize { .. }
+            | Cmd::Selftest { .. }
+            | Cmd::BenchOps { .. } => None,
         }
     }
 }
@@ -275,6 +294,15 @@ fn run(cli: Cli) -> Result<()> {
             },
         };
     }
+    if let Cmd::BenchOps {
+        only,
+        budget_s,
+        case_s,
+        output,
+    } = cli.cmd
+    {
+        return bench_ops(only, budget_s, case_s, output);
+    }
     match cli.cmd.device() {
         None | Some(Device::Cpu) => run_on(&CpuBackend, cli.cmd),
         Some(Device::Auto) => match CudaBackend::new() {
@@ -294,7 +322,9 @@ fn run(cli: Cli) -> Result<()> {
 fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
     match cmd {
         // Picks its own backends; `run` handles it before choosing one.
-        Cmd::Selftest { .. } => bail!("selftest is not run on a chosen backend"),
+        Cmd::Selftest { .. } | Cmd::BenchOps { .. } => {
+            bail!("this command picks its own backend")
+        }
         Cmd::Info { model } => info(&model),
         Cmd::Throughput {
             model,
@@ -533,6 +563,65 @@ fn bench_moe_layer<W, B: Backend<Tensor = W, Weight = W>>(
         println!(
             "{}",
             json!({ "model": name, "backend": be.name(), "moe_layer": rows })
+        );
+    }
+    Ok(())
+}
+
+/// `flint bench-ops`: the CUDA backend only (it times flint's own kernels).
+fn bench_ops(only: Option<String>, budget_s: f64, case_s: f64, output: TableFormat) -> Result<()> {
+    use flint::bench_ops::{self as ops, OpsOptions};
+    let groups: Vec<String> = only
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|g| g.trim().to_string())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let opt = OpsOptions {
+        groups,
+        budget_s,
+        case_s,
+    };
+    ops::cases(&opt.groups)?;
+    let be = CudaBackend::new()
+        .context("bench-ops times flint's CUDA kernels and needs a usable GPU")?;
+    let info = be.info().clone();
+    match output {
+        TableFormat::Md => println!("{}", ops::markdown_header()),
+        TableFormat::Csv => println!("id,group,bytes,flops,median_s,min_s,enqueue_s,error"),
+        TableFormat::Json => {}
+    }
+    let mut out = std::io::stdout();
+    let rows = ops::run(&be, &opt, |r| {
+        let line = match output {
+            TableFormat::Md => ops::markdown_row(r),
+            TableFormat::Csv => format!(
+                "{},{},{},{},{},{},{},{}",
+                r.id,
+                r.group,
+                r.bytes,
+                r.flops,
+                r.median_s.map_or(String::new(), |v| v.to_string()),
+                r.min_s.map_or(String::new(), |v| v.to_string()),
+                r.enqueue_s.map_or(String::new(), |v| v.to_string()),
+                r.error.as_deref().unwrap_or("").replace(',', ";")
+            ),
+            TableFormat::Json => json!({ "row": r }).to_string(),
+        };
+        // Flushed per row: a run stopped by a timeout still leaves the rows it finished.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })?;
+    if output == TableFormat::Json {
+        println!(
+            "{}",
+            json!({
+                "device": info.name,
+                "compute_capability": format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
+                "num_sms": info.num_sms,
+                "driver": info.driver,
+                "rows": rows,
+            })
         );
     }
     Ok(())

@@ -247,3 +247,24 @@ fn tokenize_command_matches_transformers() {
     let (ok, _, err) = flint(&["tokenize", "--model", "/nonexistent", "hi"]);
     assert!(!ok && err.contains("/nonexistent/tokenizer.json"), "{err}");
 }
+
+#[test]
+fn bench_ops_reports_rows_on_a_gpu_and_says_what_is_missing_without_one() {
+    let (ok, out, err) = flint(&["bench-ops", "--only", "copy", "-o", "json"]);
+    if ok {
+        // A GPU: the last line is the report, its one row a positive time over 2 GiB moved.
+        let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let row = &v["rows"][0];
+        assert_eq!(row["id"], "copy");
+        assert_eq!(row["bytes"].as_f64().unwrap(), 2.0 * (1u64 << 30) as f64);
+        assert!(row["median_s"].as_f64().unwrap() > 0.0, "{row}");
+    } else {
+        assert!(
+            err.contains("bench-ops times flint's CUDA kernels and needs a usable GPU"),
+            "{err}"
+        );
+    }
+    // A bad group is named before any GPU is touched.
+    let (ok, _, err) = flint(&["bench-ops", "--only", "copy,nope"]);
+    assert!(!ok && err.contains("unknown group `nope`"), "{err}");
+}

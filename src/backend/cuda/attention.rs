@@ -81,6 +81,9 @@ pub const ATTENTION_KERNELS: &[&str] = &[
     "attention_decode_bf16_hd128",
     "attention_decode_bf16_hd256",
     "attention_decode_reduce_bf16",
+    "attention_prefill_mma_bf16_hd64",
+    "attention_prefill_mma_bf16_hd128",
+    "attention_prefill_mma_bf16_hd256",
 ];
 
 /// Dynamic shared memory `kernel` may use (the host raises the function's limit at load).
@@ -96,6 +99,26 @@ fn prefill_symbol(head_dim: usize) -> Option<&'static str> {
         256 => "attention_prefill_bf16_hd256",
         _ => return None,
     })
+}
+
+fn prefill_mma_symbol(head_dim: usize) -> Option<&'static str> {
+    Some(match head_dim {
+        64 => "attention_prefill_mma_bf16_hd64",
+        128 => "attention_prefill_mma_bf16_hd128",
+        256 => "attention_prefill_mma_bf16_hd256",
+        _ => return None,
+    })
+}
+
+/// How the prefill kernel computes QKᵀ and PV. `Fma` (CUDA cores, kernels/attention.cuh) is
+/// the default; `Mma` (tensor cores, kernels/attention_prefill_mma.cu: same function, params
+/// and tile map, one warp per tile) is opt-in until a GPU run has checked it; `flint selftest`
+/// checks both and `flint bench-ops` times both. Decode (split-K) is unaffected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PrefillPath {
+    #[default]
+    Fma,
+    Mma,
 }
 
 fn decode_symbol(head_dim: usize) -> Option<&'static str> {
@@ -147,6 +170,7 @@ pub struct AttnPlan {
     metadata: Vec<i32>,
     workspace_bytes: usize,
     kernel: AttnKernel,
+    prefill_path: PrefillPath,
     num_tokens: usize,
     num_seqs: usize,
     num_heads: usize,
@@ -268,6 +292,7 @@ impl AttnPlan {
             metadata: md,
             workspace_bytes,
             kernel,
+            prefill_path: PrefillPath::Fma,
             num_tokens: t,
             num_seqs: n,
             num_heads,
@@ -291,6 +316,16 @@ impl AttnPlan {
 
     pub fn kernel(&self) -> AttnKernel {
         self.kernel
+    }
+
+    /// The same plan with prefill tiles run by `path` (metadata and workspace are unchanged).
+    pub fn with_prefill_path(mut self, path: PrefillPath) -> Self {
+        self.prefill_path = path;
+        self
+    }
+
+    pub fn prefill_path(&self) -> PrefillPath {
+        self.prefill_path
     }
 
     pub fn num_tiles(&self) -> usize {
@@ -385,12 +420,22 @@ impl AttnPlan {
             f(self.head_dim).ok_or_else(|| anyhow::anyhow!("attention: head_dim {}", self.head_dim))
         };
         Ok(match self.kernel {
-            AttnKernel::Prefill => vec![Launch {
-                kernel: symbol(prefill_symbol)?,
-                grid,
-                block,
-                shared_bytes: 0,
-                params: bytes,
+            AttnKernel::Prefill => vec![match self.prefill_path {
+                PrefillPath::Fma => Launch {
+                    kernel: symbol(prefill_symbol)?,
+                    grid,
+                    block,
+                    shared_bytes: 0,
+                    params: bytes,
+                },
+                // One warp per 16-row tile (the M of one mma).
+                PrefillPath::Mma => Launch {
+                    kernel: symbol(prefill_mma_symbol)?,
+                    grid,
+                    block: (32, 1, 1),
+                    shared_bytes: 0,
+                    params: bytes,
+                },
             }],
             AttnKernel::Decode { .. } => {
                 let jobs = self.num_seqs * self.num_heads;
@@ -765,6 +810,40 @@ mod tests {
         assert_eq!(l[0].grid, (6, 1, 1));
         assert_eq!(l[0].block, (128, 1, 1));
         assert_eq!(l[0].params.len(), 112);
+        // The tensor-core path: same tiles and params, one warp per tile.
+        let m = plan
+            .clone()
+            .with_prefill_path(PrefillPath::Mma)
+            .launches(&attn, &AttnPtrs::default())
+            .unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].kernel, "attention_prefill_mma_bf16_hd64");
+        assert_eq!((m[0].grid, m[0].block), ((6, 1, 1), (32, 1, 1)));
+        assert_eq!(m[0].params, l[0].params);
+    }
+
+    #[test]
+    fn the_prefill_path_leaves_split_decode_alone() {
+        let st = step(&[(1, 1000), (1, 513)], 16);
+        let plan = AttnPlan::new(&st, 8, 2, 128, 132)
+            .unwrap()
+            .with_prefill_path(PrefillPath::Mma);
+        assert!(matches!(plan.kernel(), AttnKernel::Decode { .. }));
+        let attn = AttnParams {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 128,
+            scale: 0.1,
+            softcap: None,
+            window: None,
+        };
+        let ptrs = AttnPtrs {
+            workspace: 256,
+            ..Default::default()
+        };
+        let l = plan.launches(&attn, &ptrs).unwrap();
+        assert_eq!(l[0].kernel, "attention_decode_bf16_hd128");
+        assert_eq!(l[1].kernel, "attention_decode_reduce_bf16");
     }
 
     #[test]
@@ -905,6 +984,7 @@ mod tests {
         for &hd in HEAD_DIMS {
             assert!(ATTENTION_KERNELS.contains(&prefill_symbol(hd).unwrap()));
             assert!(ATTENTION_KERNELS.contains(&decode_symbol(hd).unwrap()));
+            assert!(ATTENTION_KERNELS.contains(&prefill_mma_symbol(hd).unwrap()));
         }
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! Everything runs on one stream, in order; `to_host` synchronizes.
 
-use super::attention::{AttnPlan, AttnPtrs};
+use super::attention::{AttnPlan, AttnPtrs, PrefillPath};
 use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
@@ -77,7 +77,7 @@ impl CudaKvCache {
 /// The attention plan of a step, made at its first attention call (the step alone does not
 /// know the head counts) and reused by every later layer of the same shape.
 struct PlannedAttn {
-    key: (usize, usize, usize),
+    key: (usize, usize, usize, PrefillPath),
     plan: std::result::Result<AttnPlan, String>,
     /// Attention staging generation the metadata was uploaded in.
     generation: u64,
@@ -131,6 +131,7 @@ pub struct CudaBackend {
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
     moe: moe::MoeState,
+    prefill_path: Cell<PrefillPath>,
     dev: Device,
 }
 
@@ -156,8 +157,14 @@ impl CudaBackend {
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
             moe,
+            prefill_path: Cell::new(PrefillPath::default()),
             dev,
         })
+    }
+
+    /// Which prefill attention kernel later steps run (see `PrefillPath`).
+    pub fn set_prefill_path(&self, path: PrefillPath) {
+        self.prefill_path.set(path);
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -259,7 +266,8 @@ impl CudaBackend {
 
     /// The plan for this step and attention shape, made (and its metadata uploaded) once.
     fn planned(&self, step: &CudaStep, attn: &AttnParams) -> Result<(u64, u64, AttnPlanRef)> {
-        let key = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let path = self.prefill_path.get();
+        let key = (attn.num_heads, attn.num_kv_heads, attn.head_dim, path);
         let mut slot = step.attn.borrow_mut();
         let cur_gen = self.attn_staging.borrow().generation;
         let fresh = matches!(&*slot, Some(p) if p.key == key && p.generation == cur_gen);
@@ -271,6 +279,7 @@ impl CudaBackend {
                 attn.head_dim,
                 self.dev.info.num_sms,
             )
+            .map(|p| p.with_prefill_path(path))
             .map_err(|e| format!("{e:#}"));
             let (mut metadata, mut workspace, mut generation) = (0, 0, cur_gen);
             if let Ok(p) = &plan {
@@ -860,6 +869,57 @@ impl Backend for CudaBackend {
 
     fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
         self.reserve_moe_impl(max_tokens, shape)
+    }
+}
+
+/// Raw device copies for `flint bench-ops` (src/bench_ops.rs): the copy-bandwidth ceiling, and
+/// large inputs filled with random values without a host upload of every byte.
+impl CudaBackend {
+    /// Copies `src`'s whole capacity into `dst`, which must have the same size.
+    pub fn copy_tensor(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        let (a, b) = (src.capacity * src.cols, dst.capacity * dst.cols);
+        if a != b {
+            bail!("copy_tensor: source holds {a} values, destination {b}");
+        }
+        self.copy_bytes(self.ptr(&dst.buf), self.ptr(&src.buf), 2 * a)
+    }
+
+    /// Fills `dst`'s whole capacity by repeating `pattern`'s logical values.
+    pub fn fill_tensor_from(&self, pattern: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        let n = dst.capacity * dst.cols;
+        self.tile(pattern, self.ptr(&dst.buf), 2 * n)
+    }
+
+    /// Fills every layer of the cache by repeating `pattern`'s logical values.
+    pub fn fill_cache_from(&self, pattern: &CudaTensor, c: &mut CudaKvCache) -> Result<()> {
+        self.tile(pattern, self.ptr(&c.buf), 2 * c.buf.len())
+    }
+
+    /// Writes `bytes` at `dst` as repeats of `pattern`: one copy, then doubling copies of
+    /// what is already written (log2 of the size in copies).
+    fn tile(&self, pattern: &CudaTensor, dst: u64, bytes: usize) -> Result<()> {
+        let unit = (2 * pattern.len()).min(bytes);
+        if pattern.len() == 0 {
+            bail!("fill: the pattern tensor is empty");
+        }
+        self.copy_bytes(dst, self.ptr(&pattern.buf), unit)?;
+        let mut done = unit;
+        while done < bytes {
+            let n = done.min(bytes - done);
+            self.copy_bytes(dst + done as u64, dst, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn copy_bytes(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let stream = self.stream()?;
+        // SAFETY: callers pass ranges inside live allocations of this context; source and
+        // destination ranges do not overlap (tile copies a written prefix to what follows it).
+        unsafe { cu::memcpy_dtod_async(dst, src, bytes, stream) }.context("device-to-device copy")
     }
 }
 

@@ -35,6 +35,10 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention_prefill_bf16_hd128",
     "attention_prefill_bf16_hd256",
     "attention_prefill_bf16_hd64",
+    // attention_prefill_mma.cu: the same prefill on tensor cores (opt-in, PrefillPath::Mma)
+    "attention_prefill_mma_bf16_hd128",
+    "attention_prefill_mma_bf16_hd256",
+    "attention_prefill_mma_bf16_hd64",
     // embed.cu
     "embed_bf16",
     // gather.cu: the rows whose logits are wanted

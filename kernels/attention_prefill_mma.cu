@@ -1,0 +1,235 @@
+// attention_prefill_mma.cu — the prefill attention of attention_prefill.cu (same function, same
+// params, same tile map) with QKᵀ and PV on the tensor cores: mma.sync m16n8k16, bf16 in, f32
+// accumulate. Selected by the host's prefill-path switch (src/backend/cuda/attention.rs,
+// `PrefillPath::Mma`); the CUDA-core kernel stays the default until a GPU run has checked
+// this one (flint selftest runs both).
+//
+// attention_prefill_mma_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention/params.h)
+//   q         [T, H, hd]                          bf16   rotated queries
+//   k_cache   [num_blocks, block_size, KV, hd]    bf16   this layer
+//   v_cache   [num_blocks, block_size, KV, hd]    bf16
+//   out       [T, H, hd]                          bf16   rows of padded tokens untouched
+//   metadata, scale, softcap, window: as attention_prefill.cu; partial_* unused.
+// Grid/block: grid.x = num_tiles (the plan's tile map: CTA_Q = 16 rows of (query, group head)
+// of one sequence and one kv head); block = ONE warp (32 threads): the tile's 16 rows are
+// exactly the M = 16 of one mma, so the warp owns the whole tile and no merge is needed.
+// Static smem: q 16 x (hd + 8), K and V 32 x (hd + 8) bf16 = 41.3 KiB at hd 256.
+// Minimum arch sm_80 (mma.sync bf16).
+//
+// Fragments of mma.m16n8k16.row.col (g = lane / 4, t = lane % 4; a register holds two bf16,
+// the lower k or column in the low half):
+//   A 16x16: a0 (row g, k 2t..2t+1)  a1 (row g+8, k 2t..)  a2 (row g, k 2t+8..)  a3 (row g+8, k 2t+8..)
+//   B 16x8:  b0 (k 2t..2t+1, col g)  b1 (k 2t+8..2t+9, col g)
+//   C 16x8:  c0, c1 (row g, cols 2t, 2t+1)  c2, c3 (row g+8, cols 2t, 2t+1)
+// S = Q Kᵀ: A = q rows, B = K rows read as columns (k = head dim); 4 n-tiles of 8 keys.
+// O += P V: the S accumulators of key tiles 2kk and 2kk+1 are exactly P's A fragment for keys
+// 16kk..16kk+15 (FlashAttention-2's register reuse); B = V with k = key, col = head dim.
+// Softmax per row: each row's values live in the 4 threads of a quad (shuffle-xor 1 and 2).
+#include "attention.cuh"
+
+namespace flint::attention_prefill_mma {
+
+using namespace flint::attention;
+
+constexpr int ROWS = 16;   // = CTA_Q: the M of one mma
+constexpr int KEYS = 32;   // = CTA_KV: keys per smem tile (4 n-tiles of 8)
+constexpr int PAD = 8;     // bf16 per smem row: 16 bytes, so a quad's 4-byte reads of 8 rows
+                           // fall in different banks
+static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16-row tiles of 32-key steps");
+
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Two consecutive bf16 at p (4-byte aligned) as one register.
+__device__ __forceinline__ uint32_t ld2(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+// Two bf16 from separate addresses: lo in the low half.
+__device__ __forceinline__ uint32_t pack2(bf16 lo, bf16 hi) {
+    return uint32_t(__bfloat16_as_ushort(lo)) | (uint32_t(__bfloat16_as_ushort(hi)) << 16);
+}
+
+__device__ __forceinline__ uint32_t pack2f(float lo, float hi) {
+    return pack2(to_bf16(lo), to_bf16(hi));
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 1));
+    return fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(FULL_MASK, v, 1);
+    return v + __shfl_xor_sync(FULL_MASK, v, 2);
+}
+
+template <int HEAD_DIM>
+__device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
+    static_assert(HEAD_DIM % 16 == 0, "head dim in k16 steps");
+    constexpr int STRIDE = HEAD_DIM + PAD;
+    constexpr int DT = HEAD_DIM / 8;  // n-tiles of the output
+    __shared__ __align__(16) bf16 q_s[ROWS * STRIDE];
+    __shared__ __align__(16) bf16 k_s[KEYS * STRIDE];
+    __shared__ __align__(16) bf16 v_s[KEYS * STRIDE];
+
+    const int lane = threadIdx.x, g = lane / 4, t4 = lane % 4;
+    const int *md = p.metadata;
+    const int *tm = md + p.tiles_offset + 4 * int(blockIdx.x);
+    const Tile tile{tm[0], tm[1], tm[2], tm[3]};
+    const int S = p.num_seqs;
+    const int q_start = md[tile.seq], q_len = md[S + tile.seq], ctx = md[2 * S + tile.seq];
+    const int *bt = md + 3 * S + int64_t(tile.seq) * p.max_blocks;
+    const int H = p.num_heads, KV = p.num_kv_heads, group = H / KV;
+    const int rows = q_len * group;
+    const int first_pos = ctx - q_len;
+
+    for (int e = lane; e < ROWS * (HEAD_DIM / VEC); e += WARP_SIZE) {
+        const int r = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
+        const int row = tile.row0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row < rows) {
+            const int i = row / group, h = tile.kv_head * group + row % group;
+            v = *reinterpret_cast<const uint4 *>(p.q + (int64_t(q_start + i) * H + h) * HEAD_DIM + c);
+        }
+        *reinterpret_cast<uint4 *>(q_s + r * STRIDE + c) = v;
+    }
+
+    const int last_row = min(rows, tile.row0 + ROWS) - 1;
+    const int p_min = first_pos + tile.row0 / group, p_max = first_pos + last_row / group;
+    const int kv_lo = p.window > 0 ? max(0, p_min - p.window + 1) : 0;
+    const int kv_hi = p_max + 1;
+
+    // This thread's two rows: g (half 0) and g + 8 (half 1). pos -1: a padded row, sees nothing.
+    int pos[2], lo[2];
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int row = tile.row0 + g + 8 * hf;
+        pos[hf] = row < rows ? first_pos + row / group : -1;
+        lo[hf] = p.window > 0 ? pos[hf] - p.window + 1 : 0;
+    }
+    float o[DT][4];
+#pragma unroll
+    for (int n = 0; n < DT; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) o[n][c] = 0.0f;
+
+    for (int kv0 = kv_lo; kv0 < kv_hi; kv0 += KEYS) {
+        __syncthreads();  // the previous tile fully read (and q_s written, the first time)
+        for (int e = lane; e < KEYS * (HEAD_DIM / VEC); e += WARP_SIZE) {
+            const int j = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
+            const int key = kv0 + j;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+            if (key < kv_hi) {
+                const int64_t slot = int64_t(bt[key / p.block_size]) * p.block_size + key % p.block_size;
+                const int64_t at = (slot * KV + tile.kv_head) * HEAD_DIM + c;
+                kv = *reinterpret_cast<const uint4 *>(p.k_cache + at);
+                vv = *reinterpret_cast<const uint4 *>(p.v_cache + at);
+            }
+            *reinterpret_cast<uint4 *>(k_s + j * STRIDE + c) = kv;
+            *reinterpret_cast<uint4 *>(v_s + j * STRIDE + c) = vv;
+        }
+        __syncthreads();
+
+        // S = Q Kᵀ for 16 rows x 32 keys.
+        float s[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[j][c] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+            const int k0 = kk * 16 + 2 * t4;
+            const uint32_t a0 = ld2(q_s + g * STRIDE + k0), a1 = ld2(q_s + (g + 8) * STRIDE + k0);
+            const uint32_t a2 = ld2(q_s + g * STRIDE + k0 + 8), a3 = ld2(q_s + (g + 8) * STRIDE + k0 + 8);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const bf16 *kr = k_s + (8 * j + g) * STRIDE + k0;
+                mma16816(s[j], a0, a1, a2, a3, ld2(kr), ld2(kr + 8));
+            }
+        }
+
+        // Scale, soft-cap, mask; the online-softmax update per row half.
+        float rmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int hf = c / 2, key = kv0 + 8 * j + 2 * t4 + (c & 1);
+                float x = s[j][c] * p.scale;
+                if (p.softcap > 0.0f) x = p.softcap * tanhf(x / p.softcap);
+                const bool visible = key < kv_hi && key <= pos[hf] && key >= lo[hf];
+                s[j][c] = visible ? x : NEG_INF;
+                rmax[hf] = fmaxf(rmax[hf], s[j][c]);
+            }
+        float corr[2], m_use[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const float m_new = fmaxf(m[hf], quad_max(rmax[hf]));
+            // m_new == -inf: nothing visible yet for this row; subtract 0 so no NaN appears.
+            m_use[hf] = m_new == NEG_INF ? 0.0f : m_new;
+            corr[hf] = exp2f((m[hf] - m_use[hf]) * LOG2E);  // 0 when m was -inf
+            m[hf] = m_new;
+            l[hf] *= corr[hf];  // this thread's partial sum; the quad's are added at the end
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int hf = c / 2;
+                const float pr = s[j][c] == NEG_INF ? 0.0f : exp2f((s[j][c] - m_use[hf]) * LOG2E);
+                s[j][c] = pr;
+                l[hf] += pr;
+            }
+#pragma unroll
+        for (int n = 0; n < DT; ++n) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+        }
+
+        // O += P V: P's A fragment for keys 16kk.. is S tiles 2kk (k 2t..) and 2kk+1 (k 2t+8..).
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+            const uint32_t a0 = pack2f(s[2 * kk][0], s[2 * kk][1]);
+            const uint32_t a1 = pack2f(s[2 * kk][2], s[2 * kk][3]);
+            const uint32_t a2 = pack2f(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const uint32_t a3 = pack2f(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            const bf16 *vr = v_s + (16 * kk + 2 * t4) * STRIDE + g;
+#pragma unroll
+            for (int n = 0; n < DT; ++n) {
+                const bf16 *vc = vr + 8 * n;
+                const uint32_t b0 = pack2(vc[0], vc[STRIDE]);
+                const uint32_t b1 = pack2(vc[8 * STRIDE], vc[9 * STRIDE]);
+                mma16816(o[n], a0, a1, a2, a3, b0, b1);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const float lsum = quad_sum(l[hf]);
+        const int row = tile.row0 + g + 8 * hf;
+        if (row >= rows) continue;
+        const int t = q_start + row / group, h = tile.kv_head * group + row % group;
+        const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+        bf16 *dst = p.out + (int64_t(t) * H + h) * HEAD_DIM + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < DT; ++n)
+            *reinterpret_cast<__nv_bfloat162 *>(dst + 8 * n) =
+                __floats2bfloat162_rn(o[n][2 * hf] * inv, o[n][2 * hf + 1] * inv);
+    }
+}
+
+}  // namespace flint::attention_prefill_mma
+
+// The head-dim instantiations (keep in step with HEAD_DIMS in attention.rs).
+extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd64(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<64>(p); }
+extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128>(p); }
+extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd256(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<256>(p); }

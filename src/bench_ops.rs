@@ -1,0 +1,535 @@
+//! `flint bench-ops`: kernel-level timings of flint's own CUDA paths, one row per case, each
+//! with the bytes it must move and the FLOPs it must do, so that `scripts/compare.py` can put
+//! it beside the PyTorch peer (`scripts/peers.py`, same case ids) and against the two
+//! ceilings measured in the same run (the `copy` row's bandwidth, the `gemm_8192` row's rate).
+//!
+//! Cases (Llama-3-8B shapes: hidden 4096, 32 q heads / 8 kv heads of 128, intermediate
+//! 14336, vocab 128256):
+//! - `copy`: device-to-device copy of 1 GiB (bytes = read + written);
+//! - `gemm_8192`: cuBLASLt bf16 8192³, the FLOP ceiling;
+//! - `proj_<name>_t<T>`: `Backend::matmul` at the projections (qkv 6144×4096, o 4096×4096,
+//!   gate_up 28672×4096, down 4096×14336, lm_head 128256×4096) for T = 1, 8, 64, 512, 4096;
+//! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
+//!   tokens (1k, 4k, 16k);
+//! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
+//!   C = 1k, 8k, 32k), the split-K decode path;
+//! - `prefill_attn_<n>_mma`: the prefill cases again on the tensor-core kernel
+//!   (`PrefillPath::Mma`, opt-in until a GPU run checked it), last, so that a fault in it
+//!   cannot cost the other rows.
+//!
+//! Timing: one untimed warm-up call (plans, cuBLASLt heuristics), one call to size the
+//! batches, then `BATCHES` batches of back-to-back calls on the stream, each timed from the
+//! first enqueue to a stream synchronize; the row reports the median and the minimum of the
+//! batches' per-call means, and the host time to enqueue one call (when that is close to the
+//! per-call time, the host, not the GPU, is the bottleneck: launch overhead). Inputs are random
+//! (never zeros); weights and caches smaller than `ROTATE_BYTES` are replicated and rotated so
+//! repeated calls do not run from the L2 cache.
+
+use crate::backend::cuda::attention::PrefillPath;
+use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor};
+use crate::backend::{AttnParams, Backend, KvShape, SeqStep, StepInput};
+use crate::sampling::Rng;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+pub const GROUPS: &[&str] = &["copy", "gemm", "proj", "prefill", "decode"];
+
+const HIDDEN: usize = 4096;
+const HEADS: usize = 32;
+const KV_HEADS: usize = 8;
+const HEAD_DIM: usize = 128;
+const BLOCK: usize = 16;
+/// Token counts of the projection cases.
+pub const PROJ_TOKENS: &[usize] = &[1, 8, 64, 512, 4096];
+/// (name, out features N, in features K) of Llama-3-8B's projections.
+pub const PROJECTIONS: &[(&str, usize, usize)] = &[
+    ("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN),
+    ("o", HIDDEN, HEADS * HEAD_DIM),
+    ("gate_up", 2 * 14336, HIDDEN),
+    ("down", HIDDEN, 14336),
+    ("lm_head", 128256, HIDDEN),
+];
+pub const PREFILL_TOKENS: &[usize] = &[1024, 4096, 16384];
+pub const DECODE_BATCH: &[usize] = &[1, 32, 128];
+pub const DECODE_CTX: &[usize] = &[1024, 8192, 32768];
+const COPY_BYTES: usize = 1 << 30;
+/// Inputs smaller than this are replicated and rotated (H100 L2: 50 MB, H200: 60 MB).
+const ROTATE_BYTES: usize = 256 << 20;
+const MAX_COPIES: usize = 64;
+const BATCHES: usize = 5;
+
+/// One case to time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Case {
+    Copy {
+        bytes: usize,
+    },
+    Gemm {
+        id: String,
+        t: usize,
+        n: usize,
+        k: usize,
+    },
+    Prefill {
+        tokens: usize,
+        path: PrefillPath,
+    },
+    Decode {
+        batch: usize,
+        ctx: usize,
+    },
+}
+
+impl Case {
+    pub fn group(&self) -> &'static str {
+        match self {
+            Case::Copy { .. } => "copy",
+            Case::Gemm { id, .. } if id.starts_with("gemm") => "gemm",
+            Case::Gemm { .. } => "proj",
+            Case::Prefill { .. } => "prefill",
+            Case::Decode { .. } => "decode",
+        }
+    }
+
+    /// The id `scripts/peers.py` uses for the same case.
+    pub fn id(&self) -> String {
+        match self {
+            Case::Copy { .. } => "copy".into(),
+            Case::Gemm { id, .. } => id.clone(),
+            Case::Prefill { tokens, path } => match path {
+                PrefillPath::Fma => format!("prefill_attn_{tokens}"),
+                PrefillPath::Mma => format!("prefill_attn_{tokens}_mma"),
+            },
+            Case::Decode { batch, ctx } => format!("decode_attn_b{batch}_c{ctx}"),
+        }
+    }
+
+    pub fn shape(&self) -> String {
+        match self {
+            Case::Copy { bytes } => format!("{bytes} bytes"),
+            Case::Gemm { t, n, k, .. } => format!("[{t}, {k}] x [{n}, {k}]^T"),
+            Case::Prefill { tokens, path } => {
+                format!("causal {tokens} tokens, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}, {path:?}")
+            }
+            Case::Decode { batch, ctx } => {
+                format!("{batch} seqs x {ctx} keys, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}")
+            }
+        }
+    }
+
+    /// Fewest bytes the op must move through device memory (each input read once, each
+    /// output written once), bf16.
+    pub fn bytes(&self) -> f64 {
+        let b = match *self {
+            Case::Copy { bytes } => 2 * bytes,
+            Case::Gemm { t, n, k, .. } => 2 * (t * k + n * k + t * n),
+            Case::Prefill { tokens, .. } => {
+                2 * (2 * tokens * HEADS * HEAD_DIM + 2 * tokens * KV_HEADS * HEAD_DIM)
+            }
+            Case::Decode { batch, ctx } => {
+                2 * (2 * batch * ctx * KV_HEADS * HEAD_DIM + 2 * batch * HEADS * HEAD_DIM)
+            }
+        };
+        b as f64
+    }
+
+    /// FLOPs (a multiply-add is 2): QKᵀ and PV over the causal pairs for attention.
+    pub fn flops(&self) -> f64 {
+        match *self {
+            Case::Copy { .. } => 0.0,
+            Case::Gemm { t, n, k, .. } => 2.0 * t as f64 * n as f64 * k as f64,
+            Case::Prefill { tokens, .. } => {
+                let pairs = tokens as f64 * (tokens as f64 + 1.0) / 2.0;
+                4.0 * (HEADS * HEAD_DIM) as f64 * pairs
+            }
+            Case::Decode { batch, ctx } => 4.0 * (batch * HEADS * HEAD_DIM) as f64 * ctx as f64,
+        }
+    }
+}
+
+/// Every case of the given groups, in report order (the two ceilings first).
+pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
+    if let Some(g) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        bail!(
+            "bench-ops: unknown group `{g}` (groups: {})",
+            GROUPS.join(", ")
+        );
+    }
+    let want = |g: &str| groups.is_empty() || groups.iter().any(|x| x == g);
+    let mut v = Vec::new();
+    if want("copy") {
+        v.push(Case::Copy { bytes: COPY_BYTES });
+    }
+    if want("gemm") {
+        let s = 8192;
+        v.push(Case::Gemm {
+            id: "gemm_8192".into(),
+            t: s,
+            n: s,
+            k: s,
+        });
+    }
+    if want("proj") {
+        for &(name, n, k) in PROJECTIONS {
+            for &t in PROJ_TOKENS {
+                v.push(Case::Gemm {
+                    id: format!("proj_{name}_t{t}"),
+                    t,
+                    n,
+                    k,
+                });
+            }
+        }
+    }
+    let prefill = |path| {
+        PREFILL_TOKENS
+            .iter()
+            .map(move |&tokens| Case::Prefill { tokens, path })
+    };
+    if want("prefill") {
+        v.extend(prefill(PrefillPath::Fma));
+    }
+    if want("decode") {
+        for &batch in DECODE_BATCH {
+            for &ctx in DECODE_CTX {
+                v.push(Case::Decode { batch, ctx });
+            }
+        }
+    }
+    if want("prefill") {
+        v.extend(prefill(PrefillPath::Mma));
+    }
+    Ok(v)
+}
+
+/// Copies of an input of `bytes` so that rotating among them exceeds the L2 cache.
+pub fn copies_for(bytes: usize) -> usize {
+    ROTATE_BYTES.div_ceil(bytes.max(1)).clamp(1, MAX_COPIES)
+}
+
+#[derive(Clone, Debug)]
+pub struct OpsOptions {
+    /// Groups to run (empty: all).
+    pub groups: Vec<String>,
+    /// Cases not started within this many seconds are reported as skipped.
+    pub budget_s: f64,
+    /// Target timed seconds per case.
+    pub case_s: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpRow {
+    pub id: String,
+    pub group: &'static str,
+    pub shape: String,
+    pub bytes: f64,
+    pub flops: f64,
+    /// Median over batches of the per-call time.
+    pub median_s: Option<f64>,
+    pub min_s: Option<f64>,
+    /// Host time to enqueue one call.
+    pub enqueue_s: Option<f64>,
+    pub calls: usize,
+    pub error: Option<String>,
+}
+
+struct Timing {
+    median_s: f64,
+    min_s: f64,
+    enqueue_s: f64,
+    calls: usize,
+}
+
+/// Times `f(i)` (i counts calls, for rotating inputs) as the module doc says.
+fn time_op(
+    be: &CudaBackend,
+    case_s: f64,
+    mut f: impl FnMut(usize) -> Result<()>,
+) -> Result<Timing> {
+    f(0)?;
+    be.synchronize()?;
+    let t = Instant::now();
+    f(1)?;
+    be.synchronize()?;
+    let one = t.elapsed().as_secs_f64();
+    let per = ((case_s / BATCHES as f64 / one.max(1e-7)) as usize).clamp(1, 2000);
+    let batches = if per == 1 && one > case_s { 3 } else { BATCHES };
+    let (mut means, mut enq) = (Vec::new(), Vec::new());
+    let mut i = 2;
+    for _ in 0..batches {
+        let t0 = Instant::now();
+        for _ in 0..per {
+            f(i)?;
+            i += 1;
+        }
+        let e = t0.elapsed().as_secs_f64();
+        be.synchronize()?;
+        means.push(t0.elapsed().as_secs_f64() / per as f64);
+        enq.push(e / per as f64);
+    }
+    means.sort_by(f64::total_cmp);
+    enq.sort_by(f64::total_cmp);
+    Ok(Timing {
+        median_s: means[means.len() / 2],
+        min_s: means[0],
+        enqueue_s: enq[enq.len() / 2],
+        calls: i - 2,
+    })
+}
+
+/// A `[rows, cols]` tensor filled with `pattern`'s random values, its logical rows set.
+fn filled(be: &CudaBackend, pattern: &CudaTensor, rows: usize, cols: usize) -> Result<CudaTensor> {
+    let mut t = be.alloc(rows, cols)?;
+    be.fill_tensor_from(pattern, &mut t)?;
+    t.rows = rows;
+    Ok(t)
+}
+
+fn attn_params() -> AttnParams {
+    AttnParams {
+        num_heads: HEADS,
+        num_kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+        scale: 1.0 / (HEAD_DIM as f32).sqrt(),
+        softcap: None,
+        window: None,
+    }
+}
+
+/// The step of `seqs` sequences, each with `q_len` new tokens ending a context of `ctx`,
+/// their blocks laid out one sequence after another.
+pub fn attention_step(seqs: usize, q_len: usize, ctx: usize) -> StepInput {
+    let blocks = ctx.div_ceil(BLOCK);
+    let mut step = StepInput {
+        block_size: BLOCK,
+        ..Default::default()
+    };
+    for s in 0..seqs {
+        let first = s * blocks;
+        for p in ctx - q_len..ctx {
+            step.token_ids.push(0);
+            step.positions.push(p as u32);
+            step.slots.push((first * BLOCK + p) as i64);
+        }
+        step.seqs.push(SeqStep {
+            q_start: s * q_len,
+            q_len,
+            ctx_len: ctx,
+            block_table: (first as u32..(first + blocks) as u32).collect(),
+        });
+    }
+    step
+}
+
+fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) -> Result<Timing> {
+    match *case {
+        Case::Copy { bytes } => {
+            let (rows, cols) = (bytes / 2 / 4096, 4096);
+            let src = filled(be, pattern, rows, cols)?;
+            let mut dst = be.alloc(rows, cols)?;
+            time_op(be, case_s, |_| be.copy_tensor(&src, &mut dst))
+        }
+        Case::Gemm { t, n, k, .. } => {
+            let ws = (0..copies_for(2 * n * k))
+                .map(|_| filled(be, pattern, n, k))
+                .collect::<Result<Vec<_>>>()?;
+            let x = filled(be, pattern, t, k)?;
+            let mut out = be.alloc(t, n)?;
+            time_op(be, case_s, |i| {
+                be.matmul(&x, &ws[i % ws.len()], None, &mut out)
+            })
+        }
+        Case::Prefill { tokens, path } => {
+            be.set_prefill_path(path);
+            let t = attention_case(be, pattern, attention_step(1, tokens, tokens), 1, case_s);
+            be.set_prefill_path(PrefillPath::Fma);
+            t
+        }
+        Case::Decode { batch, ctx } => {
+            let per_layer = 2 * 2 * batch * ctx * KV_HEADS * HEAD_DIM;
+            attention_case(
+                be,
+                pattern,
+                attention_step(batch, 1, ctx),
+                copies_for(per_layer),
+                case_s,
+            )
+        }
+    }
+}
+
+/// Attention over a random cache of `layers` layers (rotated, one per call).
+fn attention_case(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    step: StepInput,
+    layers: usize,
+    case_s: f64,
+) -> Result<Timing> {
+    let n = step.num_tokens();
+    let num_blocks = step.seqs.iter().map(|s| s.block_table.len()).sum();
+    let mut cache: CudaKvCache = be.alloc_kv_cache(KvShape {
+        layers,
+        num_blocks,
+        block_size: BLOCK,
+        kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+    })?;
+    be.fill_cache_from(pattern, &mut cache)?;
+    let q = filled(be, pattern, n, HEADS * HEAD_DIM)?;
+    let mut out = be.alloc(n, HEADS * HEAD_DIM)?;
+    let st = be.upload_step(&step)?;
+    let attn = attn_params();
+    time_op(be, case_s, |i| {
+        be.attention(&q, &st, &cache, i % layers, &attn, &mut out)
+    })
+}
+
+/// Runs every case of `opt.groups`; `on_row` sees each row as it completes. A failed case is
+/// a row with `error` set; the others still run.
+pub fn run(
+    be: &CudaBackend,
+    opt: &OpsOptions,
+    mut on_row: impl FnMut(&OpRow),
+) -> Result<Vec<OpRow>> {
+    let cases = cases(&opt.groups)?;
+    if !(opt.budget_s > 0.0 && opt.case_s > 0.0) {
+        bail!("bench-ops: --budget-s and --case-s must be positive");
+    }
+    let start = Instant::now();
+    // 1 Mi random values in [-1.7, 1.7) (variance about 1), tiled into every input.
+    let mut rng = Rng::new(7);
+    let vals: Vec<f32> = (0..1 << 20)
+        .map(|_| (rng.next_f32() * 2.0 - 1.0) * 1.7)
+        .collect();
+    let pattern = be.tensor_from(&vals, 1 << 10, 1 << 10)?;
+    let mut rows = Vec::new();
+    for case in &cases {
+        let timing = if start.elapsed().as_secs_f64() > opt.budget_s {
+            Err(anyhow::anyhow!(
+                "skipped: the {} s budget was spent",
+                opt.budget_s
+            ))
+        } else {
+            run_case(be, &pattern, case, opt.case_s)
+        };
+        let (t, error) = match timing {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        let row = OpRow {
+            id: case.id(),
+            group: case.group(),
+            shape: case.shape(),
+            bytes: case.bytes(),
+            flops: case.flops(),
+            median_s: t.as_ref().map(|t| t.median_s),
+            min_s: t.as_ref().map(|t| t.min_s),
+            enqueue_s: t.as_ref().map(|t| t.enqueue_s),
+            calls: t.as_ref().map_or(0, |t| t.calls),
+            error,
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+pub fn markdown_header() -> String {
+    "| case | shape | median | min | enqueue | GB/s | TFLOP/s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+        .to_string()
+}
+
+pub fn markdown_row(r: &OpRow) -> String {
+    match (r.median_s, &r.error) {
+        (Some(t), _) => format!(
+            "| {} | {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.0} | {:.1} |",
+            r.id,
+            r.shape,
+            t * 1e6,
+            r.min_s.unwrap_or(t) * 1e6,
+            r.enqueue_s.unwrap_or(0.0) * 1e6,
+            r.bytes / t / 1e9,
+            r.flops / t / 1e12
+        ),
+        (None, e) => format!(
+            "| {} | {} | error: {} | | | | |",
+            r.id,
+            r.shape,
+            e.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_cover_the_issue_and_ids_are_unique() {
+        let all = cases(&[]).unwrap();
+        assert_eq!(all.len(), 1 + 1 + 25 + 3 + 9 + 3);
+        // The unverified tensor-core rows come last.
+        assert_eq!(all.last().unwrap().id(), "prefill_attn_16384_mma");
+        let mut ids: Vec<String> = all.iter().map(|c| c.id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all.len());
+        assert!(ids.contains(&"proj_lm_head_t4096".to_string()));
+        assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
+        let only = cases(&["decode".into()]).unwrap();
+        assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9);
+        assert_eq!(cases(&["prefill".into()]).unwrap().len(), 6);
+        let e = cases(&["nope".into()]).unwrap_err().to_string();
+        assert!(e.contains("unknown group `nope`"), "{e}");
+    }
+
+    #[test]
+    fn bytes_and_flops_follow_the_shapes() {
+        let g = Case::Gemm {
+            id: "proj_o_t1".into(),
+            t: 1,
+            n: 4096,
+            k: 4096,
+        };
+        assert_eq!(g.group(), "proj");
+        assert_eq!(g.bytes(), 2.0 * (4096.0 + 4096.0 * 4096.0 + 4096.0));
+        assert_eq!(g.flops(), 2.0 * 4096.0 * 4096.0);
+        // Decode b1 c1024: K and V of 1024 keys x 8 heads x 128, bf16, plus q and out.
+        let d = Case::Decode {
+            batch: 1,
+            ctx: 1024,
+        };
+        assert_eq!(
+            d.bytes(),
+            (2 * 2 * 1024 * 8 * 128 + 2 * 2 * 32 * 128) as f64
+        );
+        assert_eq!(d.flops(), 4.0 * 32.0 * 128.0 * 1024.0);
+        // Causal prefill of 2 tokens: 3 (query, key) pairs.
+        let p = Case::Prefill {
+            tokens: 2,
+            path: PrefillPath::Mma,
+        };
+        assert_eq!(p.flops(), 4.0 * 32.0 * 128.0 * 3.0);
+        assert_eq!(Case::Copy { bytes: 10 }.bytes(), 20.0);
+    }
+
+    #[test]
+    fn small_inputs_are_rotated_past_the_l2() {
+        assert_eq!(copies_for(32 << 20), 8);
+        assert_eq!(copies_for(1 << 30), 1);
+        assert_eq!(copies_for(1), MAX_COPIES);
+    }
+
+    #[test]
+    fn attention_steps_are_valid_and_disjoint() {
+        let s = attention_step(3, 1, 40);
+        s.validate().unwrap();
+        assert_eq!(s.num_tokens(), 3);
+        assert_eq!(s.seqs[2].block_table, vec![6, 7, 8]);
+        assert_eq!(s.slots, vec![39, 3 * 16 + 39, 6 * 16 + 39]);
+        let p = attention_step(1, 64, 64);
+        p.validate().unwrap();
+        assert_eq!(p.positions, (0..64).collect::<Vec<u32>>());
+    }
+}
