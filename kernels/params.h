@@ -118,4 +118,92 @@ typedef struct SoftcapParams {
 } SoftcapParams;
 FLINT_ASSERT_SIZE(SoftcapParams, 24);
 
+/* --- moe.cu: mixture-of-experts routing, dispatch, grouped GEMM / gather-GEMV, combine --- */
+
+/** Most experts a MoE layer may have (the router keeps a row in registers; ids are bf16
+ * integers, exact up to 256). */
+#define FLINT_MOE_MAX_EXPERTS 256
+/** Most experts a token may select. */
+#define FLINT_MOE_MAX_TOPK 32
+/** Rows of one grouped-GEMM tile; each expert's rows are padded to a multiple of it. */
+#define FLINT_MOE_TILE_M 64
+/** Output columns of one grouped-GEMM tile (gate_up: TILE_N gate and TILE_N up columns). */
+#define FLINT_MOE_TILE_N 64
+/** Tokens one gather-GEMV pass reads a weight row for (the launcher picks GEMV only for
+ * at most this many tokens, so every selected weight is read exactly once). */
+#define FLINT_MOE_GEMV_TOKENS 8
+
+/** moe_route_bf16: p = softmax(logits[t]) in f32, the top_k of p (ties: lower id first),
+ * optionally divided by their sum. */
+typedef struct MoeRouteParams {
+    FLINT_PTR(const flint_bf16) logits;  /**< [num_tokens, num_experts] */
+    FLINT_PTR(flint_bf16) ids;           /**< [num_tokens, top_k]: expert ids, exact bf16 integers */
+    FLINT_PTR(flint_bf16) weights;       /**< [num_tokens, top_k] */
+    int32_t num_tokens;
+    int32_t num_experts;                 /**< <= FLINT_MOE_MAX_EXPERTS */
+    int32_t top_k;                       /**< 1 ..= min(num_experts, FLINT_MOE_MAX_TOPK) */
+    int32_t norm_topk_prob;              /**< 0 or 1 */
+} MoeRouteParams;
+FLINT_ASSERT_SIZE(MoeRouteParams, 40);
+
+/** moe_dispatch_bf16: groups the assignments a = t * top_k + j by expert, on the device.
+ * An id that is not an integer in [0, num_experts) is skipped (its assignment adds nothing). */
+typedef struct MoeDispatchParams {
+    FLINT_PTR(const flint_bf16) ids;     /**< [num_assign] */
+    FLINT_PTR(int32_t) counts;           /**< [num_experts] out: assignments per expert */
+    FLINT_PTR(int32_t) offsets;          /**< [num_experts] out: first padded row of each expert (multiple of TILE_M) */
+    FLINT_PTR(int32_t) tile_expert;      /**< [max_tiles] out: expert of each TILE_M-row tile, -1 past the last */
+    FLINT_PTR(int32_t) row_src;          /**< [max_tiles * TILE_M] out: assignment of each padded row, -1 = padding */
+    int32_t num_assign;
+    int32_t num_experts;
+    int32_t max_tiles;                   /**< >= num_assign / TILE_M + min(num_experts, num_assign) */
+    int32_t reserved;                    /**< 0 */
+} MoeDispatchParams;
+FLINT_ASSERT_SIZE(MoeDispatchParams, 56);
+
+/** moe_{gate_up,down}_bf16 (grouped GEMM) and moe_gemv_{gate_up,down}_bf16 (gather-GEMV).
+ * Row a of the product is assignment a; its input row is a[a / a_div] and its expert is the
+ * one dispatch grouped it under. gate_up: out[a, n] = act(a_row . w[e*2N + n]) * (a_row .
+ * w[e*2N + N + n]); down: out[a, n] = route_weights[a] * (a_row . w[e*N + n]). */
+typedef struct MoeGemmParams {
+    FLINT_PTR(const flint_bf16) a;       /**< gate_up: x [num_tokens, k_dim]; down: h [num_assign, k_dim] */
+    FLINT_PTR(const flint_bf16) w;       /**< gate_up: [num_experts * 2 * n_dim, k_dim]; down: [num_experts * n_dim, k_dim] */
+    FLINT_PTR(const flint_bf16) route_weights; /**< [num_assign] (down; 0 for gate_up) */
+    FLINT_PTR(const int32_t) counts;     /**< [num_experts] from dispatch */
+    FLINT_PTR(const int32_t) offsets;    /**< [num_experts] from dispatch */
+    FLINT_PTR(const int32_t) tile_expert; /**< [max_tiles] from dispatch */
+    FLINT_PTR(const int32_t) row_src;    /**< [max_tiles * TILE_M] from dispatch */
+    FLINT_PTR(flint_bf16) out;           /**< [num_assign, n_dim] */
+    int32_t num_experts;
+    int32_t a_div;                       /**< gate_up: top_k (token = a / top_k); down: 1 */
+    int32_t k_dim;
+    int32_t n_dim;                       /**< per expert: I for gate_up, D for down */
+    int32_t max_tiles;
+    int32_t reserved;                    /**< 0 */
+} MoeGemmParams;
+FLINT_ASSERT_SIZE(MoeGemmParams, 88);
+
+/** moe_combine_bf16: out[t, :] = sum over j < top_k with a valid id of y[t * top_k + j, :]
+ * (y already carries the routing weight). */
+typedef struct MoeCombineParams {
+    FLINT_PTR(const flint_bf16) y;       /**< [num_tokens * top_k, dim] */
+    FLINT_PTR(const flint_bf16) ids;     /**< [num_tokens * top_k] */
+    FLINT_PTR(flint_bf16) out;           /**< [num_tokens, dim] */
+    int32_t num_tokens;
+    int32_t top_k;
+    int32_t dim;
+    int32_t num_experts;
+} MoeCombineParams;
+FLINT_ASSERT_SIZE(MoeCombineParams, 40);
+
+/** sigmoid_gate_add_bf16: out[t, :] += sigmoid(gate[t]) * x[t, :] (Qwen2-MoE shared expert). */
+typedef struct SigmoidGateAddParams {
+    FLINT_PTR(const flint_bf16) x;       /**< [rows, cols] */
+    FLINT_PTR(const flint_bf16) gate;    /**< [rows, 1] */
+    FLINT_PTR(flint_bf16) out;           /**< [rows, cols], updated in place */
+    int32_t rows;
+    int32_t cols;
+} SigmoidGateAddParams;
+FLINT_ASSERT_SIZE(SigmoidGateAddParams, 32);
+
 #endif /* FLINT_PARAMS_H */

@@ -15,9 +15,10 @@
 # the merged comparison rows), $OUT/peers.md (issue 7's table, by scripts/compare.py) and
 # $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
 # output tail holds it). Steps, most important first, each with its own timeout, so the whole
-# run stays under ~540 s even if every step times out (the tool's call limit is 600 s):
+# run stays under ~575 s even if every step times out (the tool's call limit is 600 s):
 #   selftest 150 s, bench-ops 70 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
-#   peers micro 55 s, peers e2e (transformers + torch.compile) 150 s, report ~5 s.
+#   MoE layer bench 45 s, peers micro 55 s, peers e2e (transformers + torch.compile) 150 s,
+#   report ~5 s (575 s in all).
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU); the
@@ -121,6 +122,9 @@ step bench_ops 70 "$flint" bench-ops -o json --budget-s 50 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
 step bench 100 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv
+# Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
+# dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
+step bench_moe_layer 45 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1
@@ -169,6 +173,7 @@ report = {
     "selftest_stdout": read("selftest.out"),
     "bench_ops": stepinfo("bench_ops", parse(read("bench_ops.out"))),
     "bench": stepinfo("bench", read("bench.out")),
+    "bench_moe_layer": stepinfo("bench_moe_layer", read("bench_moe_layer.out")),
     "peers_micro": stepinfo("peers_micro", parse(read("peers_micro.out"))),
     "peers_e2e": stepinfo("peers_e2e", parse(read("peers_e2e.out"))),
     "comparison": parse(read("peers.json")),
@@ -196,6 +201,9 @@ if csv:
     md.append(f"bench (exit {b['exit']} after {b['seconds']} s): " + "; ".join(csv_cell(c) for c in csv))
 else:
     md.append(f"bench: exit {b['exit']}: {b['stderr_tail'][-300:]}")
+m = report["bench_moe_layer"]
+moe = [l.split(",") for l in (m["result"] or "").splitlines() if l.count(",") == 11 and not l.startswith("model,")]
+md.append(f"bench_moe_layer (exit {m['exit']} after {m['seconds']} s): " + ("; ".join(f"t{c[2]} {c[3]}: flint {c[4]} ms, loop {c[6]} ms, dense {c[7]} ms, {c[8]} GB/s" for c in moe) or m["stderr_tail"][-300:]))
 for k in ("bench_ops", "peers_micro", "peers_e2e"):
     st = report[k]
     md.append(f"{k}: exit {st['exit']} after {st['seconds']} s" + ("" if st["exit"] == 0 else f": {st['stderr_tail'][-300:]}"))

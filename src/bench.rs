@@ -12,6 +12,10 @@ use crate::sampling::Rng;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
+// `flint bench --moe-layer` (owned by the MoE kernels' author).
+#[path = "bench_moe.rs"]
+pub mod moe;
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub prompt: Vec<usize>,

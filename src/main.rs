@@ -154,6 +154,13 @@ enum Cmd {
         output: TableFormat,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        /// Time one MoE layer (router + experts) at --moe-tokens beside a loop of per-expert
+        /// GEMMs and the dense-equivalent GEMM, instead of pp/tg.
+        #[arg(long)]
+        moe_layer: bool,
+        /// Token counts of --moe-layer.
+        #[arg(long, value_parser = num_list, default_value = "1,8,64,512,4096")]
+        moe_tokens: NumList,
     },
     /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
     Throughput {
@@ -273,6 +280,33 @@ fn run(cli: Cli) -> Result<()> {
             fixtures,
         };
         std::process::exit(flint::selftest::run(&opts));
+    }
+    if let Cmd::Bench {
+        moe_layer: true,
+        model,
+        moe_tokens,
+        reps,
+        output,
+        device,
+        ..
+    } = &cli.cmd
+    {
+        // Concrete backends: the MoE bench uploads its inputs as weights.
+        let (m, t) = (model.as_deref(), &moe_tokens.0);
+        return match device {
+            Device::Cpu => bench_moe_layer(&CpuBackend, m, t, *reps, *output),
+            Device::Cuda => {
+                let be = CudaBackend::new().context("--device cuda")?;
+                bench_moe_layer(&be, m, t, *reps, *output)
+            }
+            Device::Auto => match CudaBackend::new() {
+                Ok(be) => bench_moe_layer(&be, m, t, *reps, *output),
+                Err(e) => {
+                    eprintln!("flint: no usable GPU ({e:#}); running on the CPU (f32 reference)");
+                    bench_moe_layer(&CpuBackend, m, t, *reps, *output)
+                }
+            },
+        };
     }
     if let Cmd::BenchOps {
         only,
@@ -468,6 +502,8 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             reps,
             output,
             device: _,
+            moe_layer: _,
+            moe_tokens: _,
         } => {
             let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
@@ -517,6 +553,39 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `flint bench --moe-layer`: see `flint::bench::moe`.
+fn bench_moe_layer<W, B: Backend<Tensor = W, Weight = W>>(
+    be: &B,
+    model: Option<&str>,
+    tokens: &[usize],
+    reps: usize,
+    output: TableFormat,
+) -> Result<()> {
+    use flint::bench::moe;
+    let name = model.unwrap_or("synthetic:mixtral-8x7b");
+    let spec = ModelRef::parse(name).spec()?;
+    if spec.moe.is_none() {
+        bail!("bench --moe-layer: {name} has no MoE layers");
+    }
+    match output {
+        TableFormat::Md => println!("{}", moe::markdown_header()),
+        TableFormat::Csv => println!("{}", moe::csv_header()),
+        TableFormat::Json => {}
+    }
+    let rows = moe::run(be, &spec, tokens, reps, |r| match output {
+        TableFormat::Md => println!("{}", moe::markdown_row(name, be.name(), r)),
+        TableFormat::Csv => println!("{}", moe::csv_row(name, be.name(), r)),
+        TableFormat::Json => {}
+    })?;
+    if output == TableFormat::Json {
+        println!(
+            "{}",
+            json!({ "model": name, "backend": be.name(), "moe_layer": rows })
+        );
+    }
+    Ok(())
 }
 
 /// `flint bench-ops`: the CUDA backend only (it times flint's own kernels).

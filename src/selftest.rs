@@ -29,6 +29,10 @@ use half::bf16;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
+// The MoE ops' cases (owned by the MoE kernels' author).
+#[path = "selftest_moe.rs"]
+mod moe;
+
 pub struct SelftestOptions {
     pub json: Option<PathBuf>,
     pub quick: bool,
@@ -390,6 +394,7 @@ impl Tester<'_> {
                 || self.softcap(rows, cols, cap),
             ));
         }
+        out.extend(self.moe_cases(quick));
         out
     }
 

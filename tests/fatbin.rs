@@ -262,6 +262,31 @@ fn param_structs_have_the_layout_params_h_pins() {
             size_of::<params::SoftcapParams>(),
             align_of::<params::SoftcapParams>(),
         ),
+        (
+            "MoeRouteParams",
+            size_of::<params::MoeRouteParams>(),
+            align_of::<params::MoeRouteParams>(),
+        ),
+        (
+            "MoeDispatchParams",
+            size_of::<params::MoeDispatchParams>(),
+            align_of::<params::MoeDispatchParams>(),
+        ),
+        (
+            "MoeGemmParams",
+            size_of::<params::MoeGemmParams>(),
+            align_of::<params::MoeGemmParams>(),
+        ),
+        (
+            "MoeCombineParams",
+            size_of::<params::MoeCombineParams>(),
+            align_of::<params::MoeCombineParams>(),
+        ),
+        (
+            "SigmoidGateAddParams",
+            size_of::<params::SigmoidGateAddParams>(),
+            align_of::<params::SigmoidGateAddParams>(),
+        ),
     ];
     // From the field lists: 8-byte device pointers first, then 4-byte scalars, padded to 8.
     let from_fields = |ptrs: usize, scalars: usize| (ptrs * 8 + scalars * 4).next_multiple_of(8);
@@ -273,6 +298,11 @@ fn param_structs_have_the_layout_params_h_pins() {
         ("GatherParams", from_fields(3, 4)),
         // n is an int64: two 4-byte slots.
         ("SoftcapParams", from_fields(1, 4)),
+        ("MoeRouteParams", from_fields(3, 4)),
+        ("MoeDispatchParams", from_fields(5, 4)),
+        ("MoeGemmParams", from_fields(8, 6)),
+        ("MoeCombineParams", from_fields(3, 4)),
+        ("SigmoidGateAddParams", from_fields(3, 2)),
     ];
     let header = std::fs::read_to_string(kernels_dir().join("params.h")).unwrap();
     let pinned: Vec<(String, usize)> = header

@@ -470,3 +470,212 @@ fn grok1_norms_load_under_either_spelling() {
     let got = engine::prompt_logits(&CpuBackend, &m, &r.prompts[1], false).unwrap();
     assert!(max_rel_err(&got, &r.logits_last[1]) < 1e-4);
 }
+
+// --- The CUDA MoE ops and the MoE layer bench -------------------------------------------
+
+/// The CUDA ops against the CPU backend on one routing (both expert paths), on a machine with
+/// a GPU; elsewhere it says it skips (`flint selftest` is the full GPU check).
+#[test]
+fn cuda_moe_ops_match_the_cpu_backend_when_a_gpu_is_present() {
+    use flint::backend::cuda::{CudaBackend, MoePath};
+    let gpu = match CudaBackend::new() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("cuda_moe_ops_match_the_cpu_backend_when_a_gpu_is_present: skipped ({e:#})");
+            return;
+        }
+    };
+    let cpu = CpuBackend;
+    let bf = |v: f32| half::bf16::from_f32(v).to_f32();
+    let (tokens, ne, k, d, i) = (19, 6, 2, 72, 40);
+    let logits: Vec<f32> = values(tokens * ne, 11).into_iter().map(bf).collect();
+    let routing = MoeRouting {
+        num_experts: ne,
+        top_k: k,
+        norm_topk_prob: true,
+    };
+    let (mut ci, mut cw) = (cpu.alloc(tokens, k).unwrap(), cpu.alloc(tokens, k).unwrap());
+    let (mut gi, mut gw) = (gpu.alloc(tokens, k).unwrap(), gpu.alloc(tokens, k).unwrap());
+    cpu.moe_route(&t(&cpu, tokens, ne, &logits), &routing, &mut ci, &mut cw)
+        .unwrap();
+    let gl = gpu.tensor_from(&logits, tokens, ne).unwrap();
+    gpu.moe_route(&gl, &routing, &mut gi, &mut gw).unwrap();
+    let ids = cpu.to_host(&ci).unwrap();
+    assert_eq!(gpu.to_host(&gi).unwrap(), ids, "expert ids");
+    assert!(max_rel_err(&gpu.to_host(&gw).unwrap(), &cpu.to_host(&cw).unwrap()) < 1e-2);
+
+    let x: Vec<f32> = values(tokens * d, 12).into_iter().map(bf).collect();
+    let gu: Vec<f32> = values(ne * 2 * i * d, 13).into_iter().map(bf).collect();
+    let dn: Vec<f32> = values(ne * d * i, 14).into_iter().map(bf).collect();
+    let w: Vec<f32> = cpu.to_host(&cw).unwrap().into_iter().map(bf).collect();
+    let shape = MoeExperts {
+        num_experts: ne,
+        top_k: k,
+        hidden: d,
+        intermediate: i,
+        act: Activation::Silu,
+    };
+    let mut cs = cpu.alloc(tokens * k, 2 * i).unwrap();
+    let mut co = cpu.alloc(tokens, d).unwrap();
+    cpu.moe_experts(
+        &t(&cpu, tokens, d, &x),
+        &ci,
+        &t(&cpu, tokens, k, &w),
+        &t(&cpu, ne * 2 * i, d, &gu),
+        &t(&cpu, ne * d, i, &dn),
+        &shape,
+        &mut cs,
+        &mut co,
+    )
+    .unwrap();
+    let want = cpu.to_host(&co).unwrap();
+    let up = |data: &[f32], r: usize, c: usize| gpu.tensor_from(data, r, c).unwrap();
+    for path in [MoePath::Gemv, MoePath::Grouped] {
+        let mut gs = gpu.alloc(tokens * k, 2 * i).unwrap();
+        let mut go = gpu.alloc(tokens, d).unwrap();
+        gpu.poison(&mut go).unwrap();
+        gpu.moe_experts_with(
+            &up(&x, tokens, d),
+            &up(&ids, tokens, k),
+            &up(&w, tokens, k),
+            &up(&gu, ne * 2 * i, d),
+            &up(&dn, ne * d, i),
+            &shape,
+            &mut gs,
+            &mut go,
+            path,
+        )
+        .unwrap();
+        let got = gpu.to_host(&go).unwrap();
+        let (num, den) = got.iter().zip(&want).fold((0f64, 0f64), |(n, d), (g, c)| {
+            (n + (*g as f64 - *c as f64).powi(2), d + (*c as f64).powi(2))
+        });
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-2, "{path:?}: rel-L2 {rel}");
+    }
+}
+
+fn flint_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(args)
+        .output()
+        .expect("runs flint");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_moe_layer_reports_every_token_count_with_its_routing_spread() {
+    let dir = fixtures_dir().join("mixtral");
+    let (code, out, err) = flint_cli(&[
+        "bench",
+        "--moe-layer",
+        "-m",
+        dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--moe-tokens",
+        "1,9,40",
+        "-r",
+        "1",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    let rows = v["moe_layer"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    let spec = ModelRef::Dir(dir.clone()).spec().unwrap();
+    let m = spec.moe.unwrap();
+    for (r, t) in rows.iter().zip([1usize, 9, 40]) {
+        assert_eq!(r["tokens"], t);
+        for key in ["flint_ms", "loop_ms", "dense_ms"] {
+            let ms = r[key].as_f64().unwrap();
+            assert!(ms > 0.0 && ms.is_finite(), "{key} = {ms}");
+        }
+        let (lo, hi) = (
+            r["expert_tokens_min"].as_u64().unwrap() as usize,
+            r["expert_tokens_max"].as_u64().unwrap() as usize,
+        );
+        assert!(lo <= hi && hi <= t, "{r}");
+        // The busiest expert holds at least its share of the t·k assignments.
+        assert!(hi * m.num_experts >= t * m.top_k, "{r}");
+    }
+    // At 40 tokens the routing spreads: no expert takes every token.
+    let last = &rows[2];
+    assert!(last["expert_tokens_max"].as_u64().unwrap() < 40, "{last}");
+}
+
+#[test]
+fn bench_moe_layer_rejects_a_dense_model_by_name() {
+    let dir = fixtures_dir().join("llama3");
+    let (code, out, err) = flint_cli(&[
+        "bench",
+        "--moe-layer",
+        "-m",
+        dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("has no MoE layers") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+/// kernels/moe.cu compiled for the host (tests/moe_emulation: CTAs as std::threads, warp
+/// shuffles, a wmma shim, cp.async as a plain copy) against a double-precision reference:
+/// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate.
+/// It checks the kernels' index math and barrier placement without a GPU (not their speed,
+/// nor asynchronous-copy timing). Needs a C++20 compiler and the CUDA headers that
+/// scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
+#[test]
+fn moe_kernels_pass_their_host_emulation() {
+    use std::path::PathBuf;
+    use std::process::Command;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let required = std::env::var("FLINT_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let include = std::env::var("CUDA_HOME")
+        .map(|h| PathBuf::from(h).join("include"))
+        .into_iter()
+        .chain([root.join(".toolchain/cuda/home/include")])
+        .find(|p| p.join("cuda_bf16.h").is_file());
+    let have_cxx = Command::new(&cxx).arg("--version").output().is_ok();
+    let (Some(include), true) = (include, have_cxx) else {
+        assert!(
+            !required,
+            "FLINT_REQUIRE_KERNELS=1 but no CUDA headers (cuda_bf16.h) or no `{cxx}`"
+        );
+        eprintln!("moe_kernels_pass_their_host_emulation: skipped (no CUDA headers or no {cxx})");
+        return;
+    };
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moe_emulation");
+    let build = Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-pthread", "-DFLINT_PARAMS_TYPED"])
+        .arg(format!("-I{}", root.join("kernels").display()))
+        .arg(format!("-I{}", include.display()))
+        .arg(root.join("tests/moe_emulation/main.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("runs the C++ compiler");
+    assert!(
+        build.status.success(),
+        "building the emulation failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let run = Command::new(&exe).output().expect("runs the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    assert!(
+        run.status.success() && stdout.contains("all passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

@@ -361,6 +361,15 @@ pub trait Backend {
         )
     }
 
+    /// Sizes whatever internal workspace `moe_experts` needs for up to `max_tokens` tokens of
+    /// this shape, once, when the model's workspace is made, so no later MoE call allocates
+    /// (the CUDA backend keeps its dispatch tables and expert outputs there). Default: nothing
+    /// to reserve.
+    fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
+        let _ = (max_tokens, shape);
+        Ok(())
+    }
+
     /// Qwen2-MoE's gated shared expert: `out[t] += sigmoid(gate[t, 0]) · x[t]`, with
     /// `x [T, D]`, `gate [T, 1]`, `out [T, D]`.
     fn sigmoid_gate_add(

@@ -27,6 +27,17 @@ impl<B: Backend> MoeWorkspace<B> {
             return Ok(None);
         };
         let s = m.shared_expert_intermediate.unwrap_or(1);
+        // The backend's own MoE workspace, sized once for the largest step.
+        be.reserve_moe(
+            t,
+            &MoeExperts {
+                num_experts: m.num_experts,
+                top_k: m.top_k,
+                hidden: spec.hidden,
+                intermediate: m.expert_intermediate,
+                act: spec.activation,
+            },
+        )?;
         Ok(Some(MoeWorkspace {
             router_logits: be.alloc(t, m.num_experts)?,
             ids: be.alloc(t, m.top_k)?,

@@ -18,7 +18,7 @@ use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
 use super::params::*;
-use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use crate::backend::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput};
 use crate::config::Activation;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{result as cu, CudaSlice};
@@ -27,6 +27,10 @@ use half::bf16;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::IsTerminal;
+
+// The MoE ops (owned by the MoE kernels' author); a child module so it reads private fields.
+#[path = "moe.rs"]
+pub(super) mod moe;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
 pub struct CudaTensor {
@@ -128,6 +132,7 @@ pub struct CudaBackend {
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
+    moe: moe::MoeState,
     prefill_path: Cell<PrefillPath>,
     /// Decode graphs by key, with the input addresses each was captured with.
     graphs: RefCell<HashMap<u64, (InputAddrs, CudaGraph)>>,
@@ -166,6 +171,7 @@ impl CudaBackend {
     pub fn with_device(ordinal: usize) -> Result<CudaBackend> {
         let dev = Device::open(ordinal)?;
         let k = Kernels::load(&dev)?;
+        let moe = moe::MoeState::load(&dev)?;
         let gemm = no_panic("cuBLASLt start-up", || Gemm::new(dev.stream.clone()))?;
         Ok(CudaBackend {
             gemm,
@@ -173,6 +179,7 @@ impl CudaBackend {
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
+            moe,
             prefill_path: Cell::new(PrefillPath::default()),
             graphs: RefCell::new(HashMap::new()),
             mode: Cell::new(GraphMode::Eager),
@@ -1001,6 +1008,43 @@ impl Backend for CudaBackend {
                 &p,
             )
         }
+    }
+
+    fn moe_route(
+        &self,
+        logits: &CudaTensor,
+        routing: &MoeRouting,
+        ids: &mut CudaTensor,
+        weights: &mut CudaTensor,
+    ) -> Result<()> {
+        self.moe_route_impl(logits, routing, ids, weights)
+    }
+
+    fn moe_experts(
+        &self,
+        x: &CudaTensor,
+        ids: &CudaTensor,
+        weights: &CudaTensor,
+        gate_up: &CudaTensor,
+        down: &CudaTensor,
+        shape: &MoeExperts,
+        scratch: &mut CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.moe_experts_impl(x, ids, weights, gate_up, down, shape, scratch, out)
+    }
+
+    fn sigmoid_gate_add(
+        &self,
+        x: &CudaTensor,
+        gate: &CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.sigmoid_gate_add_impl(x, gate, out)
+    }
+
+    fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
+        self.reserve_moe_impl(max_tokens, shape)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod device;
 pub mod gemm;
 pub mod kernels;
 
+pub use backend::moe::{moe_path, MoePath};
 pub use backend::{CudaBackend, CudaKvCache, CudaRope, CudaStep, CudaTensor};
 pub use device::DeviceInfo;
 
@@ -42,6 +43,19 @@ pub const KERNEL_NAMES: &[&str] = &[
     "embed_bf16",
     // gather.cu: the rows whose logits are wanted
     "gather_rows_bf16",
+    // moe.cu: router, device-side dispatch, grouped GEMM / gather-GEMV experts, combine
+    "moe_combine_bf16",
+    "moe_dispatch_bf16",
+    "moe_down_bf16",
+    "moe_gate_up_bf16_gelu",
+    "moe_gate_up_bf16_gelu_tanh",
+    "moe_gate_up_bf16_silu",
+    "moe_gemv_down_bf16",
+    "moe_gemv_gate_up_bf16_gelu",
+    "moe_gemv_gate_up_bf16_gelu_tanh",
+    "moe_gemv_gate_up_bf16_silu",
+    "moe_route_bf16",
+    "sigmoid_gate_add_bf16",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

@@ -1,0 +1,563 @@
+// moe.cu — the routed experts of a mixture-of-experts layer, with no host round-trip.
+//
+// A MoE layer is: router logits (a cuBLASLt GEMM) -> moe_route -> moe_dispatch -> the experts
+// (grouped GEMM or, for a few tokens, gather-GEMV) -> moe_combine. An "assignment" is one
+// (token t, choice j) pair, a = t * top_k + j; everything per-assignment is indexed by a, so
+// the combine needs no inverse permutation.
+//
+// moe_route_bf16(MoeRouteParams)
+//   logits [T, E] bf16 -> ids [T, k] bf16 (exact integers), weights [T, k] bf16.
+//   p = softmax(logits[t]) in f32; the k largest p, descending, equal p -> lower id first;
+//   divided by their sum when norm_topk_prob. Grid/block: one warp per token, 4 warps per
+//   CTA, grid = ceil(T / 4) (grid-stride beyond 65535). E <= 256 (8 logits per lane).
+//
+// moe_dispatch_bf16(MoeDispatchParams)
+//   ids [T * k] -> counts [E], offsets [E], tile_expert [max_tiles], row_src [max_tiles * 64].
+//   Counts per expert, prefix-sums them with each expert padded to TILE_M rows, lists the
+//   expert of every TILE_M-row tile (-1 past the last), and places each assignment in its
+//   expert's rows (padding rows hold -1). Grid/block: ONE CTA of 1024 threads (shared-memory
+//   counters; T * k is at most a few tens of thousands, a few loop trips per thread). The
+//   order of assignments inside one expert's rows is not fixed (atomics) and does not matter:
+//   each row's result depends only on that row.
+//
+// moe_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — grouped GEMM, one launch for every
+//   expert. Grid = (max_tiles, ceil(n_dim / TILE_N)); a CTA whose tile has no expert (-1)
+//   exits at once, so experts with no tokens cost one early-exit CTA per empty tile slot and
+//   read no weights. Block: 4 warps in 2 x 2, each a 32 x 32 quarter of the 64 x 64 tile, bf16
+//   tensor cores (nvcuda::wmma 16x16x16, f32 accumulate). K step 32, double-buffered in shared
+//   memory with 16-byte cp.async (plain loads for a K that is not a multiple of 8). gate_up keeps gate
+//   and up accumulators of the same fragment type side by side, so act(gate) * up is applied
+//   element-wise in registers before the one store. down multiplies each row by its routing
+//   weight in the epilogue. Shared memory ~31 KB static (the epilogue tile reuses the stages).
+//
+// moe_gemv_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — gather-GEMV for a few tokens.
+//   Grid = (ceil(n_dim / 4), max_tiles), 4 warps: a warp owns one output column n of the
+//   expert of one dispatch tile and dots its weight row(s) with that tile's rows (at most
+//   FLINT_MOE_GEMV_TOKENS per pass), so with few tokens (one tile per used expert) each
+//   selected weight row is read once, 16 bytes per lane-load, and idle experts get no CTA.
+//
+// moe_combine_bf16(MoeCombineParams): out[t] = sum_j y[t * k + j]. Grid (T, ceil(D / 2048)),
+//   256 threads of 8 columns.
+// sigmoid_gate_add_bf16(SigmoidGateAddParams): out[t] += sigmoid(gate[t]) * x[t]. Same grid.
+//
+// Minimum arch sm_80 (bf16 wmma, cp.async). tests/moe_emulation compiles this file for the host
+// (FLINT_EMULATE) and checks every kernel against a double-precision reference.
+//
+// Versions: 1. simple staged loads; 2. (now) cp.async double-buffered K loop in the grouped
+// GEMM. Next: 128-row tiles and wgmma/TMA on sm_90 for the large-token case.
+#ifndef FLINT_EMULATE  // tests/moe_emulation runs this file on the host with its own wmma
+#include <mma.h>
+#endif
+
+#include "common.cuh"
+
+namespace flint::moe {
+
+constexpr int TILE_M = FLINT_MOE_TILE_M;
+constexpr int TILE_N = FLINT_MOE_TILE_N;
+constexpr int TILE_K = 32;
+constexpr int LDS = TILE_K + 8;    // smem row stride (bf16): 80 bytes, breaks bank conflicts
+constexpr int LDC = TILE_N + 4;    // epilogue row stride (f32)
+constexpr int GEMM_THREADS = 128;  // 4 warps, 2 x 2 over the 64 x 64 tile
+constexpr int WMMA = 16;
+constexpr int WARP_TILE = 32;      // each warp: 32 x 32 = 2 x 2 fragments
+constexpr int FRAGS = WARP_TILE / WMMA;
+constexpr int GEMV_TOKENS = FLINT_MOE_GEMV_TOKENS;
+constexpr int GEMV_WARPS = 4;
+constexpr int ROUTE_WARPS = 4;
+constexpr int PER_LANE = FLINT_MOE_MAX_EXPERTS / WARP_SIZE;
+constexpr int DISPATCH_THREADS = 1024;
+
+static_assert(TILE_M == 2 * WARP_TILE && TILE_N == 2 * WARP_TILE, "2 x 2 warps cover the tile");
+static_assert(TILE_M * TILE_K / VEC == 2 * GEMM_THREADS, "A tile: two 16-byte chunks per thread");
+static_assert(TILE_N * TILE_K / VEC == 2 * GEMM_THREADS, "B tile: two 16-byte chunks per thread");
+static_assert(LDS % 8 == 0 && LDC % 4 == 0, "wmma leading dimensions");
+
+// Accurate expf/tanhf/erff, as in act_mul.cu: the CPU oracle uses exact functions.
+struct Silu {
+    static __device__ __forceinline__ float apply(float x) { return x / (1.0f + expf(-x)); }
+};
+struct GeluTanh {
+    static constexpr float SQRT_2_OVER_PI = 0.7978845608028654f;
+    static constexpr float CUBIC = 0.044715f;
+    static __device__ __forceinline__ float apply(float x) {
+        return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + CUBIC * x * x * x)));
+    }
+};
+struct Gelu {
+    static constexpr float SQRT1_2 = 0.7071067811865476f;
+    static __device__ __forceinline__ float apply(float x) { return 0.5f * x * (1.0f + erff(x * SQRT1_2)); }
+};
+// down: no activation.
+struct None {
+    static __device__ __forceinline__ float apply(float x) { return x; }
+};
+
+// The expert id stored at ids[a], or -1 when it is not an integer in [0, num_experts).
+__device__ __forceinline__ int expert_of(const bf16 *ids, int64_t a, int num_experts) {
+    const float f = to_f32(ids[a]);
+    const int e = static_cast<int>(f);
+    return (f == static_cast<float>(e) && e >= 0 && e < num_experts) ? e : -1;
+}
+
+// ---------------------------------------------------------------------------------------
+// Router
+
+// (value, id) pairs: larger value wins, equal values -> lower id wins.
+__device__ __forceinline__ bool better(float v, int id, float bv, int bid) {
+    return v > bv || (v == bv && id < bid);
+}
+
+__device__ void route(const MoeRouteParams &p) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int E = p.num_experts, K = p.top_k;
+    for (int64_t t = static_cast<int64_t>(blockIdx.x) * ROUTE_WARPS + threadIdx.x / WARP_SIZE; t < p.num_tokens;
+         t += static_cast<int64_t>(gridDim.x) * ROUTE_WARPS) {
+        const bf16 *row = p.logits + t * E;
+        float v[PER_LANE];
+        float m = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            const int e = lane + WARP_SIZE * i;
+            v[i] = e < E ? to_f32(row[e]) : -INFINITY;
+            m = fmaxf(m, v[i]);
+        }
+#pragma unroll
+        for (int o = WARP_SIZE / 2; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(FULL_MASK, m, o));
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            const int e = lane + WARP_SIZE * i;
+            v[i] = e < E ? expf(v[i] - m) : 0.0f;
+            s += v[i];
+        }
+        s = warp_sum(s);
+        // p = exp / sum, as the CPU reference divides; -1 marks experts out of the race (p >= 0).
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) v[i] = (lane + WARP_SIZE * i) < E ? v[i] / s : -1.0f;
+        // k rounds of a warp arg-max; lane j keeps the j-th choice.
+        float mine_p = 0.0f;
+        int mine_id = 0;
+        for (int j = 0; j < K; ++j) {
+            float bv = -2.0f;
+            int bid = 0x7fffffff;
+#pragma unroll
+            for (int i = 0; i < PER_LANE; ++i) {
+                const int e = lane + WARP_SIZE * i;
+                if (better(v[i], e, bv, bid)) {
+                    bv = v[i];
+                    bid = e;
+                }
+            }
+#pragma unroll
+            for (int o = WARP_SIZE / 2; o > 0; o /= 2) {
+                const float ov = __shfl_xor_sync(FULL_MASK, bv, o);
+                const int oid = __shfl_xor_sync(FULL_MASK, bid, o);
+                if (better(ov, oid, bv, bid)) {
+                    bv = ov;
+                    bid = oid;
+                }
+            }
+            if (lane == j) {
+                mine_p = bv;
+                mine_id = bid;
+            }
+            // The owner takes the winner out of the race (a select per slot, no dynamic index:
+            // v stays in registers).
+            const bool owner = lane == bid % WARP_SIZE;
+            const int slot = bid / WARP_SIZE;
+#pragma unroll
+            for (int i = 0; i < PER_LANE; ++i) v[i] = (owner && i == slot) ? -1.0f : v[i];
+        }
+        float norm = 1.0f;
+        if (p.norm_topk_prob) norm = warp_sum(lane < K ? mine_p : 0.0f);
+        if (lane < K) {
+            p.ids[t * K + lane] = to_bf16(static_cast<float>(mine_id));
+            p.weights[t * K + lane] = to_bf16(mine_p / norm);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch (one CTA)
+
+__device__ void dispatch(const MoeDispatchParams &p) {
+    __shared__ int count[FLINT_MOE_MAX_EXPERTS];
+    __shared__ int offset[FLINT_MOE_MAX_EXPERTS];
+    __shared__ int cursor[FLINT_MOE_MAX_EXPERTS];
+    __shared__ int used_tiles;
+    const int E = p.num_experts, n = p.num_assign;
+    const int rows = p.max_tiles * TILE_M;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        count[e] = 0;
+        cursor[e] = 0;
+    }
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) p.row_src[r] = -1;
+    __syncthreads();
+    for (int a = threadIdx.x; a < n; a += blockDim.x) {
+        const int e = expert_of(p.ids, a, E);
+        if (e >= 0) atomicAdd(&count[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int acc = 0;
+        for (int e = 0; e < E; ++e) {
+            offset[e] = acc;
+            acc += (count[e] + TILE_M - 1) / TILE_M * TILE_M;
+        }
+        used_tiles = acc / TILE_M;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        p.counts[e] = count[e];
+        p.offsets[e] = offset[e];
+        const int first = offset[e] / TILE_M, tiles = (count[e] + TILE_M - 1) / TILE_M;
+        for (int i = 0; i < tiles && first + i < p.max_tiles; ++i) p.tile_expert[first + i] = e;
+    }
+    for (int i = used_tiles + threadIdx.x; i < p.max_tiles; i += blockDim.x) p.tile_expert[i] = -1;
+    // row_src's -1 fill above happened before the first barrier: no write below races it.
+    for (int a = threadIdx.x; a < n; a += blockDim.x) {
+        const int e = expert_of(p.ids, a, E);
+        if (e < 0) continue;
+        const int r = offset[e] + atomicAdd(&cursor[e], 1);
+        if (r < rows) p.row_src[r] = a;  // always true when max_tiles is as documented
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared loaders
+
+// 8 values of row `src` from column k (zeros past `len` or for a null row). 16-byte load when
+// `vec` (len % 8 == 0 and the base aligned, so every full chunk is aligned).
+__device__ __forceinline__ void load_chunk(const bf16 *src, int k, int len, bool vec, float (&v)[VEC]) {
+    if (src != nullptr && vec && k + VEC <= len) {
+        load8(src + k, v);
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = (src != nullptr && k + i < len) ? to_f32(src[k + i]) : 0.0f;
+}
+
+// Same, kept as raw bf16 for shared memory (no round trip through f32).
+__device__ __forceinline__ uint4 load_chunk_raw(const bf16 *src, int k, int len, bool vec) {
+    if (src != nullptr && vec && k + VEC <= len) return *reinterpret_cast<const uint4 *>(src + k);
+    Pack8 pk;
+    bf16 *h = reinterpret_cast<bf16 *>(&pk);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) h[i] = (src != nullptr && k + i < len) ? src[k + i] : to_bf16(0.0f);
+    return pk.raw;
+}
+
+// ---------------------------------------------------------------------------------------
+// Grouped GEMM
+
+using namespace nvcuda;
+typedef wmma::fragment<wmma::matrix_a, WMMA, WMMA, WMMA, bf16, wmma::row_major> FragA;
+typedef wmma::fragment<wmma::matrix_b, WMMA, WMMA, WMMA, bf16, wmma::col_major> FragB;
+typedef wmma::fragment<wmma::accumulator, WMMA, WMMA, WMMA, float> FragC;
+
+// sm_80 cp.async: a 16-byte global -> shared copy that skips the registers, so the next K
+// tile streams in while the tensor cores work on this one. .cg: cache in L2 only (a weight
+// tile is read once per CTA).
+#ifndef FLINT_EMULATE
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
+}
+#else  // host emulation: a synchronous copy
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) { memcpy(smem, gmem, 16); }
+__device__ __forceinline__ void cp_async_commit() {}
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {}
+#endif
+
+// Stages one 8-column chunk of a row into shared memory: cp.async when the chunk is whole and
+// aligned, else a plain store (zeros past the row's end, or for a padding row / column).
+__device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, int len, bool vec) {
+    if (src != nullptr && vec && k + VEC <= len) {
+        cp_async16(dst, src + k);
+    } else {
+        *reinterpret_cast<uint4 *>(dst) = load_chunk_raw(src, k, len, vec);
+    }
+}
+
+template <class Act, bool GATED>
+__device__ void grouped_gemm(const MoeGemmParams &p) {
+    constexpr int NB = GATED ? 2 : 1;  // B operands: gate and up, or down alone
+    constexpr int A_ELEMS = TILE_M * LDS;
+    constexpr int B_ELEMS = NB * TILE_N * LDS;
+    constexpr int STAGE_BYTES = 2 * (A_ELEMS + B_ELEMS) * static_cast<int>(sizeof(bf16));
+    constexpr int C_BYTES = TILE_M * LDC * static_cast<int>(sizeof(float));
+    // Two K stages of A and B; after the K loop the same bytes hold the f32 epilogue tile.
+    __shared__ __align__(128) unsigned char smem[STAGE_BYTES > C_BYTES ? STAGE_BYTES : C_BYTES];
+    __shared__ int s_row[TILE_M];
+    bf16 *const s_a = reinterpret_cast<bf16 *>(smem);  // [2][TILE_M][LDS]
+    bf16 *const s_b = s_a + 2 * A_ELEMS;                // [2][NB * TILE_N][LDS]: gate rows, then up rows
+    float *const s_c = reinterpret_cast<float *>(smem); // [TILE_M][LDC], epilogue only
+
+    const int tile = blockIdx.x;
+    const int e = p.tile_expert[tile];
+    if (e < 0) return;  // past the last used tile: uniform over the CTA, before any barrier
+    const int N = p.n_dim, K = p.k_dim;
+    const int n0 = blockIdx.y * TILE_N;
+    const int tid = threadIdx.x, warp = tid / WARP_SIZE;
+    const int wm = warp / 2, wn = warp % 2;
+
+    for (int i = tid; i < TILE_M; i += GEMM_THREADS) s_row[i] = p.row_src[static_cast<int64_t>(tile) * TILE_M + i];
+    __syncthreads();
+
+    const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
+    // Each thread stages two 16-byte chunks of each tile: rows r0 and r0 + 32, columns c.
+    const int c = (tid % (TILE_K / VEC)) * VEC;
+    const int r0 = tid / (TILE_K / VEC);
+    const bf16 *a_src[2];
+    const bf16 *b_src[2][NB];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = r0 + h * (TILE_M / 2);
+        const int a = s_row[r];
+        a_src[h] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
+        const int n = n0 + r;
+#pragma unroll
+        for (int g = 0; g < NB; ++g) {
+            const int64_t wrow = static_cast<int64_t>(e) * NB * N + static_cast<int64_t>(g) * N + n;
+            b_src[h][g] = n < N ? p.w + wrow * K : nullptr;
+        }
+    }
+    auto stage = [&](int buf, int k0) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = r0 + h * (TILE_M / 2);
+            stage_chunk(&s_a[buf * A_ELEMS + r * LDS + c], a_src[h], k0 + c, K, vec);
+#pragma unroll
+            for (int g = 0; g < NB; ++g)
+                stage_chunk(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c], b_src[h][g], k0 + c, K, vec);
+        }
+    };
+
+    FragC acc[NB][FRAGS][FRAGS];
+#pragma unroll
+    for (int g = 0; g < NB; ++g)
+#pragma unroll
+        for (int i = 0; i < FRAGS; ++i)
+#pragma unroll
+            for (int j = 0; j < FRAGS; ++j) wmma::fill_fragment(acc[g][i][j], 0.0f);
+
+    // Double-buffered K loop: stage kt + 1 is in flight while stage kt is multiplied. One
+    // commit group per iteration (possibly empty), so wait_group 1 = "stage kt has landed".
+    const int num_k = (K + TILE_K - 1) / TILE_K;
+    stage(0, 0);
+    cp_async_commit();
+    for (int kt = 0; kt < num_k; ++kt) {
+        if (kt + 1 < num_k) stage((kt + 1) & 1, (kt + 1) * TILE_K);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();  // stage kt visible to every warp (cp.async and plain stores alike)
+        const bf16 *sa = s_a + (kt & 1) * A_ELEMS;
+        const bf16 *sb = s_b + (kt & 1) * B_ELEMS;
+#pragma unroll
+        for (int kk = 0; kk < TILE_K; kk += WMMA) {
+            FragA fa[FRAGS];
+#pragma unroll
+            for (int i = 0; i < FRAGS; ++i)
+                wmma::load_matrix_sync(fa[i], &sa[(wm * WARP_TILE + i * WMMA) * LDS + kk], LDS);
+#pragma unroll
+            for (int g = 0; g < NB; ++g) {
+#pragma unroll
+                for (int j = 0; j < FRAGS; ++j) {
+                    // B(k, n) = w[n, k]: the [n][k] tile read as column-major K x N.
+                    FragB fb;
+                    wmma::load_matrix_sync(fb, &sb[(g * TILE_N + wn * WARP_TILE + j * WMMA) * LDS + kk], LDS);
+#pragma unroll
+                    for (int i = 0; i < FRAGS; ++i) wmma::mma_sync(acc[g][i][j], fa[i], fb, acc[g][i][j]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with buffer kt & 1 before iteration kt + 1 refills it
+    }
+    cp_async_wait<0>();  // nothing may still land in the bytes the epilogue reuses
+    __syncthreads();
+
+    // Epilogue: act(gate) * up element-wise (same fragment type = same element mapping).
+#pragma unroll
+    for (int i = 0; i < FRAGS; ++i)
+#pragma unroll
+        for (int j = 0; j < FRAGS; ++j) {
+            if constexpr (GATED) {
+#pragma unroll
+                for (int t = 0; t < acc[0][i][j].num_elements; ++t)
+                    acc[0][i][j].x[t] = Act::apply(acc[0][i][j].x[t]) * acc[1][i][j].x[t];
+            }
+            wmma::store_matrix_sync(&s_c[(wm * WARP_TILE + i * WMMA) * LDC + wn * WARP_TILE + j * WMMA], acc[0][i][j],
+                                    LDC, wmma::mem_row_major);
+        }
+    __syncthreads();
+
+    const bool vec_out = N % VEC == 0 && aligned16(p.out);
+    for (int idx = tid; idx < TILE_M * (TILE_N / VEC); idx += GEMM_THREADS) {
+        const int r = idx / (TILE_N / VEC), cc = (idx % (TILE_N / VEC)) * VEC;
+        const int a = s_row[r];
+        const int n = n0 + cc;
+        if (a < 0 || n >= N) continue;
+        const float scale = GATED ? 1.0f : to_f32(p.route_weights[a]);
+        float v[VEC];
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) v[q] = s_c[r * LDC + cc + q] * scale;
+        bf16 *dst = p.out + static_cast<int64_t>(a) * N + n;
+        if (vec_out && n + VEC <= N) {
+            store8(dst, v);
+        } else {
+            for (int q = 0; q < VEC && n + q < N; ++q) dst[q] = to_bf16(v[q]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gather-GEMV (few tokens)
+
+template <class Act, bool GATED>
+__device__ void gather_gemv(const MoeGemmParams &p) {
+    // One CTA row per dispatch tile: with few tokens every used expert has exactly one tile,
+    // so grid.y = max_tiles = min(E, T * k) and no CTA is launched for an idle expert.
+    const int tile = blockIdx.y;
+    const int e = p.tile_expert[tile];
+    const int n = blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE;
+    if (e < 0 || n >= p.n_dim) return;  // no barriers in this kernel: early exits are safe
+    const int first = tile * TILE_M;  // this tile's first padded row
+    const int count = min(TILE_M, p.counts[e] - (first - p.offsets[e]));
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int N = p.n_dim, K = p.k_dim;
+    const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
+    const bf16 *w0 = p.w + (static_cast<int64_t>(e) * (GATED ? 2 : 1) * N + n) * K;  // gate (or the only) row
+    const bf16 *w1 = GATED ? w0 + static_cast<int64_t>(N) * K : nullptr;             // up row
+    const int *rows = p.row_src + first;
+
+    for (int g0 = 0; g0 < count; g0 += GEMV_TOKENS) {
+        const int m = min(GEMV_TOKENS, count - g0);
+        const bf16 *x[GEMV_TOKENS];
+        int asg[GEMV_TOKENS];
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) {
+            asg[j] = j < m ? rows[g0 + j] : -1;
+            x[j] = asg[j] >= 0 ? p.a + static_cast<int64_t>(asg[j] / p.a_div) * K : nullptr;
+        }
+        float acc0[GEMV_TOKENS], acc1[GEMV_TOKENS];
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) acc0[j] = acc1[j] = 0.0f;
+        for (int k = lane * VEC; k < K; k += WARP_SIZE * VEC) {
+            float wa[VEC], wb[VEC];
+            load_chunk(w0, k, K, vec, wa);
+            if constexpr (GATED) load_chunk(w1, k, K, vec, wb);
+#pragma unroll
+            for (int j = 0; j < GEMV_TOKENS; ++j) {
+                if (x[j] == nullptr) continue;
+                float xv[VEC];
+                load_chunk(x[j], k, K, vec, xv);
+#pragma unroll
+                for (int q = 0; q < VEC; ++q) {
+                    acc0[j] = fmaf(xv[q], wa[q], acc0[j]);
+                    if constexpr (GATED) acc1[j] = fmaf(xv[q], wb[q], acc1[j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) {
+            // x[j] is the same on every lane, so the shuffles below are warp-uniform.
+            if (x[j] == nullptr) continue;
+            const float s0 = warp_sum(acc0[j]);
+            const float s1 = GATED ? warp_sum(acc1[j]) : 0.0f;
+            if (lane == 0) {
+                const float v = GATED ? Act::apply(s0) * s1 : s0 * to_f32(p.route_weights[asg[j]]);
+                p.out[static_cast<int64_t>(asg[j]) * N + n] = to_bf16(v);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Combine and the shared expert's gate
+
+__device__ void combine(const MoeCombineParams &p) {
+    const int D = p.dim, K = p.top_k;
+    const bool vec = D % VEC == 0 && aligned16(p.y) && aligned16(p.out);
+    for (int64_t t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
+        for (int c = (blockIdx.y * blockDim.x + threadIdx.x) * VEC; c < D; c += gridDim.y * blockDim.x * VEC) {
+            float s[VEC] = {};
+            for (int j = 0; j < K; ++j) {
+                const int64_t a = t * K + j;
+                if (expert_of(p.ids, a, p.num_experts) < 0) continue;
+                float v[VEC];
+                load_chunk(p.y + a * D, c, D, vec, v);
+#pragma unroll
+                for (int q = 0; q < VEC; ++q) s[q] += v[q];
+            }
+            bf16 *dst = p.out + t * D + c;
+            if (vec && c + VEC <= D) {
+                store8(dst, s);
+            } else {
+                for (int q = 0; q < VEC && c + q < D; ++q) dst[q] = to_bf16(s[q]);
+            }
+        }
+    }
+}
+
+__device__ void sigmoid_gate_add(const SigmoidGateAddParams &p) {
+    const int D = p.cols;
+    const bool vec = D % VEC == 0 && aligned16(p.x) && aligned16(p.out);
+    for (int64_t t = blockIdx.x; t < p.rows; t += gridDim.x) {
+        const float g = 1.0f / (1.0f + expf(-to_f32(p.gate[t])));
+        for (int c = (blockIdx.y * blockDim.x + threadIdx.x) * VEC; c < D; c += gridDim.y * blockDim.x * VEC) {
+            float x[VEC], o[VEC];
+            load_chunk(p.x + t * D, c, D, vec, x);
+            load_chunk(p.out + t * D, c, D, vec, o);
+#pragma unroll
+            for (int q = 0; q < VEC; ++q) o[q] = fmaf(g, x[q], o[q]);
+            bf16 *dst = p.out + t * D + c;
+            if (vec && c + VEC <= D) {
+                store8(dst, o);
+            } else {
+                for (int q = 0; q < VEC && c + q < D; ++q) dst[q] = to_bf16(o[q]);
+            }
+        }
+    }
+}
+
+}  // namespace flint::moe
+
+extern "C" __global__ __launch_bounds__(flint::moe::ROUTE_WARPS * flint::WARP_SIZE) void moe_route_bf16(const MoeRouteParams p) {
+    flint::moe::route(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::DISPATCH_THREADS) void moe_dispatch_bf16(const MoeDispatchParams p) {
+    flint::moe::dispatch(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_silu(const MoeGemmParams p) {
+    flint::moe::grouped_gemm<flint::moe::Silu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_gelu_tanh(const MoeGemmParams p) {
+    flint::moe::grouped_gemm<flint::moe::GeluTanh, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_gelu(const MoeGemmParams p) {
+    flint::moe::grouped_gemm<flint::moe::Gelu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_bf16(const MoeGemmParams p) {
+    flint::moe::grouped_gemm<flint::moe::None, false>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_gate_up_bf16_silu(const MoeGemmParams p) {
+    flint::moe::gather_gemv<flint::moe::Silu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_gate_up_bf16_gelu_tanh(const MoeGemmParams p) {
+    flint::moe::gather_gemv<flint::moe::GeluTanh, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_gate_up_bf16_gelu(const MoeGemmParams p) {
+    flint::moe::gather_gemv<flint::moe::Gelu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_down_bf16(const MoeGemmParams p) {
+    flint::moe::gather_gemv<flint::moe::None, false>(p);
+}
+extern "C" __global__ void moe_combine_bf16(const MoeCombineParams p) { flint::moe::combine(p); }
+extern "C" __global__ void sigmoid_gate_add_bf16(const SigmoidGateAddParams p) { flint::moe::sigmoid_gate_add(p); }

@@ -1,0 +1,685 @@
+//! The MoE ops on the GPU (`kernels/moe.cu`): `moe_route`, `moe_experts`, `sigmoid_gate_add`.
+//!
+//! `moe_experts` is four launches and no host round-trip: dispatch (one CTA groups the
+//! assignments a = t·k + j by expert, on the device) → gate|up + activation → down × routing
+//! weight → combine. The expert kernels come in two paths, picked by [`moe_path`] from the
+//! token count alone (the host never sees the routing): a tensor-core grouped GEMM over
+//! 64-row tiles, or for at most `FLINT_MOE_GEMV_TOKENS` tokens a gather-GEMV that reads each
+//! selected expert's weights once. Grids are sized for the worst case of the step
+//! ([`max_tiles`]); tiles past the ones dispatch used exit at once.
+//!
+//! Workspace: the permuted activations `h [T·k, I]` live in the caller's `scratch`
+//! (`[T·k, 2I]` by the trait's contract); the dispatch tables and the weighted expert outputs
+//! `y [T·k, D]` live in a grow-only device buffer owned by the backend ([`MoeLayout`]), sized
+//! by `reserve_moe` when the model's workspace is made (else at the first step that needs
+//! more), so no step of the decode loop allocates.
+//!
+//! This file is a child module of `backend.rs` (declared there with `#[path]`), so it uses the
+//! backend's private fields without widening them.
+//!
+//! Status: compiled for every target arch (0 spills); the kernel source passes its host
+//! emulation (tests/moe_emulation, run by tests/moe.rs); UNVERIFIED on a GPU until
+//! `flint selftest` runs there.
+
+use super::super::device::{Device, Staging};
+use super::super::kernels::{self as k, i32_of, Dim3};
+use super::super::params::*;
+use super::{CudaBackend, CudaTensor};
+use crate::backend::{MoeExperts, MoeRouting};
+use crate::config::Activation;
+use anyhow::{bail, Result};
+use cudarc::driver::sys;
+use std::cell::RefCell;
+
+pub const TILE_M: usize = FLINT_MOE_TILE_M as usize;
+pub const TILE_N: usize = FLINT_MOE_TILE_N as usize;
+pub const GEMV_TOKENS: usize = FLINT_MOE_GEMV_TOKENS as usize;
+pub const MAX_EXPERTS: usize = FLINT_MOE_MAX_EXPERTS as usize;
+pub const MAX_TOPK: usize = FLINT_MOE_MAX_TOPK as usize;
+/// Warps per CTA of the GEMV kernels (one output column each) and of the router.
+const GEMV_WARPS: usize = 4;
+const ROUTE_WARPS: usize = 4;
+
+/// Which expert kernels a `moe_experts` call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoePath {
+    /// Few tokens: gather-GEMV, every selected weight row read once.
+    Gemv,
+    /// Tensor-core grouped GEMM over 64-row tiles of each expert's tokens.
+    Grouped,
+}
+
+/// The one place the path is chosen (the launcher and the benches ask it). With at most
+/// `GEMV_TOKENS` tokens no expert has more rows than one GEMV pass takes, so GEMV reads each
+/// selected weight once; past that, tensor cores win.
+pub fn moe_path(tokens: usize) -> MoePath {
+    if tokens <= GEMV_TOKENS {
+        MoePath::Gemv
+    } else {
+        MoePath::Grouped
+    }
+}
+
+/// Most 64-row tiles `assignments` rows spread over `experts` experts can need, each expert
+/// padded to whole tiles: every full tile of the total plus one partial tile per expert that
+/// has any rows.
+pub fn max_tiles(assignments: usize, experts: usize) -> usize {
+    assignments / TILE_M + experts.min(assignments)
+}
+
+/// Byte offsets of the MoE workspace (each 256-byte aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeLayout {
+    pub counts: usize,
+    pub offsets: usize,
+    pub tile_expert: usize,
+    pub row_src: usize,
+    pub y: usize,
+    pub total: usize,
+    pub max_tiles: usize,
+}
+
+impl MoeLayout {
+    pub fn new(assignments: usize, experts: usize, hidden: usize) -> MoeLayout {
+        let a = |n: usize| n.next_multiple_of(256);
+        let max_tiles = max_tiles(assignments, experts);
+        let counts = 0;
+        let offsets = a(counts + 4 * experts);
+        let tile_expert = a(offsets + 4 * experts);
+        let row_src = a(tile_expert + 4 * max_tiles);
+        let y = a(row_src + 4 * max_tiles * TILE_M);
+        let total = a(y + 2 * assignments * hidden);
+        MoeLayout {
+            counts,
+            offsets,
+            tile_expert,
+            row_src,
+            y,
+            total,
+            max_tiles,
+        }
+    }
+}
+
+/// What `moe_dispatch_bf16` computes, on the host: the specification of the device tables
+/// (the tests check invariants on it; the kernel's order inside one expert may differ).
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchTables {
+    pub counts: Vec<i32>,
+    pub offsets: Vec<i32>,
+    pub tile_expert: Vec<i32>,
+    pub row_src: Vec<i32>,
+}
+
+#[cfg(test)]
+pub fn dispatch_reference(ids: &[f32], experts: usize, max_tiles: usize) -> DispatchTables {
+    let expert_of = |v: f32| {
+        let e = v as i64;
+        (v == e as f32 && e >= 0 && (e as usize) < experts).then_some(e as usize)
+    };
+    let mut counts = vec![0i32; experts];
+    for &v in ids {
+        if let Some(e) = expert_of(v) {
+            counts[e] += 1;
+        }
+    }
+    let mut offsets = vec![0i32; experts];
+    let mut acc = 0usize;
+    for e in 0..experts {
+        offsets[e] = acc as i32;
+        acc += (counts[e] as usize).div_ceil(TILE_M) * TILE_M;
+    }
+    let mut tile_expert = vec![-1i32; max_tiles];
+    for e in 0..experts {
+        let first = offsets[e] as usize / TILE_M;
+        for i in 0..(counts[e] as usize).div_ceil(TILE_M) {
+            if first + i < max_tiles {
+                tile_expert[first + i] = e as i32;
+            }
+        }
+    }
+    let mut row_src = vec![-1i32; max_tiles * TILE_M];
+    let mut cursor = vec![0usize; experts];
+    for (a, &v) in ids.iter().enumerate() {
+        if let Some(e) = expert_of(v) {
+            let r = offsets[e] as usize + cursor[e];
+            cursor[e] += 1;
+            if r < row_src.len() {
+                row_src[r] = a as i32;
+            }
+        }
+    }
+    DispatchTables {
+        counts,
+        offsets,
+        tile_expert,
+        row_src,
+    }
+}
+
+/// moe_route_bf16: one warp per token, 4 per CTA.
+pub fn route_shape(tokens: usize) -> (Dim3, Dim3) {
+    (
+        (tokens.div_ceil(ROUTE_WARPS).clamp(1, 65_535) as u32, 1, 1),
+        ((ROUTE_WARPS * 32) as u32, 1, 1),
+    )
+}
+
+/// moe_dispatch_bf16: one CTA of 1024 threads.
+pub fn dispatch_shape() -> (Dim3, Dim3) {
+    ((1, 1, 1), (1024, 1, 1))
+}
+
+/// Grouped GEMM: (tile, column block), 128 threads.
+pub fn grouped_shape(max_tiles: usize, n: usize) -> Result<(Dim3, Dim3)> {
+    let y = n.div_ceil(TILE_N);
+    if max_tiles > i32::MAX as usize || y > 65_535 {
+        bail!("moe_experts: grouped GEMM grid ({max_tiles}, {y}) is too large");
+    }
+    Ok(((max_tiles.max(1) as u32, y.max(1) as u32, 1), (128, 1, 1)))
+}
+
+/// Gather-GEMV: (column quad, dispatch tile), 4 warps. With few tokens the tiles are the
+/// used experts, so idle experts get no CTA.
+pub fn gemv_shape(n: usize, max_tiles: usize) -> Result<(Dim3, Dim3)> {
+    let x = n.div_ceil(GEMV_WARPS);
+    if x > i32::MAX as usize || max_tiles > 65_535 {
+        bail!("moe_experts: GEMV grid ({x}, {max_tiles}) is too large");
+    }
+    Ok((
+        (x.max(1) as u32, max_tiles.max(1) as u32, 1),
+        ((GEMV_WARPS * 32) as u32, 1, 1),
+    ))
+}
+
+/// moe_combine_bf16 and sigmoid_gate_add_bf16: (token, 2048-column chunk), 256 threads.
+pub fn rowwise_shape(rows: usize, cols: usize) -> (Dim3, Dim3) {
+    (
+        (
+            rows.clamp(1, 65_535) as u32,
+            cols.div_ceil(256 * 8).clamp(1, 65_535) as u32,
+            1,
+        ),
+        (256, 1, 1),
+    )
+}
+
+/// The MoE kernels, resolved once, and the grow-only workspace.
+pub struct MoeState {
+    route: sys::CUfunction,
+    dispatch: sys::CUfunction,
+    gate_up: [sys::CUfunction; 3],
+    gemv_gate_up: [sys::CUfunction; 3],
+    down: sys::CUfunction,
+    gemv_down: sys::CUfunction,
+    combine: sys::CUfunction,
+    sigmoid_gate_add: sys::CUfunction,
+    ws: RefCell<Staging>,
+}
+
+fn act_index(act: Activation) -> (usize, &'static str) {
+    match act {
+        Activation::Silu => (0, "silu"),
+        Activation::GeluTanh => (1, "gelu_tanh"),
+        Activation::Gelu => (2, "gelu"),
+    }
+}
+
+impl MoeState {
+    pub fn load(dev: &Device) -> Result<MoeState> {
+        let f = |n: &str| dev.function(n);
+        Ok(MoeState {
+            route: f("moe_route_bf16")?,
+            dispatch: f("moe_dispatch_bf16")?,
+            gate_up: [
+                f("moe_gate_up_bf16_silu")?,
+                f("moe_gate_up_bf16_gelu_tanh")?,
+                f("moe_gate_up_bf16_gelu")?,
+            ],
+            gemv_gate_up: [
+                f("moe_gemv_gate_up_bf16_silu")?,
+                f("moe_gemv_gate_up_bf16_gelu_tanh")?,
+                f("moe_gemv_gate_up_bf16_gelu")?,
+            ],
+            down: f("moe_down_bf16")?,
+            gemv_down: f("moe_gemv_down_bf16")?,
+            combine: f("moe_combine_bf16")?,
+            sigmoid_gate_add: f("sigmoid_gate_add_bf16")?,
+            ws: RefCell::new(Staging::new()),
+        })
+    }
+}
+
+impl CudaBackend {
+    pub(super) fn moe_route_impl(
+        &self,
+        logits: &CudaTensor,
+        routing: &MoeRouting,
+        ids: &mut CudaTensor,
+        weights: &mut CudaTensor,
+    ) -> Result<()> {
+        let (e, kk) = (routing.num_experts, routing.top_k);
+        if kk == 0 || kk > e || logits.cols != e || ids.cols != kk || weights.cols != kk {
+            bail!(
+                "moe_route: logits have {} columns for {e} experts, top-k {kk}, ids {} and weights {} columns",
+                logits.cols,
+                ids.cols,
+                weights.cols
+            );
+        }
+        if e > MAX_EXPERTS || kk > MAX_TOPK {
+            bail!("moe_route: {e} experts top-{kk} exceeds the kernel's limits ({MAX_EXPERTS} experts, top-{MAX_TOPK})");
+        }
+        ids.set_rows(logits.rows, "moe_route")?;
+        weights.set_rows(logits.rows, "moe_route")?;
+        if logits.rows == 0 {
+            return Ok(());
+        }
+        let p = MoeRouteParams {
+            logits: self.ptr(&logits.buf),
+            ids: self.ptr(&ids.buf),
+            weights: self.ptr(&weights.buf),
+            num_tokens: i32_of("moe_route", "tokens", logits.rows)?,
+            num_experts: e as i32,
+            top_k: kk as i32,
+            norm_topk_prob: routing.norm_topk_prob as i32,
+        };
+        // SAFETY: logits [T, E], ids and weights hold T rows of k (checked above).
+        unsafe {
+            k::launch(
+                "moe_route_bf16",
+                self.moe.route,
+                route_shape(logits.rows),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+
+    /// `moe_experts` on the path `moe_path` picks for the token count.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moe_experts_impl(
+        &self,
+        x: &CudaTensor,
+        ids: &CudaTensor,
+        weights: &CudaTensor,
+        gate_up: &CudaTensor,
+        down: &CudaTensor,
+        shape: &MoeExperts,
+        scratch: &mut CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let path = moe_path(x.rows);
+        self.moe_experts_with(x, ids, weights, gate_up, down, shape, scratch, out, path)
+    }
+
+    /// `moe_experts` on a chosen path (the selftest and the benches run both).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_experts_with(
+        &self,
+        x: &CudaTensor,
+        ids: &CudaTensor,
+        weights: &CudaTensor,
+        gate_up: &CudaTensor,
+        down: &CudaTensor,
+        shape: &MoeExperts,
+        scratch: &mut CudaTensor,
+        out: &mut CudaTensor,
+        path: MoePath,
+    ) -> Result<()> {
+        const OP: &str = "moe_experts";
+        let (ne, kk, d, i) = (
+            shape.num_experts,
+            shape.top_k,
+            shape.hidden,
+            shape.intermediate,
+        );
+        let t = x.rows;
+        if x.cols != d
+            || out.cols != d
+            || ids.cols != kk
+            || weights.cols != kk
+            || ids.rows != t
+            || weights.rows != t
+        {
+            bail!(
+                "{OP}: x is [{t}, {}], ids [{}, {}], weights [{}, {}], output has {} columns; expected hidden {d}, top-k {kk}",
+                x.cols, ids.rows, ids.cols, weights.rows, weights.cols, out.cols
+            );
+        }
+        if gate_up.rows != ne * 2 * i || gate_up.cols != d || down.rows != ne * d || down.cols != i
+        {
+            bail!(
+                "{OP}: stacked weights are [{}, {}] and [{}, {}]; expected [{}, {d}] and [{}, {i}] for {ne} experts of width {i}",
+                gate_up.rows, gate_up.cols, down.rows, down.cols, ne * 2 * i, ne * d
+            );
+        }
+        if scratch.cols != 2 * i {
+            bail!(
+                "{OP}: scratch has {} columns, needs {}",
+                scratch.cols,
+                2 * i
+            );
+        }
+        if ne == 0 || ne > MAX_EXPERTS || kk == 0 || kk > MAX_TOPK {
+            bail!("{OP}: {ne} experts top-{kk} is outside the kernel's limits (1..={MAX_EXPERTS} experts, top-1..={MAX_TOPK})");
+        }
+        let assign = t * kk;
+        scratch.set_rows(assign, "moe_experts (scratch)")?;
+        out.set_rows(t, OP)?;
+        if t == 0 || d == 0 {
+            return Ok(());
+        }
+        if i == 0 {
+            bail!("{OP}: experts have no intermediate width");
+        }
+        // Every count the kernels take as int32, checked once (element counts stay in int64
+        // inside the kernels).
+        let n_assign = i32_of(OP, "tokens x top-k", assign)?;
+        i32_of(OP, "experts x 2 x intermediate", ne * 2 * i)?;
+        i32_of(OP, "experts x hidden", ne * d)?;
+        let lay = MoeLayout::new(assign, ne, d);
+        i32_of(OP, "dispatch rows", lay.max_tiles * TILE_M)?;
+        let stream = self.stream()?;
+        let base = self
+            .moe
+            .ws
+            .borrow_mut()
+            .ensure(&self.dev.stream, lay.total)?;
+        let at = |off: usize| base + off as u64;
+        let ids_ptr = self.ptr(&ids.buf);
+        let dp = MoeDispatchParams {
+            ids: ids_ptr,
+            counts: at(lay.counts),
+            offsets: at(lay.offsets),
+            tile_expert: at(lay.tile_expert),
+            row_src: at(lay.row_src),
+            num_assign: n_assign,
+            num_experts: ne as i32,
+            max_tiles: lay.max_tiles as i32,
+            reserved: 0,
+        };
+        // SAFETY: ids holds `assign` values; the tables lie inside the workspace `lay` sized.
+        unsafe {
+            k::launch(
+                "moe_dispatch_bf16",
+                self.moe.dispatch,
+                dispatch_shape(),
+                stream,
+                &dp,
+            )?
+        };
+        let h = self.ptr(&scratch.buf);
+        let y = at(lay.y);
+        let gemm = |a: u64, w: u64, route: u64, out: u64, a_div: usize, kd: usize, nd: usize| {
+            MoeGemmParams {
+                a,
+                w,
+                route_weights: route,
+                counts: at(lay.counts),
+                offsets: at(lay.offsets),
+                tile_expert: at(lay.tile_expert),
+                row_src: at(lay.row_src),
+                out,
+                num_experts: ne as i32,
+                a_div: a_div as i32,
+                k_dim: kd as i32,
+                n_dim: nd as i32,
+                max_tiles: lay.max_tiles as i32,
+                reserved: 0,
+            }
+        };
+        // h [assign, I] = act(x · gate_e) * (x · up_e); y [assign, D] = w · (h · down_e).
+        let gu = gemm(self.ptr(&x.buf), self.ptr(&gate_up.buf), 0, h, kk, d, i);
+        let dn = gemm(h, self.ptr(&down.buf), self.ptr(&weights.buf), y, 1, i, d);
+        let (ai, act) = act_index(shape.act);
+        match path {
+            MoePath::Grouped => {
+                let name = format!("moe_gate_up_bf16_{act}");
+                // SAFETY: x [T, D], gate_up [E·2I, D], h holds `assign` rows of I (scratch has
+                // assign rows of 2I); the dispatch tables were written just before, in order.
+                unsafe {
+                    k::launch(
+                        &name,
+                        self.moe.gate_up[ai],
+                        grouped_shape(lay.max_tiles, i)?,
+                        stream,
+                        &gu,
+                    )?;
+                    k::launch(
+                        "moe_down_bf16",
+                        self.moe.down,
+                        grouped_shape(lay.max_tiles, d)?,
+                        stream,
+                        &dn,
+                    )?;
+                }
+            }
+            MoePath::Gemv => {
+                let name = format!("moe_gemv_gate_up_bf16_{act}");
+                // SAFETY: as above; the GEMV kernels read the same dispatch tables.
+                unsafe {
+                    k::launch(
+                        &name,
+                        self.moe.gemv_gate_up[ai],
+                        gemv_shape(i, lay.max_tiles)?,
+                        stream,
+                        &gu,
+                    )?;
+                    k::launch(
+                        "moe_gemv_down_bf16",
+                        self.moe.gemv_down,
+                        gemv_shape(d, lay.max_tiles)?,
+                        stream,
+                        &dn,
+                    )?;
+                }
+            }
+        }
+        let cp = MoeCombineParams {
+            y,
+            ids: ids_ptr,
+            out: self.ptr(&out.buf),
+            num_tokens: i32_of(OP, "tokens", t)?,
+            top_k: kk as i32,
+            dim: i32_of(OP, "hidden", d)?,
+            num_experts: ne as i32,
+        };
+        // SAFETY: y holds assign rows of D (written above), out holds T rows of D.
+        unsafe {
+            k::launch(
+                "moe_combine_bf16",
+                self.moe.combine,
+                rowwise_shape(t, d),
+                stream,
+                &cp,
+            )
+        }
+    }
+
+    /// Grows the MoE workspace to the worst case of `max_tokens` tokens now, not at the first
+    /// large step.
+    pub(super) fn reserve_moe_impl(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
+        let lay = MoeLayout::new(max_tokens * shape.top_k, shape.num_experts, shape.hidden);
+        self.moe
+            .ws
+            .borrow_mut()
+            .ensure(&self.dev.stream, lay.total)?;
+        Ok(())
+    }
+
+    pub(super) fn sigmoid_gate_add_impl(
+        &self,
+        x: &CudaTensor,
+        gate: &CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        if gate.cols != 1 || gate.rows != x.rows || out.cols != x.cols || out.rows != x.rows {
+            bail!(
+                "sigmoid_gate_add: x is [{}, {}], gate [{}, {}], output [{}, {}]",
+                x.rows,
+                x.cols,
+                gate.rows,
+                gate.cols,
+                out.rows,
+                out.cols
+            );
+        }
+        if x.rows == 0 || x.cols == 0 {
+            return Ok(());
+        }
+        let p = SigmoidGateAddParams {
+            x: self.ptr(&x.buf),
+            gate: self.ptr(&gate.buf),
+            out: self.ptr(&out.buf),
+            rows: i32_of("sigmoid_gate_add", "rows", x.rows)?,
+            cols: i32_of("sigmoid_gate_add", "cols", x.cols)?,
+        };
+        // SAFETY: x and out hold rows × cols, gate one value per row (checked above).
+        unsafe {
+            k::launch(
+                "sigmoid_gate_add_bf16",
+                self.moe.sigmoid_gate_add,
+                rowwise_shape(x.rows, x.cols),
+                self.stream()?,
+                &p,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks the dispatch tables' invariants: every valid assignment in exactly one row of its
+    /// own expert's tiles, experts in order, padding marked, empty experts own no tile.
+    fn check_tables(ids: &[f32], experts: usize) {
+        let mt = max_tiles(ids.len(), experts);
+        let d = dispatch_reference(ids, experts, mt);
+        let used: usize = d
+            .counts
+            .iter()
+            .map(|&c| (c as usize).div_ceil(TILE_M))
+            .sum();
+        assert!(used <= mt, "{used} tiles used, bound {mt}");
+        let mut seen = vec![false; ids.len()];
+        for (tile, &e) in d.tile_expert.iter().enumerate() {
+            if tile >= used {
+                assert_eq!(e, -1);
+                for r in 0..TILE_M {
+                    assert_eq!(d.row_src[tile * TILE_M + r], -1);
+                }
+                continue;
+            }
+            assert!(e >= 0);
+            let e = e as usize;
+            let start = d.offsets[e] as usize;
+            assert_eq!(start % TILE_M, 0);
+            for r in 0..TILE_M {
+                let row = tile * TILE_M + r;
+                let a = d.row_src[row];
+                let inside = row >= start && row < start + d.counts[e] as usize;
+                if inside {
+                    assert!(a >= 0, "row {row} of expert {e} is empty");
+                    assert_eq!(ids[a as usize] as usize, e);
+                    assert!(!seen[a as usize]);
+                    seen[a as usize] = true;
+                } else {
+                    assert_eq!(a, -1, "padding row {row} holds {a}");
+                }
+            }
+        }
+        for (a, &v) in ids.iter().enumerate() {
+            let valid = v >= 0.0 && v.fract() == 0.0 && (v as usize) < experts;
+            assert_eq!(seen[a], valid, "assignment {a} (id {v})");
+        }
+        for e in 0..experts {
+            if d.counts[e] == 0 {
+                assert!(!d.tile_expert.contains(&(e as i32)));
+            }
+        }
+    }
+
+    #[test]
+    fn dispatch_tables_hold_for_skewed_and_empty_routings() {
+        let mut rng = 0x1234_5678u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for (tokens, k, e) in [
+            (1, 2, 8),
+            (7, 2, 8),
+            (64, 8, 128),
+            (512, 2, 8),
+            (33, 4, 60),
+            (4096, 8, 128),
+        ] {
+            // Uniform, all on one expert, two hot experts, and an invalid id sprinkled in.
+            let uniform: Vec<f32> = (0..tokens * k)
+                .map(|_| (next() % e as u64) as f32)
+                .collect();
+            check_tables(&uniform, e);
+            check_tables(&vec![(e - 1) as f32; tokens * k], e);
+            let hot: Vec<f32> = (0..tokens * k).map(|a| (a % 2 * 3 % e) as f32).collect();
+            check_tables(&hot, e);
+            let mut bad = uniform.clone();
+            bad[0] = e as f32;
+            if bad.len() > 1 {
+                bad[1] = 0.5;
+            }
+            check_tables(&bad, e);
+        }
+    }
+
+    #[test]
+    fn max_tiles_is_tight_for_one_row_per_expert() {
+        // 8 experts with one row each need 8 tiles; 64 rows on one expert need 1.
+        assert_eq!(max_tiles(8, 8), 8);
+        assert_eq!(max_tiles(1, 8), 1);
+        assert_eq!(max_tiles(64 * 8, 8), 16);
+        let ids: Vec<f32> = (0..8).map(|e| e as f32).collect();
+        let d = dispatch_reference(&ids, 8, max_tiles(8, 8));
+        assert!(d.tile_expert.iter().all(|&e| e >= 0));
+    }
+
+    #[test]
+    fn layout_is_aligned_and_disjoint() {
+        for (a, e, d) in [
+            (1, 8, 4096),
+            (16, 8, 4096),
+            (4096 * 8, 128, 2048),
+            (3, 60, 33),
+        ] {
+            let l = MoeLayout::new(a, e, d);
+            for off in [l.counts, l.offsets, l.tile_expert, l.row_src, l.y, l.total] {
+                assert_eq!(off % 256, 0);
+            }
+            assert!(l.offsets >= l.counts + 4 * e);
+            assert!(l.tile_expert >= l.offsets + 4 * e);
+            assert!(l.row_src >= l.tile_expert + 4 * l.max_tiles);
+            assert!(l.y >= l.row_src + 4 * l.max_tiles * TILE_M);
+            assert!(l.total >= l.y + 2 * a * d);
+        }
+    }
+
+    #[test]
+    fn path_and_grids() {
+        assert_eq!(moe_path(1), MoePath::Gemv);
+        assert_eq!(moe_path(GEMV_TOKENS), MoePath::Gemv);
+        assert_eq!(moe_path(GEMV_TOKENS + 1), MoePath::Grouped);
+        assert_eq!(route_shape(9), ((3, 1, 1), (128, 1, 1)));
+        // Mixtral gate_up at 4096 tokens: 136 tile slots x 224 column blocks.
+        let (g, b) = grouped_shape(max_tiles(8192, 8), 14336).unwrap();
+        assert_eq!((g, b), ((136, 224, 1), (128, 1, 1)));
+        // Decode on Qwen3-MoE (128 experts, top-8): 8 tile rows, not 128.
+        assert_eq!(gemv_shape(768, max_tiles(8, 128)).unwrap().0, (192, 8, 1));
+        assert!(gemv_shape(64, 70_000).is_err());
+        assert_eq!(rowwise_shape(5, 4096), ((5, 2, 1), (256, 1, 1)));
+        assert!(grouped_shape(1, 64 * 70_000).is_err());
+    }
+}

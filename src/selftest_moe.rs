@@ -1,0 +1,251 @@
+//! The MoE ops' selftest cases (a child module of `selftest.rs`): `moe_route`,
+//! `moe_experts` on both the gather-GEMV and the grouped-GEMM path, `sigmoid_gate_add`, each
+//! against the CPU backend on the same bf16-rounded inputs.
+//!
+//! Routing for `moe_experts` is made on the host and given to both backends, so the experts
+//! are compared on identical assignments: random (with many experts idle at few tokens),
+//! every token on the same experts, and two hot experts. Shapes follow the real models'
+//! proportions at a size the CPU reference runs in seconds (Mixtral: 8 experts top-2, I/D =
+//! 3.5; Qwen3-MoE: 128 experts top-8, I < D; Grok-1: tanh-GELU), plus a ragged one whose
+//! widths are not multiples of 8 (the kernels' scalar paths).
+
+use super::{Case, Tester, OP_TOL};
+use crate::backend::cuda::MoePath;
+use crate::backend::{Backend, MoeExperts, MoeRouting};
+use crate::config::Activation;
+use anyhow::{bail, Result};
+
+/// How the host routes tokens for a `moe_experts` case.
+#[derive(Clone, Copy, Debug)]
+enum Routing {
+    /// Distinct random experts per token.
+    Random,
+    /// Every token picks experts 0..k (all other experts idle; one expert holds every token).
+    AllOnOne,
+    /// Tokens alternate between two disjoint hot sets.
+    TwoHot,
+}
+
+impl Tester<'_> {
+    pub(super) fn moe_cases(&self, quick: bool) -> Vec<Case> {
+        let mut out = Vec::new();
+        // (tokens, experts, top-k, norm_topk_prob, tied logits)
+        let mut routes = vec![
+            (1, 8, 2, true, false),
+            (64, 8, 2, true, true),
+            (512, 128, 8, true, false),
+            (33, 60, 4, false, false),
+            (64, 128, 8, false, true),
+            (7, 256, 32, true, true),
+            (5, 3, 3, false, false),
+        ];
+        if quick {
+            routes.truncate(2);
+        }
+        for (t, e, k, norm, ties) in routes {
+            out.push(self.case(
+                "moe_route",
+                format!("tokens {t} experts {e} top-{k} norm {norm} ties {ties}"),
+                OP_TOL,
+                || self.moe_route(t, e, k, norm, ties),
+            ));
+        }
+        // (label, experts, top-k, hidden, intermediate, activation)
+        let shapes = [
+            ("mixtral-ish", 8, 2, 512, 1792, Activation::Silu),
+            ("qwen3-moe-ish", 128, 8, 512, 200, Activation::Silu),
+            ("grok1-ish", 8, 2, 256, 136, Activation::GeluTanh),
+            ("ragged", 5, 3, 100, 36, Activation::Gelu),
+        ];
+        let tokens: &[usize] = if quick { &[1, 64] } else { &[1, 8, 64, 512] };
+        for &(label, e, k, d, i, act) in &shapes {
+            for &t in tokens {
+                let name = format!("{label} E {e} top-{k} D {d} I {i} {act:?} tokens {t}");
+                out.extend(self.moe_experts_cases(name, t, e, k, d, i, act, Routing::Random));
+            }
+        }
+        let skewed: &[(usize, Routing)] = if quick {
+            &[(64, Routing::AllOnOne)]
+        } else {
+            &[
+                (8, Routing::AllOnOne),
+                (200, Routing::AllOnOne),
+                (130, Routing::TwoHot),
+            ]
+        };
+        for &(t, r) in skewed {
+            let name = format!("mixtral-ish tokens {t} {r:?}");
+            out.extend(self.moe_experts_cases(name, t, 8, 2, 512, 1792, Activation::Silu, r));
+        }
+        for (t, d) in [(1, 4096), (7, 1000), (5, 33)] {
+            out.push(
+                self.case("sigmoid_gate_add", format!("[{t}, {d}]"), OP_TOL, || {
+                    self.sigmoid_gate_add(t, d)
+                }),
+            );
+        }
+        out
+    }
+
+    fn moe_route(&self, t: usize, e: usize, k: usize, norm: bool, ties: bool) -> Result<f64> {
+        let logits = if ties {
+            // Three levels: most experts tie with several others.
+            let d: Vec<f32> = {
+                let mut r = self.rng.borrow_mut();
+                (0..t * e).map(|_| (r.next() % 3) as f32 * 0.5).collect()
+            };
+            super::Both {
+                cpu: self.cpu.upload_weight("logits", &d, t, e)?,
+                gpu: self.gpu.tensor_from(&d, t, e)?,
+            }
+        } else {
+            self.input(t, e, 2.0)?
+        };
+        let routing = MoeRouting {
+            num_experts: e,
+            top_k: k,
+            norm_topk_prob: norm,
+        };
+        let (mut ci, mut gi) = self.output(t, k)?;
+        let (mut cw, mut gw) = self.output(t, k)?;
+        self.cpu
+            .moe_route(&logits.cpu, &routing, &mut ci, &mut cw)?;
+        self.gpu
+            .moe_route(&logits.gpu, &routing, &mut gi, &mut gw)?;
+        let (ch, gh) = (self.cpu.to_host(&ci)?, self.gpu.to_host(&gi)?);
+        if let Some(a) = (0..ch.len()).find(|&a| ch[a] != gh.get(a).copied().unwrap_or(-1.0)) {
+            bail!(
+                "expert ids differ at token {} choice {}: cpu {} gpu {}",
+                a / k,
+                a % k,
+                ch[a],
+                gh.get(a).copied().unwrap_or(f32::NAN)
+            );
+        }
+        self.compare(&cw, &gw)
+    }
+
+    /// One case per path, both on the same inputs against one CPU reference run.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts_cases(
+        &self,
+        name: String,
+        t: usize,
+        e: usize,
+        k: usize,
+        d: usize,
+        i: usize,
+        act: Activation,
+        routing: Routing,
+    ) -> Vec<Case> {
+        let paths = [MoePath::Gemv, MoePath::Grouped];
+        let errs = self.moe_experts(t, e, k, d, i, act, &paths, routing);
+        paths
+            .iter()
+            .enumerate()
+            .map(|(n, path)| {
+                let r = match &errs {
+                    Ok(v) => Ok(v[n]),
+                    Err(err) => Err(anyhow::anyhow!("{err:#}")),
+                };
+                self.case("moe_experts", format!("{name} {path:?}"), OP_TOL, || r)
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts(
+        &self,
+        t: usize,
+        e: usize,
+        k: usize,
+        d: usize,
+        i: usize,
+        act: Activation,
+        paths: &[MoePath],
+        routing: Routing,
+    ) -> Result<Vec<f64>> {
+        let x = self.input(t, d, 1.0)?;
+        let gate_up = self.input(e * 2 * i, d, 1.0 / (d as f32).sqrt())?;
+        let down = self.input(e * d, i, 1.0 / (i as f32).sqrt())?;
+        let mut ids = Vec::with_capacity(t * k);
+        let mut w = Vec::with_capacity(t * k);
+        {
+            let mut r = self.rng.borrow_mut();
+            for tok in 0..t {
+                let mut chosen: Vec<usize> = Vec::with_capacity(k);
+                while chosen.len() < k {
+                    let c = match routing {
+                        Routing::Random => (r.next() % e as u64) as usize,
+                        Routing::AllOnOne => chosen.len(),
+                        Routing::TwoHot => (tok % 2 * k + chosen.len()) % e,
+                    };
+                    if !chosen.contains(&c) {
+                        chosen.push(c);
+                    }
+                }
+                for c in chosen {
+                    ids.push(c as f32);
+                    w.push(super::round_bf16(0.1 + r.uniform() as f32));
+                }
+            }
+        }
+        let up = |name: &str, data: &[f32], cols: usize| -> Result<super::Both> {
+            Ok(super::Both {
+                cpu: self.cpu.upload_weight(name, data, t, cols)?,
+                gpu: self.gpu.tensor_from(data, t, cols)?,
+            })
+        };
+        let ids = up("ids", &ids, k)?;
+        let w = up("weights", &w, k)?;
+        let shape = MoeExperts {
+            num_experts: e,
+            top_k: k,
+            hidden: d,
+            intermediate: i,
+            act,
+        };
+        let mut cs = self.cpu.alloc(t * k, 2 * i)?;
+        let mut c = self.cpu.alloc(t, d)?;
+        self.cpu.moe_experts(
+            &x.cpu,
+            &ids.cpu,
+            &w.cpu,
+            &gate_up.cpu,
+            &down.cpu,
+            &shape,
+            &mut cs,
+            &mut c,
+        )?;
+        let mut errs = Vec::with_capacity(paths.len());
+        for &path in paths {
+            // Fresh poisoned buffers per path: nothing one path wrote can hide a gap in another.
+            let mut gs = self.gpu.alloc(t * k, 2 * i)?;
+            self.gpu.poison(&mut gs)?;
+            let mut g = self.gpu.alloc(t, d)?;
+            self.gpu.poison(&mut g)?;
+            self.gpu.moe_experts_with(
+                &x.gpu,
+                &ids.gpu,
+                &w.gpu,
+                &gate_up.gpu,
+                &down.gpu,
+                &shape,
+                &mut gs,
+                &mut g,
+                path,
+            )?;
+            errs.push(self.compare(&c, &g)?);
+        }
+        Ok(errs)
+    }
+
+    fn sigmoid_gate_add(&self, t: usize, d: usize) -> Result<f64> {
+        let x = self.input(t, d, 1.0)?;
+        let gate = self.input(t, 1, 2.0)?;
+        let mut o = self.input(t, d, 1.0)?;
+        self.cpu.sigmoid_gate_add(&x.cpu, &gate.cpu, &mut o.cpu)?;
+        self.gpu.sigmoid_gate_add(&x.gpu, &gate.gpu, &mut o.gpu)?;
+        self.compare(&o.cpu, &o.gpu)
+    }
+}

@@ -1,0 +1,163 @@
+// cuda_shim.h — just enough of CUDA to run kernels/moe.cu on the host, for the emulation test
+// (tests/moe_emulation/main.cpp, driven by tests/moe.rs). Not a simulator of the hardware:
+// - a CTA's threads are std::threads; __syncthreads is a std::barrier over them;
+// - __shared__ becomes `static` (CTAs run one after another, so a static is the CTA's memory);
+// - a warp shuffle is an exchange through per-warp slots between two warp barriers (every
+//   shuffle in moe.cu is called by all 32 lanes of a warp, as on the GPU);
+// - wmma fragments hold the whole 16x16 tile in every lane (same element order in every
+//   fragment of a type, which is all moe.cu relies on); mma accumulates in f32;
+// - cp.async is a synchronous 16-byte copy (the emulation checks indexing and barrier
+//   placement, not asynchronous timing).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <vector_types.h>
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#undef __global__
+#undef __device__
+#undef __forceinline__
+#undef __shared__
+#undef __launch_bounds__
+#undef __align__
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+
+#define FLINT_EMULATE 1
+
+namespace shim {
+struct Cta {
+    std::unique_ptr<std::barrier<>> all;
+    std::vector<std::unique_ptr<std::barrier<>>> warp;
+    std::vector<uint64_t> slots;
+};
+inline Cta *cta = nullptr;
+}  // namespace shim
+
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
+
+inline void __syncthreads() { shim::cta->all->arrive_and_wait(); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int o) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    uint64_t raw = 0;
+    std::memcpy(&raw, &v, sizeof(T));
+    shim::cta->slots[threadIdx.x] = raw;
+    shim::cta->warp[w]->arrive_and_wait();
+    raw = shim::cta->slots[w * 32 + (lane ^ o)];
+    shim::cta->warp[w]->arrive_and_wait();
+    T r;
+    std::memcpy(&r, &raw, sizeof(T));
+    return r;
+}
+
+inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline int min(int a, int b) { return a < b ? a : b; }
+
+/// Runs kernel(p) over grid x block, one CTA at a time. The block's threads are created once
+/// per launch and step through the CTAs together (a fresh set of barriers per CTA).
+template <class P>
+void launch(void (*kernel)(P), dim3 grid, dim3 block, const P &p) {
+    const unsigned n = block.x * block.y * block.z;
+    gridDim = grid;
+    blockDim = block;
+    const unsigned ctas = grid.x * grid.y * grid.z;
+    std::barrier<> gate(n + 1);  // the workers and this thread, around every CTA
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    for (unsigned t = 0; t < n; ++t)
+        threads.emplace_back([&, t] {
+            threadIdx = uint3{t, 0, 0};
+            for (unsigned b = 0; b < ctas; ++b) {
+                gate.arrive_and_wait();  // CTA b's barriers are in place
+                blockIdx = uint3{b % grid.x, b / grid.x % grid.y, b / (grid.x * grid.y)};
+                kernel(p);
+                // An exited thread counts as arrived at later barriers, as on the GPU.
+                shim::cta->warp[t / 32]->arrive_and_drop();
+                shim::cta->all->arrive_and_drop();
+                gate.arrive_and_wait();  // every thread is done with CTA b
+            }
+        });
+    for (unsigned b = 0; b < ctas; ++b) {
+        shim::Cta c;
+        c.all = std::make_unique<std::barrier<>>(n);
+        for (unsigned w = 0; w < (n + 31) / 32; ++w) c.warp.push_back(std::make_unique<std::barrier<>>(32));
+        c.slots.assign(n, 0);
+        shim::cta = &c;
+        gate.arrive_and_wait();
+        gate.arrive_and_wait();
+        shim::cta = nullptr;
+    }
+    for (auto &th : threads) th.join();
+}
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+    static constexpr int num_elements = 16 * 16;
+    T x[num_elements];
+};
+
+template <class T, class L>
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
+    static_assert(std::is_same_v<L, row_major>);
+    for (int m = 0; m < 16; ++m)
+        for (int k = 0; k < 16; ++k) f.x[m * 16 + k] = p[m * ldm + k];
+}
+template <class T, class L>
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
+    static_assert(std::is_same_v<L, col_major>);
+    // Column-major K x N: element (k, n) at p[n * ldm + k]; kept as x[k * 16 + n].
+    for (int k = 0; k < 16; ++k)
+        for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = p[n * ldm + k];
+}
+template <class T>
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, T v) {
+    for (float &e : f.x) e = static_cast<float>(v);
+}
+template <class T, class LA, class LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, T, LA> &a,
+                     const fragment<matrix_b, 16, 16, 16, T, LB> &b,
+                     const fragment<accumulator, 16, 16, 16, float> &c) {
+    float out[256];
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 16; ++n) {
+            float s = c.x[m * 16 + n];
+            for (int k = 0; k < 16; ++k) s += __bfloat162float(a.x[m * 16 + k]) * __bfloat162float(b.x[k * 16 + n]);
+            out[m * 16 + n] = s;
+        }
+    std::memcpy(d.x, out, sizeof(out));
+}
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t l) {
+    if (threadIdx.x % 32 != 0) return;  // every lane holds the same tile: one writes it
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 16; ++n) {
+            if (l == mem_row_major) p[m * ldm + n] = f.x[m * 16 + n];
+            else p[n * ldm + m] = f.x[m * 16 + n];
+        }
+}
+}  // namespace nvcuda::wmma
