@@ -138,6 +138,9 @@ impl<B: Backend> Backend for &B {
     ) -> Result<()> {
         (**self).moe_experts(x, ids, w, gate_up, down, shape, scratch, o)
     }
+    fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
+        (**self).reserve_moe(max_tokens, shape)
+    }
     fn sigmoid_gate_add(
         &self,
         x: &Self::Tensor,
@@ -145,5 +148,44 @@ impl<B: Backend> Backend for &B {
         o: &mut Self::Tensor,
     ) -> Result<()> {
         (**self).sigmoid_gate_add(x, g, o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Names of the `fn`s declared in `src`, between `start` and the end of that block.
+    fn fns_in(src: &str, start: &str) -> Vec<String> {
+        let body = &src[src.find(start).expect("block present")..];
+        let mut depth = 0i32;
+        let mut end = body.len();
+        for (i, c) in body.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut names: Vec<String> = body[..end]
+            .split("fn ")
+            .skip(1)
+            .map(|s| s.split(['(', '<']).next().unwrap().trim().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn every_backend_method_is_forwarded() {
+        let decl = fns_in(include_str!("mod.rs"), "pub trait Backend");
+        let fwd = fns_in(include_str!("by_ref.rs"), "impl<B: Backend> Backend for &B");
+        let missing: Vec<_> = decl.iter().filter(|n| !fwd.contains(n)).collect();
+        assert!(missing.is_empty(), "&B does not forward {missing:?}");
     }
 }
