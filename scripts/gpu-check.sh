@@ -15,10 +15,10 @@
 # the merged comparison rows), $OUT/peers.md (issue 7's table, by scripts/compare.py) and
 # $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
 # output tail holds it). Steps, most important first, each with its own timeout, so the whole
-# run stays under ~575 s even if every step times out (the tool's call limit is 600 s):
+# run stays under ~540 s even if every step times out (the tool's call limit is 600 s):
 #   selftest 150 s, bench-ops 70 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
-#   MoE layer bench 45 s, peers micro 55 s, peers e2e (transformers + torch.compile) 150 s,
-#   report ~5 s (575 s in all).
+#   MoE layer bench 45 s, peers micro 55 s, peers e2e (transformers + torch.compile) 115 s,
+#   report ~5 s (540 s in all).
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU); the
@@ -130,7 +130,7 @@ if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1
     step peers_micro 55 python3 "$here/peers.py" --part micro --budget-s 40 --case-s 0.25
     # torch.compile of the 8B decode step takes about a minute per batch size: last, alone.
-    step peers_e2e 150 python3 "$here/peers.py" --part e2e --budget-s 140
+    step peers_e2e 115 python3 "$here/peers.py" --part e2e --budget-s 105
 else
     for s in peers_micro peers_e2e; do
         echo "no python3 with torch: no peer rows" >"$log/$s.err"
