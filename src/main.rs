@@ -9,6 +9,7 @@ use flint::bench::{self, BenchOptions};
 use flint::engine::{self, GenerateOptions};
 use flint::sampling::SamplingParams;
 use flint::tokenizer::{DecodeStream, Tokenizer};
+use flint::weights::quant_source::{LoadOptions, QuantMode};
 use flint::ModelRef;
 use serde_json::json;
 use std::io::Write;
@@ -91,7 +92,9 @@ enum Cmd {
         #[arg(long)]
         all_positions: bool,
         #[arg(long, value_enum, default_value = "auto")]
-        device: Device,
+        device: Device,        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Generate a continuation.
     Generate {
@@ -120,7 +123,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: TextFormat,
         #[arg(long, value_enum, default_value = "auto")]
-        device: Device,
+        device: Device,        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Token ids of a text as JSON `{"ids": [...]}`, special tokens added as transformers does.
     Tokenize {
@@ -130,6 +135,28 @@ enum Cmd {
         #[arg(long)]
         no_special_tokens: bool,
         text: String,
+    },
+    /// Perplexity of a text file: exp of the mean next-token negative log-likelihood over
+    /// consecutive windows of `--ctx` tokens (each window scored from its first token on).
+    Perplexity {
+        #[arg(long)]
+        model: String,
+        /// A UTF-8 text file (needs tokenizer.json in the model folder).
+        #[arg(long, conflicts_with = "ids")]
+        text: Option<PathBuf>,
+        /// The tokens as comma-separated ids instead of a text.
+        #[arg(long, value_parser = id_list)]
+        ids: Option<IdList>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Throughput, llama-bench style: pp (prompt) and tg (decode) tokens/s.
     Bench {
@@ -153,7 +180,9 @@ enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
         output: TableFormat,
         #[arg(long, value_enum, default_value = "auto")]
-        device: Device,
+        device: Device,        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
     Throughput {
@@ -212,10 +241,15 @@ impl Cmd {
             Cmd::Logits { device, .. }
             | Cmd::Generate { device, .. }
             | Cmd::Bench { device, .. }
+            | Cmd::Perplexity { device, .. }
             | Cmd::Throughput { device, .. } => Some(*device),
             Cmd::Info { .. } | Cmd::Tokenize { .. } | Cmd::Selftest { .. } => None,
         }
     }
+}
+
+fn quant_mode(s: &str) -> Result<QuantMode, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 fn main() {
@@ -302,8 +336,9 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             prompt_ids,
             all_positions,
             device: _,
+            quant,
         } => {
-            let m = ModelRef::parse(&model).load(be)?;
+            let m = ModelRef::parse(&model).load_with(be, &LoadOptions { quant })?;
             let logits = engine::prompt_logits(be, &m, &prompt_ids.0, all_positions)?;
             let rows: Vec<&[f32]> = logits.chunks(m.spec.vocab_size).collect();
             println!("{}", json!({ "logits": rows }));
@@ -321,6 +356,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             ignore_eos,
             format,
             device: _,
+            quant,
         } => {
             let mref = ModelRef::parse(&model);
             let tok = match &mref {
@@ -339,7 +375,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 (None, Some(ids)) => ids.0,
                 _ => bail!("give --prompt TEXT or --prompt-ids IDS"),
             };
-            let m = mref.load(be)?;
+            let m = mref.load_with(be, &LoadOptions { quant })?;
             let mut eos = m.spec.eos_token_ids.clone();
             if let Some(t) = &tok {
                 eos.extend(
@@ -400,6 +436,48 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Perplexity {
+            model,
+            text,
+            ids,
+            ctx,
+            format,
+            device: _,
+            quant,
+        } => {
+            let mref = ModelRef::parse(&model);
+            let ids = match (text, ids) {
+                (Some(path), None) => {
+                    let ModelRef::Dir(d) = &mref else {
+                        bail!("--text needs a model folder with tokenizer.json; use --ids");
+                    };
+                    let t = Tokenizer::from_dir(d)?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    t.encode(&text, true)?
+                }
+                (None, Some(ids)) => ids.0,
+                _ => bail!("give --text FILE or --ids IDS"),
+            };
+            let m = mref.load_with(be, &LoadOptions { quant })?;
+            let r = flint::perplexity::perplexity(be, &m, &ids, ctx)?;
+            let q = quant.map_or("none".to_string(), |q| q.to_string());
+            match format {
+                TextFormat::Json => println!(
+                    "{}",
+                    json!({ "model": model, "quant": q, "backend": be.name(), "ctx": ctx,
+                            "tokens_scored": r.tokens_scored, "nll": r.mean_nll,
+                            "perplexity": r.perplexity })
+                ),
+                TextFormat::Text => println!(
+                    "{model} (quant {q}, {}): perplexity {:.4} over {} tokens (windows of {ctx})",
+                    be.name(),
+                    r.perplexity,
+                    r.tokens_scored
+                ),
+            }
+            Ok(())
+        }
         Cmd::Tokenize {
             model,
             no_special_tokens,
@@ -418,6 +496,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             reps,
             output,
             device: _,
+            quant,
         } => {
             let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
@@ -437,7 +516,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     need as f64 / (1u64 << 30) as f64
                 );
             }
-            let m = mref.load(be)?;
+            let m = mref.load_with(be, &LoadOptions { quant })?;
             // CPU defaults are small: the reference backend is slow by design.
             let (pp, tg) = if on_cpu { (128, 32) } else { (512, 128) };
             let opt = BenchOptions {
