@@ -59,7 +59,9 @@ impl ModelRef {
         use weights::quant_source::{QuantStore, QuantizeOnLoad};
         let spec = self.spec()?;
         let with_quant = |src: &dyn weights::TensorSource| match opts.quant {
-            Some(mode) => model::Model::load(be, spec.clone(), &QuantizeOnLoad { inner: src, mode }),
+            Some(mode) => {
+                model::Model::load(be, spec.clone(), &QuantizeOnLoad { inner: src, mode })
+            }
             None => model::Model::load(be, spec.clone(), src),
         };
         match self {

@@ -92,7 +92,8 @@ enum Cmd {
         #[arg(long)]
         all_positions: bool,
         #[arg(long, value_enum, default_value = "auto")]
-        device: Device,        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        device: Device,
+        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },
@@ -123,7 +124,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: TextFormat,
         #[arg(long, value_enum, default_value = "auto")]
-        device: Device,        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        device: Device,
+        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },
@@ -180,7 +182,8 @@ enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
         output: TableFormat,
         #[arg(long, value_enum, default_value = "auto")]
-        device: Device,        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        device: Device,
+        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },

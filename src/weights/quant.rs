@@ -1363,7 +1363,10 @@ pub fn concat_rows(name: &str, parts: Vec<QuantWeight>) -> Result<QuantWeight> {
                 k,
                 scheme,
                 qdata,
-                scales: parts.iter().flat_map(|p| p.scales.iter().copied()).collect(),
+                scales: parts
+                    .iter()
+                    .flat_map(|p| p.scales.iter().copied())
+                    .collect(),
                 zeros,
                 g_idx,
             }
@@ -1402,7 +1405,11 @@ pub fn concat_rows(name: &str, parts: Vec<QuantWeight>) -> Result<QuantWeight> {
                 );
                 let first = parts[0].scales[0];
                 let all_tensor = layouts.iter().all(|l| *l == Fp8Scale::Tensor);
-                if all_tensor && parts.iter().all(|p| p.scales[0].to_bits() == first.to_bits()) {
+                if all_tensor
+                    && parts
+                        .iter()
+                        .all(|p| p.scales[0].to_bits() == first.to_bits())
+                {
                     (Fp8Scale::Tensor, vec![first])
                 } else {
                     let mut s = Vec::with_capacity(n);

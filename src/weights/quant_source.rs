@@ -79,7 +79,13 @@ pub fn int4_group(name: &str, k: usize) -> Result<usize> {
 }
 
 /// Round-to-nearest quantization of one dense `[rows, cols]` weight as `mode` says.
-pub fn quantize(mode: QuantMode, name: &str, w: &[f32], rows: usize, cols: usize) -> Result<Linear> {
+pub fn quantize(
+    mode: QuantMode,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<Linear> {
     let q = match mode {
         QuantMode::Int8 => quantize_int8(w, rows, cols, cols),
         QuantMode::Int4 { symmetric } => {
@@ -94,7 +100,10 @@ pub fn quantize(mode: QuantMode, name: &str, w: &[f32], rows: usize, cols: usize
 /// Stacks the parts of a fused projection along rows: dense with dense, quantized with
 /// quantized ([`concat_rows`]); a mix is an error naming the first part.
 pub fn stack_linear(name: &str, parts: Vec<Linear>) -> Result<Linear> {
-    let quantized = parts.iter().filter(|p| matches!(p, Linear::Quant(_))).count();
+    let quantized = parts
+        .iter()
+        .filter(|p| matches!(p, Linear::Quant(_)))
+        .count();
     if quantized == 0 {
         let mut d = Vec::new();
         for p in parts {
@@ -178,7 +187,13 @@ impl TensorSource for QuantizeOnLoad<'_> {
             ),
         }
     }
-    fn finish_linear(&self, name: &str, data: Vec<f32>, rows: usize, cols: usize) -> Result<Linear> {
+    fn finish_linear(
+        &self,
+        name: &str,
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Linear> {
         quantize(self.mode, name, &data, rows, cols)
     }
 }
