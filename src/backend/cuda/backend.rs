@@ -28,13 +28,32 @@ use std::io::IsTerminal;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
 pub struct CudaTensor {
-    buf: CudaSlice<bf16>,
+    pub(super) buf: CudaSlice<bf16>,
     pub rows: usize,
     pub cols: usize,
     pub capacity: usize,
+    /// A quantized weight (then `buf` is a placeholder; only `matmul` reads it): quant.rs.
+    pub(super) quant: Option<Box<super::quant::QuantDev>>,
 }
 
 impl CudaTensor {
+    /// A `[rows, cols]` weight held quantized (see quant.rs).
+    pub(super) fn quantized(
+        be: &CudaBackend,
+        rows: usize,
+        cols: usize,
+        q: super::quant::QuantDev,
+    ) -> Result<CudaTensor> {
+        // SAFETY: a one-element placeholder nobody reads.
+        let buf = unsafe { be.dev.stream.alloc::<bf16>(1) }.context("quantized weight")?;
+        Ok(CudaTensor {
+            buf,
+            rows,
+            cols,
+            capacity: rows,
+            quant: Some(Box::new(q)),
+        })
+    }
     fn set_rows(&mut self, rows: usize, op: &str) -> Result<()> {
         if rows > self.capacity {
             bail!(
@@ -121,12 +140,13 @@ impl StepLayout {
 }
 
 pub struct CudaBackend {
-    gemm: Gemm,
+    pub(super) gemm: Gemm,
     k: Kernels,
+    quant: super::quant::QuantKernels,
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
-    dev: Device,
+    pub(super) dev: Device,
 }
 
 /// Bytes uploaded after which `upload_weight` shows progress (on a terminal).
@@ -143,9 +163,11 @@ impl CudaBackend {
         let dev = Device::open(ordinal)?;
         let k = Kernels::load(&dev)?;
         let gemm = no_panic("cuBLASLt start-up", || Gemm::new(dev.stream.clone()))?;
+        let quant = super::quant::QuantKernels::load(&dev)?;
         Ok(CudaBackend {
             gemm,
             k,
+            quant,
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
@@ -211,13 +233,17 @@ impl CudaBackend {
         self.upload_weight("tensor", data, rows, cols)
     }
 
-    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+    pub(super) fn quant_kernels(&self) -> &super::quant::QuantKernels {
+        &self.quant
+    }
+
+    pub(super) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         dptr(s, &self.dev.stream)
     }
 
     /// The stream to launch on, with our context made current on this thread (a raw
     /// cuLaunchKernel uses the calling thread's context).
-    fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
+    pub(super) fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
         self.dev
             .ctx
             .bind_to_thread()
@@ -235,7 +261,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn note_upload(&self, bytes: usize) {
+    pub(super) fn note_upload(&self, bytes: usize) {
         let before = self.uploaded.get();
         let after = before + bytes;
         self.uploaded.set(after);
@@ -339,7 +365,16 @@ impl Backend for CudaBackend {
             rows,
             cols,
             capacity: rows,
+            quant: None,
         })
+    }
+
+    fn upload_quantized(
+        &self,
+        name: &str,
+        w: &crate::weights::quant::QuantWeight,
+    ) -> Result<CudaTensor> {
+        super::quant::upload(self, name, w)
     }
 
     fn upload_rope(&self, inv_freq: &[f32]) -> Result<CudaRope> {
@@ -402,6 +437,7 @@ impl Backend for CudaBackend {
             rows: 0,
             cols,
             capacity: capacity_rows,
+            quant: None,
         })
     }
 
@@ -429,7 +465,7 @@ impl Backend for CudaBackend {
     }
 
     fn weight_bytes(&self, w: &CudaTensor) -> usize {
-        w.rows * w.cols * 2
+        w.quant.as_ref().map_or(w.rows * w.cols * 2, |q| q.bytes)
     }
 
     fn embed(
@@ -567,6 +603,9 @@ impl Backend for CudaBackend {
         if kk == 0 {
             // cuBLASLt rejects K = 0; the product is the bias (or zeros).
             bail!("matmul: weight has no input features");
+        }
+        if let Some(q) = &w.quant {
+            return super::quant::matmul(self, x, q, bias, out);
         }
         self.gemm.run(
             &x.buf,

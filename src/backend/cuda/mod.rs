@@ -14,6 +14,7 @@ mod backend;
 pub mod device;
 pub mod gemm;
 pub mod kernels;
+pub mod quant;
 
 pub use backend::{CudaBackend, CudaKvCache, CudaRope, CudaStep, CudaTensor};
 pub use device::DeviceInfo;
@@ -38,6 +39,13 @@ pub const KERNEL_NAMES: &[&str] = &[
     "embed_bf16",
     // gather.cu: the rows whose logits are wanted
     "gather_rows_bf16",
+    // quant_gemv.cu: quantized-weight GEMV (<= 8 tokens) and dequantize-to-bf16 (prefill)
+    "quant_dequant_fp8",
+    "quant_dequant_i4",
+    "quant_dequant_i8",
+    "quant_gemv_fp8",
+    "quant_gemv_i4",
+    "quant_gemv_i8",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write
