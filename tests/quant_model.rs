@@ -381,18 +381,25 @@ fn fusing_incompatible_parts_is_an_error_by_message() {
         e.contains("q_proj") && e.contains("mixes quantized and unquantized"),
         "{e}"
     );
-    // --quant int4 on a width no group size divides.
+    // --quant int4 group sizes: 128 first, else the largest even divisor up to 128; an odd
+    // width has none.
+    assert_eq!(int4_group("w", 4096).unwrap(), 128);
+    assert_eq!(int4_group("w", 96).unwrap(), 32);
+    assert_eq!(int4_group("w", 172).unwrap(), 86);
     let e = match quantize(
         QuantMode::Int4 { symmetric: true },
-        "w",
-        &rand_w(4, 48, 4),
+        "model.layers.0.mlp.down_proj.weight",
+        &rand_w(4, 45, 4),
         4,
-        48,
+        45,
     ) {
         Err(e) => e.to_string(),
-        Ok(_) => panic!("K = 48 must be refused"),
+        Ok(_) => panic!("K = 45 must be refused"),
     };
-    assert!(e.contains("48") && e.contains("group size"), "{e}");
+    assert!(
+        e.contains("down_proj") && e.contains("45") && e.contains("even"),
+        "{e}"
+    );
     let e = "int3".parse::<QuantMode>().unwrap_err().to_string();
     assert!(e.contains("int3") && e.contains("int8, int4"), "{e}");
 }

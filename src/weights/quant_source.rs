@@ -27,7 +27,7 @@ use std::str::FromStr;
 pub enum QuantMode {
     /// Symmetric int8, one scale per output channel.
     Int8,
-    /// int4, groups of 128 inputs along K (64 or 32 where 128 does not divide K); symmetric,
+    /// int4, groups of 128 inputs along K (see [`int4_group`] where 128 does not divide K); symmetric,
     /// or asymmetric with an integer zero point per group.
     Int4 { symmetric: bool },
     /// fp8 e4m3, one scale per output channel.
@@ -65,15 +65,17 @@ pub struct LoadOptions {
     pub quant: Option<QuantMode>,
 }
 
-/// The int4 group size `--quant int4` uses for an input width `k`.
+/// The int4 group size `--quant int4` uses for an input width `k`: 128, else 64 or 32, else
+/// (widths such as 172) the largest even divisor of `k` up to 128, which the GPU kernels take
+/// on their per-code path.
 pub fn int4_group(name: &str, k: usize) -> Result<usize> {
     [128, 64, 32]
         .into_iter()
-        .find(|g| k % g == 0)
+        .chain((2..=128.min(k)).rev())
+        .find(|g| g % 2 == 0 && k % g == 0)
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "--quant int4: `{name}` has {k} input columns, which no int4 group size (128, \
-                 64, 32) divides"
+                "--quant int4: `{name}` has {k} input columns; int4 groups need an even width"
             )
         })
 }
