@@ -587,6 +587,10 @@ fn info(model: &str) -> Result<()> {
         "bf16_weight_bytes": params * 2,
         "checkpoint_bytes": checkpoint_bytes,
         "kv_bytes_per_token_bf16": 2 * spec.num_layers * spec.kv_dim() * 2,
+        "quantization": match &mref {
+            ModelRef::Dir(d) => flint::weights::quant::QuantConfig::from_dir(d)?.map(|q| format!("{q:?}")),
+            ModelRef::Synthetic(_) => None,
+        },
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())

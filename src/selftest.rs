@@ -649,7 +649,6 @@ impl Tester<'_> {
     }
 }
 
-/// Every fixture folder holding a reference.json, sorted.
 // ---------------------------------------------------------------------------------------
 // Quantized matmul (kernels/quant_gemv.cu, backend/cuda/quant.rs): the GPU's matmul against
 // a quantized weight vs the CPU's matmul against the same weight dequantized exactly.
@@ -670,16 +669,7 @@ impl Tester<'_> {
                 (40, 96),
             ]
         };
-        let schemes = [
-            "int8 channel",
-            "int8 g64",
-            "int4 sym g128",
-            "int4 asym g32",
-            "int4 act-order g32",
-            "fp8 tensor",
-            "fp8 channel",
-            "fp8 block 128",
-        ];
+        let schemes = QUANT_SCHEMES;
         let tokens: &[usize] = if quick {
             &[1, 8, 33]
         } else {
@@ -733,9 +723,21 @@ impl Tester<'_> {
     }
 }
 
+/// The schemes `quant_cases` runs.
+pub(crate) const QUANT_SCHEMES: [&str; 8] = [
+    "int8 channel",
+    "int8 g64",
+    "int4 sym g128",
+    "int4 asym g32",
+    "int4 act-order g32",
+    "fp8 tensor",
+    "fp8 channel",
+    "fp8 block 128",
+];
+
 /// A quantized weight of the named scheme (act-order: a scrambled g_idx; block: ragged
 /// [128, 128] blocks with their own scales).
-fn quant_weight(
+pub(crate) fn quant_weight(
     what: &str,
     w: &[f32],
     n: usize,
@@ -798,6 +800,7 @@ fn quant_weight(
     })
 }
 
+/// Every fixture folder holding a reference.json, sorted.
 fn fixture_dirs(root: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root)
         .with_context(|| format!("reading fixtures folder {}", root.display()))?

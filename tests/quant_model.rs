@@ -449,3 +449,109 @@ fn perplexity_is_the_nll_of_transformers_logits() {
         .to_string();
     assert!(e.contains("9999") && e.contains("vocabulary"), "{e}");
 }
+
+fn flint(args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_quant_and_perplexity() {
+    let dir = fixtures_dir().join("llama3");
+    let d = dir.to_str().unwrap();
+    // `flint logits --quant int4` prints what the library computes with LoadOptions.
+    let (ok, out, err) = flint(&[
+        "logits",
+        "--model",
+        d,
+        "--prompt-ids",
+        "1,7,9",
+        "--quant",
+        "int4",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<f32> = v["logits"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let m = ModelRef::Dir(dir.clone())
+        .load_with(
+            &CpuBackend,
+            &LoadOptions {
+                quant: Some(QuantMode::Int4 { symmetric: true }),
+            },
+        )
+        .unwrap();
+    let want = engine::prompt_logits(&CpuBackend, &m, &[1, 7, 9], false).unwrap();
+    assert_eq!(got, want);
+    // `flint perplexity --ids` (JSON) is the library's perplexity.
+    let (ok, out, err) = flint(&[
+        "perplexity",
+        "--model",
+        d,
+        "--ids",
+        "1,7,9,4,2,8",
+        "--ctx",
+        "4",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+        "--quant",
+        "fp8",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let m = ModelRef::Dir(dir.clone())
+        .load_with(
+            &CpuBackend,
+            &LoadOptions {
+                quant: Some(QuantMode::Fp8),
+            },
+        )
+        .unwrap();
+    let p = flint::perplexity::perplexity(&CpuBackend, &m, &[1, 7, 9, 4, 2, 8], 4).unwrap();
+    assert_eq!(
+        v["tokens_scored"].as_u64().unwrap() as usize,
+        p.tokens_scored
+    );
+    let printed = v["perplexity"].as_f64().unwrap();
+    assert!(
+        (printed - p.perplexity).abs() <= 1e-12 * p.perplexity,
+        "{printed} vs {p:?}"
+    );
+    assert_eq!(v["quant"], "fp8");
+    // A bad mode and --text on a folder without a tokenizer are errors with a message.
+    let (ok, _, err) = flint(&[
+        "logits",
+        "--model",
+        d,
+        "--prompt-ids",
+        "1",
+        "--quant",
+        "int3",
+    ]);
+    assert!(!ok && err.contains("int3"), "{err}");
+    let (ok, _, err) = flint(&[
+        "perplexity",
+        "--model",
+        d,
+        "--text",
+        "/nonexistent.txt",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("tokenizer"), "{err}");
+}

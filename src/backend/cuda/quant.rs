@@ -398,6 +398,31 @@ mod tests {
         }
     }
 
+    /// The selftest's weights must be valid (a GPU run is rare: it must not fail on them).
+    #[test]
+    fn selftest_weights_are_valid_and_close_to_their_source() {
+        for (n, k) in [(96, 200), (40, 96), (130, 256)] {
+            let w = rand(n * k, 5);
+            for what in crate::selftest::QUANT_SCHEMES {
+                let q = crate::selftest::quant_weight(what, &w, n, k)
+                    .unwrap_or_else(|e| panic!("{what} [{n}, {k}]: {e:#}"));
+                q.validate(what).unwrap();
+                DeviceLayout::new(what, &q).unwrap();
+                let d = q.dequantize();
+                let err = d.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
+                let norm = w.iter().map(|b| b * b).sum::<f32>();
+                // act-order scrambles which scale a column uses, so only bound the others.
+                if !what.contains("act-order") {
+                    assert!(
+                        err / norm < 0.05,
+                        "{what} [{n}, {k}]: rel err² {}",
+                        err / norm
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn launch_shapes() {
         assert_eq!(gemv_shape(4096), ((1024, 1, 1), (128, 1, 1)));
