@@ -93,7 +93,7 @@ enum Cmd {
         all_positions: bool,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
-        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },
@@ -125,7 +125,7 @@ enum Cmd {
         format: TextFormat,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
-        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },
@@ -156,7 +156,7 @@ enum Cmd {
         format: TextFormat,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
-        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },
@@ -183,7 +183,7 @@ enum Cmd {
         output: TableFormat,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
-        /// Quantize the linear weights on load: int8, int4, int4-asym or fp8 (f32/f16/bf16 checkpoints).
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },

@@ -106,9 +106,13 @@ impl Dequantized<'_> {
     fn rtn(&self, name: &str, w: &[f32], n: usize, k: usize) -> Vec<f32> {
         let q = match self.mode {
             QuantMode::Int8 => quantize_int8(w, n, k, k),
-            QuantMode::Int4 { symmetric } => {
-                quantize_int4(w, n, k, int4_group(name, k).unwrap(), symmetric)
-            }
+            QuantMode::Int4 { symmetric, group } => quantize_int4(
+                w,
+                n,
+                k,
+                group.unwrap_or_else(|| int4_group(name, k).unwrap()),
+                symmetric,
+            ),
             QuantMode::Fp8 => quantize_fp8(w, n, k, true),
         };
         q.unwrap().dequantize()
@@ -138,8 +142,14 @@ impl TensorSource for Dequantized<'_> {
 fn quantize_on_load_equals_flint_on_the_rtn_dequantized_weights() {
     let modes = [
         QuantMode::Int8,
-        QuantMode::Int4 { symmetric: true },
-        QuantMode::Int4 { symmetric: false },
+        QuantMode::Int4 {
+            symmetric: true,
+            group: None,
+        },
+        QuantMode::Int4 {
+            symmetric: false,
+            group: Some(32),
+        },
         QuantMode::Fp8,
     ];
     // llama3: dense, tied head; mixtral: per-expert tensors; qwen3_moe: fused [E, 2I, D].
@@ -185,7 +195,10 @@ fn quantize_on_load_works_on_synthetic_models() {
         .load_with(
             &CpuBackend,
             &LoadOptions {
-                quant: Some(QuantMode::Int4 { symmetric: true }),
+                quant: Some(QuantMode::Int4 {
+                    symmetric: true,
+                    group: None,
+                }),
             },
         )
         .unwrap();
@@ -387,7 +400,10 @@ fn fusing_incompatible_parts_is_an_error_by_message() {
     assert_eq!(int4_group("w", 96).unwrap(), 32);
     assert_eq!(int4_group("w", 172).unwrap(), 86);
     let e = match quantize(
-        QuantMode::Int4 { symmetric: true },
+        QuantMode::Int4 {
+            symmetric: true,
+            group: None,
+        },
         "model.layers.0.mlp.down_proj.weight",
         &rand_w(4, 45, 4),
         4,
@@ -402,6 +418,39 @@ fn fusing_incompatible_parts_is_an_error_by_message() {
     );
     let e = "int3".parse::<QuantMode>().unwrap_err().to_string();
     assert!(e.contains("int3") && e.contains("int8, int4"), "{e}");
+    for (s, want) in [
+        ("int4", (true, None)),
+        ("int4-asym", (false, None)),
+        ("int4-g64", (true, Some(64))),
+        ("int4-asym-g32", (false, Some(32))),
+    ] {
+        let m: QuantMode = s.parse().unwrap();
+        assert_eq!(
+            m,
+            QuantMode::Int4 {
+                symmetric: want.0,
+                group: want.1
+            }
+        );
+        assert_eq!(m.to_string(), s);
+    }
+    for bad in ["int4-g0", "int4-g7", "int4-x", "int4-g"] {
+        assert!(bad.parse::<QuantMode>().is_err(), "{bad}");
+    }
+    let e = match quantize(
+        "int4-g64".parse().unwrap(),
+        "model.layers.0.mlp.down_proj.weight",
+        &rand_w(4, 96, 4),
+        4,
+        96,
+    ) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("group 64 does not divide 96"),
+    };
+    assert!(
+        e.contains("down_proj") && e.contains("96") && e.contains("64"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -490,7 +539,10 @@ fn cli_quant_and_perplexity() {
         .load_with(
             &CpuBackend,
             &LoadOptions {
-                quant: Some(QuantMode::Int4 { symmetric: true }),
+                quant: Some(QuantMode::Int4 {
+                    symmetric: true,
+                    group: None,
+                }),
             },
         )
         .unwrap();

@@ -5,7 +5,7 @@
 //!   A linear weight whose `{prefix}.weight` is a float tensor is dense (what the format left
 //!   unquantized: embeddings, norms, routers, usually lm_head, anything in an `ignore` list);
 //!   otherwise it is read by the importer of the checkpoint's format (`quant::load_quantized`).
-//! * [`QuantizeOnLoad`]: `--quant int8|int4|int4-asym|fp8` on an f32/f16/bf16 checkpoint or a
+//! * [`QuantizeOnLoad`]: `--quant int8|int4[-asym][-g<group>]|fp8` on an f32/f16/bf16 checkpoint or a
 //!   synthetic model: every decoder linear weight (attention, MLP, experts, shared experts) is
 //!   quantized with round-to-nearest as it is read. Embeddings, norms, routers and lm_head stay
 //!   dense (lm_head is the most error-sensitive matrix and runs once per token).
@@ -27,9 +27,13 @@ use std::str::FromStr;
 pub enum QuantMode {
     /// Symmetric int8, one scale per output channel.
     Int8,
-    /// int4, groups of 128 inputs along K (see [`int4_group`] where 128 does not divide K); symmetric,
-    /// or asymmetric with an integer zero point per group.
-    Int4 { symmetric: bool },
+    /// int4 with one scale per `group` inputs along K (`None`: 128, or see [`int4_group`]
+    /// where 128 does not divide K); symmetric, or asymmetric with an integer zero point per
+    /// group.
+    Int4 {
+        symmetric: bool,
+        group: Option<usize>,
+    },
     /// fp8 e4m3, one scale per output channel.
     Fp8,
 }
@@ -37,24 +41,57 @@ pub enum QuantMode {
 impl FromStr for QuantMode {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            anyhow::anyhow!(
+                "--quant `{s}` is not one of int8, int4[-asym][-g<group>] (e.g. int4, \
+                 int4-asym-g64, int4-g32), fp8"
+            )
+        };
         Ok(match s {
             "int8" => QuantMode::Int8,
-            "int4" => QuantMode::Int4 { symmetric: true },
-            "int4-asym" => QuantMode::Int4 { symmetric: false },
             "fp8" => QuantMode::Fp8,
-            other => bail!("--quant `{other}` is not one of int8, int4, int4-asym, fp8"),
+            _ => {
+                let mut parts = s.split('-');
+                if parts.next() != Some("int4") {
+                    return Err(bad());
+                }
+                let (mut symmetric, mut group) = (true, None);
+                for p in parts {
+                    match p {
+                        "asym" => symmetric = false,
+                        "sym" => symmetric = true,
+                        g => {
+                            let n: usize = g
+                                .strip_prefix('g')
+                                .and_then(|n| n.parse().ok())
+                                .ok_or_else(bad)?;
+                            ensure!(
+                                n > 0 && n % 2 == 0,
+                                "--quant `{s}`: the int4 group must be even and positive"
+                            );
+                            group = Some(n);
+                        }
+                    }
+                }
+                QuantMode::Int4 { symmetric, group }
+            }
         })
     }
 }
 
 impl fmt::Display for QuantMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            QuantMode::Int8 => "int8",
-            QuantMode::Int4 { symmetric: true } => "int4",
-            QuantMode::Int4 { symmetric: false } => "int4-asym",
-            QuantMode::Fp8 => "fp8",
-        })
+        match self {
+            QuantMode::Int8 => f.write_str("int8"),
+            QuantMode::Fp8 => f.write_str("fp8"),
+            QuantMode::Int4 { symmetric, group } => {
+                f.write_str(if *symmetric { "int4" } else { "int4-asym" })?;
+                match group {
+                    Some(g) => write!(f, "-g{g}"),
+                    None => Ok(()),
+                }
+            }
+        }
     }
 }
 
@@ -90,8 +127,19 @@ pub fn quantize(
 ) -> Result<Linear> {
     let q = match mode {
         QuantMode::Int8 => quantize_int8(w, rows, cols, cols),
-        QuantMode::Int4 { symmetric } => {
-            quantize_int4(w, rows, cols, int4_group(name, cols)?, symmetric)
+        QuantMode::Int4 { symmetric, group } => {
+            let g = match group {
+                Some(g) => {
+                    ensure!(
+                        cols % g == 0,
+                        "--quant {mode}: `{name}` has {cols} input columns, which the int4 \
+                         group size {g} does not divide"
+                    );
+                    g
+                }
+                None => int4_group(name, cols)?,
+            };
+            quantize_int4(w, rows, cols, g, symmetric)
         }
         QuantMode::Fp8 => quantize_fp8(w, rows, cols, true),
     };
