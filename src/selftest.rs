@@ -656,8 +656,10 @@ impl Tester<'_> {
 
 impl Tester<'_> {
     fn quant_cases(&self, quick: bool) -> Vec<Case> {
-        // (what, n, k): model shapes first (Llama-3-8B q|k|v and down), then ragged ones that
-        // take the scalar and per-code-group paths.
+        // (n, k): model shapes first (Llama-3-8B q|k|v and down), then ragged ones that take
+        // the scalar and per-code-group paths. Each weight is made, quantized and uploaded
+        // once per scheme; the token counts reuse it (the CPU reference is slow at model
+        // shapes, so those run fewer counts: 1 and 8 take the GEMV, 9 dequant + cuBLASLt).
         let shapes: &[(usize, usize)] = if quick {
             &[(6144, 4096), (96, 200)]
         } else {
@@ -669,29 +671,33 @@ impl Tester<'_> {
                 (40, 96),
             ]
         };
-        let schemes = QUANT_SCHEMES;
-        let tokens: &[usize] = if quick {
-            &[1, 8, 33]
-        } else {
-            &[1, 3, 8, 9, 64]
-        };
         let mut out = Vec::new();
         for &(n, k) in shapes {
-            for what in schemes {
-                // The CPU reference is slow at model shapes: fewer token counts there.
-                for &t in tokens.iter().filter(|&&t| n * k < 1 << 24 || t <= 9) {
+            let big = n * k >= 1 << 24;
+            let tokens: &[usize] = match (quick, big) {
+                (true, true) => &[1, 9],
+                (true, false) => &[1, 8, 33],
+                (false, true) => &[1, 8, 9],
+                (false, false) => &[1, 3, 8, 9, 64],
+            };
+            let w = self.data(n * k, 1.0 / (k as f32).sqrt());
+            for what in QUANT_SCHEMES {
+                let weights = quant_weight(what, &w, n, k).and_then(|q| {
+                    Ok((
+                        self.cpu.upload_quantized(what, &q)?,
+                        self.gpu.upload_quantized(what, &q)?,
+                    ))
+                });
+                for &t in tokens {
                     let bias = t == 3 || t == 9;
+                    let b = if bias { " bias" } else { "" };
                     out.push(self.case(
                         "quant matmul",
-                        format!(
-                            "{what} [{n}, {k}] tokens {t}{}",
-                            if bias { " bias" } else { "" }
-                        ),
+                        format!("{what} [{n}, {k}] tokens {t}{b}"),
                         OP_TOL,
-                        || {
-                            let w = self.data(n * k, 1.0 / (k as f32).sqrt());
-                            let q = quant_weight(what, &w, n, k)?;
-                            self.quant_matmul(&q, t, bias)
+                        || match &weights {
+                            Ok((wc, wg)) => self.quant_matmul(wc, wg, t, bias),
+                            Err(e) => bail!("building the weight: {e:#}"),
                         },
                     ));
                 }
@@ -700,25 +706,20 @@ impl Tester<'_> {
         out
     }
 
-    fn quant_matmul(
-        &self,
-        q: &crate::weights::quant::QuantWeight,
-        t: usize,
-        bias: bool,
-    ) -> Result<f64> {
-        let x = self.input(t, q.k, 1.0)?;
+    /// x [t, k] times the same quantized weight on both backends (CPU: exactly dequantized).
+    fn quant_matmul(&self, wc: &CpuTensor, wg: &CudaTensor, t: usize, bias: bool) -> Result<f64> {
+        let (n, k) = (wc.rows, wc.cols);
+        let x = self.input(t, k, 1.0)?;
         let b = if bias {
-            Some(self.input(1, q.n, 1.0)?)
+            Some(self.input(1, n, 1.0)?)
         } else {
             None
         };
-        let wc = self.cpu.upload_quantized("w", q)?;
-        let wg = self.gpu.upload_quantized("w", q)?;
-        let (mut c, mut g) = self.output(t + 3, q.n)?;
+        let (mut c, mut g) = self.output(t + 3, n)?;
         self.cpu
-            .matmul(&x.cpu, &wc, b.as_ref().map(|b| &b.cpu), &mut c)?;
+            .matmul(&x.cpu, wc, b.as_ref().map(|b| &b.cpu), &mut c)?;
         self.gpu
-            .matmul(&x.gpu, &wg, b.as_ref().map(|b| &b.gpu), &mut g)?;
+            .matmul(&x.gpu, wg, b.as_ref().map(|b| &b.gpu), &mut g)?;
         self.compare(&c, &g)
     }
 }
