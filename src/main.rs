@@ -9,6 +9,7 @@ use flint::bench::{self, BenchOptions};
 use flint::engine::{self, GenerateOptions};
 use flint::sampling::SamplingParams;
 use flint::tokenizer::{DecodeStream, Tokenizer};
+use flint::weights::quant_source::{LoadOptions, QuantMode};
 use flint::ModelRef;
 use serde_json::json;
 use std::io::Write;
@@ -92,6 +93,9 @@ enum Cmd {
         all_positions: bool,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Generate a continuation.
     Generate {
@@ -121,6 +125,9 @@ enum Cmd {
         format: TextFormat,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Token ids of a text as JSON `{"ids": [...]}`, special tokens added as transformers does.
     Tokenize {
@@ -130,6 +137,28 @@ enum Cmd {
         #[arg(long)]
         no_special_tokens: bool,
         text: String,
+    },
+    /// Perplexity of a text file: exp of the mean next-token negative log-likelihood over
+    /// consecutive windows of `--ctx` tokens (each window scored from its first token on).
+    Perplexity {
+        #[arg(long)]
+        model: String,
+        /// A UTF-8 text file (needs tokenizer.json in the model folder).
+        #[arg(long, conflicts_with = "ids")]
+        text: Option<PathBuf>,
+        /// The tokens as comma-separated ids instead of a text.
+        #[arg(long, value_parser = id_list)]
+        ids: Option<IdList>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Throughput, llama-bench style: pp (prompt) and tg (decode) tokens/s.
     Bench {
@@ -161,6 +190,9 @@ enum Cmd {
         /// Token counts of --moe-layer.
         #[arg(long, value_parser = num_list, default_value = "1,8,64,512,4096")]
         moe_tokens: NumList,
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
     Throughput {
@@ -249,6 +281,7 @@ impl Cmd {
             Cmd::Logits { device, .. }
             | Cmd::Generate { device, .. }
             | Cmd::Bench { device, .. }
+            | Cmd::Perplexity { device, .. }
             | Cmd::Throughput { device, .. } => Some(*device),
             Cmd::Info { .. }
             | Cmd::Tokenize { .. }
@@ -256,6 +289,10 @@ impl Cmd {
             | Cmd::BenchOps { .. } => None,
         }
     }
+}
+
+fn quant_mode(s: &str) -> Result<QuantMode, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 fn main() {
@@ -386,8 +423,9 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             prompt_ids,
             all_positions,
             device: _,
+            quant,
         } => {
-            let m = ModelRef::parse(&model).load(be)?;
+            let m = ModelRef::parse(&model).load_with(be, &LoadOptions { quant })?;
             let logits = engine::prompt_logits(be, &m, &prompt_ids.0, all_positions)?;
             let rows: Vec<&[f32]> = logits.chunks(m.spec.vocab_size).collect();
             println!("{}", json!({ "logits": rows }));
@@ -405,6 +443,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             ignore_eos,
             format,
             device: _,
+            quant,
         } => {
             let mref = ModelRef::parse(&model);
             let tok = match &mref {
@@ -423,7 +462,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 (None, Some(ids)) => ids.0,
                 _ => bail!("give --prompt TEXT or --prompt-ids IDS"),
             };
-            let m = mref.load(be)?;
+            let m = mref.load_with(be, &LoadOptions { quant })?;
             let mut eos = m.spec.eos_token_ids.clone();
             if let Some(t) = &tok {
                 eos.extend(
@@ -484,6 +523,48 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Perplexity {
+            model,
+            text,
+            ids,
+            ctx,
+            format,
+            device: _,
+            quant,
+        } => {
+            let mref = ModelRef::parse(&model);
+            let ids = match (text, ids) {
+                (Some(path), None) => {
+                    let ModelRef::Dir(d) = &mref else {
+                        bail!("--text needs a model folder with tokenizer.json; use --ids");
+                    };
+                    let t = Tokenizer::from_dir(d)?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    t.encode(&text, true)?
+                }
+                (None, Some(ids)) => ids.0,
+                _ => bail!("give --text FILE or --ids IDS"),
+            };
+            let m = mref.load_with(be, &LoadOptions { quant })?;
+            let r = flint::perplexity::perplexity(be, &m, &ids, ctx)?;
+            let q = quant.map_or("none".to_string(), |q| q.to_string());
+            match format {
+                TextFormat::Json => println!(
+                    "{}",
+                    json!({ "model": model, "quant": q, "backend": be.name(), "ctx": ctx,
+                            "tokens_scored": r.tokens_scored, "nll": r.mean_nll,
+                            "perplexity": r.perplexity })
+                ),
+                TextFormat::Text => println!(
+                    "{model} (quant {q}, {}): perplexity {:.4} over {} tokens (windows of {ctx})",
+                    be.name(),
+                    r.perplexity,
+                    r.tokens_scored
+                ),
+            }
+            Ok(())
+        }
         Cmd::Tokenize {
             model,
             no_special_tokens,
@@ -504,6 +585,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             device: _,
             moe_layer: _,
             moe_tokens: _,
+            quant,
         } => {
             let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
@@ -523,7 +605,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     need as f64 / (1u64 << 30) as f64
                 );
             }
-            let m = mref.load(be)?;
+            let m = mref.load_with(be, &LoadOptions { quant })?;
             // CPU defaults are small: the reference backend is slow by design.
             let (pp, tg) = if on_cpu { (128, 32) } else { (512, 128) };
             let opt = BenchOptions {
@@ -683,6 +765,10 @@ fn info(model: &str) -> Result<()> {
         "bf16_weight_bytes": params * 2,
         "checkpoint_bytes": checkpoint_bytes,
         "kv_bytes_per_token_bf16": 2 * spec.num_layers * spec.kv_dim() * 2,
+        "quantization": match &mref {
+            ModelRef::Dir(d) => flint::weights::quant::QuantConfig::from_dir(d)?.map(|q| format!("{q:?}")),
+            ModelRef::Synthetic(_) => None,
+        },
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())

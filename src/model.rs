@@ -9,6 +9,8 @@ mod moe;
 use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
 use crate::config::ModelSpec;
 use crate::weights::names::{self, LayerNames};
+use crate::weights::quant::Linear;
+use crate::weights::quant_source::stack_linear;
 use crate::weights::TensorSource;
 use anyhow::{bail, Context, Result};
 use moe::{MoeLayer, MoeWorkspace};
@@ -141,6 +143,34 @@ fn upload_stacked<B: Backend>(
     be.upload_weight(parts[0].0, &data, r, c)
 }
 
+/// Loads linear weights `[rows_i, cols]` and uploads them stacked along rows as one (fused
+/// projections), dense or quantized as the source serves them (`TensorSource::load_linear`).
+fn upload_linear<B: Backend, S: AsRef<str>>(
+    be: &B,
+    src: &dyn TensorSource,
+    parts: &[(S, usize)],
+    cols: usize,
+) -> Result<B::Weight> {
+    let first = parts.first().map_or("", |p| p.0.as_ref());
+    let mut lin = Vec::with_capacity(parts.len());
+    for (name, r) in parts {
+        lin.push(src.load_linear(name.as_ref(), *r, cols)?);
+    }
+    upload_linear_data(be, first, stack_linear(first, lin)?, cols)
+}
+
+fn upload_linear_data<B: Backend>(
+    be: &B,
+    name: &str,
+    lin: Linear,
+    cols: usize,
+) -> Result<B::Weight> {
+    match lin {
+        Linear::Dense(d) => be.upload_weight(name, &d, d.len() / cols.max(1), cols),
+        Linear::Quant(q) => be.upload_quantized(name, &q),
+    }
+}
+
 impl<B: Backend> Model<B> {
     /// Uploads every weight, one tensor at a time, fusing q|k|v and gate|up.
     pub fn load(be: &B, spec: ModelSpec, src: &dyn TensorSource) -> Result<Self> {
@@ -152,9 +182,7 @@ impl<B: Backend> Model<B> {
             let w = |s: &str| format!("{s}.weight");
             let b = |s: &str| format!("{s}.bias");
             let qkv_parts = [(w(&n.q), qd), (w(&n.k), kvd), (w(&n.v), kvd)];
-            let parts: Vec<(&str, usize)> =
-                qkv_parts.iter().map(|(s, r)| (s.as_str(), *r)).collect();
-            let qkv = upload_stacked(be, src, &parts, d)?;
+            let qkv = upload_linear(be, src, &qkv_parts, d)?;
             let qkv_bias = if spec.qkv_bias {
                 let bp = [(b(&n.q), qd), (b(&n.k), kvd), (b(&n.v), kvd)];
                 let parts: Vec<(&str, usize)> = bp.iter().map(|(s, r)| (s.as_str(), *r)).collect();
@@ -167,8 +195,7 @@ impl<B: Backend> Model<B> {
                 Mlp::Moe(MoeLayer::load(be, &spec, i, src)?)
             } else {
                 let gu = [(w(&n.gate), inter), (w(&n.up), inter)];
-                let parts: Vec<(&str, usize)> = gu.iter().map(|(s, r)| (s.as_str(), *r)).collect();
-                let gate_up = upload_stacked(be, src, &parts, d)?;
+                let gate_up = upload_linear(be, src, &gu, d)?;
                 let (gate_up_bias, down_bias) = if spec.mlp_bias {
                     let gb = [(b(&n.gate), inter), (b(&n.up), inter)];
                     let parts: Vec<(&str, usize)> =
@@ -183,7 +210,7 @@ impl<B: Backend> Model<B> {
                 Mlp::Dense(DenseMlp {
                     gate_up,
                     gate_up_bias,
-                    down: upload(be, src, &w(&n.down), d, inter)?,
+                    down: upload_linear(be, src, &[(w(&n.down), d)], inter)?,
                     down_bias,
                 })
             };
@@ -206,7 +233,7 @@ impl<B: Backend> Model<B> {
                 } else {
                     None
                 },
-                o: upload(be, src, &w(&n.o), d, qd)?,
+                o: upload_linear(be, src, &[(w(&n.o), d)], qd)?,
                 o_bias: if spec.o_bias {
                     Some(upload(be, src, &b(&n.o), d, 0)?)
                 } else {
@@ -231,7 +258,7 @@ impl<B: Backend> Model<B> {
         let lm_head = if spec.tie_embeddings {
             None
         } else {
-            Some(upload(be, src, names::LM_HEAD, spec.vocab_size, d).context(
+            Some(upload_linear(be, src, &[(names::LM_HEAD, spec.vocab_size)], d).context(
                 "the checkpoint has no separate output projection and config.json does not set tie_word_embeddings",
             )?)
         };

@@ -112,6 +112,9 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     for c in t.op_cases(opts.quick) {
         record(c);
     }
+    for c in t.quant_cases(opts.quick) {
+        record(c);
+    }
     for c in e2e_cases(&gpu, &opts.fixtures, opts.quick) {
         record(c);
     }
@@ -644,6 +647,158 @@ impl Tester<'_> {
         self.gpu.softcap(&mut x.gpu, cap)?;
         self.compare(&x.cpu, &x.gpu)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Quantized matmul (kernels/quant_gemv.cu, backend/cuda/quant.rs): the GPU's matmul against
+// a quantized weight vs the CPU's matmul against the same weight dequantized exactly.
+// ---------------------------------------------------------------------------------------
+
+impl Tester<'_> {
+    fn quant_cases(&self, quick: bool) -> Vec<Case> {
+        // (n, k): model shapes first (Llama-3-8B q|k|v and down), then ragged ones that take
+        // the scalar and per-code-group paths. Each weight is made, quantized and uploaded
+        // once per scheme; the token counts reuse it (the CPU reference is slow at model
+        // shapes, so those run fewer counts: 1 and 8 take the GEMV, 9 dequant + cuBLASLt).
+        let shapes: &[(usize, usize)] = if quick {
+            &[(6144, 4096), (96, 200)]
+        } else {
+            &[
+                (6144, 4096),
+                (4096, 14336),
+                (1000, 512),
+                (96, 200),
+                (40, 96),
+            ]
+        };
+        let mut out = Vec::new();
+        for &(n, k) in shapes {
+            let big = n * k >= 1 << 24;
+            let tokens: &[usize] = match (quick, big) {
+                (true, true) => &[1, 9],
+                (true, false) => &[1, 8, 33],
+                (false, true) => &[1, 8, 9],
+                (false, false) => &[1, 3, 8, 9, 64],
+            };
+            let w = self.data(n * k, 1.0 / (k as f32).sqrt());
+            for what in QUANT_SCHEMES {
+                let weights = quant_weight(what, &w, n, k).and_then(|q| {
+                    Ok((
+                        self.cpu.upload_quantized(what, &q)?,
+                        self.gpu.upload_quantized(what, &q)?,
+                    ))
+                });
+                for &t in tokens {
+                    let bias = t == 3 || t == 9;
+                    let b = if bias { " bias" } else { "" };
+                    out.push(self.case(
+                        "quant matmul",
+                        format!("{what} [{n}, {k}] tokens {t}{b}"),
+                        OP_TOL,
+                        || match &weights {
+                            Ok((wc, wg)) => self.quant_matmul(wc, wg, t, bias),
+                            Err(e) => bail!("building the weight: {e:#}"),
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// x [t, k] times the same quantized weight on both backends (CPU: exactly dequantized).
+    fn quant_matmul(&self, wc: &CpuTensor, wg: &CudaTensor, t: usize, bias: bool) -> Result<f64> {
+        let (n, k) = (wc.rows, wc.cols);
+        let x = self.input(t, k, 1.0)?;
+        let b = if bias {
+            Some(self.input(1, n, 1.0)?)
+        } else {
+            None
+        };
+        let (mut c, mut g) = self.output(t + 3, n)?;
+        self.cpu
+            .matmul(&x.cpu, wc, b.as_ref().map(|b| &b.cpu), &mut c)?;
+        self.gpu
+            .matmul(&x.gpu, wg, b.as_ref().map(|b| &b.gpu), &mut g)?;
+        self.compare(&c, &g)
+    }
+}
+
+/// The schemes `quant_cases` runs.
+pub(crate) const QUANT_SCHEMES: [&str; 8] = [
+    "int8 channel",
+    "int8 g64",
+    "int4 sym g128",
+    "int4 asym g32",
+    "int4 act-order g32",
+    "fp8 tensor",
+    "fp8 channel",
+    "fp8 block 128",
+];
+
+/// A quantized weight of the named scheme (act-order: a scrambled g_idx; block: ragged
+/// [128, 128] blocks with their own scales).
+pub(crate) fn quant_weight(
+    what: &str,
+    w: &[f32],
+    n: usize,
+    k: usize,
+) -> Result<crate::weights::quant::QuantWeight> {
+    use crate::weights::quant::{
+        quantize_fp8, quantize_int4, quantize_int8, Fp8Scale, QuantScheme,
+    };
+    let g = |want: usize| {
+        [want, 32, 16, 8]
+            .into_iter()
+            .find(|g| k % g == 0)
+            .unwrap_or(k)
+    };
+    Ok(match what {
+        "int8 channel" => quantize_int8(w, n, k, k)?,
+        "int8 g64" => quantize_int8(w, n, k, g(64))?,
+        "int4 sym g128" => quantize_int4(w, n, k, g(128), true)?,
+        "int4 asym g32" => quantize_int4(w, n, k, g(32), false)?,
+        "int4 act-order g32" => {
+            let mut q = quantize_int4(w, n, k, g(32), false)?;
+            let groups = k / g(32);
+            // A fixed scramble of the columns' groups (each group keeps its size).
+            let mut gi: Vec<u32> = (0..k).map(|c| ((c * 7 + 3) % k) as u32).collect();
+            gi.iter_mut()
+                .for_each(|v| *v = (*v as usize * groups / k) as u32);
+            q.g_idx = Some(gi);
+            q.validate("act-order")?;
+            q
+        }
+        "fp8 tensor" => quantize_fp8(w, n, k, false)?,
+        "fp8 channel" => quantize_fp8(w, n, k, true)?,
+        "fp8 block 128" => {
+            let mut q = quantize_fp8(w, n, k, true)?;
+            // Re-encode with one scale per ragged [128, 128] block.
+            let (bn, bk) = (128, 128);
+            let (gn, gk) = (n.div_ceil(bn), k.div_ceil(bk));
+            let mut scales = vec![0f32; gn * gk];
+            for r in 0..n {
+                for c in 0..k {
+                    let s = &mut scales[(r / bn) * gk + c / bk];
+                    *s = s.max(w[r * k + c].abs() / crate::weights::quant::FP8_E4M3_MAX);
+                }
+            }
+            for r in 0..n {
+                for c in 0..k {
+                    let s = scales[(r / bn) * gk + c / bk];
+                    let v = if s > 0.0 { w[r * k + c] / s } else { 0.0 };
+                    q.qdata[r * k + c] = crate::weights::quant::fp8_e4m3_encode(v);
+                }
+            }
+            q.scheme = QuantScheme::Fp8E4M3 {
+                scale: Fp8Scale::Block { bn, bk },
+            };
+            q.scales = scales;
+            q.validate("fp8 block")?;
+            q
+        }
+        other => bail!("unknown scheme {other}"),
+    })
 }
 
 /// Every fixture folder holding a reference.json, sorted.

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::config::Activation;
+use crate::weights::quant::QuantWeight;
 use anyhow::{bail, Result};
 
 /// One sequence's share of a step: its new tokens and its view of the paged KV cache.
@@ -180,6 +181,12 @@ pub trait Backend {
         rows: usize,
         cols: usize,
     ) -> Result<Self::Weight>;
+    /// A quantized linear weight `[w.n, w.k]`. The default (the CPU reference's) dequantizes
+    /// it exactly to f32 and uploads that; a backend with quantized kernels keeps the codes.
+    fn upload_quantized(&self, name: &str, w: &QuantWeight) -> Result<Self::Weight> {
+        w.validate(name)?;
+        self.upload_weight(name, &w.dequantize(), w.n, w.k)
+    }
     fn upload_rope(&self, inv_freq: &[f32]) -> Result<Self::Rope>;
     fn upload_step(&self, step: &StepInput) -> Result<Self::Step>;
     fn alloc(&self, capacity_rows: usize, cols: usize) -> Result<Self::Tensor>;

@@ -2,7 +2,7 @@
 //! Qwen2-MoE's gated shared expert. Loaded into the `[E, 2I, D]` / `[E, D, I]` stacked layout
 //! whatever layout the checkpoint uses (see `weights::names::ExpertLayout`).
 
-use super::{upload, upload_stacked};
+use super::{upload, upload_linear, upload_linear_data};
 use crate::backend::{Backend, MoeExperts, MoeRouting};
 use crate::config::ModelSpec;
 use crate::weights::names::{ExpertLayout, MoeNames};
@@ -82,25 +82,26 @@ impl<B: Backend> MoeLayer<B> {
         let (gate_up, down) = match &names.experts {
             ExpertLayout::Fused { gate_up, down } => {
                 let gu = src.load(gate_up, &[ne, 2 * inter, d])?;
+                let gu = src.finish_linear(gate_up, gu, ne * 2 * inter, d)?;
                 let dn = src.load(down, &[ne, d, inter])?;
+                let dn = src.finish_linear(down, dn, ne * d, inter)?;
                 (
-                    be.upload_weight(gate_up, &gu, ne * 2 * inter, d)?,
-                    be.upload_weight(down, &dn, ne * d, inter)?,
+                    upload_linear_data(be, gate_up, gu, d)?,
+                    upload_linear_data(be, down, dn, inter)?,
                 )
             }
             layout @ ExpertLayout::PerExpert { .. } => {
-                let mut gu = Vec::with_capacity(ne * 2 * inter * d);
-                let mut dn = Vec::with_capacity(ne * d * inter);
+                let mut gu = Vec::with_capacity(2 * ne);
+                let mut dn = Vec::with_capacity(ne);
                 for e in 0..ne {
                     let (g, u, dw) = layout.expert(e).expect("per-expert layout");
-                    gu.extend(src.load(&g, &[inter, d])?);
-                    gu.extend(src.load(&u, &[inter, d])?);
-                    dn.extend(src.load(&dw, &[d, inter])?);
+                    gu.push((g, inter));
+                    gu.push((u, inter));
+                    dn.push((dw, d));
                 }
-                let (g0, _, d0) = layout.expert(0).expect("per-expert layout");
                 (
-                    be.upload_weight(&g0, &gu, ne * 2 * inter, d)?,
-                    be.upload_weight(&d0, &dn, ne * d, inter)?,
+                    upload_linear(be, src, &gu, d)?,
+                    upload_linear(be, src, &dn, inter)?,
                 )
             }
         };
@@ -109,8 +110,8 @@ impl<B: Backend> MoeLayer<B> {
             Some(s) => {
                 let (g, u, dw) = &names.shared;
                 Some(SharedExpert {
-                    gate_up: upload_stacked(be, src, &[(g.as_str(), s), (u.as_str(), s)], d)?,
-                    down: upload(be, src, dw, d, s)?,
+                    gate_up: upload_linear(be, src, &[(g.as_str(), s), (u.as_str(), s)], d)?,
+                    down: upload_linear(be, src, &[(dw.as_str(), d)], s)?,
                     gate: upload(be, src, &names.shared_gate, 1, d)
                         .context("Qwen2-MoE shared expert needs its gate")?,
                 })

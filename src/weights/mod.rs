@@ -3,6 +3,7 @@
 
 pub mod names;
 pub mod quant;
+pub mod quant_source;
 pub mod synthetic;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -242,6 +243,25 @@ pub trait TensorSource {
     /// The tensor `name`, which must have exactly `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
     fn contains(&self, name: &str) -> bool;
+
+    /// The linear weight `name` (`{prefix}.weight`) `[rows, cols]`: dense here; quantized
+    /// sources (a published quantized checkpoint, quantize-on-load) serve it quantized.
+    fn load_linear(&self, name: &str, rows: usize, cols: usize) -> Result<quant::Linear> {
+        Ok(quant::Linear::Dense(self.load(name, &[rows, cols])?))
+    }
+
+    /// What this source makes of a dense linear weight read as part of a larger tensor (the
+    /// fused `[E, 2I, D]` experts): unchanged here; quantize-on-load quantizes it.
+    fn finish_linear(
+        &self,
+        name: &str,
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<quant::Linear> {
+        let _ = (name, rows, cols);
+        Ok(quant::Linear::Dense(data))
+    }
 }
 
 impl TensorSource for WeightStore {

@@ -29,7 +29,10 @@
 //! and quantizers or hand-built weights may use any integer). Without zero points int8 is
 //! symmetric around 0 and int4 around 8.
 //! `g_idx` (GPTQ act-order) maps input column `k` to its group; it is only kept when it is not
-//! the trivial `k / group`. (A GPU kernel would rather permute K at load so groups become
+//! the trivial `k / group`. It has `B·K` entries for `B` equal blocks of rows (`B` divides N):
+//! one shared map (`B = 1`) for a single weight or for fused parts that share their input's
+//! act-order (q|k|v, gate|up), one per expert for stacked MoE experts (each expert saw its own
+//! tokens, so its Hessian and its order differ). Row `r` uses block `r / (N / B)`. (A GPU kernel would rather permute K at load so groups become
 //! contiguous, and permute activations the same way: later work.)
 //!
 //! # Dequantization (exact in f32)
@@ -202,8 +205,9 @@ impl QuantWeight {
                 }
                 if let Some(gi) = &self.g_idx {
                     ensure!(
-                        gi.len() == k,
-                        "{name}: g_idx has {} entries, expected K = {k}",
+                        !gi.is_empty() && gi.len() % k == 0 && n % (gi.len() / k) == 0,
+                        "{name}: g_idx has {} entries, expected K = {k} per equal block of the \
+                         {n} rows",
                         gi.len()
                     );
                     if let Some((i, v)) = gi.iter().enumerate().find(|(_, v)| **v as usize >= g) {
@@ -251,7 +255,12 @@ impl QuantWeight {
                 let int4 = matches!(self.scheme, QuantScheme::Int4 { .. });
                 let g = k / group;
                 let default_zero: i32 = if int4 { 8 } else { 0 };
+                let gi_rows = self.g_idx.as_ref().map_or(n, |gx| n / (gx.len() / k));
                 for (r, row) in out.chunks_exact_mut(k).enumerate() {
+                    let gmap = self
+                        .g_idx
+                        .as_ref()
+                        .map(|gx| &gx[(r / gi_rows) * k..(r / gi_rows + 1) * k]);
                     let scales = &self.scales[r * g..(r + 1) * g];
                     let zeros = self.zeros.as_ref().map(|z| &z[r * g..(r + 1) * g]);
                     for (c, w) in row.iter_mut().enumerate() {
@@ -261,7 +270,7 @@ impl QuantWeight {
                         } else {
                             self.qdata[r * k + c] as i8 as i32
                         };
-                        let gi = match &self.g_idx {
+                        let gi = match gmap {
                             Some(gx) => gx[c] as usize,
                             None => c / group,
                         };
@@ -526,6 +535,21 @@ fn get_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 impl QuantConfig {
+    /// The `quantization_config` of `dir/config.json`, if it has one (errors name the file).
+    pub fn from_dir(dir: &std::path::Path) -> Result<Option<Self>> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
+        match v.get("quantization_config") {
+            None | Some(Value::Null) => Ok(None),
+            Some(q) => Self::parse(q)
+                .map(Some)
+                .map_err(|e| anyhow!("{}: {e}", path.display())),
+        }
+    }
+
     /// Parses `quantization_config` (the object, or a whole config.json that holds one).
     pub fn parse(v: &Value) -> Result<Self> {
         let v = v.get("quantization_config").unwrap_or(v);
@@ -1234,4 +1258,181 @@ pub fn load_quantized(store: &WeightStore, prefix: &str, cfg: &QuantConfig) -> R
         }
     };
     res.map_err(|e| anyhow!("{file}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused projections
+// ---------------------------------------------------------------------------------------
+
+/// A linear weight `[N, K]` as a source serves it: dense f32, or quantized.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Linear {
+    Dense(Vec<f32>),
+    Quant(QuantWeight),
+}
+
+/// Stacks quantized weights along the output rows (the decoder's fused q|k|v and gate|up, and
+/// the stacked MoE experts), keeping them quantized. This is exact when the parts share one
+/// group layout along K, which is what a row concatenation can express:
+///
+/// * int: the same scheme and group size, and the same `g_idx` (GPTQ act-order orders K by
+///   the Hessian of the layer's *input*, which q/k/v (and gate/up) share, so published
+///   checkpoints agree); zero points are materialized where only some parts have them;
+/// * fp8: per-tensor scales stay per tensor when equal and otherwise become per-row (exact:
+///   the same scale repeated); blocks need the same `[bn, bk]` and every part but the last a
+///   multiple of `bn` rows, so no block straddles two parts.
+///
+/// Anything else is an error naming `name` and the reason (rather than silently dequantizing,
+/// which would lose the memory and speed the user asked for).
+pub fn concat_rows(name: &str, parts: Vec<QuantWeight>) -> Result<QuantWeight> {
+    ensure!(!parts.is_empty(), "{name}: nothing to fuse");
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().unwrap_or_else(|| unreachable!()));
+    }
+    let k = parts[0].k;
+    let scheme = parts[0].scheme;
+    for p in &parts {
+        ensure!(
+            p.k == k,
+            "{name}: fused parts have different input widths ({} and {k})",
+            p.k
+        );
+    }
+    let n: usize = parts.iter().map(|p| p.n).sum();
+    let qdata: Vec<u8> = parts.iter().flat_map(|p| p.qdata.iter().copied()).collect();
+    let out = match scheme {
+        QuantScheme::Int8 { .. } | QuantScheme::Int4 { .. } => {
+            for p in &parts {
+                ensure!(
+                    p.scheme == scheme,
+                    "{name}: fused parts are quantized differently ({:?} and {:?}); flint fuses \
+                     q|k|v and gate|up into one weight and needs one scheme and group size",
+                    p.scheme,
+                    scheme
+                );
+            }
+            let same_gidx = parts.iter().all(|p| p.g_idx == parts[0].g_idx);
+            let g_idx = if same_gidx {
+                parts[0].g_idx.clone()
+            } else {
+                // One map per part (stacked experts): the parts must be equal row blocks.
+                let rows = parts[0].n;
+                let mut all = Vec::with_capacity(parts.len() * k);
+                for p in &parts {
+                    ensure!(
+                        p.n == rows,
+                        "{name}: fused parts have different g_idx (act-order permutations) and \
+                         different row counts ({} and {rows}); flint fuses q|k|v and gate|up \
+                         into one weight and can keep one g_idx per part only for equal parts",
+                        p.n
+                    );
+                    let g = match p.scheme {
+                        QuantScheme::Int8 { group } | QuantScheme::Int4 { group } => group,
+                        QuantScheme::Fp8E4M3 { .. } => k,
+                    };
+                    match &p.g_idx {
+                        Some(gx) if gx.len() == k => all.extend_from_slice(gx),
+                        Some(_) => bail!(
+                            "{name}: a fused part already holds several g_idx blocks; stacking \
+                             it with differently ordered parts is not supported"
+                        ),
+                        None => all.extend((0..k).map(|c| (c / g) as u32)),
+                    }
+                }
+                Some(all)
+            };
+            let default_zero: i16 = if matches!(scheme, QuantScheme::Int4 { .. }) {
+                8
+            } else {
+                0
+            };
+            let zeros = if parts.iter().any(|p| p.zeros.is_some()) {
+                let mut z = Vec::new();
+                for p in &parts {
+                    match &p.zeros {
+                        Some(pz) => z.extend_from_slice(pz),
+                        None => z.extend(std::iter::repeat_n(default_zero, p.scales.len())),
+                    }
+                }
+                Some(z)
+            } else {
+                None
+            };
+            QuantWeight {
+                n,
+                k,
+                scheme,
+                qdata,
+                scales: parts
+                    .iter()
+                    .flat_map(|p| p.scales.iter().copied())
+                    .collect(),
+                zeros,
+                g_idx,
+            }
+        }
+        QuantScheme::Fp8E4M3 { .. } => {
+            let layouts: Vec<Fp8Scale> = parts
+                .iter()
+                .map(|p| match p.scheme {
+                    QuantScheme::Fp8E4M3 { scale } => Ok(scale),
+                    other => bail!(
+                        "{name}: fused parts mix fp8 and {other:?} weights; flint fuses q|k|v \
+                         and gate|up into one weight and needs one format"
+                    ),
+                })
+                .collect::<Result<_>>()?;
+            let (layout, scales) = if let Fp8Scale::Block { bn, bk } = layouts[0] {
+                for (i, (p, l)) in parts.iter().zip(&layouts).enumerate() {
+                    ensure!(
+                        *l == layouts[0],
+                        "{name}: fused parts have different fp8 scale layouts ({l:?} and {:?})",
+                        layouts[0]
+                    );
+                    ensure!(
+                        i + 1 == parts.len() || p.n % bn == 0,
+                        "{name}: fused part {i} has {} rows, not a multiple of the fp8 block \
+                         height {bn}, so its last scale block would straddle two projections",
+                        p.n
+                    );
+                }
+                let s = parts.iter().flat_map(|p| p.scales.iter().copied());
+                (Fp8Scale::Block { bn, bk }, s.collect())
+            } else {
+                ensure!(
+                    layouts.iter().all(|l| !matches!(l, Fp8Scale::Block { .. })),
+                    "{name}: fused parts mix block-scaled and per-tensor/per-row fp8 weights"
+                );
+                let first = parts[0].scales[0];
+                let all_tensor = layouts.iter().all(|l| *l == Fp8Scale::Tensor);
+                if all_tensor
+                    && parts
+                        .iter()
+                        .all(|p| p.scales[0].to_bits() == first.to_bits())
+                {
+                    (Fp8Scale::Tensor, vec![first])
+                } else {
+                    let mut s = Vec::with_capacity(n);
+                    for (p, l) in parts.iter().zip(&layouts) {
+                        match l {
+                            Fp8Scale::Tensor => s.extend(std::iter::repeat_n(p.scales[0], p.n)),
+                            _ => s.extend_from_slice(&p.scales),
+                        }
+                    }
+                    (Fp8Scale::Channel, s)
+                }
+            };
+            QuantWeight {
+                n,
+                k,
+                scheme: QuantScheme::Fp8E4M3 { scale: layout },
+                qdata,
+                scales,
+                zeros: None,
+                g_idx: None,
+            }
+        }
+    };
+    out.validate(name)?;
+    Ok(out)
 }

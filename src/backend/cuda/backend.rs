@@ -34,13 +34,32 @@ pub(super) mod moe;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
 pub struct CudaTensor {
-    buf: CudaSlice<bf16>,
+    pub(super) buf: CudaSlice<bf16>,
     pub rows: usize,
     pub cols: usize,
     pub capacity: usize,
+    /// A quantized weight (then `buf` is a placeholder; only `matmul` reads it): quant.rs.
+    pub(super) quant: Option<Box<super::quant::QuantDev>>,
 }
 
 impl CudaTensor {
+    /// A `[rows, cols]` weight held quantized (see quant.rs).
+    pub(super) fn quantized(
+        be: &CudaBackend,
+        rows: usize,
+        cols: usize,
+        q: super::quant::QuantDev,
+    ) -> Result<CudaTensor> {
+        // SAFETY: a one-element placeholder nobody reads.
+        let buf = unsafe { be.dev.stream.alloc::<bf16>(1) }.context("quantized weight")?;
+        Ok(CudaTensor {
+            buf,
+            rows,
+            cols,
+            capacity: rows,
+            quant: Some(Box::new(q)),
+        })
+    }
     fn set_rows(&mut self, rows: usize, op: &str) -> Result<()> {
         if rows > self.capacity {
             bail!(
@@ -127,8 +146,9 @@ impl StepLayout {
 }
 
 pub struct CudaBackend {
-    gemm: Gemm,
+    pub(super) gemm: Gemm,
     k: Kernels,
+    quant: super::quant::QuantKernels,
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
@@ -139,7 +159,7 @@ pub struct CudaBackend {
     mode: Cell<GraphMode>,
     /// Where the latest step's inputs and attention metadata/workspace live on the device.
     inputs: Cell<InputAddrs>,
-    dev: Device,
+    pub(super) dev: Device,
 }
 
 /// What a graph bakes in that can change under it: the device addresses of the step arrays
@@ -173,9 +193,11 @@ impl CudaBackend {
         let k = Kernels::load(&dev)?;
         let moe = moe::MoeState::load(&dev)?;
         let gemm = no_panic("cuBLASLt start-up", || Gemm::new(dev.stream.clone()))?;
+        let quant = super::quant::QuantKernels::load(&dev)?;
         Ok(CudaBackend {
             gemm,
             k,
+            quant,
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
@@ -251,13 +273,17 @@ impl CudaBackend {
         self.upload_weight("tensor", data, rows, cols)
     }
 
-    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+    pub(super) fn quant_kernels(&self) -> &super::quant::QuantKernels {
+        &self.quant
+    }
+
+    pub(super) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         dptr(s, &self.dev.stream)
     }
 
     /// The stream to launch on, with our context made current on this thread (a raw
     /// cuLaunchKernel uses the calling thread's context).
-    fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
+    pub(super) fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
         self.dev
             .ctx
             .bind_to_thread()
@@ -285,7 +311,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn note_upload(&self, bytes: usize) {
+    pub(super) fn note_upload(&self, bytes: usize) {
         let before = self.uploaded.get();
         let after = before + bytes;
         self.uploaded.set(after);
@@ -404,7 +430,16 @@ impl Backend for CudaBackend {
             rows,
             cols,
             capacity: rows,
+            quant: None,
         })
+    }
+
+    fn upload_quantized(
+        &self,
+        name: &str,
+        w: &crate::weights::quant::QuantWeight,
+    ) -> Result<CudaTensor> {
+        super::quant::upload(self, name, w)
     }
 
     fn upload_rope(&self, inv_freq: &[f32]) -> Result<CudaRope> {
@@ -479,6 +514,7 @@ impl Backend for CudaBackend {
             rows: 0,
             cols,
             capacity: capacity_rows,
+            quant: None,
         })
     }
 
@@ -509,7 +545,7 @@ impl Backend for CudaBackend {
     }
 
     fn weight_bytes(&self, w: &CudaTensor) -> usize {
-        w.rows * w.cols * 2
+        w.quant.as_ref().map_or(w.rows * w.cols * 2, |q| q.bytes)
     }
 
     fn memory_info(&self) -> Result<Option<crate::backend::MemoryInfo>> {
@@ -744,6 +780,9 @@ impl Backend for CudaBackend {
         }
         if self.replaying() {
             return Ok(()); // the graph launches this at graph_end
+        }
+        if let Some(q) = &w.quant {
+            return super::quant::matmul(self, x, q, bias, out);
         }
         self.gemm.run(
             &x.buf,
@@ -1031,6 +1070,12 @@ impl Backend for CudaBackend {
         scratch: &mut CudaTensor,
         out: &mut CudaTensor,
     ) -> Result<()> {
+        if gate_up.quant.is_some() || down.quant.is_some() {
+            bail!(
+                "moe_experts: quantized experts are not supported on CUDA yet (the grouped MoE \
+                 kernels take bf16 experts); run this checkpoint without --quant or on the CPU"
+            );
+        }
         self.moe_experts_impl(x, ids, weights, gate_up, down, shape, scratch, out)
     }
 

@@ -14,6 +14,7 @@ mod backend;
 pub mod device;
 pub mod gemm;
 pub mod kernels;
+pub mod quant;
 
 pub use backend::moe::{moe_path, MoePath};
 pub use backend::{CudaBackend, CudaKvCache, CudaRope, CudaStep, CudaTensor};
@@ -56,6 +57,13 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_gemv_gate_up_bf16_silu",
     "moe_route_bf16",
     "sigmoid_gate_add_bf16",
+    // quant_gemv.cu: quantized-weight GEMV (<= 8 tokens) and dequantize-to-bf16 (prefill)
+    "quant_dequant_fp8",
+    "quant_dequant_i4",
+    "quant_dequant_i8",
+    "quant_gemv_fp8",
+    "quant_gemv_i4",
+    "quant_gemv_i8",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

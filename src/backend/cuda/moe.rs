@@ -273,8 +273,8 @@ impl CudaBackend {
         }
         ids.set_rows(logits.rows, "moe_route")?;
         weights.set_rows(logits.rows, "moe_route")?;
-        if logits.rows == 0 {
-            return Ok(());
+        if logits.rows == 0 || self.replaying() {
+            return Ok(()); // replaying: the graph launches this at graph_end
         }
         let p = MoeRouteParams {
             logits: self.ptr(&logits.buf),
@@ -381,6 +381,9 @@ impl CudaBackend {
         i32_of(OP, "experts x hidden", ne * d)?;
         let lay = MoeLayout::new(assign, ne, d);
         i32_of(OP, "dispatch rows", lay.max_tiles * TILE_M)?;
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
         let stream = self.stream()?;
         let base = self
             .moe
@@ -526,8 +529,8 @@ impl CudaBackend {
                 out.cols
             );
         }
-        if x.rows == 0 || x.cols == 0 {
-            return Ok(());
+        if x.rows == 0 || x.cols == 0 || self.replaying() {
+            return Ok(()); // replaying: the graph launches this at graph_end
         }
         let p = SigmoidGateAddParams {
             x: self.ptr(&x.buf),

@@ -1,0 +1,47 @@
+/* quant/params.h — params of the quantized-weight kernels (kernels/quant_gemv.cu; included by
+ * params.h, same layout rules). Filled by src/backend/cuda/quant.rs.
+ *
+ * Device layout of a quantized weight [N, K] (the host QuantWeight layout, uploaded as is):
+ *   qdata   [N, row_bytes] u8, row-major along K: int8 codes (row_bytes = K), int4 two per
+ *           byte, low nibble first (row_bytes = K / 2), fp8 e4m3fn codes (row_bytes = K);
+ *   scales  [N, num_groups] f32: column k of row n uses scales[n, k / group] (int8 per
+ *           channel: group = K; fp8 per tensor and per row are expanded to one per row, fp8
+ *           [bn, bk] blocks to one per (row, k / bk): group = bk);
+ *   zeros   [N, num_groups] f32 integer zero points, or 0 for the symmetric default
+ *           `zero_default` (int8 0, int4 8; fp8 has none);
+ *   g_idx   [B, K] int32 act-order group of each column for B equal blocks of
+ *           gidx_rows rows (stacked experts keep one map each), or 0 for k / group.
+ * w[n, k] = scales[n, g] * (q[n, k] - zero[n, g]) (int) or decode(q[n, k]) * scales[n, g] (fp8),
+ * exactly the CPU reference's f32 value. */
+#ifndef FLINT_QUANT_PARAMS_H
+#define FLINT_QUANT_PARAMS_H
+
+/** Largest token count the GEMV kernels take (more: dequantize + cuBLASLt). */
+#define FLINT_QUANT_GEMV_MAX_TOKENS 8
+/** Output rows per GEMV CTA (one warp each). */
+#define FLINT_QUANT_GEMV_WARPS 4
+
+/** quant_gemv_{int8,int4,fp8}: out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), f32 accumulate. */
+typedef struct QuantGemvParams {
+    FLINT_PTR(const flint_bf16) x;       /**< [num_tokens, k] */
+    FLINT_PTR(const uint8_t) qdata;      /**< [n, row_bytes], 16-byte aligned rows when k % 32 == 0 */
+    FLINT_PTR(const float) scales;       /**< [n, num_groups] */
+    FLINT_PTR(const float) zeros;        /**< [n, num_groups], or 0: zero_default */
+    FLINT_PTR(const int32_t) g_idx;      /**< [n / gidx_rows, k], or 0: k / group */
+    FLINT_PTR(const flint_bf16) bias;    /**< [n], or 0 */
+    FLINT_PTR(flint_bf16) out;           /**< [num_tokens, n] */
+    int32_t num_tokens;                  /**< 1 ..= FLINT_QUANT_GEMV_MAX_TOKENS */
+    int32_t n;
+    int32_t k;
+    int32_t group;                       /**< columns per scale group (divides k for int) */
+    int32_t num_groups;
+    int32_t gidx_rows;                   /**< rows per g_idx block (n when one map) */
+    float zero_default;
+    int32_t reserved;                    /**< 0 */
+} QuantGemvParams;
+FLINT_ASSERT_SIZE(QuantGemvParams, 88);
+
+/* quant_dequant_{int8,int4,fp8} take the same struct: out[n, k] = bf16(w[n, k]) for prefill
+ * (then cuBLASLt); x, bias and num_tokens are unused there. */
+
+#endif /* FLINT_QUANT_PARAMS_H */

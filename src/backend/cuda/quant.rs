@@ -1,0 +1,433 @@
+//! Quantized weights on the GPU (UNVERIFIED on a GPU: compiled, and its host-side layout
+//! checked on the CPU; `flint selftest` compares the kernels with the CPU reference).
+//!
+//! Device layout (see `kernels/quant/params.h`): the codes exactly as `QuantWeight` holds
+//! them (row-major along K, which is already what a GEMV wants: each warp streams one row with
+//! 16-byte loads), and every scale layout normalized to "one f32 per (row, k / group)":
+//! per-tensor and per-row fp8 scales become one per row, fp8 `[bn, bk]` blocks one per
+//! (row, k / bk); zero points become f32; g_idx stays (one map per block of rows). So one
+//! kernel per code type serves every format, and the value a kernel computes is the CPU
+//! reference's f32 value, bit for bit, before the f32 accumulation.
+//!
+//! Dispatch (`matmul`): 1..=8 tokens run `quant_gemv_<fmt>` (one launch per linear layer;
+//! fused q|k|v and gate|up are one weight); more tokens dequantize into a grow-only bf16
+//! scratch with `quant_dequant_<fmt>` and run cuBLASLt on it (correct first; a fused
+//! tensor-core main loop is later work). Only `matmul` reads a quantized weight.
+
+use super::backend::{CudaBackend, CudaTensor};
+use super::device::Device;
+use super::kernels::{i32_of, launch, Dim3};
+use super::params::QuantGemvParams;
+use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{sys, CudaSlice};
+use half::bf16;
+use std::cell::RefCell;
+
+/// Tokens up to which the GEMV kernels run (`FLINT_QUANT_GEMV_MAX_TOKENS`).
+pub const GEMV_MAX_TOKENS: usize = 8;
+/// Rows per GEMV CTA (`FLINT_QUANT_GEMV_WARPS`).
+pub const GEMV_WARPS: usize = 4;
+
+/// The code type, one kernel pair each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fmt {
+    Int8,
+    Int4,
+    Fp8,
+}
+
+impl Fmt {
+    fn index(self) -> usize {
+        match self {
+            Fmt::Int8 => 0,
+            Fmt::Int4 => 1,
+            Fmt::Fp8 => 2,
+        }
+    }
+    /// The code type in kernel names (`quant_gemv_<name>`).
+    fn name(self) -> &'static str {
+        ["i8", "i4", "fp8"][self.index()]
+    }
+}
+
+/// The host side of the device layout: what `upload` copies, and what the CPU emulation in
+/// the tests reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceLayout {
+    pub fmt: Fmt,
+    pub n: usize,
+    pub k: usize,
+    /// `[n, num_groups]`.
+    pub scales: Vec<f32>,
+    pub zeros: Option<Vec<f32>>,
+    pub g_idx: Option<Vec<i32>>,
+    pub group: usize,
+    pub num_groups: usize,
+    pub gidx_rows: usize,
+    pub zero_default: f32,
+}
+
+impl DeviceLayout {
+    pub fn new(name: &str, w: &QuantWeight) -> Result<DeviceLayout> {
+        w.validate(name)?;
+        let (n, k) = (w.n, w.k);
+        i32_of(name, "rows", n)?;
+        i32_of(name, "columns", k)?;
+        let int = |fmt: Fmt, group: usize, zero_default: f32| {
+            let g_idx: Option<Vec<i32>> = w
+                .g_idx
+                .as_ref()
+                .map(|g| g.iter().map(|&v| v as i32).collect());
+            let gidx_rows = g_idx.as_ref().map_or(n, |g| n / (g.len() / k));
+            DeviceLayout {
+                fmt,
+                n,
+                k,
+                scales: w.scales.clone(),
+                zeros: w
+                    .zeros
+                    .as_ref()
+                    .map(|z| z.iter().map(|&v| v as f32).collect()),
+                g_idx,
+                group,
+                num_groups: k / group,
+                gidx_rows,
+                zero_default,
+            }
+        };
+        Ok(match w.scheme {
+            QuantScheme::Int8 { group } => int(Fmt::Int8, group, 0.0),
+            QuantScheme::Int4 { group } => int(Fmt::Int4, group, 8.0),
+            QuantScheme::Fp8E4M3 { scale } => {
+                let (group, scales) = match scale {
+                    Fp8Scale::Tensor => (k, vec![w.scales[0]; n]),
+                    Fp8Scale::Channel => (k, w.scales.clone()),
+                    Fp8Scale::Block { bn, bk } => {
+                        let gk = k.div_ceil(bk);
+                        let mut s = Vec::with_capacity(n * gk);
+                        for r in 0..n {
+                            s.extend_from_slice(&w.scales[(r / bn) * gk..(r / bn + 1) * gk]);
+                        }
+                        (bk, s)
+                    }
+                };
+                DeviceLayout {
+                    fmt: Fmt::Fp8,
+                    n,
+                    k,
+                    num_groups: scales.len() / n,
+                    scales,
+                    zeros: None,
+                    g_idx: None,
+                    group,
+                    gidx_rows: n,
+                    zero_default: 0.0,
+                }
+            }
+        })
+    }
+
+    /// Bytes per row of codes.
+    pub fn row_bytes(&self) -> usize {
+        match self.fmt {
+            Fmt::Int4 => self.k / 2,
+            Fmt::Int8 | Fmt::Fp8 => self.k,
+        }
+    }
+}
+
+/// A quantized weight on the device (held by a `CudaTensor`'s `quant`).
+pub struct QuantDev {
+    layout: DeviceLayout,
+    qdata: CudaSlice<u8>,
+    scales: CudaSlice<f32>,
+    zeros: Option<CudaSlice<f32>>,
+    g_idx: Option<CudaSlice<i32>>,
+    /// Device bytes of all of the above.
+    pub bytes: usize,
+}
+
+/// The kernels and the prefill scratch.
+pub struct QuantKernels {
+    gemv: [sys::CUfunction; 3],
+    dequant: [sys::CUfunction; 3],
+    scratch: RefCell<Option<CudaSlice<bf16>>>,
+}
+
+impl QuantKernels {
+    pub fn load(dev: &Device) -> Result<QuantKernels> {
+        let f = |s: &str| dev.function(s);
+        Ok(QuantKernels {
+            gemv: [
+                f("quant_gemv_i8")?,
+                f("quant_gemv_i4")?,
+                f("quant_gemv_fp8")?,
+            ],
+            dequant: [
+                f("quant_dequant_i8")?,
+                f("quant_dequant_i4")?,
+                f("quant_dequant_fp8")?,
+            ],
+            scratch: RefCell::new(None),
+        })
+    }
+}
+
+/// quant_gemv_*: one warp per output row, 4 per CTA.
+pub fn gemv_shape(n: usize) -> (Dim3, Dim3) {
+    let ctas = n.div_ceil(GEMV_WARPS).clamp(1, i32::MAX as usize) as u32;
+    ((ctas, 1, 1), ((GEMV_WARPS * 32) as u32, 1, 1))
+}
+
+/// quant_dequant_*: a grid-stride loop, 256 threads, at most 65,535 CTAs.
+pub fn dequant_shape(elems: usize) -> (Dim3, Dim3) {
+    (
+        (elems.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
+        (256, 1, 1),
+    )
+}
+
+/// `Backend::upload_quantized` on the GPU.
+pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTensor> {
+    let layout = DeviceLayout::new(name, w)?;
+    let s = &be.dev.stream;
+    let ctx = || format!("quantized weight `{name}`: uploading");
+    let qdata = s.clone_htod(&w.qdata).with_context(ctx)?;
+    let scales = s.clone_htod(&layout.scales).with_context(ctx)?;
+    let zeros = match &layout.zeros {
+        Some(z) => Some(s.clone_htod(z).with_context(ctx)?),
+        None => None,
+    };
+    let g_idx = match &layout.g_idx {
+        Some(g) => Some(s.clone_htod(g).with_context(ctx)?),
+        None => None,
+    };
+    let bytes = w.qdata.len()
+        + 4 * layout.scales.len()
+        + 4 * layout.zeros.as_ref().map_or(0, |z| z.len())
+        + 4 * layout.g_idx.as_ref().map_or(0, |g| g.len());
+    be.note_upload(bytes);
+    let q = QuantDev {
+        layout,
+        qdata,
+        scales,
+        zeros,
+        g_idx,
+        bytes,
+    };
+    CudaTensor::quantized(be, w.n, w.k, q)
+}
+
+/// `matmul` with a quantized weight: shapes were checked by the caller, `out` has its rows set.
+pub fn matmul(
+    be: &CudaBackend,
+    x: &CudaTensor,
+    q: &QuantDev,
+    bias: Option<&CudaTensor>,
+    out: &mut CudaTensor,
+) -> Result<()> {
+    let l = &q.layout;
+    let t = x.rows;
+    let qk = be.quant_kernels();
+    let mut p = QuantGemvParams {
+        x: be.ptr(&x.buf),
+        qdata: be.ptr(&q.qdata),
+        scales: be.ptr(&q.scales),
+        zeros: q.zeros.as_ref().map_or(0, |z| be.ptr(z)),
+        g_idx: q.g_idx.as_ref().map_or(0, |g| be.ptr(g)),
+        bias: bias.map_or(0, |b| be.ptr(&b.buf)),
+        out: be.ptr(&out.buf),
+        num_tokens: i32_of("quant matmul", "tokens", t)?,
+        n: l.n as i32,
+        k: l.k as i32,
+        group: l.group as i32,
+        num_groups: l.num_groups as i32,
+        gidx_rows: l.gidx_rows as i32,
+        zero_default: l.zero_default,
+        reserved: 0,
+    };
+    let stream = be.stream()?;
+    if t <= GEMV_MAX_TOKENS {
+        let name = format!("quant_gemv_{}", l.fmt.name());
+        // SAFETY: p points into live buffers of the shapes QuantGemvParams documents: x holds
+        // t rows of k, out t rows of n (capacity checked by the caller), the weight buffers
+        // were uploaded from a validated QuantWeight of [n, k].
+        return unsafe { launch(&name, qk.gemv[l.fmt.index()], gemv_shape(l.n), stream, &p) };
+    }
+    let elems = l.n * l.k;
+    let mut scratch = qk.scratch.borrow_mut();
+    if scratch.as_ref().is_none_or(|s| s.len() < elems) {
+        *scratch = None; // free the smaller one first
+                         // SAFETY: written in full by the dequant kernel before cuBLASLt reads it.
+        let buf = unsafe { be.dev.stream.alloc::<bf16>(elems) }.with_context(|| {
+            format!(
+                "quant matmul: a [{}, {}] bf16 dequantization scratch",
+                l.n, l.k
+            )
+        })?;
+        *scratch = Some(buf);
+    }
+    let Some(buf) = scratch.as_mut() else {
+        bail!("quant matmul: no scratch")
+    };
+    p.out = be.ptr(buf);
+    let name = format!("quant_dequant_{}", l.fmt.name());
+    // SAFETY: as above; out is the scratch of at least n * k bf16.
+    unsafe {
+        launch(
+            &name,
+            qk.dequant[l.fmt.index()],
+            dequant_shape(elems),
+            stream,
+            &p,
+        )?
+    };
+    be.gemm.run(
+        &x.buf,
+        buf,
+        bias.map(|b| &b.buf),
+        &mut out.buf,
+        (t, l.n, l.k),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::quant::{concat_rows, quantize_fp8, quantize_int4, quantize_int8};
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn fp8_kernel_decode(code: u8) -> f32 {
+        // The kernel's decode: the 7 low bits under an f16 exponent, times 2^8.
+        let h = (((code as u16) & 0x80) << 8) | (((code as u16) & 0x7F) << 7);
+        half::f16::from_bits(h).to_f32() * 256.0
+    }
+
+    /// What the kernels compute for w[n, k], written from the device layout alone.
+    fn emulate(l: &DeviceLayout, qdata: &[u8]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(l.n * l.k);
+        for n in 0..l.n {
+            let row = &qdata[n * l.row_bytes()..(n + 1) * l.row_bytes()];
+            for k in 0..l.k {
+                let q = match l.fmt {
+                    Fmt::Int4 => ((row[k / 2] >> (4 * (k & 1))) & 0xF) as i32,
+                    Fmt::Int8 => row[k] as i8 as i32,
+                    Fmt::Fp8 => row[k] as i32,
+                };
+                let g = match &l.g_idx {
+                    Some(gi) => gi[(n / l.gidx_rows) * l.k + k] as usize,
+                    None => k / l.group,
+                };
+                let s = l.scales[n * l.num_groups + g];
+                let z = l
+                    .zeros
+                    .as_ref()
+                    .map_or(l.zero_default, |z| z[n * l.num_groups + g]);
+                out.push(match l.fmt {
+                    Fmt::Fp8 => fp8_kernel_decode(q as u8) * s,
+                    _ => s * (q as f32 - z),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fp8_kernel_decode_matches_the_reference_on_every_finite_code() {
+        for c in 0..=255u8 {
+            let r = crate::weights::quant::fp8_e4m3_decode(c);
+            if r.is_nan() {
+                continue;
+            }
+            assert_eq!(fp8_kernel_decode(c).to_bits(), r.to_bits(), "code {c:#04x}");
+        }
+    }
+
+    #[test]
+    fn device_layout_reproduces_the_reference_for_every_scheme() {
+        let (n, k) = (48, 256);
+        let w = rand(n * k, 3);
+        let mut cases: Vec<QuantWeight> = vec![
+            quantize_int8(&w, n, k, k).unwrap(),
+            quantize_int8(&w, n, k, 64).unwrap(),
+            quantize_int4(&w, n, k, 128, true).unwrap(),
+            quantize_int4(&w, n, k, 32, false).unwrap(),
+            quantize_fp8(&w, n, k, false).unwrap(),
+            quantize_fp8(&w, n, k, true).unwrap(),
+        ];
+        // fp8 blocks with ragged edges.
+        let mut blk = quantize_fp8(&w, n, k, false).unwrap();
+        blk.scheme = QuantScheme::Fp8E4M3 {
+            scale: Fp8Scale::Block { bn: 32, bk: 96 },
+        };
+        blk.scales = rand(2 * 3, 9).iter().map(|v| v.abs() + 0.01).collect();
+        cases.push(blk);
+        // Per-expert act-order maps on a stacked weight.
+        let experts: Vec<QuantWeight> = (0..3)
+            .map(|e| {
+                let mut q = quantize_int4(&rand(16 * k, 20 + e), 16, k, 64, false).unwrap();
+                let mut g: Vec<u32> = (0..k as u32).map(|c| c / 64).collect();
+                g.rotate_left(7 * (e as usize + 1));
+                q.g_idx = Some(g);
+                q
+            })
+            .collect();
+        cases.push(concat_rows("experts", experts).unwrap());
+        for (i, q) in cases.iter().enumerate() {
+            let l = DeviceLayout::new("w", q).unwrap();
+            assert_eq!(l.scales.len(), l.n * l.num_groups, "case {i}");
+            let got = emulate(&l, &q.qdata);
+            let want = q.dequantize();
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "case {i} ({:?}): the device layout does not give the reference values",
+                q.scheme
+            );
+        }
+    }
+
+    /// The selftest's weights must be valid (a GPU run is rare: it must not fail on them).
+    #[test]
+    fn selftest_weights_are_valid_and_close_to_their_source() {
+        for (n, k) in [(96, 200), (40, 96), (130, 256)] {
+            let w = rand(n * k, 5);
+            for what in crate::selftest::QUANT_SCHEMES {
+                let q = crate::selftest::quant_weight(what, &w, n, k)
+                    .unwrap_or_else(|e| panic!("{what} [{n}, {k}]: {e:#}"));
+                q.validate(what).unwrap();
+                DeviceLayout::new(what, &q).unwrap();
+                let d = q.dequantize();
+                let err = d.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
+                let norm = w.iter().map(|b| b * b).sum::<f32>();
+                // act-order scrambles which scale a column uses, so only bound the others.
+                if !what.contains("act-order") {
+                    assert!(
+                        err / norm < 0.05,
+                        "{what} [{n}, {k}]: rel err² {}",
+                        err / norm
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn launch_shapes() {
+        assert_eq!(gemv_shape(4096), ((1024, 1, 1), (128, 1, 1)));
+        assert_eq!(gemv_shape(5), ((2, 1, 1), (128, 1, 1)));
+        assert_eq!(dequant_shape(1 << 30).0 .0, 65_535);
+        assert_eq!(dequant_shape(1).0 .0, 1);
+    }
+}
