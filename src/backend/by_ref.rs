@@ -20,6 +20,13 @@ impl<B: Backend> Backend for &B {
     fn upload_weight(&self, n: &str, d: &[f32], r: usize, c: usize) -> Result<Self::Weight> {
         (**self).upload_weight(n, d, r, c)
     }
+    fn upload_quantized(
+        &self,
+        n: &str,
+        w: &crate::weights::quant::QuantWeight,
+    ) -> Result<Self::Weight> {
+        (**self).upload_quantized(n, w)
+    }
     fn upload_rope(&self, f: &[f32]) -> Result<Self::Rope> {
         (**self).upload_rope(f)
     }
