@@ -309,6 +309,41 @@ fn experts_op_rejects_an_expert_id_out_of_range() {
 }
 
 #[test]
+fn experts_op_rejects_mismatched_shapes_by_name() {
+    // The stacked weights of 4 experts checked against a shape claiming 5.
+    let mut ex = experts(2, 4, 1, 8, 4);
+    ex.shape.num_experts = 5;
+    let err = run_experts(&ex, &[1.0, 2.0], &[1.0, 1.0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stacked weights are (32, 8) and (32, 4); expected [40, 8] and [40, 4]"),
+        "{err}"
+    );
+    // top-k 2 in the shape, one id per token given.
+    let mut ex = experts(2, 4, 1, 8, 4);
+    ex.shape.top_k = 2;
+    let be = CpuBackend;
+    let ids = t(&be, 2, 1, &[0.0, 1.0]);
+    let mut scratch = be.alloc(4, 8).unwrap();
+    let mut out = be.alloc(2, 8).unwrap();
+    let err = be
+        .moe_experts(
+            &ex.x,
+            &ids,
+            &ids,
+            &ex.gate_up,
+            &ex.down,
+            &ex.shape,
+            &mut scratch,
+            &mut out,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected hidden 8, top-k 2"), "{err}");
+}
+
+#[test]
 fn sigmoid_gate_add_scales_and_accumulates() {
     let be = CpuBackend;
     let x = t(&be, 2, 3, &[1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);

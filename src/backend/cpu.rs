@@ -1,7 +1,7 @@
 //! The f32 reference backend: plain loops, obviously right, the oracle for every CUDA kernel.
 //! Math follows transformers' float32 path (f32 accumulation, exact GELU/tanh/exp).
 
-use super::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput};
+use super::{AttnParams, Backend, KvShape, MoeExperts, MoeOperands, MoeRouting, QkNorm, StepInput};
 use crate::config::Activation;
 use anyhow::{bail, Result};
 
@@ -545,32 +545,15 @@ impl Backend for CpuBackend {
             shape.intermediate,
         );
         let t_rows = x.rows;
-        if x.cols != d
-            || out.cols != d
-            || ids.cols != k
-            || weights.cols != k
-            || ids.rows != t_rows
-            || weights.rows != t_rows
-        {
-            bail!(
-                "moe_experts: x is [{t_rows}, {}], ids [{}, {}], weights [{}, {}], output has {} columns; expected hidden {d}, top-k {k}",
-                x.cols, ids.rows, ids.cols, weights.rows, weights.cols, out.cols
-            );
-        }
-        if gate_up.rows != ne * 2 * i || gate_up.cols != d || down.rows != ne * d || down.cols != i
-        {
-            bail!(
-                "moe_experts: stacked weights are [{}, {}] and [{}, {}]; expected [{}, {d}] and [{}, {i}] for {ne} experts of width {i}",
-                gate_up.rows, gate_up.cols, down.rows, down.cols, ne * 2 * i, ne * d
-            );
-        }
-        if scratch.cols != 2 * i {
-            bail!(
-                "moe_experts: scratch has {} columns, needs {}",
-                scratch.cols,
-                2 * i
-            );
-        }
+        shape.check(&MoeOperands {
+            x: (x.rows, x.cols),
+            ids: (ids.rows, ids.cols),
+            weights: (weights.rows, weights.cols),
+            gate_up: (gate_up.rows, gate_up.cols),
+            down: (down.rows, down.cols),
+            scratch_cols: scratch.cols,
+            out_cols: out.cols,
+        })?;
         scratch.set_rows(t_rows * k, "moe_experts (scratch)")?;
         out.set_rows(t_rows, "moe_experts")?;
         out.data.fill(0.0);

@@ -160,6 +160,45 @@ pub struct MoeExperts {
     pub act: Activation,
 }
 
+/// `[rows, cols]` of each operand of `moe_experts`, for the one shape check every backend runs.
+pub struct MoeOperands {
+    pub x: (usize, usize),
+    pub ids: (usize, usize),
+    pub weights: (usize, usize),
+    pub gate_up: (usize, usize),
+    pub down: (usize, usize),
+    pub scratch_cols: usize,
+    pub out_cols: usize,
+}
+
+impl MoeExperts {
+    /// Checks `moe_experts`' operands against this shape (see the trait method's contract).
+    pub fn check(&self, o: &MoeOperands) -> Result<()> {
+        let (ne, k, d, i) = (self.num_experts, self.top_k, self.hidden, self.intermediate);
+        let t = o.x.0;
+        if o.x.1 != d || o.out_cols != d || o.ids != (t, k) || o.weights != (t, k) {
+            bail!(
+                "moe_experts: x is [{t}, {}], ids {:?}, weights {:?}, output has {} columns; expected hidden {d}, top-k {k}",
+                o.x.1, o.ids, o.weights, o.out_cols
+            );
+        }
+        if o.gate_up != (ne * 2 * i, d) || o.down != (ne * d, i) {
+            bail!(
+                "moe_experts: stacked weights are {:?} and {:?}; expected [{}, {d}] and [{}, {i}] for {ne} experts of width {i}",
+                o.gate_up, o.down, ne * 2 * i, ne * d
+            );
+        }
+        if o.scratch_cols != 2 * i {
+            bail!(
+                "moe_experts: scratch has {} columns, needs {}",
+                o.scratch_cols,
+                2 * i
+            );
+        }
+        Ok(())
+    }
+}
+
 pub trait Backend {
     /// An activation tensor `[rows, cols]` with a fixed row capacity.
     type Tensor;

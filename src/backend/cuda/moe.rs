@@ -25,7 +25,7 @@ use super::super::device::{Device, Staging};
 use super::super::kernels::{self as k, i32_of, Dim3};
 use super::super::params::*;
 use super::{CudaBackend, CudaTensor};
-use crate::backend::{MoeExperts, MoeRouting};
+use crate::backend::{MoeExperts, MoeOperands, MoeRouting};
 use crate::config::Activation;
 use anyhow::{bail, Result};
 use cudarc::driver::sys;
@@ -336,32 +336,15 @@ impl CudaBackend {
             shape.intermediate,
         );
         let t = x.rows;
-        if x.cols != d
-            || out.cols != d
-            || ids.cols != kk
-            || weights.cols != kk
-            || ids.rows != t
-            || weights.rows != t
-        {
-            bail!(
-                "{OP}: x is [{t}, {}], ids [{}, {}], weights [{}, {}], output has {} columns; expected hidden {d}, top-k {kk}",
-                x.cols, ids.rows, ids.cols, weights.rows, weights.cols, out.cols
-            );
-        }
-        if gate_up.rows != ne * 2 * i || gate_up.cols != d || down.rows != ne * d || down.cols != i
-        {
-            bail!(
-                "{OP}: stacked weights are [{}, {}] and [{}, {}]; expected [{}, {d}] and [{}, {i}] for {ne} experts of width {i}",
-                gate_up.rows, gate_up.cols, down.rows, down.cols, ne * 2 * i, ne * d
-            );
-        }
-        if scratch.cols != 2 * i {
-            bail!(
-                "{OP}: scratch has {} columns, needs {}",
-                scratch.cols,
-                2 * i
-            );
-        }
+        shape.check(&MoeOperands {
+            x: (x.rows, x.cols),
+            ids: (ids.rows, ids.cols),
+            weights: (weights.rows, weights.cols),
+            gate_up: (gate_up.rows, gate_up.cols),
+            down: (down.rows, down.cols),
+            scratch_cols: scratch.cols,
+            out_cols: out.cols,
+        })?;
         if ne == 0 || ne > MAX_EXPERTS || kk == 0 || kk > MAX_TOPK {
             bail!("{OP}: {ne} experts top-{kk} is outside the kernel's limits (1..={MAX_EXPERTS} experts, top-1..={MAX_TOPK})");
         }
