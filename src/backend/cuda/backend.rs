@@ -192,7 +192,7 @@ impl CudaBackend {
         let dev = Device::open(ordinal)?;
         let k = Kernels::load(&dev)?;
         let moe = moe::MoeState::load(&dev)?;
-        let gemm = no_panic("cuBLASLt start-up", || Gemm::new(dev.stream.clone()))?;
+        let gemm = no_panic("cuBLASLt start-up", || Gemm::new(&dev))?;
         let quant = super::quant::QuantKernels::load(&dev)?;
         Ok(CudaBackend {
             gemm,
@@ -213,6 +213,17 @@ impl CudaBackend {
     /// Which prefill attention kernel later steps run (see `PrefillPath`).
     pub fn set_prefill_path(&self, path: PrefillPath) {
         self.prefill_path.set(path);
+    }
+
+    /// Forces the dense matmul path (`None`: the default, GEMV for 1..=8 tokens); see
+    /// `gemm::dense_path`. `FLINT_DENSE_PATH` sets the starting value.
+    pub fn set_dense_path(&self, force: Option<super::gemm::DensePath>) {
+        self.gemm.set_force(force);
+    }
+
+    /// The dense path a `[tokens, k] x [n, k]^T` matmul with a bf16 weight takes now.
+    pub fn dense_path_for(&self, tokens: usize, n: usize, k: usize) -> super::gemm::DensePath {
+        self.gemm.path(tokens, n, k)
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -784,7 +795,7 @@ impl Backend for CudaBackend {
         if let Some(q) = &w.quant {
             return super::quant::matmul(self, x, q, bias, out);
         }
-        self.gemm.run(
+        self.gemm.dense(
             &x.buf,
             &w.buf,
             bias.map(|b| &b.buf),

@@ -1,5 +1,15 @@
-//! Dense bf16 GEMM through cuBLASLt, f32 accumulation: `out[T, N] = x[T, K] · w[N, K]ᵀ (+ b)`,
-//! all row-major, the bias fused with the BIAS epilogue.
+//! Dense bf16 matmul, f32 accumulation: `out[T, N] = x[T, K] · w[N, K]ᵀ (+ b)`, all
+//! row-major. Two paths, chosen in one place ([`dense_path`]):
+//!
+//! - **GEMV** (`kernels/gemv.cu`, `gemv_bf16_t<T>`) for 1..=8 tokens: decode is weight-bandwidth
+//!   bound there, and a kernel that streams each weight row once with 16-byte loads is what
+//!   the bandwidth floor needs (bench/NOTES.md, prediction 1). UNVERIFIED on a GPU.
+//! - **cuBLASLt** for everything else, with a plan cache: the matmul descriptor, the three
+//!   layouts and the heuristic's algorithm are built once per (T, N, K, bias, alignment) and
+//!   reused, so a call is one `cublasLtMatmul` (cudarc's `CudaBlasLT::matmul` rebuilds all of
+//!   them and queries the heuristic on every call). Building a plan is host-only work (no
+//!   allocation on the device, no stream operation), so it is safe inside a CUDA-graph
+//!   capture too; the workspace is allocated once, at start-up.
 //!
 //! cuBLASLt is column-major. A row-major `[R, C]` matrix is a column-major `[C, R]` one, so
 //! the row-major product above is the column-major `C[N, T] = op(A)[N, K] · B[K, T]` with
@@ -7,11 +17,84 @@
 //! and C = out, leading dimensions K, K and N. The epilogue adds a length-N bias to every
 //! column of C, which is every row of `out`.
 
-use anyhow::{Context, Result};
-use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
-use cudarc::driver::{CudaSlice, CudaStream};
+use super::device::{dptr, Device};
+use super::kernels::{i32_of, launch, Dim3};
+use super::params::GemvParams;
+use anyhow::{bail, Context, Result};
+use cudarc::cublaslt::{result as lt, sys as lts, MatmulConfig};
+use cudarc::driver::{sys, CudaSlice, CudaStream};
 use half::bf16;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::Arc;
+
+/// Most tokens the GEMV kernels take (`FLINT_GEMV_MAX_TOKENS`).
+pub const GEMV_MAX_TOKENS: usize = 8;
+/// Output rows per GEMV CTA (`FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP`).
+pub const GEMV_ROWS_PER_CTA: usize = 16;
+/// Threads per GEMV CTA (`FLINT_GEMV_WARPS` warps).
+pub const GEMV_THREADS: u32 = 256;
+/// cuBLASLt workspace, allocated once (NVIDIA's recommendation for Hopper; 4 MiB suffices
+/// before it).
+pub const WORKSPACE_BYTES: usize = 32 << 20;
+/// Plans kept before the cache starts over (prefill chunk sizes vary; a plan is a few host
+/// descriptors, so this only bounds host memory).
+pub const MAX_PLANS: usize = 1024;
+/// The environment variable that forces a path: `gemv`, `cublaslt` or `auto`.
+pub const DENSE_PATH_ENV: &str = "FLINT_DENSE_PATH";
+
+/// Which kernel runs a dense matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DensePath {
+    /// `gemv_bf16_t<T>`, 1..=8 tokens.
+    Gemv,
+    /// cuBLASLt (cached plan).
+    CublasLt,
+}
+
+impl DensePath {
+    pub fn name(self) -> &'static str {
+        match self {
+            DensePath::Gemv => "gemv",
+            DensePath::CublasLt => "cublaslt",
+        }
+    }
+
+    /// `FLINT_DENSE_PATH`'s value: `None` for `auto` (or empty), an error naming the choices
+    /// for anything else.
+    pub fn parse_override(v: &str) -> Result<Option<DensePath>> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "gemv" => Ok(Some(DensePath::Gemv)),
+            "cublaslt" | "cublas" => Ok(Some(DensePath::CublasLt)),
+            other => bail!("{DENSE_PATH_ENV}={other:?}: expected gemv, cublaslt or auto"),
+        }
+    }
+}
+
+/// The one place the dense path is chosen. By default the GEMV for 1..=8 tokens, cuBLASLt
+/// above. `force` (from [`DENSE_PATH_ENV`] or `CudaBackend::set_dense_path`, for benches and
+/// the selftest) picks cuBLASLt everywhere, or the GEMV wherever it can run: it takes at most
+/// 8 tokens, so a forced GEMV still gives more tokens to cuBLASLt. Shapes whose counts do not
+/// fit the kernel's int32 arithmetic also go to cuBLASLt.
+pub fn dense_path(tokens: usize, n: usize, k: usize, force: Option<DensePath>) -> DensePath {
+    const KERNEL_MAX: usize = (i32::MAX as usize) - 64;
+    let gemv_can = (1..=GEMV_MAX_TOKENS).contains(&tokens)
+        && (1..=KERNEL_MAX).contains(&n)
+        && (1..=KERNEL_MAX).contains(&k);
+    match force {
+        Some(DensePath::CublasLt) => DensePath::CublasLt,
+        Some(DensePath::Gemv) | None if gemv_can => DensePath::Gemv,
+        _ => DensePath::CublasLt,
+    }
+}
+
+/// gemv_bf16_t<T>: one CTA per 16 output rows (8 warps of 2), a grid-stride loop past 65535.
+pub fn gemv_shape(n: usize) -> (Dim3, Dim3) {
+    let blocks = n.div_ceil(GEMV_ROWS_PER_CTA).clamp(1, 65_535) as u32;
+    ((blocks, 1, 1), (GEMV_THREADS, 1, 1))
+}
 
 /// The column-major configuration for `out[t, n] = x[t, k] · w[n, k]ᵀ`.
 pub fn row_major_config(t: usize, n: usize, k: usize) -> MatmulConfig {
@@ -35,18 +118,322 @@ pub fn row_major_config(t: usize, n: usize, k: usize) -> MatmulConfig {
     }
 }
 
+/// What a cuBLASLt plan depends on. The bias pointer itself is set on every call (it differs
+/// per layer); whether there is one changes the epilogue. The heuristic assumes operands at
+/// least `align` bytes aligned, so an operand less aligned than usual gets its own plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PlanKey {
+    pub t: usize,
+    pub n: usize,
+    pub k: usize,
+    pub bias: bool,
+    pub align: u32,
+}
+
+impl PlanKey {
+    /// `ptrs`: the device addresses of x, w, out and the bias (if any).
+    pub fn new(t: usize, n: usize, k: usize, ptrs: &[u64], bias: bool) -> PlanKey {
+        PlanKey {
+            t,
+            n,
+            k,
+            bias,
+            align: common_alignment(ptrs),
+        }
+    }
+}
+
+/// The largest power of two (at most 256, cuBLASLt's default assumption) dividing every
+/// address.
+pub fn common_alignment(ptrs: &[u64]) -> u32 {
+    let mut align = 256u32;
+    for &p in ptrs {
+        if p != 0 {
+            align = align.min(1u32 << p.trailing_zeros().min(8));
+        }
+    }
+    align
+}
+
+/// A bounded map from key to plan; `get_or_build` builds a missing plan once. When full it
+/// starts over (a plan is only needed while its `cublasLtMatmul` call is enqueued, so
+/// dropping every plan between calls is safe).
+pub struct PlanCache<K, P> {
+    map: HashMap<K, P>,
+    cap: usize,
+    built: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy, P> PlanCache<K, P> {
+    pub fn new(cap: usize) -> Self {
+        PlanCache {
+            map: HashMap::new(),
+            cap: cap.max(1),
+            built: 0,
+        }
+    }
+
+    pub fn get_or_build(&mut self, key: K, build: impl FnOnce() -> Result<P>) -> Result<&P> {
+        if !self.map.contains_key(&key) {
+            let plan = build()?;
+            if self.map.len() >= self.cap {
+                self.map.clear();
+            }
+            self.built += 1;
+            self.map.insert(key, plan);
+        }
+        Ok(&self.map[&key])
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Plans built so far (a cache hit builds none).
+    pub fn built(&self) -> usize {
+        self.built
+    }
+}
+
+fn lt_err(what: &'static str) -> impl Fn(lt::CublasError) -> anyhow::Error {
+    move |e| anyhow::anyhow!("cuBLASLt {what}: {e:?}")
+}
+
+/// Owned cuBLASLt descriptors, destroyed on drop (errors there are ignored: nothing useful
+/// can be done, and a panic in drop would abort).
+struct Layout(lts::cublasLtMatrixLayout_t);
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matrix_layout, destroyed once.
+        let _ = unsafe { lt::destroy_matrix_layout(self.0) };
+    }
+}
+struct Desc(lts::cublasLtMatmulDesc_t);
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matmul_desc, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_desc(self.0) };
+    }
+}
+struct Pref(lts::cublasLtMatmulPreference_t);
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matmul_pref, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_pref(self.0) };
+    }
+}
+
+/// One cached cuBLASLt matmul: descriptor (transposes, epilogue), layouts, algorithm.
+struct Plan {
+    desc: Desc,
+    a: Layout,
+    b: Layout,
+    c: Layout,
+    algo: lts::cublasLtMatmulAlgo_t,
+}
+
+/// # Safety
+/// `buf` must point at a value of the attribute's type.
+unsafe fn set_desc<T>(d: &Desc, attr: lts::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+    lt::set_matmul_desc_attribute(d.0, attr, v as *const T as *const c_void, size_of::<T>())
+        .map_err(lt_err("set matmul descriptor attribute"))
+}
+
+impl Plan {
+    fn build(handle: lts::cublasLtHandle_t, key: PlanKey) -> Result<Plan> {
+        use lts::cublasLtMatmulDescAttributes_t as D;
+        use lts::cublasLtMatmulPreferenceAttributes_t as P;
+        let bf = lts::cudaDataType_t::CUDA_R_16BF;
+        let (t, n, k) = (key.t as u64, key.n as u64, key.k as u64);
+        let layout = |rows, cols, ld| {
+            lt::create_matrix_layout(bf, rows, cols, ld)
+                .map(Layout)
+                .map_err(lt_err("create matrix layout"))
+        };
+        // A = w as column-major [K, N], transposed; B = x as [K, T]; C = D = out as [N, T].
+        let a = layout(k, n, k as i64)?;
+        let b = layout(k, t, k as i64)?;
+        let c = layout(n, t, n as i64)?;
+        let desc = Desc(
+            lt::create_matmul_desc(
+                lts::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                lts::cudaDataType_t::CUDA_R_32F,
+            )
+            .map_err(lt_err("create matmul descriptor"))?,
+        );
+        let epilogue = if key.bias {
+            lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
+        } else {
+            lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+        } as u32;
+        // SAFETY: each value has the attribute's documented type (int32 ops, uint32 epilogue).
+        unsafe {
+            set_desc(&desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &1i32)?; // CUBLAS_OP_T
+            set_desc(&desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &0i32)?; // CUBLAS_OP_N
+            set_desc(&desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
+        }
+        let pref = Pref(lt::create_matmul_pref().map_err(lt_err("create preference"))?);
+        let ws = WORKSPACE_BYTES as u64;
+        // SAFETY: uint64 workspace bytes, uint32 alignments, as documented.
+        unsafe {
+            let set = |attr, v: *const c_void, size| {
+                lt::set_matmul_pref_attribute(pref.0, attr, v, size)
+                    .map_err(lt_err("set preference attribute"))
+            };
+            set(
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            )?;
+            for attr in [
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ] {
+                set(attr, &key.align as *const u32 as *const c_void, 4)?;
+            }
+        }
+        // SAFETY: every descriptor is live.
+        let h =
+            unsafe { lt::get_matmul_algo_heuristic(handle, desc.0, a.0, b.0, c.0, c.0, pref.0) }
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cuBLASLt found no algorithm for [{t}, {k}] x [{n}, {k}]^T (bias: {}, \
+                     operands {}-byte aligned): {e:?}",
+                        key.bias,
+                        key.align
+                    )
+                })?;
+        Ok(Plan {
+            desc,
+            a,
+            b,
+            c,
+            algo: h.algo,
+        })
+    }
+}
+
+/// cuBLASLt (handle, workspace, plan cache) and the GEMV kernels.
 pub struct Gemm {
-    blas: CudaBlasLT,
+    handle: lts::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    stream: Arc<CudaStream>,
+    plans: RefCell<PlanCache<PlanKey, Plan>>,
+    gemv: [sys::CUfunction; GEMV_MAX_TOKENS],
+    force: Cell<Option<DensePath>>,
+}
+
+impl Drop for Gemm {
+    fn drop(&mut self) {
+        self.plans.borrow_mut().map.clear();
+        // SAFETY: created in `new`, destroyed once, after every plan made with it.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
 }
 
 impl Gemm {
-    pub fn new(stream: Arc<CudaStream>) -> Result<Gemm> {
+    /// The cuBLASLt handle and workspace, the GEMV kernels, and the `FLINT_DENSE_PATH`
+    /// override (a bad value is an error here, not a surprise later).
+    pub fn new(dev: &Device) -> Result<Gemm> {
+        let force = match std::env::var(DENSE_PATH_ENV) {
+            Ok(v) => DensePath::parse_override(&v)?,
+            Err(_) => None,
+        };
+        let mut gemv = [std::ptr::null_mut(); GEMV_MAX_TOKENS];
+        for (t, f) in gemv.iter_mut().enumerate() {
+            *f = dev.function(&format!("gemv_bf16_t{}", t + 1))?;
+        }
+        dev.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context")?;
+        // SAFETY: cuBLASLt writes the workspace before reading it.
+        let workspace = unsafe { dev.stream.alloc::<u8>(WORKSPACE_BYTES) }
+            .context("allocating the 32 MiB cuBLASLt workspace")?;
+        let handle = lt::create_handle().map_err(lt_err("create handle"))?;
         Ok(Gemm {
-            blas: CudaBlasLT::new(stream).context("creating the cuBLASLt handle")?,
+            handle,
+            workspace,
+            stream: dev.stream.clone(),
+            plans: RefCell::new(PlanCache::new(MAX_PLANS)),
+            gemv,
+            force: Cell::new(force),
         })
     }
 
-    /// Shapes are checked by the caller (`CudaBackend::matmul`).
+    /// Forces a path (`None`: the default choice). See [`dense_path`].
+    pub fn set_force(&self, force: Option<DensePath>) {
+        self.force.set(force);
+    }
+
+    pub fn force(&self) -> Option<DensePath> {
+        self.force.get()
+    }
+
+    /// The path a `[t, k] x [n, k]^T` product takes now.
+    pub fn path(&self, t: usize, n: usize, k: usize) -> DensePath {
+        dense_path(t, n, k, self.force.get())
+    }
+
+    /// cuBLASLt plans built so far (for tests and reports).
+    pub fn plans_built(&self) -> usize {
+        self.plans.borrow().built()
+    }
+
+    /// The dense matmul on the path [`dense_path`] picks. Shapes are checked by the caller
+    /// (`CudaBackend::matmul`): x holds t*k, w n*k, out t*n and bias n elements, t, n, k >= 1.
+    pub fn dense(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        bias: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
+        (t, n, k): (usize, usize, usize),
+    ) -> Result<()> {
+        match self.path(t, n, k) {
+            DensePath::Gemv => self.gemv(x, w, bias, out, (t, n, k)),
+            DensePath::CublasLt => self.run(x, w, bias, out, (t, n, k)),
+        }
+    }
+
+    /// The GEMV kernel for 1..=8 tokens.
+    pub fn gemv(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        bias: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
+        (t, n, k): (usize, usize, usize),
+    ) -> Result<()> {
+        if !(1..=GEMV_MAX_TOKENS).contains(&t) || n == 0 || k == 0 {
+            bail!("matmul: the GEMV takes 1..={GEMV_MAX_TOKENS} tokens and N, K >= 1, got [{t}, {k}] x [{n}, {k}]^T");
+        }
+        let s = &self.stream;
+        let p = GemvParams {
+            x: dptr(x, s),
+            w: dptr(w, s),
+            bias: bias.map_or(0, |b| dptr(b, s)),
+            out: dptr(out, s),
+            num_tokens: t as i32,
+            n: i32_of("matmul (gemv)", "N", n)?,
+            k: i32_of("matmul (gemv)", "K", k)?,
+            reserved: 0,
+        };
+        s.context()
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        let name = format!("gemv_bf16_t{t}");
+        // SAFETY: p points into live buffers of the shapes GemvParams documents (the caller
+        // checked each buffer's capacity); the kernel is gemv_bf16_t<t> and num_tokens == t.
+        unsafe { launch(&name, self.gemv[t - 1], gemv_shape(n), s.cu_stream(), &p) }
+    }
+
+    /// cuBLASLt with a cached plan: one `cublasLtMatmul` per call once the shape was seen.
     pub fn run(
         &self,
         x: &CudaSlice<bf16>,
@@ -55,11 +442,53 @@ impl Gemm {
         out: &mut CudaSlice<bf16>,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        let cfg = row_major_config(t, n, k);
+        let s = &self.stream;
+        let (xp, wp, op) = (dptr(x, s), dptr(w, s), dptr(out, s));
+        let bp = bias.map(|b| dptr(b, s));
+        let key = PlanKey::new(t, n, k, &[xp, wp, op, bp.unwrap_or(0)], bp.is_some());
+        s.context()
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        let mut plans = self.plans.borrow_mut();
+        let plan = plans.get_or_build(key, || Plan::build(self.handle, key))?;
+        if let Some(bp) = bp {
+            // SAFETY: a device pointer, the attribute's type; only this call reads it.
+            unsafe {
+                set_desc(
+                    &plan.desc,
+                    lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bp,
+                )?
+            };
+        }
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let ws = dptr(&self.workspace, s);
         // SAFETY: x holds at least t*k, w n*k, out t*n and bias n elements (the caller checks
-        // rows and columns against each buffer's capacity).
-        unsafe { self.blas.matmul(cfg, w, x, out, bias, None) }
-            .with_context(|| format!("matmul: cuBLASLt bf16 GEMM [{t}, {k}] x [{n}, {k}]^T failed"))
+        // rows and columns against each buffer's capacity); the plan's layouts describe
+        // exactly those shapes; the workspace is WORKSPACE_BYTES long.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc.0,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                wp as *const c_void,
+                plan.a.0,
+                xp as *const c_void,
+                plan.b.0,
+                op as *const c_void,
+                plan.c.0,
+                op as *mut c_void,
+                plan.c.0,
+                &plan.algo,
+                ws as *mut c_void,
+                WORKSPACE_BYTES,
+                s.cu_stream() as lts::cudaStream_t,
+            )
+        }
+        .map_err(|e| {
+            anyhow::anyhow!("matmul: cuBLASLt bf16 GEMM [{t}, {k}] x [{n}, {k}]^T failed: {e:?}")
+        })
     }
 }
 
@@ -74,5 +503,105 @@ mod tests {
         assert_eq!((c.m, c.n, c.k), (5, 3, 7));
         assert_eq!((c.lda, c.ldb, c.ldc), (7, 7, 5));
         assert_eq!((c.alpha, c.beta), (1.0, 0.0));
+    }
+
+    #[test]
+    fn gemv_up_to_8_tokens_by_default_cublaslt_above() {
+        for t in 1..=8 {
+            assert_eq!(dense_path(t, 4096, 4096, None), DensePath::Gemv, "t={t}");
+        }
+        assert_eq!(dense_path(9, 4096, 4096, None), DensePath::CublasLt);
+        assert_eq!(dense_path(512, 4096, 4096, None), DensePath::CublasLt);
+        // Forcing cuBLASLt wins everywhere; forcing the GEMV only where it can run.
+        let lt = Some(DensePath::CublasLt);
+        assert_eq!(dense_path(1, 4096, 4096, lt), DensePath::CublasLt);
+        let gv = Some(DensePath::Gemv);
+        assert_eq!(dense_path(8, 4100, 4100, gv), DensePath::Gemv);
+        assert_eq!(dense_path(9, 4096, 4096, gv), DensePath::CublasLt);
+        // Counts past the kernel's int32 arithmetic, and empty products, are not the GEMV's.
+        assert_eq!(dense_path(1, 1 << 31, 8, None), DensePath::CublasLt);
+        assert_eq!(dense_path(1, 8, 1 << 31, None), DensePath::CublasLt);
+        assert_eq!(dense_path(0, 8, 8, None), DensePath::CublasLt);
+        assert_eq!(dense_path(1, 0, 8, gv), DensePath::CublasLt);
+    }
+
+    #[test]
+    fn override_parses_and_rejects_with_the_choices() {
+        assert_eq!(DensePath::parse_override("auto").unwrap(), None);
+        assert_eq!(DensePath::parse_override("").unwrap(), None);
+        assert_eq!(
+            DensePath::parse_override("GEMV").unwrap(),
+            Some(DensePath::Gemv)
+        );
+        assert_eq!(
+            DensePath::parse_override("cublaslt").unwrap(),
+            Some(DensePath::CublasLt)
+        );
+        let e = DensePath::parse_override("fast").unwrap_err().to_string();
+        assert!(
+            e.contains("FLINT_DENSE_PATH") && e.contains("gemv, cublaslt or auto"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gemv_grid_covers_every_row_and_caps() {
+        assert_eq!(gemv_shape(1), ((1, 1, 1), (256, 1, 1)));
+        assert_eq!(gemv_shape(16).0 .0, 1);
+        assert_eq!(gemv_shape(17).0 .0, 2);
+        assert_eq!(gemv_shape(4096).0 .0, 256);
+        assert_eq!(gemv_shape(128_256).0 .0, 8016);
+        // Past 65535 CTAs the kernel's grid-stride loop covers the rest.
+        assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
+        assert_eq!(size_of::<GemvParams>(), 48);
+    }
+
+    #[test]
+    fn alignment_is_the_weakest_operand_capped_at_256() {
+        assert_eq!(common_alignment(&[0x7f00_0000_0000, 0x7f00_0000_0100]), 256);
+        assert_eq!(common_alignment(&[0x1000, 0x1010]), 16);
+        assert_eq!(common_alignment(&[0x1000, 0x1002, 0]), 2); // 0 = no bias
+        assert_eq!(common_alignment(&[]), 256);
+    }
+
+    #[test]
+    fn plan_cache_builds_once_per_key() {
+        let mut c: PlanCache<PlanKey, usize> = PlanCache::new(4);
+        let p = [0x1000u64, 0x2000, 0x3000];
+        let key = PlanKey::new(1, 4096, 4096, &p, false);
+        let mut builds = 0;
+        for _ in 0..3 {
+            let v = *c
+                .get_or_build(key, || {
+                    builds += 1;
+                    Ok(7)
+                })
+                .unwrap();
+            assert_eq!(v, 7);
+        }
+        assert_eq!((builds, c.built(), c.len()), (1, 1, 1));
+        // Different pointers of the same alignment: the same plan.
+        let same = PlanKey::new(1, 4096, 4096, &[0x5000, 0x6000, 0x7000], false);
+        assert_eq!(same, key);
+        c.get_or_build(same, || panic!("rebuilt")).unwrap();
+        // Each of bias, shape and a weaker alignment is a different plan.
+        let others = [
+            PlanKey::new(1, 4096, 4096, &[0x1000, 0x2000, 0x3000, 0x4000], true),
+            PlanKey::new(2, 4096, 4096, &p, false),
+            PlanKey::new(1, 4096, 4100, &p, false),
+            PlanKey::new(1, 4096, 4096, &[0x1008, 0x2000, 0x3000], false),
+        ];
+        for (i, k) in others.iter().enumerate() {
+            assert_ne!(*k, key);
+            assert_eq!(*c.get_or_build(*k, || Ok(i)).unwrap(), i);
+        }
+        assert_eq!(c.built(), 5);
+        // Full (cap 4): the fifth distinct key started the map over.
+        assert_eq!(c.len(), 1);
+        // A failed build caches nothing.
+        let bad = PlanKey::new(3, 1, 1, &p, false);
+        assert!(c.get_or_build(bad, || bail!("no algorithm")).is_err());
+        assert_eq!(c.built(), 5);
+        assert!(c.get_or_build(bad, || Ok(9)).is_ok());
     }
 }

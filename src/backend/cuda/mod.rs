@@ -5,7 +5,7 @@
 //!   structs) and re-exports;
 //! - `device.rs`: probing, context, stream, module, the grow-only staging area;
 //! - `kernels.rs`: every symbol resolved once, grid/block shapes, raw launches;
-//! - `gemm.rs`: cuBLASLt bf16 GEMM;
+//! - `gemm.rs`: the dense matmul: the GEMV for 1..=8 tokens, cuBLASLt (cached plans) above;
 //! - `backend.rs`: `CudaBackend`, the `trait Backend` implementation;
 //! - `attention.rs`: the attention plan (owned by the attention kernels' author).
 
@@ -19,6 +19,7 @@ pub mod quant;
 pub use backend::moe::{moe_path, MoePath};
 pub use backend::{CudaBackend, CudaKvCache, CudaRope, CudaStep, CudaTensor};
 pub use device::DeviceInfo;
+pub use gemm::{dense_path, DensePath};
 
 /// Every exported kernel symbol in the fatbin (`extern "C" __global__` in `kernels/*.cu`).
 /// tests/fatbin.rs checks this list against the sources and the fatbin both ways.
@@ -44,6 +45,15 @@ pub const KERNEL_NAMES: &[&str] = &[
     "embed_bf16",
     // gather.cu: the rows whose logits are wanted
     "gather_rows_bf16",
+    // gemv.cu: dense bf16 GEMV for 1..8 tokens (T in the name), the decode path of matmul
+    "gemv_bf16_t1",
+    "gemv_bf16_t2",
+    "gemv_bf16_t3",
+    "gemv_bf16_t4",
+    "gemv_bf16_t5",
+    "gemv_bf16_t6",
+    "gemv_bf16_t7",
+    "gemv_bf16_t8",
     // moe.cu: router, device-side dispatch, grouped GEMM / gather-GEMV experts, combine
     "moe_combine_bf16",
     "moe_dispatch_bf16",
