@@ -115,6 +115,9 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     for c in t.quant_cases(opts.quick) {
         record(c);
     }
+    for c in t.dense_cases(opts.quick) {
+        record(c);
+    }
     for c in e2e_cases(&gpu, &opts.fixtures, opts.quick) {
         record(c);
     }
@@ -646,6 +649,84 @@ impl Tester<'_> {
         self.cpu.softcap(&mut x.cpu, cap)?;
         self.gpu.softcap(&mut x.gpu, cap)?;
         self.compare(&x.cpu, &x.gpu)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dense matmul paths (kernels/gemv.cu, backend/cuda/gemm.rs): each case forces one path with
+// `set_dense_path` and checks that it is the one `dense_path` reports, then compares with the
+// CPU. Shapes: Llama-3-8B rows (4096 x 4096, down's K = 14336: seven x chunks), an odd K (the
+// GEMV's scalar path, three chunks), K % 8 == 0 with a one-piece last chunk, N not a multiple
+// of the 16 rows of a CTA, tiny K. 9 tokens is past the GEMV: cuBLASLt even when forced.
+// ---------------------------------------------------------------------------------------
+
+impl Tester<'_> {
+    fn dense_cases(&self, quick: bool) -> Vec<Case> {
+        use crate::backend::cuda::{dense_path, DensePath};
+        let shapes: &[(usize, usize)] = if quick {
+            &[(4096, 4096), (333, 4100)]
+        } else {
+            &[
+                (4096, 4096),
+                (300, 14336),
+                (333, 4100),
+                (1001, 4104),
+                (17, 40),
+                (5, 8),
+                (65, 1),
+            ]
+        };
+        let tokens: &[usize] = if quick { &[1, 8, 9] } else { &[1, 2, 3, 8, 9] };
+        let mut out = Vec::new();
+        for &(n, k) in shapes {
+            let w = self.input(n, k, 1.0 / (k as f32).sqrt());
+            let b = self.input(1, n, 1.0);
+            for &t in tokens {
+                let bias = t % 2 == 1; // 1, 3 and 9 with a bias, 2 and 8 without
+                for force in [DensePath::Gemv, DensePath::CublasLt] {
+                    let path = dense_path(t, n, k, Some(force));
+                    out.push(self.case(
+                        "dense matmul",
+                        format!(
+                            "{} forced: [{t}, {k}] x [{n}, {k}]^T bias {bias} -> {}",
+                            force.name(),
+                            path.name()
+                        ),
+                        OP_TOL,
+                        || {
+                            let (w, b) = match (&w, &b) {
+                                (Ok(w), Ok(b)) => (w, b),
+                                (Err(e), _) | (_, Err(e)) => bail!("inputs: {e:#}"),
+                            };
+                            self.gpu.set_dense_path(Some(force));
+                            let r = self.dense_matmul(w, bias.then_some(b), t, path);
+                            self.gpu.set_dense_path(None);
+                            r
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn dense_matmul(
+        &self,
+        w: &Both,
+        b: Option<&Both>,
+        t: usize,
+        path: crate::backend::cuda::DensePath,
+    ) -> Result<f64> {
+        let (n, k) = (w.cpu.rows, w.cpu.cols);
+        let now = self.gpu.dense_path_for(t, n, k);
+        if now != path {
+            bail!("the backend would take {}, not {}", now.name(), path.name());
+        }
+        let x = self.input(t, k, 1.0)?;
+        let (mut c, mut g) = self.output(t + 3, n)?;
+        self.cpu.matmul(&x.cpu, &w.cpu, b.map(|b| &b.cpu), &mut c)?;
+        self.gpu.matmul(&x.gpu, &w.gpu, b.map(|b| &b.gpu), &mut g)?;
+        self.compare(&c, &g)
     }
 }
 
