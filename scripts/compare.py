@@ -152,6 +152,18 @@ def ceilings(flint, peer):
     return rate("copy", "bytes"), rate("gemm_8192", "flops"), notes
 
 
+# Suffixes of flint-only variants of a peer case: the tensor-core prefill, a forced dense path.
+FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv")
+
+
+def base_case(i):
+    """The peer case a flint-only variant id is compared with (None if it is not one)."""
+    for s in FLINT_VARIANTS:
+        if i.endswith(s):
+            return i[: -len(s)]
+    return None
+
+
 def merge(flint, bench, peer):
     """The table rows: every id in flint's, the bench's or the peer's output, in report order."""
     order = ["copy", "gemm", "proj", "prefill", "decode", "moe", "e2e"]
@@ -169,8 +181,9 @@ def merge(flint, bench, peer):
     for i in ids:
         if i == "e2e_build":
             continue
-        # flint-only variants (`prefill_attn_<n>_mma`) sit beside the same peer case.
-        f, p = fl.get(i), peer.get(i) or peer.get(i[: -len("_mma")] if i.endswith("_mma") else None)
+        # flint-only variants (`prefill_attn_<n>_mma`, `proj_<name>_t<T>_cublaslt`) sit beside
+        # the same peer case.
+        f, p = fl.get(i), peer.get(i) or peer.get(base_case(i))
         tf, tp = ok_time(f), ok_time(p)
         src = f or p or {}
         bytes_, flops = src.get("bytes") or 0.0, src.get("flops") or 0.0

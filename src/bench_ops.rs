@@ -8,7 +8,10 @@
 //! - `copy`: device-to-device copy of 1 GiB (bytes = read + written);
 //! - `gemm_8192`: cuBLASLt bf16 8192³, the FLOP ceiling;
 //! - `proj_<name>_t<T>`: `Backend::matmul` at the projections (qkv 6144×4096, o 4096×4096,
-//!   gate_up 28672×4096, down 4096×14336, lm_head 128256×4096) for T = 1, 8, 64, 512, 4096;
+//!   gate_up 28672×4096, down 4096×14336, lm_head 128256×4096) for T = 1, 8, 64, 512, 4096,
+//!   on the default dense path (the GEMV at T <= 8, cuBLASLt above: `gemm::dense_path`);
+//! - `proj_<name>_t<T>_cublaslt` (T = 1, 8): the same product forced onto cuBLASLt, beside
+//!   its default row, so one run times both paths where they compete;
 //! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
@@ -26,7 +29,7 @@
 //! repeated calls do not run from the L2 cache.
 
 use crate::backend::cuda::attention::PrefillPath;
-use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor};
+use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor, DensePath};
 use crate::backend::{AttnParams, Backend, KvShape, SeqStep, StepInput};
 use crate::sampling::Rng;
 use anyhow::{bail, Result};
@@ -41,6 +44,8 @@ const HEAD_DIM: usize = 128;
 const BLOCK: usize = 16;
 /// Token counts of the projection cases.
 pub const PROJ_TOKENS: &[usize] = &[1, 8, 64, 512, 4096];
+/// Token counts whose projections are also timed with cuBLASLt forced (`_cublaslt` rows).
+pub const PROJ_BOTH_PATHS: &[usize] = &[1, 8];
 /// (name, out features N, in features K) of Llama-3-8B's projections.
 pub const PROJECTIONS: &[(&str, usize, usize)] = &[
     ("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN),
@@ -69,6 +74,8 @@ pub enum Case {
         t: usize,
         n: usize,
         k: usize,
+        /// A forced dense path (`None`: the default choice).
+        path: Option<DensePath>,
     },
     Prefill {
         tokens: usize,
@@ -107,7 +114,10 @@ impl Case {
     pub fn shape(&self) -> String {
         match self {
             Case::Copy { bytes } => format!("{bytes} bytes"),
-            Case::Gemm { t, n, k, .. } => format!("[{t}, {k}] x [{n}, {k}]^T"),
+            Case::Gemm { t, n, k, path, .. } => match path {
+                Some(p) => format!("[{t}, {k}] x [{n}, {k}]^T, {} forced", p.name()),
+                None => format!("[{t}, {k}] x [{n}, {k}]^T"),
+            },
             Case::Prefill { tokens, path } => {
                 format!("causal {tokens} tokens, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}, {path:?}")
             }
@@ -167,6 +177,7 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
             t: s,
             n: s,
             k: s,
+            path: None,
         });
     }
     if want("proj") {
@@ -177,6 +188,16 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                     t,
                     n,
                     k,
+                    path: None,
+                });
+            }
+            for &t in PROJ_BOTH_PATHS {
+                v.push(Case::Gemm {
+                    id: format!("proj_{name}_t{t}_cublaslt"),
+                    t,
+                    n,
+                    k,
+                    path: Some(DensePath::CublasLt),
                 });
             }
         }
@@ -329,15 +350,21 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             let mut dst = be.alloc(rows, cols)?;
             time_op(be, case_s, |_| be.copy_tensor(&src, &mut dst))
         }
-        Case::Gemm { t, n, k, .. } => {
+        Case::Gemm { t, n, k, path, .. } => {
             let ws = (0..copies_for(2 * n * k))
                 .map(|_| filled(be, pattern, n, k))
                 .collect::<Result<Vec<_>>>()?;
             let x = filled(be, pattern, t, k)?;
             let mut out = be.alloc(t, n)?;
-            time_op(be, case_s, |i| {
+            let before = be.dense_path_override();
+            if path.is_some() {
+                be.set_dense_path(path);
+            }
+            let r = time_op(be, case_s, |i| {
                 be.matmul(&x, &ws[i % ws.len()], None, &mut out)
-            })
+            });
+            be.set_dense_path(before);
+            r
         }
         Case::Prefill { tokens, path } => {
             be.set_prefill_path(path);
@@ -468,7 +495,7 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 3 + 9 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 10 + 3 + 9 + 3);
         // The unverified tensor-core rows come last.
         assert_eq!(all.last().unwrap().id(), "prefill_attn_16384_mma");
         let mut ids: Vec<String> = all.iter().map(|c| c.id()).collect();
@@ -476,6 +503,13 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), all.len());
         assert!(ids.contains(&"proj_lm_head_t4096".to_string()));
+        // Both dense paths where they compete, each forced row beside its default one.
+        let pos = |id: &str| all.iter().position(|c| c.id() == id).unwrap();
+        assert_eq!(pos("proj_o_t1_cublaslt"), pos("proj_o_t4096") + 1);
+        assert!(all
+            .iter()
+            .any(|c| c.id() == "proj_down_t8_cublaslt" && c.shape().ends_with("cublaslt forced")));
+        assert!(!ids.contains(&"proj_o_t64_cublaslt".to_string()));
         assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
         let only = cases(&["decode".into()]).unwrap();
         assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9);
@@ -491,6 +525,7 @@ mod tests {
             t: 1,
             n: 4096,
             k: 4096,
+            path: None,
         };
         assert_eq!(g.group(), "proj");
         assert_eq!(g.bytes(), 2.0 * (4096.0 + 4096.0 * 4096.0 + 4096.0));

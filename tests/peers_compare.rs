@@ -106,6 +106,11 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
         &row("prefill_attn_1024")["ratio_peer_over_flint"],
         0.125
     ));
+    // So does the forced-cuBLASLt projection, beside torch.matmul's proj_o_t1: 15 µs / 30 µs.
+    assert!(close(
+        &row("proj_o_t1_cublaslt")["ratio_peer_over_flint"],
+        0.5
+    ));
     // A flint error and a case flint does not have are rows too; depth rows are not e2e rows.
     assert!(row("decode_attn_b1_c1024")["flint_error"]
         .as_str()

@@ -221,6 +221,11 @@ impl CudaBackend {
         self.gemm.set_force(force);
     }
 
+    /// The forced dense path, if any.
+    pub fn dense_path_override(&self) -> Option<super::gemm::DensePath> {
+        self.gemm.force()
+    }
+
     /// The dense path a `[tokens, k] x [n, k]^T` matmul with a bf16 weight takes now.
     pub fn dense_path_for(&self, tokens: usize, n: usize, k: usize) -> super::gemm::DensePath {
         self.gemm.path(tokens, n, k)
