@@ -12,9 +12,11 @@
 // - grid/block: FLINT_GEMV_WARPS (8) warps per CTA, each warp owns FLINT_GEMV_ROWS_PER_WARP
 //   (2) consecutive output rows, so a CTA owns 16 rows; grid.x = min(ceil(N / 16), 65535)
 //   and a grid-stride loop over row blocks covers the rest;
-// - x is staged in shared memory FLINT_GEMV_CHUNK (2048) columns at a time for all T tokens
-//   (as bf16: the same values as f32, half the shared-memory bandwidth; at T = 8 the x reads
-//   are 8x the weight bytes per row, which is why two rows per warp share each read);
+// - x is staged in shared memory a chunk of columns at a time for all T tokens, 32 KB in all
+//   (FLINT_GEMV_X_ELEMS / T columns, a multiple of 8: 16384 at T = 1, so a Llama row of
+//   K <= 16384 is one chunk and one barrier pair per row block; 2048 at T = 8). As bf16:
+//   the same values as f32, half the shared-memory bandwidth; at T = 8 the x reads are 8x
+//   the weight bytes per row, which is why two rows per warp share each read;
 // - each lane streams 16-byte weight loads (8 bf16, `__ldcs`: read once, evict first), lane
 //   i taking the 16-byte pieces i, i+32, ... of the chunk, UNROLL (4) pieces per row per
 //   iteration (8 loads in flight per lane), converts them to f32 and multiplies them with the
@@ -31,14 +33,20 @@ namespace flint::gemv {
 
 constexpr int WARPS = FLINT_GEMV_WARPS;
 constexpr int ROWS = FLINT_GEMV_ROWS_PER_WARP;
-constexpr int CHUNK = FLINT_GEMV_CHUNK;
 constexpr int ROWS_PER_CTA = WARPS * ROWS;
 constexpr int UNROLL = 4;
-static_assert(CHUNK % VEC == 0, "a chunk is whole 16-byte pieces");
+
+// Columns of x per staged chunk: T rows of it fill FLINT_GEMV_X_ELEMS, whole 16-byte pieces.
+template <int T>
+constexpr int chunk_cols() {
+    return (FLINT_GEMV_X_ELEMS / T) / VEC * VEC;
+}
 
 template <int T>
 __device__ __forceinline__ void gemv(const GemvParams &p) {
     static_assert(T >= 1 && T <= FLINT_GEMV_MAX_TOKENS, "1..8 tokens");
+    constexpr int CHUNK = chunk_cols<T>();
+    static_assert(CHUNK % VEC == 0 && CHUNK >= VEC, "a chunk is whole 16-byte pieces");
     __shared__ __align__(16) bf16 xs[T][CHUNK];
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int N = p.n, K = p.k;

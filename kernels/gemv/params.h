@@ -9,8 +9,10 @@
 #define FLINT_GEMV_WARPS 8
 /** Output rows each warp computes (each x value read from shared memory serves this many). */
 #define FLINT_GEMV_ROWS_PER_WARP 2
-/** Columns of x staged in shared memory at a time (bf16, T x CHUNK per CTA). */
-#define FLINT_GEMV_CHUNK 2048
+/** bf16 values of x staged in shared memory at a time (32 KB): T rows of a chunk of
+ * FLINT_GEMV_X_ELEMS / T columns (rounded down to a multiple of 8), so T = 1 stages all of
+ * K <= 16384 at once and T = 8 stages 2048 columns. */
+#define FLINT_GEMV_X_ELEMS 16384
 
 /** gemv_bf16_t<T>: out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), f32 accumulate, one bf16
  * rounding at the store. */

@@ -79,7 +79,8 @@ impl DensePath {
 /// 8 tokens, so a forced GEMV still gives more tokens to cuBLASLt. Shapes whose counts do not
 /// fit the kernel's int32 arithmetic also go to cuBLASLt.
 pub fn dense_path(tokens: usize, n: usize, k: usize, force: Option<DensePath>) -> DensePath {
-    const KERNEL_MAX: usize = (i32::MAX as usize) - 64;
+    // Leaves room for the kernel's int32 k0 + chunk and row-block arithmetic.
+    const KERNEL_MAX: usize = (i32::MAX as usize) - (1 << 16);
     let gemv_can = (1..=GEMV_MAX_TOKENS).contains(&tokens)
         && (1..=KERNEL_MAX).contains(&n)
         && (1..=KERNEL_MAX).contains(&k);
