@@ -21,6 +21,9 @@ typedef struct FlintConfig {
   double gpu_memory_fraction;
   bool disable_prefix_caching;
   bool cuda_graphs; /* replay decode steps from CUDA graphs (unverified on a GPU yet) */
+  /* Quantize the linear weights on load, as --quant: "int8", "int4[-asym][-g<group>]" or
+   * "fp8"; NULL = as the checkpoint is. A bad string fails with the reason. */
+  const char *quant;
 } FlintConfig;
 
 typedef struct FlintSampling {

@@ -305,6 +305,86 @@ fn throughput_cli_reports_json() {
     }
 }
 
+/// `flint throughput --quant` runs the model quantized on load: its requests give the tokens
+/// the Engine API gives with the same `LoadOptions`, and (int4 on a 64-wide fixture moves
+/// the logits far) not the float model's tokens, so the option cannot be silently dropped.
+#[test]
+fn throughput_with_quant_matches_the_engine_api_with_the_same_load_options() {
+    use flint::throughput::{requests, run, ThroughputOptions};
+    use flint::weights::quant_source::{LoadOptions, QuantMode};
+    let model = ModelRef::Dir(fixtures_dir().join("llama3"));
+    let load = LoadOptions {
+        quant: Some("int4".parse::<QuantMode>().unwrap()),
+    };
+    let opt = ThroughputOptions {
+        num_requests: 5,
+        input_len: 6,
+        output_len: 6,
+        range_ratio: 0.5,
+        request_rate: None,
+        seed: 3,
+        config: cfg(24, 16, true),
+        load,
+    };
+    let rep = run(&CpuBackend, &model, &opt).unwrap();
+    assert_eq!(
+        (rep.completed, rep.failed, rep.quant.as_str()),
+        (5, 0, "int4")
+    );
+    let run_api = |load: &LoadOptions| {
+        let m = model.load_with(&CpuBackend, load).unwrap();
+        let vocab = m.spec.vocab_size;
+        let mut e = Engine::new(CpuBackend, m, opt.config.clone()).unwrap();
+        let reqs = requests(&opt, vocab).into_iter().map(|(_, r)| r).collect();
+        let out = e.generate(reqs).unwrap();
+        out.into_iter().map(|f| f.tokens).collect::<Vec<_>>()
+    };
+    let want = run_api(&load);
+    assert_eq!(rep.outputs, want);
+    assert!(want.iter().all(|t| !t.is_empty()));
+    let float = run_api(&LoadOptions::default());
+    assert_ne!(
+        rep.outputs, float,
+        "--quant int4 gave the float model's tokens"
+    );
+}
+
+#[test]
+fn throughput_cli_takes_quant_and_rejects_a_bad_one() {
+    let fixture = fixtures_dir().join("llama3");
+    let cli = |quant: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+            .args(["throughput", "--device", "cpu", "--model"])
+            .arg(&fixture)
+            .args([
+                "--num-requests",
+                "2",
+                "--input-len",
+                "4",
+                "--output-len",
+                "3",
+            ])
+            .args(["--num-blocks", "16", "--output", "json", "--quant", quant])
+            .output()
+            .unwrap()
+    };
+    let out = cli("int8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["quant"].as_str(), v["completed"].as_u64()),
+        (Some("int8"), Some(2))
+    );
+    let out = cli("int3");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("int3") && err.contains("int8"), "{err}");
+}
+
 // ---- prefix caching ----
 
 fn cfg(num_blocks: usize, max_batch_tokens: usize, prefix_caching: bool) -> EngineConfig {
