@@ -701,6 +701,10 @@ struct GraphProbe {
     violations: RefCell<Vec<String>>,
     fail_captures: Cell<bool>,
     cleared: Cell<usize>,
+    /// Round scalars to bf16 as a bf16 backend does (`Backend::act_scalar`).
+    bf16_scalars: Cell<bool>,
+    /// The scale every `embed` call got.
+    embed_scales: RefCell<Vec<f32>>,
 }
 
 impl GraphProbe {
@@ -741,7 +745,15 @@ impl Backend for GraphProbe {
         self.inner.kv_cache_bytes(s)
     }
     fn embed(&self, s: &Self::Step, t: &Self::Weight, k: f32, o: &mut Self::Tensor) -> Result<()> {
+        self.embed_scales.borrow_mut().push(k);
         self.inner.embed(s, t, k, o)
+    }
+    fn act_scalar(&self, v: f32) -> f32 {
+        if self.bf16_scalars.get() {
+            flint::backend::round_to_bf16(v)
+        } else {
+            self.inner.act_scalar(v)
+        }
     }
     fn rms_norm(
         &self,
@@ -951,4 +963,50 @@ fn a_failing_graph_falls_back_to_eager_without_losing_a_request() {
     };
     off.generate(vec![r]).unwrap();
     assert!(off.backend.keys.borrow().is_empty());
+}
+
+// ---- the embedding scale at the activation dtype ----
+
+/// bf16 rounding of the embedding scales transformers rounds in bf16 (values from
+/// `torch.tensor(hidden**0.5).to(torch.bfloat16)`; Grok-1's multiplier is sqrt(6144)).
+#[test]
+fn embedding_scales_round_to_bf16_as_torch_does() {
+    use flint::backend::round_to_bf16;
+    for (hidden, want) in [
+        (3072, 55.5),
+        (2048, 45.25),
+        (3584, 59.75),
+        (4608, 68.0),
+        (5376, 73.5),
+        (2304, 48.0),
+        (640, 25.25),
+        (6144, 78.5),
+    ] {
+        let s = (hidden as f64).sqrt() as f32;
+        assert_eq!(round_to_bf16(s), want, "sqrt({hidden})");
+    }
+    assert_eq!(round_to_bf16(78.383_67), 78.5);
+    // The f32 reference keeps the exact scale.
+    assert_eq!(CpuBackend.act_scalar(55.425_625), 55.425_625);
+}
+
+/// The decoder hands `embed` the spec's scale through `Backend::act_scalar`: rounded on a
+/// backend that rounds (as CUDA's bf16), untouched on the f32 reference.
+#[test]
+fn the_model_applies_the_backends_scalar_rounding_to_the_embedding_scale() {
+    for bf16 in [false, true] {
+        let be = GraphProbe::default();
+        be.bf16_scalars.set(bf16);
+        let mut m = ModelRef::Dir(fixtures_dir().join("gemma"))
+            .load(&be)
+            .unwrap();
+        let exact = 3072f64.sqrt() as f32;
+        m.spec.embed_scale = exact;
+        engine::prompt_logits(&be, &m, &[1, 2, 3], false).unwrap();
+        let got = be.embed_scales.borrow().clone();
+        assert_eq!(got, vec![if bf16 { 55.5 } else { exact }], "bf16 {bf16}");
+    }
+    // The config gives the exact f32 scale (the fixture's hidden size is 64).
+    let spec = ModelRef::Dir(fixtures_dir().join("gemma")).spec().unwrap();
+    assert_eq!(spec.embed_scale, 8.0);
 }

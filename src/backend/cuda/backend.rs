@@ -568,6 +568,11 @@ impl Backend for CudaBackend {
         self.planned(step, attn).map(|_| ())
     }
 
+    /// Activations are bf16: scalars are rounded as transformers rounds them in bf16.
+    fn act_scalar(&self, v: f32) -> f32 {
+        crate::backend::round_to_bf16(v)
+    }
+
     fn supports_graphs(&self) -> bool {
         true
     }
