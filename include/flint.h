@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* An engine may be used from any thread, but by one thread at a time (calls on one engine
+ * must not overlap); a "cuda" engine makes its context current on the calling thread. */
 typedef struct FlintEngine FlintEngine;
 
 /* Engine sizes; zeros take the defaults. device: "cpu" or "cuda" (NULL = "cpu"; "cuda"

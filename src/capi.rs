@@ -3,7 +3,9 @@
 //! how many finished requests the step produced; the caller reads them by index with the
 //! accessors, valid until the next step or destroy. Every function catches panics; errors are
 //! negative return codes (or NULL) with the message in `flint_last_error` (thread-local, valid
-//! until the next failing call on the thread).
+//! until the next failing call on the thread). An engine may be used from any thread, one
+//! call at a time (it is `Send`, not `Sync`: the caller serializes; a CUDA engine binds its
+//! context to the calling thread).
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;

@@ -1010,3 +1010,29 @@ fn the_model_applies_the_backends_scalar_rounding_to_the_embedding_scale() {
     let spec = ModelRef::Dir(fixtures_dir().join("gemma")).spec().unwrap();
     assert_eq!(spec.embed_scale, 8.0);
 }
+
+// ---- Send: an engine can live on its own thread (serving stacks) ----
+
+/// Compile-time: `Engine<B>` can be moved to another thread for both backends (a test that
+/// fails by not compiling). `Engine<CudaBackend>` binds its CUDA context to the calling
+/// thread at each entry (see `CudaBackend`'s `Send`).
+#[test]
+fn engines_are_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Engine<CpuBackend>>();
+    assert_send::<Engine<flint::backend::cuda::CudaBackend>>();
+}
+
+/// An engine built on one thread serves on another and gives the same tokens.
+#[test]
+fn an_engine_moved_to_its_own_thread_serves_the_same_tokens() {
+    let mut e = engine("llama3", cfg(24, 16, true));
+    let reqs = burst(e.model.spec.vocab_size);
+    let want = e.generate(reqs.clone()).unwrap();
+    // The second run hits the prefix cache and takes new ids: compare the tokens.
+    let tokens = |f: Vec<flint::Finished>| f.into_iter().map(|f| f.tokens).collect::<Vec<_>>();
+    let got = std::thread::spawn(move || e.generate(reqs).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(tokens(got), tokens(want));
+}

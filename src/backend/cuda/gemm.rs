@@ -8,7 +8,7 @@
 //! column of C, which is every row of `out`.
 
 use anyhow::{Context, Result};
-use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
+use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig, MatmulShared};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use std::sync::Arc;
@@ -56,6 +56,13 @@ impl Gemm {
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         let cfg = row_major_config(t, n, k);
+        // cuBLASLt launches in the calling thread's current context (cudarc does not bind
+        // it here), and the backend may have moved threads since the last launch.
+        self.blas
+            .stream()
+            .context()
+            .bind_to_thread()
+            .context("matmul: binding the CUDA context to this thread")?;
         // SAFETY: x holds at least t*k, w n*k, out t*n and bias n elements (the caller checks
         // rows and columns against each buffer's capacity).
         unsafe { self.blas.matmul(cfg, w, x, out, bias, None) }
