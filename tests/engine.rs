@@ -887,7 +887,10 @@ impl Backend for GraphProbe {
 }
 
 fn graph_engine(cuda_graphs: bool) -> Engine<&'static GraphProbe> {
-    let be: &'static GraphProbe = Box::leak(Box::default());
+    graph_engine_on(Box::leak(Box::default()), cuda_graphs)
+}
+
+fn graph_engine_on(be: &'static GraphProbe, cuda_graphs: bool) -> Engine<&'static GraphProbe> {
     let m = ModelRef::Dir(fixtures_dir().join("llama3"))
         .load(&be)
         .unwrap();
@@ -940,6 +943,41 @@ fn decode_graph_steps_are_padded_to_buckets_and_change_no_output() {
     );
     assert!(buckets.len() >= 2, "{buckets:?}");
     assert_eq!(e.num_free_blocks(), 24);
+}
+
+/// With graphs on, `Engine::new` captures every bucket once (after sizing the KV cache), so
+/// decoding replays from the first step; the captures change no output.
+#[test]
+fn decode_graphs_are_captured_at_start_once_per_bucket() {
+    let e = graph_engine(true);
+    let keys = e.backend.keys.borrow().clone();
+    let mut got: Vec<(u64, usize)> = keys.iter().map(|(k, n)| (k & 0xffff_ffff, *n)).collect();
+    got.sort();
+    assert_eq!(got, vec![(1, 1), (2, 1), (4, 1), (6, 1)]);
+    assert!(e.graphs_enabled());
+    assert_eq!(e.num_graph_steps(), 0, "captures are not decode steps");
+    assert!(
+        e.backend.violations.borrow().is_empty(),
+        "{:?}",
+        e.backend.violations.borrow()
+    );
+    // Off: no region at start.
+    assert!(graph_engine(false).backend.keys.borrow().is_empty());
+}
+
+/// A capture that fails at start leaves an engine that decodes eagerly and loses nothing.
+#[test]
+fn a_graph_capture_failing_at_start_leaves_an_eager_engine() {
+    let mut eager = engine("llama3", cfg(24, 16, true));
+    let reqs = burst(eager.model.spec.vocab_size);
+    let want = eager.generate(reqs.clone()).unwrap();
+    let be: &'static GraphProbe = Box::leak(Box::default());
+    be.fail_captures.set(true);
+    let mut e = graph_engine_on(be, true);
+    assert!(!e.graphs_enabled());
+    assert_eq!(be.cleared.get(), 1);
+    assert_eq!(e.generate(reqs).unwrap(), want);
+    assert_eq!(e.num_graph_steps(), 0);
 }
 
 #[test]
