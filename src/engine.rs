@@ -203,8 +203,9 @@ pub struct EngineConfig {
     /// Share full KV blocks between requests with the same prefix (on by default).
     pub enable_prefix_caching: bool,
     /// Replay decode steps from CUDA graphs captured per batch-size bucket (backends with
-    /// graphs only; every bucket is captured in `Engine::new`). Off by default until the graph path has been checked on a GPU
-    /// (`flint selftest`); vLLM's `--enforce-eager` is the opposite switch.
+    /// graphs only; every bucket is captured in `Engine::new`). Off by default until the
+    /// graph path has been checked on a GPU (`flint selftest`); vLLM's `--enforce-eager` is
+    /// the opposite switch.
     pub cuda_graphs: bool,
 }
 
