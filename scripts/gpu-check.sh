@@ -227,7 +227,12 @@ elif selftest and selftest.get("cases") is not None:
     for g, cs in groups.items():
         md.append(f"- FAIL {g}: {len(cs)} cases, e.g. {cs[0]['case']}: {cs[0].get('error') or cs[0].get('rel_l2')}")
 else:
-    md.append(f"selftest: exit {s['exit']}: {s['stderr_tail'][-500:]}")
+    # No JSON (killed by its timeout, or it crashed): the per-case lines it printed so far.
+    lines = (report["selftest_stdout"] or "").splitlines()
+    fails = [l for l in lines if l.startswith("FAIL")]
+    passes = sum(l.startswith("PASS") for l in lines)
+    md.append(f"selftest: exit {s['exit']} after {s['seconds']} s, no JSON; printed {passes} PASS, {len(fails)} FAIL: {s['stderr_tail'][-300:]}")
+    md += ["- " + l for l in fails[:10]]
 def csv_cell(c):
     try: return f"{c[2]} b{c[3]}: {float(c[6]):.1f} ± {float(c[7]):.1f} t/s"
     except ValueError: return ",".join(c)
