@@ -31,8 +31,9 @@
 #                                   # graphs on 130 s (issue 6's report); ~535 s in all.
 # Run "core" on the first lent GPU; "serve" when core has passed on a card.
 #
-# Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU); the
-# benches and the peer never change it, their failures are in the report.
+# Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU, 3 it hit its
+# timeout: not 124, which the device tool reads as the whole call timing out); the benches
+# and the peer never change it, their failures are in the report.
 set -euo pipefail
 
 usage() {
@@ -269,7 +270,7 @@ fi
 rm -rf "$log"
 echo
 cat "$out/gpu-check.md"
-exit "$selftest_rc"
+case "$selftest_rc" in 124 | 137) exit 3 ;; *) exit "$selftest_rc" ;; esac
 RUN
 chmod +x "$bundle/run.sh"
 
