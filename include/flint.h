@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* An engine may be used from any thread, but by one thread at a time (calls on one engine
+ * must not overlap); a "cuda" engine makes its context current on the calling thread. */
 typedef struct FlintEngine FlintEngine;
 
 /* Engine sizes; zeros take the defaults. device: "cpu" or "cuda" (NULL = "cpu"; "cuda"
@@ -21,6 +23,9 @@ typedef struct FlintConfig {
   double gpu_memory_fraction;
   bool disable_prefix_caching;
   bool cuda_graphs; /* replay decode steps from CUDA graphs (unverified on a GPU yet) */
+  /* Quantize the linear weights on load, as --quant: "int8", "int4[-asym][-g<group>]" or
+   * "fp8"; NULL = as the checkpoint is. A bad string fails with the reason. */
+  const char *quant;
 } FlintConfig;
 
 typedef struct FlintSampling {

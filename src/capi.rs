@@ -3,12 +3,15 @@
 //! how many finished requests the step produced; the caller reads them by index with the
 //! accessors, valid until the next step or destroy. Every function catches panics; errors are
 //! negative return codes (or NULL) with the message in `flint_last_error` (thread-local, valid
-//! until the next failing call on the thread).
+//! until the next failing call on the thread). An engine may be used from any thread, one
+//! call at a time (it is `Send`, not `Sync`: the caller serializes; a CUDA engine binds its
+//! context to the calling thread).
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
 use crate::engine::{Engine, EngineConfig, Request, StepOutput};
 use crate::sampling::SamplingParams;
+use crate::weights::quant_source::{LoadOptions, QuantMode};
 use crate::ModelRef;
 use anyhow::{anyhow, bail, Context, Result};
 use std::cell::RefCell;
@@ -31,6 +34,9 @@ pub struct FlintConfig {
     pub disable_prefix_caching: bool,
     /// Nonzero replays decode steps from CUDA graphs ("cuda" only; unverified on a GPU yet).
     pub cuda_graphs: bool,
+    /// Quantize the linear weights on load: "int8", "int4[-asym][-g<group>]" or "fp8", as
+    /// `--quant` (NULL = none).
+    pub quant: *const c_char,
 }
 
 #[repr(C)]
@@ -116,9 +122,14 @@ pub unsafe extern "C" fn flint_engine_create(
         let model = ModelRef::parse(str_arg(model, "model")?);
         let mut cfg = EngineConfig::default();
         let mut device = "cpu";
+        let mut load = LoadOptions::default();
         if let Some(c) = config.as_ref() {
             if !c.device.is_null() {
                 device = str_arg(c.device, "device")?;
+            }
+            if !c.quant.is_null() {
+                let q = str_arg(c.quant, "config quant")?;
+                load.quant = Some(q.parse::<QuantMode>().context("config quant")?);
             }
             let pick = |v: usize, d: usize| if v == 0 { d } else { v };
             cfg = EngineConfig {
@@ -138,12 +149,12 @@ pub unsafe extern "C" fn flint_engine_create(
         let engine = match device {
             "cpu" => AnyEngine::Cpu(Box::new(Engine::new(
                 CpuBackend,
-                model.load(&CpuBackend)?,
+                model.load_with(&CpuBackend, &load)?,
                 cfg,
             )?)),
             "cuda" => {
                 let be = CudaBackend::new().context("device \"cuda\"")?;
-                let m = model.load(&be)?;
+                let m = model.load_with(&be, &load)?;
                 AnyEngine::Cuda(Box::new(Engine::new(be, m, cfg)?))
             }
             d => bail!("device `{d}`: use \"cpu\" or \"cuda\""),

@@ -138,7 +138,8 @@ pub struct ModelSpec {
     /// Gemma 2/3: norms after attention and after the MLP as well as before.
     pub sandwich_norms: bool,
     pub tie_embeddings: bool,
-    /// Embeddings multiplied by this (Gemma: sqrt(hidden); Grok-1: its multiplier).
+    /// Embeddings multiplied by this (Gemma: sqrt(hidden); Grok-1: its multiplier), in f32;
+    /// a backend with narrower activations rounds it (`Backend::act_scalar`).
     pub embed_scale: f32,
     /// Output logits multiplied by this (Grok-1's output multiplier; 1 elsewhere).
     pub logit_scale: f32,
@@ -377,7 +378,8 @@ impl ModelSpec {
             sandwich_norms: matches!(model_type.as_str(), "gemma2" | "gemma3_text" | "grok-1"),
             tie_embeddings: f.bool_or("tie_word_embeddings", tie_default)?,
             embed_scale: match (gemma, grok) {
-                (true, _) => (hidden as f32).sqrt(),
+                // `hidden_size**0.5` in Python (f64), stored as a float32 tensor.
+                (true, _) => (hidden as f64).sqrt() as f32,
                 (_, true) => f.f32_or("embedding_multiplier_scale", 1.0)?,
                 _ => 1.0,
             },

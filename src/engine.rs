@@ -203,8 +203,9 @@ pub struct EngineConfig {
     /// Share full KV blocks between requests with the same prefix (on by default).
     pub enable_prefix_caching: bool,
     /// Replay decode steps from CUDA graphs captured per batch-size bucket (backends with
-    /// graphs only). Off by default until the graph path has been checked on a GPU
-    /// (`flint selftest`); vLLM's `--enforce-eager` is the opposite switch.
+    /// graphs only; every bucket is captured in `Engine::new`). Off by default until the
+    /// graph path has been checked on a GPU (`flint selftest`); vLLM's `--enforce-eager` is
+    /// the opposite switch.
     pub cuda_graphs: bool,
 }
 
@@ -403,7 +404,7 @@ impl<B: Backend> Engine<B> {
             Vec::new()
         };
         let graph_base = NEXT_GRAPH_BASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32;
-        Ok(Engine {
+        let mut engine = Engine {
             graph_buckets,
             graph_base,
             graph_replays: 0,
@@ -418,7 +419,43 @@ impl<B: Backend> Engine<B> {
             stops: HashMap::new(),
             next_id: 0,
             pending_finished: Vec::new(),
-        })
+        };
+        engine.capture_graphs();
+        Ok(engine)
+    }
+
+    /// Captures every decode bucket's graph now, after the KV cache is sized, so the first
+    /// requests do not pay for captures (vLLM captures at start too; largest bucket first, as
+    /// it does). Each capture runs a decode step of padding rows only: token 0 at position 0
+    /// reading one key of block 0, writing no K/V (slot -1), its logits dropped. A failure
+    /// turns graphs off for this engine, says so, and leaves it decoding eagerly: it is not
+    /// an error. A backend may still recapture a bucket later when its inputs moved.
+    fn capture_graphs(&mut self) {
+        let buckets: Vec<usize> = self.graph_buckets.iter().rev().copied().collect();
+        let empty = StepInput {
+            block_size: self.config.block_size,
+            ..Default::default()
+        };
+        for b in buckets {
+            let step = self.graph_step(&empty, b);
+            let key = self.graph_base + b as u64;
+            let be = &self.backend;
+            if let Err(e) = self.model.forward_graphed(
+                be,
+                &step,
+                &mut self.cache,
+                &mut self.ws,
+                false,
+                Some(key),
+            ) {
+                eprintln!(
+                    "flint: capturing the CUDA graph for decode batch {b} at start failed ({e:#}); decoding eagerly"
+                );
+                self.graph_buckets.clear();
+                self.backend.clear_graphs();
+                return;
+            }
+        }
     }
 
     /// Lets requests use stop strings, and fills [`Finished::text`].

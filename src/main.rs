@@ -236,6 +236,9 @@ enum Cmd {
         output: ThroughputFormat,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] or fp8.
+        #[arg(long, value_parser = quant_mode)]
+        quant: Option<QuantMode>,
     },
     /// Kernel-level timings of flint's CUDA paths (copy, GEMM, attention) with bytes and
     /// FLOPs per case, for the peer comparison (scripts/peers.py, scripts/compare.py). GPU only.
@@ -392,6 +395,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             max_num_seqs,
             max_batch_tokens,
             output,
+            quant,
             ..
         } => {
             let opt = flint::throughput::ThroughputOptions {
@@ -410,6 +414,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     enable_prefix_caching: !no_prefix_caching,
                     cuda_graphs,
                 },
+                load: LoadOptions { quant },
             };
             let r = flint::throughput::run(be, &ModelRef::parse(&model), &opt)?;
             match output {

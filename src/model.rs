@@ -392,7 +392,9 @@ impl<B: Backend> Model<B> {
     ) -> Result<()> {
         let spec = &self.spec;
         let (eps, off) = (spec.norm_eps, spec.norm_weight_offset);
-        be.embed(dstep, &self.embed, spec.embed_scale, &mut ws.x)?;
+        // The scale at the activation dtype (bf16 on CUDA), as transformers applies it.
+        let embed_scale = be.act_scalar(spec.embed_scale);
+        be.embed(dstep, &self.embed, embed_scale, &mut ws.x)?;
         let mut pending = false; // whether ws.delta still has to be added to ws.x
         let norm_into_h =
             |be: &B, ws: &mut Workspace<B>, w: &B::Weight, pending: &mut bool| -> Result<()> {

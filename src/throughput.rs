@@ -4,6 +4,7 @@
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, FinishReason, Request};
 use crate::sampling::Rng;
+use crate::weights::quant_source::LoadOptions;
 use crate::ModelRef;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ pub struct ThroughputOptions {
     pub request_rate: Option<f64>,
     pub seed: u64,
     pub config: EngineConfig,
+    /// How the model is loaded (`--quant`: quantize the linear weights on load).
+    pub load: LoadOptions,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -47,6 +50,11 @@ pub struct ThroughputReport {
     pub prefix_cache_hit_tokens: usize,
     /// Decode steps replayed from CUDA graphs.
     pub graph_steps: usize,
+    /// Quantize-on-load mode the model ran with ("none" without `--quant`).
+    pub quant: String,
+    /// Every request's generated tokens, in submission order (empty for a request that
+    /// failed to be added). Not printed; for checks against the Engine API.
+    pub outputs: Vec<Vec<u32>>,
 }
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
@@ -71,24 +79,12 @@ fn draw_len(rng: &mut Rng, len: usize, ratio: f64) -> usize {
     lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
 }
 
-/// Runs the benchmark on `be`.
-pub fn run<B: Backend>(
-    be: &B,
-    model: &ModelRef,
-    opt: &ThroughputOptions,
-) -> Result<ThroughputReport> {
-    let m = model.load(&be)?;
-    let vocab = m.spec.vocab_size as u64;
-    let mut engine = Engine::new(be, m, opt.config.clone())?;
-    eprintln!("flint throughput: {}", engine.kv_cache_info());
-    if opt.config.cuda_graphs && !engine.graphs_enabled() {
-        eprintln!(
-            "flint throughput: CUDA graphs asked for, but the {} backend has none: decoding eagerly",
-            be.name()
-        );
-    }
+/// The benchmark's requests for a model of `vocab` tokens, with their arrival offsets: the
+/// same for the same options (seeded), so a run can be replayed through the Engine API.
+pub fn requests(opt: &ThroughputOptions, vocab: usize) -> Vec<(Duration, Request)> {
+    let vocab = vocab.max(1) as u64;
     let mut rng = Rng::new(opt.seed);
-    let mut reqs = Vec::new();
+    let mut reqs = Vec::with_capacity(opt.num_requests);
     let mut arrival = 0.0f64;
     for _ in 0..opt.num_requests {
         let i = draw_len(&mut rng, opt.input_len, opt.range_ratio);
@@ -105,11 +101,33 @@ pub fn run<B: Backend>(
         };
         reqs.push((Duration::from_secs_f64(arrival), req));
     }
+    reqs
+}
+
+/// Runs the benchmark on `be`.
+pub fn run<B: Backend>(
+    be: &B,
+    model: &ModelRef,
+    opt: &ThroughputOptions,
+) -> Result<ThroughputReport> {
+    let m = model.load_with(&be, &opt.load)?;
+    let vocab = m.spec.vocab_size;
+    let mut engine = Engine::new(be, m, opt.config.clone())?;
+    eprintln!("flint throughput: {}", engine.kv_cache_info());
+    if opt.config.cuda_graphs && !engine.graphs_enabled() {
+        eprintln!(
+            "flint throughput: CUDA graphs asked for, but the {} backend has none: decoding eagerly",
+            be.name()
+        );
+    }
+    let reqs = requests(opt, vocab);
     let mut rep = ThroughputReport::default();
     let start = Instant::now();
     let mut next = 0;
-    // id -> (submitted, last token time)
-    let mut live: HashMap<u64, (Instant, Option<Instant>)> = HashMap::new();
+    rep.quant = opt.load.quant.map_or("none".into(), |q| q.to_string());
+    rep.outputs = vec![Vec::new(); reqs.len()];
+    // id -> (request index, submitted, last token time)
+    let mut live: HashMap<u64, (usize, Instant, Option<Instant>)> = HashMap::new();
     let (mut ttft, mut itl) = (Vec::new(), Vec::new());
     while next < reqs.len() || engine.has_unfinished() {
         while next < reqs.len() && start.elapsed() >= reqs[next].0 {
@@ -117,7 +135,7 @@ pub fn run<B: Backend>(
             rep.input_tokens += r.prompt.len();
             match engine.add_request(r.clone()) {
                 Ok(id) => {
-                    live.insert(id, (Instant::now(), None));
+                    live.insert(id, (next, Instant::now(), None));
                 }
                 Err(_) => rep.failed += 1,
             }
@@ -131,7 +149,7 @@ pub fn run<B: Backend>(
         let now = Instant::now();
         for (id, _) in &out.tokens {
             rep.output_tokens += 1;
-            if let Some((sub, last)) = live.get_mut(id) {
+            if let Some((_, sub, last)) = live.get_mut(id) {
                 match last {
                     None => ttft.push((now - *sub).as_secs_f64() * 1e3),
                     Some(l) => itl.push((now - *l).as_secs_f64() * 1e3),
@@ -140,7 +158,9 @@ pub fn run<B: Backend>(
             }
         }
         for f in out.finished {
-            live.remove(&f.id);
+            if let Some((i, _, _)) = live.remove(&f.id) {
+                rep.outputs[i] = f.tokens.clone();
+            }
             match f.reason {
                 FinishReason::Error | FinishReason::Aborted => rep.failed += 1,
                 _ => rep.completed += 1,
@@ -163,6 +183,7 @@ pub fn run<B: Backend>(
 pub fn to_json(r: &ThroughputReport) -> serde_json::Value {
     let p = |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99});
     serde_json::json!({
+        "quant": r.quant,
         "completed": r.completed,
         "failed": r.failed,
         "elapsed_s": r.elapsed_s,

@@ -143,6 +143,7 @@ fn an_unknown_or_unavailable_device_is_a_clear_error() {
             gpu_memory_fraction: 0.0,
             disable_prefix_caching: false,
             cuda_graphs: false,
+            quant: std::ptr::null(),
         };
         // SAFETY: both strings outlive the call; cfg is a valid FlintConfig.
         let h = unsafe { flint_engine_create(model.as_ptr(), &cfg) };
@@ -180,12 +181,12 @@ fn header_structs_match_the_rust_layout() {
 #include <stddef.h>
 #include "flint.h"
 int main(void) {
-  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(FlintConfig),
+  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(FlintConfig),
          offsetof(FlintConfig, num_blocks), offsetof(FlintConfig, block_size),
          offsetof(FlintConfig, max_num_seqs), offsetof(FlintConfig, max_batch_tokens),
          offsetof(FlintConfig, gpu_memory_fraction),
          offsetof(FlintConfig, disable_prefix_caching), offsetof(FlintConfig, cuda_graphs),
-         sizeof(FlintSampling));
+         offsetof(FlintConfig, quant), sizeof(FlintSampling));
   return 0;
 }
 "#,
@@ -212,10 +213,91 @@ int main(void) {
         offset_of!(FlintConfig, gpu_memory_fraction),
         offset_of!(FlintConfig, disable_prefix_caching),
         offset_of!(FlintConfig, cuda_graphs),
+        offset_of!(FlintConfig, quant),
         size_of::<FlintSampling>(),
     ]
     .map(|v| v.to_string())
     .join(" ");
     assert_eq!(got, want, "include/flint.h vs src/capi.rs layouts");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `FlintConfig::quant` quantizes on load as `LoadOptions` does in Rust (same greedy tokens
+/// as the Engine API); a bad string is a NULL engine with the reason in `flint_last_error`.
+#[test]
+fn config_quant_loads_quantized_and_a_bad_one_is_a_clear_error() {
+    use flint::capi::*;
+    use flint::weights::quant_source::LoadOptions;
+    use std::ffi::{CStr, CString};
+    let dir = fixtures_dir().join("llama3");
+    let model = CString::new(dir.to_str().unwrap()).unwrap();
+    let create = |quant: Option<&CString>| {
+        let cfg = FlintConfig {
+            device: std::ptr::null(),
+            num_blocks: 16,
+            block_size: 0,
+            max_num_seqs: 0,
+            max_batch_tokens: 0,
+            gpu_memory_fraction: 0.0,
+            disable_prefix_caching: false,
+            cuda_graphs: false,
+            quant: quant.map_or(std::ptr::null(), |q| q.as_ptr()),
+        };
+        // SAFETY: the strings outlive the call; cfg is a valid FlintConfig.
+        unsafe { flint_engine_create(model.as_ptr(), &cfg) }
+    };
+    let last_error = || {
+        // SAFETY: flint_last_error returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(flint_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let bad = CString::new("int3").unwrap();
+    assert!(create(Some(&bad)).is_null());
+    let err = last_error();
+    assert!(err.contains("quant") && err.contains("int3"), "{err}");
+
+    let q = CString::new("int4-asym-g32").unwrap();
+    let h = create(Some(&q));
+    assert!(!h.is_null(), "{}", last_error());
+    let prompt = [3u32, 14, 15, 9, 2, 6];
+    // SAFETY: h is live; prompt holds prompt.len() ids; the out-pointers are writable.
+    let got = unsafe {
+        let id = flint_add_request(h, prompt.as_ptr(), prompt.len(), std::ptr::null(), 6, true);
+        assert!(id >= 0, "{}", last_error());
+        let mut got = Vec::new();
+        while flint_has_unfinished(h) == 1 {
+            let n = flint_step(h, std::ptr::null_mut());
+            assert!(n >= 0, "{}", last_error());
+            for i in 0..n as usize {
+                let (mut rid, mut tok) = (0u64, 0u32);
+                assert_eq!(flint_step_token(h, i, &mut rid, &mut tok), 0);
+                got.push(tok);
+            }
+        }
+        flint_engine_destroy(h);
+        got
+    };
+    let load = LoadOptions {
+        quant: Some("int4-asym-g32".parse().unwrap()),
+    };
+    let config = EngineConfig {
+        num_blocks: Some(16),
+        ..Default::default()
+    };
+    let gen = |load: &LoadOptions| {
+        let m = ModelRef::Dir(dir.clone())
+            .load_with(&CpuBackend, load)
+            .unwrap();
+        let mut e = Engine::new(CpuBackend, m, config.clone()).unwrap();
+        let r = Request {
+            prompt: prompt.to_vec(),
+            max_new_tokens: 6,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        e.generate(vec![r]).unwrap().remove(0).tokens
+    };
+    assert_eq!(got, gen(&load));
+    assert_ne!(got, gen(&LoadOptions::default()), "quant was not applied");
 }

@@ -305,6 +305,86 @@ fn throughput_cli_reports_json() {
     }
 }
 
+/// `flint throughput --quant` runs the model quantized on load: its requests give the tokens
+/// the Engine API gives with the same `LoadOptions`, and (int4 on a 64-wide fixture moves
+/// the logits far) not the float model's tokens, so the option cannot be silently dropped.
+#[test]
+fn throughput_with_quant_matches_the_engine_api_with_the_same_load_options() {
+    use flint::throughput::{requests, run, ThroughputOptions};
+    use flint::weights::quant_source::{LoadOptions, QuantMode};
+    let model = ModelRef::Dir(fixtures_dir().join("llama3"));
+    let load = LoadOptions {
+        quant: Some("int4".parse::<QuantMode>().unwrap()),
+    };
+    let opt = ThroughputOptions {
+        num_requests: 5,
+        input_len: 6,
+        output_len: 6,
+        range_ratio: 0.5,
+        request_rate: None,
+        seed: 3,
+        config: cfg(24, 16, true),
+        load,
+    };
+    let rep = run(&CpuBackend, &model, &opt).unwrap();
+    assert_eq!(
+        (rep.completed, rep.failed, rep.quant.as_str()),
+        (5, 0, "int4")
+    );
+    let run_api = |load: &LoadOptions| {
+        let m = model.load_with(&CpuBackend, load).unwrap();
+        let vocab = m.spec.vocab_size;
+        let mut e = Engine::new(CpuBackend, m, opt.config.clone()).unwrap();
+        let reqs = requests(&opt, vocab).into_iter().map(|(_, r)| r).collect();
+        let out = e.generate(reqs).unwrap();
+        out.into_iter().map(|f| f.tokens).collect::<Vec<_>>()
+    };
+    let want = run_api(&load);
+    assert_eq!(rep.outputs, want);
+    assert!(want.iter().all(|t| !t.is_empty()));
+    let float = run_api(&LoadOptions::default());
+    assert_ne!(
+        rep.outputs, float,
+        "--quant int4 gave the float model's tokens"
+    );
+}
+
+#[test]
+fn throughput_cli_takes_quant_and_rejects_a_bad_one() {
+    let fixture = fixtures_dir().join("llama3");
+    let cli = |quant: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+            .args(["throughput", "--device", "cpu", "--model"])
+            .arg(&fixture)
+            .args([
+                "--num-requests",
+                "2",
+                "--input-len",
+                "4",
+                "--output-len",
+                "3",
+            ])
+            .args(["--num-blocks", "16", "--output", "json", "--quant", quant])
+            .output()
+            .unwrap()
+    };
+    let out = cli("int8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["quant"].as_str(), v["completed"].as_u64()),
+        (Some("int8"), Some(2))
+    );
+    let out = cli("int3");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("int3") && err.contains("int8"), "{err}");
+}
+
 // ---- prefix caching ----
 
 fn cfg(num_blocks: usize, max_batch_tokens: usize, prefix_caching: bool) -> EngineConfig {
@@ -621,6 +701,10 @@ struct GraphProbe {
     violations: RefCell<Vec<String>>,
     fail_captures: Cell<bool>,
     cleared: Cell<usize>,
+    /// Round scalars to bf16 as a bf16 backend does (`Backend::act_scalar`).
+    bf16_scalars: Cell<bool>,
+    /// The scale every `embed` call got.
+    embed_scales: RefCell<Vec<f32>>,
 }
 
 impl GraphProbe {
@@ -661,7 +745,15 @@ impl Backend for GraphProbe {
         self.inner.kv_cache_bytes(s)
     }
     fn embed(&self, s: &Self::Step, t: &Self::Weight, k: f32, o: &mut Self::Tensor) -> Result<()> {
+        self.embed_scales.borrow_mut().push(k);
         self.inner.embed(s, t, k, o)
+    }
+    fn act_scalar(&self, v: f32) -> f32 {
+        if self.bf16_scalars.get() {
+            flint::backend::round_to_bf16(v)
+        } else {
+            self.inner.act_scalar(v)
+        }
     }
     fn rms_norm(
         &self,
@@ -795,7 +887,10 @@ impl Backend for GraphProbe {
 }
 
 fn graph_engine(cuda_graphs: bool) -> Engine<&'static GraphProbe> {
-    let be: &'static GraphProbe = Box::leak(Box::default());
+    graph_engine_on(Box::leak(Box::default()), cuda_graphs)
+}
+
+fn graph_engine_on(be: &'static GraphProbe, cuda_graphs: bool) -> Engine<&'static GraphProbe> {
     let m = ModelRef::Dir(fixtures_dir().join("llama3"))
         .load(&be)
         .unwrap();
@@ -850,6 +945,41 @@ fn decode_graph_steps_are_padded_to_buckets_and_change_no_output() {
     assert_eq!(e.num_free_blocks(), 24);
 }
 
+/// With graphs on, `Engine::new` captures every bucket once (after sizing the KV cache), so
+/// decoding replays from the first step; the captures change no output.
+#[test]
+fn decode_graphs_are_captured_at_start_once_per_bucket() {
+    let e = graph_engine(true);
+    let keys = e.backend.keys.borrow().clone();
+    let mut got: Vec<(u64, usize)> = keys.iter().map(|(k, n)| (k & 0xffff_ffff, *n)).collect();
+    got.sort();
+    assert_eq!(got, vec![(1, 1), (2, 1), (4, 1), (6, 1)]);
+    assert!(e.graphs_enabled());
+    assert_eq!(e.num_graph_steps(), 0, "captures are not decode steps");
+    assert!(
+        e.backend.violations.borrow().is_empty(),
+        "{:?}",
+        e.backend.violations.borrow()
+    );
+    // Off: no region at start.
+    assert!(graph_engine(false).backend.keys.borrow().is_empty());
+}
+
+/// A capture that fails at start leaves an engine that decodes eagerly and loses nothing.
+#[test]
+fn a_graph_capture_failing_at_start_leaves_an_eager_engine() {
+    let mut eager = engine("llama3", cfg(24, 16, true));
+    let reqs = burst(eager.model.spec.vocab_size);
+    let want = eager.generate(reqs.clone()).unwrap();
+    let be: &'static GraphProbe = Box::leak(Box::default());
+    be.fail_captures.set(true);
+    let mut e = graph_engine_on(be, true);
+    assert!(!e.graphs_enabled());
+    assert_eq!(be.cleared.get(), 1);
+    assert_eq!(e.generate(reqs).unwrap(), want);
+    assert_eq!(e.num_graph_steps(), 0);
+}
+
 #[test]
 fn a_failing_graph_falls_back_to_eager_without_losing_a_request() {
     let mut eager = engine("llama3", cfg(24, 16, true));
@@ -871,4 +1001,76 @@ fn a_failing_graph_falls_back_to_eager_without_losing_a_request() {
     };
     off.generate(vec![r]).unwrap();
     assert!(off.backend.keys.borrow().is_empty());
+}
+
+// ---- the embedding scale at the activation dtype ----
+
+/// bf16 rounding of the embedding scales transformers rounds in bf16 (values from
+/// `torch.tensor(hidden**0.5).to(torch.bfloat16)`; Grok-1's multiplier is sqrt(6144)).
+#[test]
+fn embedding_scales_round_to_bf16_as_torch_does() {
+    use flint::backend::round_to_bf16;
+    for (hidden, want) in [
+        (3072, 55.5),
+        (2048, 45.25),
+        (3584, 59.75),
+        (4608, 68.0),
+        (5376, 73.5),
+        (2304, 48.0),
+        (640, 25.25),
+        (6144, 78.5),
+    ] {
+        let s = (hidden as f64).sqrt() as f32;
+        assert_eq!(round_to_bf16(s), want, "sqrt({hidden})");
+    }
+    assert_eq!(round_to_bf16(78.383_67), 78.5);
+    // The f32 reference keeps the exact scale.
+    assert_eq!(CpuBackend.act_scalar(55.425_625), 55.425_625);
+}
+
+/// The decoder hands `embed` the spec's scale through `Backend::act_scalar`: rounded on a
+/// backend that rounds (as CUDA's bf16), untouched on the f32 reference.
+#[test]
+fn the_model_applies_the_backends_scalar_rounding_to_the_embedding_scale() {
+    for bf16 in [false, true] {
+        let be = GraphProbe::default();
+        be.bf16_scalars.set(bf16);
+        let mut m = ModelRef::Dir(fixtures_dir().join("gemma"))
+            .load(&be)
+            .unwrap();
+        let exact = 3072f64.sqrt() as f32;
+        m.spec.embed_scale = exact;
+        engine::prompt_logits(&be, &m, &[1, 2, 3], false).unwrap();
+        let got = be.embed_scales.borrow().clone();
+        assert_eq!(got, vec![if bf16 { 55.5 } else { exact }], "bf16 {bf16}");
+    }
+    // The config gives the exact f32 scale (the fixture's hidden size is 64).
+    let spec = ModelRef::Dir(fixtures_dir().join("gemma")).spec().unwrap();
+    assert_eq!(spec.embed_scale, 8.0);
+}
+
+// ---- Send: an engine can live on its own thread (serving stacks) ----
+
+/// Compile-time: `Engine<B>` can be moved to another thread for both backends (a test that
+/// fails by not compiling). `Engine<CudaBackend>` binds its CUDA context to the calling
+/// thread at each entry (see `CudaBackend`'s `Send`).
+#[test]
+fn engines_are_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Engine<CpuBackend>>();
+    assert_send::<Engine<flint::backend::cuda::CudaBackend>>();
+}
+
+/// An engine built on one thread serves on another and gives the same tokens.
+#[test]
+fn an_engine_moved_to_its_own_thread_serves_the_same_tokens() {
+    let mut e = engine("llama3", cfg(24, 16, true));
+    let reqs = burst(e.model.spec.vocab_size);
+    let want = e.generate(reqs.clone()).unwrap();
+    // The second run hits the prefix cache and takes new ids: compare the tokens.
+    let tokens = |f: Vec<flint::Finished>| f.into_iter().map(|f| f.tokens).collect::<Vec<_>>();
+    let got = std::thread::spawn(move || e.generate(reqs).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(tokens(got), tokens(want));
 }

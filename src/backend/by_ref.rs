@@ -51,6 +51,9 @@ impl<B: Backend> Backend for &B {
     fn prepare_attention(&self, s: &Self::Step, a: &AttnParams) -> Result<()> {
         (**self).prepare_attention(s, a)
     }
+    fn act_scalar(&self, v: f32) -> f32 {
+        (**self).act_scalar(v)
+    }
     fn supports_graphs(&self) -> bool {
         (**self).supports_graphs()
     }

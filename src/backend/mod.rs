@@ -199,6 +199,12 @@ impl MoeExperts {
     }
 }
 
+/// `v` rounded to the nearest bf16 (ties to even, as torch's `.to(torch.bfloat16)`), back in
+/// f32. See [`Backend::act_scalar`].
+pub fn round_to_bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
 pub trait Backend {
     /// An activation tensor `[rows, cols]` with a fixed row capacity.
     type Tensor;
@@ -246,6 +252,17 @@ pub trait Backend {
     fn prepare_attention(&self, step: &Self::Step, attn: &AttnParams) -> Result<()> {
         let _ = (step, attn);
         Ok(())
+    }
+
+    /// `v` as this backend's activation dtype holds it. A constant the model multiplies
+    /// activations by (the embedding scale: Gemma's `sqrt(hidden)`, Grok-1's embedding
+    /// multiplier) is rounded to that dtype before use, as the reference implementations do
+    /// when they run in it (transformers' Gemma 1/2/3: `embed_scale.to(weight.dtype)`, so
+    /// sqrt(3072) = 55.4256 becomes 55.5 in bf16; xai's JAX Grok-1 multiplies a bf16 array by
+    /// a Python float, which JAX casts to bf16). The f32 reference keeps `v` (transformers in
+    /// float32 multiplies by the float32 value); a bf16 backend returns [`round_to_bf16`].
+    fn act_scalar(&self, v: f32) -> f32 {
+        v
     }
 
     /// Whether [`Backend::graph_begin`] / [`Backend::graph_end`] work here.

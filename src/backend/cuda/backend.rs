@@ -162,6 +162,28 @@ pub struct CudaBackend {
     pub(super) dev: Device,
 }
 
+// SAFETY: `CudaBackend` is `Send` but not `Sync` (its `Cell`/`RefCell`s keep it to one thread
+// at a time), so moving it hands every field to the new thread with exclusive access. The
+// fields that are not `Send` by themselves are raw CUDA driver handles owned by this backend
+// alone: the module and its functions (`Device::module`, `Kernels`, the quant and MoE
+// kernels) and the captured graphs (`CudaGraph`, which CUDA requires be used from one thread
+// at a time, never concurrently; exclusive ownership gives that). Driver handles are not
+// tied to a thread, only to a context, and the context is made current on whichever thread
+// uses the backend before each driver call: kernel launches go through `stream()`, GEMMs
+// through `Gemm::run`, graphs through cudarc's `launch`/`begin_capture`/`end_capture`,
+// copies and allocations through cudarc, each of which binds it; `upload_step` (the first
+// call of every forward) binds it explicitly; and `Drop` binds it so that the buffers an
+// `Engine` drops after its backend (the model, the cache: declared after `backend`) are
+// freed in the right context on the dropping thread.
+unsafe impl Send for CudaBackend {}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Errors are ignored: nothing can be done about them in a destructor.
+        let _ = self.bind_to_thread();
+    }
+}
+
 /// What a graph bakes in that can change under it: the device addresses of the step arrays
 /// (ids, positions, slots, last rows) and of the attention metadata and workspace (they move
 /// when staging grows), and the prefill path the attention was planned with (a decode step
@@ -295,6 +317,16 @@ impl CudaBackend {
 
     pub(super) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         dptr(s, &self.dev.stream)
+    }
+
+    /// Makes this backend's CUDA context current on the calling thread (a no-op when it is
+    /// already). A backend may move between threads (it is `Send`): every driver call goes
+    /// through this first (see the `Send` impl).
+    pub fn bind_to_thread(&self) -> Result<()> {
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")
     }
 
     /// The stream to launch on, with our context made current on this thread (a raw
@@ -473,6 +505,8 @@ impl Backend for CudaBackend {
     }
 
     fn upload_step(&self, step: &StepInput) -> Result<CudaStep> {
+        // Each forward starts here: the engine may be on another thread than last step.
+        self.bind_to_thread()?;
         step.validate()?;
         if self.mode.get() != GraphMode::Eager {
             bail!("upload_step inside a graph region (upload before graph_begin)");
@@ -582,6 +616,11 @@ impl Backend for CudaBackend {
     fn prepare_attention(&self, step: &CudaStep, attn: &AttnParams) -> Result<()> {
         self.check_step("prepare_attention", step)?;
         self.planned(step, attn).map(|_| ())
+    }
+
+    /// Activations are bf16: scalars are rounded as transformers rounds them in bf16.
+    fn act_scalar(&self, v: f32) -> f32 {
+        crate::backend::round_to_bf16(v)
     }
 
     fn supports_graphs(&self) -> bool {
