@@ -166,13 +166,14 @@ pub struct CudaBackend {
 // at a time), so moving it hands every field to the new thread with exclusive access. The
 // fields that are not `Send` by themselves are raw CUDA driver handles owned by this backend
 // alone: the module and its functions (`Device::module`, `Kernels`, the quant and MoE
-// kernels) and the captured graphs (`CudaGraph`, which CUDA requires be used from one thread
-// at a time, never concurrently; exclusive ownership gives that). Driver handles are not
-// tied to a thread, only to a context, and the context is made current on whichever thread
-// uses the backend before each driver call: kernel launches go through `stream()`, GEMMs
-// through `Gemm::run`, graphs through cudarc's `launch`/`begin_capture`/`end_capture`,
-// copies and allocations through cudarc, each of which binds it; `upload_step` (the first
-// call of every forward) binds it explicitly; and `Drop` binds it so that the buffers an
+// kernels, the GEMV kernels), the cuBLASLt handle and its cached plans (`Gemm`), and the
+// captured graphs (`CudaGraph`, which CUDA requires be used from one thread at a time, never
+// concurrently; exclusive ownership gives that). Driver handles are not tied to a thread,
+// only to a context, and the context is made current on whichever thread uses the backend
+// before each driver call: kernel launches go through `stream()`, dense matmuls through
+// `Gemm::run` / `Gemm::gemv` (each binds it), graphs through cudarc's
+// `launch`/`begin_capture`/`end_capture`, copies and allocations through cudarc, each of
+// which binds it; `upload_step` (the first call of every forward) binds it explicitly; and `Drop` binds it so that the buffers an
 // `Engine` drops after its backend (the model, the cache: declared after `backend`) are
 // freed in the right context on the dropping thread.
 unsafe impl Send for CudaBackend {}
