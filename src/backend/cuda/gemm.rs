@@ -19,7 +19,7 @@
 
 use super::device::{dptr, Device};
 use super::kernels::{i32_of, launch, Dim3};
-use super::params::GemvParams;
+use super::params::{self, GemvParams};
 use anyhow::{bail, Context, Result};
 use cudarc::cublaslt::{result as lt, sys as lts, MatmulConfig};
 use cudarc::driver::{sys, CudaSlice, CudaStream};
@@ -29,12 +29,13 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-/// Most tokens the GEMV kernels take (`FLINT_GEMV_MAX_TOKENS`).
-pub const GEMV_MAX_TOKENS: usize = 8;
+/// Most tokens the GEMV kernels take (`FLINT_GEMV_MAX_TOKENS`, read from params.h).
+pub const GEMV_MAX_TOKENS: usize = params::FLINT_GEMV_MAX_TOKENS as usize;
 /// Output rows per GEMV CTA (`FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP`).
-pub const GEMV_ROWS_PER_CTA: usize = 16;
+pub const GEMV_ROWS_PER_CTA: usize =
+    (params::FLINT_GEMV_WARPS * params::FLINT_GEMV_ROWS_PER_WARP) as usize;
 /// Threads per GEMV CTA (`FLINT_GEMV_WARPS` warps).
-pub const GEMV_THREADS: u32 = 256;
+pub const GEMV_THREADS: u32 = params::FLINT_GEMV_WARPS * 32;
 /// cuBLASLt workspace, allocated once (NVIDIA's recommendation for Hopper; 4 MiB suffices
 /// before it).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
