@@ -265,6 +265,10 @@ enum Cmd {
         /// Folder of Hugging Face fixtures (each with reference.json).
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf"))]
         fixtures: PathBuf,
+        /// Folder of quantized-checkpoint fixtures (GPTQ / AWQ / fp8 llama and mixtral) run end
+        /// to end too; default: the repository's tests/fixtures/quant_models when present.
+        #[arg(long)]
+        quant_fixtures: Option<PathBuf>,
     },
 }
 
@@ -309,12 +313,14 @@ fn run(cli: Cli) -> Result<()> {
         json,
         quick,
         fixtures,
+        quant_fixtures,
     } = cli.cmd
     {
         let opts = flint::selftest::SelftestOptions {
             json,
             quick,
             fixtures,
+            quant_fixtures,
         };
         std::process::exit(flint::selftest::run(&opts));
     }
