@@ -501,6 +501,56 @@ constexpr int QUANT_EXPERT_SKEW = 1;
 constexpr int QUANT_EXPERT_SKEW = 0;
 #endif
 
+// One 16-byte chunk c of a quantized gate (and up) row: decode its codes (UNIFORM: one
+// scale/zero for the chunk; else a lookup per code) and accumulate x . w for every slot.
+template <int F, bool GATED, bool UNIFORM>
+__device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQuantWeight &q, const quant::Row &w0,
+                                            const quant::Row &w1, int c, const int (&tok)[GEMV_TOKENS],
+                                            float (&acc0)[GEMV_TOKENS], float (&acc1)[GEMV_TOKENS]) {
+    constexpr int C = quant::Chunk<F>::CODES;
+    const int K = p.k_dim;
+    // Streamed once: evict-first.
+    const uint4 raw0 = __ldcs(reinterpret_cast<const uint4 *>(w0.codes) + c);
+    uint4 raw1 = raw0;
+    if (GATED) raw1 = __ldcs(reinterpret_cast<const uint4 *>(w1.codes) + c);
+    const int k0 = c * C;
+    float s0 = 0.0f, z0 = 0.0f, s1 = 0.0f, z1 = 0.0f;
+    if (UNIFORM) {
+        const int g = k0 / q.group;
+        s0 = w0.scales[g];
+        z0 = w0.zeros ? w0.zeros[g] : q.zero_default;
+        if (GATED) {
+            s1 = w1.scales[g];
+            z1 = w1.zeros ? w1.zeros[g] : q.zero_default;
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < C / VEC; ++h) {
+        float wa[VEC], wb[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const int ci = h * VEC + i;
+            const int qa = quant::code_at<F>(raw0, ci);
+            wa[i] = UNIFORM ? quant::value<F>(qa, s0, z0) : quant::weight_at<F>(q, w0, k0 + ci, qa);
+            if (GATED) {
+                const int qb = quant::code_at<F>(raw1, ci);
+                wb[i] = UNIFORM ? quant::value<F>(qb, s1, z1) : quant::weight_at<F>(q, w1, k0 + ci, qb);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) {
+            if (tok[j] < 0) continue;
+            float xv[VEC];
+            load8(p.a + static_cast<int64_t>(tok[j]) * K + k0 + h * VEC, xv);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                acc0[j] = fmaf(xv[i], wa[i], acc0[j]);
+                if (GATED) acc1[j] = fmaf(xv[i], wb[i], acc1[j]);
+            }
+        }
+    }
+}
+
 // Gather-GEMV on quantized experts: gather_gemv's grid and token loop, with each selected
 // weight row streamed once in 16-byte loads of packed codes (16 int8 / fp8 or 32 int4 codes
 // per lane-load, every code read once per pass), dequantized in registers to the reference's
@@ -530,57 +580,25 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
 
     for (int g0 = 0; g0 < count; g0 += GEMV_TOKENS) {
         const int m = min(GEMV_TOKENS, count - g0);
-        const bf16 *x[GEMV_TOKENS];
-        int asg[GEMV_TOKENS];
+        // Input row of each slot (-1: none) as 32-bit indices, not 64-bit pointers, and the
+        // assignment re-read at the store: sm_80 spilled holding pointers and assignments.
+        int tok[GEMV_TOKENS];
 #pragma unroll
         for (int j = 0; j < GEMV_TOKENS; ++j) {
-            asg[j] = j < m ? rows[g0 + j] : -1;
-            x[j] = asg[j] >= 0 ? p.a + static_cast<int64_t>(asg[j] / p.a_div) * K : nullptr;
+            const int a = j < m ? rows[g0 + j] : -1;
+            tok[j] = a >= 0 ? a / p.a_div : -1;
         }
         float acc0[GEMV_TOKENS], acc1[GEMV_TOKENS];
 #pragma unroll
         for (int j = 0; j < GEMV_TOKENS; ++j) acc0[j] = acc1[j] = 0.0f;
         if (vec) {
-            for (int c = lane; c < rb / 16; c += WARP_SIZE) {
-                // Streamed once: evict-first.
-                const uint4 raw0 = __ldcs(reinterpret_cast<const uint4 *>(w0.codes) + c);
-                const uint4 raw1 = GATED ? __ldcs(reinterpret_cast<const uint4 *>(w1.codes) + c) : raw0;
-                const int k0 = c * C;
-                float s0 = 0.0f, z0 = 0.0f, s1 = 0.0f, z1 = 0.0f;
-                if (uniform) {
-                    const int g = k0 / q.group;
-                    s0 = w0.scales[g];
-                    z0 = w0.zeros ? w0.zeros[g] : q.zero_default;
-                    if (GATED) {
-                        s1 = w1.scales[g];
-                        z1 = w1.zeros ? w1.zeros[g] : q.zero_default;
-                    }
-                }
-#pragma unroll
-                for (int h = 0; h < C / VEC; ++h) {
-                    float wa[VEC], wb[VEC];
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) {
-                        const int ci = h * VEC + i;
-                        const int qa = quant::code_at<F>(raw0, ci);
-                        wa[i] = uniform ? quant::value<F>(qa, s0, z0) : quant::weight_at<F>(q, w0, k0 + ci, qa);
-                        if (GATED) {
-                            const int qb = quant::code_at<F>(raw1, ci);
-                            wb[i] = uniform ? quant::value<F>(qb, s1, z1) : quant::weight_at<F>(q, w1, k0 + ci, qb);
-                        }
-                    }
-#pragma unroll
-                    for (int j = 0; j < GEMV_TOKENS; ++j) {
-                        if (x[j] == nullptr) continue;
-                        float xv[VEC];
-                        load8(x[j] + k0 + h * VEC, xv);
-#pragma unroll
-                        for (int i = 0; i < VEC; ++i) {
-                            acc0[j] = fmaf(xv[i], wa[i], acc0[j]);
-                            if (GATED) acc1[j] = fmaf(xv[i], wb[i], acc1[j]);
-                        }
-                    }
-                }
+            // Two copies of the chunk loop, so each keeps only its own scale path live.
+            if (uniform) {
+                for (int c = lane; c < rb / 16; c += WARP_SIZE)
+                    quant_chunk<F, GATED, true>(p, q, w0, w1, c, tok, acc0, acc1);
+            } else {
+                for (int c = lane; c < rb / 16; c += WARP_SIZE)
+                    quant_chunk<F, GATED, false>(p, q, w0, w1, c, tok, acc0, acc1);
             }
         } else {
             for (int k = lane; k < K; k += WARP_SIZE) {
@@ -588,8 +606,8 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
                 const float wb = GATED ? quant::weight_at<F>(q, w1, k, quant::code_of<F>(w1.codes, k)) : 0.0f;
 #pragma unroll
                 for (int j = 0; j < GEMV_TOKENS; ++j) {
-                    if (x[j] == nullptr) continue;
-                    const float xv = to_f32(x[j][k]);
+                    if (tok[j] < 0) continue;
+                    const float xv = to_f32(p.a[static_cast<int64_t>(tok[j]) * K + k]);
                     acc0[j] = fmaf(xv, wa, acc0[j]);
                     if (GATED) acc1[j] = fmaf(xv, wb, acc1[j]);
                 }
@@ -597,13 +615,14 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
         }
 #pragma unroll
         for (int j = 0; j < GEMV_TOKENS; ++j) {
-            // x[j] is the same on every lane, so the shuffles below are warp-uniform.
-            if (x[j] == nullptr) continue;
+            // tok[j] is the same on every lane, so the shuffles below are warp-uniform.
+            if (tok[j] < 0) continue;
             const float s0 = warp_sum(acc0[j]);
             const float s1 = GATED ? warp_sum(acc1[j]) : 0.0f;
             if (lane == 0) {
-                const float v = GATED ? Act::apply(s0) * s1 : s0 * to_f32(p.route_weights[asg[j]]);
-                p.out[static_cast<int64_t>(asg[j]) * N + n] = to_bf16(v);
+                const int a = rows[g0 + j];
+                const float v = GATED ? Act::apply(s0) * s1 : s0 * to_f32(p.route_weights[a]);
+                p.out[static_cast<int64_t>(a) * N + n] = to_bf16(v);
             }
         }
     }
@@ -710,39 +729,43 @@ extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZ
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_down_bf16(const MoeGemmParams p) {
     flint::moe::gather_gemv<flint::moe::None, false>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_i8_silu(const MoeQuantGemmParams p) {
+// The gated quantized GEMV holds two rows' decoded chunks and 2 x 8 accumulators: with the
+// plain bound ptxas aimed at 128 registers and spilled (int4, sm_80 / sm_90a); at least 2 CTAs
+// per SM lets it take what it needs (~210 registers, 0 spills).
+#define FLINT_MOE_QGEMV_GATED_BOUNDS __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE, 2)
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_i8_gelu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true>(p);
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i8(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false>(p);
 }
 extern "C" __global__ __launch_bounds__(256) void moe_dequant_i8(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::INT8>(p); }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_i4_gelu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true>(p);
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i4(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false>(p);
 }
 extern "C" __global__ __launch_bounds__(256) void moe_dequant_i4(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::INT4>(p); }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::GeluTanh, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Gelu, true>(p);
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_fp8(const MoeQuantGemmParams p) {
