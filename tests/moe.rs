@@ -759,3 +759,35 @@ fn moe_emulation_catches_a_broken_quantized_expert_index() {
         "the broken build must fail every quantized case ({failed} of {cases} failed):\n{stdout}"
     );
 }
+
+#[test]
+fn bench_moe_layer_runs_quantized_experts() {
+    let dir = fixtures_dir().join("mixtral");
+    for q in ["int4", "int8", "fp8"] {
+        let (code, out, err) = flint_cli(&[
+            "bench",
+            "--moe-layer",
+            "-m",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--moe-tokens",
+            "1,9",
+            "--quant",
+            q,
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code, Some(0), "{q}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(v["experts"], q);
+        let rows = v["moe_layer"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2);
+        for r in rows {
+            assert_eq!(r["experts"], q);
+            assert!(r["flint_ms"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+}
