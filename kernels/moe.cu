@@ -36,6 +36,16 @@
 //   FLINT_MOE_GEMV_TOKENS per pass), so with few tokens (one tile per used expert) each
 //   selected weight row is read once, 16 bytes per lane-load, and idle experts get no CTA.
 //
+// moe_qgemv_{gate_up_<i8|i4|fp8>_<act>, down_<i8|i4|fp8>}(MoeQuantGemmParams) — the gather-GEMV
+//   on quantized experts (layout: quant/params.h, rows addressed as the bf16 kernels do):
+//   same grid and dispatch tables; each lane streams 16 bytes of packed codes per load
+//   (16 int8 / fp8 or 32 int4 codes), decodes them with quant/dequant.cuh (shared with
+//   quant_gemv.cu) to the reference's exact f32 value and accumulates in f32.
+// moe_dequant_<i8|i4|fp8>(MoeDequantParams) — the grouped path for quantized experts: grid
+//   (column blocks, expert); the rows of experts with tokens are written as bf16 into a
+//   scratch laid out like a bf16 stacked weight (idle experts' CTAs exit), then
+//   moe_{gate_up,down}_bf16 run on it.
+//
 // moe_combine_bf16(MoeCombineParams): out[t] = sum_j y[t * k + j]. Grid (T, ceil(D / 2048)),
 //   256 threads of 8 columns.
 // sigmoid_gate_add_bf16(SigmoidGateAddParams): out[t] += sigmoid(gate[t]) * x[t]. Same grid.
@@ -50,6 +60,7 @@
 #endif
 
 #include "common.cuh"
+#include "quant/dequant.cuh"
 
 namespace flint::moe {
 
@@ -480,6 +491,165 @@ __device__ void gather_gemv(const MoeGemmParams &p) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Quantized experts (int8, int4 sym/asym with or without act-order g_idx, fp8)
+
+// The broken-index build of the host emulation (tests/moe.rs) reads the wrong expert's rows
+// here, to show that the emulation catches index errors in these kernels.
+#ifdef FLINT_EMULATE_BREAK_QUANT_INDEX
+constexpr int QUANT_EXPERT_SKEW = 1;
+#else
+constexpr int QUANT_EXPERT_SKEW = 0;
+#endif
+
+// One 16-byte chunk c of a quantized gate (and up) row: decode its codes (UNIFORM: one
+// scale/zero for the chunk; else a lookup per code) and accumulate x . w for every slot.
+template <int F, bool GATED, bool UNIFORM>
+__device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQuantWeight &q, const quant::Row &w0,
+                                            const quant::Row &w1, int c, const int (&tok)[GEMV_TOKENS],
+                                            float (&acc0)[GEMV_TOKENS], float (&acc1)[GEMV_TOKENS]) {
+    constexpr int C = quant::Chunk<F>::CODES;
+    const int K = p.k_dim;
+    // Streamed once: evict-first.
+    const uint4 raw0 = __ldcs(reinterpret_cast<const uint4 *>(w0.codes) + c);
+    uint4 raw1 = raw0;
+    if (GATED) raw1 = __ldcs(reinterpret_cast<const uint4 *>(w1.codes) + c);
+    const int k0 = c * C;
+    float s0 = 0.0f, z0 = 0.0f, s1 = 0.0f, z1 = 0.0f;
+    if (UNIFORM) {
+        const int g = k0 / q.group;
+        s0 = w0.scales[g];
+        z0 = w0.zeros ? w0.zeros[g] : q.zero_default;
+        if (GATED) {
+            s1 = w1.scales[g];
+            z1 = w1.zeros ? w1.zeros[g] : q.zero_default;
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < C / VEC; ++h) {
+        float wa[VEC], wb[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const int ci = h * VEC + i;
+            const int qa = quant::code_at<F>(raw0, ci);
+            wa[i] = UNIFORM ? quant::value<F>(qa, s0, z0) : quant::weight_at<F>(q, w0, k0 + ci, qa);
+            if (GATED) {
+                const int qb = quant::code_at<F>(raw1, ci);
+                wb[i] = UNIFORM ? quant::value<F>(qb, s1, z1) : quant::weight_at<F>(q, w1, k0 + ci, qb);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) {
+            if (tok[j] < 0) continue;
+            float xv[VEC];
+            load8(p.a + static_cast<int64_t>(tok[j]) * K + k0 + h * VEC, xv);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                acc0[j] = fmaf(xv[i], wa[i], acc0[j]);
+                if (GATED) acc1[j] = fmaf(xv[i], wb[i], acc1[j]);
+            }
+        }
+    }
+}
+
+// Gather-GEMV on quantized experts: gather_gemv's grid and token loop, with each selected
+// weight row streamed once in 16-byte loads of packed codes (16 int8 / fp8 or 32 int4 codes
+// per lane-load, every code read once per pass), dequantized in registers to the reference's
+// exact f32 value, f32 accumulate. One scale (and zero) per chunk when no g_idx and the group
+// is a multiple of the chunk; a per-code lookup otherwise. Rows that are not 16-byte aligned
+// (K % 32 != 0) take a scalar path.
+template <int F, class Act, bool GATED>
+__device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
+    const MoeGemmParams &p = qp.gemm;
+    const MoeQuantWeight &q = qp.q;
+    constexpr int C = quant::Chunk<F>::CODES;
+    const int tile = blockIdx.y;
+    const int e = p.tile_expert[tile];
+    const int n = blockIdx.x * GEMV_WARPS + threadIdx.x / WARP_SIZE;
+    if (e < 0 || n >= p.n_dim) return;  // no barriers in this kernel: early exits are safe
+    const int first = tile * TILE_M;
+    const int count = min(TILE_M, p.counts[e] - (first - p.offsets[e]));
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int N = p.n_dim, K = p.k_dim;
+    const int rb = quant::row_bytes_of<F>(K);
+    const int64_t row0 = (static_cast<int64_t>(e + QUANT_EXPERT_SKEW) % p.num_experts) * (GATED ? 2 : 1) * N + n;
+    const quant::Row w0 = quant::row_of(q, row0, rb);                  // gate (or the only) row
+    const quant::Row w1 = quant::row_of(q, GATED ? row0 + N : row0, rb);  // up row
+    const bool vec = K % 32 == 0 && aligned16(q.qdata) && aligned16(p.a);
+    const bool uniform = q.g_idx == nullptr && q.group % C == 0;
+    const int *rows = p.row_src + first;
+
+    for (int g0 = 0; g0 < count; g0 += GEMV_TOKENS) {
+        const int m = min(GEMV_TOKENS, count - g0);
+        // Input row of each slot (-1: none) as 32-bit indices, not 64-bit pointers, and the
+        // assignment re-read at the store: sm_80 spilled holding pointers and assignments.
+        int tok[GEMV_TOKENS];
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) {
+            const int a = j < m ? rows[g0 + j] : -1;
+            tok[j] = a >= 0 ? a / p.a_div : -1;
+        }
+        float acc0[GEMV_TOKENS], acc1[GEMV_TOKENS];
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) acc0[j] = acc1[j] = 0.0f;
+        if (vec) {
+            // Two copies of the chunk loop, so each keeps only its own scale path live.
+            if (uniform) {
+                for (int c = lane; c < rb / 16; c += WARP_SIZE)
+                    quant_chunk<F, GATED, true>(p, q, w0, w1, c, tok, acc0, acc1);
+            } else {
+                for (int c = lane; c < rb / 16; c += WARP_SIZE)
+                    quant_chunk<F, GATED, false>(p, q, w0, w1, c, tok, acc0, acc1);
+            }
+        } else {
+            for (int k = lane; k < K; k += WARP_SIZE) {
+                const float wa = quant::weight_at<F>(q, w0, k, quant::code_of<F>(w0.codes, k));
+                const float wb = GATED ? quant::weight_at<F>(q, w1, k, quant::code_of<F>(w1.codes, k)) : 0.0f;
+#pragma unroll
+                for (int j = 0; j < GEMV_TOKENS; ++j) {
+                    if (tok[j] < 0) continue;
+                    const float xv = to_f32(p.a[static_cast<int64_t>(tok[j]) * K + k]);
+                    acc0[j] = fmaf(xv, wa, acc0[j]);
+                    if (GATED) acc1[j] = fmaf(xv, wb, acc1[j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < GEMV_TOKENS; ++j) {
+            // tok[j] is the same on every lane, so the shuffles below are warp-uniform.
+            if (tok[j] < 0) continue;
+            const float s0 = warp_sum(acc0[j]);
+            const float s1 = GATED ? warp_sum(acc1[j]) : 0.0f;
+            if (lane == 0) {
+                const int a = rows[g0 + j];
+                const float v = GATED ? Act::apply(s0) * s1 : s0 * to_f32(p.route_weights[a]);
+                p.out[static_cast<int64_t>(a) * N + n] = to_bf16(v);
+            }
+        }
+    }
+}
+
+// Dequantizes the rows of every expert that dispatch gave tokens to into a bf16 copy of the
+// stacked weight, for the bf16 grouped GEMM. Grid (column blocks, num_experts): a CTA of an
+// idle expert exits at once and reads nothing; the others grid-stride over their expert's
+// rows x K elements.
+template <int F>
+__device__ void dequant_experts(const MoeDequantParams &p) {
+    const int e = blockIdx.y;
+    if (e >= p.num_experts || p.counts[e] <= 0) return;
+    const int K = p.q.k;
+    const int rb = quant::row_bytes_of<F>(K);
+    const int64_t per = static_cast<int64_t>(p.rows_per_expert) * K;
+    const int64_t base = static_cast<int64_t>(e) * p.rows_per_expert;
+    const int64_t src = static_cast<int64_t>((e + QUANT_EXPERT_SKEW) % p.num_experts) * p.rows_per_expert;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int k = static_cast<int>(i % K);
+        const quant::Row r = quant::row_of(p.q, src + i / K, rb);
+        p.out[base * K + i] = to_bf16(quant::weight_at<F>(p.q, r, k, quant::code_of<F>(r.codes, k)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Combine and the shared expert's gate
 
 __device__ void combine(const MoeCombineParams &p) {
@@ -559,5 +729,48 @@ extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZ
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_down_bf16(const MoeGemmParams p) {
     flint::moe::gather_gemv<flint::moe::None, false>(p);
 }
+// The gated quantized GEMV holds two rows' decoded chunks and 2 x 8 accumulators: with the
+// plain bound ptxas aimed at 128 registers and spilled (int4, sm_80 / sm_90a); at least 2 CTAs
+// per SM lets it take what it needs (~210 registers, 0 spills).
+#define FLINT_MOE_QGEMV_GATED_BOUNDS __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE, 2)
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_silu(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i8(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false>(p);
+}
+extern "C" __global__ __launch_bounds__(256) void moe_dequant_i8(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::INT8>(p); }
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i4(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false>(p);
+}
+extern "C" __global__ __launch_bounds__(256) void moe_dequant_i4(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::INT4>(p); }
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::GeluTanh, true>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Gelu, true>(p);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_fp8(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::None, false>(p);
+}
+extern "C" __global__ __launch_bounds__(256) void moe_dequant_fp8(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::FP8>(p); }
 extern "C" __global__ void moe_combine_bf16(const MoeCombineParams p) { flint::moe::combine(p); }
 extern "C" __global__ void sigmoid_gate_add_bf16(const SigmoidGateAddParams p) { flint::moe::sigmoid_gate_add(p); }

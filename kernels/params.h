@@ -185,6 +185,43 @@ typedef struct MoeGemmParams {
 } MoeGemmParams;
 FLINT_ASSERT_SIZE(MoeGemmParams, 88);
 
+/** A stacked quantized expert weight on the device, in the layout of quant/params.h: rows
+ * e * rows_per_expert + r (gate_up: gate rows then up rows of each expert; down: D rows each),
+ * k columns; g_idx holds one act-order map per gidx_rows rows (stacked experts keep one each). */
+typedef struct MoeQuantWeight {
+    FLINT_PTR(const uint8_t) qdata;      /**< [rows, row_bytes] */
+    FLINT_PTR(const float) scales;       /**< [rows, num_groups] */
+    FLINT_PTR(const float) zeros;        /**< [rows, num_groups], or 0: zero_default */
+    FLINT_PTR(const int32_t) g_idx;      /**< [rows / gidx_rows, k], or 0: k / group */
+    int32_t k;
+    int32_t group;
+    int32_t num_groups;
+    int32_t gidx_rows;
+    float zero_default;
+    int32_t reserved;                    /**< 0 */
+} MoeQuantWeight;
+FLINT_ASSERT_SIZE(MoeQuantWeight, 56);
+
+/** moe_qgemv_{gate_up_<fmt>_<act>, down_<fmt>}: the gather-GEMV of MoeGemmParams (whose w is
+ * unused, 0) with the experts read from the quantized weight q (q.k == gemm.k_dim). */
+typedef struct MoeQuantGemmParams {
+    MoeGemmParams gemm;
+    MoeQuantWeight q;
+} MoeQuantGemmParams;
+FLINT_ASSERT_SIZE(MoeQuantGemmParams, 144);
+
+/** moe_dequant_<fmt>: out[e * rows_per_expert + r, :] = bf16(w[e * rows_per_expert + r, :])
+ * for every expert e with counts[e] > 0 (the rows of idle experts are left as they are), so
+ * the bf16 grouped GEMM can run on out. */
+typedef struct MoeDequantParams {
+    MoeQuantWeight q;
+    FLINT_PTR(const int32_t) counts;     /**< [num_experts] from dispatch */
+    FLINT_PTR(flint_bf16) out;           /**< [num_experts * rows_per_expert, q.k] */
+    int32_t rows_per_expert;
+    int32_t num_experts;
+} MoeDequantParams;
+FLINT_ASSERT_SIZE(MoeDequantParams, 80);
+
 /** moe_combine_bf16: out[t, :] = sum over j < top_k with a valid id of y[t * top_k + j, :]
  * (y already carries the routing weight). */
 typedef struct MoeCombineParams {

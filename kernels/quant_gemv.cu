@@ -19,83 +19,23 @@
 // is a multiple of the chunk and there is no g_idx; otherwise a lookup per code.
 // Dequant grid/block: grid-stride over N*K elements, 256 threads. Minimum arch sm_80 (the fp8
 // decode is integer/f16 arithmetic, not the sm_89 cvt instructions).
-#include <cuda_fp16.h>
-
 #include "common.cuh"
+#include "quant/dequant.cuh"
 
 namespace flint::quant_gemv {
 
-enum Fmt { INT8 = 0, INT4 = 1, FP8 = 2 };
-
-// Codes in one 16-byte load.
-template <int F>
-struct Chunk {
-    static constexpr int CODES = F == INT4 ? 32 : 16;
-};
-
-// Byte i of a 16-byte load (i is a compile-time constant after unrolling: a shift and mask).
-__device__ __forceinline__ uint32_t byte_at(const uint4 &v, int i) {
-    const uint32_t w = i < 4 ? v.x : i < 8 ? v.y : i < 12 ? v.z : v.w;
-    return (w >> (8 * (i & 3))) & 0xFFu;
-}
-
-// e4m3fn -> f32, exact for every finite code: the 7 exponent/mantissa bits placed under an
-// f16 exponent (bias 15 instead of 7) give the value times 2^-8, subnormals included.
-// (The NaN code 0x7F decodes to 480; no quantizer or importer produces it.)
-__device__ __forceinline__ float fp8_e4m3(uint32_t code) {
-    constexpr float TWO_POW_8 = 256.0f;
-    const unsigned short h = (unsigned short)(((code & 0x80u) << 8) | ((code & 0x7Fu) << 7));
-    return __half2float(__ushort_as_half(h)) * TWO_POW_8;
-}
-
-// The code of column `i` of a loaded chunk (int8 and int4 as integers, fp8 as its byte).
-template <int F>
-__device__ __forceinline__ int code_at(const uint4 &c, int i) {
-    if (F == INT4) return (byte_at(c, i / 2) >> (4 * (i & 1))) & 0xF;
-    if (F == INT8) return (int)(int8_t)byte_at(c, i);
-    return (int)byte_at(c, i);
-}
-
-// The code of column k of a row, unvectorized.
-template <int F>
-__device__ __forceinline__ int code_of(const uint8_t *row, int k) {
-    if (F == INT4) return (row[k / 2] >> (4 * (k & 1))) & 0xF;
-    if (F == INT8) return (int)(int8_t)row[k];
-    return row[k];
-}
-
-// The reference's value: scale * (q - zero) for ints, decode(q) * scale for fp8.
-template <int F>
-__device__ __forceinline__ float value(int q, float s, float z) {
-    if (F == FP8) return fp8_e4m3((uint32_t)q) * s;
-    return s * ((float)q - z);
-}
-
-struct Row {
-    const uint8_t *codes;
-    const float *scales;
-    const float *zeros;  // or nullptr
-    const int32_t *g_idx;  // or nullptr
-};
-
-__device__ __forceinline__ Row row_of(const QuantGemvParams &p, int n, int row_bytes) {
-    Row r;
-    r.codes = p.qdata + (int64_t)n * row_bytes;
-    r.scales = p.scales + (int64_t)n * p.num_groups;
-    r.zeros = p.zeros ? p.zeros + (int64_t)n * p.num_groups : nullptr;
-    r.g_idx = p.g_idx ? p.g_idx + (int64_t)(n / p.gidx_rows) * p.k : nullptr;
-    return r;
-}
-
-__device__ __forceinline__ int group_of(const QuantGemvParams &p, const Row &r, int k) {
-    return r.g_idx ? r.g_idx[k] : k / p.group;
-}
-
-template <int F>
-__device__ __forceinline__ float weight_at(const QuantGemvParams &p, const Row &r, int k, int q) {
-    const int g = group_of(p, r, k);
-    return value<F>(q, r.scales[g], r.zeros ? r.zeros[g] : p.zero_default);
-}
+// The layout's decoding lives in quant/dequant.cuh (moe.cu's quantized experts share it).
+using quant::Chunk;
+using quant::code_at;
+using quant::code_of;
+using quant::Fmt;
+using quant::FP8;
+using quant::INT4;
+using quant::INT8;
+using quant::Row;
+using quant::row_of;
+using quant::value;
+using quant::weight_at;
 
 template <int F>
 __device__ __forceinline__ void gemv(const QuantGemvParams &p) {

@@ -66,6 +66,7 @@ mkdir -p "$bundle"
 cp "$bin" "$bundle/flint"
 strip "$bundle/flint" 2>/dev/null || true
 cp -r tests/fixtures/hf "$bundle/fixtures"
+cp -r tests/fixtures/quant_models "$bundle/quant_fixtures"
 cp scripts/peers.py scripts/compare.py "$bundle/"
 git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
 
@@ -135,7 +136,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
 cat "$log/nvidia-smi-query.out"
 
 if [ "$part" = serve ]; then
-step selftest 60 "$flint" selftest --quick --json "$log/selftest.json" --fixtures "$here/fixtures"
+step selftest 60 "$flint" selftest --quick --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Issue 5: decode at batch 1/8/32, bf16 and each quantized format, same run, same card.
 step bench_tg_bf16 70 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv
@@ -146,7 +147,7 @@ done
 step throughput 130 "$flint" throughput --device cuda -m synthetic:llama-3-8b --num-requests 1000 \
     --input-len 512 --output-len 256 --max-num-seqs 256 --max-batch-tokens 8192 --cuda-graphs --output json
 else
-step selftest 150 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures"
+step selftest 150 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Kernel-level timings (issue 7): stops starting cases after --budget-s, then ends the one
 # in flight (the slowest, prefill attention at 16k tokens, takes a few seconds).
@@ -250,9 +251,9 @@ if ran("throughput"):
     keep = ("completed", "failed", "output_tokens_per_s", "total_tokens_per_s", "ttft_ms", "itl_ms", "kv_cache", "graph_steps")
     md.append(f"throughput (exit {t['exit']} after {t['seconds']} s): " + (json.dumps({k: v for k, v in (t["result"] or {}).items() if k in keep}) if t["result"] else t["stderr_tail"][-300:]))
 m = report["bench_moe_layer"]
-moe = [l.split(",") for l in (m["result"] or "").splitlines() if l.count(",") == 11 and not l.startswith("model,")]
+moe = [l.split(",") for l in (m["result"] or "").splitlines() if l.count(",") == 12 and not l.startswith("model,")]
 if ran("bench_moe_layer"):
-    md.append(f"bench_moe_layer (exit {m['exit']} after {m['seconds']} s): " + ("; ".join(f"t{c[2]} {c[3]}: flint {c[4]} ms, loop {c[6]} ms, dense {c[7]} ms, {c[8]} GB/s" for c in moe) or m["stderr_tail"][-300:]))
+    md.append(f"bench_moe_layer (exit {m['exit']} after {m['seconds']} s): " + ("; ".join(f"t{c[3]} {c[4]}: flint {c[5]} ms, loop {c[7]} ms, dense {c[8]} ms, {c[9]} GB/s" for c in moe) or m["stderr_tail"][-300:]))
 for k in ("bench_ops", "peers_micro", "peers_e2e"):
     if not ran(k): continue
     st = report[k]

@@ -11,6 +11,11 @@
 //!   → `act_mul` → `· [D, k·I]ᵀ` (all T tokens through k experts' worth of weights): the
 //!   roofline a grouped GEMM can at best match.
 //!
+//! `--quant int8|int4[-asym][-g<group>]|fp8`: flint's stacked experts are quantized (round to
+//! nearest, as `--quant` on load; one expert quantized and repeated) and run on the quantized
+//! expert kernels; the loop and dense references stay bf16 (the comparison is then "quantized
+//! MoE layer vs the bf16 alternatives"), and the GB/s counts the quantized bytes read.
+//!
 //! Weights: the router is the synthetic source's (uniform, std 1/√D) and inputs are N(0, 1)
 //! like a normed hidden state, so router logits have std ~1 and the routing spreads over the
 //! experts (the report gives the fewest and most tokens any expert got). Expert weights hold
@@ -20,6 +25,8 @@
 use crate::backend::{Backend, MoeExperts, MoeRouting};
 use crate::config::ModelSpec;
 use crate::sampling::Rng;
+use crate::weights::quant::concat_rows;
+use crate::weights::quant_source::{quantize, QuantMode};
 use crate::weights::synthetic::SyntheticSource;
 use crate::weights::TensorSource;
 use anyhow::{bail, Context, Result};
@@ -28,6 +35,8 @@ use std::time::Instant;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MoeBenchRow {
     pub tokens: usize,
+    /// flint's experts: `bf16` or the `--quant` mode.
+    pub experts: String,
     /// `gemv` / `grouped` on CUDA, the backend name elsewhere.
     pub path: String,
     pub flint_ms: f64,
@@ -86,6 +95,7 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
     spec: &ModelSpec,
     tokens: &[usize],
     reps: usize,
+    quant: Option<QuantMode>,
     mut on_row: impl FnMut(&MoeBenchRow),
 ) -> Result<Vec<MoeBenchRow>> {
     let Some(m) = spec.moe.as_ref() else {
@@ -122,8 +132,42 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
         }
         v
     };
-    let gate_up = be.upload_weight("moe_bench.gate_up", &stacked(&gu_one, ne), ne * 2 * i, d)?;
-    let down = be.upload_weight("moe_bench.down", &stacked(&dn_one, ne), ne * d, i)?;
+    // Expert weight bytes per expert (what a decode step reads per used expert).
+    let (gate_up, down, expert_bytes) = match quant {
+        None => (
+            be.upload_weight("moe_bench.gate_up", &stacked(&gu_one, ne), ne * 2 * i, d)?,
+            be.upload_weight("moe_bench.down", &stacked(&dn_one, ne), ne * d, i)?,
+            3 * d * i * 2,
+        ),
+        Some(mode) => {
+            // Quantize one expert, stack E copies (the kernels do not look at the values).
+            let one = |name: &str, w: &[f32], rows: usize, cols: usize| match quantize(
+                mode, name, w, rows, cols,
+            )? {
+                crate::weights::quant::Linear::Quant(q) => Ok(q),
+                crate::weights::quant::Linear::Dense(_) => {
+                    bail!("bench --moe-layer --quant {mode}: `{name}` stayed dense")
+                }
+            };
+            let gq = one("moe_bench.gate_up", &gu_one, 2 * i, d)?;
+            let dq = one("moe_bench.down", &dn_one, d, i)?;
+            let bytes = |q: &crate::weights::quant::QuantWeight| {
+                q.qdata.len()
+                    + 4 * q.scales.len()
+                    + 4 * q.zeros.as_ref().map_or(0, |z| z.len())
+                    + 4 * q.g_idx.as_ref().map_or(0, |g| g.len())
+            };
+            let per_expert = bytes(&gq) + bytes(&dq);
+            let gs = concat_rows("moe_bench.gate_up", vec![gq; ne])?;
+            let ds = concat_rows("moe_bench.down", vec![dq; ne])?;
+            (
+                be.upload_quantized("moe_bench.gate_up", &gs)?,
+                be.upload_quantized("moe_bench.down", &ds)?,
+                per_expert,
+            )
+        }
+    };
+    let experts = quant.map_or("bf16".to_string(), |q| q.to_string());
     // The loop's per-expert weights (one upload each, as a per-expert checkpoint holds them).
     let mut loop_w = Vec::with_capacity(ne);
     for e in 0..ne {
@@ -230,9 +274,10 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
             be.name().to_string()
         };
         let used = counts.iter().filter(|&&c| c > 0).count();
-        let weight_bytes = (used * 3 * d * i * 2) as f64;
+        let weight_bytes = (used * expert_bytes) as f64;
         let row = MoeBenchRow {
             tokens: t,
+            experts: experts.clone(),
             path,
             flint_ms,
             flint_std_ms,
@@ -250,14 +295,15 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
 }
 
 pub fn markdown_header() -> String {
-    "| model | backend | tokens | path | flint MoE layer ms | per-expert GEMM loop ms | dense-equivalent ms | loop / flint | dense / flint | flint expert weights GB/s | expert tokens min..max (idle) |\n\
-     | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    "| model | backend | experts | tokens | path | flint MoE layer ms | per-expert GEMM loop ms | dense-equivalent ms | loop / flint | dense / flint | flint expert weights GB/s | expert tokens min..max (idle) |\n\
+     | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         .to_string()
 }
 
 pub fn markdown_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
     format!(
-        "| {model} | {backend} | {} | {} | {:.3} ± {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0} | {}..{} ({}) |",
+        "| {model} | {backend} | {} | {} | {} | {:.3} ± {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0} | {}..{} ({}) |",
+        r.experts,
         r.tokens,
         r.path,
         r.flint_ms,
@@ -274,12 +320,13 @@ pub fn markdown_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
 }
 
 pub fn csv_header() -> String {
-    "model,backend,tokens,path,flint_ms,flint_std_ms,loop_ms,dense_ms,flint_weight_gbps,expert_tokens_min,expert_tokens_max,idle_experts".to_string()
+    "model,backend,experts,tokens,path,flint_ms,flint_std_ms,loop_ms,dense_ms,flint_weight_gbps,expert_tokens_min,expert_tokens_max,idle_experts".to_string()
 }
 
 pub fn csv_row(model: &str, backend: &str, r: &MoeBenchRow) -> String {
     format!(
-        "{model},{backend},{},{},{:.4},{:.4},{:.4},{:.4},{:.1},{},{},{}",
+        "{model},{backend},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.1},{},{},{}",
+        r.experts,
         r.tokens,
         r.path,
         r.flint_ms,

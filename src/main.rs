@@ -268,6 +268,10 @@ enum Cmd {
         /// Folder of Hugging Face fixtures (each with reference.json).
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf"))]
         fixtures: PathBuf,
+        /// Folder of quantized-checkpoint fixtures (GPTQ / AWQ / fp8 llama and mixtral) run end
+        /// to end too; default: the repository's tests/fixtures/quant_models when present.
+        #[arg(long)]
+        quant_fixtures: Option<PathBuf>,
     },
 }
 
@@ -312,12 +316,14 @@ fn run(cli: Cli) -> Result<()> {
         json,
         quick,
         fixtures,
+        quant_fixtures,
     } = cli.cmd
     {
         let opts = flint::selftest::SelftestOptions {
             json,
             quick,
             fixtures,
+            quant_fixtures,
         };
         std::process::exit(flint::selftest::run(&opts));
     }
@@ -328,22 +334,23 @@ fn run(cli: Cli) -> Result<()> {
         reps,
         output,
         device,
+        quant,
         ..
     } = &cli.cmd
     {
         // Concrete backends: the MoE bench uploads its inputs as weights.
         let (m, t) = (model.as_deref(), &moe_tokens.0);
         return match device {
-            Device::Cpu => bench_moe_layer(&CpuBackend, m, t, *reps, *output),
+            Device::Cpu => bench_moe_layer(&CpuBackend, m, t, *reps, *quant, *output),
             Device::Cuda => {
                 let be = CudaBackend::new().context("--device cuda")?;
-                bench_moe_layer(&be, m, t, *reps, *output)
+                bench_moe_layer(&be, m, t, *reps, *quant, *output)
             }
             Device::Auto => match CudaBackend::new() {
-                Ok(be) => bench_moe_layer(&be, m, t, *reps, *output),
+                Ok(be) => bench_moe_layer(&be, m, t, *reps, *quant, *output),
                 Err(e) => {
                     eprintln!("flint: no usable GPU ({e:#}); running on the CPU (f32 reference)");
-                    bench_moe_layer(&CpuBackend, m, t, *reps, *output)
+                    bench_moe_layer(&CpuBackend, m, t, *reps, *quant, *output)
                 }
             },
         };
@@ -648,6 +655,7 @@ fn bench_moe_layer<W, B: Backend<Tensor = W, Weight = W>>(
     model: Option<&str>,
     tokens: &[usize],
     reps: usize,
+    quant: Option<QuantMode>,
     output: TableFormat,
 ) -> Result<()> {
     use flint::bench::moe;
@@ -661,7 +669,7 @@ fn bench_moe_layer<W, B: Backend<Tensor = W, Weight = W>>(
         TableFormat::Csv => println!("{}", moe::csv_header()),
         TableFormat::Json => {}
     }
-    let rows = moe::run(be, &spec, tokens, reps, |r| match output {
+    let rows = moe::run(be, &spec, tokens, reps, quant, |r| match output {
         TableFormat::Md => println!("{}", moe::markdown_row(name, be.name(), r)),
         TableFormat::Csv => println!("{}", moe::csv_row(name, be.name(), r)),
         TableFormat::Json => {}
@@ -669,7 +677,7 @@ fn bench_moe_layer<W, B: Backend<Tensor = W, Weight = W>>(
     if output == TableFormat::Json {
         println!(
             "{}",
-            json!({ "model": name, "backend": be.name(), "moe_layer": rows })
+            json!({ "model": name, "backend": be.name(), "experts": quant.map_or("bf16".to_string(), |q| q.to_string()), "moe_layer": rows })
         );
     }
     Ok(())

@@ -37,6 +37,9 @@ pub struct SelftestOptions {
     pub json: Option<PathBuf>,
     pub quick: bool,
     pub fixtures: PathBuf,
+    /// Quantized-checkpoint fixtures run end to end after `fixtures`; None: the repository's
+    /// tests/fixtures/quant_models when it exists (a folder given here must exist).
+    pub quant_fixtures: Option<PathBuf>,
 }
 
 /// Single-op tolerance (rel-L2) and attention's.
@@ -118,8 +121,19 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     for c in t.dense_cases(opts.quick) {
         record(c);
     }
+    for c in t.quant_moe_cases(opts.quick) {
+        record(c);
+    }
     for c in e2e_cases(&gpu, &opts.fixtures, opts.quick) {
         record(c);
+    }
+    let quant_dir = opts.quant_fixtures.clone().or_else(|| {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant_models");
+        d.is_dir().then_some(d)
+    });
+    match quant_dir {
+        Some(d) => e2e_cases(&gpu, &d, opts.quick).into_iter().for_each(&mut record),
+        None => println!("(no quantized fixtures: tests/fixtures/quant_models is not here; --quant-fixtures DIR)"),
     }
     // Decode graphs, on the default (CUDA-core) prefill path.
     for c in graph_cases(&gpu) {

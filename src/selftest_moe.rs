@@ -8,6 +8,9 @@
 //! proportions at a size the CPU reference runs in seconds (Mixtral: 8 experts top-2, I/D =
 //! 3.5; Qwen3-MoE: 128 experts top-8, I < D; Grok-1: tanh-GELU), plus a ragged one whose
 //! widths are not multiples of 8 (the kernels' scalar paths).
+//!
+//! `quant_moe_cases`: the same with quantized experts (every scheme of `quant_cases`), both
+//! paths, against the CPU backend's exactly dequantized experts.
 
 use super::{Case, Tester, OP_TOL};
 use crate::backend::cuda::MoePath;
@@ -165,9 +168,36 @@ impl Tester<'_> {
         paths: &[MoePath],
         routing: Routing,
     ) -> Result<Vec<f64>> {
-        let x = self.input(t, d, 1.0)?;
         let gate_up = self.input(e * 2 * i, d, 1.0 / (d as f32).sqrt())?;
         let down = self.input(e * d, i, 1.0 / (i as f32).sqrt())?;
+        let shape = MoeExperts {
+            num_experts: e,
+            top_k: k,
+            hidden: d,
+            intermediate: i,
+            act,
+        };
+        self.run_experts(t, &shape, &gate_up, &down, paths, routing)
+    }
+
+    /// Routes t tokens on the host, runs the CPU reference once and each GPU path on the same
+    /// inputs; the rel-L2 of each path.
+    fn run_experts(
+        &self,
+        t: usize,
+        shape: &MoeExperts,
+        gate_up: &super::Both,
+        down: &super::Both,
+        paths: &[MoePath],
+        routing: Routing,
+    ) -> Result<Vec<f64>> {
+        let (e, k, d, i) = (
+            shape.num_experts,
+            shape.top_k,
+            shape.hidden,
+            shape.intermediate,
+        );
+        let x = self.input(t, d, 1.0)?;
         let mut ids = Vec::with_capacity(t * k);
         let mut w = Vec::with_capacity(t * k);
         {
@@ -198,13 +228,6 @@ impl Tester<'_> {
         };
         let ids = up("ids", &ids, k)?;
         let w = up("weights", &w, k)?;
-        let shape = MoeExperts {
-            num_experts: e,
-            top_k: k,
-            hidden: d,
-            intermediate: i,
-            act,
-        };
         let mut cs = self.cpu.alloc(t * k, 2 * i)?;
         let mut c = self.cpu.alloc(t, d)?;
         self.cpu.moe_experts(
@@ -213,7 +236,7 @@ impl Tester<'_> {
             &w.cpu,
             &gate_up.cpu,
             &down.cpu,
-            &shape,
+            shape,
             &mut cs,
             &mut c,
         )?;
@@ -230,7 +253,7 @@ impl Tester<'_> {
                 &w.gpu,
                 &gate_up.gpu,
                 &down.gpu,
-                &shape,
+                shape,
                 &mut gs,
                 &mut g,
                 path,
@@ -240,6 +263,83 @@ impl Tester<'_> {
         Ok(errs)
     }
 
+    /// `moe_experts` with quantized experts, every scheme of `quant_cases`, both paths, against
+    /// the CPU backend (whose experts are the exactly dequantized weights): random routing
+    /// (idle experts at few tokens), every token on the same experts, and act-order maps that
+    /// differ per expert and per gate/up part (as GPTQ MoE checkpoints stack them).
+    pub(super) fn quant_moe_cases(&self, quick: bool) -> Vec<Case> {
+        // (label, experts, top-k, hidden, intermediate, activation, routings)
+        let shapes: &[(&str, usize, usize, usize, usize, Activation)] = &[
+            ("mixtral-ish", 8, 2, 512, 1792, Activation::Silu),
+            ("ragged", 5, 3, 100, 36, Activation::Gelu),
+        ];
+        let runs: &[(usize, Routing)] = if quick {
+            &[(1, Routing::Random), (64, Routing::AllOnOne)]
+        } else {
+            &[
+                (1, Routing::Random),
+                (8, Routing::Random),
+                (8, Routing::AllOnOne),
+                (64, Routing::Random),
+                (64, Routing::AllOnOne),
+            ]
+        };
+        let schemes: &[&str] = if quick {
+            &["int8 channel", "int4 act-order g32", "fp8 block 128"]
+        } else {
+            &super::QUANT_SCHEMES
+        };
+        let mut out = Vec::new();
+        for &(label, e, k, d, i, act) in shapes {
+            let shape = MoeExperts {
+                num_experts: e,
+                top_k: k,
+                hidden: d,
+                intermediate: i,
+                act,
+            };
+            let gu = self.data(e * 2 * i * d, 1.0 / (d as f32).sqrt());
+            let dn = self.data(e * d * i, 1.0 / (i as f32).sqrt());
+            for &what in schemes {
+                // Each stacked weight made and uploaded once per scheme.
+                let weights = (|| {
+                    let qgu = quant_experts(what, &gu, e * 2, i, d)?;
+                    let qdn = quant_experts(what, &dn, e, d, i)?;
+                    Ok::<_, anyhow::Error>((
+                        super::Both {
+                            cpu: self.cpu.upload_quantized(what, &qgu)?,
+                            gpu: self.gpu.upload_quantized(what, &qgu)?,
+                        },
+                        super::Both {
+                            cpu: self.cpu.upload_quantized(what, &qdn)?,
+                            gpu: self.gpu.upload_quantized(what, &qdn)?,
+                        },
+                    ))
+                })();
+                for &(t, routing) in runs {
+                    let paths = [MoePath::Gemv, MoePath::Grouped];
+                    let errs = match &weights {
+                        Ok((g, d)) => self.run_experts(t, &shape, g, d, &paths, routing),
+                        Err(err) => Err(anyhow::anyhow!("building the experts: {err:#}")),
+                    };
+                    for (n, path) in paths.iter().enumerate() {
+                        let r = match &errs {
+                            Ok(v) => Ok(v[n]),
+                            Err(err) => Err(anyhow::anyhow!("{err:#}")),
+                        };
+                        out.push(self.case(
+                            "moe quant",
+                            format!("{what} {label} E {e} top-{k} D {d} I {i} tokens {t} {routing:?} {path:?}"),
+                            OP_TOL,
+                            || r,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn sigmoid_gate_add(&self, t: usize, d: usize) -> Result<f64> {
         let x = self.input(t, d, 1.0)?;
         let gate = self.input(t, 1, 2.0)?;
@@ -247,5 +347,61 @@ impl Tester<'_> {
         self.cpu.sigmoid_gate_add(&x.cpu, &gate.cpu, &mut o.cpu)?;
         self.gpu.sigmoid_gate_add(&x.gpu, &gate.gpu, &mut o.gpu)?;
         self.compare(&o.cpu, &o.gpu)
+    }
+}
+
+/// A stacked expert weight of `parts` blocks of `rows` rows (gate_up: 2E parts of I rows;
+/// down: E parts of D rows), quantized with `what`. Act-order schemes quantize each part on
+/// its own and give each its own column scramble, then stack them (one g_idx per part, as
+/// a GPTQ MoE checkpoint loads); the others quantize the stack as one weight.
+pub(crate) fn quant_experts(
+    what: &str,
+    w: &[f32],
+    parts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<crate::weights::quant::QuantWeight> {
+    if !what.contains("act-order") {
+        return super::quant_weight(what, w, parts * rows, cols);
+    }
+    let mut qs = Vec::with_capacity(parts);
+    for p in 0..parts {
+        let mut q =
+            super::quant_weight(what, &w[p * rows * cols..(p + 1) * rows * cols], rows, cols)?;
+        if let Some(g) = q.g_idx.as_mut() {
+            g.rotate_left((5 * p + 1) % cols);
+        }
+        q.validate(what)?;
+        qs.push(q);
+    }
+    crate::weights::quant::concat_rows(what, qs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::quant::DeviceLayout;
+
+    /// The quantized experts the selftest uploads must be valid and, for act-order, keep one
+    /// distinct map per part (a GPU run is rare: it must not fail on its own inputs).
+    #[test]
+    fn quant_experts_are_valid_with_one_map_per_part() {
+        let (parts, rows, cols) = (6, 40, 512);
+        let w: Vec<f32> = (0..parts * rows * cols)
+            .map(|j| ((j * 7919 % 1000) as f32 / 1000.0) - 0.5)
+            .collect();
+        for what in crate::selftest::QUANT_SCHEMES {
+            let q = quant_experts(what, &w, parts, rows, cols).unwrap();
+            assert_eq!((q.n, q.k), (parts * rows, cols), "{what}");
+            q.validate(what).unwrap();
+            let l = DeviceLayout::new(what, &q).unwrap();
+            if what.contains("act-order") {
+                assert_eq!(l.gidx_rows, rows, "{what}: one map per part");
+                let g = l.g_idx.as_ref().unwrap();
+                assert_ne!(g[..cols], g[cols..2 * cols], "{what}: parts share a map");
+            } else {
+                assert_eq!(l.gidx_rows, q.n, "{what}");
+            }
+        }
     }
 }

@@ -663,14 +663,10 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
     assert!(out.is_empty(), "{out}");
 }
 
-/// kernels/moe.cu compiled for the host (tests/moe_emulation: CTAs as std::threads, warp
-/// shuffles, a wmma shim, cp.async as a plain copy) against a double-precision reference:
-/// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate.
-/// It checks the kernels' index math and barrier placement without a GPU (not their speed,
-/// nor asynchronous-copy timing). Needs a C++20 compiler and the CUDA headers that
-/// scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
-#[test]
-fn moe_kernels_pass_their_host_emulation() {
+/// Builds tests/moe_emulation/main.cpp (kernels/moe.cu for the host) with `defines` into
+/// `name`; None (after saying why) when there is no C++20 compiler or no CUDA headers, which
+/// fails instead under FLINT_REQUIRE_KERNELS=1.
+fn build_moe_emulation(test: &str, name: &str, defines: &[&str]) -> Option<std::path::PathBuf> {
     use std::path::PathBuf;
     use std::process::Command;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -687,12 +683,13 @@ fn moe_kernels_pass_their_host_emulation() {
             !required,
             "FLINT_REQUIRE_KERNELS=1 but no CUDA headers (cuda_bf16.h) or no `{cxx}`"
         );
-        eprintln!("moe_kernels_pass_their_host_emulation: skipped (no CUDA headers or no {cxx})");
-        return;
+        eprintln!("{test}: skipped (no CUDA headers or no {cxx})");
+        return None;
     };
-    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moe_emulation");
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let build = Command::new(&cxx)
         .args(["-std=c++20", "-O2", "-pthread", "-DFLINT_PARAMS_TYPED"])
+        .args(defines.iter().map(|d| format!("-D{d}")))
         .arg(format!("-I{}", root.join("kernels").display()))
         .arg(format!("-I{}", include.display()))
         .arg(root.join("tests/moe_emulation/main.cpp"))
@@ -705,12 +702,92 @@ fn moe_kernels_pass_their_host_emulation() {
         "building the emulation failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    let run = Command::new(&exe).output().expect("runs the emulation");
+    Some(exe)
+}
+
+/// kernels/moe.cu compiled for the host (tests/moe_emulation: CTAs as std::threads, warp
+/// shuffles, a wmma shim, cp.async as a plain copy) against a double-precision reference:
+/// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate,
+/// and the quantized experts (int8, int4 sym/asym/act-order, fp8 per row and in blocks) on
+/// both their paths. It checks the kernels' index math and barrier placement without a GPU
+/// (not their speed, nor asynchronous-copy timing). Needs a C++20 compiler and the CUDA
+/// headers that scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
+#[test]
+fn moe_kernels_pass_their_host_emulation() {
+    let Some(exe) = build_moe_emulation(
+        "moe_kernels_pass_their_host_emulation",
+        "moe_emulation",
+        &[],
+    ) else {
+        return;
+    };
+    let run = std::process::Command::new(&exe)
+        .output()
+        .expect("runs the emulation");
     let stdout = String::from_utf8_lossy(&run.stdout);
     println!("{stdout}");
     assert!(
-        run.status.success() && stdout.contains("all passed"),
+        run.status.success() && stdout.contains("all passed") && stdout.contains("PASS  quant"),
         "{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// The emulation can fail: built with FLINT_EMULATE_BREAK_QUANT_INDEX, the quantized-expert
+/// kernels read the next expert's rows, and every quantized case must then fail.
+#[test]
+fn moe_emulation_catches_a_broken_quantized_expert_index() {
+    let Some(exe) = build_moe_emulation(
+        "moe_emulation_catches_a_broken_quantized_expert_index",
+        "moe_emulation_broken",
+        &["FLINT_EMULATE_BREAK_QUANT_INDEX"],
+    ) else {
+        return;
+    };
+    let run = std::process::Command::new(&exe)
+        .arg("quant")
+        .output()
+        .expect("runs the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let cases = stdout.lines().filter(|l| l.contains(" quant ")).count();
+    let failed = stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL  quant"))
+        .count();
+    assert!(
+        !run.status.success() && cases > 0 && failed == cases,
+        "the broken build must fail every quantized case ({failed} of {cases} failed):\n{stdout}"
+    );
+}
+
+#[test]
+fn bench_moe_layer_runs_quantized_experts() {
+    let dir = fixtures_dir().join("mixtral");
+    for q in ["int4", "int8", "fp8"] {
+        let (code, out, err) = flint_cli(&[
+            "bench",
+            "--moe-layer",
+            "-m",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--moe-tokens",
+            "1,9",
+            "--quant",
+            q,
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code, Some(0), "{q}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(v["experts"], q);
+        let rows = v["moe_layer"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2);
+        for r in rows {
+            assert_eq!(r["experts"], q);
+            assert!(r["flint_ms"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
 }

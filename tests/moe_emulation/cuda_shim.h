@@ -6,11 +6,13 @@
 //   shuffle in moe.cu is called by all 32 lanes of a warp, as on the GPU);
 // - wmma fragments hold the whole 16x16 tile in every lane (same element order in every
 //   fragment of a type, which is all moe.cu relies on); mma accumulates in f32;
+// - __ldcs is a plain load;
 // - cp.async is a synchronous 16-byte copy (the emulation checks indexing and barrier
 //   placement, not asynchronous timing).
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <vector_types.h>
 
 #include <barrier>
@@ -67,6 +69,10 @@ inline T __shfl_xor_sync(unsigned, T v, int o) {
     std::memcpy(&r, &raw, sizeof(T));
     return r;
 }
+
+// Streaming load (evict-first on the GPU): a plain load here.
+template <class T>
+inline T __ldcs(const T *p) { return *p; }
 
 inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 inline int min(int a, int b) { return a < b ? a : b; }

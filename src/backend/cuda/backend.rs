@@ -488,6 +488,7 @@ impl Backend for CudaBackend {
         name: &str,
         w: &crate::weights::quant::QuantWeight,
     ) -> Result<CudaTensor> {
+        self.moe.note_quantized(); // reserve_moe then sizes the quantized-expert scratch
         super::quant::upload(self, name, w)
     }
 
@@ -1126,12 +1127,7 @@ impl Backend for CudaBackend {
         scratch: &mut CudaTensor,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        if gate_up.quant.is_some() || down.quant.is_some() {
-            bail!(
-                "moe_experts: quantized experts are not supported on CUDA yet (the grouped MoE \
-                 kernels take bf16 experts); run this checkpoint without --quant or on the CPU"
-            );
-        }
+        // bf16, int8, int4 (sym/asym, act-order) and fp8 experts: moe.rs.
         self.moe_experts_impl(x, ids, weights, gate_up, down, shape, scratch, out)
     }
 

@@ -54,8 +54,12 @@ pub const KERNEL_NAMES: &[&str] = &[
     "gemv_bf16_t6",
     "gemv_bf16_t7",
     "gemv_bf16_t8",
-    // moe.cu: router, device-side dispatch, grouped GEMM / gather-GEMV experts, combine
+    // moe.cu: router, device-side dispatch, grouped GEMM / gather-GEMV experts (bf16, and
+    // quantized: gather-GEMV on packed codes, dequantize-to-bf16 for the grouped GEMM), combine
     "moe_combine_bf16",
+    "moe_dequant_fp8",
+    "moe_dequant_i4",
+    "moe_dequant_i8",
     "moe_dispatch_bf16",
     "moe_down_bf16",
     "moe_gate_up_bf16_gelu",
@@ -65,6 +69,18 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_gemv_gate_up_bf16_gelu",
     "moe_gemv_gate_up_bf16_gelu_tanh",
     "moe_gemv_gate_up_bf16_silu",
+    "moe_qgemv_down_fp8",
+    "moe_qgemv_down_i4",
+    "moe_qgemv_down_i8",
+    "moe_qgemv_gate_up_fp8_gelu",
+    "moe_qgemv_gate_up_fp8_gelu_tanh",
+    "moe_qgemv_gate_up_fp8_silu",
+    "moe_qgemv_gate_up_i4_gelu",
+    "moe_qgemv_gate_up_i4_gelu_tanh",
+    "moe_qgemv_gate_up_i4_silu",
+    "moe_qgemv_gate_up_i8_gelu",
+    "moe_qgemv_gate_up_i8_gelu_tanh",
+    "moe_qgemv_gate_up_i8_silu",
     "moe_route_bf16",
     "sigmoid_gate_add_bf16",
     // quant_gemv.cu: quantized-weight GEMV (<= 8 tokens) and dequantize-to-bf16 (prefill)

@@ -14,12 +14,37 @@
 //! by `reserve_moe` when the model's workspace is made (else at the first step that needs
 //! more), so no step of the decode loop allocates.
 //!
+//! Quantized experts (int8, int4 sym/asym with or without act-order `g_idx`, fp8 per
+//! tensor/row/block; every scheme `QuantWeight` holds). The stacked weights `[E·2I, D]`
+//! (gate rows then up rows of each expert) and `[E·D, I]` stay as `quant.rs` uploads any
+//! quantized weight (`QuantDev`): codes row-major along K, scales and zeros one f32 per
+//! (row, k / group), g_idx one map per `gidx_rows` rows, so a stacked GPTQ weight whose experts
+//! (and gate/up parts) have their own act-order keeps 2E (gate_up) or E (down) maps and row r
+//! finds its own at r / gidx_rows. The kernels address rows globally (e·2I + n, e·2I + I + n,
+//! e·D + n), exactly as the bf16 kernels do, and decode a code with the helpers
+//! `quant_gemv.cu` uses (`kernels/quant/dequant.cuh`), so every value is the CPU reference's
+//! f32 weight before the f32 accumulation.
+//! - GEMV path: `moe_qgemv_{gate_up_<fmt>_<act>, down_<fmt>}`, the gather-GEMV's grid and
+//!   dispatch tables, each selected expert row streamed once as packed codes (16-byte loads),
+//!   dequantized in registers; act(gate)·up fused, routing weight on down.
+//! - Grouped path: `moe_dequant_<fmt>` writes the rows of every expert dispatch gave tokens
+//!   to (the CTAs of idle experts exit) into a bf16 scratch laid out like a bf16 stacked
+//!   weight, then the bf16 grouped GEMM runs on it; gate_up and down take turns in the one
+//!   scratch (stream order). Cost: a scratch of E·2I·D bf16 (Mixtral-8x7B: 1.88 GB, reserved
+//!   by `reserve_moe` once the backend holds quantized weights), and per layer call a write
+//!   plus a read of the used experts' bf16 weights (a dequantize-in-the-main-loop GEMM would
+//!   avoid both; later work).
+//!
+//! Either operand may be quantized alone. No launch while a graph replays, no allocation
+//! per step once reserved.
+//!
 //! This file is a child module of `backend.rs` (declared there with `#[path]`), so it uses the
 //! backend's private fields without widening them.
 //!
 //! Status: compiled for every target arch (0 spills); the kernel source passes its host
-//! emulation (tests/moe_emulation, run by tests/moe.rs); UNVERIFIED on a GPU until
-//! `flint selftest` runs there.
+//! emulation (tests/moe_emulation, run by tests/moe.rs; the quantized kernels too, with a
+//! deliberately broken build that must fail); UNVERIFIED on a GPU until `flint selftest`
+//! (`moe_experts`, `moe quant` cases) runs there.
 
 use super::super::device::{Device, Staging};
 use super::super::kernels::{self as k, i32_of, Dim3};
@@ -27,9 +52,9 @@ use super::super::params::*;
 use super::{CudaBackend, CudaTensor};
 use crate::backend::{MoeExperts, MoeOperands, MoeRouting};
 use crate::config::Activation;
-use anyhow::{bail, Result};
-use cudarc::driver::sys;
-use std::cell::RefCell;
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{sys, CudaSlice};
+use std::cell::{Cell, RefCell};
 
 pub const TILE_M: usize = FLINT_MOE_TILE_M as usize;
 pub const TILE_N: usize = FLINT_MOE_TILE_N as usize;
@@ -216,6 +241,17 @@ pub struct MoeState {
     combine: sys::CUfunction,
     sigmoid_gate_add: sys::CUfunction,
     ws: RefCell<Staging>,
+    /// Quantized experts: `moe_qgemv_gate_up_<fmt>_<act>` by [fmt][act], `moe_qgemv_down_<fmt>`,
+    /// `moe_dequant_<fmt>` (fmt in `quant::Fmt` order: i8, i4, fp8).
+    qgemv_gate_up: [[sys::CUfunction; 3]; 3],
+    qgemv_down: [sys::CUfunction; 3],
+    dequant: [sys::CUfunction; 3],
+    /// The bf16 copy of one stacked expert weight that the grouped path dequantizes into
+    /// (exact size, grow-only; see [`dequant_scratch_bytes`]).
+    qscratch: RefCell<Option<CudaSlice<u8>>>,
+    /// Set when a quantized weight is uploaded, so `reserve_moe` sizes `qscratch` only for
+    /// models that may have quantized experts.
+    quant_seen: Cell<bool>,
 }
 
 fn act_index(act: Activation) -> (usize, &'static str) {
@@ -247,8 +283,53 @@ impl MoeState {
             combine: f("moe_combine_bf16")?,
             sigmoid_gate_add: f("sigmoid_gate_add_bf16")?,
             ws: RefCell::new(Staging::new()),
+            qgemv_gate_up: {
+                let mut a = [[std::ptr::null_mut(); 3]; 3];
+                for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
+                    for (ai, act) in ["silu", "gelu_tanh", "gelu"].iter().enumerate() {
+                        a[fi][ai] = f(&format!("moe_qgemv_gate_up_{fmt}_{act}"))?;
+                    }
+                }
+                a
+            },
+            qgemv_down: [
+                f("moe_qgemv_down_i8")?,
+                f("moe_qgemv_down_i4")?,
+                f("moe_qgemv_down_fp8")?,
+            ],
+            dequant: [
+                f("moe_dequant_i8")?,
+                f("moe_dequant_i4")?,
+                f("moe_dequant_fp8")?,
+            ],
+            qscratch: RefCell::new(None),
+            quant_seen: Cell::new(false),
         })
     }
+
+    /// A quantized weight was uploaded (called by `upload_quantized`).
+    pub fn note_quantized(&self) {
+        self.quant_seen.set(true);
+    }
+}
+
+/// Code types of the quantized expert kernels, in `quant::Fmt::index` order.
+const QUANT_FMTS: [&str; 3] = ["i8", "i4", "fp8"];
+
+/// Bytes of the bf16 scratch the grouped path dequantizes a stacked quantized expert weight
+/// into: the larger of gate_up `[E·2I, D]` and down `[E·D, I]`, i.e. E·2I·D bf16 (one buffer
+/// serves both, in stream order). Mixtral-8x7B: 8·28672·4096·2 B = 1.88 GB.
+pub fn dequant_scratch_bytes(shape: &MoeExperts) -> usize {
+    2 * shape.num_experts * 2 * shape.intermediate * shape.hidden
+}
+
+/// moe_dequant_*: (column blocks of 256 elements, capped at 1024, one CTA row per expert).
+pub fn dequant_shape(rows_per_expert: usize, k: usize, experts: usize) -> Result<(Dim3, Dim3)> {
+    if experts > 65_535 {
+        bail!("moe_experts: {experts} experts is too many for the dequantize grid");
+    }
+    let x = (rows_per_expert * k).div_ceil(256).clamp(1, 1024);
+    Ok(((x as u32, experts.max(1) as u32, 1), (256, 1, 1)))
 }
 
 impl CudaBackend {
@@ -416,10 +497,47 @@ impl CudaBackend {
                 reserved: 0,
             }
         };
+        let out_ptr = self.ptr(&out.buf);
+        let (n_tokens, n_hidden) = (i32_of(OP, "tokens", t)?, i32_of(OP, "hidden", d)?);
+        let cp_of = |y: u64| MoeCombineParams {
+            y,
+            ids: ids_ptr,
+            out: out_ptr,
+            num_tokens: n_tokens,
+            top_k: kk as i32,
+            dim: n_hidden,
+            num_experts: ne as i32,
+        };
         // h [assign, I] = act(x · gate_e) * (x · up_e); y [assign, D] = w · (h · down_e).
         let gu = gemm(self.ptr(&x.buf), self.ptr(&gate_up.buf), 0, h, kk, d, i);
         let dn = gemm(h, self.ptr(&down.buf), self.ptr(&weights.buf), y, 1, i, d);
         let (ai, act) = act_index(shape.act);
+        // Quantized experts (either operand may be): the device view of each, checked against
+        // the shape the bf16 kernels assume.
+        let gq = gate_up.quant.as_deref().map(|q| q.moe_view(self));
+        let dq = down.quant.as_deref().map(|q| q.moe_view(self));
+        for (what, v, rows, cols) in [("gate_up", &gq, ne * 2 * i, d), ("down", &dq, ne * d, i)] {
+            if let Some((l, _)) = v {
+                if l.n != rows || l.k != cols {
+                    bail!(
+                        "{OP}: quantized {what} experts are [{}, {}]; expected [{rows}, {cols}]",
+                        l.n,
+                        l.k
+                    );
+                }
+            }
+        }
+        if gq.is_some() || dq.is_some() {
+            return self.moe_quant_experts(
+                path,
+                (ai, act),
+                (gu, gq.map(|(l, w)| (l.fmt.index(), w))),
+                (dn, dq.map(|(l, w)| (l.fmt.index(), w))),
+                (ne, i, d),
+                lay.max_tiles,
+                cp_of(y),
+            );
+        }
         match path {
             MoePath::Grouped => {
                 let name = format!("moe_gate_up_bf16_{act}");
@@ -463,24 +581,171 @@ impl CudaBackend {
                 }
             }
         }
-        let cp = MoeCombineParams {
-            y,
-            ids: ids_ptr,
-            out: self.ptr(&out.buf),
-            num_tokens: i32_of(OP, "tokens", t)?,
-            top_k: kk as i32,
-            dim: i32_of(OP, "hidden", d)?,
-            num_experts: ne as i32,
-        };
-        // SAFETY: y holds assign rows of D (written above), out holds T rows of D.
+        self.moe_combine(&cp_of(y), t, d)
+    }
+
+    /// moe_combine_bf16 (y already written on the stream).
+    fn moe_combine(&self, cp: &MoeCombineParams, t: usize, d: usize) -> Result<()> {
+        // SAFETY: y holds T·k rows of D (written before, in stream order), out holds T rows
+        // of D (both checked by the caller).
         unsafe {
             k::launch(
                 "moe_combine_bf16",
                 self.moe.combine,
                 rowwise_shape(t, d),
-                stream,
-                &cp,
+                self.stream()?,
+                cp,
             )
+        }
+    }
+
+    /// The expert kernels and the combine when gate_up and/or down are quantized (each
+    /// operand given as its bf16 params and, when quantized, (fmt index, device view)).
+    /// GEMV: `moe_qgemv_*` read the packed codes directly. Grouped: `moe_dequant_<fmt>` writes
+    /// the used experts' rows to the bf16 scratch, then the bf16 grouped GEMM runs on it.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_quant_experts(
+        &self,
+        path: MoePath,
+        (ai, act): (usize, &str),
+        (mut gu, gq): (MoeGemmParams, Option<(usize, MoeQuantWeight)>),
+        (mut dn, dq): (MoeGemmParams, Option<(usize, MoeQuantWeight)>),
+        (ne, i, d): (usize, usize, usize),
+        max_tiles: usize,
+        cp: MoeCombineParams,
+    ) -> Result<()> {
+        let stream = self.stream()?;
+        match path {
+            MoePath::Gemv => {
+                // SAFETY (every launch below): the MoeGemmParams were filled by
+                // moe_experts_with for these shapes; the quantized views come from weights
+                // uploaded from a validated QuantWeight of [E·2I, D] / [E·D, I] (checked).
+                match gq {
+                    Some((fi, q)) => unsafe {
+                        gu.w = 0;
+                        let name = format!("moe_qgemv_gate_up_{}_{act}", QUANT_FMTS[fi]);
+                        let p = MoeQuantGemmParams { gemm: gu, q };
+                        k::launch(
+                            &name,
+                            self.moe.qgemv_gate_up[fi][ai],
+                            gemv_shape(i, max_tiles)?,
+                            stream,
+                            &p,
+                        )?;
+                    },
+                    None => unsafe {
+                        let name = format!("moe_gemv_gate_up_bf16_{act}");
+                        k::launch(
+                            &name,
+                            self.moe.gemv_gate_up[ai],
+                            gemv_shape(i, max_tiles)?,
+                            stream,
+                            &gu,
+                        )?;
+                    },
+                }
+                match dq {
+                    Some((fi, q)) => unsafe {
+                        dn.w = 0;
+                        let name = format!("moe_qgemv_down_{}", QUANT_FMTS[fi]);
+                        let p = MoeQuantGemmParams { gemm: dn, q };
+                        k::launch(
+                            &name,
+                            self.moe.qgemv_down[fi],
+                            gemv_shape(d, max_tiles)?,
+                            stream,
+                            &p,
+                        )?;
+                    },
+                    None => unsafe {
+                        k::launch(
+                            "moe_gemv_down_bf16",
+                            self.moe.gemv_down,
+                            gemv_shape(d, max_tiles)?,
+                            stream,
+                            &dn,
+                        )?;
+                    },
+                }
+            }
+            MoePath::Grouped => {
+                let bytes = 2 * ne * 2 * i * d;
+                let scratch = self.moe_dequant_scratch(bytes)?;
+                let dequant =
+                    |fi: usize, q: MoeQuantWeight, rows: usize, k_dim: usize| -> Result<()> {
+                        let p = MoeDequantParams {
+                            q,
+                            counts: gu.counts,
+                            out: scratch,
+                            rows_per_expert: rows as i32,
+                            num_experts: ne as i32,
+                        };
+                        let name = format!("moe_dequant_{}", QUANT_FMTS[fi]);
+                        // SAFETY: the scratch holds E·2I·D bf16 >= E·rows·k_dim; counts was written
+                        // by dispatch before, in stream order.
+                        unsafe {
+                            k::launch(
+                                &name,
+                                self.moe.dequant[fi],
+                                dequant_shape(rows, k_dim, ne)?,
+                                stream,
+                                &p,
+                            )
+                        }
+                    };
+                if let Some((fi, q)) = gq {
+                    dequant(fi, q, 2 * i, d)?;
+                    gu.w = scratch;
+                }
+                let name = format!("moe_gate_up_bf16_{act}");
+                // SAFETY: as in moe_experts_with; w is the bf16 weight or its dequantized copy.
+                unsafe {
+                    k::launch(
+                        &name,
+                        self.moe.gate_up[ai],
+                        grouped_shape(max_tiles, i)?,
+                        stream,
+                        &gu,
+                    )?
+                };
+                // The down dequant reuses the scratch after the gate_up GEMM read it (one
+                // stream: in order).
+                if let Some((fi, q)) = dq {
+                    dequant(fi, q, d, i)?;
+                    dn.w = scratch;
+                }
+                // SAFETY: as above.
+                unsafe {
+                    k::launch(
+                        "moe_down_bf16",
+                        self.moe.down,
+                        grouped_shape(max_tiles, d)?,
+                        stream,
+                        &dn,
+                    )?
+                };
+            }
+        }
+        self.moe_combine(&cp, cp.num_tokens as usize, d)
+    }
+
+    /// The grouped path's dequantization scratch, at least `bytes` (allocated once when
+    /// `reserve_moe` saw quantized weights; else at the first call that needs it).
+    fn moe_dequant_scratch(&self, bytes: usize) -> Result<u64> {
+        let mut s = self.moe.qscratch.borrow_mut();
+        if s.as_ref().is_none_or(|b| b.len() < bytes) {
+            *s = None; // free the smaller one first
+                       // SAFETY: only the rows moe_dequant_* writes are read, by the grouped GEMM after it.
+            let buf = unsafe { self.dev.stream.alloc::<u8>(bytes) }.with_context(|| {
+                format!(
+                    "moe_experts: a {bytes}-byte bf16 scratch to dequantize quantized experts into"
+                )
+            })?;
+            *s = Some(buf);
+        }
+        match s.as_ref() {
+            Some(b) => Ok(self.ptr(b)),
+            None => bail!("moe_experts: no dequantization scratch"),
         }
     }
 
@@ -492,6 +757,11 @@ impl CudaBackend {
             .ws
             .borrow_mut()
             .ensure(&self.dev.stream, lay.total)?;
+        // Quantized experts on the grouped path dequantize into a bf16 scratch: reserve it
+        // too when this backend holds quantized weights and steps can take that path.
+        if self.moe.quant_seen.get() && moe_path(max_tokens) == MoePath::Grouped {
+            self.moe_dequant_scratch(dequant_scratch_bytes(shape))?;
+        }
         Ok(())
     }
 
@@ -667,5 +937,20 @@ mod tests {
         assert!(gemv_shape(64, 70_000).is_err());
         assert_eq!(rowwise_shape(5, 4096), ((5, 2, 1), (256, 1, 1)));
         assert!(grouped_shape(1, 64 * 70_000).is_err());
+        // Quantized experts' dequantize: one CTA row per expert, at most 1024 column blocks.
+        assert_eq!(
+            dequant_shape(2 * 14336, 4096, 8).unwrap(),
+            ((1024, 8, 1), (256, 1, 1))
+        );
+        assert_eq!(dequant_shape(3, 5, 2).unwrap().0, (1, 2, 1));
+        assert!(dequant_shape(1, 1, 70_000).is_err());
+        let mixtral = MoeExperts {
+            num_experts: 8,
+            top_k: 2,
+            hidden: 4096,
+            intermediate: 14336,
+            act: Activation::Silu,
+        };
+        assert_eq!(dequant_scratch_bytes(&mixtral), 8 * 2 * 14336 * 4096 * 2);
     }
 }

@@ -17,7 +17,7 @@
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
 use super::kernels::{i32_of, launch, Dim3};
-use super::params::QuantGemvParams;
+use super::params::{MoeQuantWeight, QuantGemvParams};
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{sys, CudaSlice};
@@ -38,7 +38,7 @@ pub enum Fmt {
 }
 
 impl Fmt {
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         match self {
             Fmt::Int8 => 0,
             Fmt::Int4 => 1,
@@ -46,7 +46,7 @@ impl Fmt {
         }
     }
     /// The code type in kernel names (`quant_gemv_<name>`).
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         ["i8", "i4", "fp8"][self.index()]
     }
 }
@@ -146,6 +146,27 @@ pub struct QuantDev {
     g_idx: Option<CudaSlice<i32>>,
     /// Device bytes of all of the above.
     pub bytes: usize,
+}
+
+impl QuantDev {
+    /// The weight as the MoE kernels take it (`MoeQuantWeight`, backend/cuda/moe.rs) and its
+    /// host-side layout.
+    pub(super) fn moe_view(&self, be: &CudaBackend) -> (&DeviceLayout, MoeQuantWeight) {
+        let l = &self.layout;
+        let w = MoeQuantWeight {
+            qdata: be.ptr(&self.qdata),
+            scales: be.ptr(&self.scales),
+            zeros: self.zeros.as_ref().map_or(0, |z| be.ptr(z)),
+            g_idx: self.g_idx.as_ref().map_or(0, |g| be.ptr(g)),
+            k: l.k as i32,
+            group: l.group as i32,
+            num_groups: l.num_groups as i32,
+            gidx_rows: l.gidx_rows as i32,
+            zero_default: l.zero_default,
+            reserved: 0,
+        };
+        (l, w)
+    }
 }
 
 /// The kernels and the prefill scratch.
