@@ -5,7 +5,7 @@
 # Here (any machine with this repo):
 #   bash scripts/gpu-check.sh            # builds the release binary with the pinned nvcc 13.0
 #                                        # for every target arch, then writes gpu-bundle/:
-#                                        #   flint (stripped), fixtures/, run.sh
+#                                        #   flint.gz (stripped), fixtures/, run.sh
 #   bash scripts/gpu-check.sh --help
 #
 # There (the lead, with the device tool; gpu-bundle/ is git-ignored, so it must be carried):
@@ -65,6 +65,8 @@ rm -rf "$bundle"
 mkdir -p "$bundle"
 cp "$bin" "$bundle/flint"
 strip "$bundle/flint" 2>/dev/null || true
+# gzip: the fatbin for four archs makes the binary ~40 MiB, the device tool carries 64 MiB.
+gzip -9 "$bundle/flint"
 cp -r tests/fixtures/hf "$bundle/fixtures"
 cp -r tests/fixtures/quant_models "$bundle/quant_fixtures"
 cp scripts/peers.py scripts/compare.py "$bundle/"
@@ -90,7 +92,8 @@ out="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$out"
 log="$out/logs"
 mkdir -p "$log"
-flint="$here/flint"
+flint="$(mktemp -d)/flint"
+gzip -dc "$here/flint.gz" >"$flint" && chmod +x "$flint" || { echo "run.sh: cannot unpack flint.gz" >&2; exit 2; }
 
 # cuBLASLt: flint loads libcublasLt.so at run time; find one if the loader cannot.
 if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so\.13'; then
