@@ -12,7 +12,8 @@
 // over [min lo, max p + 1) of the tile's rows, intersected with the split's key range.
 //
 // Mapping: NUM_WARPS warps; warp w owns rows w, w + NUM_WARPS, ... (ROWS_PER_WARP each).
-// Scores: lane j scores key j of the smem tile. Output: lane owns dims lane + 32 k.
+// Scores: lane j scores key j of the smem tile. Output: lane owns dims lane + 32 k (at hd 16,
+// lanes 16..31 own none).
 // Shared memory (static): q tile CTA_Q x HEAD_DIM, K and V tiles CTA_KV x (HEAD_DIM + PAD)
 // bf16 = 40 KiB at HEAD_DIM 256, under the 48 KiB static limit.
 // This is the CUDA-core (FFMA) version; the mma.sync m16n8k16 version is not written yet.
@@ -57,14 +58,17 @@ __device__ __forceinline__ int2 split_range(int lo, int hi, int split, int num_s
 // (true): partial_o = the split's normalised output, partial_lse = m + ln(l) (-inf if empty).
 template <int HEAD_DIM, bool WRITE_PARTIAL>
 __device__ __forceinline__ void run_tile(const AttentionParams &p) {
-    static_assert(HEAD_DIM % (WARP_SIZE) == 0 && HEAD_DIM % VEC == 0, "head dim tiling");
-    constexpr int DPL = HEAD_DIM / WARP_SIZE;  // output dims per lane
+    static_assert((HEAD_DIM % WARP_SIZE == 0 || HEAD_DIM < WARP_SIZE) && HEAD_DIM % VEC == 0,
+                  "head dim tiling");
+    // Output dims per lane; below one warp (hd 16) lanes >= HEAD_DIM own no dim (`owns`).
+    constexpr int DPL = (HEAD_DIM + WARP_SIZE - 1) / WARP_SIZE;
     constexpr int KV_STRIDE = HEAD_DIM + KV_PAD;
     __shared__ __align__(16) bf16 q_s[CTA_Q * HEAD_DIM];
     __shared__ __align__(16) bf16 k_s[CTA_KV * KV_STRIDE];
     __shared__ __align__(16) bf16 v_s[CTA_KV * KV_STRIDE];
 
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const bool owns = HEAD_DIM >= WARP_SIZE || lane < HEAD_DIM;
     const int *md = p.metadata;
     const int *tm = md + p.tiles_offset + 4 * int(blockIdx.x);
     const Tile tile{tm[0], tm[1], tm[2], tm[3]};
@@ -158,7 +162,8 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
             for (int j = 0; j < CTA_KV; ++j) {
                 const float pj = __shfl_sync(FULL_MASK, pr, j);
 #pragma unroll
-                for (int d = 0; d < DPL; ++d) acc[k][d] = fmaf(pj, to_f32(v_s[j * KV_STRIDE + d * WARP_SIZE + lane]), acc[k][d]);
+                for (int d = 0; d < DPL; ++d)
+                    if (owns) acc[k][d] = fmaf(pj, to_f32(v_s[j * KV_STRIDE + d * WARP_SIZE + lane]), acc[k][d]);
             }
         }
     }
@@ -172,12 +177,13 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
         if (WRITE_PARTIAL) {
             const int64_t at = (int64_t(t) * H + h) * p.num_splits + tile.split;
 #pragma unroll
-            for (int d = 0; d < DPL; ++d) p.partial_o[at * HEAD_DIM + d * WARP_SIZE + lane] = acc[k][d] * inv;
+            for (int d = 0; d < DPL; ++d)
+                if (owns) p.partial_o[at * HEAD_DIM + d * WARP_SIZE + lane] = acc[k][d] * inv;
             if (lane == 0) p.partial_lse[at] = l[k] > 0.0f ? m[k] + log2f(l[k]) / LOG2E : NEG_INF;
         } else {
 #pragma unroll
             for (int d = 0; d < DPL; ++d)
-                p.out[(int64_t(t) * H + h) * HEAD_DIM + d * WARP_SIZE + lane] = to_bf16(acc[k][d] * inv);
+                if (owns) p.out[(int64_t(t) * H + h) * HEAD_DIM + d * WARP_SIZE + lane] = to_bf16(acc[k][d] * inv);
         }
     }
 }

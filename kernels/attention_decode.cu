@@ -1,7 +1,7 @@
 // attention_decode.cu — flash-decoding: one new token per sequence against its paged cache,
 // the keys split across CTAs, then a reduction that merges the splits by log-sum-exp.
 //
-// attention_decode_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention/params.h)
+// attention_decode_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q, k_cache, v_cache, metadata, scale, softcap, window: as attention_prefill.cu
 //   partial_o    [T, H, num_splits, hd]   f32  out: each split's normalised output
 //   partial_lse  [T, H, num_splits]       f32  out: m + ln(l) of the split (-inf if empty)
@@ -46,6 +46,8 @@ __device__ __forceinline__ void reduce(const AttentionParams &p) {
 }  // namespace flint::attention_decode
 
 // The head-dim instantiations (one line each; keep in step with HEAD_DIMS in attention.rs).
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd16(const AttentionParams p) { flint::attention::run_tile<16, true>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd32(const AttentionParams p) { flint::attention::run_tile<32, true>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64, true>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128, true>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256, true>(p); }

@@ -3,7 +3,7 @@
 // prefix reuse). out[t, h] = softmax_j(softcap(scale * q[t, h] . k[j])) v[j] over the keys
 // query t may see (causal, optional sliding window); GQA head h reads kv head h / (H / KV).
 //
-// attention_prefill_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention/params.h)
+// attention_prefill_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q         [T, H, hd]                          bf16   rotated queries
 //   k_cache   [num_blocks, block_size, KV, hd]    bf16   this layer
 //   v_cache   [num_blocks, block_size, KV, hd]    bf16
@@ -17,6 +17,8 @@
 #include "attention.cuh"
 
 // The head-dim instantiations (one line each; keep in step with HEAD_DIMS in attention.rs).
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd16(const AttentionParams p) { flint::attention::run_tile<16, false>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd32(const AttentionParams p) { flint::attention::run_tile<32, false>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64, false>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128, false>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256, false>(p); }

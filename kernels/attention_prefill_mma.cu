@@ -4,7 +4,7 @@
 // `PrefillPath::Mma`); the CUDA-core kernel stays the default until a GPU run has checked
 // this one (flint selftest runs both).
 //
-// attention_prefill_mma_bf16_hd{64,128,256}(AttentionParams p)   (kernels/attention/params.h)
+// attention_prefill_mma_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q         [T, H, hd]                          bf16   rotated queries
 //   k_cache   [num_blocks, block_size, KV, hd]    bf16   this layer
 //   v_cache   [num_blocks, block_size, KV, hd]    bf16
@@ -230,6 +230,8 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 }  // namespace flint::attention_prefill_mma
 
 // The head-dim instantiations (keep in step with HEAD_DIMS in attention.rs).
+extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd16(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<16>(p); }
+extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd32(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<32>(p); }
 extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd64(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<64>(p); }
 extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128>(p); }
 extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd256(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<256>(p); }

@@ -155,5 +155,6 @@ run([(37, 37)], 8, 2, 64)
 run([(5, 20), (1, 1), (9, 50)], 4, 4, 16 * 4, softcap=50.0, window=8)
 run([(1, 100), (1, 17)], 8, 1, 128)
 run([(40, 70)], 6, 2, 32, softcap=30.0, window=16)
+run([(21, 30), (1, 9)], 4, 2, 16)  # head dim 16 (the tiny fixtures): one k16 step
 run([(3, 3), (1, 40), (20, 33)], 8, 1, 256, window=300)  # MQA, head dim 256, q_len 1 in a ragged batch
 print("ok")

@@ -38,7 +38,9 @@ pub const CTA_KV: usize = FLINT_ATTN_CTA_KV as usize;
 /// Threads per CTA of every attention kernel.
 pub const NUM_THREADS: u32 = FLINT_ATTN_NUM_WARPS * 32;
 /// Head dims with a kernel instantiation (the extern "C" lines of attention_prefill.cu / attention_decode.cu).
-pub const HEAD_DIMS: &[usize] = &[64, 128, 256];
+/// 16 and 32 serve the tiny test fixtures (so every fixture runs end to end on a GPU); real
+/// checkpoints of the supported families use 64, 128 or 256.
+pub const HEAD_DIMS: &[usize] = &[16, 32, 64, 128, 256];
 /// A decode split covers at least this many keys (fewer is not worth a partial + merge).
 pub const MIN_KEYS_PER_SPLIT: usize = 256;
 pub const MAX_SPLITS: usize = 64;
@@ -74,13 +76,19 @@ pub struct Launch {
 
 /// Kernel symbols launched from here (the host resolves them once at load).
 pub const ATTENTION_KERNELS: &[&str] = &[
+    "attention_prefill_bf16_hd16",
+    "attention_prefill_bf16_hd32",
     "attention_prefill_bf16_hd64",
     "attention_prefill_bf16_hd128",
     "attention_prefill_bf16_hd256",
+    "attention_decode_bf16_hd16",
+    "attention_decode_bf16_hd32",
     "attention_decode_bf16_hd64",
     "attention_decode_bf16_hd128",
     "attention_decode_bf16_hd256",
     "attention_decode_reduce_bf16",
+    "attention_prefill_mma_bf16_hd16",
+    "attention_prefill_mma_bf16_hd32",
     "attention_prefill_mma_bf16_hd64",
     "attention_prefill_mma_bf16_hd128",
     "attention_prefill_mma_bf16_hd256",
@@ -94,6 +102,8 @@ pub fn max_shared_bytes(_kernel: &str) -> u32 {
 
 fn prefill_symbol(head_dim: usize) -> Option<&'static str> {
     Some(match head_dim {
+        16 => "attention_prefill_bf16_hd16",
+        32 => "attention_prefill_bf16_hd32",
         64 => "attention_prefill_bf16_hd64",
         128 => "attention_prefill_bf16_hd128",
         256 => "attention_prefill_bf16_hd256",
@@ -103,6 +113,8 @@ fn prefill_symbol(head_dim: usize) -> Option<&'static str> {
 
 fn prefill_mma_symbol(head_dim: usize) -> Option<&'static str> {
     Some(match head_dim {
+        16 => "attention_prefill_mma_bf16_hd16",
+        32 => "attention_prefill_mma_bf16_hd32",
         64 => "attention_prefill_mma_bf16_hd64",
         128 => "attention_prefill_mma_bf16_hd128",
         256 => "attention_prefill_mma_bf16_hd256",
@@ -123,6 +135,8 @@ pub enum PrefillPath {
 
 fn decode_symbol(head_dim: usize) -> Option<&'static str> {
     Some(match head_dim {
+        16 => "attention_decode_bf16_hd16",
+        32 => "attention_decode_bf16_hd32",
         64 => "attention_decode_bf16_hd64",
         128 => "attention_decode_bf16_hd128",
         256 => "attention_decode_bf16_hd256",
