@@ -29,7 +29,10 @@
 #                                   # (issue 5's speed report), and `flint throughput` on
 #                                   # synthetic:llama-3-8b, 1,000 requests 512 in / 256 out,
 #                                   # graphs on 130 s (issue 6's report); ~535 s in all.
-# Run "core" on the first lent GPU; "serve" when core has passed on a card.
+#   bash gpu-bundle/run.sh sanitize # compute-sanitizer over `flint selftest --quick`:
+#                                   # memcheck 300 s, then racecheck 200 s (shared memory
+#                                   # races in the tiled kernels); errors in the report.
+# Run "core" on the first lent GPU; "serve" and "sanitize" when core has run on a card.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU, 3 it hit its
 # timeout: not 124, which the device tool reads as the whole call timing out); the benches
@@ -80,9 +83,9 @@ cat >"$bundle/run.sh" <<'RUN'
 set -uo pipefail
 part="${1:-core}"
 case "$part" in
-core | serve) echo "gpu-check: part $part" ;;
+core | serve | sanitize) echo "gpu-check: part $part" ;;
 *)
-    echo "run.sh: unknown part '$part' (core or serve)" >&2
+    echo "run.sh: unknown part '$part' (core, serve or sanitize)" >&2
     exit 2
     ;;
 esac
@@ -138,7 +141,20 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
     >"$log/nvidia-smi-query.out" 2>&1 || true
 cat "$log/nvidia-smi-query.out"
 
-if [ "$part" = serve ]; then
+if [ "$part" = sanitize ]; then
+san="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
+if [ -z "$san" ]; then
+    echo "no compute-sanitizer on this machine" >"$log/selftest.err"
+    echo 127 >"$log/selftest.rc"
+else
+    # The sanitizer's exit code is nonzero on any error it finds; its report is on stderr.
+    step selftest 300 "$san" --tool memcheck --error-exitcode 9 "$flint" selftest --quick \
+        --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
+    step racecheck 200 "$san" --tool racecheck --racecheck-report all --error-exitcode 9 "$flint" selftest --quick \
+        --fixtures "$here/fixtures"
+fi
+selftest_rc="$(cat "$log/selftest.rc")"
+elif [ "$part" = serve ]; then
 step selftest 60 "$flint" selftest --quick --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Issue 5: decode at batch 1/8/32, bf16 and each quantized format, same run, same card.
@@ -216,6 +232,7 @@ report = {
     "comparison": parse(read("peers.json")),
 }
 serve = ["bench_tg_bf16", "bench_tg_int8", "bench_tg_int4", "bench_tg_fp8", "throughput"]
+report["racecheck"] = stepinfo("racecheck", None)
 for k in serve:
     report[k] = stepinfo(k, parse(read(k + ".out")) if k == "throughput" else read(k + ".out"))
 ran = lambda k: read(k + ".rc") is not None
@@ -249,6 +266,9 @@ for k in ["bench"] + serve[:4]:
         md.append(f"{k} (exit {b['exit']} after {b['seconds']} s): " + "; ".join(csv_cell(c) for c in csv))
     else:
         md.append(f"{k}: exit {b['exit']}: {b['stderr_tail'][-300:]}")
+if ran("racecheck"):
+    r = report["racecheck"]
+    md.append(f"racecheck: exit {r['exit']} after {r['seconds']} s: {r['stderr_tail'][-600:]}")
 if ran("throughput"):
     t = report["throughput"]
     keep = ("completed", "failed", "output_tokens_per_s", "total_tokens_per_s", "ttft_ms", "itl_ms", "kv_cache", "graph_steps")
