@@ -17,7 +17,8 @@ pub enum Activation {
 }
 
 /// How rotary frequencies are scaled for long context.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum RopeScaling {
     None,
     /// positions divided by `factor` (Gemma 3 global layers, linear rope_type).
@@ -34,7 +35,7 @@ pub enum RopeScaling {
 }
 
 /// One rotary embedding: the frequencies every layer using it shares.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct RopeSpec {
     pub theta: f32,
     /// Dimensions rotated at the front of each head (even, ≤ head_dim).

@@ -767,7 +767,7 @@ fn info(model: &str) -> Result<()> {
         "vocab": spec.vocab_size,
         "max_position": spec.max_position,
         "activation": format!("{:?}", spec.activation),
-        "rope": spec.ropes.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>(),
+        "rope": spec.ropes,
         "sliding_windows": windows,
         "attn_softcap": spec.attn_softcap,
         "final_softcap": spec.final_softcap,

@@ -134,6 +134,10 @@ fn info_and_bench_run_on_synthetic_models() {
     assert_eq!(v["kv_heads"], 8);
     let p = v["parameters"].as_u64().unwrap();
     assert!((8_000_000_000..8_100_000_000).contains(&p), "{p}");
+    // Rope as structured JSON, not a Debug string (Llama-3-8B has no rope scaling).
+    assert_eq!(v["rope"][0]["theta"], 500000.0);
+    assert_eq!(v["rope"][0]["scaling"]["type"], "none");
+    assert_eq!(v["rope"][0]["rotary_dim"], 128);
 
     let (ok, out, err) = flint(&[
         "bench",
