@@ -10,8 +10,9 @@
 //!
 //! Throughput: the fewest bytes an op must move (bf16, each input read and each output written
 //! once; `flint bench-ops`' formula for matmul and attention), shown as GB/s; ids with `_flop`
-//! report FLOPs as elements (read "elem/s" as FLOP/s). Weights are rotated past the L2 as in
-//! `flint bench-ops`; the 1-row norm/rope/act rows run from the L2 (launch latency).
+//! report FLOPs as elements (read "elem/s" as FLOP/s). Matmul weights are rotated past the L2
+//! as in `flint bench-ops`; norm/rope/act inputs are not, so at 1 and 512 rows they sit in the
+//! L2 (50 MB on an H100) and those rows time launch latency and the L2, not device memory.
 //!
 //! Each sample enqueues its iterations back to back and synchronizes the stream before the
 //! clock stops (criterion times the host). Needs a GPU; without one (or without kernels in the
