@@ -306,7 +306,7 @@ fn filled(be: &CudaBackend, pattern: &CudaTensor, rows: usize, cols: usize) -> R
     Ok(t)
 }
 
-fn attn_params() -> AttnParams {
+pub fn attn_params() -> AttnParams {
     AttnParams {
         num_heads: HEADS,
         num_kv_heads: KV_HEADS,
