@@ -13,6 +13,9 @@ One row per case: flint's time, the peer's time, the ratio peer/flint (above 1: 
 faster), and flint's fraction of its roofline: the floor max(bytes / copy bandwidth,
 FLOPs / GEMM rate) over flint's time, with both ceilings measured in the same run by flint
 itself (`copy` and `gemm_8192` rows; the peer's are used, and said so, if flint's are missing).
+Rows pair by case id, except flint-only variants (`_mma`, `_cublaslt`, `_gemv`: beside the
+peer case without the suffix) and MoE: flint's one `moe_t<T>` row (routing included, as the
+peer's) sits beside both of the peer's `moe_loop_t<T>` and `moe_grouped_t<T>`.
 
 End-to-end rows come from `flint bench` on synthetic:llama-3-8b, its `-o csv` output (rows
 printed as they complete, so a timeout keeps the finished ones) or its `-o json` report:
@@ -25,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 # Llama-3-8B (flint's synthetic:llama-3-8b, peers.py's config).
@@ -164,6 +168,20 @@ def base_case(i):
     return None
 
 
+# Peer cases whose flint row has another id: peers.py times MoE two ways (a loop of
+# torch.matmul, a grouped GEMM), flint one (`moe_t<T>`, the path moe_path picks); each peer row
+# gets flint's row beside it.
+PEER_TO_FLINT = ((re.compile(r"moe_(?:loop|grouped)_t(\d+)"), r"moe_t\1"),)
+
+
+def flint_case(i):
+    """The flint id a peer case id is compared with (itself unless PEER_TO_FLINT maps it)."""
+    for pat, repl in PEER_TO_FLINT:
+        if pat.fullmatch(i):
+            return pat.sub(repl, i)
+    return i
+
+
 def merge(flint, bench, peer):
     """The table rows: every id in flint's, the bench's or the peer's output, in report order."""
     order = ["copy", "gemm", "proj", "prefill", "decode", "moe", "e2e"]
@@ -171,6 +189,9 @@ def merge(flint, bench, peer):
     fl.update(bench)
     bw, rate, notes = ceilings(flint, peer)
     ids = list(dict.fromkeys(list(fl) + list(peer)))
+    # A flint row shown beside peer rows of other ids is not listed again on its own.
+    paired = {flint_case(p) for p in peer if flint_case(p) != p}
+    ids = [i for i in ids if i in peer or i not in paired]
 
     def group(i):
         g = (fl.get(i) or peer.get(i) or {}).get("group") or i.split("_")[0]
@@ -183,7 +204,7 @@ def merge(flint, bench, peer):
             continue
         # flint-only variants (`prefill_attn_<n>_mma`, `proj_<name>_t<T>_cublaslt`) sit beside
         # the same peer case.
-        f, p = fl.get(i), peer.get(i) or peer.get(base_case(i))
+        f, p = fl.get(flint_case(i)), peer.get(i) or peer.get(base_case(i))
         tf, tp = ok_time(f), ok_time(p)
         src = f or p or {}
         bytes_, flops = src.get("bytes") or 0.0, src.get("flops") or 0.0
@@ -198,6 +219,7 @@ def merge(flint, bench, peer):
                 floor, bound = max(cand)
         out.append({
             "id": i,
+            "flint_id": flint_case(i) if f else None,
             "flint_s": tf,
             "flint_error": f.get("error") if f else None,
             "peer_s": tp,
@@ -236,7 +258,8 @@ def markdown(rows, bw, rate, notes, flint_info, peer_info, problems, peer_ceilin
     for r in rows:
         ratio = f"{r['ratio_peer_over_flint']:.2f}" if r["ratio_peer_over_flint"] else "—"
         frac = f"{100 * r['roofline_fraction']:.0f}%" if r["roofline_fraction"] else "—"
-        md.append(f"| {r['id']} | {cell(r['flint_s'], r['flint_error'])} | {r['peer'] or '—'} | "
+        case = r["id"] if r.get("flint_id") in (None, r["id"]) else f"{r['id']} (flint {r['flint_id']})"
+        md.append(f"| {case} | {cell(r['flint_s'], r['flint_error'])} | {r['peer'] or '—'} | "
                   f"{cell(r['peer_s'], r['peer_error'])} | {ratio} | {r['bound'] or '—'} | {frac} |")
     # The copy row is a ceiling, not an op of the engine: left out of the gaps.
     gaps = sorted((r for r in rows if r["id"] != "copy" and r["ratio_peer_over_flint"]

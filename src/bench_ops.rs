@@ -16,6 +16,16 @@
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
 //!   C = 1k, 8k, 32k), the split-K decode path;
+//! - `moe_t<T>`: one Mixtral-8x7B MoE layer (8 experts, top-2, hidden 4096, expert
+//!   intermediate 14336, SiLU) from its normed input `x [T, 4096]` to its output, for T = 8,
+//!   64, 512, 4096: the router GEMM, `moe_route` (softmax over the 8 experts, top-2, the two
+//!   weights renormalized: peers.py's routing) and `moe_experts` on the path `moe_path` picks
+//!   (dispatch, gate|up + SiLU, down × routing weight, combine). Routing is included because
+//!   the peer's `moe_loop_t<T>` / `moe_grouped_t<T>` include theirs (router matmul, softmax,
+//!   top-k, sort, count); compare.py puts this row beside both. Bytes: the weights of the
+//!   experts the routing actually selected (counted from the ids the device wrote, after the
+//!   timing), the router, x and out; FLOPs: the router GEMM and 2 per expert weight per
+//!   (token, selected expert);
 //! - `prefill_attn_<n>_mma`: the prefill cases again on the tensor-core kernel
 //!   (`PrefillPath::Mma`, opt-in until a GPU run checked it), last, so that a fault in it
 //!   cannot cost the other rows.
@@ -29,13 +39,14 @@
 //! repeated calls do not run from the L2 cache.
 
 use crate::backend::cuda::attention::PrefillPath;
-use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor, DensePath};
-use crate::backend::{AttnParams, Backend, KvShape, SeqStep, StepInput};
+use crate::backend::cuda::{moe_path, CudaBackend, CudaKvCache, CudaTensor, DensePath, MoePath};
+use crate::backend::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, SeqStep, StepInput};
+use crate::config::Activation;
 use crate::sampling::Rng;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
-pub const GROUPS: &[&str] = &["copy", "gemm", "proj", "prefill", "decode"];
+pub const GROUPS: &[&str] = &["copy", "gemm", "proj", "prefill", "decode", "moe"];
 
 const HIDDEN: usize = 4096;
 const HEADS: usize = 32;
@@ -57,6 +68,11 @@ pub const PROJECTIONS: &[(&str, usize, usize)] = &[
 pub const PREFILL_TOKENS: &[usize] = &[1024, 4096, 16384];
 pub const DECODE_BATCH: &[usize] = &[1, 32, 128];
 pub const DECODE_CTX: &[usize] = &[1024, 8192, 32768];
+/// Mixtral-8x7B's MoE layer (peers.py's `moe_*` cases): experts, top-k, expert intermediate.
+pub const MOE_EXPERTS: usize = 8;
+pub const MOE_TOPK: usize = 2;
+pub const MOE_INTER: usize = 14336;
+pub const MOE_TOKENS: &[usize] = &[8, 64, 512, 4096];
 const COPY_BYTES: usize = 1 << 30;
 /// Inputs smaller than this are replicated and rotated (H100 L2: 50 MB, H200: 60 MB).
 const ROTATE_BYTES: usize = 256 << 20;
@@ -85,6 +101,33 @@ pub enum Case {
         batch: usize,
         ctx: usize,
     },
+    /// One MoE layer, routing included, on the default path.
+    Moe {
+        tokens: usize,
+    },
+}
+
+/// Bytes of one bf16 expert's weights (gate|up `[2I, D]` and down `[D, I]`).
+pub const MOE_EXPERT_BYTES: usize = 2 * 3 * MOE_INTER * HIDDEN;
+
+/// Fewest bytes a MoE layer of `tokens` tokens moves when its routing selected
+/// `experts_used` distinct experts: their weights once each, the router `[E, D]`, x read and
+/// out written (ids, routing weights and logits are a few KiB and left out).
+pub fn moe_bytes(tokens: usize, experts_used: usize) -> f64 {
+    (experts_used * MOE_EXPERT_BYTES + 2 * (MOE_EXPERTS * HIDDEN + 2 * tokens * HIDDEN)) as f64
+}
+
+/// Distinct experts among the ids `moe_route` wrote (f32 holding integers); an id outside
+/// 0..E is an error (a broken router must not pass as a byte count).
+pub fn experts_used(ids: &[f32]) -> Result<usize> {
+    let mut seen = [false; MOE_EXPERTS];
+    for &id in ids {
+        if !(id >= 0.0 && (id as usize) < MOE_EXPERTS && id.fract() == 0.0) {
+            bail!("bench-ops moe: the router wrote expert id {id} (experts: 0..{MOE_EXPERTS})");
+        }
+        seen[id as usize] = true;
+    }
+    Ok(seen.iter().filter(|&&s| s).count())
 }
 
 impl Case {
@@ -95,6 +138,7 @@ impl Case {
             Case::Gemm { .. } => "proj",
             Case::Prefill { .. } => "prefill",
             Case::Decode { .. } => "decode",
+            Case::Moe { .. } => "moe",
         }
     }
 
@@ -108,6 +152,7 @@ impl Case {
                 PrefillPath::Mma => format!("prefill_attn_{tokens}_mma"),
             },
             Case::Decode { batch, ctx } => format!("decode_attn_b{batch}_c{ctx}"),
+            Case::Moe { tokens } => format!("moe_t{tokens}"),
         }
     }
 
@@ -124,12 +169,26 @@ impl Case {
             Case::Decode { batch, ctx } => {
                 format!("{batch} seqs x {ctx} keys, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}")
             }
+            Case::Moe { tokens } => {
+                let path = match moe_path(*tokens) {
+                    MoePath::Gemv => "gemv",
+                    MoePath::Grouped => "grouped",
+                };
+                format!(
+                    "{tokens} tokens, {MOE_EXPERTS} experts top-{MOE_TOPK}, D {HIDDEN}, I {MOE_INTER}, routing included, {path} path"
+                )
+            }
         }
     }
 
     /// Fewest bytes the op must move through device memory (each input read once, each
-    /// output written once), bf16.
+    /// output written once), bf16. MoE: as if every expert a routing of this many tokens can
+    /// reach were selected; the row reports the experts the routing did select
+    /// ([`moe_bytes`]).
     pub fn bytes(&self) -> f64 {
+        if let Case::Moe { tokens } = *self {
+            return moe_bytes(tokens, MOE_EXPERTS.min(tokens * MOE_TOPK));
+        }
         let b = match *self {
             Case::Copy { bytes } => 2 * bytes,
             Case::Gemm { t, n, k, .. } => 2 * (t * k + n * k + t * n),
@@ -139,6 +198,7 @@ impl Case {
             Case::Decode { batch, ctx } => {
                 2 * (2 * batch * ctx * KV_HEADS * HEAD_DIM + 2 * batch * HEADS * HEAD_DIM)
             }
+            Case::Moe { .. } => unreachable!("returned above"),
         };
         b as f64
     }
@@ -153,6 +213,12 @@ impl Case {
                 4.0 * (HEADS * HEAD_DIM) as f64 * pairs
             }
             Case::Decode { batch, ctx } => 4.0 * (batch * HEADS * HEAD_DIM) as f64 * ctx as f64,
+            // Router [T, D]·[E, D]ᵀ, then per (token, selected expert) gate|up and down.
+            Case::Moe { tokens } => {
+                let t = tokens as f64;
+                2.0 * t * (MOE_EXPERTS * HIDDEN) as f64
+                    + 2.0 * t * MOE_TOPK as f64 * (3 * MOE_INTER * HIDDEN) as f64
+            }
         }
     }
 }
@@ -217,6 +283,9 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
             }
         }
     }
+    if want("moe") {
+        v.extend(MOE_TOKENS.iter().map(|&tokens| Case::Moe { tokens }));
+    }
     if want("prefill") {
         v.extend(prefill(PrefillPath::Mma));
     }
@@ -259,6 +328,9 @@ struct Timing {
     min_s: f64,
     enqueue_s: f64,
     calls: usize,
+    /// The bytes the case really moved, where that is known only after it ran (MoE: the
+    /// experts the routing selected); `None`: `Case::bytes`.
+    bytes: Option<f64>,
 }
 
 /// Times `f(i)` (i counts calls, for rotating inputs) as the module doc says.
@@ -295,6 +367,7 @@ fn time_op(
         min_s: means[0],
         enqueue_s: enq[enq.len() / 2],
         calls: i - 2,
+        bytes: None,
     })
 }
 
@@ -382,7 +455,62 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
                 case_s,
             )
         }
+        Case::Moe { tokens } => moe_case(be, pattern, tokens, case_s),
     }
+}
+
+/// One MoE layer as `model/moe.rs` runs it: router GEMM → `moe_route` → `moe_experts`. The
+/// stacked experts (2.8 GB) are far past the L2 cache, so one copy; the router's weights are
+/// random host values (std 1/√D, so logits of a variance-1 input have std ~1 and the top-2
+/// spreads over the experts), not the pattern that x is tiled from.
+fn moe_case(be: &CudaBackend, pattern: &CudaTensor, t: usize, case_s: f64) -> Result<Timing> {
+    let (e, k, d, i) = (MOE_EXPERTS, MOE_TOPK, HIDDEN, MOE_INTER);
+    let shape = MoeExperts {
+        num_experts: e,
+        top_k: k,
+        hidden: d,
+        intermediate: i,
+        act: Activation::Silu,
+    };
+    let routing = MoeRouting {
+        num_experts: e,
+        top_k: k,
+        norm_topk_prob: true,
+    };
+    let gate_up = filled(be, pattern, e * 2 * i, d)?;
+    let down = filled(be, pattern, e * d, i)?;
+    let mut rng = Rng::new(11);
+    let scale = 1.7 / (d as f32).sqrt();
+    let r: Vec<f32> = (0..e * d)
+        .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
+        .collect();
+    let router = be.tensor_from(&r, e, d)?;
+    let x = filled(be, pattern, t, d)?;
+    let mut logits = be.alloc(t, e)?;
+    let mut ids = be.alloc(t, k)?;
+    let mut weights = be.alloc(t, k)?;
+    let mut scratch = be.alloc(t * k, 2 * i)?;
+    let mut out = be.alloc(t, d)?;
+    be.reserve_moe(t, &shape)?;
+    let path = moe_path(t);
+    let mut timing = time_op(be, case_s, |_| {
+        be.matmul(&x, &router, None, &mut logits)?;
+        be.moe_route(&logits, &routing, &mut ids, &mut weights)?;
+        be.moe_experts_with(
+            &x,
+            &ids,
+            &weights,
+            &gate_up,
+            &down,
+            &shape,
+            &mut scratch,
+            &mut out,
+            path,
+        )
+    })?;
+    // Every call routes the same x: the ids of the last one are every call's.
+    timing.bytes = Some(moe_bytes(t, experts_used(&be.to_host(&ids)?)?));
+    Ok(timing)
 }
 
 /// Attention over a random cache of `layers` layers (rotated, one per call).
@@ -448,7 +576,10 @@ pub fn run(
             id: case.id(),
             group: case.group(),
             shape: case.shape(),
-            bytes: case.bytes(),
+            bytes: t
+                .as_ref()
+                .and_then(|t| t.bytes)
+                .unwrap_or_else(|| case.bytes()),
             flops: case.flops(),
             median_s: t.as_ref().map(|t| t.median_s),
             min_s: t.as_ref().map(|t| t.min_s),
@@ -495,7 +626,7 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 10 + 3 + 9 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 10 + 3 + 9 + 4 + 3);
         // The unverified tensor-core rows come last.
         assert_eq!(all.last().unwrap().id(), "prefill_attn_16384_mma");
         let mut ids: Vec<String> = all.iter().map(|c| c.id()).collect();
@@ -511,6 +642,17 @@ mod tests {
             .any(|c| c.id() == "proj_down_t8_cublaslt" && c.shape().ends_with("cublaslt forced")));
         assert!(!ids.contains(&"proj_o_t64_cublaslt".to_string()));
         assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
+        // MoE after the other cases, before the tensor-core prefill; peers.py's token counts.
+        assert_eq!(pos("moe_t8"), pos("decode_attn_b128_c32768") + 1);
+        assert_eq!(pos("prefill_attn_1024_mma"), pos("moe_t4096") + 1);
+        let moe: Vec<String> = cases(&["moe".into()])
+            .unwrap()
+            .iter()
+            .map(|c| c.id())
+            .collect();
+        assert_eq!(moe, ["moe_t8", "moe_t64", "moe_t512", "moe_t4096"]);
+        assert!(Case::Moe { tokens: 8 }.shape().ends_with("gemv path"));
+        assert!(Case::Moe { tokens: 512 }.shape().ends_with("grouped path"));
         let only = cases(&["decode".into()]).unwrap();
         assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9);
         assert_eq!(cases(&["prefill".into()]).unwrap().len(), 6);
@@ -547,6 +689,30 @@ mod tests {
         };
         assert_eq!(p.flops(), 4.0 * 32.0 * 128.0 * 3.0);
         assert_eq!(Case::Copy { bytes: 10 }.bytes(), 20.0);
+    }
+
+    #[test]
+    fn moe_bytes_count_the_selected_experts_and_flops_the_assignments() {
+        // One expert: gate|up 2·14336·4096 and down 4096·14336 bf16 values.
+        assert_eq!(MOE_EXPERT_BYTES, 2 * 3 * 14336 * 4096);
+        let m = Case::Moe { tokens: 64 };
+        assert_eq!(m.group(), "moe");
+        let io = 2.0 * (8.0 * 4096.0 + 2.0 * 64.0 * 4096.0);
+        assert_eq!(m.bytes(), 8.0 * 352_321_536.0 + io);
+        assert_eq!(moe_bytes(64, 3), 3.0 * 352_321_536.0 + io);
+        // One token reaches at most its top-2 experts.
+        assert_eq!(Case::Moe { tokens: 1 }.bytes(), moe_bytes(1, 2));
+        // Router 2·T·8·4096, then 2 per expert weight per (token, expert): T·2 assignments.
+        assert_eq!(
+            m.flops(),
+            2.0 * 64.0 * 8.0 * 4096.0 + 2.0 * 64.0 * 2.0 * 3.0 * 14336.0 * 4096.0
+        );
+        assert_eq!(experts_used(&[0.0, 3.0, 3.0, 7.0]).unwrap(), 3);
+        assert_eq!(experts_used(&[]).unwrap(), 0);
+        for bad in [8.0, -1.0, 1.5, f32::NAN] {
+            let e = experts_used(&[0.0, bad]).unwrap_err().to_string();
+            assert!(e.contains("expert id"), "{e}");
+        }
     }
 
     #[test]

@@ -240,10 +240,10 @@ enum Cmd {
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
     },
-    /// Kernel-level timings of flint's CUDA paths (copy, GEMM, attention) with bytes and
+    /// Kernel-level timings of flint's CUDA paths (copy, GEMM, attention, MoE) with bytes and
     /// FLOPs per case, for the peer comparison (scripts/peers.py, scripts/compare.py). GPU only.
     BenchOps {
-        /// Groups to run, comma-separated: copy, gemm, proj, prefill, decode (default: all).
+        /// Groups to run, comma-separated: copy, gemm, proj, prefill, decode, moe (default: all).
         #[arg(long)]
         only: Option<String>,
         /// Cases not started after this many seconds are reported as skipped.

@@ -1,5 +1,5 @@
 //! scripts/compare.py (issue 7's table) on fixed inputs: flint's bench-ops output cut short by
-//! a timeout, `flint bench -o csv` output cut short too (its JSON report must give the same
+//! a timeout (its MoE row paired with both of the peer's MoE rows), `flint bench -o csv` output cut short too (its JSON report must give the same
 //! rows), and a peers.py report (tests/fixtures/peers/, written by
 //! hand with round numbers so the expected ratios and roofline fractions are plain arithmetic).
 //! Skips, saying so, where python3 is missing (the GPU bundle needs it there anyway).
@@ -117,10 +117,30 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
         .unwrap()
         .contains("OUT_OF_MEMORY"));
     assert!(row("moe_loop_t8")["flint_s"].is_null());
+    // flint's one MoE row (moe_t64: 2 ms) sits beside both of the peer's MoE rows (the loop
+    // 4 ms, the grouped GEMM 1 ms) and is not listed again on its own. Its bytes (the 8
+    // selected experts' 3·14336·4096 bf16 weights, the router, x and out) over the copy rate
+    // are the floor; its FLOPs are far below the GEMM rate's.
+    let ml = row("moe_loop_t64");
+    assert!(close(&ml["flint_s"], 0.002) && close(&ml["ratio_peer_over_flint"], 2.0));
+    assert_eq!(ml["flint_id"], "moe_t64");
+    assert_eq!(ml["bound"], "memory");
+    let moe_bytes = 8.0 * 352321536.0 + 2.0 * (8.0 * 4096.0 + 2.0 * 64.0 * 4096.0);
+    assert!(
+        close(&ml["roofline_fraction"], moe_bytes / bw / 0.002),
+        "{ml}"
+    );
+    let mg = row("moe_grouped_t64");
+    assert!(close(&mg["ratio_peer_over_flint"], 0.5) && mg["flint_id"] == "moe_t64");
+    assert!(!rows.iter().any(|r| r["id"] == "moe_t64"));
     assert!(!rows.iter().any(|r| r["id"] == "e2e_build"));
     let table = std::fs::read_to_string(&md).unwrap();
     assert!(table.contains("| proj_o_t1 | 20 µs | torch.matmul | 15 µs | 0.75 | memory | 78% |"));
     assert!(table.contains("err: attention: CUDA_ERROR_OUT_OF_MEMORY"));
+    assert!(
+        table.contains("| moe_loop_t64 (flint moe_t64) | 2 ms | loop of torch.matmul | 4 ms | 2.00 | memory | 66% |"),
+        "{table}"
+    );
     // Both ceilings printed, flint's and torch's (2 GiB in 0.8 ms; 2·8192³ in 1.4 ms).
     assert!(
         table.contains("copy 2147 GB/s / 2684 GB/s")
