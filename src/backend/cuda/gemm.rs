@@ -31,6 +31,17 @@ use std::sync::Arc;
 
 /// Most tokens the GEMV kernels take (`FLINT_GEMV_MAX_TOKENS`, read from params.h).
 pub const GEMV_MAX_TOKENS: usize = params::FLINT_GEMV_MAX_TOKENS as usize;
+/// The GEMV kernel of each token count (index t - 1), named once: no string is built per call.
+const GEMV_KERNELS: [&str; GEMV_MAX_TOKENS] = [
+    "gemv_bf16_t1",
+    "gemv_bf16_t2",
+    "gemv_bf16_t3",
+    "gemv_bf16_t4",
+    "gemv_bf16_t5",
+    "gemv_bf16_t6",
+    "gemv_bf16_t7",
+    "gemv_bf16_t8",
+];
 /// Output rows per GEMV CTA (`FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP`).
 pub const GEMV_ROWS_PER_CTA: usize =
     (params::FLINT_GEMV_WARPS * params::FLINT_GEMV_ROWS_PER_WARP) as usize;
@@ -349,7 +360,7 @@ impl Gemm {
         };
         let mut gemv = [std::ptr::null_mut(); GEMV_MAX_TOKENS];
         for (t, f) in gemv.iter_mut().enumerate() {
-            *f = dev.function(&format!("gemv_bf16_t{}", t + 1))?;
+            *f = dev.function(GEMV_KERNELS[t])?;
         }
         dev.ctx
             .bind_to_thread()
@@ -429,10 +440,17 @@ impl Gemm {
         s.context()
             .bind_to_thread()
             .context("binding the CUDA context to this thread")?;
-        let name = format!("gemv_bf16_t{t}");
         // SAFETY: p points into live buffers of the shapes GemvParams documents (the caller
         // checked each buffer's capacity); the kernel is gemv_bf16_t<t> and num_tokens == t.
-        unsafe { launch(&name, self.gemv[t - 1], gemv_shape(n), s.cu_stream(), &p) }
+        unsafe {
+            launch(
+                GEMV_KERNELS[t - 1],
+                self.gemv[t - 1],
+                gemv_shape(n),
+                s.cu_stream(),
+                &p,
+            )
+        }
     }
 
     /// cuBLASLt with a cached plan: one `cublasLtMatmul` per call once the shape was seen.
@@ -497,6 +515,14 @@ impl Gemm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemv_kernel_names_are_the_exported_symbols_in_token_order() {
+        for (i, name) in GEMV_KERNELS.iter().enumerate() {
+            assert_eq!(*name, format!("gemv_bf16_t{}", i + 1));
+            assert!(crate::backend::cuda::KERNEL_NAMES.contains(name), "{name}");
+        }
+    }
 
     #[test]
     fn row_major_maps_to_transposed_column_major() {
