@@ -54,6 +54,42 @@ __device__ __forceinline__ int2 split_range(int lo, int hi, int split, int num_s
     return make_int2(s_lo, min(hi, s_lo + chunk));
 }
 
+// Stages the tile's q rows [row0, row0 + NROWS) into q_s (row stride STRIDE): row r = i * group
+// + g is query i of the sequence with head kv_head * group + g; zeros past `rows`. Threads
+// tid, tid + nthreads, ... share the 16-byte pieces (a CTA or a single warp).
+template <int HEAD_DIM, int NROWS, int STRIDE>
+__device__ __forceinline__ void stage_q(const AttentionParams &p, bf16 *q_s, int tid, int nthreads, const Tile &tile,
+                                        int rows, int q_start, int group) {
+    for (int e = tid; e < NROWS * (HEAD_DIM / VEC); e += nthreads) {
+        const int r = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
+        const int row = tile.row0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row < rows) {
+            const int i = row / group, h = tile.kv_head * group + row % group;
+            v = *reinterpret_cast<const uint4 *>(p.q + (int64_t(q_start + i) * p.num_heads + h) * HEAD_DIM + c);
+        }
+        *reinterpret_cast<uint4 *>(q_s + r * STRIDE + c) = v;
+    }
+}
+// Stages keys [kv0, kv0 + NKEYS) of the tile's kv head from the paged cache (block table bt)
+// into k_s / v_s (row stride STRIDE); zeros at and past kv_hi.
+template <int HEAD_DIM, int NKEYS, int STRIDE>
+__device__ __forceinline__ void stage_kv(const AttentionParams &p, bf16 *k_s, bf16 *v_s, int tid, int nthreads,
+                                         const int *bt, int kv_head, int kv0, int kv_hi) {
+    for (int e = tid; e < NKEYS * (HEAD_DIM / VEC); e += nthreads) {
+        const int j = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
+        const int key = kv0 + j;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+        if (key < kv_hi) {
+            const int64_t slot = int64_t(bt[key / p.block_size]) * p.block_size + key % p.block_size;
+            const int64_t at = (slot * p.num_kv_heads + kv_head) * HEAD_DIM + c;
+            kv = *reinterpret_cast<const uint4 *>(p.k_cache + at);
+            vv = *reinterpret_cast<const uint4 *>(p.v_cache + at);
+        }
+        *reinterpret_cast<uint4 *>(k_s + j * STRIDE + c) = kv;
+        *reinterpret_cast<uint4 *>(v_s + j * STRIDE + c) = vv;
+    }
+}
 // Runs one tile. Prefill (WRITE_PARTIAL false): out = softmax(s) v in bf16. Decode split
 // (true): partial_o = the split's normalised output, partial_lse = m + ln(l) (-inf if empty).
 template <int HEAD_DIM, bool WRITE_PARTIAL>
@@ -80,16 +116,7 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
     const int first_pos = ctx - q_len;
 
     // Load the tile's q rows (zeros past the sequence).
-    for (int e = threadIdx.x; e < CTA_Q * (HEAD_DIM / VEC); e += NUM_THREADS) {
-        const int r = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
-        const int row = tile.row0 + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (row < rows) {
-            const int i = row / group, h = tile.kv_head * group + row % group;
-            v = *reinterpret_cast<const uint4 *>(p.q + (int64_t(q_start + i) * H + h) * HEAD_DIM + c);
-        }
-        *reinterpret_cast<uint4 *>(q_s + r * HEAD_DIM + c) = v;
-    }
+    stage_q<HEAD_DIM, CTA_Q, HEAD_DIM>(p, q_s, threadIdx.x, NUM_THREADS, tile, rows, q_start, group);
 
     // The tile's key range: [min lo, max p + 1) over its rows, then the split's share.
     const int last_row = min(rows, tile.row0 + CTA_Q) - 1;
@@ -116,19 +143,7 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
 
     for (int kv0 = kv_lo; kv0 < kv_hi; kv0 += CTA_KV) {
         __syncthreads();  // previous K/V tile fully read (and q_s written, first time)
-        for (int e = threadIdx.x; e < CTA_KV * (HEAD_DIM / VEC); e += NUM_THREADS) {
-            const int j = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
-            const int key = kv0 + j;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-            if (key < kv_hi) {
-                const int64_t slot = int64_t(bt[key / p.block_size]) * p.block_size + key % p.block_size;
-                const int64_t at = (slot * KV + tile.kv_head) * HEAD_DIM + c;
-                kv = *reinterpret_cast<const uint4 *>(p.k_cache + at);
-                vv = *reinterpret_cast<const uint4 *>(p.v_cache + at);
-            }
-            *reinterpret_cast<uint4 *>(k_s + j * KV_STRIDE + c) = kv;
-            *reinterpret_cast<uint4 *>(v_s + j * KV_STRIDE + c) = vv;
-        }
+        stage_kv<HEAD_DIM, CTA_KV, KV_STRIDE>(p, k_s, v_s, threadIdx.x, NUM_THREADS, bt, tile.kv_head, kv0, kv_hi);
         __syncthreads();
 
         const int key = kv0 + lane;

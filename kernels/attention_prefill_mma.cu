@@ -88,16 +88,7 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     const int rows = q_len * group;
     const int first_pos = ctx - q_len;
 
-    for (int e = lane; e < ROWS * (HEAD_DIM / VEC); e += WARP_SIZE) {
-        const int r = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
-        const int row = tile.row0 + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (row < rows) {
-            const int i = row / group, h = tile.kv_head * group + row % group;
-            v = *reinterpret_cast<const uint4 *>(p.q + (int64_t(q_start + i) * H + h) * HEAD_DIM + c);
-        }
-        *reinterpret_cast<uint4 *>(q_s + r * STRIDE + c) = v;
-    }
+    stage_q<HEAD_DIM, ROWS, STRIDE>(p, q_s, lane, WARP_SIZE, tile, rows, q_start, group);
 
     const int last_row = min(rows, tile.row0 + ROWS) - 1;
     const int p_min = first_pos + tile.row0 / group, p_max = first_pos + last_row / group;
@@ -121,19 +112,7 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 
     for (int kv0 = kv_lo; kv0 < kv_hi; kv0 += KEYS) {
         __syncthreads();  // the previous tile fully read (and q_s written, the first time)
-        for (int e = lane; e < KEYS * (HEAD_DIM / VEC); e += WARP_SIZE) {
-            const int j = e / (HEAD_DIM / VEC), c = (e % (HEAD_DIM / VEC)) * VEC;
-            const int key = kv0 + j;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-            if (key < kv_hi) {
-                const int64_t slot = int64_t(bt[key / p.block_size]) * p.block_size + key % p.block_size;
-                const int64_t at = (slot * KV + tile.kv_head) * HEAD_DIM + c;
-                kv = *reinterpret_cast<const uint4 *>(p.k_cache + at);
-                vv = *reinterpret_cast<const uint4 *>(p.v_cache + at);
-            }
-            *reinterpret_cast<uint4 *>(k_s + j * STRIDE + c) = kv;
-            *reinterpret_cast<uint4 *>(v_s + j * STRIDE + c) = vv;
-        }
+        stage_kv<HEAD_DIM, KEYS, STRIDE>(p, k_s, v_s, lane, WARP_SIZE, bt, tile.kv_head, kv0, kv_hi);
         __syncthreads();
 
         // S = Q Kᵀ for 16 rows x 32 keys.

@@ -1,7 +1,10 @@
 //! The f32 reference backend: plain loops, obviously right, the oracle for every CUDA kernel.
 //! Math follows transformers' float32 path (f32 accumulation, exact GELU/tanh/exp).
 
-use super::{AttnParams, Backend, KvShape, MoeExperts, MoeOperands, MoeRouting, QkNorm, StepInput};
+use super::{
+    check_weight_len, AttnParams, Backend, KvShape, MoeExperts, MoeOperands, MoeRouting, QkNorm,
+    StepInput,
+};
 use crate::config::Activation;
 use anyhow::{bail, Result};
 
@@ -122,12 +125,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<CpuTensor> {
-        if data.len() != rows * cols {
-            bail!(
-                "weight `{name}`: {} values for shape [{rows}, {cols}]",
-                data.len()
-            );
-        }
+        check_weight_len(name, data.len(), rows, cols)?;
         Ok(CpuTensor {
             data: data.to_vec(),
             rows,
@@ -629,6 +627,19 @@ impl Backend for CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_weight_that_does_not_fill_its_shape_is_an_error_naming_it() {
+        let e = CpuBackend
+            .upload_weight("model.norm.weight", &[1.0; 5], 2, 3)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "weight `model.norm.weight`: 5 values for shape [2, 3]"
+        );
+        assert!(CpuBackend.upload_weight("w", &[1.0; 6], 2, 3).is_ok());
+        assert!(check_weight_len("w", 0, usize::MAX, 2).is_err());
+    }
 
     #[test]
     fn erf_matches_known_values() {

@@ -160,6 +160,14 @@ pub struct MoeExperts {
     pub act: Activation,
 }
 
+/// Every backend's `upload_weight` check: `len` values must fill `[rows, cols]`.
+pub fn check_weight_len(name: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    if Some(len) != rows.checked_mul(cols) {
+        bail!("weight `{name}`: {len} values for shape [{rows}, {cols}]");
+    }
+    Ok(())
+}
+
 /// `[rows, cols]` of each operand of `moe_experts`, for the one shape check every backend runs.
 pub struct MoeOperands {
     pub x: (usize, usize),

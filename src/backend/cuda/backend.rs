@@ -18,7 +18,9 @@ use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
 use super::params::*;
-use crate::backend::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput};
+use crate::backend::{
+    check_weight_len, AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput,
+};
 use crate::config::Activation;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{result as cu, CudaSlice};
@@ -459,12 +461,7 @@ impl Backend for CudaBackend {
         rows: usize,
         cols: usize,
     ) -> Result<CudaTensor> {
-        if data.len() != rows * cols {
-            bail!(
-                "weight `{name}`: {} values for shape [{rows}, {cols}]",
-                data.len()
-            );
-        }
+        check_weight_len(name, data.len(), rows, cols)?;
         let host = to_bf16(data);
         let buf = if host.is_empty() {
             // SAFETY: a one-element buffer nobody reads (cuMemAlloc rejects 0 bytes).
