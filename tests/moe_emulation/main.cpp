@@ -178,6 +178,36 @@ static bool tables_ok(const Tables &tb, const std::vector<int> &ids, int E) {
 enum Routing { RANDOM, ALL_SAME };
 
 // gemv: also run the gather-GEMV path (slow to emulate: its warp sums are shuffles).
+// The gate|up GEMM's and the down GEMM's params of one layer over the dispatch tables: gate|up
+// reads x (row = assignment / K) into h, down reads h and scales by the routing weights into y.
+// The weights (w) are left to the caller.
+struct LayerParams {
+    MoeGemmParams gu, dn;
+};
+static LayerParams layer_params(const Tables &tb, const bf16 *x, bf16 *h, bf16 *y, const bf16 *rw, int E, int K,
+                                int D, int I) {
+    MoeGemmParams gu{};
+    gu.a = x;
+    gu.counts = tb.counts;
+    gu.offsets = tb.offsets;
+    gu.tile_expert = tb.tile_expert;
+    gu.row_src = tb.row_src;
+    gu.out = h;
+    gu.num_experts = E;
+    gu.a_div = K;
+    gu.k_dim = D;
+    gu.n_dim = I;
+    gu.max_tiles = tb.max_tiles;
+    MoeGemmParams dn = gu;
+    dn.a = h;
+    dn.route_weights = rw;
+    dn.out = y;
+    dn.a_div = 1;
+    dn.k_dim = I;
+    dn.n_dim = D;
+    return {gu, dn};
+}
+
 static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routing, bool gemv, std::mt19937 &g) {
     const int assign = T * K;
     const auto x = randn(g, static_cast<size_t>(T) * D, 1.0f);
@@ -234,28 +264,9 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
         bf16 *h = alloc<bf16>(static_cast<size_t>(assign) * 2 * I);
         bf16 *y = alloc<bf16>(static_cast<size_t>(assign) * D);
         bf16 *out = alloc<bf16>(static_cast<size_t>(T) * D);
-        MoeGemmParams gu{};
-        gu.a = dx;
+        auto [gu, dn] = layer_params(tb, dx, h, y, drw, E, K, D, I);
         gu.w = dgu;
-        gu.route_weights = nullptr;
-        gu.counts = tb.counts;
-        gu.offsets = tb.offsets;
-        gu.tile_expert = tb.tile_expert;
-        gu.row_src = tb.row_src;
-        gu.out = h;
-        gu.num_experts = E;
-        gu.a_div = K;
-        gu.k_dim = D;
-        gu.n_dim = I;
-        gu.max_tiles = tb.max_tiles;
-        MoeGemmParams dn = gu;
-        dn.a = h;
         dn.w = ddn;
-        dn.route_weights = drw;
-        dn.out = y;
-        dn.a_div = 1;
-        dn.k_dim = I;
-        dn.n_dim = D;
         if (grouped) {
             const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
             launch(gate_up_gemm, dim3(tiles, (I + 63) / 64), dim3(128), gu);
@@ -452,26 +463,7 @@ static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, in
         bf16 *h = alloc<bf16>(static_cast<size_t>(assign) * 2 * I);
         bf16 *y = alloc<bf16>(static_cast<size_t>(assign) * D);
         bf16 *out = alloc<bf16>(static_cast<size_t>(T) * D);
-        MoeGemmParams gu{};
-        gu.a = dx;
-        gu.w = nullptr;
-        gu.counts = tb.counts;
-        gu.offsets = tb.offsets;
-        gu.tile_expert = tb.tile_expert;
-        gu.row_src = tb.row_src;
-        gu.out = h;
-        gu.num_experts = E;
-        gu.a_div = K;
-        gu.k_dim = D;
-        gu.n_dim = I;
-        gu.max_tiles = tb.max_tiles;
-        MoeGemmParams dn = gu;
-        dn.a = h;
-        dn.route_weights = drw;
-        dn.out = y;
-        dn.a_div = 1;
-        dn.k_dim = I;
-        dn.n_dim = D;
+        auto [gu, dn] = layer_params(tb, dx, h, y, drw, E, K, D, I);
         if (grouped) {
             // Idle experts' rows stay NaN in the scratch: a read of them would show.
             bf16 *scratch = alloc<bf16>(static_cast<size_t>(E) * 2 * I * D);
