@@ -41,11 +41,11 @@
 //   same grid and dispatch tables; each lane streams 16 bytes of packed codes per load
 //   (16 int8 / fp8 or 32 int4 codes), decodes them with quant/dequant.cuh (shared with
 //   quant_gemv.cu) to the reference's exact f32 value and accumulates in f32.
-// moe_dequant_<i8|i4|fp8>(MoeDequantParams) — the grouped path for quantized experts: grid
-//   (column blocks, expert); the rows of experts with tokens are written as bf16 into a
-//   scratch laid out like a bf16 stacked weight (idle experts' CTAs exit), then
-//   moe_{gate_up,down}_bf16 run on it.
-//
+// moe_{gate_up_<i8|i4|fp8>_<act>, down_<i8|i4|fp8>}(MoeQuantGemmParams) — the grouped GEMM
+//   on quantized experts: same grid, tiles and epilogue as the bf16 one; the B tile is decoded
+//   from the packed codes into shared memory one K step ahead (each thread loads its 8 codes
+//   per row before the tensor cores work on the current stage and stores them as bf16 after),
+//   so only the codes are read from global memory and no bf16 copy of the experts exists.
 // moe_combine_bf16(MoeCombineParams): out[t] = sum_j y[t * k + j]. Grid (T, ceil(D / 2048)),
 //   256 threads of 8 columns.
 // sigmoid_gate_add_bf16(SigmoidGateAddParams): out[t] += sigmoid(gate[t]) * x[t]. Same grid.
@@ -53,8 +53,10 @@
 // Minimum arch sm_80 (bf16 wmma, cp.async). tests/moe_emulation compiles this file for the host
 // (FLINT_EMULATE) and checks every kernel against a double-precision reference.
 //
-// Versions: 1. simple staged loads; 2. (now) cp.async double-buffered K loop in the grouped
-// GEMM. Next: 128-row tiles and wgmma/TMA on sm_90 for the large-token case.
+// Versions: 1. simple staged loads; 2. cp.async double-buffered K loop in the grouped GEMM;
+// 3. (now) quantized experts decoded in the grouped GEMM's main loop (was: a dequantize pass
+// into an E x 2I x D bf16 scratch, 1.9 GB at Mixtral-8x7B, then the bf16 GEMM).
+// Next: 128-row tiles and wgmma/TMA on sm_90 for the large-token case.
 #ifndef FLINT_EMULATE  // tests/moe_emulation runs this file on the host with its own wmma
 #include <mma.h>
 #endif
@@ -262,6 +264,15 @@ __device__ __forceinline__ uint4 load_chunk_raw(const bf16 *src, int k, int len,
 // ---------------------------------------------------------------------------------------
 // Grouped GEMM
 
+// The broken-index build of the host emulation (tests/moe.rs) reads the wrong expert's rows
+// in every quantized expert kernel (grouped GEMM and gather-GEMV), to show that the emulation catches index errors in these kernels.
+#ifdef FLINT_EMULATE_BREAK_QUANT_INDEX
+constexpr int QUANT_EXPERT_SKEW = 1;
+#else
+constexpr int QUANT_EXPERT_SKEW = 0;
+#endif
+
+
 using namespace nvcuda;
 typedef wmma::fragment<wmma::matrix_a, WMMA, WMMA, WMMA, bf16, wmma::row_major> FragA;
 typedef wmma::fragment<wmma::matrix_b, WMMA, WMMA, WMMA, bf16, wmma::col_major> FragB;
@@ -297,8 +308,34 @@ __device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, i
     }
 }
 
-template <class Act, bool GATED>
-__device__ void grouped_gemm(const MoeGemmParams &p) {
+// The weight operand of the bf16 grouped GEMM: p.w itself (no quantized view).
+struct Bf16Weight {};
+constexpr int BF16 = -1;  // the F of grouped_gemm for bf16 weights (else a quant::Fmt)
+
+// 8 packed codes of one row from column k (k % 8 == 0): 8 bytes of int8 / fp8, 4 of int4.
+template <int F>
+__device__ __forceinline__ uint2 load_codes8(const uint8_t *codes, int k) {
+    if (F == quant::INT4) return make_uint2(*reinterpret_cast<const uint32_t *>(codes + k / 2), 0u);
+    return *reinterpret_cast<const uint2 *>(codes + k);
+}
+
+// What one thread carries of a quantized B stage between loading it (before the tensor cores
+// work on the current stage) and decoding it into shared memory (after): its two rows' 8
+// codes per operand, with the chunk's scale and zero when one group covers the chunk.
+template <int NB>
+struct QStage {
+    uint2 raw[2][NB];
+    float s[2][NB], z[2][NB];
+};
+
+// F = BF16: w = p.w, staged with cp.async. F = a quant::Fmt: the experts are read from the
+// quantized weight q (layout quant/params.h) and decoded into the bf16 B tile in shared
+// memory one K step ahead: the packed codes are the only weight bytes read from global
+// memory (no bf16 copy of the experts anywhere), each value the CPU reference's exact f32
+// weight rounded to bf16.
+template <int F, class Act, bool GATED, class Q>
+__device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
+    constexpr bool QUANT = F != BF16;
     constexpr int NB = GATED ? 2 : 1;  // B operands: gate and up, or down alone
     constexpr int A_ELEMS = TILE_M * LDS;
     constexpr int B_ELEMS = NB * TILE_N * LDS;
@@ -327,7 +364,9 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
     const int c = (tid % (TILE_K / VEC)) * VEC;
     const int r0 = tid / (TILE_K / VEC);
     const bf16 *a_src[2];
-    const bf16 *b_src[2][NB];
+    const bf16 *b_src[2][NB];  // bf16: the weight row, or null for a column past N
+    int64_t q_row[2][NB];      // quantized: the weight row, or -1 for a column past N
+    const int e_w = QUANT ? (e + QUANT_EXPERT_SKEW) % p.num_experts : e;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int r = r0 + h * (TILE_M / 2);
@@ -336,8 +375,9 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
         const int n = n0 + r;
 #pragma unroll
         for (int g = 0; g < NB; ++g) {
-            const int64_t wrow = static_cast<int64_t>(e) * NB * N + static_cast<int64_t>(g) * N + n;
-            b_src[h][g] = n < N ? p.w + wrow * K : nullptr;
+            const int64_t wrow = static_cast<int64_t>(e_w) * NB * N + static_cast<int64_t>(g) * N + n;
+            b_src[h][g] = !QUANT && n < N ? p.w + wrow * K : nullptr;
+            q_row[h][g] = n < N ? wrow : -1;
         }
     }
     auto stage = [&](int buf, int k0) {
@@ -345,9 +385,74 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
         for (int h = 0; h < 2; ++h) {
             const int r = r0 + h * (TILE_M / 2);
             stage_chunk(&s_a[buf * A_ELEMS + r * LDS + c], a_src[h], k0 + c, K, vec);
+            if constexpr (!QUANT) {
 #pragma unroll
-            for (int g = 0; g < NB; ++g)
-                stage_chunk(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c], b_src[h][g], k0 + c, K, vec);
+                for (int g = 0; g < NB; ++g)
+                    stage_chunk(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c], b_src[h][g], k0 + c, K, vec);
+            }
+        }
+    };
+
+    // Quantized B: 8-code loads when every chunk is whole and aligned (K % 8 == 0), one scale
+    // and zero per chunk when no act-order map and the group is a multiple of 8.
+    [[maybe_unused]] QStage<NB> qs;
+    [[maybe_unused]] int rb = 0;
+    [[maybe_unused]] bool qvec = false, uniform = false;
+    if constexpr (QUANT) {
+        rb = quant::row_bytes_of<F>(K);
+        qvec = K % VEC == 0 && aligned16(q.qdata);
+        uniform = q.g_idx == nullptr && q.group % VEC == 0;
+    }
+    auto qload = [&](int k0) {
+        if constexpr (QUANT) {
+            const int k = k0 + c;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int g = 0; g < NB; ++g) {
+                    qs.raw[h][g] = make_uint2(0u, 0u);
+                    qs.s[h][g] = qs.z[h][g] = 0.0f;
+                    if (!qvec || q_row[h][g] < 0 || k >= K) continue;  // decoded in qstore
+                    const quant::Row w = quant::row_of(q, q_row[h][g], rb);
+                    qs.raw[h][g] = load_codes8<F>(w.codes, k);
+                    if (uniform) {
+                        const int grp = k / q.group;
+                        qs.s[h][g] = w.scales[grp];
+                        qs.z[h][g] = w.zeros ? w.zeros[grp] : q.zero_default;
+                    }
+                }
+        }
+    };
+    auto qstore = [&](int buf, int k0) {
+        if constexpr (QUANT) {
+            const int k = k0 + c;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = r0 + h * (TILE_M / 2);
+#pragma unroll
+                for (int g = 0; g < NB; ++g) {
+                    Pack8 pk;
+                    bf16 *o = reinterpret_cast<bf16 *>(&pk);
+                    const bool live = q_row[h][g] >= 0;
+                    const quant::Row w = quant::row_of(q, live ? q_row[h][g] : 0, rb);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        float v = 0.0f;
+                        if (live && k + i < K) {
+                            if (!qvec) {
+                                v = quant::weight_at<F>(q, w, k + i, quant::code_of<F>(w.codes, k + i));
+                            } else {
+                                const uint2 c8 = qs.raw[h][g];
+                                const int code = quant::code_at<F>(make_uint4(c8.x, c8.y, 0u, 0u), i);
+                                v = uniform ? quant::value<F>(code, qs.s[h][g], qs.z[h][g])
+                                            : quant::weight_at<F>(q, w, k + i, code);
+                            }
+                        }
+                        o[i] = to_bf16(v);
+                    }
+                    *reinterpret_cast<uint4 *>(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c]) = pk.raw;
+                }
+            }
         }
     };
 
@@ -361,11 +466,18 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
 
     // Double-buffered K loop: stage kt + 1 is in flight while stage kt is multiplied. One
     // commit group per iteration (possibly empty), so wait_group 1 = "stage kt has landed".
+    // Quantized: the codes of stage kt + 1 are loaded into registers before the tensor cores
+    // work on stage kt and decoded into its buffer after, so their latency hides behind it.
     const int num_k = (K + TILE_K - 1) / TILE_K;
     stage(0, 0);
+    qload(0);
+    qstore(0, 0);
     cp_async_commit();
     for (int kt = 0; kt < num_k; ++kt) {
-        if (kt + 1 < num_k) stage((kt + 1) & 1, (kt + 1) * TILE_K);
+        if (kt + 1 < num_k) {
+            stage((kt + 1) & 1, (kt + 1) * TILE_K);
+            qload((kt + 1) * TILE_K);
+        }
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();  // stage kt visible to every warp (cp.async and plain stores alike)
@@ -389,6 +501,8 @@ __device__ void grouped_gemm(const MoeGemmParams &p) {
                 }
             }
         }
+        // Buffer (kt + 1) & 1 was last read in iteration kt - 1, before its closing barrier.
+        if (kt + 1 < num_k) qstore((kt + 1) & 1, (kt + 1) * TILE_K);
         __syncthreads();  // every warp is done with buffer kt & 1 before iteration kt + 1 refills it
     }
     cp_async_wait<0>();  // nothing may still land in the bytes the epilogue reuses
@@ -492,14 +606,6 @@ __device__ void gather_gemv(const MoeGemmParams &p) {
 
 // ---------------------------------------------------------------------------------------
 // Quantized experts (int8, int4 sym/asym with or without act-order g_idx, fp8)
-
-// The broken-index build of the host emulation (tests/moe.rs) reads the wrong expert's rows
-// here, to show that the emulation catches index errors in these kernels.
-#ifdef FLINT_EMULATE_BREAK_QUANT_INDEX
-constexpr int QUANT_EXPERT_SKEW = 1;
-#else
-constexpr int QUANT_EXPERT_SKEW = 0;
-#endif
 
 // One 16-byte chunk c of a quantized gate (and up) row: decode its codes (UNIFORM: one
 // scale/zero for the chunk; else a lookup per code) and accumulate x . w for every slot.
@@ -628,27 +734,6 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
     }
 }
 
-// Dequantizes the rows of every expert that dispatch gave tokens to into a bf16 copy of the
-// stacked weight, for the bf16 grouped GEMM. Grid (column blocks, num_experts): a CTA of an
-// idle expert exits at once and reads nothing; the others grid-stride over their expert's
-// rows x K elements.
-template <int F>
-__device__ void dequant_experts(const MoeDequantParams &p) {
-    const int e = blockIdx.y;
-    if (e >= p.num_experts || p.counts[e] <= 0) return;
-    const int K = p.q.k;
-    const int rb = quant::row_bytes_of<F>(K);
-    const int64_t per = static_cast<int64_t>(p.rows_per_expert) * K;
-    const int64_t base = static_cast<int64_t>(e) * p.rows_per_expert;
-    const int64_t src = static_cast<int64_t>((e + QUANT_EXPERT_SKEW) % p.num_experts) * p.rows_per_expert;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        const int k = static_cast<int>(i % K);
-        const quant::Row r = quant::row_of(p.q, src + i / K, rb);
-        p.out[base * K + i] = to_bf16(quant::weight_at<F>(p.q, r, k, quant::code_of<F>(r.codes, k)));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Combine and the shared expert's gate
 
@@ -706,16 +791,16 @@ extern "C" __global__ __launch_bounds__(flint::moe::DISPATCH_THREADS) void moe_d
     flint::moe::dispatch(p);
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_silu(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::Silu, true>(p);
+    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::Silu, true>(p, flint::moe::Bf16Weight{});
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_gelu_tanh(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::GeluTanh, true>(p);
+    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::GeluTanh, true>(p, flint::moe::Bf16Weight{});
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_gelu(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::Gelu, true>(p);
+    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::Gelu, true>(p, flint::moe::Bf16Weight{});
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_bf16(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::None, false>(p);
+    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::None, false>(p, flint::moe::Bf16Weight{});
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_gate_up_bf16_silu(const MoeGemmParams p) {
     flint::moe::gather_gemv<flint::moe::Silu, true>(p);
@@ -745,7 +830,18 @@ extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gel
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i8(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false>(p);
 }
-extern "C" __global__ __launch_bounds__(256) void moe_dequant_i8(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::INT8>(p); }
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i8_silu(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::Silu, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::GeluTanh, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i8_gelu(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::Gelu, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_i8(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::None, false>(p.gemm, p.q);
+}
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true>(p);
 }
@@ -758,7 +854,18 @@ extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gel
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i4(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false>(p);
 }
-extern "C" __global__ __launch_bounds__(256) void moe_dequant_i4(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::INT4>(p); }
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i4_silu(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::Silu, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::GeluTanh, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i4_gelu(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::Gelu, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_i4(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::None, false>(p.gemm, p.q);
+}
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true>(p);
 }
@@ -771,6 +878,17 @@ extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_ge
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_fp8(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::None, false>(p);
 }
-extern "C" __global__ __launch_bounds__(256) void moe_dequant_fp8(const MoeDequantParams p) { flint::moe::dequant_experts<flint::quant::FP8>(p); }
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_fp8_silu(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::Silu, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::GeluTanh, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::Gelu, true>(p.gemm, p.q);
+}
+extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_fp8(const MoeQuantGemmParams p) {
+    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::None, false>(p.gemm, p.q);
+}
 extern "C" __global__ void moe_combine_bf16(const MoeCombineParams p) { flint::moe::combine(p); }
 extern "C" __global__ void sigmoid_gate_add_bf16(const SigmoidGateAddParams p) { flint::moe::sigmoid_gate_add(p); }

@@ -202,25 +202,14 @@ typedef struct MoeQuantWeight {
 } MoeQuantWeight;
 FLINT_ASSERT_SIZE(MoeQuantWeight, 56);
 
-/** moe_qgemv_{gate_up_<fmt>_<act>, down_<fmt>}: the gather-GEMV of MoeGemmParams (whose w is
- * unused, 0) with the experts read from the quantized weight q (q.k == gemm.k_dim). */
+/** moe_qgemv_{gate_up_<fmt>_<act>, down_<fmt>} (gather-GEMV) and moe_{gate_up_<fmt>_<act>,
+ * down_<fmt>} (grouped GEMM): the kernels of MoeGemmParams (whose w is unused, 0) with the
+ * experts read from the quantized weight q (q.k == gemm.k_dim). */
 typedef struct MoeQuantGemmParams {
     MoeGemmParams gemm;
     MoeQuantWeight q;
 } MoeQuantGemmParams;
 FLINT_ASSERT_SIZE(MoeQuantGemmParams, 144);
-
-/** moe_dequant_<fmt>: out[e * rows_per_expert + r, :] = bf16(w[e * rows_per_expert + r, :])
- * for every expert e with counts[e] > 0 (the rows of idle experts are left as they are), so
- * the bf16 grouped GEMM can run on out. */
-typedef struct MoeDequantParams {
-    MoeQuantWeight q;
-    FLINT_PTR(const int32_t) counts;     /**< [num_experts] from dispatch */
-    FLINT_PTR(flint_bf16) out;           /**< [num_experts * rows_per_expert, q.k] */
-    int32_t rows_per_expert;
-    int32_t num_experts;
-} MoeDequantParams;
-FLINT_ASSERT_SIZE(MoeDequantParams, 80);
 
 /** moe_combine_bf16: out[t, :] = sum over j < top_k with a valid id of y[t * top_k + j, :]
  * (y already carries the routing weight). */

@@ -288,11 +288,6 @@ fn param_structs_have_the_layout_params_h_pins() {
             align_of::<params::MoeQuantGemmParams>(),
         ),
         (
-            "MoeDequantParams",
-            size_of::<params::MoeDequantParams>(),
-            align_of::<params::MoeDequantParams>(),
-        ),
-        (
             "MoeCombineParams",
             size_of::<params::MoeCombineParams>(),
             align_of::<params::MoeCombineParams>(),
@@ -319,7 +314,6 @@ fn param_structs_have_the_layout_params_h_pins() {
         ("MoeQuantWeight", from_fields(4, 6)),
         // MoeGemmParams then MoeQuantWeight.
         ("MoeQuantGemmParams", from_fields(8, 6) + from_fields(4, 6)),
-        ("MoeDequantParams", from_fields(4, 6) + from_fields(2, 2)),
         ("MoeCombineParams", from_fields(3, 4)),
         ("SigmoidGateAddParams", from_fields(3, 2)),
     ];

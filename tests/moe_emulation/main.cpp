@@ -410,9 +410,14 @@ static void (*const QGEMV_GATE_UP[3][3])(MoeQuantGemmParams) = {
     {moe_qgemv_gate_up_fp8_silu, moe_qgemv_gate_up_fp8_gelu_tanh, moe_qgemv_gate_up_fp8_gelu},
 };
 static void (*const QGEMV_DOWN[3])(MoeQuantGemmParams) = {moe_qgemv_down_i8, moe_qgemv_down_i4, moe_qgemv_down_fp8};
-static void (*const QDEQUANT[3])(MoeDequantParams) = {moe_dequant_i8, moe_dequant_i4, moe_dequant_fp8};
+static void (*const QGATE_UP[3][3])(MoeQuantGemmParams) = {
+    {moe_gate_up_i8_silu, moe_gate_up_i8_gelu_tanh, moe_gate_up_i8_gelu},
+    {moe_gate_up_i4_silu, moe_gate_up_i4_gelu_tanh, moe_gate_up_i4_gelu},
+    {moe_gate_up_fp8_silu, moe_gate_up_fp8_gelu_tanh, moe_gate_up_fp8_gelu},
+};
+static void (*const QDOWN[3])(MoeQuantGemmParams) = {moe_down_i8, moe_down_i4, moe_down_fp8};
 
-// Both quantized paths (gather-GEMV on the codes; dequantize + bf16 grouped GEMM) and the
+// Both quantized paths (gather-GEMV and grouped GEMM, each decoding the codes itself) and the
 // combine against a double reference on the dequantized weights.
 static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, int I, Act a, Routing routing,
                                std::mt19937 &g) {
@@ -464,30 +469,12 @@ static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, in
         bf16 *y = alloc<bf16>(static_cast<size_t>(assign) * D);
         bf16 *out = alloc<bf16>(static_cast<size_t>(T) * D);
         auto [gu, dn] = layer_params(tb, dx, h, y, drw, E, K, D, I);
+        MoeQuantGemmParams pg{gu, qgu}, pd{dn, qdn};
+        pg.gemm.w = pd.gemm.w = nullptr;  // the quantized kernels must not read the bf16 weight
         if (grouped) {
-            // Idle experts' rows stay NaN in the scratch: a read of them would show.
-            bf16 *scratch = alloc<bf16>(static_cast<size_t>(E) * 2 * I * D);
-            auto dequant = [&](const MoeQuantWeight &q, int rows) {
-                MoeDequantParams dp{};
-                dp.q = q;
-                dp.counts = tb.counts;
-                dp.out = scratch;
-                dp.rows_per_expert = rows;
-                dp.num_experts = E;
-                const unsigned x = static_cast<unsigned>(std::min(1024, (rows * q.k + 255) / 256));
-                launch(QDEQUANT[qs.fmt], dim3(x, E), dim3(256), dp);
-            };
-            void (*gate_up_gemm)(MoeGemmParams) = a == SILU ? moe_gate_up_bf16_silu
-                                                  : a == GELU_TANH ? moe_gate_up_bf16_gelu_tanh
-                                                                   : moe_gate_up_bf16_gelu;
-            dequant(qgu, 2 * I);
-            gu.w = scratch;
-            launch(gate_up_gemm, dim3(tiles, (I + 63) / 64), dim3(128), gu);
-            dequant(qdn, D);
-            dn.w = scratch;
-            launch(moe_down_bf16, dim3(tiles, (D + 63) / 64), dim3(128), dn);
+            launch(QGATE_UP[qs.fmt][a], dim3(tiles, (I + 63) / 64), dim3(128), pg);
+            launch(QDOWN[qs.fmt], dim3(tiles, (D + 63) / 64), dim3(128), pd);
         } else {
-            MoeQuantGemmParams pg{gu, qgu}, pd{dn, qdn};
             launch(QGEMV_GATE_UP[qs.fmt][a], dim3((I + 3) / 4, tiles), dim3(128), pg);
             launch(QGEMV_DOWN[qs.fmt], dim3((D + 3) / 4, tiles), dim3(128), pd);
         }
@@ -503,7 +490,7 @@ static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, in
         const double err = rel_l2(download(out, static_cast<size_t>(T) * D), want);
         char name[220];
         std::snprintf(name, sizeof name, "quant %-22s %s T %d E %d top-%d D %d I %d act %d %s: rel-L2 %.2e", qs.name,
-                      grouped ? "dequant+grouped" : "gemv           ", T, E, K, D, I, static_cast<int>(a),
+                      grouped ? "grouped" : "gemv   ", T, E, K, D, I, static_cast<int>(a),
                       routing == ALL_SAME ? "all-same" : "random", err);
         check(err < 1e-2, name);
     }
@@ -532,6 +519,16 @@ static void test_quant() {
     test_quant_experts(fp8_block, 3, 3, 3, 48, 24, SILU, ALL_SAME, g);
     // More tokens than one GEMV pass, all on the same two experts.
     test_quant_experts(int4_act, 12, 4, 2, 64, 32, SILU, ALL_SAME, g);
+    // Groups smaller than the grouped GEMM's 8-column chunk (a scale lookup per code) with
+    // K % 8 == 0, and K % 8 != 0 (the grouped GEMM's scalar decode) for every format.
+    const QScheme int4_asym_g4{"int4 asym g4", Q_INT4, 4, 4, true, false};
+    test_quant_experts(int4_asym_g4, 4, 4, 2, 64, 32, GELU_TANH, RANDOM, g);
+    test_quant_experts(int4_asym_g4, 5, 4, 2, 44, 36, SILU, RANDOM, g);
+    test_quant_experts(int8_channel, 4, 3, 2, 44, 36, GELU, RANDOM, g);
+    test_quant_experts(fp8_row, 3, 4, 2, 44, 36, SILU, RANDOM, g);
+    // Two 64-row tiles per expert on the grouped GEMM (one expert idle).
+    test_quant_experts(int8_group, 70, 3, 2, 64, 32, SILU, ALL_SAME, g);
+    test_quant_experts(int4_act, 70, 3, 2, 64, 32, GELU, ALL_SAME, g);
 }
 
 static void test_sigmoid_gate_add(int T, int D, std::mt19937 &g) {

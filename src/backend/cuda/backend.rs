@@ -485,7 +485,6 @@ impl Backend for CudaBackend {
         name: &str,
         w: &crate::weights::quant::QuantWeight,
     ) -> Result<CudaTensor> {
-        self.moe.note_quantized(); // reserve_moe then sizes the quantized-expert scratch
         super::quant::upload(self, name, w)
     }
 

@@ -27,13 +27,11 @@
 //! - GEMV path: `moe_qgemv_{gate_up_<fmt>_<act>, down_<fmt>}`, the gather-GEMV's grid and
 //!   dispatch tables, each selected expert row streamed once as packed codes (16-byte loads),
 //!   dequantized in registers; act(gate)·up fused, routing weight on down.
-//! - Grouped path: `moe_dequant_<fmt>` writes the rows of every expert dispatch gave tokens
-//!   to (the CTAs of idle experts exit) into a bf16 scratch laid out like a bf16 stacked
-//!   weight, then the bf16 grouped GEMM runs on it; gate_up and down take turns in the one
-//!   scratch (stream order). Cost: a scratch of E·2I·D bf16 (Mixtral-8x7B: 1.88 GB, reserved
-//!   by `reserve_moe` once the backend holds quantized weights), and per layer call a write
-//!   plus a read of the used experts' bf16 weights (a dequantize-in-the-main-loop GEMM would
-//!   avoid both; later work).
+//! - Grouped path: `moe_{gate_up_<fmt>_<act>, down_<fmt>}`, the bf16 grouped GEMM with its B
+//!   tile decoded from the codes into shared memory inside the K loop (one step ahead of the
+//!   tensor cores), so the codes are the only weight bytes read and no bf16 copy of the
+//!   experts exists (the first version dequantized into an E·2I·D bf16 scratch, 1.88 GB at
+//!   Mixtral-8x7B, written and read again on every layer call).
 //!
 //! Either operand may be quantized alone. No launch while a graph replays, no allocation
 //! per step once reserved.
@@ -52,9 +50,9 @@ use super::super::params::*;
 use super::{CudaBackend, CudaTensor};
 use crate::backend::{MoeExperts, MoeOperands, MoeRouting};
 use crate::config::Activation;
-use anyhow::{bail, Context, Result};
-use cudarc::driver::{sys, CudaSlice};
-use std::cell::{Cell, RefCell};
+use anyhow::{bail, Result};
+use cudarc::driver::sys;
+use std::cell::RefCell;
 
 pub const TILE_M: usize = FLINT_MOE_TILE_M as usize;
 pub const TILE_N: usize = FLINT_MOE_TILE_N as usize;
@@ -241,25 +239,22 @@ pub struct MoeState {
     combine: sys::CUfunction,
     sigmoid_gate_add: sys::CUfunction,
     ws: RefCell<Staging>,
-    /// Quantized experts: `moe_qgemv_gate_up_<fmt>_<act>` by [fmt][act], `moe_qgemv_down_<fmt>`,
-    /// `moe_dequant_<fmt>` (fmt in `quant::Fmt` order: i8, i4, fp8).
+    /// Quantized experts by [fmt][act] / [fmt] (fmt in `quant::Fmt` order: i8, i4, fp8):
+    /// `moe_qgemv_gate_up_<fmt>_<act>`, `moe_qgemv_down_<fmt>` (gather-GEMV) and
+    /// `moe_gate_up_<fmt>_<act>`, `moe_down_<fmt>` (grouped GEMM).
     qgemv_gate_up: [[sys::CUfunction; 3]; 3],
     qgemv_down: [sys::CUfunction; 3],
-    dequant: [sys::CUfunction; 3],
-    /// The bf16 copy of one stacked expert weight that the grouped path dequantizes into
-    /// (exact size, grow-only; see [`dequant_scratch_bytes`]).
-    qscratch: RefCell<Option<CudaSlice<u8>>>,
-    /// Set when a quantized weight is uploaded, so `reserve_moe` sizes `qscratch` only for
-    /// models that may have quantized experts.
-    quant_seen: Cell<bool>,
+    qgate_up: [[sys::CUfunction; 3]; 3],
+    qdown: [sys::CUfunction; 3],
 }
 
 fn act_index(act: Activation) -> (usize, &'static str) {
-    match act {
-        Activation::Silu => (0, "silu"),
-        Activation::GeluTanh => (1, "gelu_tanh"),
-        Activation::Gelu => (2, "gelu"),
-    }
+    let i = match act {
+        Activation::Silu => 0,
+        Activation::GeluTanh => 1,
+        Activation::Gelu => 2,
+    };
+    (i, ACTS[i])
 }
 
 impl MoeState {
@@ -283,54 +278,45 @@ impl MoeState {
             combine: f("moe_combine_bf16")?,
             sigmoid_gate_add: f("sigmoid_gate_add_bf16")?,
             ws: RefCell::new(Staging::new()),
-            qgemv_gate_up: {
-                let mut a = [[std::ptr::null_mut(); 3]; 3];
-                for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
-                    for (ai, act) in ["silu", "gelu_tanh", "gelu"].iter().enumerate() {
-                        a[fi][ai] = f(&format!("moe_qgemv_gate_up_{fmt}_{act}"))?;
-                    }
-                }
-                a
-            },
-            qgemv_down: [
-                f("moe_qgemv_down_i8")?,
-                f("moe_qgemv_down_i4")?,
-                f("moe_qgemv_down_fp8")?,
-            ],
-            dequant: [
-                f("moe_dequant_i8")?,
-                f("moe_dequant_i4")?,
-                f("moe_dequant_fp8")?,
-            ],
-            qscratch: RefCell::new(None),
-            quant_seen: Cell::new(false),
+            qgemv_gate_up: by_fmt_act(&f, "moe_qgemv_gate_up")?,
+            qgemv_down: by_fmt(&f, "moe_qgemv_down")?,
+            qgate_up: by_fmt_act(&f, "moe_gate_up")?,
+            qdown: by_fmt(&f, "moe_down")?,
         })
     }
-
-    /// A quantized weight was uploaded (called by `upload_quantized`).
-    pub fn note_quantized(&self) {
-        self.quant_seen.set(true);
-    }
 }
+
+/// `{prefix}_<fmt>_<act>` for every quantized format and activation.
+fn by_fmt_act(
+    f: &impl Fn(&str) -> Result<sys::CUfunction>,
+    prefix: &str,
+) -> Result<[[sys::CUfunction; 3]; 3]> {
+    let mut a = [[std::ptr::null_mut(); 3]; 3];
+    for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
+        for (ai, act) in ACTS.iter().enumerate() {
+            a[fi][ai] = f(&format!("{prefix}_{fmt}_{act}"))?;
+        }
+    }
+    Ok(a)
+}
+
+/// `{prefix}_<fmt>` for every quantized format.
+fn by_fmt(
+    f: &impl Fn(&str) -> Result<sys::CUfunction>,
+    prefix: &str,
+) -> Result<[sys::CUfunction; 3]> {
+    let mut a = [std::ptr::null_mut(); 3];
+    for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
+        a[fi] = f(&format!("{prefix}_{fmt}"))?;
+    }
+    Ok(a)
+}
+
+/// Activation suffixes of the gate_up kernels, in [`act_index`] order.
+const ACTS: [&str; 3] = ["silu", "gelu_tanh", "gelu"];
 
 /// Code types of the quantized expert kernels, in `quant::Fmt::index` order.
 const QUANT_FMTS: [&str; 3] = ["i8", "i4", "fp8"];
-
-/// Bytes of the bf16 scratch the grouped path dequantizes a stacked quantized expert weight
-/// into: the larger of gate_up `[E·2I, D]` and down `[E·D, I]`, i.e. E·2I·D bf16 (one buffer
-/// serves both, in stream order). Mixtral-8x7B: 8·28672·4096·2 B = 1.88 GB.
-pub fn dequant_scratch_bytes(shape: &MoeExperts) -> usize {
-    2 * shape.num_experts * 2 * shape.intermediate * shape.hidden
-}
-
-/// moe_dequant_*: (column blocks of 256 elements, capped at 1024, one CTA row per expert).
-pub fn dequant_shape(rows_per_expert: usize, k: usize, experts: usize) -> Result<(Dim3, Dim3)> {
-    if experts > 65_535 {
-        bail!("moe_experts: {experts} experts is too many for the dequantize grid");
-    }
-    let x = (rows_per_expert * k).div_ceil(256).clamp(1, 1024);
-    Ok(((x as u32, experts.max(1) as u32, 1), (256, 1, 1)))
-}
 
 impl CudaBackend {
     pub(super) fn moe_route_impl(
@@ -533,7 +519,7 @@ impl CudaBackend {
                 (ai, act),
                 (gu, gq.map(|(l, w)| (l.fmt.index(), w))),
                 (dn, dq.map(|(l, w)| (l.fmt.index(), w))),
-                (ne, i, d),
+                (i, d),
                 lay.max_tiles,
                 cp_of(y),
             );
@@ -601,8 +587,8 @@ impl CudaBackend {
 
     /// The expert kernels and the combine when gate_up and/or down are quantized (each
     /// operand given as its bf16 params and, when quantized, (fmt index, device view)).
-    /// GEMV: `moe_qgemv_*` read the packed codes directly. Grouped: `moe_dequant_<fmt>` writes
-    /// the used experts' rows to the bf16 scratch, then the bf16 grouped GEMM runs on it.
+    /// Both paths read the packed codes directly: `moe_qgemv_*` (GEMV) or
+    /// `moe_{gate_up,down}_<fmt>` (grouped GEMM).
     #[allow(clippy::too_many_arguments)]
     fn moe_quant_experts(
         &self,
@@ -610,7 +596,7 @@ impl CudaBackend {
         (ai, act): (usize, &str),
         (mut gu, gq): (MoeGemmParams, Option<(usize, MoeQuantWeight)>),
         (mut dn, dq): (MoeGemmParams, Option<(usize, MoeQuantWeight)>),
-        (ne, i, d): (usize, usize, usize),
+        (i, d): (usize, usize),
         max_tiles: usize,
         cp: MoeCombineParams,
     ) -> Result<()> {
@@ -669,84 +655,58 @@ impl CudaBackend {
                 }
             }
             MoePath::Grouped => {
-                let bytes = 2 * ne * 2 * i * d;
-                let scratch = self.moe_dequant_scratch(bytes)?;
-                let dequant =
-                    |fi: usize, q: MoeQuantWeight, rows: usize, k_dim: usize| -> Result<()> {
-                        let p = MoeDequantParams {
-                            q,
-                            counts: gu.counts,
-                            out: scratch,
-                            rows_per_expert: rows as i32,
-                            num_experts: ne as i32,
-                        };
-                        let name = format!("moe_dequant_{}", QUANT_FMTS[fi]);
-                        // SAFETY: the scratch holds E·2I·D bf16 >= E·rows·k_dim; counts was written
-                        // by dispatch before, in stream order.
-                        unsafe {
-                            k::launch(
-                                &name,
-                                self.moe.dequant[fi],
-                                dequant_shape(rows, k_dim, ne)?,
-                                stream,
-                                &p,
-                            )
-                        }
-                    };
-                if let Some((fi, q)) = gq {
-                    dequant(fi, q, 2 * i, d)?;
-                    gu.w = scratch;
+                // SAFETY (every launch below): as in moe_experts_with; a quantized operand's
+                // kernel reads its codes instead of w (the grouped GEMM decodes them itself).
+                match gq {
+                    Some((fi, q)) => unsafe {
+                        gu.w = 0;
+                        let name = format!("moe_gate_up_{}_{act}", QUANT_FMTS[fi]);
+                        let p = MoeQuantGemmParams { gemm: gu, q };
+                        k::launch(
+                            &name,
+                            self.moe.qgate_up[fi][ai],
+                            grouped_shape(max_tiles, i)?,
+                            stream,
+                            &p,
+                        )?;
+                    },
+                    None => unsafe {
+                        let name = format!("moe_gate_up_bf16_{act}");
+                        k::launch(
+                            &name,
+                            self.moe.gate_up[ai],
+                            grouped_shape(max_tiles, i)?,
+                            stream,
+                            &gu,
+                        )?;
+                    },
                 }
-                let name = format!("moe_gate_up_bf16_{act}");
-                // SAFETY: as in moe_experts_with; w is the bf16 weight or its dequantized copy.
-                unsafe {
-                    k::launch(
-                        &name,
-                        self.moe.gate_up[ai],
-                        grouped_shape(max_tiles, i)?,
-                        stream,
-                        &gu,
-                    )?
-                };
-                // The down dequant reuses the scratch after the gate_up GEMM read it (one
-                // stream: in order).
-                if let Some((fi, q)) = dq {
-                    dequant(fi, q, d, i)?;
-                    dn.w = scratch;
+                match dq {
+                    Some((fi, q)) => unsafe {
+                        dn.w = 0;
+                        let name = format!("moe_down_{}", QUANT_FMTS[fi]);
+                        let p = MoeQuantGemmParams { gemm: dn, q };
+                        k::launch(
+                            &name,
+                            self.moe.qdown[fi],
+                            grouped_shape(max_tiles, d)?,
+                            stream,
+                            &p,
+                        )?;
+                    },
+                    None => unsafe {
+                        k::launch(
+                            "moe_down_bf16",
+                            self.moe.down,
+                            grouped_shape(max_tiles, d)?,
+                            stream,
+                            &dn,
+                        )?;
+                    },
                 }
-                // SAFETY: as above.
-                unsafe {
-                    k::launch(
-                        "moe_down_bf16",
-                        self.moe.down,
-                        grouped_shape(max_tiles, d)?,
-                        stream,
-                        &dn,
-                    )?
-                };
             }
         }
         self.moe_combine(&cp, cp.num_tokens as usize, d)
-    }
-
-    /// The grouped path's dequantization scratch, at least `bytes` (allocated once when
-    /// `reserve_moe` saw quantized weights; else at the first call that needs it).
-    fn moe_dequant_scratch(&self, bytes: usize) -> Result<u64> {
-        let mut s = self.moe.qscratch.borrow_mut();
-        if s.as_ref().is_none_or(|b| b.len() < bytes) {
-            *s = None; // free the smaller one first
-                       // SAFETY: only the rows moe_dequant_* writes are read, by the grouped GEMM after it.
-            let buf = unsafe { self.dev.stream.alloc::<u8>(bytes) }.with_context(|| {
-                format!(
-                    "moe_experts: a {bytes}-byte bf16 scratch to dequantize quantized experts into"
-                )
-            })?;
-            *s = Some(buf);
-        }
-        match s.as_ref() {
-            Some(b) => Ok(self.ptr(b)),
-            None => bail!("moe_experts: no dequantization scratch"),
-        }
     }
 
     /// Grows the MoE workspace to the worst case of `max_tokens` tokens now, not at the first
@@ -757,11 +717,6 @@ impl CudaBackend {
             .ws
             .borrow_mut()
             .ensure(&self.dev.stream, lay.total)?;
-        // Quantized experts on the grouped path dequantize into a bf16 scratch: reserve it
-        // too when this backend holds quantized weights and steps can take that path.
-        if self.moe.quant_seen.get() && moe_path(max_tokens) == MoePath::Grouped {
-            self.moe_dequant_scratch(dequant_scratch_bytes(shape))?;
-        }
         Ok(())
     }
 
@@ -937,20 +892,5 @@ mod tests {
         assert!(gemv_shape(64, 70_000).is_err());
         assert_eq!(rowwise_shape(5, 4096), ((5, 2, 1), (256, 1, 1)));
         assert!(grouped_shape(1, 64 * 70_000).is_err());
-        // Quantized experts' dequantize: one CTA row per expert, at most 1024 column blocks.
-        assert_eq!(
-            dequant_shape(2 * 14336, 4096, 8).unwrap(),
-            ((1024, 8, 1), (256, 1, 1))
-        );
-        assert_eq!(dequant_shape(3, 5, 2).unwrap().0, (1, 2, 1));
-        assert!(dequant_shape(1, 1, 70_000).is_err());
-        let mixtral = MoeExperts {
-            num_experts: 8,
-            top_k: 2,
-            hidden: 4096,
-            intermediate: 14336,
-            act: Activation::Silu,
-        };
-        assert_eq!(dequant_scratch_bytes(&mixtral), 8 * 2 * 14336 * 4096 * 2);
     }
 }
