@@ -38,10 +38,12 @@ fn new_bar(total: u64, msg: &str, template: &str, draw: bool) -> ProgressBar {
             let _ = write!(w, "{}/{}", si(s.pos()), si(s.len().unwrap_or(0)));
         })
         .progress_chars("=> ");
-    ProgressBar::with_draw_target(Some(total), target)
+    let bar = ProgressBar::with_draw_target(Some(total), target)
         .with_style(style)
         .with_message(msg.to_string())
-        .with_finish(ProgressFinish::AndClear)
+        .with_finish(ProgressFinish::AndClear);
+    bar.tick(); // drawn at 0 now, not at the first step
+    bar
 }
 
 /// A bar over `total` things named `unit` ("requests", "tokens"), e.g. `count(n, "requests",
