@@ -213,7 +213,7 @@ fn upload_linear_data<B: Backend>(
 
 impl<B: Backend> Model<B> {
     /// Uploads every weight, one tensor at a time, fusing q|k|v and gate|up. A model of at
-    /// least [`LOAD_BAR_FROM`] parameters shows a progress bar (see [`crate::progress`]).
+    /// least 128M parameters shows a progress bar (see [`crate::progress`]).
     pub fn load(be: &B, spec: ModelSpec, src: &dyn TensorSource) -> Result<Self> {
         let params = spec.param_count();
         let bar = if params >= LOAD_BAR_FROM {
