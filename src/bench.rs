@@ -116,12 +116,27 @@ pub fn run<B: Backend>(
         }
     }
     let mut rows = Vec::new();
+    // Timed runs done of all (test × repetition); rows print to stdout with it suspended.
+    let runs = (cases.len() * opt.reps) as u64;
+    let bar = crate::progress::count(runs, "runs", "bench");
     for (name, b, d, p, n) in cases {
+        let batch = if b > 1 {
+            format!(" x{b}")
+        } else {
+            String::new()
+        };
+        let depth = if d > 0 {
+            format!(" @ d{d}")
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("bench {name}{batch}{depth}"));
         // One untimed warm-up, then the timed repetitions.
         run_case(be, model, b, d, p.min(16), n.min(2))?;
         let mut secs = Vec::new();
         for _ in 0..opt.reps {
             secs.push(run_case(be, model, b, d, p, n)?);
+            bar.inc(1);
         }
         let tokens = b * (p + n);
         let tps: Vec<f64> = secs.iter().map(|s| tokens as f64 / s).collect();
@@ -142,9 +157,10 @@ pub fn run<B: Backend>(
             std_tps: var.sqrt(),
             samples_ms: secs.iter().map(|s| s * 1e3).collect(),
         };
-        on_row(&row);
+        bar.suspend(|| on_row(&row));
         rows.push(row);
     }
+    bar.finish_and_clear();
     Ok(rows)
 }
 

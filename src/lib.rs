@@ -53,6 +53,7 @@ pub mod engine;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod progress;
 pub mod sampling;
 pub mod scheduler;
 pub mod selftest;

@@ -13,7 +13,47 @@ use crate::weights::quant::Linear;
 use crate::weights::quant_source::stack_linear;
 use crate::weights::TensorSource;
 use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
 use moe::{MoeLayer, MoeWorkspace};
+
+/// Parameters from which loading draws a progress bar: 256 MiB as bf16. Test fixtures and
+/// `synthetic:tiny` load without one.
+const LOAD_BAR_FROM: u64 = 128 << 20;
+
+/// The load progress hook: a source that advances the bar by the parameters of every tensor
+/// read through it. `Model::load` uploads each tensor (or fused group) right after reading
+/// it, so the bar follows the upload on either backend. Dense, quantized and synthetic
+/// sources alike pass through, unchanged.
+struct Counted<'a> {
+    inner: &'a dyn TensorSource,
+    bar: ProgressBar,
+}
+
+impl TensorSource for Counted<'_> {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let data = self.inner.load(name, shape)?;
+        self.bar.inc(data.len() as u64);
+        Ok(data)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn load_linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let lin = self.inner.load_linear(name, rows, cols)?;
+        self.bar.inc((rows * cols) as u64);
+        Ok(lin)
+    }
+    // Counted when it was read (`load`).
+    fn finish_linear(
+        &self,
+        name: &str,
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Linear> {
+        self.inner.finish_linear(name, data, rows, cols)
+    }
+}
 
 struct Layer<B: Backend> {
     attn_norm: B::Weight,
@@ -172,8 +212,30 @@ fn upload_linear_data<B: Backend>(
 }
 
 impl<B: Backend> Model<B> {
-    /// Uploads every weight, one tensor at a time, fusing q|k|v and gate|up.
+    /// Uploads every weight, one tensor at a time, fusing q|k|v and gate|up. A model of at
+    /// least 128M parameters shows a progress bar (see [`crate::progress`]).
     pub fn load(be: &B, spec: ModelSpec, src: &dyn TensorSource) -> Result<Self> {
+        let params = spec.param_count();
+        let bar = if params >= LOAD_BAR_FROM {
+            crate::progress::params(params, "loading weights")
+        } else {
+            ProgressBar::hidden()
+        };
+        let model = Self::load_counted(
+            be,
+            spec,
+            &Counted {
+                inner: src,
+                bar: bar.clone(),
+            },
+        );
+        bar.finish_and_clear();
+        model
+    }
+
+    /// `load` through the progress hook (`src` advances the bar).
+    fn load_counted(be: &B, spec: ModelSpec, src: &Counted) -> Result<Self> {
+        let src: &dyn TensorSource = src;
         let (d, hd) = (spec.hidden, spec.head_dim);
         let (qd, kvd, inter) = (spec.q_dim(), spec.kv_dim(), spec.intermediate);
         let mut layers = Vec::with_capacity(spec.num_layers);
@@ -468,5 +530,49 @@ impl<B: Backend> Model<B> {
             be.softcap(&mut ws.logits, cap)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::ModelRef;
+
+    /// The load bar's total (`ModelSpec::param_count`) is what the hook counts: every tensor
+    /// read, once (the bar neither stops short nor runs past its end).
+    #[test]
+    fn load_bar_counts_every_parameter_once() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+        let mut models = vec![ModelRef::Synthetic("tiny".into())];
+        for e in std::fs::read_dir(&fixtures).unwrap() {
+            let dir = e.unwrap().path();
+            if dir.join("config.json").exists() {
+                models.push(ModelRef::Dir(dir));
+            }
+        }
+        assert!(
+            models.len() > 5,
+            "fixtures missing from {}",
+            fixtures.display()
+        );
+        for m in models {
+            let spec = m.spec().unwrap();
+            let counted = |src: &dyn TensorSource| {
+                let c = Counted {
+                    inner: src,
+                    bar: ProgressBar::hidden(),
+                };
+                Model::load_counted(&CpuBackend, spec.clone(), &c).unwrap();
+                c.bar.position()
+            };
+            let read = match &m {
+                ModelRef::Dir(d) => counted(&crate::weights::WeightStore::open(d).unwrap()),
+                ModelRef::Synthetic(_) => {
+                    counted(&crate::weights::synthetic::SyntheticSource::new(&spec, 0))
+                }
+            };
+            assert_eq!(read, spec.param_count(), "{m:?}");
+        }
     }
 }

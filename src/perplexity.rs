@@ -51,7 +51,9 @@ pub fn perplexity<B: Backend>(
         bail!("perplexity: token id {bad} is outside the vocabulary of {vocab}");
     }
     let (mut total, mut n) = (0.0f64, 0usize);
+    let bar = crate::progress::count(ids.len() as u64, "tokens", "perplexity");
     for w in ids.chunks(ctx) {
+        bar.inc(w.len() as u64);
         if w.len() < 2 {
             continue;
         }
@@ -65,6 +67,7 @@ pub fn perplexity<B: Backend>(
             n += 1;
         }
     }
+    bar.finish_and_clear();
     let mean = total / n as f64;
     Ok(Perplexity {
         tokens_scored: n,

@@ -129,6 +129,8 @@ pub fn run<B: Backend>(
     // id -> (request index, submitted, last token time)
     let mut live: HashMap<u64, (usize, Instant, Option<Instant>)> = HashMap::new();
     let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+    // Finished requests (completed, failed or refused) out of all.
+    let bar = crate::progress::count(reqs.len() as u64, "requests", "throughput");
     while next < reqs.len() || engine.has_unfinished() {
         while next < reqs.len() && start.elapsed() >= reqs[next].0 {
             let (_, r) = &reqs[next];
@@ -137,7 +139,10 @@ pub fn run<B: Backend>(
                 Ok(id) => {
                     live.insert(id, (next, Instant::now(), None));
                 }
-                Err(_) => rep.failed += 1,
+                Err(_) => {
+                    rep.failed += 1;
+                    bar.inc(1);
+                }
             }
             next += 1;
         }
@@ -165,8 +170,10 @@ pub fn run<B: Backend>(
                 FinishReason::Error | FinishReason::Aborted => rep.failed += 1,
                 _ => rep.completed += 1,
             }
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     rep.elapsed_s = start.elapsed().as_secs_f64();
     let t = rep.elapsed_s.max(1e-9);
     rep.output_tokens_per_s = rep.output_tokens as f64 / t;

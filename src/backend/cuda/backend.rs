@@ -28,7 +28,6 @@ use cudarc::driver::{sys, CudaGraph};
 use half::bf16;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::IsTerminal;
 
 // The MoE ops (owned by the MoE kernels' author); a child module so it reads private fields.
 #[path = "moe.rs"]
@@ -203,9 +202,6 @@ enum GraphMode {
     Replaying(u64),
 }
 
-/// Bytes uploaded after which `upload_weight` shows progress (on a terminal).
-const PROGRESS_FROM: usize = 1 << 30;
-
 impl CudaBackend {
     /// GPU 0. Fails (never panics) naming what is missing: the driver, cuBLASLt, a GPU, or
     /// kernels for this GPU in the binary.
@@ -362,19 +358,15 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Counts weight bytes uploaded (bf16 or quantized storage). Loading progress is not
+    /// shown here but by `Model::load`'s bar, the same on every backend.
     pub(super) fn note_upload(&self, bytes: usize) {
-        let before = self.uploaded.get();
-        let after = before + bytes;
-        self.uploaded.set(after);
-        // A line per GiB once past the first, on a terminal only (complete lines: nothing
-        // is left dangling when loading ends).
-        let step = 1 << 30;
-        if after >= PROGRESS_FROM
-            && after / step != before / step
-            && std::io::stderr().is_terminal()
-        {
-            eprintln!("flint: {} GiB of weights on the GPU", after / step);
-        }
+        self.uploaded.set(self.uploaded.get() + bytes);
+    }
+
+    /// Bytes of weights uploaded to this GPU so far.
+    pub fn uploaded_bytes(&self) -> usize {
+        self.uploaded.get()
     }
 
     /// The plan for this step and attention shape, made (and its metadata uploaded) once.
