@@ -1,11 +1,15 @@
 //! C ABI over [`Engine`]. Ownership: `flint_engine_create` returns an opaque handle the
-//! caller frees with `flint_engine_destroy`. `flint_engine_step` returns how many tokens and
-//! how many finished requests the step produced; the caller reads them by index with the
-//! accessors, valid until the next step or destroy. Every function catches panics; errors are
-//! negative return codes (or NULL) with the message in `flint_last_error` (thread-local, valid
-//! until the next failing call on the thread). An engine may be used from any thread, one
-//! call at a time (it is `Send`, not `Sync`: the caller serializes; a CUDA engine binds its
-//! context to the calling thread).
+//! caller frees with `flint_engine_destroy`. `flint_step` returns how many tokens and how many
+//! finished requests the step produced; the caller reads them by index with the accessors,
+//! valid until the next step or destroy. Every function catches panics; errors are negative
+//! return codes (or NULL) with the message in `flint_last_error` (thread-local, valid until
+//! the next failing call on the thread). An engine may be used from any thread, one call at a
+//! time (it is `Send`, not `Sync`: the caller serializes; a CUDA engine binds its context to
+//! the calling thread).
+//!
+//! include/flint.h is generated from this file by cbindgen (settings: cbindgen.toml), doc
+//! comments included: the `///` comments on the exported items are the C documentation.
+//! Regenerate it with `FLINT_BLESS=1 cargo test --release --test capi header_is_up_to_date`.
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
@@ -18,32 +22,51 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Engine sizes; zeros take the defaults.
+/// Engine sizes and options for `flint_engine_create`. A zero field (0, NULL, false) takes the
+/// default, so a zero-initialized `FlintConfig` (or a NULL pointer) is a CPU engine with
+/// default sizes.
 #[repr(C)]
 pub struct FlintConfig {
-    /// "cpu" or "cuda" (NULL = "cpu").
+    /// "cpu" or "cuda" (NULL = "cpu"). "cuda" without a usable GPU (no driver or no device)
+    /// fails with the reason in `flint_last_error`, as does any other string.
     pub device: *const c_char,
-    /// 0: sized from free GPU memory after a warm-up (256 on the CPU).
+    /// KV cache blocks. 0: sized from free GPU memory and `gpu_memory_fraction` after a
+    /// warm-up step (256 on the CPU, which reports no free memory).
     pub num_blocks: usize,
+    /// Tokens per KV cache block (0 = 16).
     pub block_size: usize,
+    /// Most sequences running at once (0 = 32).
     pub max_num_seqs: usize,
+    /// Token budget of one step, decodes plus prefill chunks; sizes the workspace (0 = 512).
     pub max_batch_tokens: usize,
-    /// Share of GPU memory to use when sizing the KV cache (0 = 0.9).
+    /// Share of the GPU's total memory flint may use (weights, workspace and KV cache
+    /// together) when `num_blocks` is 0, as vLLM's --gpu-memory-utilization (0 = 0.9).
     pub gpu_memory_fraction: f64,
-    /// Nonzero turns prefix caching off.
+    /// true turns prefix caching off (sharing the KV blocks of a common prompt prefix between
+    /// requests; on by default).
     pub disable_prefix_caching: bool,
-    /// Nonzero replays decode steps from CUDA graphs ("cuda" only; unverified on a GPU yet).
+    /// true replays decode steps from CUDA graphs ("cuda" only; unverified on a GPU yet, so
+    /// off by default).
     pub cuda_graphs: bool,
-    /// Quantize the linear weights on load: "int8", "int4[-asym][-g<group>]" or "fp8", as
-    /// `--quant` (NULL = none).
+    /// Quantize the linear weights on load, as `flint --quant`: "int8",
+    /// "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is). A bad string fails
+    /// with the reason in `flint_last_error`.
     pub quant: *const c_char,
 }
 
+/// How a request picks its tokens (`flint_add_request`; NULL there = greedy). Out-of-range
+/// values fail `flint_add_request` with the reason in `flint_last_error`.
 #[repr(C)]
 pub struct FlintSampling {
+    /// Softmax temperature, finite and >= 0; 0 = greedy (top_k and seed then do not matter;
+    /// top_p must still be valid).
     pub temperature: f32,
+    /// Sample among the `top_k` most likely tokens only; 0 = no cut.
     pub top_k: usize,
+    /// Sample among the fewest most likely tokens whose probabilities sum to `top_p`; in
+    /// (0, 1], 1 = no cut (so a zeroed struct must set it).
     pub top_p: f32,
+    /// Seed of the request's random numbers: the same seed and inputs give the same tokens.
     pub seed: u64,
 }
 
@@ -52,7 +75,10 @@ enum AnyEngine {
     Cuda(Box<Engine<CudaBackend>>),
 }
 
-/// Opaque engine handle.
+/// An engine: opaque, made by `flint_engine_create`, freed by `flint_engine_destroy`.
+/// It may be used from any thread, but by one thread at a time: calls on one engine must not
+/// overlap (the caller serializes them). A "cuda" engine makes its CUDA context current on
+/// the calling thread.
 pub struct FlintEngine {
     engine: AnyEngine,
     last: StepOutput,
@@ -103,13 +129,21 @@ fn handle<'a>(h: *mut FlintEngine) -> Result<&'a mut FlintEngine> {
     unsafe { h.as_mut() }.ok_or_else(|| anyhow!("engine handle is NULL"))
 }
 
-/// The last error on this thread ("" when none). Valid until the next failing call.
+/// The message of the last error on this thread ("" when none).
+///
+/// Every function reports failure the same way: -1 (or NULL where it returns a pointer),
+/// with the reason here; none of them lets a Rust panic cross into C (a panic is an error
+/// "internal panic in flint"). The string belongs to flint and is valid until the next
+/// failing call on this thread (or the next `flint_step_finished` that reports an error
+/// message); copy it to keep it.
 #[no_mangle]
 pub extern "C" fn flint_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-/// Loads a model (a folder or `synthetic:NAME`) and builds an engine; NULL on error.
+/// Loads a model and builds an engine; NULL on error (reason in `flint_last_error`).
+/// `model`: a model folder (config.json and safetensors weights) or "synthetic:NAME";
+/// `config`: NULL = all defaults (see `FlintConfig`).
 ///
 /// # Safety
 /// `model` is a NUL-terminated string; `config` is NULL or points to a `FlintConfig`.
@@ -180,10 +214,15 @@ pub unsafe extern "C" fn flint_engine_destroy(h: *mut FlintEngine) {
     })
 }
 
-/// Queues a request; its id (≥ 0), or -1 on error. `sampling` NULL = greedy.
+/// Queues a request: up to `max_new_tokens` (>= 1) new tokens after the `prompt_len` token ids
+/// at `prompt` (at least one, each inside the vocabulary). It ends early at the model's EOS
+/// unless `ignore_eos`. `sampling` NULL = greedy. Returns the request's id (>= 0, unique in
+/// this engine), or -1 on error (bad arguments are errors that name them). A request too large
+/// for the KV cache or the model's context is accepted and finishes with "error" at the next
+/// step.
 ///
 /// # Safety
-/// `prompt` points to `prompt_len` ids; `sampling` is NULL or valid.
+/// `h` is a live engine; `prompt` points to `prompt_len` ids; `sampling` is NULL or valid.
 #[no_mangle]
 pub unsafe extern "C" fn flint_add_request(
     h: *mut FlintEngine,
@@ -222,7 +261,8 @@ pub unsafe extern "C" fn flint_add_request(
     })
 }
 
-/// Ends a request: 1 if it was live, 0 if unknown, -1 on error.
+/// Ends request `id`: 1 if it was live (the next step reports it finished, "aborted"), 0 if
+/// the id is unknown or already finished, -1 on error.
 ///
 /// # Safety
 /// `h` is a live engine.
@@ -234,7 +274,8 @@ pub unsafe extern "C" fn flint_abort(h: *mut FlintEngine, id: u64) -> i32 {
     })
 }
 
-/// Requests waiting, running or not yet reported finished; -1 on error.
+/// 1 while requests remain (waiting, running, or finished but not yet reported by
+/// `flint_step`), 0 when none, -1 on error. Loop `flint_step` while it is 1.
 ///
 /// # Safety
 /// `h` is a live engine.
@@ -246,8 +287,10 @@ pub unsafe extern "C" fn flint_has_unfinished(h: *mut FlintEngine) -> i32 {
     })
 }
 
-/// Runs one step; the number of new tokens (read them with `flint_step_token`), or -1.
-/// `num_finished` (may be NULL) receives the number of finished requests.
+/// Runs one step (schedule, forward pass, sampling): returns the number of new tokens, or -1
+/// on error. `*num_finished` (`num_finished` may be NULL) receives the number of requests
+/// that finished. Read the items by index with `flint_step_token` and `flint_step_finished`;
+/// they stay valid until the next `flint_step` or `flint_engine_destroy`.
 ///
 /// # Safety
 /// `h` is a live engine; `num_finished` is NULL or writable.
@@ -264,7 +307,8 @@ pub unsafe extern "C" fn flint_step(h: *mut FlintEngine, num_finished: *mut usiz
     })
 }
 
-/// Token `i` of the last step: writes its request id and token; 0, or -1 out of range.
+/// Token `i` (0 <= i < what `flint_step` returned) of the last step: writes its request id to
+/// `*id` and the token to `*token`; 0, or -1 when `i` is out of range.
 ///
 /// # Safety
 /// `h` is a live engine; `id` and `token` are writable.
@@ -288,9 +332,12 @@ pub unsafe extern "C" fn flint_step_token(
     })
 }
 
-/// Finished request `i` of the last step: its id and reason ("eos", "length", "stop",
-/// "context", "aborted", "error"; a static string); NULL out of range. `error` (may be NULL)
-/// receives the error message or NULL, valid until the next step.
+/// Finished request `i` (0 <= i < `*num_finished` of the last `flint_step`): writes its id to
+/// `*id` and returns why it finished, as a static string: "eos" (the model's end token),
+/// "length" (`max_new_tokens` reached), "stop" (a stop token), "context" (the model's context
+/// is full), "aborted" (`flint_abort`) or "error"; NULL when `i` is out of range.
+/// `*error` (`error` may be NULL) gets the message of an "error" finish, else NULL; it is the
+/// thread's `flint_last_error` string, valid as that one is.
 ///
 /// # Safety
 /// `h` is a live engine; `id` writable; `error` NULL or writable.
