@@ -99,6 +99,7 @@ FLINT_ASSERT_SIZE(RopeKvWriteParams, 112);
 #include "attention/params.h"
 #include "quant/params.h"
 #include "gemv/params.h"
+#include "sampling/params.h"
 /** gather_rows_bf16: out[i, :] = x[rows[i], :]; a row index outside [0, x_rows) gives zeros. */
 typedef struct GatherParams {
     FLINT_PTR(const flint_bf16) x;       /**< [x_rows, cols] */

@@ -27,7 +27,7 @@
 use crate::backend::{Backend, MemoryInfo, StepInput};
 use crate::kv_cache::{BlockAllocator, PrefixCacheStats, SeqCache};
 use crate::model::{Model, Workspace};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{SampleRow, Sampler, SamplingParams};
 use crate::scheduler::{Chunk, Scheduler, Sequence};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -171,8 +171,9 @@ pub fn generate_with<B: Backend>(
             ..Default::default()
         };
         seq.push_to_step(&mut alloc, &input, &mut step)?;
-        let logits = model.forward(be, &step, &mut cache, &mut ws, false)?;
-        let next = sampler.sample(&logits);
+        model.forward_device(be, &step, &mut cache, &mut ws, false, None)?;
+        let row = [(0, sampler.next_row())];
+        let next = be.sample(ws.logits(), model.spec.vocab_size, &row)?[0];
         tokens.push(next);
         on_token(next);
         if !opts.ignore_eos && opts.eos_ids.contains(&next) {
@@ -594,8 +595,20 @@ impl<B: Backend> Engine<B> {
             return Ok(out);
         }
         out.num_batched_tokens = step.num_tokens();
-        let logits = match self.forward(step, &chunks) {
-            Ok(l) => l,
+        let v = self.model.spec.vocab_size;
+        // One row of logits per chunk; the chunks that end a prompt or decode sample theirs
+        // on the device (each from its own generator, so the batch does not matter).
+        let sampled = self.forward(step, &chunks).and_then(|()| {
+            let rows: Vec<(usize, SampleRow)> = chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.sample)
+                .map(|(row, c)| (row, self.sched.running[c.idx].sampler.next_row()))
+                .collect();
+            self.backend.sample(self.ws.logits(), v, &rows)
+        });
+        let tokens = match sampled {
+            Ok(t) => t,
             Err(e) => {
                 // The step's sequences cannot be trusted: end them with the error.
                 let mut idx: Vec<usize> = chunks.iter().map(|c| c.idx).collect();
@@ -611,15 +624,10 @@ impl<B: Backend> Engine<B> {
         };
         // The K/V of every chunk is written: completed full blocks join the prefix cache.
         self.sched.commit(&chunks);
-        let v = self.model.spec.vocab_size;
         // (running index, reason, text cut at a stop string)
         let mut done: Vec<(usize, FinishReason, Option<String>)> = Vec::new();
-        for (row, c) in chunks.iter().enumerate() {
-            if !c.sample {
-                continue;
-            }
+        for (c, &t) in chunks.iter().filter(|c| c.sample).zip(&tokens) {
             let s = &mut self.sched.running[c.idx];
-            let t = s.sampler.sample(&logits[row * v..(row + 1) * v]);
             s.tokens.push(t);
             out.tokens.push((s.id, t));
             let s = &self.sched.running[c.idx];
@@ -654,7 +662,7 @@ impl<B: Backend> Engine<B> {
     /// the bucket's graph (padded rows write nowhere), anything else runs eagerly. A graph
     /// failure turns graphs off for this engine, says so once, and reruns the step eagerly
     /// (a failed capture ran nothing; a rerun rewrites the same K/V).
-    fn forward(&mut self, step: StepInput, chunks: &[Chunk]) -> Result<Vec<f32>> {
+    fn forward(&mut self, step: StepInput, chunks: &[Chunk]) -> Result<()> {
         let n = chunks.len();
         let decode = chunks.iter().all(|c| c.len == 1 && c.sample);
         let bucket = self.graph_buckets.iter().copied().find(|&b| b >= n);
@@ -662,7 +670,7 @@ impl<B: Backend> Engine<B> {
             let padded = self.graph_step(&step, b);
             let key = self.graph_base + b as u64;
             let be = &self.backend;
-            match self.model.forward_graphed(
+            match self.model.forward_device(
                 be,
                 &padded,
                 &mut self.cache,
@@ -670,10 +678,9 @@ impl<B: Backend> Engine<B> {
                 false,
                 Some(key),
             ) {
-                Ok(mut l) => {
+                Ok(()) => {
                     self.graph_replays += 1;
-                    l.truncate(n * self.model.spec.vocab_size);
-                    return Ok(l);
+                    return Ok(());
                 }
                 Err(e) => {
                     eprintln!("flint: CUDA graph for decode batch {b} failed ({e:#}); running eagerly from now on");
@@ -682,8 +689,14 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
-        self.model
-            .forward(&self.backend, &step, &mut self.cache, &mut self.ws, false)
+        self.model.forward_device(
+            &self.backend,
+            &step,
+            &mut self.cache,
+            &mut self.ws,
+            false,
+            None,
+        )
     }
 
     /// `step` (pure decode) as graph bucket `bucket` runs it (see [`pad_decode_step`]),

@@ -137,6 +137,12 @@ impl<B: Backend> Workspace<B> {
 }
 
 impl<B: Backend> Workspace<B> {
+    /// The last forward's logits, on the device: `[rows, vocab]` (see
+    /// [`Model::forward_device`]).
+    pub fn logits(&self) -> &B::Tensor {
+        &self.logits
+    }
+
     /// Expert ids `[T, top_k]` (as f32) chosen by the last sparse layer of the last forward;
     /// `None` for a dense model.
     pub fn last_expert_ids(&self, be: &B) -> Option<Result<Vec<f32>>> {
@@ -419,6 +425,21 @@ impl<B: Backend> Model<B> {
         all_positions: bool,
         graph: Option<u64>,
     ) -> Result<Vec<f32>> {
+        self.forward_device(be, step, cache, ws, all_positions, graph)?;
+        be.to_host(&ws.logits)
+    }
+
+    /// Runs one step (eagerly, or as graph `graph` as in [`Model::forward_graphed`]) and
+    /// leaves its logits on the device in `ws.logits`, for [`Backend::sample`].
+    pub fn forward_device(
+        &self,
+        be: &B,
+        step: &StepInput,
+        cache: &mut B::KvCache,
+        ws: &mut Workspace<B>,
+        all_positions: bool,
+        graph: Option<u64>,
+    ) -> Result<()> {
         let n = step.num_tokens();
         if n == 0 || n > ws.max_tokens {
             bail!(
@@ -428,8 +449,7 @@ impl<B: Backend> Model<B> {
         }
         let dstep = be.upload_step(step)?;
         let Some(key) = graph else {
-            self.device_forward(be, &dstep, cache, ws, all_positions)?;
-            return be.to_host(&ws.logits);
+            return self.device_forward(be, &dstep, cache, ws, all_positions);
         };
         // Plans and metadata uploads happen before the region: nothing inside may copy.
         for l in &self.layers {
@@ -439,8 +459,7 @@ impl<B: Backend> Model<B> {
         let ran = self.device_forward(be, &dstep, cache, ws, all_positions);
         let ended = be.graph_end(ran.is_ok());
         ran?;
-        ended?;
-        be.to_host(&ws.logits)
+        ended
     }
 
     /// Every kernel of one step, leaving the logits in `ws.logits`.

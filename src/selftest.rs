@@ -42,6 +42,18 @@ pub struct SelftestOptions {
     pub quant_fixtures: Option<PathBuf>,
 }
 
+/// The sampling cases' (temperature, top_k, top_p): greedy, temperature alone, top-k, top-p,
+/// both, top-k through the copies of the maximum, and top-k = vocab - 1 (usize::MAX).
+const SAMPLE_SPECS: &[(f32, usize, f32)] = &[
+    (0.0, 0, 1.0),
+    (0.7, 0, 1.0),
+    (1.0, 40, 1.0),
+    (0.8, 0, 0.9),
+    (1.2, 50, 0.5),
+    (1.0, 2, 1.0),
+    (0.9, usize::MAX, 0.95),
+];
+
 /// Single-op tolerance (rel-L2) and attention's.
 const OP_TOL: f64 = 1e-2;
 const ATTN_TOL: f64 = 2e-2;
@@ -414,8 +426,62 @@ impl Tester<'_> {
                 || self.softcap(rows, cols, cap),
             ));
         }
+        // Sampling: tokens must equal the host definition's exactly (tolerance 0 on the
+        // count of rows that differ); vocabularies of Llama 2, GPT-2 (odd) and Llama 3.
+        for (rows, vocab) in pick(quick, vec![(6, 32000), (5, 50257), (3, 128_256), (4, 100)]) {
+            out.push(self.case(
+                "sample",
+                format!("{rows} rows x {} specs, vocab {vocab}", SAMPLE_SPECS.len()),
+                0.0,
+                || self.sample(rows, vocab),
+            ));
+        }
         out.extend(self.moe_cases(quick));
         out
+    }
+
+    /// Rows of bf16 logits (each with its maximum copied to three more places, so top-k and
+    /// top-p cut through equal values) sampled with every spec of SAMPLE_SPECS on both
+    /// backends; the number of (row, spec) pairs whose tokens differ.
+    fn sample(&self, rows: usize, vocab: usize) -> Result<f64> {
+        let mut d = self.data(rows * vocab, 3.0);
+        for r in 0..rows {
+            let row = &mut d[r * vocab..(r + 1) * vocab];
+            let max = row.iter().copied().fold(f32::MIN, f32::max);
+            for k in 1..4 {
+                row[(k * 7919 + r) % vocab] = max;
+            }
+        }
+        let g = self.gpu.tensor_from(&d, rows, vocab)?;
+        let mut specs = Vec::new();
+        {
+            let mut rng = self.rng.borrow_mut();
+            for r in 0..rows {
+                for &(temperature, top_k, top_p) in SAMPLE_SPECS {
+                    let key = rng.next();
+                    let top_k = if top_k == usize::MAX {
+                        vocab - 1
+                    } else {
+                        top_k
+                    };
+                    specs.push((
+                        r,
+                        crate::sampling::SampleRow {
+                            temperature,
+                            top_k,
+                            top_p,
+                            key,
+                        },
+                    ));
+                }
+            }
+        }
+        let got = self.gpu.sample(&g, vocab, &specs)?;
+        let want: Vec<u32> = specs
+            .iter()
+            .map(|(r, s)| crate::sampling::sample_row(&d[r * vocab..(r + 1) * vocab], s))
+            .collect();
+        Ok(got.iter().zip(&want).filter(|(a, b)| a != b).count() as f64)
     }
 
     /// Attention against the CPU at every shape, step and variant, under `group`.

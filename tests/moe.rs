@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fixtures_dir, max_rel_err, reference};
+use common::{build_emulation, fixtures_dir, max_rel_err, reference};
 use flint::backend::cpu::{CpuBackend, CpuTensor};
 use flint::backend::{Backend, MoeExperts, MoeRouting, StepInput};
 use flint::config::{Activation, ModelSpec};
@@ -663,48 +663,6 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
     assert!(out.is_empty(), "{out}");
 }
 
-/// Builds tests/moe_emulation/main.cpp (kernels/moe.cu for the host) with `defines` into
-/// `name`; None (after saying why) when there is no C++20 compiler or no CUDA headers, which
-/// fails instead under FLINT_REQUIRE_KERNELS=1.
-fn build_moe_emulation(test: &str, name: &str, defines: &[&str]) -> Option<std::path::PathBuf> {
-    use std::path::PathBuf;
-    use std::process::Command;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let required = std::env::var("FLINT_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
-    let include = std::env::var("CUDA_HOME")
-        .map(|h| PathBuf::from(h).join("include"))
-        .into_iter()
-        .chain([root.join(".toolchain/cuda/home/include")])
-        .find(|p| p.join("cuda_bf16.h").is_file());
-    let have_cxx = Command::new(&cxx).arg("--version").output().is_ok();
-    let (Some(include), true) = (include, have_cxx) else {
-        assert!(
-            !required,
-            "FLINT_REQUIRE_KERNELS=1 but no CUDA headers (cuda_bf16.h) or no `{cxx}`"
-        );
-        eprintln!("{test}: skipped (no CUDA headers or no {cxx})");
-        return None;
-    };
-    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let build = Command::new(&cxx)
-        .args(["-std=c++20", "-O2", "-pthread", "-DFLINT_PARAMS_TYPED"])
-        .args(defines.iter().map(|d| format!("-D{d}")))
-        .arg(format!("-I{}", root.join("kernels").display()))
-        .arg(format!("-I{}", include.display()))
-        .arg(root.join("tests/moe_emulation/main.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("runs the C++ compiler");
-    assert!(
-        build.status.success(),
-        "building the emulation failed:\n{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    Some(exe)
-}
-
 /// kernels/moe.cu compiled for the host (tests/moe_emulation: CTAs as std::threads, warp
 /// shuffles, a wmma shim, cp.async as a plain copy) against a double-precision reference:
 /// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate,
@@ -714,8 +672,9 @@ fn build_moe_emulation(test: &str, name: &str, defines: &[&str]) -> Option<std::
 /// headers that scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
 #[test]
 fn moe_kernels_pass_their_host_emulation() {
-    let Some(exe) = build_moe_emulation(
+    let Some(exe) = build_emulation(
         "moe_kernels_pass_their_host_emulation",
+        "tests/moe_emulation/main.cpp",
         "moe_emulation",
         &[],
     ) else {
@@ -737,8 +696,9 @@ fn moe_kernels_pass_their_host_emulation() {
 /// kernels read the next expert's rows, and every quantized case must then fail.
 #[test]
 fn moe_emulation_catches_a_broken_quantized_expert_index() {
-    let Some(exe) = build_moe_emulation(
+    let Some(exe) = build_emulation(
         "moe_emulation_catches_a_broken_quantized_expert_index",
+        "tests/moe_emulation/main.cpp",
         "moe_emulation_broken",
         &["FLINT_EMULATE_BREAK_QUANT_INDEX"],
     ) else {

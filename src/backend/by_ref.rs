@@ -45,6 +45,14 @@ impl<B: Backend> Backend for &B {
     fn weight_bytes(&self, w: &Self::Weight) -> usize {
         (**self).weight_bytes(w)
     }
+    fn sample(
+        &self,
+        l: &Self::Tensor,
+        v: usize,
+        r: &[(usize, crate::sampling::SampleRow)],
+    ) -> Result<Vec<u32>> {
+        (**self).sample(l, v, r)
+    }
     fn memory_info(&self) -> Result<Option<MemoryInfo>> {
         (**self).memory_info()
     }

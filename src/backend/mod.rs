@@ -213,6 +213,22 @@ pub fn round_to_bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
 }
 
+/// `sample`'s argument check: a non-empty vocabulary dividing the logits, rows inside them.
+pub fn check_sample_rows(
+    logits_len: usize,
+    vocab: usize,
+    rows: &[(usize, crate::sampling::SampleRow)],
+) -> Result<()> {
+    if vocab == 0 || logits_len % vocab != 0 {
+        bail!("sample: {logits_len} logits are not rows of a vocabulary of {vocab}");
+    }
+    let have = logits_len / vocab;
+    if let Some((r, _)) = rows.iter().find(|(r, _)| *r >= have) {
+        bail!("sample: row {r} outside logits of {have} rows");
+    }
+    Ok(())
+}
+
 pub trait Backend {
     /// An activation tensor `[rows, cols]` with a fixed row capacity.
     type Tensor;
@@ -248,6 +264,24 @@ pub trait Backend {
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// Bytes held by a weight (for reports).
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
+
+    /// One token per `(row, spec)`: [`sample_row`](crate::sampling::sample_row) on row `row`
+    /// of `logits` (`[rows, vocab]`). The default (the CPU reference's) copies the logits to
+    /// the host and samples there; a backend with a sampling kernel copies back only the
+    /// tokens (the same ones: the kernel computes the definition bit for bit).
+    fn sample(
+        &self,
+        logits: &Self::Tensor,
+        vocab: usize,
+        rows: &[(usize, crate::sampling::SampleRow)],
+    ) -> Result<Vec<u32>> {
+        let host = self.to_host(logits)?;
+        check_sample_rows(host.len(), vocab, rows)?;
+        Ok(rows
+            .iter()
+            .map(|(r, spec)| crate::sampling::sample_row(&host[r * vocab..(r + 1) * vocab], spec))
+            .collect())
+    }
 
     /// Free and total device memory, to size the KV cache from. `None` on a backend without
     /// its own memory (the CPU reference): its KV cache is sized by an explicit block count.

@@ -72,3 +72,51 @@ pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
+
+/// Builds a host emulation of kernel code (`source`, relative to the repository, e.g.
+/// tests/moe_emulation/main.cpp) with `defines` into `name` under the test target's temporary
+/// directory; None (after saying why) when there is no C++20 compiler or no CUDA headers,
+/// which fails instead under FLINT_REQUIRE_KERNELS=1.
+pub fn build_emulation(
+    test: &str,
+    source: &str,
+    name: &str,
+    defines: &[&str],
+) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    use std::process::Command;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let required = std::env::var("FLINT_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let include = std::env::var("CUDA_HOME")
+        .map(|h| PathBuf::from(h).join("include"))
+        .into_iter()
+        .chain([root.join(".toolchain/cuda/home/include")])
+        .find(|p| p.join("cuda_bf16.h").is_file());
+    let have_cxx = Command::new(&cxx).arg("--version").output().is_ok();
+    let (Some(include), true) = (include, have_cxx) else {
+        assert!(
+            !required,
+            "FLINT_REQUIRE_KERNELS=1 but no CUDA headers (cuda_bf16.h) or no `{cxx}`"
+        );
+        eprintln!("{test}: skipped (no CUDA headers or no {cxx})");
+        return None;
+    };
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let build = Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-pthread", "-DFLINT_PARAMS_TYPED"])
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg(format!("-I{}", root.join("kernels").display()))
+        .arg(format!("-I{}", include.display()))
+        .arg(root.join(source))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("runs the C++ compiler");
+    assert!(
+        build.status.success(),
+        "building the emulation failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    Some(exe)
+}

@@ -1,5 +1,6 @@
-// cuda_shim.h — just enough of CUDA to run kernels/moe.cu on the host, for the emulation test
-// (tests/moe_emulation/main.cpp, driven by tests/moe.rs). Not a simulator of the hardware:
+// cuda_shim.h — just enough of CUDA to run kernels/moe.cu and kernels/sampling.cu on the host,
+// for the emulation tests (tests/moe_emulation/main.cpp, driven by tests/moe.rs;
+// tests/sampling_emulation/main.cpp, driven by tests/sampling.rs). Not a simulator of the hardware:
 // - a CTA's threads are std::threads; __syncthreads is a std::barrier over them;
 // - __shared__ becomes `static` (CTAs run one after another, so a static is the CTA's memory);
 // - a warp shuffle is an exchange through per-warp slots between two warp barriers (every
@@ -70,12 +71,61 @@ inline T __shfl_xor_sync(unsigned, T v, int o) {
     return r;
 }
 
+template <class T>
+inline T __shfl_up_sync(unsigned, T v, unsigned d) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    uint64_t raw = 0;
+    std::memcpy(&raw, &v, sizeof(T));
+    shim::cta->slots[threadIdx.x] = raw;
+    shim::cta->warp[w]->arrive_and_wait();
+    if (lane >= static_cast<int>(d)) raw = shim::cta->slots[w * 32 + lane - d];
+    shim::cta->warp[w]->arrive_and_wait();
+    T r;
+    std::memcpy(&r, &raw, sizeof(T));
+    return r;
+}
+
+inline unsigned __ballot_sync(unsigned, int pred) {
+    const int w = threadIdx.x / 32;
+    shim::cta->slots[threadIdx.x] = pred ? 1 : 0;
+    shim::cta->warp[w]->arrive_and_wait();
+    unsigned bits = 0;
+    for (int l = 0; l < 32; ++l) bits |= static_cast<unsigned>(shim::cta->slots[w * 32 + l]) << l;
+    shim::cta->warp[w]->arrive_and_wait();
+    return bits;
+}
+
+// Bit tricks and round-to-nearest float operations: the host's IEEE operations (g++ in ISO
+// C++ mode does not contract a * b + c into an fma).
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __clz(int x) { return x ? __builtin_clz(static_cast<unsigned>(x)) : 32; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+inline float ceilf(float x) { return std::ceil(x); }
+inline float rintf(float x) { return std::rint(x); }  // round half to even (default mode)
+using std::isnan;
+
 // Streaming load (evict-first on the GPU): a plain load here.
 template <class T>
 inline T __ldcs(const T *p) { return *p; }
 
 inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 
 /// Runs kernel(p) over grid x block, one CTA at a time. The block's threads are created once
 /// per launch and step through the CTAs together (a fresh set of barriers per CTA).

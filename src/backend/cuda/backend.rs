@@ -32,6 +32,8 @@ use std::collections::HashMap;
 // The MoE ops (owned by the MoE kernels' author); a child module so it reads private fields.
 #[path = "moe.rs"]
 pub(super) mod moe;
+#[path = "sampling.rs"]
+mod sampling;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
 pub struct CudaTensor {
@@ -152,6 +154,8 @@ pub struct CudaBackend {
     quant: super::quant::QuantKernels,
     step_staging: RefCell<Staging>,
     attn_staging: RefCell<Staging>,
+    /// The sampling kernel's specs (in) and tokens (out).
+    sample_staging: RefCell<Staging>,
     uploaded: Cell<usize>,
     moe: moe::MoeState,
     prefill_path: Cell<PrefillPath>,
@@ -221,6 +225,7 @@ impl CudaBackend {
             quant,
             step_staging: RefCell::new(Staging::new()),
             attn_staging: RefCell::new(Staging::new()),
+            sample_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
             moe,
             prefill_path: Cell::new(PrefillPath::default()),
@@ -582,6 +587,15 @@ impl Backend for CudaBackend {
             .context("to_host: copying to the host (or an earlier kernel failed)")?;
         self.synchronize()?;
         Ok(host.into_iter().map(f32::from).collect())
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaTensor,
+        vocab: usize,
+        rows: &[(usize, crate::sampling::SampleRow)],
+    ) -> Result<Vec<u32>> {
+        self.sample_impl(logits, vocab, rows)
     }
 
     fn weight_bytes(&self, w: &CudaTensor) -> usize {

@@ -205,6 +205,16 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Copies `len` bytes from `offset` of the buffer to the host (synchronous).
+    pub fn download(&self, stream: &Arc<CudaStream>, offset: usize, len: usize) -> Result<Vec<u8>> {
+        let buf = self.buf.as_ref().context("staging: not allocated")?;
+        stream
+            .clone_dtoh(&buf.slice(offset..offset + len))
+            .context("copying results to the host (or an earlier kernel failed)")
+    }
+}
+
 impl Default for Staging {
     fn default() -> Self {
         Self::new()

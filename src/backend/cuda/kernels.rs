@@ -76,6 +76,7 @@ pub struct Kernels {
     pub act_mul_bf16_gelu: sys::CUfunction,
     pub rope_kv_write_bf16: sys::CUfunction,
     pub gather_rows_bf16: sys::CUfunction,
+    pub sample_bf16: sys::CUfunction,
     pub softcap_bf16: sys::CUfunction,
     /// `ATTENTION_KERNELS`, by symbol (the attention plan names what to launch).
     pub attention: HashMap<&'static str, sys::CUfunction>,
@@ -98,6 +99,7 @@ impl Kernels {
             act_mul_bf16_gelu: dev.function("act_mul_bf16_gelu")?,
             rope_kv_write_bf16: dev.function("rope_kv_write_bf16")?,
             gather_rows_bf16: dev.function("gather_rows_bf16")?,
+            sample_bf16: dev.function("sample_bf16")?,
             softcap_bf16: dev.function("softcap_bf16")?,
             attention,
         })

@@ -109,6 +109,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write
     "rope_kv_write_bf16",
+    // sampling.cu: greedy / temperature / top-k / top-p, one CTA per row
+    "sample_bf16",
     // softcap.cu: x = cap * tanh(x / cap), in place
     "softcap_bf16",
 ];
