@@ -436,13 +436,17 @@ impl ModelSpec {
         if self.qkv_bias {
             attn += q + 2 * kv;
         }
+        if self.o_bias {
+            attn += d;
+        }
         if self.qk_norm {
             attn += 2 * self.head_dim as u64;
         }
         if self.sandwich_norms {
             attn += 2 * d;
         }
-        let mlp_dense = 3 * d * self.intermediate as u64;
+        let i = self.intermediate as u64;
+        let mlp_dense = 3 * d * i + if self.mlp_bias { 2 * i + d } else { 0 };
         let mut total = 0u64;
         for l in 0..self.num_layers {
             total += attn;

@@ -593,5 +593,15 @@ mod tests {
             };
             assert_eq!(read, spec.param_count(), "{m:?}");
         }
+        // Every bias a family may have (no fixture has o_bias or mlp_bias).
+        let mut spec = ModelRef::Synthetic("tiny".into()).spec().unwrap();
+        (spec.qkv_bias, spec.o_bias, spec.mlp_bias) = (true, true, true);
+        let src = crate::weights::synthetic::SyntheticSource::new(&spec, 0);
+        let c = Counted {
+            inner: &src,
+            bar: ProgressBar::hidden(),
+        };
+        Model::load_counted(&CpuBackend, spec.clone(), &c).unwrap();
+        assert_eq!(c.bar.position(), spec.param_count(), "tiny with every bias");
     }
 }
