@@ -840,7 +840,8 @@ impl Tester<'_> {
                 (true, true) => &[1, 9],
                 (true, false) => &[1, 8, 33],
                 (false, true) => &[1, 8, 9],
-                (false, false) => &[1, 3, 8, 9, 64],
+                // 9 and 33: GEMV passes (33 for int4 only); 64: dequantize + cuBLASLt.
+                (false, false) => &[1, 3, 8, 9, 33, 64],
             };
             let w = self.data(n * k, 1.0 / (k as f32).sqrt());
             for what in QUANT_SCHEMES {

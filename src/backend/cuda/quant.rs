@@ -9,10 +9,12 @@
 //! kernel per code type serves every format, and the value a kernel computes is the CPU
 //! reference's f32 value, bit for bit, before the f32 accumulation.
 //!
-//! Dispatch (`matmul`): 1..=8 tokens run `quant_gemv_<fmt>` (one launch per linear layer;
-//! fused q|k|v and gate|up are one weight); more tokens dequantize into a grow-only bf16
-//! scratch with `quant_dequant_<fmt>` and run cuBLASLt on it (correct first; a fused
-//! tensor-core main loop is later work). Only `matmul` reads a quantized weight.
+//! Dispatch (`matmul`, [`quant_path`]): 1..=8 tokens run `quant_gemv_<fmt>` (one launch per
+//! linear layer; fused q|k|v and gate|up are one weight); up to [`gemv_passes_max`] passes of
+//! 8 tokens run it once per pass (each pass re-reads the codes, still fewer bytes than the
+//! alternative); more tokens dequantize into a grow-only bf16 scratch with
+//! `quant_dequant_<fmt>` and run cuBLASLt on it (a fused tensor-core main loop is later
+//! work). Only `matmul` reads a quantized weight.
 
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
@@ -240,6 +242,37 @@ pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTenso
     CudaTensor::quantized(be, w.n, w.k, q)
 }
 
+/// How `matmul` runs a quantized weight for `tokens` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantPath {
+    /// The GEMV kernel, in this many passes of at most 8 tokens.
+    Gemv(usize),
+    /// Dequantize to bf16, then cuBLASLt.
+    DequantGemm,
+}
+
+/// GEMV passes worth running before dequantize + cuBLASLt wins, by bytes read per weight:
+/// a pass reads the codes (int4 0.5 B, int8 / fp8 1 B); dequantizing reads them once, writes
+/// 2 B of bf16 and cuBLASLt reads those 2 B again (memory-bound at these token counts), so
+/// ~4.5 B (int4) or ~5 B (int8 / fp8). int4: 6 passes (48 tokens) = 3 B; int8 / fp8: 3 passes
+/// (24 tokens) = 3 B, with margin for the GEMV's lower efficiency. A prediction from byte
+/// counts (bench/NOTES.md), to be measured on a GPU.
+pub fn gemv_passes_max(fmt: Fmt) -> usize {
+    match fmt {
+        Fmt::Int4 => 6,
+        Fmt::Int8 | Fmt::Fp8 => 3,
+    }
+}
+
+pub fn quant_path(fmt: Fmt, tokens: usize) -> QuantPath {
+    let passes = tokens.div_ceil(GEMV_MAX_TOKENS);
+    if passes <= gemv_passes_max(fmt) {
+        QuantPath::Gemv(passes.max(1))
+    } else {
+        QuantPath::DequantGemm
+    }
+}
+
 /// `matmul` with a quantized weight: shapes were checked by the caller, `out` has its rows set.
 pub fn matmul(
     be: &CudaBackend,
@@ -269,12 +302,19 @@ pub fn matmul(
         reserved: 0,
     };
     let stream = be.stream()?;
-    if t <= GEMV_MAX_TOKENS {
+    if let QuantPath::Gemv(_) = quant_path(l.fmt, t) {
         let name = format!("quant_gemv_{}", l.fmt.name());
-        // SAFETY: p points into live buffers of the shapes QuantGemvParams documents: x holds
-        // t rows of k, out t rows of n (capacity checked by the caller), the weight buffers
-        // were uploaded from a validated QuantWeight of [n, k].
-        return unsafe { launch(&name, qk.gemv[l.fmt.index()], gemv_shape(l.n), stream, &p) };
+        for t0 in (0..t).step_by(GEMV_MAX_TOKENS) {
+            let rows = (t - t0).min(GEMV_MAX_TOKENS);
+            p.x = be.ptr(&x.buf) + (2 * t0 * l.k) as u64;
+            p.out = be.ptr(&out.buf) + (2 * t0 * l.n) as u64;
+            p.num_tokens = rows as i32;
+            // SAFETY: p points into live buffers of the shapes QuantGemvParams documents: x
+            // holds rows t0..t0 + rows of k, out the same rows of n (capacity checked by the
+            // caller), the weight buffers were uploaded from a validated QuantWeight of [n, k].
+            unsafe { launch(&name, qk.gemv[l.fmt.index()], gemv_shape(l.n), stream, &p)? };
+        }
+        return Ok(());
     }
     let elems = l.n * l.k;
     let mut scratch = qk.scratch.borrow_mut();
@@ -316,6 +356,16 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quant_path_counts_bytes() {
+        assert_eq!(quant_path(Fmt::Int4, 1), QuantPath::Gemv(1));
+        assert_eq!(quant_path(Fmt::Int4, 9), QuantPath::Gemv(2));
+        assert_eq!(quant_path(Fmt::Int4, 48), QuantPath::Gemv(6));
+        assert_eq!(quant_path(Fmt::Int4, 49), QuantPath::DequantGemm);
+        assert_eq!(quant_path(Fmt::Int8, 24), QuantPath::Gemv(3));
+        assert_eq!(quant_path(Fmt::Fp8, 25), QuantPath::DequantGemm);
+    }
     use crate::weights::quant::{concat_rows, quantize_fp8, quantize_int4, quantize_int8};
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
