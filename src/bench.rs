@@ -8,7 +8,7 @@ use crate::backend::{Backend, StepInput};
 use crate::engine::BLOCK_SIZE;
 use crate::kv_cache::{BlockAllocator, SeqCache};
 use crate::model::{Model, Workspace};
-use crate::sampling::Rng;
+use crate::sampling::{Rng, SampleRow};
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -78,18 +78,37 @@ fn run_case<B: Backend>(
             }
             Ok(step)
         };
+    // A step as a server runs it: the forward, then a greedy token per sequence picked on the
+    // device (only the ids come back, as with transformers' generate), not [batch, vocab]
+    // logits copied to the host.
+    let greedy: Vec<(usize, SampleRow)> = (0..batch)
+        .map(|r| {
+            let row = SampleRow {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                key: 0,
+            };
+            (r, row)
+        })
+        .collect();
+    let run = |step: &StepInput, cache: &mut B::KvCache, ws: &mut Workspace<B>| -> Result<()> {
+        model.forward_device(be, step, cache, ws, false, None)?;
+        be.sample(ws.logits(), spec.vocab_size, &greedy)?;
+        Ok(())
+    };
     if depth > 0 {
         let step = step_of(&mut seqs, &mut alloc, depth)?;
-        model.forward(be, &step, &mut cache, &mut ws, false)?;
+        run(&step, &mut cache, &mut ws)?;
     }
     let start = Instant::now();
     if pp > 0 {
         let step = step_of(&mut seqs, &mut alloc, pp)?;
-        model.forward(be, &step, &mut cache, &mut ws, false)?;
+        run(&step, &mut cache, &mut ws)?;
     }
     for _ in 0..tg {
         let step = step_of(&mut seqs, &mut alloc, 1)?;
-        model.forward(be, &step, &mut cache, &mut ws, false)?;
+        run(&step, &mut cache, &mut ws)?;
     }
     Ok(start.elapsed().as_secs_f64())
 }
