@@ -147,16 +147,19 @@ __device__ int row_argmax(const Row &r, uint32_t *skey, int *sidx) {
             bi = j;
         }
     }
-    auto better = [](uint32_t k1, int i1, uint32_t k2, int i2) { return k1 > k2 || (k1 == k2 && i1 < i2); };
+    // The warp's best (key, index) in every lane; index n = none yet.
+    auto warp_best = [&]() {
 #pragma unroll
-    for (int o = WARP_SIZE / 2; o > 0; o /= 2) {
-        const uint32_t k = __shfl_xor_sync(FULL_MASK, bk, o);
-        const int i = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (i < r.n && (bi == r.n || better(k, i, bk, bi))) {
-            bk = k;
-            bi = i;
+        for (int o = WARP_SIZE / 2; o > 0; o /= 2) {
+            const uint32_t k = __shfl_xor_sync(FULL_MASK, bk, o);
+            const int i = __shfl_xor_sync(FULL_MASK, bi, o);
+            if (i < r.n && (bi == r.n || k > bk || (k == bk && i < bi))) {
+                bk = k;
+                bi = i;
+            }
         }
-    }
+    };
+    warp_best();
     const int lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
     if (lane == 0) {
         skey[w] = bk;
@@ -165,15 +168,7 @@ __device__ int row_argmax(const Row &r, uint32_t *skey, int *sidx) {
     __syncthreads();
     bk = skey[lane];
     bi = sidx[lane];
-#pragma unroll
-    for (int o = WARP_SIZE / 2; o > 0; o /= 2) {
-        const uint32_t k = __shfl_xor_sync(FULL_MASK, bk, o);
-        const int i = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (i < r.n && (bi == r.n || better(k, i, bk, bi))) {
-            bk = k;
-            bi = i;
-        }
-    }
+    warp_best();
     __syncthreads();
     return bi;
 }

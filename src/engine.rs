@@ -441,7 +441,7 @@ impl<B: Backend> Engine<B> {
             let step = self.graph_step(&empty, b);
             let key = self.graph_base + b as u64;
             let be = &self.backend;
-            if let Err(e) = self.model.forward_graphed(
+            if let Err(e) = self.model.forward_device(
                 be,
                 &step,
                 &mut self.cache,

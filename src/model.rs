@@ -410,27 +410,14 @@ impl<B: Backend> Model<B> {
         ws: &mut Workspace<B>,
         all_positions: bool,
     ) -> Result<Vec<f32>> {
-        self.forward_graphed(be, step, cache, ws, all_positions, None)
-    }
-
-    /// As [`Model::forward`]; with `graph = Some(key)` the device work between the step's
-    /// upload and the logits' copy to the host runs as graph `key` of the backend (captured
-    /// the first time, replayed after: see [`Backend::graph_begin`]).
-    pub fn forward_graphed(
-        &self,
-        be: &B,
-        step: &StepInput,
-        cache: &mut B::KvCache,
-        ws: &mut Workspace<B>,
-        all_positions: bool,
-        graph: Option<u64>,
-    ) -> Result<Vec<f32>> {
-        self.forward_device(be, step, cache, ws, all_positions, graph)?;
+        self.forward_device(be, step, cache, ws, all_positions, None)?;
         be.to_host(&ws.logits)
     }
 
-    /// Runs one step (eagerly, or as graph `graph` as in [`Model::forward_graphed`]) and
-    /// leaves its logits on the device in `ws.logits`, for [`Backend::sample`].
+    /// Runs one step and leaves its logits on the device in `ws.logits` (for
+    /// [`Backend::sample`], or [`Workspace::logits`]). With `graph = Some(key)` the device
+    /// work after the step's upload runs as graph `key` of the backend (captured the first
+    /// time, replayed after: see [`Backend::graph_begin`]).
     pub fn forward_device(
         &self,
         be: &B,

@@ -1326,7 +1326,8 @@ fn graph_replay_vs_eager(gpu: &CudaBackend) -> Result<(f64, String)> {
         }
         let padded = engine::pad_decode_step(&step, 4, 1024);
         let eager = m.forward(gpu, &padded, &mut cache, &mut ws, false)?;
-        let graph = m.forward_graphed(gpu, &padded, &mut cache, &mut ws, false, Some(key))?;
+        m.forward_device(gpu, &padded, &mut cache, &mut ws, false, Some(key))?;
+        let graph = gpu.to_host(ws.logits())?;
         if graph.len() != eager.len() {
             bail!(
                 "round {round}: {} graph logits, {} eager",

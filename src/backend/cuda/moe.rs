@@ -318,6 +318,21 @@ const ACTS: [&str; 3] = ["silu", "gelu_tanh", "gelu"];
 /// Code types of the quantized expert kernels, in `quant::Fmt::index` order.
 const QUANT_FMTS: [&str; 3] = ["i8", "i4", "fp8"];
 
+/// The symbol of an expert kernel: gate_up with activation `act` (None: down), on `path`,
+/// bf16 or quantized format index `fmt`.
+pub fn expert_kernel_name(path: MoePath, act: Option<&str>, fmt: Option<usize>) -> String {
+    let code = fmt.map_or("bf16", |fi| QUANT_FMTS[fi]);
+    let prefix = match (path, fmt) {
+        (MoePath::Grouped, _) => "moe",
+        (MoePath::Gemv, None) => "moe_gemv",
+        (MoePath::Gemv, Some(_)) => "moe_qgemv",
+    };
+    match act {
+        Some(act) => format!("{prefix}_gate_up_{code}_{act}"),
+        None => format!("{prefix}_down_{code}"),
+    }
+}
+
 impl CudaBackend {
     pub(super) fn moe_route_impl(
         &self,
@@ -513,61 +528,54 @@ impl CudaBackend {
                 }
             }
         }
-        if gq.is_some() || dq.is_some() {
-            return self.moe_quant_experts(
-                path,
-                (ai, act),
-                (gu, gq.map(|(l, w)| (l.fmt.index(), w))),
-                (dn, dq.map(|(l, w)| (l.fmt.index(), w))),
-                (i, d),
-                lay.max_tiles,
-                cp_of(y),
-            );
-        }
-        match path {
-            MoePath::Grouped => {
-                let name = format!("moe_gate_up_bf16_{act}");
-                // SAFETY: x [T, D], gate_up [E·2I, D], h holds `assign` rows of I (scratch has
-                // assign rows of 2I); the dispatch tables were written just before, in order.
-                unsafe {
-                    k::launch(
-                        &name,
-                        self.moe.gate_up[ai],
-                        grouped_shape(lay.max_tiles, i)?,
-                        stream,
-                        &gu,
-                    )?;
-                    k::launch(
-                        "moe_down_bf16",
-                        self.moe.down,
-                        grouped_shape(lay.max_tiles, d)?,
-                        stream,
-                        &dn,
-                    )?;
-                }
-            }
-            MoePath::Gemv => {
-                let name = format!("moe_gemv_gate_up_bf16_{act}");
-                // SAFETY: as above; the GEMV kernels read the same dispatch tables.
-                unsafe {
-                    k::launch(
-                        &name,
-                        self.moe.gemv_gate_up[ai],
-                        gemv_shape(i, lay.max_tiles)?,
-                        stream,
-                        &gu,
-                    )?;
-                    k::launch(
-                        "moe_gemv_down_bf16",
-                        self.moe.gemv_down,
-                        gemv_shape(d, lay.max_tiles)?,
-                        stream,
-                        &dn,
-                    )?;
+        let gq = gq.map(|(l, w)| (l.fmt.index(), w));
+        let dq = dq.map(|(l, w)| (l.fmt.index(), w));
+        let ops = [(gu, gq, Some((ai, act)), i), (dn, dq, None, d)];
+        for (p, q, gated, n) in ops {
+            let shape = match path {
+                MoePath::Grouped => grouped_shape(lay.max_tiles, n)?,
+                MoePath::Gemv => gemv_shape(n, lay.max_tiles)?,
+            };
+            let (name, f) = self.expert_kernel(path, gated, q.map(|(fi, _)| fi));
+            // SAFETY: x [T, D], gate_up [E·2I, D] (or its codes), h holds `assign` rows of I
+            // (scratch has assign rows of 2I), y `assign` rows of D; down [E·D, I] (or its
+            // codes; both quantized views checked against those shapes above); the dispatch
+            // tables were written just before, in stream order. A quantized kernel reads the
+            // codes, never w.
+            unsafe {
+                match q {
+                    Some((_, q)) => {
+                        let gemm = MoeGemmParams { w: 0, ..p };
+                        k::launch(&name, f, shape, stream, &MoeQuantGemmParams { gemm, q })?
+                    }
+                    None => k::launch(&name, f, shape, stream, &p)?,
                 }
             }
         }
         self.moe_combine(&cp_of(y), t, d)
+    }
+
+    /// The expert kernel of one operand: gate_up (`gated`: its activation) or down, on the
+    /// path, bf16 or of quantized format index `fmt`.
+    fn expert_kernel(
+        &self,
+        path: MoePath,
+        gated: Option<(usize, &str)>,
+        fmt: Option<usize>,
+    ) -> (String, sys::CUfunction) {
+        let m = &self.moe;
+        let f = match (path, gated, fmt) {
+            (MoePath::Grouped, Some((ai, _)), None) => m.gate_up[ai],
+            (MoePath::Grouped, Some((ai, _)), Some(fi)) => m.qgate_up[fi][ai],
+            (MoePath::Grouped, None, None) => m.down,
+            (MoePath::Grouped, None, Some(fi)) => m.qdown[fi],
+            (MoePath::Gemv, Some((ai, _)), None) => m.gemv_gate_up[ai],
+            (MoePath::Gemv, Some((ai, _)), Some(fi)) => m.qgemv_gate_up[fi][ai],
+            (MoePath::Gemv, None, None) => m.gemv_down,
+            (MoePath::Gemv, None, Some(fi)) => m.qgemv_down[fi],
+        };
+        let name = expert_kernel_name(path, gated.map(|(_, act)| act), fmt);
+        (name, f)
     }
 
     /// moe_combine_bf16 (y already written on the stream).
@@ -583,130 +591,6 @@ impl CudaBackend {
                 cp,
             )
         }
-    }
-
-    /// The expert kernels and the combine when gate_up and/or down are quantized (each
-    /// operand given as its bf16 params and, when quantized, (fmt index, device view)).
-    /// Both paths read the packed codes directly: `moe_qgemv_*` (GEMV) or
-    /// `moe_{gate_up,down}_<fmt>` (grouped GEMM).
-    #[allow(clippy::too_many_arguments)]
-    fn moe_quant_experts(
-        &self,
-        path: MoePath,
-        (ai, act): (usize, &str),
-        (mut gu, gq): (MoeGemmParams, Option<(usize, MoeQuantWeight)>),
-        (mut dn, dq): (MoeGemmParams, Option<(usize, MoeQuantWeight)>),
-        (i, d): (usize, usize),
-        max_tiles: usize,
-        cp: MoeCombineParams,
-    ) -> Result<()> {
-        let stream = self.stream()?;
-        match path {
-            MoePath::Gemv => {
-                // SAFETY (every launch below): the MoeGemmParams were filled by
-                // moe_experts_with for these shapes; the quantized views come from weights
-                // uploaded from a validated QuantWeight of [E·2I, D] / [E·D, I] (checked).
-                match gq {
-                    Some((fi, q)) => unsafe {
-                        gu.w = 0;
-                        let name = format!("moe_qgemv_gate_up_{}_{act}", QUANT_FMTS[fi]);
-                        let p = MoeQuantGemmParams { gemm: gu, q };
-                        k::launch(
-                            &name,
-                            self.moe.qgemv_gate_up[fi][ai],
-                            gemv_shape(i, max_tiles)?,
-                            stream,
-                            &p,
-                        )?;
-                    },
-                    None => unsafe {
-                        let name = format!("moe_gemv_gate_up_bf16_{act}");
-                        k::launch(
-                            &name,
-                            self.moe.gemv_gate_up[ai],
-                            gemv_shape(i, max_tiles)?,
-                            stream,
-                            &gu,
-                        )?;
-                    },
-                }
-                match dq {
-                    Some((fi, q)) => unsafe {
-                        dn.w = 0;
-                        let name = format!("moe_qgemv_down_{}", QUANT_FMTS[fi]);
-                        let p = MoeQuantGemmParams { gemm: dn, q };
-                        k::launch(
-                            &name,
-                            self.moe.qgemv_down[fi],
-                            gemv_shape(d, max_tiles)?,
-                            stream,
-                            &p,
-                        )?;
-                    },
-                    None => unsafe {
-                        k::launch(
-                            "moe_gemv_down_bf16",
-                            self.moe.gemv_down,
-                            gemv_shape(d, max_tiles)?,
-                            stream,
-                            &dn,
-                        )?;
-                    },
-                }
-            }
-            MoePath::Grouped => {
-                // SAFETY (every launch below): as in moe_experts_with; a quantized operand's
-                // kernel reads its codes instead of w (the grouped GEMM decodes them itself).
-                match gq {
-                    Some((fi, q)) => unsafe {
-                        gu.w = 0;
-                        let name = format!("moe_gate_up_{}_{act}", QUANT_FMTS[fi]);
-                        let p = MoeQuantGemmParams { gemm: gu, q };
-                        k::launch(
-                            &name,
-                            self.moe.qgate_up[fi][ai],
-                            grouped_shape(max_tiles, i)?,
-                            stream,
-                            &p,
-                        )?;
-                    },
-                    None => unsafe {
-                        let name = format!("moe_gate_up_bf16_{act}");
-                        k::launch(
-                            &name,
-                            self.moe.gate_up[ai],
-                            grouped_shape(max_tiles, i)?,
-                            stream,
-                            &gu,
-                        )?;
-                    },
-                }
-                match dq {
-                    Some((fi, q)) => unsafe {
-                        dn.w = 0;
-                        let name = format!("moe_down_{}", QUANT_FMTS[fi]);
-                        let p = MoeQuantGemmParams { gemm: dn, q };
-                        k::launch(
-                            &name,
-                            self.moe.qdown[fi],
-                            grouped_shape(max_tiles, d)?,
-                            stream,
-                            &p,
-                        )?;
-                    },
-                    None => unsafe {
-                        k::launch(
-                            "moe_down_bf16",
-                            self.moe.down,
-                            grouped_shape(max_tiles, d)?,
-                            stream,
-                            &dn,
-                        )?;
-                    },
-                }
-            }
-        }
-        self.moe_combine(&cp, cp.num_tokens as usize, d)
     }
 
     /// Grows the MoE workspace to the worst case of `max_tokens` tokens now, not at the first
@@ -876,6 +760,25 @@ mod tests {
             assert!(l.y >= l.row_src + 4 * l.max_tiles * TILE_M);
             assert!(l.total >= l.y + 2 * a * d);
         }
+    }
+
+    /// Every expert kernel the dispatch can name is one the fatbin exports.
+    #[test]
+    fn expert_kernel_names_exist() {
+        let mut n = 0;
+        for path in [MoePath::Grouped, MoePath::Gemv] {
+            for fmt in [None, Some(0), Some(1), Some(2)] {
+                for act in ACTS.iter().map(|a| Some(*a)).chain([None]) {
+                    let name = expert_kernel_name(path, act, fmt);
+                    assert!(
+                        crate::backend::cuda::KERNEL_NAMES.contains(&name.as_str()),
+                        "{name}"
+                    );
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, 32);
     }
 
     #[test]
