@@ -109,13 +109,8 @@ enum Cmd {
         prompt_ids: Option<IdList>,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
-        /// 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Keep generating past EOS.
@@ -210,8 +205,11 @@ enum Cmd {
         /// Requests per second (Poisson); all at once when absent.
         #[arg(long)]
         request_rate: Option<f64>,
+        /// Seeds the lengths, the prompts and, when sampling, request i's generator (seed + i).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// KV cache blocks (16 tokens each); default: sized from free GPU memory after a
         /// warm-up step (the CPU backend, which reports no memory, then gets 256).
         #[arg(long)]
@@ -294,6 +292,32 @@ impl Cmd {
             | Cmd::Tokenize { .. }
             | Cmd::Selftest { .. }
             | Cmd::BenchOps { .. } => None,
+        }
+    }
+}
+
+/// The sampling flags of `generate` and `throughput` (transformers' order: temperature, then
+/// top-k, then top-p; see flint::sampling).
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct SamplingArgs {
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Keep the most likely tokens whose probability reaches p; 1 keeps all.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+}
+
+impl SamplingArgs {
+    fn params(&self, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed,
         }
     }
 }
@@ -395,6 +419,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             range_ratio,
             request_rate,
             seed,
+            sampling,
             num_blocks,
             gpu_memory_fraction,
             no_prefix_caching,
@@ -412,6 +437,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 range_ratio,
                 request_rate,
                 seed,
+                sampling: sampling.params(seed),
                 config: flint::engine::EngineConfig {
                     num_blocks,
                     block_size: flint::engine::BLOCK_SIZE,
@@ -448,9 +474,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             prompt,
             prompt_ids,
             max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
+            sampling,
             seed,
             ignore_eos,
             format,
@@ -485,12 +509,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             }
             let opts = GenerateOptions {
                 max_new_tokens,
-                sampling: SamplingParams {
-                    temperature,
-                    top_k,
-                    top_p,
-                    seed,
-                },
+                sampling: sampling.params(seed),
                 eos_ids: eos,
                 ignore_eos,
             };

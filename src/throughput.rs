@@ -3,7 +3,7 @@
 
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, FinishReason, Request};
-use crate::sampling::Rng;
+use crate::sampling::{Rng, SamplingParams};
 use crate::weights::quant_source::LoadOptions;
 use crate::ModelRef;
 use anyhow::Result;
@@ -20,6 +20,8 @@ pub struct ThroughputOptions {
     /// Requests per second (Poisson arrivals); `None` submits all at once.
     pub request_rate: Option<f64>,
     pub seed: u64,
+    /// Every request's sampling; request i's generator is seeded with `sampling.seed + i`.
+    pub sampling: SamplingParams,
     pub config: EngineConfig,
     /// How the model is loaded (`--quant`: quantize the linear weights on load).
     pub load: LoadOptions,
@@ -86,7 +88,7 @@ pub fn requests(opt: &ThroughputOptions, vocab: usize) -> Vec<(Duration, Request
     let mut rng = Rng::new(opt.seed);
     let mut reqs = Vec::with_capacity(opt.num_requests);
     let mut arrival = 0.0f64;
-    for _ in 0..opt.num_requests {
+    for n in 0..opt.num_requests {
         let i = draw_len(&mut rng, opt.input_len, opt.range_ratio);
         let o = draw_len(&mut rng, opt.output_len, opt.range_ratio);
         let prompt = (0..i).map(|_| (rng.next_u64() % vocab) as u32).collect();
@@ -97,6 +99,10 @@ pub fn requests(opt: &ThroughputOptions, vocab: usize) -> Vec<(Duration, Request
             prompt,
             max_new_tokens: o,
             ignore_eos: true,
+            sampling: SamplingParams {
+                seed: opt.sampling.seed.wrapping_add(n as u64),
+                ..opt.sampling
+            },
             ..Default::default()
         };
         reqs.push((Duration::from_secs_f64(arrival), req));
@@ -110,6 +116,7 @@ pub fn run<B: Backend>(
     model: &ModelRef,
     opt: &ThroughputOptions,
 ) -> Result<ThroughputReport> {
+    opt.sampling.validate()?; // before loading a model every request would then fail on
     let m = model.load_with(&be, &opt.load)?;
     let vocab = m.spec.vocab_size;
     let mut engine = Engine::new(be, m, opt.config.clone())?;

@@ -323,6 +323,7 @@ fn throughput_with_quant_matches_the_engine_api_with_the_same_load_options() {
         range_ratio: 0.5,
         request_rate: None,
         seed: 3,
+        sampling: flint::SamplingParams::default(),
         config: cfg(24, 16, true),
         load,
     };
@@ -1073,4 +1074,69 @@ fn an_engine_moved_to_its_own_thread_serves_the_same_tokens() {
         .join()
         .unwrap();
     assert_eq!(tokens(got), tokens(want));
+}
+
+/// `flint throughput --temperature/--top-k/--top-p`: every request samples with its own
+/// generator (seed + i), so the run equals the Engine API on the same requests one at a time,
+/// and differs from greedy.
+#[test]
+fn throughput_samples_each_request_with_its_own_seed() {
+    use flint::throughput::{requests, run, ThroughputOptions};
+    let model = ModelRef::Dir(fixtures_dir().join("llama3"));
+    let opt = ThroughputOptions {
+        num_requests: 6,
+        input_len: 5,
+        output_len: 8,
+        range_ratio: 0.0,
+        request_rate: None,
+        seed: 11,
+        sampling: flint::SamplingParams {
+            temperature: 1.5,
+            top_k: 50,
+            top_p: 0.95,
+            seed: 11,
+        },
+        config: cfg(64, 16, true),
+        load: Default::default(),
+    };
+    let rep = run(&CpuBackend, &model, &opt).unwrap();
+    assert_eq!((rep.completed, rep.failed), (6, 0));
+    let m = model.load(&CpuBackend).unwrap();
+    let vocab = m.spec.vocab_size;
+    let reqs: Vec<Request> = requests(&opt, vocab).into_iter().map(|(_, r)| r).collect();
+    let seeds: Vec<u64> = reqs.iter().map(|r| r.sampling.seed).collect();
+    assert_eq!(seeds, (11..17).collect::<Vec<u64>>());
+    let mut alone = Vec::new();
+    for r in &reqs {
+        let mut e = Engine::new(
+            CpuBackend,
+            model.load(&CpuBackend).unwrap(),
+            opt.config.clone(),
+        )
+        .unwrap();
+        alone.push(e.generate(vec![r.clone()]).unwrap().remove(0).tokens);
+    }
+    assert_eq!(rep.outputs, alone, "batched sampling vs each request alone");
+    let greedy = ThroughputOptions {
+        sampling: flint::SamplingParams::default(),
+        ..opt.clone()
+    };
+    assert_ne!(
+        run(&CpuBackend, &model, &greedy).unwrap().outputs,
+        rep.outputs
+    );
+}
+
+#[test]
+fn throughput_cli_rejects_bad_sampling_by_name() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(["throughput", "--device", "cpu", "--num-requests", "2"])
+        .args(["--temperature", "0.8", "--top-p", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("top_p must be in (0, 1]"),
+        "{err}"
+    );
 }
