@@ -19,21 +19,9 @@
 
 namespace flint::act_mul {
 
-// Accurate expf/tanhf/erff (not the __expf intrinsics): the CPU oracle uses exact functions.
-struct Silu {
-    static __device__ __forceinline__ float apply(float x) { return x / (1.0f + expf(-x)); }
-};
-struct GeluTanh {
-    static constexpr float SQRT_2_OVER_PI = 0.7978845608028654f;
-    static constexpr float CUBIC = 0.044715f;
-    static __device__ __forceinline__ float apply(float x) {
-        return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + CUBIC * x * x * x)));
-    }
-};
-struct Gelu {
-    static constexpr float SQRT1_2 = 0.7071067811865476f;
-    static __device__ __forceinline__ float apply(float x) { return 0.5f * x * (1.0f + erff(x * SQRT1_2)); }
-};
+using act::Gelu;
+using act::GeluTanh;
+using act::Silu;
 
 template <class Act>
 __device__ __forceinline__ void run(const ActMulParams &p) {

@@ -86,21 +86,9 @@ static_assert(TILE_M * TILE_K / VEC == 2 * GEMM_THREADS, "A tile: two 16-byte ch
 static_assert(TILE_N * TILE_K / VEC == 2 * GEMM_THREADS, "B tile: two 16-byte chunks per thread");
 static_assert(LDS % 8 == 0 && LDC % 4 == 0, "wmma leading dimensions");
 
-// Accurate expf/tanhf/erff, as in act_mul.cu: the CPU oracle uses exact functions.
-struct Silu {
-    static __device__ __forceinline__ float apply(float x) { return x / (1.0f + expf(-x)); }
-};
-struct GeluTanh {
-    static constexpr float SQRT_2_OVER_PI = 0.7978845608028654f;
-    static constexpr float CUBIC = 0.044715f;
-    static __device__ __forceinline__ float apply(float x) {
-        return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + CUBIC * x * x * x)));
-    }
-};
-struct Gelu {
-    static constexpr float SQRT1_2 = 0.7071067811865476f;
-    static __device__ __forceinline__ float apply(float x) { return 0.5f * x * (1.0f + erff(x * SQRT1_2)); }
-};
+using act::Gelu;
+using act::GeluTanh;
+using act::Silu;
 // down: no activation.
 struct None {
     static __device__ __forceinline__ float apply(float x) { return x; }
