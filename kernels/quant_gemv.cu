@@ -10,9 +10,12 @@
 //     out    [T, N]        bf16; f32 accumulation, one rounding at the store
 //   quant_dequant_<i8|i4|fp8>(QuantGemvParams p)   prefill: out[N, K] bf16 = w (then cuBLASLt)
 //
+//   quant_gemv_<i8|i4|fp8>_t1(QuantGemvParams p)   the same for exactly one token (decode)
+//
 // GEMV grid/block: one warp per output row, FLINT_QUANT_GEMV_WARPS (4) warps per CTA,
 // grid.x = ceil(N / 4). Each lane streams its row with 16-byte loads (16 int8 / 32 int4 / 16
-// fp8 codes; a warp covers 512 contiguous bytes per iteration, every weight byte read once),
+// fp8 codes; a warp covers 512 contiguous bytes per load, every weight byte read once; two
+// loads per lane in flight before the first is used),
 // dequantizes in registers and multiplies with the T token rows of x (x is small and stays in
 // L1/L2), then the warp reduces each token's sum. Rows whose bytes are not 16-byte aligned
 // (K % 32 != 0) take a scalar path. One scale (and zero) per 16/32-code chunk when the group
@@ -37,10 +40,12 @@ using quant::row_of;
 using quant::value;
 using quant::weight_at;
 
-template <int F>
+// MAX_T: the most tokens this instance takes (1: the decode kernel, whose few registers let
+// twice as many warps, hence twice the loads, be in flight per SM; 8: the general one).
+template <int F, int MAX_T>
 __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
-    constexpr int MAX_T = FLINT_QUANT_GEMV_MAX_TOKENS;
     constexpr int C = Chunk<F>::CODES;
+    constexpr int AHEAD = 2;  // 16-byte loads each lane issues before using the first
     const int lane = threadIdx.x % WARP_SIZE;
     const int n = blockIdx.x * FLINT_QUANT_GEMV_WARPS + threadIdx.x / WARP_SIZE;
     if (n >= p.n) return;  // the whole warp leaves together
@@ -53,33 +58,47 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
 
     if (K % 32 == 0 && aligned16(r.codes) && aligned16(p.x)) {
         const bool uniform = r.g_idx == nullptr && p.group % C == 0;
-        for (int c = lane; c < row_bytes / 16; c += WARP_SIZE) {
-            // Streamed once: evict-first, do not keep in cache.
-            const uint4 raw = __ldcs(reinterpret_cast<const uint4 *>(r.codes) + c);
+        const int chunks = row_bytes / 16;
+        for (int c0 = lane; c0 < chunks; c0 += AHEAD * WARP_SIZE) {
+          uint4 ahead[AHEAD];
+#pragma unroll
+          for (int u = 0; u < AHEAD; ++u) {
+              const int c = c0 + u * WARP_SIZE;
+              // Streamed once: evict-first, do not keep in cache.
+              ahead[u] = c < chunks ? __ldcs(reinterpret_cast<const uint4 *>(r.codes) + c) : make_uint4(0, 0, 0, 0);
+          }
+#pragma unroll
+          for (int u = 0; u < AHEAD; ++u) {
+            const int c = c0 + u * WARP_SIZE;
+            if (c >= chunks) break;  // later ones are further out
+            const uint4 raw = ahead[u];
             const int k0 = c * C;
-            float w[C];
+            // Decoded 8 codes at a time and used at once (holding all 32 int4 values spilled).
+            float s = 0.0f, z = 0.0f;
             if (uniform) {
                 const int g = k0 / p.group;
-                const float s = r.scales[g], z = r.zeros ? r.zeros[g] : p.zero_default;
-#pragma unroll
-                for (int i = 0; i < C; ++i) w[i] = value<F>(code_at<F>(raw, i), s, z);
-            } else {
-#pragma unroll
-                for (int i = 0; i < C; ++i) w[i] = weight_at<F>(p, r, k0 + i, code_at<F>(raw, i));
+                s = r.scales[g];
+                z = r.zeros ? r.zeros[g] : p.zero_default;
             }
 #pragma unroll
-            for (int t = 0; t < MAX_T; ++t) {
-                if (t < T) {
-                    const bf16 *xp = p.x + (int64_t)t * K + k0;
+            for (int j = 0; j < C / VEC; ++j) {
+                float w[VEC];
 #pragma unroll
-                    for (int j = 0; j < C / VEC; ++j) {
+                for (int i = 0; i < VEC; ++i) {
+                    const int q = code_at<F>(raw, j * VEC + i);
+                    w[i] = uniform ? value<F>(q, s, z) : weight_at<F>(p, r, k0 + j * VEC + i, q);
+                }
+#pragma unroll
+                for (int t = 0; t < MAX_T; ++t) {
+                    if (t < T) {
                         float xv[VEC];
-                        load8(xp + j * VEC, xv);
+                        load8(p.x + (int64_t)t * K + k0 + j * VEC, xv);
 #pragma unroll
-                        for (int i = 0; i < VEC; ++i) acc[t] = fmaf(xv[i], w[j * VEC + i], acc[t]);
+                        for (int i = 0; i < VEC; ++i) acc[t] = fmaf(xv[i], w[i], acc[t]);
                     }
                 }
             }
+          }
         }
     } else {
         for (int k = lane; k < K; k += WARP_SIZE) {
@@ -116,13 +135,19 @@ __device__ __forceinline__ void dequant(const QuantGemvParams &p) {
 
 // Exported symbols: quant_gemv_<i8|i4|fp8> and quant_dequant_<i8|i4|fp8> (the weight's code
 // type; activations and outputs are bf16).
+// quant_gemv_<fmt>_t1 (one token, decode): at most 64 registers so 32 warps fit per SM.
 #define FLINT_QUANT_GEMV_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 4)
+#define FLINT_QUANT_GEMV_T1_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 8)
 using flint::WARP_SIZE;
 namespace fq = flint::quant_gemv;
+constexpr int FQ_MAX_T = FLINT_QUANT_GEMV_MAX_TOKENS;
 
-extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i8(const QuantGemvParams p) { fq::gemv<fq::INT8>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i4(const QuantGemvParams p) { fq::gemv<fq::INT4>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_fp8(const QuantGemvParams p) { fq::gemv<fq::FP8>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i8(const QuantGemvParams p) { fq::gemv<fq::INT8, FQ_MAX_T>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i4(const QuantGemvParams p) { fq::gemv<fq::INT4, FQ_MAX_T>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_fp8(const QuantGemvParams p) { fq::gemv<fq::FP8, FQ_MAX_T>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i8_t1(const QuantGemvParams p) { fq::gemv<fq::INT8, 1>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i4_t1(const QuantGemvParams p) { fq::gemv<fq::INT4, 1>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_fp8_t1(const QuantGemvParams p) { fq::gemv<fq::FP8, 1>(p); }
 extern "C" __global__ void quant_dequant_i8(const QuantGemvParams p) { fq::dequant<fq::INT8>(p); }
 extern "C" __global__ void quant_dequant_i4(const QuantGemvParams p) { fq::dequant<fq::INT4>(p); }
 extern "C" __global__ void quant_dequant_fp8(const QuantGemvParams p) { fq::dequant<fq::FP8>(p); }

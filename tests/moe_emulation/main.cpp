@@ -8,6 +8,7 @@
 #include "cuda_shim.h"
 
 #include "../../kernels/moe.cu"
+#include "../../kernels/quant_gemv.cu"  // the dense quantized GEMV shares quant/dequant.cuh
 
 #include <algorithm>
 #include <cstdio>
@@ -531,6 +532,64 @@ static void test_quant() {
     test_quant_experts(int4_act, 70, 3, 2, 64, 32, GELU, ALL_SAME, g);
 }
 
+static void (*const QGEMV_DENSE[3])(QuantGemvParams) = {quant_gemv_i8, quant_gemv_i4, quant_gemv_fp8};
+static void (*const QGEMV_DENSE_T1[3])(QuantGemvParams) = {quant_gemv_i8_t1, quant_gemv_i4_t1, quant_gemv_fp8_t1};
+
+// kernels/quant_gemv.cu's GEMV (the _t1 kernel for one token) on a dense [N, K] quantized
+// weight against a double reference on its dequantized values. Lines say "dense-qgemv", not
+// "quant": the broken-index build only breaks the expert kernels.
+static void test_dense_qgemv(const QScheme &qs, int T, int N, int K, bool bias, std::mt19937 &g) {
+    const QWeight w = make_qweight(qs.fmt, N, K, qs.group_gu ? qs.group_gu : K, qs.asym, qs.act_order ? N : 0, g);
+    const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
+    const auto b = randn(g, N, 1.0f);
+    std::vector<double> want(static_cast<size_t>(T) * N);
+    for (int t = 0; t < T; ++t)
+        for (int n = 0; n < N; ++n) {
+            double s = bias ? b[n] : 0.0;
+            for (int k = 0; k < K; ++k) s += static_cast<double>(x[t * K + k]) * w.deq[static_cast<size_t>(n) * K + k];
+            want[static_cast<size_t>(t) * N + n] = s;
+        }
+    const MoeQuantWeight v = w.view();
+    QuantGemvParams p{};
+    p.x = upload(x);
+    p.qdata = v.qdata;
+    p.scales = v.scales;
+    p.zeros = v.zeros;
+    p.g_idx = v.g_idx;
+    p.bias = bias ? upload(b) : nullptr;
+    bf16 *out = alloc<bf16>(static_cast<size_t>(T) * N);
+    p.out = out;
+    p.num_tokens = T;
+    p.n = N;
+    p.k = K;
+    p.group = v.group;
+    p.num_groups = v.num_groups;
+    p.gidx_rows = v.gidx_rows;
+    p.zero_default = v.zero_default;
+    launch(T == 1 ? QGEMV_DENSE_T1[qs.fmt] : QGEMV_DENSE[qs.fmt], dim3((N + 3) / 4), dim3(128), p);
+    const double err = rel_l2(download(out, static_cast<size_t>(T) * N), want);
+    char name[200];
+    std::snprintf(name, sizeof name, "dense-qgemv %-22s T %d N %d K %d bias %d: rel-L2 %.2e", qs.name, T, N, K,
+                  bias ? 1 : 0, err);
+    check(err < 1e-2, name);
+}
+
+static void test_dense_qgemvs() {
+    std::mt19937 g(321);
+    const QScheme schemes[] = {
+        {"int8 per-channel", Q_INT8, 0, 0, false, false}, {"int8 g32", Q_INT8, 32, 32, false, false},
+        {"int4 sym g32", Q_INT4, 32, 32, false, false},   {"int4 asym g16", Q_INT4, 16, 16, true, false},
+        {"int4 act-order g32", Q_INT4, 32, 32, false, true}, {"fp8 per-row", Q_FP8, 0, 0, false, false},
+        {"fp8 blocks of 24", Q_FP8, 24, 24, false, false},
+    };
+    for (const QScheme &qs : schemes) {
+        // K 1280: 40 int4 / 80 int8 16-byte chunks, so some lanes load two ahead and some one;
+        // N 37: a last CTA with one row; K 72: the scalar path.
+        for (int T : {1, 3, 8}) test_dense_qgemv(qs, T, 37, 1280, T != 8, g);
+        test_dense_qgemv(qs, 1, 9, 72, true, g);
+    }
+}
+
 static void test_sigmoid_gate_add(int T, int D, std::mt19937 &g) {
     const auto x = randn(g, static_cast<size_t>(T) * D, 1.0f);
     const auto gate = randn(g, T, 2.0f);
@@ -582,6 +641,7 @@ int main(int argc, char **argv) {
     test_sigmoid_gate_add(3, 100, g);
     test_sigmoid_gate_add(2, 33, g);
     test_quant();
+    test_dense_qgemvs();
     std::printf("%s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;
 }

@@ -103,8 +103,11 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_dequant_i4",
     "quant_dequant_i8",
     "quant_gemv_fp8",
+    "quant_gemv_fp8_t1",
     "quant_gemv_i4",
+    "quant_gemv_i4_t1",
     "quant_gemv_i8",
+    "quant_gemv_i8_t1",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

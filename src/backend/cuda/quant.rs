@@ -174,6 +174,8 @@ impl QuantDev {
 /// The kernels and the prefill scratch.
 pub struct QuantKernels {
     gemv: [sys::CUfunction; 3],
+    /// The one-token GEMV (`quant_gemv_<fmt>_t1`, fewer registers: more loads in flight).
+    gemv_t1: [sys::CUfunction; 3],
     dequant: [sys::CUfunction; 3],
     scratch: RefCell<Option<CudaSlice<bf16>>>,
 }
@@ -186,6 +188,11 @@ impl QuantKernels {
                 f("quant_gemv_i8")?,
                 f("quant_gemv_i4")?,
                 f("quant_gemv_fp8")?,
+            ],
+            gemv_t1: [
+                f("quant_gemv_i8_t1")?,
+                f("quant_gemv_i4_t1")?,
+                f("quant_gemv_fp8_t1")?,
             ],
             dequant: [
                 f("quant_dequant_i8")?,
@@ -303,16 +310,21 @@ pub fn matmul(
     };
     let stream = be.stream()?;
     if let QuantPath::Gemv(_) = quant_path(l.fmt, t) {
-        let name = format!("quant_gemv_{}", l.fmt.name());
         for t0 in (0..t).step_by(GEMV_MAX_TOKENS) {
             let rows = (t - t0).min(GEMV_MAX_TOKENS);
             p.x = be.ptr(&x.buf) + (2 * t0 * l.k) as u64;
             p.out = be.ptr(&out.buf) + (2 * t0 * l.n) as u64;
             p.num_tokens = rows as i32;
+            let (f, t1) = if rows == 1 {
+                (qk.gemv_t1[l.fmt.index()], "_t1")
+            } else {
+                (qk.gemv[l.fmt.index()], "")
+            };
+            let name = format!("quant_gemv_{}{t1}", l.fmt.name());
             // SAFETY: p points into live buffers of the shapes QuantGemvParams documents: x
             // holds rows t0..t0 + rows of k, out the same rows of n (capacity checked by the
             // caller), the weight buffers were uploaded from a validated QuantWeight of [n, k].
-            unsafe { launch(&name, qk.gemv[l.fmt.index()], gemv_shape(l.n), stream, &p)? };
+            unsafe { launch(&name, f, gemv_shape(l.n), stream, &p)? };
         }
         return Ok(());
     }
