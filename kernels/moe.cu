@@ -597,10 +597,10 @@ __device__ void gather_gemv(const MoeGemmParams &p) {
 
 // One 16-byte chunk c of a quantized gate (and up) row: decode its codes (UNIFORM: one
 // scale/zero for the chunk; else a lookup per code) and accumulate x . w for every slot.
-template <int F, bool GATED, bool UNIFORM>
+template <int F, bool GATED, bool UNIFORM, int TOK>
 __device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQuantWeight &q, const quant::Row &w0,
-                                            const quant::Row &w1, int c, const int (&tok)[GEMV_TOKENS],
-                                            float (&acc0)[GEMV_TOKENS], float (&acc1)[GEMV_TOKENS]) {
+                                            const quant::Row &w1, int c, const int (&tok)[TOK], float (&acc0)[TOK],
+                                            float (&acc1)[TOK]) {
     constexpr int C = quant::Chunk<F>::CODES;
     const int K = p.k_dim;
     // Streamed once: evict-first.
@@ -632,7 +632,7 @@ __device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQua
             }
         }
 #pragma unroll
-        for (int j = 0; j < GEMV_TOKENS; ++j) {
+        for (int j = 0; j < TOK; ++j) {
             if (tok[j] < 0) continue;
             float xv[VEC];
             load8(p.a + static_cast<int64_t>(tok[j]) * K + k0 + h * VEC, xv);
@@ -651,7 +651,9 @@ __device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQua
 // exact f32 value, f32 accumulate. One scale (and zero) per chunk when no g_idx and the group
 // is a multiple of the chunk; a per-code lookup otherwise. Rows that are not 16-byte aligned
 // (K % 32 != 0) take a scalar path.
-template <int F, class Act, bool GATED>
+// TOK: tokens per pass (GEMV_TOKENS; 1 for the _t1 kernels of single-token steps, whose
+// fewer registers let more warps, hence more loads, be in flight per SM).
+template <int F, class Act, bool GATED, int TOK>
 __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
     const MoeGemmParams &p = qp.gemm;
     const MoeQuantWeight &q = qp.q;
@@ -672,34 +674,34 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
     const bool uniform = q.g_idx == nullptr && q.group % C == 0;
     const int *rows = p.row_src + first;
 
-    for (int g0 = 0; g0 < count; g0 += GEMV_TOKENS) {
-        const int m = min(GEMV_TOKENS, count - g0);
+    for (int g0 = 0; g0 < count; g0 += TOK) {
+        const int m = min(TOK, count - g0);
         // Input row of each slot (-1: none) as 32-bit indices, not 64-bit pointers, and the
         // assignment re-read at the store: sm_80 spilled holding pointers and assignments.
-        int tok[GEMV_TOKENS];
+        int tok[TOK];
 #pragma unroll
-        for (int j = 0; j < GEMV_TOKENS; ++j) {
+        for (int j = 0; j < TOK; ++j) {
             const int a = j < m ? rows[g0 + j] : -1;
             tok[j] = a >= 0 ? a / p.a_div : -1;
         }
-        float acc0[GEMV_TOKENS], acc1[GEMV_TOKENS];
+        float acc0[TOK], acc1[TOK];
 #pragma unroll
-        for (int j = 0; j < GEMV_TOKENS; ++j) acc0[j] = acc1[j] = 0.0f;
+        for (int j = 0; j < TOK; ++j) acc0[j] = acc1[j] = 0.0f;
         if (vec) {
             // Two copies of the chunk loop, so each keeps only its own scale path live.
             if (uniform) {
                 for (int c = lane; c < rb / 16; c += WARP_SIZE)
-                    quant_chunk<F, GATED, true>(p, q, w0, w1, c, tok, acc0, acc1);
+                    quant_chunk<F, GATED, true, TOK>(p, q, w0, w1, c, tok, acc0, acc1);
             } else {
                 for (int c = lane; c < rb / 16; c += WARP_SIZE)
-                    quant_chunk<F, GATED, false>(p, q, w0, w1, c, tok, acc0, acc1);
+                    quant_chunk<F, GATED, false, TOK>(p, q, w0, w1, c, tok, acc0, acc1);
             }
         } else {
             for (int k = lane; k < K; k += WARP_SIZE) {
                 const float wa = quant::weight_at<F>(q, w0, k, quant::code_of<F>(w0.codes, k));
                 const float wb = GATED ? quant::weight_at<F>(q, w1, k, quant::code_of<F>(w1.codes, k)) : 0.0f;
 #pragma unroll
-                for (int j = 0; j < GEMV_TOKENS; ++j) {
+                for (int j = 0; j < TOK; ++j) {
                     if (tok[j] < 0) continue;
                     const float xv = to_f32(p.a[static_cast<int64_t>(tok[j]) * K + k]);
                     acc0[j] = fmaf(xv, wa, acc0[j]);
@@ -708,7 +710,7 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
             }
         }
 #pragma unroll
-        for (int j = 0; j < GEMV_TOKENS; ++j) {
+        for (int j = 0; j < TOK; ++j) {
             // tok[j] is the same on every lane, so the shuffles below are warp-uniform.
             if (tok[j] < 0) continue;
             const float s0 = warp_sum(acc0[j]);
@@ -804,78 +806,124 @@ extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZ
 }
 // The gated quantized GEMV holds two rows' decoded chunks and 2 x 8 accumulators: with the
 // plain bound ptxas aimed at 128 registers and spilled (int4, sm_80 / sm_90a); at least 2 CTAs
-// per SM lets it take what it needs (~210 registers, 0 spills).
+// per SM lets it take what it needs (~210 registers, 0 spills). The one-token (_t1) kernels
+// are bound to 5 CTAs (gate_up: at most 102 registers, 20 warps per SM; 6 CTAs spilled int4)
+// and 8 (down: 64 registers, 32 warps per SM).
 #define FLINT_MOE_QGEMV_GATED_BOUNDS __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE, 2)
+#define FLINT_MOE_QGEMV_BOUNDS __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE)
+#define FLINT_MOE_QGEMV_GATED_T1_BOUNDS __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE, 5)
+#define FLINT_MOE_QGEMV_T1_BOUNDS __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE, 8)
+#define FLINT_MOE_GEMM_BOUNDS __launch_bounds__(flint::moe::GEMM_THREADS)
+
+// The quantized-expert kernels, by code type: gather-GEMV gate_up per activation (8 tokens a
+// pass, and _t1), gather-GEMV down (and _t1), grouped GEMM gate_up per activation and down.
+// Written out (not macro-generated) so that every symbol can be found by name.
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_silu(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i8_silu_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true, flint::moe::GEMV_TOKENS>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i8(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false>(p);
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i8_gelu_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true, 1>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i8_silu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_BOUNDS void moe_qgemv_down_i8(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_i8_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false, 1>(p);
+}
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i8_silu(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::Silu, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::GeluTanh, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i8_gelu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i8_gelu(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::Gelu, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_i8(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_down_i8(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::None, false>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i4_silu_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true, flint::moe::GEMV_TOKENS>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_i4(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false>(p);
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i4_gelu_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true, 1>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i4_silu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_BOUNDS void moe_qgemv_down_i4(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_i4_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false, 1>(p);
+}
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i4_silu(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::Silu, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::GeluTanh, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_i4_gelu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i4_gelu(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::Gelu, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_i4(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_down_i4(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::None, false>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_fp8_silu_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::GeluTanh, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::GeluTanh, true, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_fp8_gelu_tanh_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::GeluTanh, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Gelu, true>(p);
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Gelu, true, flint::moe::GEMV_TOKENS>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_qgemv_down_fp8(const MoeQuantGemmParams p) {
-    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::None, false>(p);
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_fp8_gelu_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Gelu, true, 1>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_fp8_silu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_BOUNDS void moe_qgemv_down_fp8(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::None, false, flint::moe::GEMV_TOKENS>(p);
+}
+extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_fp8_t1(const MoeQuantGemmParams p) {
+    flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::None, false, 1>(p);
+}
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_fp8_silu(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::Silu, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::GeluTanh, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::Gelu, true>(p.gemm, p.q);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_fp8(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_down_fp8(const MoeQuantGemmParams p) {
     flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::None, false>(p.gemm, p.q);
 }
 extern "C" __global__ void moe_combine_bf16(const MoeCombineParams p) { flint::moe::combine(p); }

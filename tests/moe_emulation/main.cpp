@@ -411,6 +411,14 @@ static void (*const QGEMV_GATE_UP[3][3])(MoeQuantGemmParams) = {
     {moe_qgemv_gate_up_fp8_silu, moe_qgemv_gate_up_fp8_gelu_tanh, moe_qgemv_gate_up_fp8_gelu},
 };
 static void (*const QGEMV_DOWN[3])(MoeQuantGemmParams) = {moe_qgemv_down_i8, moe_qgemv_down_i4, moe_qgemv_down_fp8};
+// The single-token gather-GEMV (what a one-token step runs).
+static void (*const QGEMV_GATE_UP_T1[3][3])(MoeQuantGemmParams) = {
+    {moe_qgemv_gate_up_i8_silu_t1, moe_qgemv_gate_up_i8_gelu_tanh_t1, moe_qgemv_gate_up_i8_gelu_t1},
+    {moe_qgemv_gate_up_i4_silu_t1, moe_qgemv_gate_up_i4_gelu_tanh_t1, moe_qgemv_gate_up_i4_gelu_t1},
+    {moe_qgemv_gate_up_fp8_silu_t1, moe_qgemv_gate_up_fp8_gelu_tanh_t1, moe_qgemv_gate_up_fp8_gelu_t1},
+};
+static void (*const QGEMV_DOWN_T1[3])(MoeQuantGemmParams) = {moe_qgemv_down_i8_t1, moe_qgemv_down_i4_t1,
+                                                             moe_qgemv_down_fp8_t1};
 static void (*const QGATE_UP[3][3])(MoeQuantGemmParams) = {
     {moe_gate_up_i8_silu, moe_gate_up_i8_gelu_tanh, moe_gate_up_i8_gelu},
     {moe_gate_up_i4_silu, moe_gate_up_i4_gelu_tanh, moe_gate_up_i4_gelu},
@@ -476,8 +484,9 @@ static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, in
             launch(QGATE_UP[qs.fmt][a], dim3(tiles, (I + 63) / 64), dim3(128), pg);
             launch(QDOWN[qs.fmt], dim3(tiles, (D + 63) / 64), dim3(128), pd);
         } else {
-            launch(QGEMV_GATE_UP[qs.fmt][a], dim3((I + 3) / 4, tiles), dim3(128), pg);
-            launch(QGEMV_DOWN[qs.fmt], dim3((D + 3) / 4, tiles), dim3(128), pd);
+            launch(T == 1 ? QGEMV_GATE_UP_T1[qs.fmt][a] : QGEMV_GATE_UP[qs.fmt][a], dim3((I + 3) / 4, tiles), dim3(128),
+                   pg);
+            launch(T == 1 ? QGEMV_DOWN_T1[qs.fmt] : QGEMV_DOWN[qs.fmt], dim3((D + 3) / 4, tiles), dim3(128), pd);
         }
         MoeCombineParams cp{};
         cp.y = y;
@@ -527,6 +536,11 @@ static void test_quant() {
     test_quant_experts(int4_asym_g4, 5, 4, 2, 44, 36, SILU, RANDOM, g);
     test_quant_experts(int8_channel, 4, 3, 2, 44, 36, GELU, RANDOM, g);
     test_quant_experts(fp8_row, 3, 4, 2, 44, 36, SILU, RANDOM, g);
+    // One token (the _t1 gather-GEMV), every code type, vector and scalar paths.
+    test_quant_experts(int8_group, 1, 8, 2, 64, 64, SILU, RANDOM, g);
+    test_quant_experts(int4_act, 1, 6, 2, 64, 32, GELU, RANDOM, g);
+    test_quant_experts(fp8_block, 1, 4, 2, 64, 64, GELU_TANH, RANDOM, g);
+    test_quant_experts(int4_asym_g4, 1, 4, 2, 44, 36, SILU, RANDOM, g);
     // Two 64-row tiles per expert on the grouped GEMM (one expert idle).
     test_quant_experts(int8_group, 70, 3, 2, 64, 32, SILU, ALL_SAME, g);
     test_quant_experts(int4_act, 70, 3, 2, 64, 32, GELU, ALL_SAME, g);

@@ -244,6 +244,9 @@ pub struct MoeState {
     /// `moe_gate_up_<fmt>_<act>`, `moe_down_<fmt>` (grouped GEMM).
     qgemv_gate_up: [[sys::CUfunction; 3]; 3],
     qgemv_down: [sys::CUfunction; 3],
+    /// The gather-GEMV for single-token steps (`_t1`: one token a pass, fewer registers).
+    qgemv_gate_up_t1: [[sys::CUfunction; 3]; 3],
+    qgemv_down_t1: [sys::CUfunction; 3],
     qgate_up: [[sys::CUfunction; 3]; 3],
     qdown: [sys::CUfunction; 3],
 }
@@ -278,36 +281,40 @@ impl MoeState {
             combine: f("moe_combine_bf16")?,
             sigmoid_gate_add: f("sigmoid_gate_add_bf16")?,
             ws: RefCell::new(Staging::new()),
-            qgemv_gate_up: by_fmt_act(&f, "moe_qgemv_gate_up")?,
-            qgemv_down: by_fmt(&f, "moe_qgemv_down")?,
-            qgate_up: by_fmt_act(&f, "moe_gate_up")?,
-            qdown: by_fmt(&f, "moe_down")?,
+            qgemv_gate_up: by_fmt_act(&f, "moe_qgemv_gate_up", "")?,
+            qgemv_down: by_fmt(&f, "moe_qgemv_down", "")?,
+            qgemv_gate_up_t1: by_fmt_act(&f, "moe_qgemv_gate_up", "_t1")?,
+            qgemv_down_t1: by_fmt(&f, "moe_qgemv_down", "_t1")?,
+            qgate_up: by_fmt_act(&f, "moe_gate_up", "")?,
+            qdown: by_fmt(&f, "moe_down", "")?,
         })
     }
 }
 
-/// `{prefix}_<fmt>_<act>` for every quantized format and activation.
+/// `{prefix}_<fmt>_<act>{suffix}` for every quantized format and activation.
 fn by_fmt_act(
     f: &impl Fn(&str) -> Result<sys::CUfunction>,
     prefix: &str,
+    suffix: &str,
 ) -> Result<[[sys::CUfunction; 3]; 3]> {
     let mut a = [[std::ptr::null_mut(); 3]; 3];
     for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
         for (ai, act) in ACTS.iter().enumerate() {
-            a[fi][ai] = f(&format!("{prefix}_{fmt}_{act}"))?;
+            a[fi][ai] = f(&format!("{prefix}_{fmt}_{act}{suffix}"))?;
         }
     }
     Ok(a)
 }
 
-/// `{prefix}_<fmt>` for every quantized format.
+/// `{prefix}_<fmt>{suffix}` for every quantized format.
 fn by_fmt(
     f: &impl Fn(&str) -> Result<sys::CUfunction>,
     prefix: &str,
+    suffix: &str,
 ) -> Result<[sys::CUfunction; 3]> {
     let mut a = [std::ptr::null_mut(); 3];
     for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
-        a[fi] = f(&format!("{prefix}_{fmt}"))?;
+        a[fi] = f(&format!("{prefix}_{fmt}{suffix}"))?;
     }
     Ok(a)
 }
@@ -320,17 +327,35 @@ const QUANT_FMTS: [&str; 3] = ["i8", "i4", "fp8"];
 
 /// The symbol of an expert kernel: gate_up with activation `act` (None: down), on `path`,
 /// bf16 or quantized format index `fmt`.
-pub fn expert_kernel_name(path: MoePath, act: Option<&str>, fmt: Option<usize>) -> String {
+///
+/// `one_token`: the step has a single token, so the quantized gather-GEMV's `_t1` kernels run
+/// (one token a pass: fewer registers, more loads in flight; see moe.cu).
+pub fn expert_kernel_name(
+    path: MoePath,
+    act: Option<&str>,
+    fmt: Option<usize>,
+    one_token: bool,
+) -> String {
     let code = fmt.map_or("bf16", |fi| QUANT_FMTS[fi]);
+    let t1 = if t1_kernel(path, fmt, one_token) {
+        "_t1"
+    } else {
+        ""
+    };
     let prefix = match (path, fmt) {
         (MoePath::Grouped, _) => "moe",
         (MoePath::Gemv, None) => "moe_gemv",
         (MoePath::Gemv, Some(_)) => "moe_qgemv",
     };
     match act {
-        Some(act) => format!("{prefix}_gate_up_{code}_{act}"),
-        None => format!("{prefix}_down_{code}"),
+        Some(act) => format!("{prefix}_gate_up_{code}_{act}{t1}"),
+        None => format!("{prefix}_down_{code}{t1}"),
     }
+}
+
+/// Whether the single-token quantized gather-GEMV applies.
+fn t1_kernel(path: MoePath, fmt: Option<usize>, one_token: bool) -> bool {
+    one_token && path == MoePath::Gemv && fmt.is_some()
 }
 
 impl CudaBackend {
@@ -536,7 +561,7 @@ impl CudaBackend {
                 MoePath::Grouped => grouped_shape(lay.max_tiles, n)?,
                 MoePath::Gemv => gemv_shape(n, lay.max_tiles)?,
             };
-            let (name, f) = self.expert_kernel(path, gated, q.map(|(fi, _)| fi));
+            let (name, f) = self.expert_kernel(path, gated, q.map(|(fi, _)| fi), t == 1);
             // SAFETY: x [T, D], gate_up [E·2I, D] (or its codes), h holds `assign` rows of I
             // (scratch has assign rows of 2I), y `assign` rows of D; down [E·D, I] (or its
             // codes; both quantized views checked against those shapes above); the dispatch
@@ -562,9 +587,13 @@ impl CudaBackend {
         path: MoePath,
         gated: Option<(usize, &str)>,
         fmt: Option<usize>,
+        one_token: bool,
     ) -> (String, sys::CUfunction) {
         let m = &self.moe;
+        let t1 = t1_kernel(path, fmt, one_token);
         let f = match (path, gated, fmt) {
+            (MoePath::Gemv, Some((ai, _)), Some(fi)) if t1 => m.qgemv_gate_up_t1[fi][ai],
+            (MoePath::Gemv, None, Some(fi)) if t1 => m.qgemv_down_t1[fi],
             (MoePath::Grouped, Some((ai, _)), None) => m.gate_up[ai],
             (MoePath::Grouped, Some((ai, _)), Some(fi)) => m.qgate_up[fi][ai],
             (MoePath::Grouped, None, None) => m.down,
@@ -574,7 +603,7 @@ impl CudaBackend {
             (MoePath::Gemv, None, None) => m.gemv_down,
             (MoePath::Gemv, None, Some(fi)) => m.qgemv_down[fi],
         };
-        let name = expert_kernel_name(path, gated.map(|(_, act)| act), fmt);
+        let name = expert_kernel_name(path, gated.map(|(_, act)| act), fmt, one_token);
         (name, f)
     }
 
@@ -762,23 +791,35 @@ mod tests {
         }
     }
 
-    /// Every expert kernel the dispatch can name is one the fatbin exports.
+    /// Every expert kernel the dispatch can name is one the fatbin exports, and every one the
+    /// fatbin exports is reachable.
     #[test]
     fn expert_kernel_names_exist() {
-        let mut n = 0;
+        let mut names = std::collections::BTreeSet::new();
         for path in [MoePath::Grouped, MoePath::Gemv] {
             for fmt in [None, Some(0), Some(1), Some(2)] {
                 for act in ACTS.iter().map(|a| Some(*a)).chain([None]) {
-                    let name = expert_kernel_name(path, act, fmt);
-                    assert!(
-                        crate::backend::cuda::KERNEL_NAMES.contains(&name.as_str()),
-                        "{name}"
-                    );
-                    n += 1;
+                    for one in [false, true] {
+                        let name = expert_kernel_name(path, act, fmt, one);
+                        assert!(
+                            crate::backend::cuda::KERNEL_NAMES.contains(&name.as_str()),
+                            "{name}"
+                        );
+                        names.insert(name);
+                    }
                 }
             }
         }
-        assert_eq!(n, 32);
+        assert_eq!(names.len(), 44); // 32 + the 12 single-token quantized GEMVs
+        let exported = crate::backend::cuda::KERNEL_NAMES
+            .iter()
+            .filter(|n| {
+                ["moe_gate_up", "moe_down", "moe_gemv_", "moe_qgemv_"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+            })
+            .count();
+        assert_eq!(exported, names.len());
     }
 
     #[test]
