@@ -668,7 +668,7 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
 /// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate,
 /// and the quantized experts (int8, int4 sym/asym/act-order, fp8 per row and in blocks) on
 /// both their paths; also kernels/quant_gemv.cu's dense GEMV (both its kernels) on the same
-/// quantized layouts. It checks the kernels' index math and barrier placement without a GPU
+/// quantized layouts, and kernels/gemv.cu's bf16 GEMV (multi-chunk K, scalar path). It checks the kernels' index math and barrier placement without a GPU
 /// (not their speed, nor asynchronous-copy timing). Needs a C++20 compiler and the CUDA
 /// headers that scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
 #[test]

@@ -1,5 +1,5 @@
-// main.cpp — runs kernels/moe.cu on the host (cuda_shim.h) against a double-precision
-// reference: the router (ties, norm on/off, more experts than lanes), the dispatch tables,
+// main.cpp — runs kernels/moe.cu (and the dense GEMVs, quant_gemv.cu and gemv.cu, at the
+// end) on the host (cuda_shim.h) against a double-precision reference: the router (ties, norm on/off, more experts than lanes), the dispatch tables,
 // both expert paths (grouped GEMM and gather-GEMV) with the combine, on shapes with column
 // and K tails, widths that are not multiples of 8 (scalar paths), idle experts and experts
 // with more than one 64-row tile. Outputs are poisoned with NaN first. Exit 0 = all passed.
@@ -9,6 +9,7 @@
 
 #include "../../kernels/moe.cu"
 #include "../../kernels/quant_gemv.cu"  // the dense quantized GEMV shares quant/dequant.cuh
+#include "../../kernels/gemv.cu"        // and the dense bf16 GEMV (the decode matmul)
 
 #include <algorithm>
 #include <cstdio>
@@ -604,6 +605,52 @@ static void test_dense_qgemvs() {
     }
 }
 
+static void (*const GEMV_BF16[8])(GemvParams) = {gemv_bf16_t1, gemv_bf16_t2, gemv_bf16_t3, gemv_bf16_t4,
+                                                    gemv_bf16_t5, gemv_bf16_t6, gemv_bf16_t7, gemv_bf16_t8};
+
+// kernels/gemv.cu (bf16 weights, T tokens) against a double reference: shapes whose K spans
+// several staged x chunks with a tail (4104 at T = 8: chunks of 2048), odd K (the scalar
+// path), N not a multiple of a CTA's 16 rows.
+static void test_dense_gemv(int T, int N, int K, bool bias, std::mt19937 &g) {
+    const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
+    const auto w = randn(g, static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)));
+    const auto b = randn(g, N, 1.0f);
+    std::vector<double> want(static_cast<size_t>(T) * N);
+    for (int t = 0; t < T; ++t)
+        for (int n = 0; n < N; ++n) {
+            double s = bias ? b[n] : 0.0;
+            for (int k = 0; k < K; ++k)
+                s += static_cast<double>(x[static_cast<size_t>(t) * K + k]) * w[static_cast<size_t>(n) * K + k];
+            want[static_cast<size_t>(t) * N + n] = s;
+        }
+    GemvParams p{};
+    p.x = upload(x);
+    p.w = upload(w);
+    p.bias = bias ? upload(b) : nullptr;
+    bf16 *out = alloc<bf16>(static_cast<size_t>(T) * N);
+    p.out = out;
+    p.num_tokens = T;
+    p.n = N;
+    p.k = K;
+    const unsigned ctas = static_cast<unsigned>((N + FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP - 1) /
+                                                (FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP));
+    launch(GEMV_BF16[T - 1], dim3(ctas), dim3(FLINT_GEMV_WARPS * 32), p);
+    const double err = rel_l2(download(out, static_cast<size_t>(T) * N), want);
+    char name[160];
+    std::snprintf(name, sizeof name, "dense-gemv bf16 T %d N %d K %d bias %d: rel-L2 %.2e", T, N, K, bias ? 1 : 0, err);
+    check(err < 1e-2, name);
+}
+
+static void test_dense_gemvs() {
+    std::mt19937 g(77);
+    for (int T : {1, 3, 8}) {
+        test_dense_gemv(T, 37, 4104, T == 3, g);
+        test_dense_gemv(T, 21, 4100, T != 3, g);
+    }
+    test_dense_gemv(2, 5, 8, true, g);
+    test_dense_gemv(5, 17, 40, false, g);
+}
+
 static void test_sigmoid_gate_add(int T, int D, std::mt19937 &g) {
     const auto x = randn(g, static_cast<size_t>(T) * D, 1.0f);
     const auto gate = randn(g, T, 2.0f);
@@ -656,6 +703,7 @@ int main(int argc, char **argv) {
     test_sigmoid_gate_add(2, 33, g);
     test_quant();
     test_dense_qgemvs();
+    test_dense_gemvs();
     std::printf("%s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;
 }
