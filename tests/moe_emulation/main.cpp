@@ -1,8 +1,9 @@
 // main.cpp — runs kernels/moe.cu (and the dense GEMVs, quant_gemv.cu and gemv.cu, at the
 // end) on the host (cuda_shim.h) against a double-precision reference: the router (ties,
-// norm on/off, more experts than lanes), the dispatch tables, both expert paths (grouped GEMM and gather-GEMV) with the combine, on shapes with column
-// and K tails, widths that are not multiples of 8 (scalar paths), idle experts and experts
-// with more than one 64-row tile. Outputs are poisoned with NaN first. Exit 0 = all passed.
+// norm on/off, more experts than lanes), the dispatch tables, both expert paths (grouped
+// GEMM and gather-GEMV) with the combine, on shapes with column and K tails, widths that are
+// not multiples of 8 (scalar paths), idle experts and experts with more than one 64-row tile.
+// Outputs are poisoned with NaN first. Exit 0 = all passed.
 //
 // Built and run by tests/moe.rs (g++ -std=c++20 -pthread, the CUDA headers for cuda_bf16.h).
 #include "cuda_shim.h"
