@@ -109,18 +109,20 @@ def bench_rows(path):
     for test, batch, tps in found:
         if " @ " in test or not tps or tps <= 0:
             continue
-        n = int(test[2:])
+        base = test.removesuffix("+graphs")
+        graphs = "_graphs" if base != test else ""
+        n = int(base[2:])
         if test.startswith("pp") and batch == 1:
             id = f"e2e_ttft_p{n}_b1"
             secs = n / tps
             note = f"flint bench {test}: {tps:.0f} tok/s"
         elif test.startswith("tg"):
-            id = f"e2e_decode_b{batch}"
+            id = f"e2e_decode_b{batch}{graphs}"
             secs = batch / tps
             note = f"flint bench {test} b{batch}: {tps:.1f} tok/s"
         else:
             continue
-        b, fl = e2e_counts(test[:2], batch, n)
+        b, fl = e2e_counts(base[:2], batch, n)
         rows[id] = {"id": id, "group": "e2e", "median_s": secs, "bytes": b, "flops": fl, "note": note}
     return rows
 
@@ -156,8 +158,9 @@ def ceilings(flint, peer):
     return rate("copy", "bytes"), rate("gemm_8192", "flops"), notes
 
 
-# Suffixes of flint-only variants of a peer case: the tensor-core prefill, a forced dense path.
-FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv")
+# Suffixes of flint-only variants of a peer case: the tensor-core prefill, a forced dense path,
+# decode steps replayed from CUDA graphs (`flint bench --cuda-graphs`).
+FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv", "_graphs")
 
 
 def base_case(i):

@@ -16,16 +16,17 @@
 # $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
 # output tail holds it). Steps, most important first, each with its own timeout, so the whole
 # run stays under ~540 s even if every step times out (the tool's call limit is 600 s):
-#   selftest 150 s, bench-ops 70 s, bench (pp512, pp2048, tg128 at b1/b32) 100 s,
-#   MoE layer bench 45 s, peers micro 55 s, peers e2e (transformers + torch.compile) 115 s,
-#   report ~5 s (540 s in all).
+#   selftest 150 s, bench-ops 65 s, bench (pp512, pp2048, tg128 at b1/b32, eager and from
+#   CUDA graphs) 110 s, MoE layer bench 40 s, peers micro 55 s, peers e2e (transformers +
+#   torch.compile) 115 s, report ~5 s (540 s in all).
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Two parts, one per device call (one call cannot hold both):
 #   bash gpu-bundle/run.sh          # "core" (the default, above): correctness first, then
 #                                   # kernel, end-to-end and peer timings (issues 3, 4, 7)
 #   bash gpu-bundle/run.sh serve    # "serve": quick selftest 60 s, then decode at b1/8/32 for
-#                                   # bf16 70 s and --quant int8 / int4 / fp8 90 s each
+#                                   # bf16 (eager and graphs) 80 s and --quant int8 / int4 /
+#                                   # fp8 85 s each
 #                                   # (issue 5's speed report), and `flint throughput` on
 #                                   # synthetic:llama-3-8b, 1,000 requests 512 in / 256 out,
 #                                   # graphs on 130 s (issue 6's report); ~535 s in all.
@@ -158,9 +159,9 @@ elif [ "$part" = serve ]; then
 step selftest 60 "$flint" selftest --quick --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Issue 5: decode at batch 1/8/32, bf16 and each quantized format, same run, same card.
-step bench_tg_bf16 70 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv
+step bench_tg_bf16 80 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --cuda-graphs
 for q in int8 int4 fp8; do
-    step "bench_tg_$q" 90 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --quant "$q"
+    step "bench_tg_$q" 85 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --quant "$q"
 done
 # Issue 6: the serving report (graphs on; the selftest's graph cases check on == off).
 step throughput 130 "$flint" throughput --device cuda -m synthetic:llama-3-8b --num-requests 1000 \
@@ -170,13 +171,13 @@ step selftest 150 "$flint" selftest --json "$log/selftest.json" --fixtures "$her
 selftest_rc="$(cat "$log/selftest.rc")"
 # Kernel-level timings (issue 7): stops starting cases after --budget-s, then ends the one
 # in flight (the slowest, prefill attention at 16k tokens, takes a few seconds).
-step bench_ops 70 "$flint" bench-ops -o json --budget-s 50 --case-s 0.25
+step bench_ops 65 "$flint" bench-ops -o json --budget-s 45 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
-step bench 100 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv
+step bench 110 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs
 # Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
 # dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
-step bench_moe_layer 45 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
+step bench_moe_layer 40 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1

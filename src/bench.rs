@@ -23,6 +23,9 @@ pub struct BenchOptions {
     pub depth: Vec<usize>,
     pub batch: Vec<usize>,
     pub reps: usize,
+    /// Also run every tg test with its decode steps replayed from a CUDA graph (rows named
+    /// `tg<n>+graphs`), beside the eager rows.
+    pub cuda_graphs: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -42,15 +45,20 @@ fn ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// One timed case: `batch` sequences at `depth`, then `pp` prompt tokens or `tg` decode steps.
-fn run_case<B: Backend>(
+/// Graph keys of `flint bench` (one per decode shape; the backend recaptures a key whose
+/// buffers moved), apart from any engine's.
+const BENCH_GRAPH_KEY: u64 = 0xBE7C_0000_0000;
+
+/// A case's (batch, depth, pp, tg).
+type Shape = (usize, usize, usize, usize);
+
+/// The KV cache and workspace a case of `shape` runs in: made once per case and reused by
+/// its repetitions (a CUDA graph bakes their addresses in).
+fn buffers<B: Backend>(
     be: &B,
     model: &Model<B>,
-    batch: usize,
-    depth: usize,
-    pp: usize,
-    tg: usize,
-) -> Result<f64> {
+    (batch, depth, pp, tg): Shape,
+) -> Result<(B::KvCache, Workspace<B>)> {
     let spec = &model.spec;
     let per_seq = depth + pp + tg;
     if per_seq > spec.max_position {
@@ -61,10 +69,25 @@ fn run_case<B: Backend>(
         );
     }
     let blocks = batch * per_seq.div_ceil(BLOCK_SIZE).max(1);
-    let mut alloc = BlockAllocator::new(blocks, BLOCK_SIZE);
-    let mut cache = be.alloc_kv_cache(model.kv_shape(blocks, BLOCK_SIZE))?;
+    let cache = be.alloc_kv_cache(model.kv_shape(blocks, BLOCK_SIZE))?;
     let widest = (batch * depth.max(pp)).max(batch).max(1);
-    let mut ws = Workspace::new(be, spec, widest)?;
+    Ok((cache, Workspace::new(be, spec, widest)?))
+}
+
+/// One timed case in `bufs` (from [`buffers`] for this shape): `batch` sequences at `depth`,
+/// then `pp` prompt tokens or `tg` decode steps (from a CUDA graph with `graphs`, planned for
+/// the case's longest context).
+fn run_case<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    (batch, depth, pp, tg): Shape,
+    graphs: bool,
+    (cache, ws): &mut (B::KvCache, Workspace<B>),
+) -> Result<f64> {
+    let spec = &model.spec;
+    let per_seq = depth + pp + tg;
+    let blocks = batch * per_seq.div_ceil(BLOCK_SIZE).max(1);
+    let mut alloc = BlockAllocator::new(blocks, BLOCK_SIZE);
     let mut seqs = vec![SeqCache::default(); batch];
     let mut rng = Rng::new(1234);
     let mut step_of =
@@ -93,24 +116,44 @@ fn run_case<B: Backend>(
         })
         .collect();
     let run = |step: &StepInput, cache: &mut B::KvCache, ws: &mut Workspace<B>| -> Result<()> {
-        model.forward_device(be, step, cache, ws, false, None)?;
+        if graphs && step.num_tokens() == batch {
+            let padded = crate::engine::pad_decode_step(step, batch, per_seq);
+            let key = BENCH_GRAPH_KEY + ((batch as u64) << 20) + per_seq as u64;
+            model.forward_device(be, &padded, cache, ws, false, Some(key))?;
+        } else {
+            model.forward_device(be, step, cache, ws, false, None)?;
+        }
         be.sample(ws.logits(), spec.vocab_size, &greedy)?;
         Ok(())
     };
     if depth > 0 {
         let step = step_of(&mut seqs, &mut alloc, depth)?;
-        run(&step, &mut cache, &mut ws)?;
+        run(&step, cache, ws)?;
     }
     let start = Instant::now();
     if pp > 0 {
         let step = step_of(&mut seqs, &mut alloc, pp)?;
-        run(&step, &mut cache, &mut ws)?;
+        run(&step, cache, ws)?;
     }
     for _ in 0..tg {
         let step = step_of(&mut seqs, &mut alloc, 1)?;
-        run(&step, &mut cache, &mut ws)?;
+        run(&step, cache, ws)?;
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The options' errors that need no model (so a caller can say them before printing anything).
+pub fn check_options<B: Backend>(be: &B, opt: &BenchOptions) -> Result<()> {
+    if opt.reps == 0 {
+        bail!("bench: -r must be at least 1");
+    }
+    if opt.cuda_graphs && !be.supports_graphs() {
+        bail!(
+            "bench: --cuda-graphs needs the CUDA backend ({} has no graphs)",
+            be.name()
+        );
+    }
+    Ok(())
 }
 
 /// Runs every combination; `on_row` sees each row as it completes.
@@ -120,17 +163,18 @@ pub fn run<B: Backend>(
     opt: &BenchOptions,
     mut on_row: impl FnMut(&BenchRow),
 ) -> Result<Vec<BenchRow>> {
-    if opt.reps == 0 {
-        bail!("bench: -r must be at least 1");
-    }
+    check_options(be, opt)?;
     let mut cases = Vec::new();
     for &d in &opt.depth {
         for &p in opt.prompt.iter().filter(|&&p| p > 0) {
-            cases.push((format!("pp{p}"), 1, d, p, 0));
+            cases.push((format!("pp{p}"), 1, d, p, 0, false));
         }
         for &b in &opt.batch {
             for &n in opt.gen.iter().filter(|&&n| n > 0) {
-                cases.push((format!("tg{n}"), b, d, 0, n));
+                cases.push((format!("tg{n}"), b, d, 0, n, false));
+                if opt.cuda_graphs {
+                    cases.push((format!("tg{n}+graphs"), b, d, 0, n, true));
+                }
             }
         }
     }
@@ -138,7 +182,7 @@ pub fn run<B: Backend>(
     // Timed runs done of all (test × repetition); rows print to stdout with it suspended.
     let runs = (cases.len() * opt.reps) as u64;
     let bar = crate::progress::count(runs, "runs", "bench");
-    for (name, b, d, p, n) in cases {
+    for (name, b, d, p, n, graphs) in cases {
         let batch = if b > 1 {
             format!(" x{b}")
         } else {
@@ -150,12 +194,38 @@ pub fn run<B: Backend>(
             String::new()
         };
         bar.set_message(format!("bench {name}{batch}{depth}"));
-        // One untimed warm-up, then the timed repetitions.
-        run_case(be, model, b, d, p.min(16), n.min(2))?;
-        let mut secs = Vec::new();
-        for _ in 0..opt.reps {
-            secs.push(run_case(be, model, b, d, p, n)?);
-            bar.inc(1);
+        // One untimed warm-up (with graphs: at the timed shape, so it captures the graph the
+        // timed runs replay), then the timed repetitions.
+        let shape = (b, d, p, n);
+        let mut bufs = buffers(be, model, shape)?;
+        let timed = |bufs: &mut _| -> Result<Vec<f64>> {
+            if graphs {
+                run_case(be, model, shape, true, bufs)?;
+            } else {
+                let small = (b, d, p.min(16), n.min(2));
+                run_case(be, model, small, false, &mut buffers(be, model, small)?)?;
+            }
+            let mut secs = Vec::new();
+            for _ in 0..opt.reps {
+                secs.push(run_case(be, model, shape, graphs, bufs)?);
+                bar.inc(1);
+            }
+            Ok(secs)
+        };
+        let secs = match timed(&mut bufs) {
+            Ok(s) => s,
+            // Graphs are unverified on a GPU so far: a failure costs the row, not the run.
+            Err(e) if graphs => {
+                be.clear_graphs();
+                bar.suspend(|| {
+                    eprintln!("flint bench: {name} x{b}: no row, CUDA graphs failed: {e:#}")
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if graphs {
+            be.clear_graphs();
         }
         let tokens = b * (p + n);
         let tps: Vec<f64> = secs.iter().map(|s| tokens as f64 / s).collect();

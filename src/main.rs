@@ -188,6 +188,10 @@ enum Cmd {
         /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
+        /// Also run each tg test with its decode steps replayed from a CUDA graph (rows
+        /// `tg<n>+graphs` beside the eager ones; CUDA only; unverified on a GPU yet).
+        #[arg(long)]
+        cuda_graphs: bool,
     },
     /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
     Throughput {
@@ -617,6 +621,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             moe_layer: _,
             moe_tokens: _,
             quant,
+            cuda_graphs,
         } => {
             let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
@@ -645,8 +650,10 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 depth: depth.0,
                 batch: batch.0,
                 reps,
+                cuda_graphs,
             };
             let name = model.as_str();
+            bench::check_options(be, &opt)?;
             match output {
                 TableFormat::Md => println!("{}", bench::markdown_header()),
                 TableFormat::Csv => println!("{}", bench::csv_header()),

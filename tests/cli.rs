@@ -165,6 +165,12 @@ fn info_and_bench_run_on_synthetic_models() {
         .collect();
     assert_eq!(tests, vec![("pp16", 1), ("tg4", 1), ("tg4", 2)]);
     assert!(rows.iter().all(|r| r["mean_tps"].as_f64().unwrap() > 0.0));
+    // Graph rows need the CUDA backend: said before anything runs.
+    let (ok, _, err) = flint(&["bench", "-n", "4", "--device", "cpu", "--cuda-graphs"]);
+    assert!(
+        !ok && err.contains("--cuda-graphs needs the CUDA backend"),
+        "{err}"
+    );
 }
 
 #[test]

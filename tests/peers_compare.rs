@@ -86,6 +86,14 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     let bw = 2.0 * (1u64 << 30) as f64 / 1e-3;
     let weights = 16060522496.0 - 2.0 * 128256.0 * 4096.0;
     assert!(close(&d["roofline_fraction"], (weights + kv) / bw / 0.01));
+    // The same step replayed from a CUDA graph (tg128+graphs, 125 tok/s: 8 ms) sits beside the
+    // same peer row, with the same bytes.
+    let g = row("e2e_decode_b1_graphs");
+    assert!(
+        close(&g["flint_s"], 0.008) && close(&g["ratio_peer_over_flint"], 1.0),
+        "{g}"
+    );
+    assert!(close(&g["roofline_fraction"], (weights + kv) / bw / 0.008));
     // Prefill of 2048 tokens (pp2048 at 10240 tok/s: 200 ms) is FLOP-bound: 2 per matrix
     // weight per token (6 979 321 856 layer weights), lm_head for the last token only, and
     // the causal attention pairs of 32 layers.
@@ -151,7 +159,7 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     // Report order: ceilings first, end to end last.
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.first(), Some(&"copy"));
-    assert_eq!(ids.last(), Some(&"e2e_decode_b1"));
+    assert_eq!(ids.last(), Some(&"e2e_decode_b1_graphs"));
     // The JSON report of `flint bench` gives the same end-to-end rows as its CSV lines.
     let js2 = dir.join("peers2.json");
     compare(
