@@ -1,6 +1,7 @@
-// cuda_shim.h — just enough of CUDA to run kernels/moe.cu and kernels/sampling.cu on the host,
-// for the emulation tests (tests/moe_emulation/main.cpp, driven by tests/moe.rs;
-// tests/sampling_emulation/main.cpp, driven by tests/sampling.rs). Not a simulator of the hardware:
+// cuda_shim.h — just enough of CUDA to run flint's CUDA-core kernels on the host, for the
+// emulation tests (tests/moe_emulation/main.cpp, driven by tests/moe.rs;
+// tests/sampling_emulation/main.cpp, tests/sampling.rs; tests/attention_emulation/main.cpp,
+// tests/attention_emulation.rs). Not a simulator of the hardware:
 // - a CTA's threads are std::threads; __syncthreads is a std::barrier over them;
 // - __shared__ becomes `static` (CTAs run one after another, so a static is the CTA's memory);
 // - a warp shuffle is an exchange through per-warp slots between two warp barriers (every
@@ -65,6 +66,21 @@ inline T __shfl_xor_sync(unsigned, T v, int o) {
     shim::cta->slots[threadIdx.x] = raw;
     shim::cta->warp[w]->arrive_and_wait();
     raw = shim::cta->slots[w * 32 + (lane ^ o)];
+    shim::cta->warp[w]->arrive_and_wait();
+    T r;
+    std::memcpy(&r, &raw, sizeof(T));
+    return r;
+}
+
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    const int w = threadIdx.x / 32;
+    uint64_t raw = 0;
+    std::memcpy(&raw, &v, sizeof(T));
+    shim::cta->slots[threadIdx.x] = raw;
+    shim::cta->warp[w]->arrive_and_wait();
+    raw = shim::cta->slots[w * 32 + (src & 31)];
     shim::cta->warp[w]->arrive_and_wait();
     T r;
     std::memcpy(&r, &raw, sizeof(T));

@@ -1,0 +1,283 @@
+//! The CUDA-core attention kernels (kernels/attention_prefill.cu, attention_decode.cu + its
+//! reduce) run on the host (tests/attention_emulation: CTAs as std::threads) for the launches
+//! the real planner (`AttnPlan`) makes, against a float64 reference read straight from the
+//! paged cache: ragged prefill, split-K decode, GQA, soft-cap, sliding window, every head dim.
+//! It checks the planner/kernel contract and the kernels' index math without a GPU (not their
+//! speed). A planted error (wrong block-table row) must fail. Needs a C++20 compiler and the
+//! CUDA headers scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
+
+mod common;
+
+use common::build_emulation;
+use flint::backend::cuda::attention::{AttnKernel, AttnPlan, AttnPtrs, PrefillPath};
+use flint::backend::{AttnParams, SeqStep, StepInput};
+use flint::sampling::Rng;
+use std::path::Path;
+
+fn bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+struct Case {
+    name: &'static str,
+    seqs: Vec<(usize, usize)>,    // (ctx_len, q_len)
+    heads: (usize, usize, usize), // (H, KV, hd)
+    softcap: Option<f32>,
+    window: Option<usize>,
+    num_sms: u32,
+}
+
+const BS: usize = 16;
+const Q: u64 = 1 << 40;
+const K: u64 = 2 << 40;
+const V: u64 = 3 << 40;
+const OUT: u64 = 4 << 40;
+const META: u64 = 5 << 40;
+const WS: u64 = 6 << 40;
+
+/// (kernel kind, max relative error of the kernel's output against float64).
+fn run(exe: &Path, c: &Case, broken_table: bool) -> (AttnKernel, f64) {
+    let (h, kv, hd) = c.heads;
+    let mut rng = Rng::new(7);
+    let total_blocks: usize = c.seqs.iter().map(|s| s.0.div_ceil(BS)).sum();
+    let mut free: Vec<u32> = (0..total_blocks as u32).collect();
+    // Shuffled physical blocks: logical and physical order differ.
+    for i in (1..free.len()).rev() {
+        free.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let mut step = StepInput {
+        block_size: BS,
+        ..Default::default()
+    };
+    for &(ctx, q) in &c.seqs {
+        let table: Vec<u32> = (0..ctx.div_ceil(BS)).map(|_| free.pop().unwrap()).collect();
+        let q_start = step.token_ids.len();
+        for p in ctx - q..ctx {
+            step.token_ids.push(0);
+            step.positions.push(p as u32);
+            step.slots
+                .push((table[p / BS] as usize * BS + p % BS) as i64);
+        }
+        step.seqs.push(SeqStep {
+            q_start,
+            q_len: q,
+            ctx_len: ctx,
+            block_table: table,
+        });
+    }
+    let t = step.num_tokens();
+    let plan = AttnPlan::new(&step, h, kv, hd, c.num_sms)
+        .unwrap()
+        .with_prefill_path(PrefillPath::Fma);
+    let attn = AttnParams {
+        num_heads: h,
+        num_kv_heads: kv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        softcap: c.softcap,
+        window: c.window,
+    };
+    let ptrs = AttnPtrs {
+        q: Q,
+        k_cache: K,
+        v_cache: V,
+        out: OUT,
+        metadata: META,
+        workspace: WS,
+    };
+    let launches = plan.launches(&attn, &ptrs).unwrap();
+    let rand = |rng: &mut Rng, n: usize| -> Vec<f32> {
+        (0..n).map(|_| bf16((rng.next_f32() - 0.5) * 4.0)).collect()
+    };
+    let q = rand(&mut rng, t * h * hd);
+    let kc = rand(&mut rng, total_blocks * BS * kv * hd);
+    let vc = rand(&mut rng, total_blocks * BS * kv * hd);
+    let mut meta: Vec<i32> = plan.metadata().to_vec();
+    if broken_table {
+        // Swap the first two block-table rows: sequences read each other's keys.
+        let s = c.seqs.len();
+        let mb = plan.max_blocks();
+        for j in 0..mb {
+            meta.swap(3 * s + j, 3 * s + mb + j);
+        }
+    }
+
+    let mut b = Vec::new();
+    let u32le = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    u32le(&mut b, launches.len() as u32);
+    for l in &launches {
+        u32le(&mut b, l.kernel.len() as u32);
+        b.extend_from_slice(l.kernel.as_bytes());
+        for v in [
+            l.grid.0, l.grid.1, l.grid.2, l.block.0, l.block.1, l.block.2,
+        ] {
+            u32le(&mut b, v);
+        }
+        assert_eq!(l.shared_bytes, 0, "dynamic shared memory is not emulated");
+        b.extend_from_slice(&l.params);
+    }
+    let bf = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+            .collect()
+    };
+    let bufs: Vec<(u64, Vec<u8>)> = vec![
+        (Q, bf(&q)),
+        (K, bf(&kc)),
+        (V, bf(&vc)),
+        (OUT, vec![0xFF; t * h * hd * 2]), // NaN: an unwritten output shows
+        (META, meta.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        (WS, vec![0xFF; plan.workspace_bytes().max(4)]),
+    ];
+    u32le(&mut b, bufs.len() as u32);
+    for (base, data) in &bufs {
+        b.extend_from_slice(&base.to_le_bytes());
+        b.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        b.extend_from_slice(data);
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (case, out) = (dir.join("attn_case.bin"), dir.join("attn_out.bin"));
+    std::fs::write(&case, b).unwrap();
+    let r = std::process::Command::new(exe)
+        .arg(&case)
+        .arg(&out)
+        .arg(OUT.to_string())
+        .output()
+        .expect("runs the emulation");
+    assert!(
+        r.status.success(),
+        "{}: {}",
+        c.name,
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let got: Vec<f32> = std::fs::read(&out)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|x| half::bf16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32())
+        .collect();
+
+    // float64 reference, straight from the paged cache.
+    let group = h / kv;
+    let (mut num, mut den) = (0f64, 0f64);
+    for s in &step.seqs {
+        for i in 0..s.q_len {
+            let row = s.q_start + i;
+            let p = s.ctx_len - s.q_len + i;
+            let first = c.window.map_or(0, |w| (p + 1).saturating_sub(w));
+            for hh in 0..h {
+                let g = hh / group;
+                let qv = &q[(row * h + hh) * hd..(row * h + hh + 1) * hd];
+                let at =
+                    |j: usize| (s.block_table[j / BS] as usize * BS + j % BS) * kv * hd + g * hd;
+                let scores: Vec<f64> = (first..=p)
+                    .map(|j| {
+                        let k = &kc[at(j)..at(j) + hd];
+                        let d: f64 = qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let x = d * attn.scale as f64;
+                        c.softcap
+                            .map_or(x, |cap| cap as f64 * (x / cap as f64).tanh())
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (first..=p)
+                        .zip(&w)
+                        .map(|(j, wj)| wj * vc[at(j) + d] as f64)
+                        .sum::<f64>()
+                        / z;
+                    let gv = got[(row * h + hh) * hd + d] as f64;
+                    num += (gv - want).powi(2);
+                    den += want.powi(2);
+                }
+            }
+        }
+    }
+    (plan.kernel(), (num / den).sqrt())
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "decode, split-K over long contexts, GQA 8/2, hd 64",
+            seqs: vec![(1, 1), (37, 1), (300, 1), (1000, 1)],
+            heads: (8, 2, 64),
+            softcap: None,
+            window: None,
+            num_sms: 8,
+        },
+        Case {
+            name: "decode, window 64 + soft-cap 30, GQA 8/1, hd 128",
+            seqs: vec![(200, 1), (90, 1)],
+            heads: (8, 1, 128),
+            softcap: Some(30.0),
+            window: Some(64),
+            num_sms: 4,
+        },
+        Case {
+            name: "ragged prefill with cached prefix, MHA 4/4, hd 128",
+            seqs: vec![(5, 5), (40, 17), (100, 33)],
+            heads: (4, 4, 128),
+            softcap: None,
+            window: None,
+            num_sms: 8,
+        },
+        Case {
+            name: "prefill, window 8 + soft-cap, hd 32",
+            seqs: vec![(50, 20), (3, 3)],
+            heads: (4, 2, 32),
+            softcap: Some(5.0),
+            window: Some(8),
+            num_sms: 8,
+        },
+        Case {
+            name: "decode-shaped step, hd 16",
+            seqs: vec![(70, 1), (18, 1)],
+            heads: (2, 1, 16),
+            softcap: None,
+            window: None,
+            num_sms: 2,
+        },
+        Case {
+            name: "prefill hd 256",
+            seqs: vec![(20, 20)],
+            heads: (2, 1, 256),
+            softcap: None,
+            window: None,
+            num_sms: 2,
+        },
+    ]
+}
+
+#[test]
+fn attention_kernels_match_float64_on_the_host() {
+    let Some(exe) = build_emulation(
+        "attention_kernels_match_float64_on_the_host",
+        "tests/attention_emulation/main.cpp",
+        "attention_emulation",
+        &[],
+    ) else {
+        return;
+    };
+    let mut kinds = (false, false);
+    for c in cases() {
+        let (kind, err) = run(&exe, &c, false);
+        match kind {
+            AttnKernel::Prefill => kinds.0 = true,
+            AttnKernel::Decode { splits } => {
+                kinds.1 = true;
+                eprintln!("{}: {splits} splits", c.name);
+            }
+        }
+        assert!(err < 1e-2, "{}: relative error {err:.2e}", c.name);
+        eprintln!("{}: rel-L2 {err:.2e}", c.name);
+    }
+    assert!(kinds.0 && kinds.1, "both kernels ran: {kinds:?}");
+    // The check can fail: sequences reading each other's block tables.
+    let (_, err) = run(&exe, &cases()[0], true);
+    assert!(
+        err > 0.1,
+        "a swapped block table went unnoticed ({err:.2e})"
+    );
+}
