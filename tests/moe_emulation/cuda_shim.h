@@ -132,6 +132,7 @@ inline float __uint_as_float(unsigned u) {
     return x;
 }
 inline float ceilf(float x) { return std::ceil(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float rintf(float x) { return std::rint(x); }  // round half to even (default mode)
 using std::isnan;
 

@@ -1,0 +1,31 @@
+//! The small fused ops (kernels/rope_kv_write.cu with qk-norm, partial rotary and padded
+//! tokens; rms_norm.cu with the residual; act_mul.cu; softcap.cu) run on the host
+//! (tests/ops_emulation: CTAs as std::threads) with the launch shapes of
+//! src/backend/cuda/kernels.rs, against float64. Index math and barriers, not speed. Needs a
+//! C++20 compiler and the CUDA headers scripts/setup.sh installs; skips without them unless
+//! FLINT_REQUIRE_KERNELS=1.
+
+mod common;
+
+#[test]
+fn fused_ops_pass_their_host_emulation() {
+    let Some(exe) = common::build_emulation(
+        "fused_ops_pass_their_host_emulation",
+        "tests/ops_emulation/main.cpp",
+        "ops_emulation",
+        &[],
+    ) else {
+        return;
+    };
+    let run = std::process::Command::new(&exe)
+        .output()
+        .expect("runs the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(
+        run.status.success() && stdout.contains("all passed") && passed >= 11,
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
