@@ -1,11 +1,13 @@
 // main.cpp — runs the small fused ops (kernels/rope_kv_write.cu, rms_norm.cu, act_mul.cu,
-// softcap.cu) on the host (../moe_emulation/cuda_shim.h) against a double-precision
+// softcap.cu, embed.cu, gather.cu) on the host (../moe_emulation/cuda_shim.h) against a double-precision
 // reference, with the launch shapes src/backend/cuda/kernels.rs uses. Outputs and the KV
 // cache are poisoned with NaN first; padded tokens (slot -1) must leave the cache alone.
 // Built and run by tests/ops_emulation.rs. Exit 0 = all passed.
 #include "../moe_emulation/cuda_shim.h"
 
 #include "../../kernels/act_mul.cu"
+#include "../../kernels/embed.cu"
+#include "../../kernels/gather.cu"
 #include "../../kernels/rms_norm.cu"
 #include "../../kernels/rope_kv_write.cu"
 #include "../../kernels/softcap.cu"
@@ -206,6 +208,46 @@ static void test_softcap(int n, float cap, std::mt19937 &g) {
     check(e < 1e-2, "softcap n " + std::to_string(n) + " cap " + std::to_string(cap) + ": " + std::to_string(e));
 }
 
+// embed (ids outside the vocabulary give zero rows) and gather_rows (rows outside x give zeros).
+static void test_embed_gather(int vocab, int dim, std::mt19937 &g) {
+    const auto table = randn(g, static_cast<size_t>(vocab) * dim, 1.0f);
+    std::vector<int32_t> ids = {3, vocab - 1, -1, 0, vocab, 7 % vocab};
+    const int T = static_cast<int>(ids.size());
+    EmbedParams e{};
+    e.ids = ids.data();
+    e.table = upload(table);
+    bf16 *x = poisoned(static_cast<size_t>(T) * dim);
+    e.out = x;
+    e.num_tokens = T;
+    e.vocab = vocab;
+    e.dim = dim;
+    e.scale = 55.5f;
+    launch(embed_bf16, dim3(T), dim3(256), e);
+    std::vector<double> want;
+    for (int t = 0; t < T; ++t)
+        for (int c = 0; c < dim; ++c)
+            want.push_back(ids[t] < 0 || ids[t] >= vocab ? 0.0 : static_cast<double>(table[static_cast<size_t>(ids[t]) * dim + c]) * 55.5);
+    const double ee = rel_l2(x, want);
+    std::vector<int32_t> rows = {5, 0, T, -2, 2};
+    GatherParams gp{};
+    gp.x = x;
+    gp.rows = rows.data();
+    bf16 *out = poisoned(rows.size() * dim);
+    gp.out = out;
+    gp.num_rows = static_cast<int>(rows.size());
+    gp.cols = dim;
+    gp.x_rows = T;
+    launch(gather_rows_bf16, dim3(static_cast<unsigned>(rows.size())), dim3(256), gp);
+    std::vector<double> wg;
+    for (int r : rows)
+        for (int c = 0; c < dim; ++c) wg.push_back(r < 0 || r >= T ? 0.0 : static_cast<double>(__bfloat162float(x[static_cast<size_t>(r) * dim + c])));
+    const double eg = rel_l2(out, wg);
+    char name[160];
+    std::snprintf(name, sizeof name, "embed [%d, %d] (ids out of range) %.1e; gather_rows (rows out of range) %.1e", vocab,
+                  dim, ee, eg);
+    check(ee < 1e-2 && eg == 0.0, name);
+}
+
 int main() {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     std::mt19937 g(2024);
@@ -220,6 +262,8 @@ int main() {
     test_act_mul(2, 64, g);
     test_softcap(5000, 30.0f, g);
     test_softcap(33, 5.0f, g);
+    test_embed_gather(100, 4096, g);
+    test_embed_gather(50, 33, g);
     std::printf("%s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;
 }
