@@ -120,3 +120,19 @@ pub fn build_emulation(
     );
     Some(exe)
 }
+
+/// Runs an emulation binary with no arguments and returns its stdout (printed too) after
+/// requiring a zero exit and its closing "all passed" line.
+pub fn run_emulation_to_pass(exe: &std::path::Path) -> String {
+    let run = std::process::Command::new(exe)
+        .output()
+        .expect("runs the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    println!("{stdout}");
+    assert!(
+        run.status.success() && stdout.contains("all passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+}

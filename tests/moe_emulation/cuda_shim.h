@@ -57,49 +57,39 @@ inline dim3 gridDim;
 
 inline void __syncthreads() { shim::cta->all->arrive_and_wait(); }
 
-template <class T>
-inline T __shfl_xor_sync(unsigned, T v, int o) {
+namespace shim {
+/// Every lane of the warp posts `v`; each gets the value lane `src(lane)` posted (its own when
+/// src returns -1). All 32 lanes must call it, as every shuffle in the kernels does.
+template <class T, class Src>
+inline T exchange(T v, Src src) {
     static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
     uint64_t raw = 0;
     std::memcpy(&raw, &v, sizeof(T));
-    shim::cta->slots[threadIdx.x] = raw;
-    shim::cta->warp[w]->arrive_and_wait();
-    raw = shim::cta->slots[w * 32 + (lane ^ o)];
-    shim::cta->warp[w]->arrive_and_wait();
+    cta->slots[threadIdx.x] = raw;
+    cta->warp[w]->arrive_and_wait();
+    const int from = src(lane);
+    if (from >= 0) raw = cta->slots[w * 32 + from];
+    cta->warp[w]->arrive_and_wait();
     T r;
     std::memcpy(&r, &raw, sizeof(T));
     return r;
+}
+}  // namespace shim
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int o) {
+    return shim::exchange(v, [o](int lane) { return lane ^ o; });
 }
 
 template <class T>
 inline T __shfl_sync(unsigned, T v, int src) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    const int w = threadIdx.x / 32;
-    uint64_t raw = 0;
-    std::memcpy(&raw, &v, sizeof(T));
-    shim::cta->slots[threadIdx.x] = raw;
-    shim::cta->warp[w]->arrive_and_wait();
-    raw = shim::cta->slots[w * 32 + (src & 31)];
-    shim::cta->warp[w]->arrive_and_wait();
-    T r;
-    std::memcpy(&r, &raw, sizeof(T));
-    return r;
+    return shim::exchange(v, [src](int) { return src & 31; });
 }
 
 template <class T>
 inline T __shfl_up_sync(unsigned, T v, unsigned d) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-    uint64_t raw = 0;
-    std::memcpy(&raw, &v, sizeof(T));
-    shim::cta->slots[threadIdx.x] = raw;
-    shim::cta->warp[w]->arrive_and_wait();
-    if (lane >= static_cast<int>(d)) raw = shim::cta->slots[w * 32 + lane - d];
-    shim::cta->warp[w]->arrive_and_wait();
-    T r;
-    std::memcpy(&r, &raw, sizeof(T));
-    return r;
+    return shim::exchange(v, [d](int lane) { return lane >= static_cast<int>(d) ? lane - static_cast<int>(d) : -1; });
 }
 
 inline unsigned __ballot_sync(unsigned, int pred) {
