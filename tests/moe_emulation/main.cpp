@@ -211,13 +211,17 @@ static LayerParams layer_params(const Tables &tb, const bf16 *x, bf16 *h, bf16 *
     return {gu, dn};
 }
 
-static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routing, bool gemv, std::mt19937 &g) {
-    const int assign = T * K;
-    const auto x = randn(g, static_cast<size_t>(T) * D, 1.0f);
-    const auto wgu = randn(g, static_cast<size_t>(E) * 2 * I * D, 1.0f / std::sqrt(static_cast<float>(D)));
-    const auto wdn = randn(g, static_cast<size_t>(E) * D * I, 1.0f / std::sqrt(static_cast<float>(I)));
-    std::vector<int> ids(assign);
-    std::vector<float> idsf(assign), rw(assign);
+// One routing: K distinct experts per token (the first K for ALL_SAME), bf16 routing weights.
+struct Route {
+    std::vector<int> ids;
+    std::vector<float> idsf, rw;
+};
+
+static Route draw_route(int T, int E, int K, Routing routing, std::mt19937 &g) {
+    Route r;
+    r.ids.resize(static_cast<size_t>(T) * K);
+    r.idsf.resize(r.ids.size());
+    r.rw.resize(r.ids.size());
     for (int t = 0; t < T; ++t) {
         std::vector<int> chosen;
         while (static_cast<int>(chosen.size()) < K) {
@@ -225,32 +229,68 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
             if (std::find(chosen.begin(), chosen.end(), c) == chosen.end()) chosen.push_back(c);
         }
         for (int j = 0; j < K; ++j) {
-            ids[t * K + j] = chosen[j];
-            idsf[t * K + j] = static_cast<float>(chosen[j]);
-            rw[t * K + j] = rbf(0.1f + static_cast<float>(g() % 1000) / 1000.0f);
+            r.ids[t * K + j] = chosen[j];
+            r.idsf[t * K + j] = static_cast<float>(chosen[j]);
+            r.rw[t * K + j] = rbf(0.1f + static_cast<float>(g() % 1000) / 1000.0f);
         }
     }
-    // Reference in double from the same bf16 values.
+    return r;
+}
+
+// The layer in double: sum_j rw * down_e(bf16(act(x . gate_e) * (x . up_e))) for gate_up
+// [E * 2I, D] and down [E * D, I]. h is rounded to bf16 as the kernels store it.
+static std::vector<double> layer_reference(const std::vector<float> &x, const std::vector<double> &wgu,
+                                           const std::vector<double> &wdn, const Route &r, int T, int K, int D, int I,
+                                           Act a) {
     std::vector<double> want(static_cast<size_t>(T) * D, 0.0);
     for (int t = 0; t < T; ++t)
         for (int j = 0; j < K; ++j) {
-            const int e = ids[t * K + j];
+            const int e = r.ids[t * K + j];
             std::vector<double> h(I);
             for (int n = 0; n < I; ++n) {
-                double gsum = 0, usum = 0;
+                double gs = 0, us = 0;
                 for (int k = 0; k < D; ++k) {
-                    gsum += static_cast<double>(x[t * D + k]) * wgu[(static_cast<size_t>(e) * 2 * I + n) * D + k];
-                    usum += static_cast<double>(x[t * D + k]) * wgu[(static_cast<size_t>(e) * 2 * I + I + n) * D + k];
+                    gs += static_cast<double>(x[t * D + k]) * wgu[(static_cast<size_t>(e) * 2 * I + n) * D + k];
+                    us += static_cast<double>(x[t * D + k]) * wgu[(static_cast<size_t>(e) * 2 * I + I + n) * D + k];
                 }
-                h[n] = act(a, gsum) * usum;
+                h[n] = rbf(static_cast<float>(act(a, gs) * us));
             }
             for (int n = 0; n < D; ++n) {
                 double y = 0;
                 for (int k = 0; k < I; ++k) y += h[k] * wdn[(static_cast<size_t>(e) * D + n) * I + k];
-                want[t * D + n] += rw[t * K + j] * y;
+                want[t * D + n] += r.rw[t * K + j] * y;
             }
         }
+    return want;
+}
 
+// moe_combine_bf16 of the experts' rows y into out, and its rel-L2 against want.
+static double combine_error(bf16 *y, const bf16 *ids, bf16 *out, int T, int E, int K, int D,
+                            const std::vector<double> &want) {
+    MoeCombineParams cp{};
+    cp.y = y;
+    cp.ids = ids;
+    cp.out = out;
+    cp.num_tokens = T;
+    cp.top_k = K;
+    cp.dim = D;
+    cp.num_experts = E;
+    launch(moe_combine_bf16, dim3(T, (D + 2047) / 2048), dim3(256), cp);
+    return rel_l2(download(out, static_cast<size_t>(T) * D), want);
+}
+
+static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routing, bool gemv, std::mt19937 &g) {
+    const int assign = T * K;
+    const auto x = randn(g, static_cast<size_t>(T) * D, 1.0f);
+    const auto wgu = randn(g, static_cast<size_t>(E) * 2 * I * D, 1.0f / std::sqrt(static_cast<float>(D)));
+    const auto wdn = randn(g, static_cast<size_t>(E) * D * I, 1.0f / std::sqrt(static_cast<float>(I)));
+    const Route rt = draw_route(T, E, K, routing, g);
+    const std::vector<int> &ids = rt.ids;
+    const std::vector<float> &idsf = rt.idsf, &rw = rt.rw;
+    // Reference in double from the same bf16 values.
+    const std::vector<double> want =
+        layer_reference(x, std::vector<double>(wgu.begin(), wgu.end()), std::vector<double>(wdn.begin(), wdn.end()),
+                        rt, T, K, D, I, a);
     const bf16 *dx = upload(x), *dgu = upload(wgu), *ddn = upload(wdn), *dids = upload(idsf), *drw = upload(rw);
     const Tables tb = dispatch(dids, assign, E);
     char name[200];
@@ -279,16 +319,7 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
             launch(gate_up_gemv, dim3((I + 3) / 4, tiles), dim3(128), gu);
             launch(moe_gemv_down_bf16, dim3((D + 3) / 4, tiles), dim3(128), dn);
         }
-        MoeCombineParams cp{};
-        cp.y = y;
-        cp.ids = dids;
-        cp.out = out;
-        cp.num_tokens = T;
-        cp.top_k = K;
-        cp.dim = D;
-        cp.num_experts = E;
-        launch(moe_combine_bf16, dim3(T, (D + 2047) / 2048), dim3(256), cp);
-        const double err = rel_l2(download(out, static_cast<size_t>(T) * D), want);
+        const double err = combine_error(y, dids, out, T, E, K, D, want);
         std::snprintf(name, sizeof name, "experts %s T %d E %d top-%d D %d I %d act %d %s: rel-L2 %.2e",
                       grouped ? "grouped" : "gemv   ", T, E, K, D, I, static_cast<int>(a),
                       routing == ALL_SAME ? "all-same" : "random", err);
@@ -437,41 +468,9 @@ static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, in
     const QWeight wgu = make_qweight(qs.fmt, E * 2 * I, D, qs.group_gu ? qs.group_gu : D, qs.asym,
                                      qs.act_order ? I : 0, g);
     const QWeight wdn = make_qweight(qs.fmt, E * D, I, qs.group_dn ? qs.group_dn : I, qs.asym, qs.act_order ? D : 0, g);
-    std::vector<int> ids(assign);
-    std::vector<float> idsf(assign), rw(assign);
-    for (int t = 0; t < T; ++t) {
-        std::vector<int> chosen;
-        while (static_cast<int>(chosen.size()) < K) {
-            const int c = routing == ALL_SAME ? static_cast<int>(chosen.size()) : static_cast<int>(g() % E);
-            if (std::find(chosen.begin(), chosen.end(), c) == chosen.end()) chosen.push_back(c);
-        }
-        for (int j = 0; j < K; ++j) {
-            ids[t * K + j] = chosen[j];
-            idsf[t * K + j] = static_cast<float>(chosen[j]);
-            rw[t * K + j] = rbf(0.1f + static_cast<float>(g() % 1000) / 1000.0f);
-        }
-    }
-    std::vector<double> want(static_cast<size_t>(T) * D, 0.0);
-    for (int t = 0; t < T; ++t)
-        for (int j = 0; j < K; ++j) {
-            const int e = ids[t * K + j];
-            std::vector<double> h(I);
-            for (int n = 0; n < I; ++n) {
-                double gs = 0, us = 0;
-                for (int k = 0; k < D; ++k) {
-                    gs += static_cast<double>(x[t * D + k]) * wgu.deq[(static_cast<size_t>(e) * 2 * I + n) * D + k];
-                    us += static_cast<double>(x[t * D + k]) * wgu.deq[(static_cast<size_t>(e) * 2 * I + I + n) * D + k];
-                }
-                // The kernels round h to bf16 before the down projection; so does the reference.
-                h[n] = rbf(static_cast<float>(act(a, gs) * us));
-            }
-            for (int n = 0; n < D; ++n) {
-                double y = 0;
-                for (int k = 0; k < I; ++k) y += h[k] * wdn.deq[(static_cast<size_t>(e) * D + n) * I + k];
-                want[t * D + n] += rw[t * K + j] * y;
-            }
-        }
-    const bf16 *dx = upload(x), *dids = upload(idsf), *drw = upload(rw);
+    const Route rt = draw_route(T, E, K, routing, g);
+    const std::vector<double> want = layer_reference(x, wgu.deq, wdn.deq, rt, T, K, D, I, a);
+    const bf16 *dx = upload(x), *dids = upload(rt.idsf), *drw = upload(rt.rw);
     const Tables tb = dispatch(dids, assign, E);
     const MoeQuantWeight qgu = wgu.view(), qdn = wdn.view();
     const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
@@ -490,16 +489,7 @@ static void test_quant_experts(const QScheme &qs, int T, int E, int K, int D, in
                    pg);
             launch(T == 1 ? QGEMV_DOWN_T1[qs.fmt] : QGEMV_DOWN[qs.fmt], dim3((D + 3) / 4, tiles), dim3(128), pd);
         }
-        MoeCombineParams cp{};
-        cp.y = y;
-        cp.ids = dids;
-        cp.out = out;
-        cp.num_tokens = T;
-        cp.top_k = K;
-        cp.dim = D;
-        cp.num_experts = E;
-        launch(moe_combine_bf16, dim3(T, (D + 2047) / 2048), dim3(256), cp);
-        const double err = rel_l2(download(out, static_cast<size_t>(T) * D), want);
+        const double err = combine_error(y, dids, out, T, E, K, D, want);
         char name[220];
         std::snprintf(name, sizeof name, "quant %-22s %s T %d E %d top-%d D %d I %d act %d %s: rel-L2 %.2e", qs.name,
                       grouped ? "grouped" : "gemv   ", T, E, K, D, I, static_cast<int>(a),
