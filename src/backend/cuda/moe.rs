@@ -53,6 +53,7 @@ use crate::config::Activation;
 use anyhow::{bail, Result};
 use cudarc::driver::sys;
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 pub const TILE_M: usize = FLINT_MOE_TILE_M as usize;
 pub const TILE_N: usize = FLINT_MOE_TILE_N as usize;
@@ -64,7 +65,7 @@ const GEMV_WARPS: usize = 4;
 const ROUTE_WARPS: usize = 4;
 
 /// Which expert kernels a `moe_experts` call runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MoePath {
     /// Few tokens: gather-GEMV, every selected weight row read once.
     Gemv,
@@ -232,32 +233,25 @@ pub fn rowwise_shape(rows: usize, cols: usize) -> (Dim3, Dim3) {
 pub struct MoeState {
     route: sys::CUfunction,
     dispatch: sys::CUfunction,
-    gate_up: [sys::CUfunction; 3],
-    gemv_gate_up: [sys::CUfunction; 3],
-    down: sys::CUfunction,
-    gemv_down: sys::CUfunction,
     combine: sys::CUfunction,
     sigmoid_gate_add: sys::CUfunction,
     ws: RefCell<Staging>,
-    /// Quantized experts by [fmt][act] / [fmt] (fmt in `quant::Fmt` order: i8, i4, fp8):
-    /// `moe_qgemv_gate_up_<fmt>_<act>`, `moe_qgemv_down_<fmt>` (gather-GEMV) and
-    /// `moe_gate_up_<fmt>_<act>`, `moe_down_<fmt>` (grouped GEMM).
-    qgemv_gate_up: [[sys::CUfunction; 3]; 3],
-    qgemv_down: [sys::CUfunction; 3],
-    /// The gather-GEMV for single-token steps (`_t1`: one token a pass, fewer registers).
-    qgemv_gate_up_t1: [[sys::CUfunction; 3]; 3],
-    qgemv_down_t1: [sys::CUfunction; 3],
-    qgate_up: [[sys::CUfunction; 3]; 3],
-    qdown: [sys::CUfunction; 3],
+    /// Every expert kernel, by [`ExpertKey`], with its symbol (named by
+    /// [`expert_kernel_name`], resolved once).
+    experts: HashMap<ExpertKey, (String, sys::CUfunction)>,
 }
 
-fn act_index(act: Activation) -> (usize, &'static str) {
-    let i = match act {
+/// An expert kernel: path, gate_up's activation index (None: down), quantized format index
+/// (None: bf16), single-token variant.
+type ExpertKey = (MoePath, Option<usize>, Option<usize>, bool);
+
+/// The activation's index in [`ACTS`].
+fn act_index(act: Activation) -> usize {
+    match act {
         Activation::Silu => 0,
         Activation::GeluTanh => 1,
         Activation::Gelu => 2,
-    };
-    (i, ACTS[i])
+    }
 }
 
 impl MoeState {
@@ -266,57 +260,39 @@ impl MoeState {
         Ok(MoeState {
             route: f("moe_route_bf16")?,
             dispatch: f("moe_dispatch_bf16")?,
-            gate_up: [
-                f("moe_gate_up_bf16_silu")?,
-                f("moe_gate_up_bf16_gelu_tanh")?,
-                f("moe_gate_up_bf16_gelu")?,
-            ],
-            gemv_gate_up: [
-                f("moe_gemv_gate_up_bf16_silu")?,
-                f("moe_gemv_gate_up_bf16_gelu_tanh")?,
-                f("moe_gemv_gate_up_bf16_gelu")?,
-            ],
-            down: f("moe_down_bf16")?,
-            gemv_down: f("moe_gemv_down_bf16")?,
             combine: f("moe_combine_bf16")?,
             sigmoid_gate_add: f("sigmoid_gate_add_bf16")?,
             ws: RefCell::new(Staging::new()),
-            qgemv_gate_up: by_fmt_act(&f, "moe_qgemv_gate_up", "")?,
-            qgemv_down: by_fmt(&f, "moe_qgemv_down", "")?,
-            qgemv_gate_up_t1: by_fmt_act(&f, "moe_qgemv_gate_up", "_t1")?,
-            qgemv_down_t1: by_fmt(&f, "moe_qgemv_down", "_t1")?,
-            qgate_up: by_fmt_act(&f, "moe_gate_up", "")?,
-            qdown: by_fmt(&f, "moe_down", "")?,
+            experts: expert_keys()
+                .map(|key| {
+                    let (path, act, fmt, t1) = key;
+                    let name = expert_kernel_name(path, act.map(|a| ACTS[a]), fmt, t1);
+                    Ok((key, (name.clone(), f(&name)?)))
+                })
+                .collect::<Result<_>>()?,
         })
     }
 }
 
-/// `{prefix}_<fmt>_<act>{suffix}` for every quantized format and activation.
-fn by_fmt_act(
-    f: &impl Fn(&str) -> Result<sys::CUfunction>,
-    prefix: &str,
-    suffix: &str,
-) -> Result<[[sys::CUfunction; 3]; 3]> {
-    let mut a = [[std::ptr::null_mut(); 3]; 3];
-    for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
-        for (ai, act) in ACTS.iter().enumerate() {
-            a[fi][ai] = f(&format!("{prefix}_{fmt}_{act}{suffix}"))?;
-        }
-    }
-    Ok(a)
-}
-
-/// `{prefix}_<fmt>{suffix}` for every quantized format.
-fn by_fmt(
-    f: &impl Fn(&str) -> Result<sys::CUfunction>,
-    prefix: &str,
-    suffix: &str,
-) -> Result<[sys::CUfunction; 3]> {
-    let mut a = [std::ptr::null_mut(); 3];
-    for (fi, fmt) in QUANT_FMTS.iter().enumerate() {
-        a[fi] = f(&format!("{prefix}_{fmt}{suffix}"))?;
-    }
-    Ok(a)
+/// Every expert kernel there is: both paths, gate_up per activation and down, bf16 and each
+/// quantized format, and the single-token variants where they exist ([`t1_kernel`]).
+fn expert_keys() -> impl Iterator<Item = ExpertKey> {
+    [MoePath::Grouped, MoePath::Gemv]
+        .into_iter()
+        .flat_map(|path| {
+            [None, Some(0), Some(1), Some(2)]
+                .into_iter()
+                .flat_map(move |fmt| {
+                    [Some(0), Some(1), Some(2), None]
+                        .into_iter()
+                        .flat_map(move |act| {
+                            [false, true]
+                                .into_iter()
+                                .filter(move |&t1| !t1 || t1_kernel(path, fmt, true))
+                                .map(move |t1| (path, act, fmt, t1))
+                        })
+                })
+        })
 }
 
 /// Activation suffixes of the gate_up kernels, in [`act_index`] order.
@@ -537,7 +513,7 @@ impl CudaBackend {
         // h [assign, I] = act(x · gate_e) * (x · up_e); y [assign, D] = w · (h · down_e).
         let gu = gemm(self.ptr(&x.buf), self.ptr(&gate_up.buf), 0, h, kk, d, i);
         let dn = gemm(h, self.ptr(&down.buf), self.ptr(&weights.buf), y, 1, i, d);
-        let (ai, act) = act_index(shape.act);
+        let ai = act_index(shape.act);
         // Quantized experts (either operand may be): the device view of each, checked against
         // the shape the bf16 kernels assume.
         let gq = gate_up.quant.as_deref().map(|q| q.moe_view(self));
@@ -555,13 +531,13 @@ impl CudaBackend {
         }
         let gq = gq.map(|(l, w)| (l.fmt.index(), w));
         let dq = dq.map(|(l, w)| (l.fmt.index(), w));
-        let ops = [(gu, gq, Some((ai, act)), i), (dn, dq, None, d)];
-        for (p, q, gated, n) in ops {
+        let ops = [(gu, gq, Some(ai), i), (dn, dq, None, d)];
+        for (p, q, act, n) in ops {
             let shape = match path {
                 MoePath::Grouped => grouped_shape(lay.max_tiles, n)?,
                 MoePath::Gemv => gemv_shape(n, lay.max_tiles)?,
             };
-            let (name, f) = self.expert_kernel(path, gated, q.map(|(fi, _)| fi), t == 1);
+            let (name, f) = self.expert_kernel(path, act, q.map(|(fi, _)| fi), t == 1)?;
             // SAFETY: x [T, D], gate_up [E·2I, D] (or its codes), h holds `assign` rows of I
             // (scratch has assign rows of 2I), y `assign` rows of D; down [E·D, I] (or its
             // codes; both quantized views checked against those shapes above); the dispatch
@@ -571,40 +547,30 @@ impl CudaBackend {
                 match q {
                     Some((_, q)) => {
                         let gemm = MoeGemmParams { w: 0, ..p };
-                        k::launch(&name, f, shape, stream, &MoeQuantGemmParams { gemm, q })?
+                        k::launch(name, f, shape, stream, &MoeQuantGemmParams { gemm, q })?
                     }
-                    None => k::launch(&name, f, shape, stream, &p)?,
+                    None => k::launch(name, f, shape, stream, &p)?,
                 }
             }
         }
         self.moe_combine(&cp_of(y), t, d)
     }
 
-    /// The expert kernel of one operand: gate_up (`gated`: its activation) or down, on the
-    /// path, bf16 or of quantized format index `fmt`.
+    /// The expert kernel of one operand: gate_up (`act`: its activation index) or down, on
+    /// the path, bf16 or of quantized format index `fmt` (resolved at load: no lookup by
+    /// name, no string built per launch).
     fn expert_kernel(
         &self,
         path: MoePath,
-        gated: Option<(usize, &str)>,
+        act: Option<usize>,
         fmt: Option<usize>,
         one_token: bool,
-    ) -> (String, sys::CUfunction) {
-        let m = &self.moe;
-        let t1 = t1_kernel(path, fmt, one_token);
-        let f = match (path, gated, fmt) {
-            (MoePath::Gemv, Some((ai, _)), Some(fi)) if t1 => m.qgemv_gate_up_t1[fi][ai],
-            (MoePath::Gemv, None, Some(fi)) if t1 => m.qgemv_down_t1[fi],
-            (MoePath::Grouped, Some((ai, _)), None) => m.gate_up[ai],
-            (MoePath::Grouped, Some((ai, _)), Some(fi)) => m.qgate_up[fi][ai],
-            (MoePath::Grouped, None, None) => m.down,
-            (MoePath::Grouped, None, Some(fi)) => m.qdown[fi],
-            (MoePath::Gemv, Some((ai, _)), None) => m.gemv_gate_up[ai],
-            (MoePath::Gemv, Some((ai, _)), Some(fi)) => m.qgemv_gate_up[fi][ai],
-            (MoePath::Gemv, None, None) => m.gemv_down,
-            (MoePath::Gemv, None, Some(fi)) => m.qgemv_down[fi],
-        };
-        let name = expert_kernel_name(path, gated.map(|(_, act)| act), fmt, one_token);
-        (name, f)
+    ) -> Result<(&str, sys::CUfunction)> {
+        let key = (path, act, fmt, t1_kernel(path, fmt, one_token));
+        match self.moe.experts.get(&key) {
+            Some((name, f)) => Ok((name.as_str(), *f)),
+            None => bail!("moe_experts: no expert kernel for {key:?}"),
+        }
     }
 
     /// moe_combine_bf16 (y already written on the stream).
@@ -791,24 +757,19 @@ mod tests {
         }
     }
 
-    /// Every expert kernel the dispatch can name is one the fatbin exports, and every one the
-    /// fatbin exports is reachable.
+    /// Every expert kernel the backend resolves at load is one the fatbin exports, every one
+    /// the fatbin exports is resolved, and every (path, operand, format, token count) a call
+    /// can ask for has one.
     #[test]
     fn expert_kernel_names_exist() {
-        let mut names = std::collections::BTreeSet::new();
-        for path in [MoePath::Grouped, MoePath::Gemv] {
-            for fmt in [None, Some(0), Some(1), Some(2)] {
-                for act in ACTS.iter().map(|a| Some(*a)).chain([None]) {
-                    for one in [false, true] {
-                        let name = expert_kernel_name(path, act, fmt, one);
-                        assert!(
-                            crate::backend::cuda::KERNEL_NAMES.contains(&name.as_str()),
-                            "{name}"
-                        );
-                        names.insert(name);
-                    }
-                }
-            }
+        let names: std::collections::BTreeSet<String> = expert_keys()
+            .map(|(path, act, fmt, t1)| expert_kernel_name(path, act.map(|a| ACTS[a]), fmt, t1))
+            .collect();
+        for n in &names {
+            assert!(
+                crate::backend::cuda::KERNEL_NAMES.contains(&n.as_str()),
+                "{n}"
+            );
         }
         assert_eq!(names.len(), 44); // 32 + the 12 single-token quantized GEMVs
         let exported = crate::backend::cuda::KERNEL_NAMES
@@ -820,6 +781,17 @@ mod tests {
             })
             .count();
         assert_eq!(exported, names.len());
+        let keys: Vec<ExpertKey> = expert_keys().collect();
+        for path in [MoePath::Grouped, MoePath::Gemv] {
+            for fmt in [None, Some(0), Some(1), Some(2)] {
+                for act in [Some(0), Some(1), Some(2), None] {
+                    for one in [false, true] {
+                        let key = (path, act, fmt, t1_kernel(path, fmt, one));
+                        assert!(keys.contains(&key), "{key:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

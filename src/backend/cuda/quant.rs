@@ -47,10 +47,6 @@ impl Fmt {
             Fmt::Fp8 => 2,
         }
     }
-    /// The code type in kernel names (`quant_gemv_<name>`).
-    pub(super) fn name(self) -> &'static str {
-        ["i8", "i4", "fp8"][self.index()]
-    }
 }
 
 /// The host side of the device layout: what `upload` copies, and what the CPU emulation in
@@ -171,10 +167,16 @@ impl QuantDev {
     }
 }
 
+/// Kernel symbols by `Fmt::index`: the GEMV, its one-token variant (fewer registers: more
+/// loads in flight), the dequantize of the prefill path. Named once here, so no launch
+/// formats a string.
+const GEMV_NAMES: [&str; 3] = ["quant_gemv_i8", "quant_gemv_i4", "quant_gemv_fp8"];
+const GEMV_T1_NAMES: [&str; 3] = ["quant_gemv_i8_t1", "quant_gemv_i4_t1", "quant_gemv_fp8_t1"];
+const DEQUANT_NAMES: [&str; 3] = ["quant_dequant_i8", "quant_dequant_i4", "quant_dequant_fp8"];
+
 /// The kernels and the prefill scratch.
 pub struct QuantKernels {
     gemv: [sys::CUfunction; 3],
-    /// The one-token GEMV (`quant_gemv_<fmt>_t1`, fewer registers: more loads in flight).
     gemv_t1: [sys::CUfunction; 3],
     dequant: [sys::CUfunction; 3],
     scratch: RefCell<Option<CudaSlice<bf16>>>,
@@ -184,20 +186,16 @@ impl QuantKernels {
     pub fn load(dev: &Device) -> Result<QuantKernels> {
         let f = |s: &str| dev.function(s);
         Ok(QuantKernels {
-            gemv: [
-                f("quant_gemv_i8")?,
-                f("quant_gemv_i4")?,
-                f("quant_gemv_fp8")?,
-            ],
+            gemv: [f(GEMV_NAMES[0])?, f(GEMV_NAMES[1])?, f(GEMV_NAMES[2])?],
             gemv_t1: [
-                f("quant_gemv_i8_t1")?,
-                f("quant_gemv_i4_t1")?,
-                f("quant_gemv_fp8_t1")?,
+                f(GEMV_T1_NAMES[0])?,
+                f(GEMV_T1_NAMES[1])?,
+                f(GEMV_T1_NAMES[2])?,
             ],
             dequant: [
-                f("quant_dequant_i8")?,
-                f("quant_dequant_i4")?,
-                f("quant_dequant_fp8")?,
+                f(DEQUANT_NAMES[0])?,
+                f(DEQUANT_NAMES[1])?,
+                f(DEQUANT_NAMES[2])?,
             ],
             scratch: RefCell::new(None),
         })
@@ -315,16 +313,16 @@ pub fn matmul(
             p.x = be.ptr(&x.buf) + (2 * t0 * l.k) as u64;
             p.out = be.ptr(&out.buf) + (2 * t0 * l.n) as u64;
             p.num_tokens = rows as i32;
-            let (f, t1) = if rows == 1 {
-                (qk.gemv_t1[l.fmt.index()], "_t1")
+            let fi = l.fmt.index();
+            let (f, name) = if rows == 1 {
+                (qk.gemv_t1[fi], GEMV_T1_NAMES[fi])
             } else {
-                (qk.gemv[l.fmt.index()], "")
+                (qk.gemv[fi], GEMV_NAMES[fi])
             };
-            let name = format!("quant_gemv_{}{t1}", l.fmt.name());
             // SAFETY: p points into live buffers of the shapes QuantGemvParams documents: x
             // holds rows t0..t0 + rows of k, out the same rows of n (capacity checked by the
             // caller), the weight buffers were uploaded from a validated QuantWeight of [n, k].
-            unsafe { launch(&name, f, gemv_shape(l.n), stream, &p)? };
+            unsafe { launch(name, f, gemv_shape(l.n), stream, &p)? };
         }
         return Ok(());
     }
@@ -345,11 +343,11 @@ pub fn matmul(
         bail!("quant matmul: no scratch")
     };
     p.out = be.ptr(buf);
-    let name = format!("quant_dequant_{}", l.fmt.name());
+    let name = DEQUANT_NAMES[l.fmt.index()];
     // SAFETY: as above; out is the scratch of at least n * k bf16.
     unsafe {
         launch(
-            &name,
+            name,
             qk.dequant[l.fmt.index()],
             dequant_shape(elems),
             stream,
@@ -368,6 +366,19 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_follow_the_format_and_are_exported() {
+        for (f, code) in [(Fmt::Int8, "i8"), (Fmt::Int4, "i4"), (Fmt::Fp8, "fp8")] {
+            let i = f.index();
+            assert_eq!(GEMV_NAMES[i], format!("quant_gemv_{code}"));
+            assert_eq!(GEMV_T1_NAMES[i], format!("quant_gemv_{code}_t1"));
+            assert_eq!(DEQUANT_NAMES[i], format!("quant_dequant_{code}"));
+            for n in [GEMV_NAMES[i], GEMV_T1_NAMES[i], DEQUANT_NAMES[i]] {
+                assert!(super::super::KERNEL_NAMES.contains(&n), "{n}");
+            }
+        }
+    }
 
     #[test]
     fn quant_path_counts_bytes() {
