@@ -12,61 +12,9 @@
 #include "../../kernels/quant_gemv.cu"  // the dense quantized GEMV shares quant/dequant.cuh
 #include "../../kernels/gemv.cu"        // and the dense bf16 GEMV (the decode matmul)
 
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
+#include "harness.h"
+
 #include <numeric>
-#include <random>
-#include <string>
-
-using flint::bf16;
-
-static int failures = 0;
-
-static void check(bool ok, const std::string &what) {
-    std::printf("%s  %s\n", ok ? "PASS" : "FAIL", what.c_str());
-    if (!ok) ++failures;
-}
-
-template <class T>
-static T *alloc(size_t n) {
-    const size_t bytes = std::max<size_t>(256, (n * sizeof(T) + 255) / 256 * 256);
-    void *p = std::aligned_alloc(256, bytes);
-    std::memset(p, 0xFF, bytes);  // NaN for bf16, -1 for int32: unwritten values show
-    return static_cast<T *>(p);
-}
-
-static float rbf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-
-static bf16 *upload(const std::vector<float> &v) {
-    bf16 *p = alloc<bf16>(v.size());
-    for (size_t i = 0; i < v.size(); ++i) p[i] = __float2bfloat16_rn(v[i]);
-    return p;
-}
-
-static std::vector<float> download(const bf16 *p, size_t n) {
-    std::vector<float> v(n);
-    for (size_t i = 0; i < n; ++i) v[i] = __bfloat162float(p[i]);
-    return v;
-}
-
-static std::vector<float> randn(std::mt19937 &g, size_t n, float scale) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto &x : v) x = rbf(d(g));
-    return v;
-}
-
-static double rel_l2(const std::vector<float> &got, const std::vector<double> &want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double d = static_cast<double>(got[i]) - want[i];
-        if (!std::isfinite(got[i])) return INFINITY;
-        num += d * d;
-        den += want[i] * want[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
 
 enum Act { SILU, GELU_TANH, GELU };
 static double act(Act a, double x) {

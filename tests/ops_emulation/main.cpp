@@ -12,51 +12,13 @@
 #include "../../kernels/rope_kv_write.cu"
 #include "../../kernels/softcap.cu"
 
-#include <algorithm>
-#include <cstdio>
-#include <random>
-#include <string>
-#include <vector>
+#include "../moe_emulation/harness.h"
 
-using flint::bf16;
+// A NaN-poisoned bf16 buffer of n values.
+static bf16 *poisoned(size_t n) { return alloc<bf16>(n); }
 
-static int failures = 0;
-
-static void check(bool ok, const std::string &what) {
-    std::printf("%s  %s\n", ok ? "PASS" : "FAIL", what.c_str());
-    if (!ok) ++failures;
-}
-
-static float rbf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-
-static std::vector<float> randn(std::mt19937 &g, size_t n, float scale) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto &x : v) x = rbf(d(g));
-    return v;
-}
-
-static bf16 *upload(const std::vector<float> &v) {
-    bf16 *p = static_cast<bf16 *>(std::aligned_alloc(256, (v.size() * 2 + 255) / 256 * 256 + 256));
-    for (size_t i = 0; i < v.size(); ++i) p[i] = __float2bfloat16_rn(v[i]);
-    return p;
-}
-
-static bf16 *poisoned(size_t n) {
-    bf16 *p = static_cast<bf16 *>(std::aligned_alloc(256, (n * 2 + 255) / 256 * 256 + 256));
-    std::memset(p, 0xFF, n * 2);
-    return p;
-}
-
-static double rel_l2(const bf16 *got, const std::vector<double> &want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double d = static_cast<double>(__bfloat162float(got[i])) - want[i];
-        num += d * d;
-        den += want[i] * want[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
+// rel_l2 of n bf16 values at got.
+static double rel_l2(const bf16 *got, const std::vector<double> &want) { return rel_l2(download(got, want.size()), want); }
 
 // rms of one head/row in double, times (off + w).
 static void norm(std::vector<double> &x, const std::vector<float> &w, double eps, double off) {
