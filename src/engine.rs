@@ -26,7 +26,7 @@
 
 use crate::backend::{Backend, MemoryInfo, StepInput};
 use crate::kv_cache::{BlockAllocator, PrefixCacheStats, SeqCache};
-use crate::model::{Model, Workspace};
+use crate::model::{Model, RouteTap, Workspace};
 use crate::sampling::{SampleRow, Sampler, SamplingParams};
 use crate::scheduler::{Chunk, Scheduler, Sequence};
 use crate::tokenizer::Tokenizer;
@@ -111,6 +111,19 @@ pub fn prompt_logits<B: Backend>(
     prompt: &[u32],
     all_positions: bool,
 ) -> Result<Vec<f32>> {
+    Ok(prompt_logits_tapped(be, model, prompt, all_positions, None)?.0)
+}
+
+/// [`prompt_logits`] with a routing tap on the sparse layers (see [`RouteTap`]: the
+/// selftest records the GPU's expert choices and has the CPU follow them at near ties).
+/// Returns the tap as the forward left it.
+pub fn prompt_logits_tapped<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    prompt: &[u32],
+    all_positions: bool,
+    tap: Option<RouteTap>,
+) -> Result<(Vec<f32>, Option<RouteTap>)> {
     validate_prompt(model, prompt)?;
     let num_blocks = prompt.len().div_ceil(BLOCK_SIZE);
     let mut alloc = BlockAllocator::new(num_blocks, BLOCK_SIZE);
@@ -122,7 +135,9 @@ pub fn prompt_logits<B: Backend>(
         ..Default::default()
     };
     seq.push_to_step(&mut alloc, prompt, &mut step)?;
-    model.forward(be, &step, &mut cache, &mut ws, all_positions)
+    let dense = tap.and_then(|t| ws.set_route_tap(t));
+    let logits = model.forward(be, &step, &mut cache, &mut ws, all_positions)?;
+    Ok((logits, dense.or_else(|| ws.take_route_tap())))
 }
 
 /// Generates up to `max_new_tokens` after `prompt`.

@@ -15,6 +15,7 @@ use crate::weights::TensorSource;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use moe::{MoeLayer, MoeWorkspace};
+pub use moe::{RouteTap, RouteTie, ROUTE_TIE_REL};
 
 /// Parameters from which loading draws a progress bar: 256 MiB as bf16. Test fixtures and
 /// `synthetic:tiny` load without one.
@@ -147,6 +148,23 @@ impl<B: Backend> Workspace<B> {
     /// `None` for a dense model.
     pub fn last_expert_ids(&self, be: &B) -> Option<Result<Vec<f32>>> {
         self.moe.as_ref().map(|m| m.last_expert_ids(be))
+    }
+
+    /// Puts a routing tap on the sparse layers (see [`RouteTap`]); a dense model has none
+    /// and hands the tap back.
+    pub fn set_route_tap(&mut self, tap: RouteTap) -> Option<RouteTap> {
+        match self.moe.as_mut() {
+            Some(m) => {
+                m.set_tap(Some(tap));
+                None
+            }
+            None => Some(tap),
+        }
+    }
+
+    /// Takes the routing tap back (as the forwards since `set_route_tap` left it).
+    pub fn take_route_tap(&mut self) -> Option<RouteTap> {
+        self.moe.as_mut().and_then(|m| m.take_tap())
     }
 }
 

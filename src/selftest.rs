@@ -22,6 +22,7 @@ use crate::backend::cuda::{CudaBackend, CudaKvCache, CudaTensor};
 use crate::backend::{AttnParams, Backend, KvShape, QkNorm, SeqStep, StepInput};
 use crate::config::Activation;
 use crate::engine::{self, GenerateOptions};
+use crate::model::{Model, RouteTap};
 use crate::sampling::SamplingParams;
 use crate::ModelRef;
 use anyhow::{bail, Context, Result};
@@ -1119,16 +1120,15 @@ fn fixture_cases(gpu: &CudaBackend, dir: &Path, name: &str, quick: bool) -> Resu
         };
         for all in [false, true] {
             let r = (|| {
-                let c = engine::prompt_logits(&cpu, &mc, p, all)?;
-                let g = engine::prompt_logits(gpu, &mg, p, all)?;
-                Ok((rel_l2(&g, &c), None))
+                let (c, g, ties) = paired_logits(&cpu, &mc, gpu, &mg, p, all)?;
+                Ok((rel_l2(&g, &c), ties))
             })();
             out.push(case(if all { "logits all" } else { "logits last" }, r));
         }
         let r = (|| {
             let c = engine::generate(&cpu, &mc, p, &greedy(GREEDY_STEPS))?.tokens;
             let g = engine::generate(gpu, &mg, p, &greedy(GREEDY_STEPS))?.tokens;
-            greedy_verdict(&cpu, &mc, p, &c, &g)
+            greedy_verdict(&cpu, &mc, gpu, &mg, p, &c, &g)
         })();
         out.push(case(&format!("greedy {GREEDY_STEPS}"), r));
     }
@@ -1166,7 +1166,7 @@ fn fixture_cases(gpu: &CudaBackend, dir: &Path, name: &str, quick: bool) -> Resu
                 .map(|x| x as u32)
                 .collect();
             let c = engine::generate(&cpu, &mc, p, &greedy(GREEDY_STEPS))?.tokens;
-            greedy_verdict(&cpu, &mc, p, &c, &g)
+            greedy_verdict(&cpu, &mc, gpu, &mg, p, &c, &g)
         })();
         out.push(match r {
             Ok((err, note)) => Case {
@@ -1190,10 +1190,39 @@ fn fixture_cases(gpu: &CudaBackend, dir: &Path, name: &str, quick: bool) -> Resu
     Ok(out)
 }
 
-/// 0 when the greedy tokens agree, or first diverge at a near tie of the CPU's logits.
+/// The CPU's and the GPU's logits of one prompt, the CPU following the GPU's expert choices
+/// where its own router logits nearly tie (see [`RouteTap`]), and a note naming each such
+/// token. A GPU choice that is not a near tie is an error.
+fn paired_logits(
+    cpu: &CpuBackend,
+    mc: &Model<CpuBackend>,
+    gpu: &CudaBackend,
+    mg: &Model<CudaBackend>,
+    prompt: &[u32],
+    all: bool,
+) -> Result<(Vec<f32>, Vec<f32>, Option<String>)> {
+    let (g, rec) = engine::prompt_logits_tapped(gpu, mg, prompt, all, Some(RouteTap::record()))?;
+    let follow = rec.map(RouteTap::into_follower).transpose()?;
+    let (c, fol) = engine::prompt_logits_tapped(cpu, mc, prompt, all, follow)
+        .context("the CPU reference following the GPU's routing")?;
+    let ties = fol.as_ref().map_or(&[][..], |t| t.ties());
+    let note = (!ties.is_empty()).then(|| {
+        let each: Vec<String> = ties.iter().map(|t| t.to_string()).collect();
+        format!(
+            "routing near tie, the CPU took the GPU's experts: {}",
+            each.join("; ")
+        )
+    });
+    Ok((c, g, note))
+}
+
+/// 0 when the greedy tokens agree, or first diverge at a near tie of the CPU's logits (the
+/// CPU following the GPU's routing near ties, as the logits cases do).
 fn greedy_verdict(
     cpu: &CpuBackend,
-    m: &crate::model::Model<CpuBackend>,
+    mc: &Model<CpuBackend>,
+    gpu: &CudaBackend,
+    mg: &Model<CudaBackend>,
     prompt: &[u32],
     c: &[u32],
     g: &[u32],
@@ -1206,14 +1235,17 @@ fn greedy_verdict(
     };
     let mut ctx = prompt.to_vec();
     ctx.extend_from_slice(&c[..at]);
-    let logits = engine::prompt_logits(cpu, m, &ctx, false)?;
+    let (logits, _, ties) = paired_logits(cpu, mc, gpu, mg, &ctx, false)?;
     let (ci, gi) = (c[at] as usize, g[at] as usize);
     let margin = (logits[ci] - logits[gi]) as f64;
     let big = logits.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
-    let note = format!(
+    let mut note = format!(
         "tokens diverge at step {at}: cpu {} gpu {}, cpu margin {margin:.3e} of max |logit| {big:.3e}",
         c[at], g[at]
     );
+    if let Some(t) = ties {
+        note = format!("{note}; {t}");
+    }
     if margin <= 0.01 * big {
         Ok((0.0, Some(format!("near tie: {note}"))))
     } else {

@@ -13,7 +13,7 @@ use flint::backend::{Backend, MoeExperts, MoeRouting, StepInput};
 use flint::config::{Activation, ModelSpec};
 use flint::engine::{self, GenerateOptions, BLOCK_SIZE};
 use flint::kv_cache::{BlockAllocator, SeqCache};
-use flint::model::{Model, Workspace};
+use flint::model::{Model, RouteTap, RouteTie, Workspace};
 use flint::sampling::SamplingParams;
 use flint::weights::synthetic::{SyntheticSource, PRESETS};
 use flint::weights::WeightStore;
@@ -150,6 +150,134 @@ fn routing_ties_pick_the_lower_expert_id_first() {
     let (ids, w) = route(&[0.0; 8], 8, 2, true);
     assert_eq!(ids, vec![0.0, 1.0]);
     assert_eq!(w, vec![0.5, 0.5]);
+}
+
+/// Follows `script` (ids `[T·k]` of one sparse layer) after routing `logits` on the CPU.
+fn follow(
+    logits: &[f32],
+    e: usize,
+    k: usize,
+    script: Vec<u32>,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<RouteTie>)> {
+    let be = CpuBackend;
+    let rows = logits.len() / e;
+    let l = t(&be, rows, e, logits);
+    let (mut ids, mut w) = (be.alloc(rows, k).unwrap(), be.alloc(rows, k).unwrap());
+    let r = MoeRouting {
+        num_experts: e,
+        top_k: k,
+        norm_topk_prob: true,
+    };
+    be.moe_route(&l, &r, &mut ids, &mut w).unwrap();
+    let mut tap = RouteTap::Record(vec![script]).into_follower()?;
+    tap.after_route(&be, &r, &l, &mut ids, &mut w)?;
+    let ids = be.to_host(&ids)?;
+    Ok((ids, be.to_host(&w)?, tap.ties().to_vec()))
+}
+
+#[test]
+fn routing_follower_takes_a_near_tie_with_its_own_weights_and_rejects_any_other_choice() {
+    // Token 0: experts 0 and 1 within 1% of the scale (3.0); token 1: a clear order.
+    let logits = [3.0f32, 2.98, -1.0, 0.5, 0.0, 1.0, 2.0, -2.0];
+    let (own, w0) = route(&logits, 4, 1, true);
+    assert_eq!(own, vec![0.0, 2.0]);
+    // The recording took expert 1 for token 0 (and agrees on token 1).
+    let (ids, w, ties) = follow(&logits, 4, 1, vec![1, 2]).unwrap();
+    assert_eq!(ids, vec![1.0, 2.0]);
+    assert_eq!(w, w0, "top-1 renormalized: both weights 1");
+    assert_eq!(ties.len(), 1);
+    assert_eq!((ties[0].call, ties[0].token), (0, 0));
+    assert_eq!(
+        (ties[0].own.clone(), ties[0].taken.clone()),
+        (vec![0], vec![1])
+    );
+    assert!(
+        (ties[0].gap - 0.02).abs() < 1e-5 && ties[0].scale == 3.0,
+        "{:?}",
+        ties[0]
+    );
+    // Top-2 without a tie at the boundary of the set, in another order: nothing to follow.
+    let (ids, _, ties) = follow(&logits[..4], 4, 2, vec![1, 0]).unwrap();
+    assert_eq!((ids, ties.len()), (vec![0.0, 1.0], 0));
+    // Top-2 {0, 1} vs a recording of {0, 3}: 3 is 2.48 below expert 1, not a near tie.
+    let e = follow(&logits[..4], 4, 2, vec![0, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("beyond a near tie") && e.contains("token 0") && e.contains("[0, 3]"),
+        "{e}"
+    );
+    // The near tie with weights that are this run's own probabilities, renormalized.
+    let l = [1.0f32, 0.995, 0.99, -3.0];
+    let (ids, w, ties) = follow(&l, 4, 2, vec![0, 2]).unwrap();
+    assert_eq!((ids, ties.len()), (vec![0.0, 2.0], 1));
+    let (p0, p2) = (1.0f32.exp(), 0.99f32.exp());
+    assert!((w[0] - p0 / (p0 + p2)).abs() < 1e-6 && (w[1] - p2 / (p0 + p2)).abs() < 1e-6);
+    // A recording of another length, or of an expert that does not exist, is an error.
+    let e = follow(&l, 4, 2, vec![0]).unwrap_err().to_string();
+    assert!(
+        e.contains("routed 0 tokens in the recorded run, 1 here"),
+        "{e}"
+    );
+    let e = follow(&l, 4, 2, vec![0, 9]).unwrap_err().to_string();
+    assert!(e.contains("recorded expert 9 of 4"), "{e}");
+}
+
+#[test]
+fn routing_tap_recorded_and_followed_on_a_fixture_reproduces_the_forward() {
+    let cpu = CpuBackend;
+    let m = ModelRef::Dir(fixtures_dir().join("qwen3_moe"))
+        .load(&cpu)
+        .unwrap();
+    let p = &reference("qwen3_moe").prompts[1];
+    let plain = engine::prompt_logits(&cpu, &m, p, true).unwrap();
+    let (a, rec) =
+        engine::prompt_logits_tapped(&cpu, &m, p, true, Some(RouteTap::record())).unwrap();
+    assert_eq!(a, plain);
+    let rec = rec.unwrap();
+    let RouteTap::Record(calls) = &rec else {
+        panic!("{rec:?}")
+    };
+    // Two sparse layers (layer 1 is dense: mlp_only_layers), each T·k ids.
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.len() == p.len() * 4));
+    let script = calls.clone();
+    let (b, fol) =
+        engine::prompt_logits_tapped(&cpu, &m, p, true, Some(rec.into_follower().unwrap()))
+            .unwrap();
+    assert_eq!(b, plain);
+    assert!(fol.unwrap().ties().is_empty());
+    // Token 0's 4th and 5th router logits nearly tie in both sparse layers (0.0046 apart, the
+    // flip a bf16 GPU run makes): a recording that took the 5th is followed, and changes the
+    // logits, where any far choice is refused.
+    let mut followed = 0;
+    for alt in 0..16u32 {
+        let mut s = script.clone();
+        if s[0][..4].contains(&alt) {
+            continue;
+        }
+        s[0][3] = alt;
+        let tap = RouteTap::Record(s).into_follower().unwrap();
+        match engine::prompt_logits_tapped(&cpu, &m, p, true, Some(tap)) {
+            Ok((c, Some(t))) => {
+                followed += 1;
+                // (Token 0's second sparse layer may then follow the recording too.)
+                assert_eq!((t.ties()[0].call, t.ties()[0].token), (0, 0));
+                let d = max_rel_err(&c, &plain);
+                assert!(
+                    d > 1e-3,
+                    "following expert {alt} changed the logits by only {d:.2e}"
+                );
+            }
+            Ok((_, None)) => panic!("the tap was lost"),
+            Err(e) => assert!(format!("{e:#}").contains("beyond a near tie"), "{e:#}"),
+        }
+    }
+    // 12 alternatives: the one or two just below the top-4 are followed, the rest refused.
+    assert!(
+        (1..=2).contains(&followed),
+        "{followed} of 12 experts followed as near ties of token 0's top-4"
+    );
 }
 
 #[test]

@@ -42,6 +42,9 @@ impl<B: Backend> Backend for &B {
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
         (**self).to_host(t)
     }
+    fn write_rows(&self, t: &mut Self::Tensor, data: &[f32]) -> Result<()> {
+        (**self).write_rows(t, data)
+    }
     fn weight_bytes(&self, w: &Self::Weight) -> usize {
         (**self).weight_bytes(w)
     }

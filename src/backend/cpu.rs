@@ -165,6 +165,19 @@ impl Backend for CpuBackend {
         Ok(t.data[..t.rows * t.cols].to_vec())
     }
 
+    fn write_rows(&self, t: &mut CpuTensor, data: &[f32]) -> Result<()> {
+        if t.cols == 0 || data.len() % t.cols != 0 {
+            bail!(
+                "write_rows: {} values are not whole rows of {} columns",
+                data.len(),
+                t.cols
+            );
+        }
+        t.set_rows(data.len() / t.cols, "write_rows")?;
+        t.data.copy_from_slice(data);
+        Ok(())
+    }
+
     fn weight_bytes(&self, w: &CpuTensor) -> usize {
         w.data.len() * 4
     }

@@ -264,6 +264,16 @@ pub trait Backend {
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// Bytes held by a weight (for reports).
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
+    /// Overwrites a tensor with `data.len() / cols` rows from the host. Only the selftest's
+    /// routing follower (`model::RouteTap`) writes activations from the host, on the CPU
+    /// reference; a device backend need not support it.
+    fn write_rows(&self, t: &mut Self::Tensor, data: &[f32]) -> Result<()> {
+        let _ = (t, data);
+        bail!(
+            "{}: write_rows is not implemented on this backend",
+            self.name()
+        )
+    }
 
     /// One token per `(row, spec)`: [`sample_row`](crate::sampling::sample_row) on row `row`
     /// of `logits` (`[rows, vocab]`). The default (the CPU reference's) copies the logits to
