@@ -9,9 +9,10 @@
 //! - `gemm_8192`: cuBLASLt bf16 8192³, the FLOP ceiling;
 //! - `proj_<name>_t<T>`: `Backend::matmul` at the projections (qkv 6144×4096, o 4096×4096,
 //!   gate_up 28672×4096, down 4096×14336, lm_head 128256×4096) for T = 1, 8, 64, 512, 4096,
-//!   on the default dense path (the GEMV at T <= 8, cuBLASLt above: `gemm::dense_path`);
-//! - `proj_<name>_t<T>_cublaslt` (T = 1, 8): the same product forced onto cuBLASLt, beside
-//!   its default row, so one run times both paths where they compete;
+//!   on the default dense path (the GEMV at 1 token, cuBLASLt above: `gemm::dense_path`);
+//! - `proj_<name>_t<T>_gemv` and `_cublaslt` (T = 1, 2, 4, 8): the same product forced onto
+//!   each path, after the default rows, so one run times both where they compete (and the
+//!   GEMV's crossover can move with the numbers);
 //! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
@@ -55,8 +56,8 @@ const HEAD_DIM: usize = 128;
 const BLOCK: usize = 16;
 /// Token counts of the projection cases.
 pub const PROJ_TOKENS: &[usize] = &[1, 8, 64, 512, 4096];
-/// Token counts whose projections are also timed with cuBLASLt forced (`_cublaslt` rows).
-pub const PROJ_BOTH_PATHS: &[usize] = &[1, 8];
+/// Token counts whose projections are also timed on each path forced (`_gemv`, `_cublaslt`).
+pub const PROJ_BOTH_PATHS: &[usize] = &[1, 2, 4, 8];
 /// (name, out features N, in features K) of Llama-3-8B's projections.
 pub const PROJECTIONS: &[(&str, usize, usize)] = &[
     ("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN),
@@ -258,13 +259,15 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                 });
             }
             for &t in PROJ_BOTH_PATHS {
-                v.push(Case::Gemm {
-                    id: format!("proj_{name}_t{t}_cublaslt"),
-                    t,
-                    n,
-                    k,
-                    path: Some(DensePath::CublasLt),
-                });
+                for path in [DensePath::Gemv, DensePath::CublasLt] {
+                    v.push(Case::Gemm {
+                        id: format!("proj_{name}_t{t}_{}", path.name()),
+                        t,
+                        n,
+                        k,
+                        path: Some(path),
+                    });
+                }
             }
         }
     }
@@ -626,8 +629,8 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 10 + 3 + 9 + 4 + 3);
-        // The unverified tensor-core rows come last.
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 3 + 9 + 4 + 3);
+        // The tensor-core prefill rows come last.
         assert_eq!(all.last().unwrap().id(), "prefill_attn_16384_mma");
         let mut ids: Vec<String> = all.iter().map(|c| c.id()).collect();
         ids.sort();
@@ -636,7 +639,11 @@ mod tests {
         assert!(ids.contains(&"proj_lm_head_t4096".to_string()));
         // Both dense paths where they compete, each forced row beside its default one.
         let pos = |id: &str| all.iter().position(|c| c.id() == id).unwrap();
-        assert_eq!(pos("proj_o_t1_cublaslt"), pos("proj_o_t4096") + 1);
+        assert_eq!(pos("proj_o_t1_gemv"), pos("proj_o_t4096") + 1);
+        assert_eq!(pos("proj_o_t1_cublaslt"), pos("proj_o_t1_gemv") + 1);
+        assert!(all
+            .iter()
+            .any(|c| c.id() == "proj_qkv_t4_gemv" && c.shape().ends_with("gemv forced")));
         assert!(all
             .iter()
             .any(|c| c.id() == "proj_down_t8_cublaslt" && c.shape().ends_with("cublaslt forced")));

@@ -241,7 +241,7 @@ impl CudaBackend {
         self.prefill_path.set(path);
     }
 
-    /// Forces the dense matmul path (`None`: the default, GEMV for 1..=8 tokens); see
+    /// Forces the dense matmul path (`None`: the default, the GEMV for 1 token); see
     /// `gemm::dense_path`. `FLINT_DENSE_PATH` sets the starting value.
     pub fn set_dense_path(&self, force: Option<super::gemm::DensePath>) {
         self.gemm.set_force(force);

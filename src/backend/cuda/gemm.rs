@@ -1,9 +1,11 @@
 //! Dense bf16 matmul, f32 accumulation: `out[T, N] = x[T, K] · w[N, K]ᵀ (+ b)`, all
 //! row-major. Two paths, chosen in one place ([`dense_path`]):
 //!
-//! - **GEMV** (`kernels/gemv.cu`, `gemv_bf16_t<T>`) for 1..=8 tokens: decode is weight-bandwidth
-//!   bound there, and a kernel that streams each weight row once with 16-byte loads is what
-//!   the bandwidth floor needs (bench/NOTES.md, prediction 1). UNVERIFIED on a GPU.
+//! - **GEMV** (`kernels/gemv.cu`, `gemv_bf16_t<T>`, T = 1..=8) for 1 token by default
+//!   ([`GEMV_AUTO_TOKENS`]): decode is weight-bandwidth bound there, and a kernel that streams
+//!   each weight row once with 16-byte loads is what the bandwidth floor needs (bench/NOTES.md,
+//!   prediction 1). Verified on an H200 (selftest); at 8 tokens it measured at half
+//!   cuBLASLt's speed, so 2..=8 tokens run it only when forced.
 //! - **cuBLASLt** for everything else, with a plan cache: the matmul descriptor, the three
 //!   layouts and the heuristic's algorithm are built once per (T, N, K, bias, alignment) and
 //!   reused, so a call is one `cublasLtMatmul` (cudarc's `CudaBlasLT::matmul` rebuilds all of
@@ -85,8 +87,15 @@ impl DensePath {
     }
 }
 
-/// The one place the dense path is chosen. By default the GEMV for 1..=8 tokens, cuBLASLt
-/// above. `force` (from [`DENSE_PATH_ENV`] or `CudaBackend::set_dense_path`, for benches and
+/// Most tokens the GEMV takes when the path is not forced. Measured on an H200 (bench-ops,
+/// bench/results/2026-11-27-h200-core): at 1 token the GEMV matched or beat cuBLASLt on every
+/// Llama-3-8B projection (o_proj 11.4 vs 15.0 µs, lm_head 243 vs 248 µs); at 8 tokens it took
+/// twice cuBLASLt's time (gate_up 120 vs 58 µs, lm_head 519 vs 251 µs). 2..=7 are unmeasured,
+/// so they go to cuBLASLt, whose time at 8 tokens equals its time at 1.
+pub const GEMV_AUTO_TOKENS: usize = 1;
+
+/// The one place the dense path is chosen. By default the GEMV for 1 token
+/// ([`GEMV_AUTO_TOKENS`]), cuBLASLt above. `force` (from [`DENSE_PATH_ENV`] or `CudaBackend::set_dense_path`, for benches and
 /// the selftest) picks cuBLASLt everywhere, or the GEMV wherever it can run: it takes at most
 /// 8 tokens, so a forced GEMV still gives more tokens to cuBLASLt. Shapes whose counts do not
 /// fit the kernel's int32 arithmetic also go to cuBLASLt.
@@ -98,7 +107,8 @@ pub fn dense_path(tokens: usize, n: usize, k: usize, force: Option<DensePath>) -
         && (1..=KERNEL_MAX).contains(&k);
     match force {
         Some(DensePath::CublasLt) => DensePath::CublasLt,
-        Some(DensePath::Gemv) | None if gemv_can => DensePath::Gemv,
+        Some(DensePath::Gemv) if gemv_can => DensePath::Gemv,
+        None if gemv_can && tokens <= GEMV_AUTO_TOKENS => DensePath::Gemv,
         _ => DensePath::CublasLt,
     }
 }
@@ -414,7 +424,7 @@ impl Gemm {
         }
     }
 
-    /// The GEMV kernel for 1..=8 tokens.
+    /// The GEMV kernel (1..=8 tokens when forced, 1 by default).
     pub fn gemv(
         &self,
         x: &CudaSlice<bf16>,
@@ -534,11 +544,15 @@ mod tests {
     }
 
     #[test]
-    fn gemv_up_to_8_tokens_by_default_cublaslt_above() {
-        for t in 1..=8 {
-            assert_eq!(dense_path(t, 4096, 4096, None), DensePath::Gemv, "t={t}");
+    fn gemv_for_one_token_by_default_cublaslt_above() {
+        assert_eq!(dense_path(1, 4096, 4096, None), DensePath::Gemv);
+        for t in 2..=9 {
+            assert_eq!(
+                dense_path(t, 4096, 4096, None),
+                DensePath::CublasLt,
+                "t={t}"
+            );
         }
-        assert_eq!(dense_path(9, 4096, 4096, None), DensePath::CublasLt);
         assert_eq!(dense_path(512, 4096, 4096, None), DensePath::CublasLt);
         // Forcing cuBLASLt wins everywhere; forcing the GEMV only where it can run.
         let lt = Some(DensePath::CublasLt);

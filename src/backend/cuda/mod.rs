@@ -5,7 +5,7 @@
 //!   structs) and re-exports;
 //! - `device.rs`: probing, context, stream, module, the grow-only staging area;
 //! - `kernels.rs`: every symbol resolved once, grid/block shapes, raw launches;
-//! - `gemm.rs`: the dense matmul: the GEMV for 1..=8 tokens, cuBLASLt (cached plans) above;
+//! - `gemm.rs`: the dense matmul: the GEMV for 1 token, cuBLASLt (cached plans) above;
 //! - `backend.rs`: `CudaBackend`, the `trait Backend` implementation;
 //! - `attention.rs`: the attention plan (owned by the attention kernels' author).
 
