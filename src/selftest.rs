@@ -9,9 +9,11 @@
 //!
 //! End to end: each fixture's prompts through the whole model on both backends. Weights and
 //! every activation are bf16 on the GPU, f32 on the CPU, so logits differ by the accumulated
-//! rounding of ~10 ops per layer: rel-L2 of logits under 2e-2 (a real bug is O(1)). Greedy
-//! tokens must match for the first 4 steps unless the CPU's own top-2 margin at the first
-//! divergence is under 1% of its largest |logit| (a near tie bf16 may legitimately flip).
+//! rounding of ~10 ops per layer: rel-L2 of logits under 4e-2 (see `E2E_TOL`; a real bug is
+//! O(1)). Greedy tokens must match for the first 4 steps unless the CPU's own top-2 margin at
+//! the first divergence is under 1% of its largest |logit| (a near tie bf16 may legitimately
+//! flip). Routing near ties of MoE layers are followed, not compared: the CPU takes the GPU's
+//! experts where its own router logits nearly tie (`model::RouteTap`), and the case says so.
 //! The `flint generate --device cuda` path runs as a subprocess of this binary.
 //!
 //! Exit codes: 0 all passed, 1 a case failed, 2 no usable GPU (with the reason).
@@ -58,8 +60,13 @@ const SAMPLE_SPECS: &[(f32, usize, f32)] = &[
 /// Single-op tolerance (rel-L2) and attention's.
 const OP_TOL: f64 = 1e-2;
 const ATTN_TOL: f64 = 2e-2;
-/// End-to-end logits tolerance (rel-L2) and greedy steps compared.
-const E2E_TOL: f64 = 2e-2;
+/// End-to-end logits tolerance (rel-L2) and greedy steps compared. What a perfect bf16
+/// forward reaches decides it: a float64 forward of grok1's 7-token prompt with every stored
+/// activation rounded to bf16 (the GPU's storage) is 0.034 from the exact one on the last row,
+/// with the same experts; the H200 measured 0.024 there and at most 0.012 on every other
+/// fixture (bench/results/2026-11-27-h200-serve). Kernel bugs show as 0.1 and more, and each
+/// kernel has its own check at OP_TOL.
+const E2E_TOL: f64 = 4e-2;
 const GREEDY_STEPS: usize = 4;
 
 #[derive(Clone, Debug)]
