@@ -16,7 +16,7 @@
 // lanes 16..31 own none).
 // Shared memory (static): q tile CTA_Q x HEAD_DIM, K and V tiles CTA_KV x (HEAD_DIM + PAD)
 // bf16 = 40 KiB at HEAD_DIM 256, under the 48 KiB static limit.
-// This is the CUDA-core (FFMA) version; the mma.sync m16n8k16 version is not written yet.
+// This is the CUDA-core (FFMA) engine; the tensor-core prefill is attention_prefill_mma.cu.
 #pragma once
 
 #include "common.cuh"
@@ -150,6 +150,11 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
 #pragma unroll
         for (int k = 0; k < ROWS_PER_WARP; ++k) {
             const int r = warp + k * NUM_WARPS;
+            // A padded row (past the sequence's rows: decode with a GQA group under CTA_Q, or
+            // a prefill's last tile) sees nothing; skip its scores and PV (uniform over the
+            // warp, so the shuffles below stay whole-warp). Its m, l, acc stay -inf, 0, 0 and
+            // it is never stored. Decode at group 4 runs 1 of each warp's 4 rows.
+            if (tile.row0 + r >= rows) continue;
             float s = 0.0f;
 #pragma unroll 2
             for (int c = 0; c < HEAD_DIM; c += VEC) {
