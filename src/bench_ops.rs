@@ -28,8 +28,8 @@
 //!   timing), the router, x and out; FLOPs: the router GEMM and 2 per expert weight per
 //!   (token, selected expert);
 //! - `prefill_attn_<n>_mma`: the prefill cases again on the tensor-core kernel
-//!   (`PrefillPath::Mma`, opt-in until a GPU run checked it), last, so that a fault in it
-//!   cannot cost the other rows.
+//!   (`PrefillPath::Mma`, the default since the H200 run; `prefill_attn_<n>` forces the
+//!   CUDA-core kernel), last.
 //!
 //! Timing: one untimed warm-up call (plans, cuBLASLt heuristics), one call to size the
 //! batches, then `BATCHES` batches of back-to-back calls on the stream, each timed from the
@@ -445,7 +445,7 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
         Case::Prefill { tokens, path } => {
             be.set_prefill_path(path);
             let t = attention_case(be, pattern, attention_step(1, tokens, tokens), 1, case_s);
-            be.set_prefill_path(PrefillPath::Fma);
+            be.set_prefill_path(PrefillPath::default());
             t
         }
         Case::Decode { batch, ctx } => {

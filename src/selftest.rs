@@ -155,17 +155,16 @@ pub fn run(opts: &SelftestOptions) -> i32 {
         Some(d) => e2e_cases(&gpu, &d, opts.quick).into_iter().for_each(&mut record),
         None => println!("(no quantized fixtures: tests/fixtures/quant_models is not here; --quant-fixtures DIR)"),
     }
-    // Decode graphs, on the default (CUDA-core) prefill path.
+    // Decode graphs (the end-to-end cases above ran the default, tensor-core, prefill).
     for c in graph_cases(&gpu) {
         record(c);
     }
-    // The tensor-core prefill (opt-in until it passes here) runs the attention cases again,
-    // last: a fault in it cannot take the other cases' results with it.
+    // The tensor-core prefill's kernel cases, at the shapes the CUDA-core ones ran.
     gpu.set_prefill_path(PrefillPath::Mma);
     for c in t.attention_cases("attention_mma", opts.quick) {
         record(c);
     }
-    gpu.set_prefill_path(PrefillPath::Fma);
+    gpu.set_prefill_path(PrefillPath::default());
     let failed = cases.iter().filter(|c| !c.pass()).count();
     println!(
         "{} cases: {} passed, {failed} failed",
@@ -414,7 +413,10 @@ impl Tester<'_> {
                 ));
             }
         }
+        // The CUDA-core prefill here; the tensor-core one (the default) at the end.
+        self.gpu.set_prefill_path(PrefillPath::Fma);
         out.extend(self.attention_cases("attention", quick));
+        self.gpu.set_prefill_path(PrefillPath::default());
         for seqs in &steps {
             for cols in [64, 1000] {
                 out.push(self.case(

@@ -122,14 +122,15 @@ fn prefill_mma_symbol(head_dim: usize) -> Option<&'static str> {
     })
 }
 
-/// How the prefill kernel computes QKᵀ and PV. `Fma` (CUDA cores, kernels/attention.cuh) is
-/// the default; `Mma` (tensor cores, kernels/attention_prefill_mma.cu: same function, params
-/// and tile map, one warp per tile) is opt-in until a GPU run has checked it; `flint selftest`
+/// How the prefill kernel computes QKᵀ and PV. `Mma` (tensor cores,
+/// kernels/attention_prefill_mma.cu: same function, params and tile map, one warp per tile) is
+/// the default since it passed every selftest case on an H200 at 2.7-3.2x the speed of `Fma`
+/// (CUDA cores, kernels/attention.cuh; bench/results/2026-11-27-h200-core). `flint selftest`
 /// checks both and `flint bench-ops` times both. Decode (split-K) is unaffected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PrefillPath {
-    #[default]
     Fma,
+    #[default]
     Mma,
 }
 
@@ -312,7 +313,7 @@ impl AttnPlan {
             metadata: md,
             workspace_bytes,
             kernel,
-            prefill_path: PrefillPath::Fma,
+            prefill_path: PrefillPath::default(),
             num_tokens: t,
             num_seqs: n,
             num_heads,
@@ -879,18 +880,19 @@ mod tests {
             softcap: None,
             window: None,
         };
-        let l = plan.launches(&attn, &AttnPtrs::default()).unwrap();
+        // The CUDA-core path (the default is the tensor-core one, below).
+        let l = plan
+            .clone()
+            .with_prefill_path(PrefillPath::Fma)
+            .launches(&attn, &AttnPtrs::default())
+            .unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].kernel, "attention_prefill_bf16_hd64");
         assert_eq!(l[0].grid, (6, 1, 1));
         assert_eq!(l[0].block, (128, 1, 1));
         assert_eq!(l[0].params.len(), 112);
-        // The tensor-core path: same tiles and params, one warp per tile.
-        let m = plan
-            .clone()
-            .with_prefill_path(PrefillPath::Mma)
-            .launches(&attn, &AttnPtrs::default())
-            .unwrap();
+        // The tensor-core path, the default: same tiles and params, one warp per tile.
+        let m = plan.launches(&attn, &AttnPtrs::default()).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].kernel, "attention_prefill_mma_bf16_hd64");
         assert_eq!((m[0].grid, m[0].block), ((6, 1, 1), (32, 1, 1)));

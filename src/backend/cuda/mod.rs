@@ -41,7 +41,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention_prefill_bf16_hd256",
     "attention_prefill_bf16_hd32",
     "attention_prefill_bf16_hd64",
-    // attention_prefill_mma.cu: the same prefill on tensor cores (opt-in, PrefillPath::Mma)
+    // attention_prefill_mma.cu: the same prefill on tensor cores (the default, PrefillPath::Mma)
     "attention_prefill_mma_bf16_hd128",
     "attention_prefill_mma_bf16_hd16",
     "attention_prefill_mma_bf16_hd256",
