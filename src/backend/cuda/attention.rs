@@ -41,8 +41,10 @@ pub const NUM_THREADS: u32 = FLINT_ATTN_NUM_WARPS * 32;
 /// 16 and 32 serve the tiny test fixtures (so every fixture runs end to end on a GPU); real
 /// checkpoints of the supported families use 64, 128 or 256.
 pub const HEAD_DIMS: &[usize] = &[16, 32, 64, 128, 256];
-/// A decode split covers at least this many keys (fewer is not worth a partial + merge).
-pub const MIN_KEYS_PER_SPLIT: usize = 256;
+/// A decode split covers at least this many keys (two K/V tiles): its partial (hd + 1 floats
+/// per head) is 1/64 of the K/V bytes it reads. Was 256: on the H200 a batch-1 decode at 1k
+/// keys then ran 32 CTAs of 8 serial tiles each (76 µs for 4 MB), latency-bound.
+pub const MIN_KEYS_PER_SPLIT: usize = 64;
 pub const MAX_SPLITS: usize = 64;
 /// Decode aims for this many waves of CTAs over the SMs.
 const TARGET_WAVES: usize = 2;
@@ -930,11 +932,16 @@ mod tests {
             select_kernel(&lens(1, 100_000), 8, 132),
             AttnKernel::Decode { splits: 33 }
         );
+        // 1k keys: 16 splits of 64 keys (128 CTAs), not the 33 the SMs alone would ask for.
         assert_eq!(
             select_kernel(&lens(1, 1000), 8, 132),
+            AttnKernel::Decode { splits: 16 }
+        );
+        assert_eq!(
+            select_kernel(&lens(1, 200), 8, 132),
             AttnKernel::Decode { splits: 4 }
         );
-        assert_eq!(select_kernel(&lens(1, 200), 8, 132), AttnKernel::Prefill);
+        assert_eq!(select_kernel(&lens(1, 64), 8, 132), AttnKernel::Prefill);
         assert_eq!(
             select_kernel(&lens(64, 100_000), 8, 132),
             AttnKernel::Prefill
