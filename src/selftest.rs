@@ -1010,6 +1010,9 @@ fn attn_steps(quick: bool) -> Vec<Vec<(usize, usize)>> {
             vec![(100, 1), (17, 1), (3, 1), (64, 1)],
             // Many key tiles and row tiles; a chunk after a prefix (chunked prefill).
             vec![(300, 300), (129, 64)],
+            // Long decode rows: the split-K kernel with many splits and the reduce (the rows
+            // above split at most 2 ways; until 3eaf3d4 no kernel case split at all).
+            vec![(1000, 1), (301, 1)],
         ],
     )
 }
