@@ -105,17 +105,36 @@ fn fixture_specs_have_the_moe_quirks() {
 }
 
 fn route(logits: &[f32], e: usize, k: usize, norm: bool) -> (Vec<f32>, Vec<f32>) {
+    let (ids, w, _) = route_following(logits, e, k, norm, None).unwrap();
+    (ids, w)
+}
+
+/// Routes `logits` on the CPU, then, with a `script` (ids `[T·k]` of one sparse layer),
+/// follows it as the selftest's CPU run follows the GPU's (`RouteTap`).
+fn route_following(
+    logits: &[f32],
+    e: usize,
+    k: usize,
+    norm: bool,
+    script: Option<Vec<u32>>,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<RouteTie>)> {
     let be = CpuBackend;
     let rows = logits.len() / e;
     let l = t(&be, rows, e, logits);
-    let (mut ids, mut w) = (be.alloc(rows, k).unwrap(), be.alloc(rows, k).unwrap());
+    let (mut ids, mut w) = (be.alloc(rows, k)?, be.alloc(rows, k)?);
     let r = MoeRouting {
         num_experts: e,
         top_k: k,
         norm_topk_prob: norm,
     };
-    be.moe_route(&l, &r, &mut ids, &mut w).unwrap();
-    (be.to_host(&ids).unwrap(), be.to_host(&w).unwrap())
+    be.moe_route(&l, &r, &mut ids, &mut w)?;
+    let mut ties = Vec::new();
+    if let Some(script) = script {
+        let mut tap = RouteTap::Record(vec![script]).into_follower()?;
+        tap.after_route(&be, &r, &l, &mut ids, &mut w)?;
+        ties = tap.ties().to_vec();
+    }
+    Ok((be.to_host(&ids)?, be.to_host(&w)?, ties))
 }
 
 #[test]
@@ -152,27 +171,13 @@ fn routing_ties_pick_the_lower_expert_id_first() {
     assert_eq!(w, vec![0.5, 0.5]);
 }
 
-/// Follows `script` (ids `[T·k]` of one sparse layer) after routing `logits` on the CPU.
 fn follow(
     logits: &[f32],
     e: usize,
     k: usize,
     script: Vec<u32>,
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<RouteTie>)> {
-    let be = CpuBackend;
-    let rows = logits.len() / e;
-    let l = t(&be, rows, e, logits);
-    let (mut ids, mut w) = (be.alloc(rows, k).unwrap(), be.alloc(rows, k).unwrap());
-    let r = MoeRouting {
-        num_experts: e,
-        top_k: k,
-        norm_topk_prob: true,
-    };
-    be.moe_route(&l, &r, &mut ids, &mut w).unwrap();
-    let mut tap = RouteTap::Record(vec![script]).into_follower()?;
-    tap.after_route(&be, &r, &l, &mut ids, &mut w)?;
-    let ids = be.to_host(&ids)?;
-    Ok((ids, be.to_host(&w)?, tap.ties().to_vec()))
+    route_following(logits, e, k, true, Some(script))
 }
 
 #[test]
