@@ -439,14 +439,17 @@ struct AttnPlanRef;
 /// Rounds a weight to bf16 for upload, split across the cores (each element on its own, so
 /// the threads do not change the result).
 fn to_bf16(data: &[f32]) -> Vec<bf16> {
-    let mut out = vec![bf16::ZERO; data.len()];
+    use half::vec::HalfBitsVecExt;
+    // Bits into zeroed (calloc'd, not yet touched) memory, so the pages are first written by
+    // the threads rather than by one pass filling a `Vec<bf16>` beforehand.
+    let mut out = vec![0u16; data.len()];
     let blocks = crate::par::row_blocks(data.len(), 1, crate::par::threads());
     crate::par::for_rows(&mut out, 1, &blocks, |r, part| {
         for (o, &v) in part.iter_mut().zip(&data[r]) {
-            *o = bf16::from_f32(v);
+            *o = bf16::from_f32(v).to_bits();
         }
     });
-    out
+    out.reinterpret_into()
 }
 
 impl Backend for CudaBackend {
