@@ -52,6 +52,7 @@ pub mod config;
 pub mod engine;
 pub mod kv_cache;
 pub mod model;
+pub(crate) mod par;
 pub mod perplexity;
 pub mod progress;
 pub mod sampling;

@@ -642,6 +642,18 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 );
             }
             let m = mref.load_with(be, &LoadOptions { quant })?;
+            // On stderr (stdout is the table): long loads (an 8B synthetic model generated and
+            // quantized on the host) are otherwise invisible in a captured log.
+            let t = m.load_time;
+            eprintln!(
+                "flint bench: loaded {model}{} in {:.2} s ({:.2} s reading, generating and \
+                 quantizing on the host, {:.2} s converting and uploading to {})",
+                quant.map_or(String::new(), |q| format!(" ({q})")),
+                t.total.as_secs_f64(),
+                t.source.as_secs_f64(),
+                t.upload().as_secs_f64(),
+                be.name()
+            );
             // CPU defaults are small: the reference backend is slow by design.
             let (pp, tg) = if on_cpu { (128, 32) } else { (512, 128) };
             let opt = BenchOptions {

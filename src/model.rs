@@ -16,6 +16,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use moe::{MoeLayer, MoeWorkspace};
 pub use moe::{RouteTap, RouteTie, ROUTE_TIE_REL};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 /// Parameters from which loading draws a progress bar: 256 MiB as bf16. Test fixtures and
 /// `synthetic:tiny` load without one.
@@ -25,14 +27,33 @@ const LOAD_BAR_FROM: u64 = 128 << 20;
 /// read through it. `Model::load` uploads each tensor (or fused group) right after reading
 /// it, so the bar follows the upload on either backend. Dense, quantized and synthetic
 /// sources alike pass through, unchanged.
+/// It also adds up the time spent inside the source ([`LoadTime::source`]).
 struct Counted<'a> {
     inner: &'a dyn TensorSource,
     bar: ProgressBar,
+    source_time: Cell<Duration>,
+}
+
+impl Counted<'_> {
+    fn new(inner: &dyn TensorSource, bar: ProgressBar) -> Counted<'_> {
+        Counted {
+            inner,
+            bar,
+            source_time: Cell::new(Duration::ZERO),
+        }
+    }
+
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let v = f();
+        self.source_time.set(self.source_time.get() + t.elapsed());
+        v
+    }
 }
 
 impl TensorSource for Counted<'_> {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let data = self.inner.load(name, shape)?;
+        let data = self.timed(|| self.inner.load(name, shape))?;
         self.bar.inc(data.len() as u64);
         Ok(data)
     }
@@ -40,7 +61,7 @@ impl TensorSource for Counted<'_> {
         self.inner.contains(name)
     }
     fn load_linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
-        let lin = self.inner.load_linear(name, rows, cols)?;
+        let lin = self.timed(|| self.inner.load_linear(name, rows, cols))?;
         self.bar.inc((rows * cols) as u64);
         Ok(lin)
     }
@@ -52,7 +73,25 @@ impl TensorSource for Counted<'_> {
         rows: usize,
         cols: usize,
     ) -> Result<Linear> {
-        self.inner.finish_linear(name, data, rows, cols)
+        self.timed(|| self.inner.finish_linear(name, data, rows, cols))
+    }
+}
+
+/// Where [`Model::load`] spent its time (`flint bench` reports it on stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadTime {
+    /// The whole load.
+    pub total: Duration,
+    /// Inside the tensor source, on the host: reading a checkpoint (and converting it to
+    /// f32), generating synthetic weights, quantizing on load.
+    pub source: Duration,
+}
+
+impl LoadTime {
+    /// The rest: fusing parts, converting to the backend's type (bf16 on CUDA) and copying
+    /// to the device.
+    pub fn upload(&self) -> Duration {
+        self.total.saturating_sub(self.source)
     }
 }
 
@@ -94,6 +133,8 @@ pub struct Model<B: Backend> {
     ropes: Vec<B::Rope>,
     /// Bytes the uploaded weights occupy on the backend.
     pub weight_bytes: usize,
+    /// How long `load` took.
+    pub load_time: LoadTime,
 }
 
 /// Activation buffers sized once for the largest step; reused by every forward.
@@ -245,16 +286,16 @@ impl<B: Backend> Model<B> {
         } else {
             ProgressBar::hidden()
         };
-        let model = Self::load_counted(
-            be,
-            spec,
-            &Counted {
-                inner: src,
-                bar: bar.clone(),
-            },
-        );
+        let start = Instant::now();
+        let counted = Counted::new(src, bar.clone());
+        let model = Self::load_counted(be, spec, &counted);
         bar.finish_and_clear();
-        model
+        let mut model = model?;
+        model.load_time = LoadTime {
+            total: start.elapsed(),
+            source: counted.source_time.get(),
+        };
+        Ok(model)
     }
 
     /// `load` through the progress hook (`src` advances the bar).
@@ -404,6 +445,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             ropes,
             weight_bytes,
+            load_time: LoadTime::default(),
         })
     }
 
@@ -583,10 +625,7 @@ mod tests {
         for m in models {
             let spec = m.spec().unwrap();
             let counted = |src: &dyn TensorSource| {
-                let c = Counted {
-                    inner: src,
-                    bar: ProgressBar::hidden(),
-                };
+                let c = Counted::new(src, ProgressBar::hidden());
                 Model::load_counted(&CpuBackend, spec.clone(), &c).unwrap();
                 c.bar.position()
             };
@@ -602,11 +641,18 @@ mod tests {
         let mut spec = ModelRef::Synthetic("tiny".into()).spec().unwrap();
         (spec.qkv_bias, spec.o_bias, spec.mlp_bias) = (true, true, true);
         let src = crate::weights::synthetic::SyntheticSource::new(&spec, 0);
-        let c = Counted {
-            inner: &src,
-            bar: ProgressBar::hidden(),
-        };
+        let c = Counted::new(&src, ProgressBar::hidden());
         Model::load_counted(&CpuBackend, spec.clone(), &c).unwrap();
         assert_eq!(c.bar.position(), spec.param_count(), "tiny with every bias");
+    }
+
+    #[test]
+    fn load_time_splits_the_source_from_the_upload() {
+        let m = ModelRef::Synthetic("tiny".into())
+            .load(&CpuBackend)
+            .unwrap();
+        let t = m.load_time;
+        assert!(t.source > Duration::ZERO && t.source <= t.total, "{t:?}");
+        assert_eq!(t.upload(), t.total - t.source);
     }
 }

@@ -4,8 +4,10 @@
 
 use super::TensorSource;
 use crate::config::ModelSpec;
+use crate::par;
 use crate::sampling::Rng;
 use anyhow::{anyhow, Result};
+use std::ops::Range;
 
 /// (preset name, config.json text).
 pub const PRESETS: &[(&str, &str)] = &[
@@ -107,13 +109,70 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
+impl SyntheticSource {
+    /// `load` with the rows split into `blocks` (each filled on its own thread). Element `i`
+    /// is always the `i`-th draw of the tensor's one stream, whatever the blocks.
+    fn load_blocks(
+        &self,
+        name: &str,
+        shape: &[usize],
+        blocks: impl FnOnce(usize, usize) -> Vec<Range<usize>>,
+    ) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let cols = shape.last().copied().unwrap_or(1);
+        if n == 0 {
+            return Vec::new();
+        }
+        // (center added to the draw, or none; the draw's standard deviation)
+        let (center, std) = if name.contains("norm") {
+            (Some(1.0 - self.norm_offset), 0.05)
+        } else if name.ends_with(".bias") {
+            (None, 0.02)
+        } else if name.contains("embed_tokens") {
+            (None, 1.0)
+        } else {
+            (None, 1.0 / (cols as f32).sqrt())
+        };
+        let seed = self.seed ^ name_hash(name);
+        let mut out = vec![0.0f32; n];
+        let blocks = blocks(n / cols, cols);
+        par::for_rows(&mut out, cols, &blocks, |rows, part| {
+            let mut rng = Rng::new(seed);
+            rng.skip((rows.start * cols) as u64);
+            for x in part {
+                let u = (rng.next_f32() * 2.0 - 1.0) * std * 3f32.sqrt();
+                *x = match center {
+                    Some(c) => c + u,
+                    None => u,
+                };
+            }
+        });
+        out
+    }
+}
+
 impl TensorSource for SyntheticSource {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.load_blocks(name, shape, |rows, cols| {
+            par::row_blocks(rows, cols, par::threads())
+        }))
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values before the fill was split across threads: one stream per tensor, in order.
+    fn load_one_stream(src: &SyntheticSource, name: &str, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
-        let mut rng = Rng::new(self.seed ^ name_hash(name));
+        let mut rng = Rng::new(src.seed ^ name_hash(name));
         let uniform = |rng: &mut Rng, std: f32| (rng.next_f32() * 2.0 - 1.0) * std * 3f32.sqrt();
-        Ok(if name.contains("norm") {
-            let center = 1.0 - self.norm_offset;
+        if name.contains("norm") {
+            let center = 1.0 - src.norm_offset;
             (0..n).map(|_| center + uniform(&mut rng, 0.05)).collect()
         } else if name.ends_with(".bias") {
             (0..n).map(|_| uniform(&mut rng, 0.02)).collect()
@@ -123,9 +182,36 @@ impl TensorSource for SyntheticSource {
             let fan_in = *shape.last().unwrap_or(&1) as f32;
             let std = 1.0 / fan_in.sqrt();
             (0..n).map(|_| uniform(&mut rng, std)).collect()
-        })
+        }
     }
-    fn contains(&self, _name: &str) -> bool {
-        true
+
+    #[test]
+    fn split_fill_equals_the_one_stream() {
+        let src = SyntheticSource {
+            seed: 3,
+            norm_offset: 0.0,
+        };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (name, shape) in [
+            ("model.layers.0.mlp.down_proj.weight", vec![7, 96]),
+            ("model.layers.0.self_attn.q_proj.bias", vec![7]),
+            ("model.norm.weight", vec![13]),
+            ("model.embed_tokens.weight", vec![11, 5]),
+        ] {
+            let want = bits(&load_one_stream(&src, name, &shape));
+            // 7 or 11 rows over 3 threads: blocks of unequal length.
+            for threads in [1, 2, 3, 4] {
+                let got = src.load_blocks(name, &shape, |rows, _| par::even_blocks(rows, threads));
+                assert_eq!(bits(&got), want, "{name} {shape:?} on {threads} threads");
+            }
+            assert_eq!(bits(&src.load(name, &shape).unwrap()), want, "{name}");
+        }
+        // Large enough for `load` itself to use several threads where there are cores.
+        let shape = [1001, 1024];
+        let name = "model.layers.3.mlp.up_proj.weight";
+        assert_eq!(
+            bits(&src.load(name, &shape).unwrap()),
+            bits(&load_one_stream(&src, name, &shape))
+        );
     }
 }

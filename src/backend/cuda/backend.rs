@@ -436,8 +436,20 @@ impl CudaBackend {
 /// Marker that `planned` succeeded (the plan itself stays borrowed inside the step).
 struct AttnPlanRef;
 
+/// Rounds a weight to bf16 for upload, split across the cores (each element on its own, so
+/// the threads do not change the result).
 fn to_bf16(data: &[f32]) -> Vec<bf16> {
-    data.iter().map(|&v| bf16::from_f32(v)).collect()
+    use half::vec::HalfBitsVecExt;
+    // Bits into zeroed (calloc'd, not yet touched) memory, so the pages are first written by
+    // the threads rather than by one pass filling a `Vec<bf16>` beforehand.
+    let mut out = vec![0u16; data.len()];
+    let blocks = crate::par::row_blocks(data.len(), 1, crate::par::threads());
+    crate::par::for_rows(&mut out, 1, &blocks, |r, part| {
+        for (o, &v) in part.iter_mut().zip(&data[r]) {
+            *o = bf16::from_f32(v).to_bits();
+        }
+    });
+    out.reinterpret_into()
 }
 
 impl Backend for CudaBackend {
@@ -1201,6 +1213,20 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_bf16_rounds_each_element_as_one_thread_does() {
+        // Enough elements for several blocks where there are cores, and not a multiple of
+        // the block count; every rounding case (ties, NaN, infinities, subnormals) included.
+        let mut rng = crate::sampling::Rng::new(5);
+        let mut data: Vec<f32> = (0..1_000_003)
+            .map(|_| f32::from_bits(rng.next_u64() as u32))
+            .collect();
+        data.extend([f32::NAN, f32::INFINITY, -0.0, 1.0 + f32::EPSILON * 64.0]);
+        let want: Vec<u16> = data.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        let got: Vec<u16> = to_bf16(&data).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn step_layout_is_aligned_and_disjoint() {
