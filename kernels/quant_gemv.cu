@@ -26,10 +26,12 @@
 //   Barriers: one before (everybody done with the previous chunk) and one after staging.
 // - vector path (K % 32 == 0, 16-byte aligned codes and x: every row is then aligned): each
 //   lane streams 16-byte code loads (16 int8 / 32 int4 / 16 fp8 codes, `__ldcs`: read once,
-//   evict first), lane i taking the loads i, i+32, ... of the chunk, AHEAD (2) per row for
-//   both rows, so 4 loads per lane are in flight before the first is used. Each 8-code piece
-//   is decoded once per row and each 8-value piece of x is read from shared memory once per
-//   token and used for both rows (half the shared-memory reads of one row per warp).
+//   evict first), lane i taking the loads i, i+32, ... of the chunk, AHEAD per row for both
+//   rows before the first is used: AHEAD 2 in the general kernel (4 loads per lane in
+//   flight), 1 in _t1 (2 per lane, as before; its 32 warps per SM hold as many bytes in
+//   flight as the general kernel's 16). Each 8-code piece is decoded once per row and each
+//   8-value piece of x is read from shared memory once per token and used for both rows
+//   (half the shared-memory reads of one row per warp).
 //   Shared-memory layout of a staged chunk: per token, the 16-byte pieces of x in the order
 //   the lanes read them, piece j (< C/8) of code chunk c at [j][c] (not [c][j]), so a warp's
 //   16-byte reads are 32 consecutive pieces: no bank conflicts (the natural layout would be
@@ -37,15 +39,19 @@
 // - scalar path (K % 32 != 0, or unaligned): the same staging in the natural layout, one
 //   column per lane per step.
 // - scales: one scale (and zero) per row per 16/32-code load when the group is a multiple of
-//   it and there is no g_idx; otherwise a lookup per code (quant/dequant.cuh's helpers).
+//   it and there is no g_idx; otherwise a lookup per code (quant/dequant.cuh's helpers),
+//   done one code at a time and one row at a time (x then read once per row), since having
+//   every row's lookups in flight spilled the _t1 kernels.
 // - rows past N (the last warps of the last row block) load no codes and store nothing; their
 //   Row pointers are clamped to row N - 1 so that no pointer past the weight is formed.
 // - a shuffle reduction per (token, row), lane 0 adds the bias and stores (one bf16 rounding).
-// Why 2 rows per warp: the general kernel (T <= 8) then holds 16 accumulators, 8 uint4 of
+// Why 2 rows per warp: the general kernel (T <= 8) then holds 16 accumulators, 4 uint4 of
 // codes in flight and 16 decoded weights, under the 128 registers of 2 CTAs of 256 threads
-// per SM; the _t1 kernel fits the 64 registers of 4 CTAs per SM (32 warps) with 2 rows and 4
-// loads in flight per lane. 4 rows per warp at T = 8 would be 32 accumulators + 32 weights
-// and spill or cut the loads in flight (see the ptxas report: FLINT_PTXAS_VERBOSE=1).
+// per SM (ptxas, sm_90a: 121-128 registers, int4 109 with its 4 pieces per load not
+// unrolled, which spilled on sm_80 otherwise); the _t1 kernel fits the 64 registers of 4
+// CTAs per SM (32 warps). 4 rows per warp at T = 8 would be 32 accumulators + 32 weights and
+// spill or cut the loads in flight. Check with FLINT_PTXAS_VERBOSE=1: 0 spills on sm_80 and
+// sm_90a at the time of writing.
 // Dequant grid/block: grid-stride over N*K elements, 256 threads. Minimum arch sm_80 (the fp8
 // decode is integer/f16 arithmetic, not the sm_89 cvt instructions).
 #include "common.cuh"
@@ -78,11 +84,12 @@ static_assert(X_ELEMS % (32 * FLINT_QUANT_GEMV_MAX_TOKENS) == 0, "T = 8 stages w
 // load: no g_idx, group a multiple of C) and the per-code lookups are separate instances, so
 // neither path's registers are held by the other.
 template <int F, int MAX_T, bool UNIFORM>
-__device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int T,
-                                          const bf16 *xs, int cols, int k0, int len, float (&acc)[MAX_T][ROWS]) {
+__device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int T, const bf16 *xs, int cols,
+                                          int k0, int len, float (&acc)[MAX_T][ROWS]) {
     constexpr int C = Chunk<F>::CODES;  // columns per 16-byte load of codes
     constexpr int P = C / VEC;          // 8-column pieces per load (2, or 4 for int4)
-    constexpr int AHEAD = 2;  // 16-byte loads per row each lane issues before using the first
+    // 16-byte loads per row each lane issues before using the first (see the header).
+    constexpr int AHEAD = MAX_T == 1 ? 1 : 2;
     const int lane = threadIdx.x % WARP_SIZE, N = p.n;
     const int row_bytes = F == INT4 ? p.k / 2 : p.k;
     // Row pointers are formed where used (cheap integer math), not held across the loop:
@@ -118,8 +125,12 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
                     z[r] = p.zeros ? rw(r).zeros[g] : p.zero_default;
                 }
             }
-            // Decoded 8 codes per row at a time and used at once.
-#pragma unroll
+            // Decoded 8 codes per row at a time and used at once. int4 at up to 8 tokens: the
+            // 4 pieces of a load one after another, not unrolled (unrolled, ptxas hoists the
+            // pieces' shared-memory reads and decodes and spills on sm_80); a run-time piece
+            // index costs a few selects in code_at.
+            constexpr int J_UNROLL = F == INT4 && MAX_T > 1 ? 1 : P;
+#pragma unroll J_UNROLL
             for (int j = 0; j < P; ++j) {
                 const bf16 *xp = &xs[(j * nc + c) * VEC];
                 if (UNIFORM) {
@@ -127,7 +138,8 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
 #pragma unroll
                     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-                        for (int i = 0; i < VEC; ++i) w[r][i] = value<F>(code_at<F>(raw[u][r], j * VEC + i), s[r], z[r]);
+                        for (int i = 0; i < VEC; ++i)
+                            w[r][i] = value<F>(code_at<F>(raw[u][r], j * VEC + i), s[r], z[r]);
 #pragma unroll
                     for (int t = 0; t < MAX_T; ++t) {
                         if (t < T) {
@@ -147,7 +159,8 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
                     for (int r = 0; r < ROWS; ++r) {
 #pragma unroll 2
                         for (int i = 0; i < VEC; ++i) {
-                            const float w = weight_at<F>(p, rw(r), k + j * VEC + i, code_at<F>(raw[u][r], j * VEC + i));
+                            const int q = code_at<F>(raw[u][r], j * VEC + i);
+                            const float w = weight_at<F>(p, rw(r), k + j * VEC + i, q);
 #pragma unroll
                             for (int t = 0; t < MAX_T; ++t)
                                 if (t < T) acc[t][r] = fmaf(to_f32(xp[t * cols + i]), w, acc[t][r]);
@@ -195,15 +208,16 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
                 __syncthreads();                   // every warp is done reading the previous chunk
                 if (vec) {
                     // Piece m (8 columns) of the chunk is piece j = m % P of code load c = m / P;
-                    // it goes to [t][j][c] (see the header). Threads walk the shared-memory
-                    // order, so the stores are conflict-free; the global reads of a warp
-                    // still cover whole 32-byte sectors.
+                    // it goes to [t][j][c] (see the header). Threads walk the global order,
+                    // so a warp's reads are 512 contiguous bytes; the shared stores are then up
+                    // to 2-way (4-way for int4) bank-conflicted, on x's bytes only, once per
+                    // chunk.
                     const int nc = len / C, per_t = len / VEC;
                     for (int i = threadIdx.x; i < T * per_t; i += blockDim.x) {
-                        const int t = i / per_t, v = i % per_t;
-                        const int j = v / nc, c = v % nc;
-                        *reinterpret_cast<uint4 *>(&xs[t * cols + v * VEC]) = *reinterpret_cast<const uint4 *>(
-                            p.x + (int64_t)t * K + k0 + (c * P + j) * VEC);
+                        const int t = i / per_t, m = i % per_t;
+                        const int j = m % P, c = m / P;
+                        *reinterpret_cast<uint4 *>(&xs[t * cols + (j * nc + c) * VEC]) =
+                            *reinterpret_cast<const uint4 *>(p.x + (int64_t)t * K + k0 + m * VEC);
                     }
                 } else {
                     for (int i = threadIdx.x; i < T * len; i += blockDim.x) {
