@@ -181,6 +181,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     __shared__ __align__(16) bf16 xs[X_ELEMS];
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int T = MAX_T == 1 ? 1 : p.num_tokens, N = p.n, K = p.k;
+    if (T < 1) return;  // uniform over the grid (no tokens: nothing to do, no barrier reached)
     const int row_bytes = F == INT4 ? K / 2 : K;
     // Uniform over the grid: which path every warp takes. K % 32 == 0 makes every row's bytes
     // a multiple of 16, so an aligned qdata means every row is aligned.
