@@ -172,8 +172,9 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
     }
 }
 
-// MAX_T: the most tokens this instance takes (1: the decode kernel, whose few registers let
-// twice as many warps, hence twice the loads, be in flight per SM; 8: the general one).
+// MAX_T: the most tokens this instance takes (1: the decode kernel, whose 64 registers let
+// 32 warps per SM be resident, each with one load per row ahead; 8: the general one, 16 warps
+// per SM with two ahead).
 template <int F, int MAX_T>
 __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     constexpr int C = Chunk<F>::CODES;  // columns per 16-byte load of codes
