@@ -1,8 +1,10 @@
 // quant_gemv.cu — matmul against quantized weights (int8 per channel / per group, int4
 // group-wise sym or asym, fp8 e4m3 with per-tensor, per-row or block scales; GPTQ act-order
 // g_idx), dequantized in registers exactly as the CPU reference (weights/quant.rs) does.
-// UNVERIFIED on a GPU: compiled and register-checked only; `flint selftest` compares it with
-// the CPU reference the first time a GPU runs it.
+// UNVERIFIED on a GPU: this version (x staged in shared memory, several rows per warp) is
+// compiled, register-checked and run on the CPU host emulation (tests/moe_emulation) only; the
+// previous one-row-per-warp version was verified correct on an H200. Neither its correctness
+// on a GPU nor any speed-up is measured until `flint selftest` / bench-ops run it on one.
 //
 //   quant_gemv_<i8|i4|fp8>(QuantGemvParams p)      small batch: out[t, n] = sum_k x[t, k] w[n, k] (+ b[n])
 //     x      [T, K]        bf16, T <= FLINT_QUANT_GEMV_MAX_TOKENS (8)
@@ -12,14 +14,44 @@
 //
 //   quant_gemv_<i8|i4|fp8>_t1(QuantGemvParams p)   the same for exactly one token (decode)
 //
-// GEMV grid/block: one warp per output row, FLINT_QUANT_GEMV_WARPS (4) warps per CTA,
-// grid.x = ceil(N / 4). Each lane streams its row with 16-byte loads (16 int8 / 32 int4 / 16
-// fp8 codes; a warp covers 512 contiguous bytes per load, every weight byte read once; two
-// loads per lane in flight before the first is used),
-// dequantizes in registers and multiplies with the T token rows of x (x is small and stays in
-// L1/L2), then the warp reduces each token's sum. Rows whose bytes are not 16-byte aligned
-// (K % 32 != 0) take a scalar path. One scale (and zero) per 16/32-code chunk when the group
-// is a multiple of the chunk and there is no g_idx; otherwise a lookup per code.
+// GEMV design (the pattern of gemv.cu; constants in quant/params.h, shared with the host):
+// - grid/block: FLINT_QUANT_GEMV_WARPS (8) warps per CTA, each owning
+//   FLINT_QUANT_GEMV_ROWS_PER_WARP (2) consecutive output rows, so a CTA owns 16 rows;
+//   grid.x = min(ceil(N / 16), 65535) and a grid-stride loop covers any further row blocks.
+// - x is staged in shared memory as bf16 (the values the kernel multiplies are bf16 anyway;
+//   f32 would double the shared-memory reads, the bottleneck at T = 8), a chunk of columns at
+//   a time for all T tokens: FLINT_QUANT_GEMV_X_ELEMS (16384, 32 KB) in all, i.e. K <= 16384
+//   in one chunk at T = 1 and 2048 columns at T = 8 (X_ELEMS / T rounded down to 32 columns).
+//   When one chunk covers K, a CTA stages x once and keeps it for all of its row blocks.
+//   Barriers: one before (everybody done with the previous chunk) and one after staging.
+// - vector path (K % 32 == 0, 16-byte aligned codes and x: every row is then aligned): each
+//   lane streams 16-byte code loads (16 int8 / 32 int4 / 16 fp8 codes, `__ldcs`: read once,
+//   evict first), lane i taking the loads i, i+32, ... of the chunk, AHEAD per row for both
+//   rows before the first is used: AHEAD 2 in the general kernel (4 loads per lane in
+//   flight), 1 in _t1 (2 per lane, as before; its 32 warps per SM hold as many bytes in
+//   flight as the general kernel's 16). Each 8-code piece is decoded once per row and each
+//   8-value piece of x is read from shared memory once per token and used for both rows
+//   (half the shared-memory reads of one row per warp).
+//   Shared-memory layout of a staged chunk: per token, the 16-byte pieces of x in the order
+//   the lanes read them, piece j (< C/8) of code chunk c at [j][c] (not [c][j]), so a warp's
+//   16-byte reads are 32 consecutive pieces: no bank conflicts (the natural layout would be
+//   2-way for int8/fp8, 4-way for int4).
+// - scalar path (K % 32 != 0, or unaligned): the same staging in the natural layout, one
+//   column per lane per step.
+// - scales: one scale (and zero) per row per 16/32-code load when the group is a multiple of
+//   it and there is no g_idx; otherwise a lookup per code (quant/dequant.cuh's helpers),
+//   done one code at a time and one row at a time (x then read once per row), since having
+//   every row's lookups in flight spilled the _t1 kernels.
+// - rows past N (the last warps of the last row block) load no codes and store nothing; their
+//   Row pointers are clamped to row N - 1 so that no pointer past the weight is formed.
+// - a shuffle reduction per (token, row), lane 0 adds the bias and stores (one bf16 rounding).
+// Why 2 rows per warp: the general kernel (T <= 8) then holds 16 accumulators, 4 uint4 of
+// codes in flight and 16 decoded weights, under the 128 registers of 2 CTAs of 256 threads
+// per SM (ptxas, sm_90a: 121-128 registers, int4 109 with its 4 pieces per load not
+// unrolled, which spilled on sm_80 otherwise); the _t1 kernel fits the 64 registers of 4
+// CTAs per SM (32 warps). 4 rows per warp at T = 8 would be 32 accumulators + 32 weights and
+// spill or cut the loads in flight. Check with FLINT_PTXAS_VERBOSE=1: 0 spills on sm_80 and
+// sm_90a at the time of writing.
 // Dequant grid/block: grid-stride over N*K elements, 256 threads. Minimum arch sm_80 (the fp8
 // decode is integer/f16 arithmetic, not the sm_89 cvt instructions).
 #include "common.cuh"
@@ -40,80 +72,203 @@ using quant::row_of;
 using quant::value;
 using quant::weight_at;
 
-// MAX_T: the most tokens this instance takes (1: the decode kernel, whose few registers let
-// twice as many warps, hence twice the loads, be in flight per SM; 8: the general one).
-template <int F, int MAX_T>
-__device__ __forceinline__ void gemv(const QuantGemvParams &p) {
-    constexpr int C = Chunk<F>::CODES;
-    constexpr int AHEAD = 2;  // 16-byte loads each lane issues before using the first
-    const int lane = threadIdx.x % WARP_SIZE;
-    const int n = blockIdx.x * FLINT_QUANT_GEMV_WARPS + threadIdx.x / WARP_SIZE;
-    if (n >= p.n) return;  // the whole warp leaves together
-    const int T = p.num_tokens, K = p.k;
-    const int row_bytes = F == INT4 ? K / 2 : K;
-    const Row r = row_of(p, n, row_bytes);
-    float acc[MAX_T];
-#pragma unroll
-    for (int t = 0; t < MAX_T; ++t) acc[t] = 0.0f;
+constexpr int WARPS = FLINT_QUANT_GEMV_WARPS;
+constexpr int ROWS = FLINT_QUANT_GEMV_ROWS_PER_WARP;
+constexpr int ROWS_PER_CTA = WARPS * ROWS;
+constexpr int X_ELEMS = FLINT_QUANT_GEMV_X_ELEMS;
+static_assert(X_ELEMS % (32 * FLINT_QUANT_GEMV_MAX_TOKENS) == 0, "T = 8 stages whole 32-column pieces");
 
-    if (K % 32 == 0 && aligned16(r.codes) && aligned16(p.x)) {
-        const bool uniform = r.g_idx == nullptr && p.group % C == 0;
-        const int chunks = row_bytes / 16;
-        for (int c0 = lane; c0 < chunks; c0 += AHEAD * WARP_SIZE) {
-          uint4 ahead[AHEAD];
+// One staged chunk of the vector path for a warp's ROWS rows: AHEAD 16-byte code loads per
+// row in flight per lane, each 8-code piece decoded once per row, each 8-value piece of x read
+// from shared memory once per token and used for every row. UNIFORM (one scale and zero per
+// load: no g_idx, group a multiple of C) and the per-code lookups are separate instances, so
+// neither path's registers are held by the other.
+template <int F, int MAX_T, bool UNIFORM>
+__device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int T, const bf16 *xs, int cols,
+                                          int k0, int len, float (&acc)[MAX_T][ROWS]) {
+    constexpr int C = Chunk<F>::CODES;  // columns per 16-byte load of codes
+    constexpr int P = C / VEC;          // 8-column pieces per load (2, or 4 for int4)
+    // 16-byte loads per row each lane issues before using the first (see the header).
+    constexpr int AHEAD = MAX_T == 1 ? 1 : 2;
+    const int lane = threadIdx.x % WARP_SIZE, N = p.n;
+    const int row_bytes = F == INT4 ? p.k / 2 : p.k;
+    // Row pointers are formed where used (cheap integer math), not held across the loop:
+    // 4 pointers per row would otherwise hold 16 registers of the _t1 kernel's 64.
+    auto rw = [&](int r) { return row_of(p, min(n0 + r, N - 1), row_bytes); };
+    const int nc = len / C;       // code loads per row in this chunk
+    const int cbase = k0 / C;     // the chunk's first load within the row
+    for (int c0 = lane; c0 < nc; c0 += AHEAD * WARP_SIZE) {
+        uint4 raw[AHEAD][ROWS];
 #pragma unroll
-          for (int u = 0; u < AHEAD; ++u) {
-              const int c = c0 + u * WARP_SIZE;
-              // Streamed once: evict-first, do not keep in cache.
-              ahead[u] = c < chunks ? __ldcs(reinterpret_cast<const uint4 *>(r.codes) + c) : make_uint4(0, 0, 0, 0);
-          }
-#pragma unroll
-          for (int u = 0; u < AHEAD; ++u) {
+        for (int u = 0; u < AHEAD; ++u) {
             const int c = c0 + u * WARP_SIZE;
-            if (c >= chunks) break;  // later ones are further out
-            const uint4 raw = ahead[u];
-            const int k0 = c * C;
-            // Decoded 8 codes at a time and used at once (holding all 32 int4 values spilled).
-            float s = 0.0f, z = 0.0f;
-            if (uniform) {
-                const int g = k0 / p.group;
-                s = r.scales[g];
-                z = r.zeros ? r.zeros[g] : p.zero_default;
-            }
 #pragma unroll
-            for (int j = 0; j < C / VEC; ++j) {
-                float w[VEC];
+            for (int r = 0; r < ROWS; ++r)
+                // Streamed once: evict-first. Rows past N are not read.
+                raw[u][r] = c < nc && n0 + r < N
+                                ? __ldcs(reinterpret_cast<const uint4 *>(rw(r).codes) + cbase + c)
+                                : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const int q = code_at<F>(raw, j * VEC + i);
-                    w[i] = uniform ? value<F>(q, s, z) : weight_at<F>(p, r, k0 + j * VEC + i, q);
+        for (int u = 0; u < AHEAD; ++u) {
+            const int c = c0 + u * WARP_SIZE;
+            if (c >= nc) break;  // later ones are further out
+            const int k = k0 + c * C;
+            float s[ROWS], z[ROWS];
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                s[r] = 0.0f;
+                z[r] = 0.0f;
+                if (UNIFORM) {
+                    const int g = k / p.group;
+                    s[r] = rw(r).scales[g];
+                    z[r] = p.zeros ? rw(r).zeros[g] : p.zero_default;
                 }
+            }
+            // Decoded 8 codes per row at a time and used at once. int4 at up to 8 tokens: the
+            // 4 pieces of a load one after another, not unrolled (unrolled, ptxas hoists the
+            // pieces' shared-memory reads and decodes and spills on sm_80); a run-time piece
+            // index costs a few selects in code_at.
+            constexpr int J_UNROLL = F == INT4 && MAX_T > 1 ? 1 : P;
+#pragma unroll J_UNROLL
+            for (int j = 0; j < P; ++j) {
+                const bf16 *xp = &xs[(j * nc + c) * VEC];
+                if (UNIFORM) {
+                    float w[ROWS][VEC];
 #pragma unroll
-                for (int t = 0; t < MAX_T; ++t) {
-                    if (t < T) {
-                        float xv[VEC];
-                        load8(p.x + (int64_t)t * K + k0 + j * VEC, xv);
+                    for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-                        for (int i = 0; i < VEC; ++i) acc[t] = fmaf(xv[i], w[i], acc[t]);
+                        for (int i = 0; i < VEC; ++i)
+                            w[r][i] = value<F>(code_at<F>(raw[u][r], j * VEC + i), s[r], z[r]);
+#pragma unroll
+                    for (int t = 0; t < MAX_T; ++t) {
+                        if (t < T) {
+                            float xv[VEC];
+                            load8(xp + t * cols, xv);
+#pragma unroll
+                            for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+                                for (int i = 0; i < VEC; ++i) acc[t][r] = fmaf(xv[i], w[r][i], acc[t][r]);
+                        }
+                    }
+                } else {
+                    // A g_idx / scale / zero lookup per code: one code at a time (partly
+                    // unrolled; code_at with a run-time index is shifts and selects), each
+                    // used at once with its x values: all rows' lookups in flight spill.
+#pragma unroll
+                    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll 2
+                        for (int i = 0; i < VEC; ++i) {
+                            const int q = code_at<F>(raw[u][r], j * VEC + i);
+                            const float w = weight_at<F>(p, rw(r), k + j * VEC + i, q);
+#pragma unroll
+                            for (int t = 0; t < MAX_T; ++t)
+                                if (t < T) acc[t][r] = fmaf(to_f32(xp[t * cols + i]), w, acc[t][r]);
+                        }
                     }
                 }
             }
-          }
-        }
-    } else {
-        for (int k = lane; k < K; k += WARP_SIZE) {
-            const float w = weight_at<F>(p, r, k, code_of<F>(r.codes, k));
-#pragma unroll
-            for (int t = 0; t < MAX_T; ++t)
-                if (t < T) acc[t] = fmaf(to_f32(p.x[(int64_t)t * K + k]), w, acc[t]);
         }
     }
-    const float b = p.bias ? to_f32(p.bias[n]) : 0.0f;
+}
+
+// MAX_T: the most tokens this instance takes (1: the decode kernel, whose 64 registers let
+// 32 warps per SM be resident, each with one load per row ahead; 8: the general one, 16 warps
+// per SM with two ahead).
+template <int F, int MAX_T>
+__device__ __forceinline__ void gemv(const QuantGemvParams &p) {
+    constexpr int C = Chunk<F>::CODES;  // columns per 16-byte load of codes
+    constexpr int P = C / VEC;          // 8-column pieces per load (2, or 4 for int4)
+    __shared__ __align__(16) bf16 xs[X_ELEMS];
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int T = MAX_T == 1 ? 1 : p.num_tokens, N = p.n, K = p.k;
+    if (T < 1) return;  // uniform over the grid (no tokens: nothing to do, no barrier reached)
+    const int row_bytes = F == INT4 ? K / 2 : K;
+    // Uniform over the grid: which path every warp takes. K % 32 == 0 makes every row's bytes
+    // a multiple of 16, so an aligned qdata means every row is aligned.
+    const bool vec = K % 32 == 0 && aligned16(p.qdata) && aligned16(p.x);
+    const bool uniform = p.g_idx == nullptr && p.group % C == 0;
+    // Columns per staged chunk; the vector path's are whole 32-column pieces (every format's
+    // 16-byte load), so a chunk is whole loads of codes.
+    const int cols = vec ? X_ELEMS / T / 32 * 32 : X_ELEMS / T;
+    const bool one_chunk = K <= cols;
+    const int row_blocks = (N + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
+
+    for (int rb = blockIdx.x; rb < row_blocks; rb += gridDim.x) {  // uniform over the CTA
+        const int n0 = rb * ROWS_PER_CTA + warp * ROWS;
+        const bool active = n0 < N;  // uniform over the warp
+        auto rw = [&](int r) { return row_of(p, min(n0 + r, N - 1), row_bytes); };
+        float acc[MAX_T][ROWS];
 #pragma unroll
-    for (int t = 0; t < MAX_T; ++t) {
-        if (t < T) {  // T is the same for every lane: the shuffle sees the full warp
-            const float v = warp_sum(acc[t]);
-            if (lane == 0) p.out[(int64_t)t * p.n + n] = to_bf16(v + b);
+        for (int t = 0; t < MAX_T; ++t)
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) acc[t][r] = 0.0f;
+
+        for (int k0 = 0; k0 < K; k0 += cols) {
+            const int len = min(cols, K - k0);
+            if (!one_chunk || rb == blockIdx.x) {  // one chunk: staged once, kept for every row block
+                __syncthreads();                   // every warp is done reading the previous chunk
+                if (vec) {
+                    // Piece m (8 columns) of the chunk is piece j = m % P of code load c = m / P;
+                    // it goes to [t][j][c] (see the header). Threads walk the global order,
+                    // so a warp's reads are 512 contiguous bytes; the shared stores are then up
+                    // to 2-way (4-way for int4) bank-conflicted, on x's bytes only, once per
+                    // chunk.
+                    const int nc = len / C, per_t = len / VEC;
+                    for (int i = threadIdx.x; i < T * per_t; i += blockDim.x) {
+                        const int t = i / per_t, m = i % per_t;
+                        const int j = m % P, c = m / P;
+                        *reinterpret_cast<uint4 *>(&xs[t * cols + (j * nc + c) * VEC]) =
+                            *reinterpret_cast<const uint4 *>(p.x + (int64_t)t * K + k0 + m * VEC);
+                    }
+                } else {
+                    for (int i = threadIdx.x; i < T * len; i += blockDim.x) {
+                        const int t = i / len, j = i % len;
+                        xs[t * cols + j] = p.x[(int64_t)t * K + k0 + j];
+                    }
+                }
+                __syncthreads();
+            }
+            if (!active) continue;  // still takes part in every barrier
+
+            if (vec) {
+                if (uniform)
+                    vec_chunk<F, MAX_T, true>(p, n0, T, xs, cols, k0, len, acc);
+                else
+                    vec_chunk<F, MAX_T, false>(p, n0, T, xs, cols, k0, len, acc);
+            } else {
+                for (int j = lane; j < len; j += WARP_SIZE) {
+                    const int k = k0 + j;
+                    float w[ROWS];
+#pragma unroll
+                    for (int r = 0; r < ROWS; ++r)
+                        w[r] = n0 + r < N ? weight_at<F>(p, rw(r), k, code_of<F>(rw(r).codes, k)) : 0.0f;
+#pragma unroll
+                    for (int t = 0; t < MAX_T; ++t) {
+                        if (t < T) {
+                            const float xv = to_f32(xs[t * cols + j]);
+#pragma unroll
+                            for (int r = 0; r < ROWS; ++r) acc[t][r] = fmaf(xv, w[r], acc[t][r]);
+                        }
+                    }
+                }
+            }
+        }
+
+        if (active) {
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                const int n = n0 + r;
+                if (n >= N) break;  // uniform over the warp; later rows are further out
+                const float b = p.bias ? to_f32(p.bias[n]) : 0.0f;
+#pragma unroll
+                for (int t = 0; t < MAX_T; ++t) {
+                    if (t < T) {  // T is the same for every lane: the shuffle sees the full warp
+                        const float v = warp_sum(acc[t][r]);
+                        if (lane == 0) p.out[(int64_t)t * N + n] = to_bf16(v + b);
+                    }
+                }
+            }
         }
     }
 }
@@ -135,9 +290,10 @@ __device__ __forceinline__ void dequant(const QuantGemvParams &p) {
 
 // Exported symbols: quant_gemv_<i8|i4|fp8> and quant_dequant_<i8|i4|fp8> (the weight's code
 // type; activations and outputs are bf16).
-// quant_gemv_<fmt>_t1 (one token, decode): at most 64 registers so 32 warps fit per SM.
-#define FLINT_QUANT_GEMV_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 4)
-#define FLINT_QUANT_GEMV_T1_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 8)
+// quant_gemv_<fmt> (1..8 tokens): 2 CTAs of 256 threads per SM, at most 128 registers.
+// quant_gemv_<fmt>_t1 (one token, decode): 4 CTAs per SM (32 warps), at most 64 registers.
+#define FLINT_QUANT_GEMV_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 2)
+#define FLINT_QUANT_GEMV_T1_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 4)
 using flint::WARP_SIZE;
 namespace fq = flint::quant_gemv;
 constexpr int FQ_MAX_T = FLINT_QUANT_GEMV_MAX_TOKENS;

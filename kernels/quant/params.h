@@ -18,8 +18,15 @@
 
 /** Largest token count the GEMV kernels take (more: dequantize + cuBLASLt). */
 #define FLINT_QUANT_GEMV_MAX_TOKENS 8
-/** Output rows per GEMV CTA (one warp each). */
-#define FLINT_QUANT_GEMV_WARPS 4
+/** Warps per GEMV CTA (quant_gemv.cu; the host's launch geometry reads these three). */
+#define FLINT_QUANT_GEMV_WARPS 8
+/** Output rows each GEMV warp computes (each x value read from shared memory serves this many):
+ * a CTA owns FLINT_QUANT_GEMV_WARPS * FLINT_QUANT_GEMV_ROWS_PER_WARP rows. */
+#define FLINT_QUANT_GEMV_ROWS_PER_WARP 2
+/** bf16 values of x a GEMV CTA stages in shared memory at a time (32 KB): T rows of a chunk of
+ * FLINT_QUANT_GEMV_X_ELEMS / T columns (rounded down to a multiple of 32), so T = 1 stages all
+ * of K <= 16384 at once and T = 8 stages 2048 columns. */
+#define FLINT_QUANT_GEMV_X_ELEMS 16384
 
 /** quant_gemv_{int8,int4,fp8}: out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), f32 accumulate. */
 typedef struct QuantGemvParams {

@@ -492,8 +492,13 @@ static void (*const QGEMV_DENSE_T1[3])(QuantGemvParams) = {quant_gemv_i8_t1, qua
 // kernels/quant_gemv.cu's GEMV (the _t1 kernel for one token) on a dense [N, K] quantized
 // weight against a double reference on its dequantized values. Lines say "dense-qgemv", not
 // "quant": the broken-index build only breaks the expert kernels.
-static void test_dense_qgemv(const QScheme &qs, int T, int N, int K, bool bias, std::mt19937 &g) {
-    const QWeight w = make_qweight(qs.fmt, N, K, qs.group_gu ? qs.group_gu : K, qs.asym, qs.act_order ? N : 0, g);
+// grid 0: the host's grid (quant.rs gemv_shape: one CTA per FLINT_QUANT_GEMV_WARPS *
+// FLINT_QUANT_GEMV_ROWS_PER_WARP rows); a smaller one exercises the grid-stride loop over row
+// blocks. map_rows 0: one act-order map for all N rows.
+static void test_dense_qgemv(const QScheme &qs, int T, int N, int K, bool bias, std::mt19937 &g, unsigned grid = 0,
+                             int map_rows = 0) {
+    const QWeight w = make_qweight(qs.fmt, N, K, qs.group_gu ? qs.group_gu : K, qs.asym,
+                                   qs.act_order ? (map_rows ? map_rows : N) : 0, g);
     const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
     const auto b = randn(g, N, 1.0f);
     std::vector<double> want(static_cast<size_t>(T) * N);
@@ -520,11 +525,13 @@ static void test_dense_qgemv(const QScheme &qs, int T, int N, int K, bool bias, 
     p.num_groups = v.num_groups;
     p.gidx_rows = v.gidx_rows;
     p.zero_default = v.zero_default;
-    launch(T == 1 ? QGEMV_DENSE_T1[qs.fmt] : QGEMV_DENSE[qs.fmt], dim3((N + 3) / 4), dim3(128), p);
+    constexpr int rows_per_cta = FLINT_QUANT_GEMV_WARPS * FLINT_QUANT_GEMV_ROWS_PER_WARP;
+    const unsigned ctas = grid ? grid : static_cast<unsigned>((N + rows_per_cta - 1) / rows_per_cta);
+    launch(T == 1 ? QGEMV_DENSE_T1[qs.fmt] : QGEMV_DENSE[qs.fmt], dim3(ctas), dim3(FLINT_QUANT_GEMV_WARPS * 32), p);
     const double err = rel_l2(download(out, static_cast<size_t>(T) * N), want);
-    char name[200];
-    std::snprintf(name, sizeof name, "dense-qgemv %-22s T %d N %d K %d bias %d: rel-L2 %.2e", qs.name, T, N, K,
-                  bias ? 1 : 0, err);
+    char name[220];
+    std::snprintf(name, sizeof name, "dense-qgemv %-22s T %d N %d K %d bias %d grid %u maps of %d: rel-L2 %.2e",
+                  qs.name, T, N, K, bias ? 1 : 0, ctas, qs.act_order ? (map_rows ? map_rows : N) : 0, err);
     check(err < 1e-2, name);
 }
 
@@ -541,6 +548,25 @@ static void test_dense_qgemvs() {
         // N 37: a last CTA with one row; K 72: the scalar path.
         for (int T : {1, 3, 8}) test_dense_qgemv(qs, T, 37, 1280, T != 8, g);
         test_dense_qgemv(qs, 1, 9, 72, true, g);
+        // x staged in several chunks with a 32-column tail (chunks of 2048 columns at T = 8,
+        // 5440 at T = 3), vector path; and the scalar path's chunks (2048 at T = 8) with a
+        // ragged tail.
+        test_dense_qgemv(qs, 8, 21, 2080, true, g);
+        test_dense_qgemv(qs, 3, 19, 5472, false, g);
+        test_dense_qgemv(qs, 8, 18, 2100, true, g);
+        // The grid-stride loop: 3 row blocks on 1 CTA, with x staged once (T = 1, one chunk)
+        // and restaged per row block (T = 8, two chunks).
+        test_dense_qgemv(qs, 1, 37, 1280, true, g, 1);
+        test_dense_qgemv(qs, 8, 37, 2080, false, g, 2);
+    }
+    // Several act-order maps (one per 5 rows), so a warp's two rows can use different maps,
+    // on the vector and the scalar path.
+    const QScheme int4_act{"int4 act-order g32", Q_INT4, 32, 32, false, true};
+    const QScheme int4_asym_act{"int4 asym act-order g8", Q_INT4, 8, 8, true, true};
+    for (int T : {1, 8}) {
+        test_dense_qgemv(int4_act, T, 40, 1280, true, g, 0, 5);
+        test_dense_qgemv(int4_asym_act, T, 35, 1280, false, g, 0, 5);
+        test_dense_qgemv(int4_asym_act, T, 35, 200, true, g, 0, 5);
     }
 }
 

@@ -2,7 +2,7 @@
 //! checked on the CPU; `flint selftest` compares the kernels with the CPU reference).
 //!
 //! Device layout (see `kernels/quant/params.h`): the codes exactly as `QuantWeight` holds
-//! them (row-major along K, which is already what a GEMV wants: each warp streams one row with
+//! them (row-major along K, which is already what a GEMV wants: each warp streams its rows with
 //! 16-byte loads), and every scale layout normalized to "one f32 per (row, k / group)":
 //! per-tensor and per-row fp8 scales become one per row, fp8 `[bn, bk]` blocks one per
 //! (row, k / bk); zero points become f32; g_idx stays (one map per block of rows). So one
@@ -19,7 +19,7 @@
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
 use super::kernels::{i32_of, launch, Dim3};
-use super::params::{MoeQuantWeight, QuantGemvParams};
+use super::params::{self, MoeQuantWeight, QuantGemvParams};
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{sys, CudaSlice};
@@ -27,9 +27,12 @@ use half::bf16;
 use std::cell::RefCell;
 
 /// Tokens up to which the GEMV kernels run (`FLINT_QUANT_GEMV_MAX_TOKENS`).
-pub const GEMV_MAX_TOKENS: usize = 8;
-/// Rows per GEMV CTA (`FLINT_QUANT_GEMV_WARPS`).
-pub const GEMV_WARPS: usize = 4;
+pub const GEMV_MAX_TOKENS: usize = params::FLINT_QUANT_GEMV_MAX_TOKENS as usize;
+/// Output rows per GEMV CTA (`FLINT_QUANT_GEMV_WARPS` warps of `FLINT_QUANT_GEMV_ROWS_PER_WARP`).
+pub const GEMV_ROWS_PER_CTA: usize =
+    (params::FLINT_QUANT_GEMV_WARPS * params::FLINT_QUANT_GEMV_ROWS_PER_WARP) as usize;
+/// Threads per GEMV CTA.
+pub const GEMV_THREADS: u32 = params::FLINT_QUANT_GEMV_WARPS * 32;
 
 /// The code type, one kernel pair each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,10 +205,11 @@ impl QuantKernels {
     }
 }
 
-/// quant_gemv_*: one warp per output row, 4 per CTA.
+/// quant_gemv_*: one CTA per 16 output rows (8 warps of 2, x staged in shared memory), a
+/// grid-stride loop past 65,535 CTAs.
 pub fn gemv_shape(n: usize) -> (Dim3, Dim3) {
-    let ctas = n.div_ceil(GEMV_WARPS).clamp(1, i32::MAX as usize) as u32;
-    ((ctas, 1, 1), ((GEMV_WARPS * 32) as u32, 1, 1))
+    let ctas = n.div_ceil(GEMV_ROWS_PER_CTA).clamp(1, 65_535) as u32;
+    ((ctas, 1, 1), (GEMV_THREADS, 1, 1))
 }
 
 /// quant_dequant_*: a grid-stride loop, 256 threads, at most 65,535 CTAs.
@@ -519,8 +523,10 @@ mod tests {
 
     #[test]
     fn launch_shapes() {
-        assert_eq!(gemv_shape(4096), ((1024, 1, 1), (128, 1, 1)));
-        assert_eq!(gemv_shape(5), ((2, 1, 1), (128, 1, 1)));
+        assert_eq!(gemv_shape(4096), ((256, 1, 1), (256, 1, 1)));
+        assert_eq!(gemv_shape(5), ((1, 1, 1), (256, 1, 1)));
+        assert_eq!(gemv_shape(17).0 .0, 2);
+        assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
         assert_eq!(dequant_shape(1 << 30).0 .0, 65_535);
         assert_eq!(dequant_shape(1).0 .0, 1);
     }
