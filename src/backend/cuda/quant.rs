@@ -1,5 +1,6 @@
-//! Quantized weights on the GPU (UNVERIFIED on a GPU: compiled, and its host-side layout
-//! checked on the CPU; `flint selftest` compares the kernels with the CPU reference).
+//! Quantized weights on the GPU. The layout and the first GEMV passed `flint selftest`'s
+//! `quant matmul` cases on an H200 (2026-11-27) but decoded slower than bf16; the GEMV that
+//! replaced it (x staged in shared memory, 2 rows per warp) is UNVERIFIED on a GPU.
 //!
 //! Device layout (see `kernels/quant/params.h`): the codes exactly as `QuantWeight` holds
 //! them (row-major along K, which is already what a GEMV wants: each warp streams its rows with
