@@ -56,10 +56,10 @@ typedef struct FlintConfig {
    */
   bool disable_prefix_caching;
   /*
-   true replays decode steps from CUDA graphs ("cuda" only; unverified on a GPU yet, so
-   off by default).
+   true never replays decode steps from CUDA graphs (vLLM's --enforce-eager); false, the
+   default, replays them on "cuda" (the CPU has none).
    */
-  bool cuda_graphs;
+  bool enforce_eager;
   /*
    Quantize the linear weights on load, as `flint --quant`: "int8",
    "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is). A bad string fails

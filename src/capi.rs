@@ -45,9 +45,9 @@ pub struct FlintConfig {
     /// true turns prefix caching off (sharing the KV blocks of a common prompt prefix between
     /// requests; on by default).
     pub disable_prefix_caching: bool,
-    /// true replays decode steps from CUDA graphs ("cuda" only; unverified on a GPU yet, so
-    /// off by default).
-    pub cuda_graphs: bool,
+    /// true never replays decode steps from CUDA graphs (vLLM's --enforce-eager); false, the
+    /// default, replays them on "cuda" (the CPU has none).
+    pub enforce_eager: bool,
     /// Quantize the linear weights on load, as `flint --quant`: "int8",
     /// "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is). A bad string fails
     /// with the reason in `flint_last_error`.
@@ -177,7 +177,7 @@ pub unsafe extern "C" fn flint_engine_create(
                     c.gpu_memory_fraction
                 },
                 enable_prefix_caching: !c.disable_prefix_caching,
-                cuda_graphs: c.cuda_graphs,
+                cuda_graphs: !c.enforce_eager,
             };
         }
         let engine = match device {

@@ -218,10 +218,10 @@ pub struct EngineConfig {
     pub gpu_memory_fraction: f64,
     /// Share full KV blocks between requests with the same prefix (on by default).
     pub enable_prefix_caching: bool,
-    /// Replay decode steps from CUDA graphs captured per batch-size bucket (backends with
-    /// graphs only; every bucket is captured in `Engine::new`). Off by default until the
-    /// graph path has been checked on a GPU (`flint selftest`); vLLM's `--enforce-eager` is
-    /// the opposite switch.
+    /// Replay decode steps from CUDA graphs captured per batch-size bucket (every bucket is
+    /// captured in `Engine::new`). On by default since an H200 ran them (`flint selftest`:
+    /// replays bitwise equal to eager, the same greedy tokens with graphs on and off);
+    /// ignored by backends without graphs (the CPU). `false` is vLLM's `--enforce-eager`.
     pub cuda_graphs: bool,
 }
 
@@ -237,7 +237,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             gpu_memory_fraction: 0.9,
             enable_prefix_caching: true,
-            cuda_graphs: false,
+            cuda_graphs: true,
         }
     }
 }

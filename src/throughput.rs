@@ -121,11 +121,8 @@ pub fn run<B: Backend>(
     let vocab = m.spec.vocab_size;
     let mut engine = Engine::new(be, m, opt.config.clone())?;
     eprintln!("flint throughput: {}", engine.kv_cache_info());
-    if opt.config.cuda_graphs && !engine.graphs_enabled() {
-        eprintln!(
-            "flint throughput: CUDA graphs asked for, but the {} backend has none: decoding eagerly",
-            be.name()
-        );
+    if opt.config.cuda_graphs && !engine.graphs_enabled() && be.supports_graphs() {
+        eprintln!("flint throughput: CUDA graphs are off (see above): decoding eagerly");
     }
     let reqs = requests(opt, vocab);
     let mut rep = ThroughputReport::default();

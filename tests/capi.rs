@@ -190,7 +190,7 @@ fn an_unknown_or_unavailable_device_is_a_clear_error() {
             max_batch_tokens: 0,
             gpu_memory_fraction: 0.0,
             disable_prefix_caching: false,
-            cuda_graphs: false,
+            enforce_eager: false,
             quant: std::ptr::null(),
         };
         // SAFETY: both strings outlive the call; cfg is a valid FlintConfig.
@@ -233,7 +233,7 @@ int main(void) {
          offsetof(FlintConfig, num_blocks), offsetof(FlintConfig, block_size),
          offsetof(FlintConfig, max_num_seqs), offsetof(FlintConfig, max_batch_tokens),
          offsetof(FlintConfig, gpu_memory_fraction),
-         offsetof(FlintConfig, disable_prefix_caching), offsetof(FlintConfig, cuda_graphs),
+         offsetof(FlintConfig, disable_prefix_caching), offsetof(FlintConfig, enforce_eager),
          offsetof(FlintConfig, quant), sizeof(FlintSampling));
   return 0;
 }
@@ -260,7 +260,7 @@ int main(void) {
         offset_of!(FlintConfig, max_batch_tokens),
         offset_of!(FlintConfig, gpu_memory_fraction),
         offset_of!(FlintConfig, disable_prefix_caching),
-        offset_of!(FlintConfig, cuda_graphs),
+        offset_of!(FlintConfig, enforce_eager),
         offset_of!(FlintConfig, quant),
         size_of::<FlintSampling>(),
     ]
@@ -288,7 +288,7 @@ fn config_quant_loads_quantized_and_a_bad_one_is_a_clear_error() {
             max_batch_tokens: 0,
             gpu_memory_fraction: 0.0,
             disable_prefix_caching: false,
-            cuda_graphs: false,
+            enforce_eager: false,
             quant: quant.map_or(std::ptr::null(), |q| q.as_ptr()),
         };
         // SAFETY: the strings outlive the call; cfg is a valid FlintConfig.
