@@ -67,8 +67,24 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) acc[t][r] = 0.0f;
 
+        // Weight loads of one iteration: UNROLL pieces of each row (zeros past the chunk).
+        uint4 raw[UNROLL][ROWS];
+        auto load_pieces = [&](int k0, int c0, int pieces) {
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * WARP_SIZE;
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r)
+                    raw[u][r] = c < pieces ? __ldcs(reinterpret_cast<const uint4 *>(wr[r] + k0) + c)
+                                           : make_uint4(0, 0, 0, 0);
+            }
+        };
         for (int k0 = 0; k0 < K; k0 += CHUNK) {
             const int len = min(CHUNK, K - k0);
+            // The first weight loads go out before the barriers and the x staging, so the
+            // chunk's first L2/HBM round trip overlaps them (at T = 1 a Llama row block is one
+            // chunk: this is the wait every o/qkv CTA paid; the H200 ran those at 69%).
+            if (vec && active) load_pieces(k0, lane, len / VEC);
             __syncthreads();  // every warp is done reading the previous chunk
             if (vec) {
                 const int per_t = len / VEC;
@@ -89,16 +105,7 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
             if (vec) {
                 const int pieces = len / VEC;
                 for (int c0 = lane; c0 < pieces; c0 += WARP_SIZE * UNROLL) {
-                    uint4 raw[UNROLL][ROWS];
-#pragma unroll
-                    for (int u = 0; u < UNROLL; ++u) {
-                        const int c = c0 + u * WARP_SIZE;
-#pragma unroll
-                        for (int r = 0; r < ROWS; ++r)
-                            raw[u][r] = c < pieces
-                                            ? __ldcs(reinterpret_cast<const uint4 *>(wr[r] + k0) + c)
-                                            : make_uint4(0, 0, 0, 0);
-                    }
+                    if (c0 != lane) load_pieces(k0, c0, pieces);  // the first went out above
 #pragma unroll
                     for (int u = 0; u < UNROLL; ++u) {
                         const int c = c0 + u * WARP_SIZE;
