@@ -25,6 +25,9 @@
 // O += P V: the S accumulators of key tiles 2kk and 2kk+1 are exactly P's A fragment for keys
 // 16kk..16kk+15 (FlashAttention-2's register reuse); B = V with k = key, col = head dim.
 // Softmax per row: each row's values live in the 4 threads of a quad (shuffle-xor 1 and 2).
+// Host check: tests/attention_emulation runs this source for the planner's Mma launches
+// against float64 (mma16816's asm replaced by the shim's lane-exact emulation under
+// FLINT_EMULATE); tests/emulate_attention_mma.py is an independent python model of it.
 #include "attention.cuh"
 
 namespace flint::attention_prefill_mma {
@@ -39,11 +42,15 @@ static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16-row tiles of 3
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+#ifdef FLINT_EMULATE  // the host emulation (tests/moe_emulation/cuda_shim.h): same fragments
+    shim::mma16816(d, a0, a1, a2, a3, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two consecutive bf16 at p (4-byte aligned) as one register.
