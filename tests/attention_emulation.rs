@@ -270,6 +270,30 @@ fn cases() -> Vec<Case> {
             num_sms: 4,
         },
         Case {
+            name: "long ragged prefill, several 64-row tiles per sequence, MHA 2/2, hd 32",
+            seqs: vec![(150, 150), (230, 100), (7, 7)],
+            heads: (2, 2, 32),
+            softcap: None,
+            window: None,
+            num_sms: 8,
+        },
+        Case {
+            name: "prefill after a prefix, window 50, GQA 4/1, hd 128",
+            seqs: vec![(120, 90), (33, 33)],
+            heads: (8, 2, 128),
+            softcap: None,
+            window: Some(50),
+            num_sms: 8,
+        },
+        Case {
+            name: "prefill hd 256 after a prefix, GQA 8/1, soft-cap",
+            seqs: vec![(60, 21)],
+            heads: (8, 1, 256),
+            softcap: Some(20.0),
+            window: None,
+            num_sms: 2,
+        },
+        Case {
             name: "prefill hd 256",
             seqs: vec![(20, 20)],
             heads: (2, 1, 256),
@@ -303,7 +327,7 @@ fn attention_kernels_match_float64_on_the_host() {
         assert!(err < 1e-2, "{}: relative error {err:.2e}", c.name);
         eprintln!("{}: rel-L2 {err:.2e}, max abs {max_abs:.2e}", c.name);
         if kind == AttnKernel::Prefill {
-            // The tensor-core kernel on the same plan's tile map, one warp per tile.
+            // The tensor-core kernel on its own tile map (attention.rs `tile_rows`).
             let (_, err, max_abs) = run(&exe, &c, PrefillPath::Mma, false);
             assert!(err < 1e-2, "{} (mma): relative error {err:.2e}", c.name);
             eprintln!("{} (mma): rel-L2 {err:.2e}, max abs {max_abs:.2e}", c.name);
