@@ -1,8 +1,7 @@
 // attention_prefill_mma.cu — the prefill attention of attention_prefill.cu (same function, same
-// params, same tile map) with QKᵀ and PV on the tensor cores: mma.sync m16n8k16, bf16 in, f32
-// accumulate. Selected by the host's prefill-path switch (src/backend/cuda/attention.rs,
-// `PrefillPath::Mma`); the CUDA-core kernel stays the default until a GPU run has checked
-// this one (flint selftest runs both).
+// params; its own tile map, below) with QKᵀ and PV on the tensor cores: mma.sync m16n8k16, bf16
+// in, f32 accumulate. Selected by the host's prefill-path switch (src/backend/cuda/attention.rs,
+// `PrefillPath::Mma`, the default; flint selftest runs both paths).
 //
 // attention_prefill_mma_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q         [T, H, hd]                          bf16   rotated queries
@@ -10,10 +9,20 @@
 //   v_cache   [num_blocks, block_size, KV, hd]    bf16
 //   out       [T, H, hd]                          bf16   rows of padded tokens untouched
 //   metadata, scale, softcap, window: as attention_prefill.cu; partial_* unused.
-// Grid/block: grid.x = num_tiles (the plan's tile map: CTA_Q = 16 rows of (query, group head)
-// of one sequence and one kv head); block = ONE warp (32 threads): the tile's 16 rows are
-// exactly the M = 16 of one mma, so the warp owns the whole tile and no merge is needed.
-// Static smem: q 16 x (hd + 8), K and V 32 x (hd + 8) bf16 = 41.3 KiB at hd 256.
+// Grid/block: grid.x = num_tiles (the plan's tile map, attention.rs `tile_rows`: rows of
+// (query, group head) of one sequence and one kv head); block = WARPS warps, warp w owning
+// tile rows row0 + 16w .. +16 = the M of one mma, so no merge across warps is needed.
+//   hd <= FLINT_ATTN_MMA_WIDE_MAX_HD (128): WARPS = FLINT_ATTN_MMA_WARPS = 4, 64-row tiles,
+//     128 threads. All warps share each 32-key K/V tile (staged by all 128 threads), so a
+//     tile's K/V is read once per 64 rows instead of once per 16 (a quarter of the L2 traffic
+//     of 16-row tiles); the key range is the union over the CTA's rows, and a warp skips the
+//     key tiles that none of its own rows sees (causal or window: all masked = a no-op).
+//   hd 256: WARPS = 1, 16-row tiles, 32 threads (q 64 x 264 + K, V 32 x 264 bf16 would pass
+//     the 48 KiB of static smem).
+// Static smem: q 16*WARPS x (hd + 8), K and V 32 x (hd + 8) bf16: 34.8 KiB at hd 128 (4 warps),
+// 41.3 KiB at hd 256 (1 warp).
+// STATUS: the 4-warp 64-row version is UNVERIFIED on a GPU (host emulation only:
+// tests/attention_emulation); the 16-row single-warp version passed flint selftest on an H200.
 // Minimum arch sm_80 (mma.sync bf16).
 //
 // Fragments of mma.m16n8k16.row.col (g = lane / 4, t = lane % 4; a register holds two bf16,
@@ -25,25 +34,34 @@
 // O += P V: the S accumulators of key tiles 2kk and 2kk+1 are exactly P's A fragment for keys
 // 16kk..16kk+15 (FlashAttention-2's register reuse); B = V with k = key, col = head dim.
 // Softmax per row: each row's values live in the 4 threads of a quad (shuffle-xor 1 and 2).
+// Host check: tests/attention_emulation runs this source for the planner's Mma launches
+// against float64 (mma16816's asm replaced by the shim's lane-exact emulation under
+// FLINT_EMULATE); tests/emulate_attention_mma.py is an independent python model of it.
 #include "attention.cuh"
 
 namespace flint::attention_prefill_mma {
 
 using namespace flint::attention;
 
-constexpr int ROWS = 16;   // = CTA_Q: the M of one mma
+constexpr int ROWS = 16;   // = CTA_Q: rows per warp, the M of one mma
 constexpr int KEYS = 32;   // = CTA_KV: keys per smem tile (4 n-tiles of 8)
 constexpr int PAD = 8;     // bf16 per smem row: 16 bytes, so a quad's 4-byte reads of 8 rows
                            // fall in different banks
-static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16-row tiles of 32-key steps");
+static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16 rows per warp, 32-key steps");
+constexpr int WIDE_WARPS = FLINT_ATTN_MMA_WARPS;     // warps per CTA at hd <= WIDE_MAX_HD
+constexpr int WIDE_MAX_HD = FLINT_ATTN_MMA_WIDE_MAX_HD;
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+#ifdef FLINT_EMULATE  // the host emulation (tests/moe_emulation/cuda_shim.h): same fragments
+    shim::mma16816(d, a0, a1, a2, a3, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two consecutive bf16 at p (4-byte aligned) as one register.
@@ -68,16 +86,20 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(FULL_MASK, v, 2);
 }
 
-template <int HEAD_DIM>
+template <int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     static_assert(HEAD_DIM % 16 == 0, "head dim in k16 steps");
+    static_assert(WARPS == (HEAD_DIM <= WIDE_MAX_HD ? WIDE_WARPS : 1),
+                  "warps per CTA as the host's tile_rows plans them");
     constexpr int STRIDE = HEAD_DIM + PAD;
     constexpr int DT = HEAD_DIM / 8;  // n-tiles of the output
-    __shared__ __align__(16) bf16 q_s[ROWS * STRIDE];
+    constexpr int CTA_ROWS = ROWS * WARPS, THREADS = WARP_SIZE * WARPS;
+    __shared__ __align__(16) bf16 q_s[CTA_ROWS * STRIDE];
     __shared__ __align__(16) bf16 k_s[KEYS * STRIDE];
     __shared__ __align__(16) bf16 v_s[KEYS * STRIDE];
 
-    const int lane = threadIdx.x, g = lane / 4, t4 = lane % 4;
+    const int tid = threadIdx.x, warp = tid / WARP_SIZE, lane = tid % WARP_SIZE;
+    const int g = lane / 4, t4 = lane % 4;
     const int *md = p.metadata;
     const int *tm = md + p.tiles_offset + 4 * int(blockIdx.x);
     const Tile tile{tm[0], tm[1], tm[2], tm[3]};
@@ -88,19 +110,25 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     const int rows = q_len * group;
     const int first_pos = ctx - q_len;
 
-    stage_q<HEAD_DIM, ROWS, STRIDE>(p, q_s, lane, WARP_SIZE, tile, rows, q_start, group);
+    stage_q<HEAD_DIM, CTA_ROWS, STRIDE>(p, q_s, tid, THREADS, tile, rows, q_start, group);
 
-    const int last_row = min(rows, tile.row0 + ROWS) - 1;
+    // The CTA's keys: the union over its rows (every warp stages and waits at each tile).
+    const int last_row = min(rows, tile.row0 + CTA_ROWS) - 1;
     const int p_min = first_pos + tile.row0 / group, p_max = first_pos + last_row / group;
     const int kv_lo = p.window > 0 ? max(0, p_min - p.window + 1) : 0;
     const int kv_hi = p_max + 1;
+    // This warp's rows and the keys any of them sees (w_hi <= w_lo: none, a padded warp).
+    const int w_row0 = tile.row0 + ROWS * warp, w_last = min(rows, w_row0 + ROWS) - 1;
+    const int w_hi = w_last >= w_row0 ? first_pos + w_last / group + 1 : kv_lo;
+    const int w_lo = p.window > 0 ? first_pos + w_row0 / group - p.window + 1 : 0;
+    const bf16 *q_w = q_s + ROWS * warp * STRIDE;
 
     // This thread's two rows: g (half 0) and g + 8 (half 1). pos -1: a padded row, sees nothing.
     int pos[2], lo[2];
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-        const int row = tile.row0 + g + 8 * hf;
+        const int row = w_row0 + g + 8 * hf;
         pos[hf] = row < rows ? first_pos + row / group : -1;
         lo[hf] = p.window > 0 ? pos[hf] - p.window + 1 : 0;
     }
@@ -112,8 +140,10 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 
     for (int kv0 = kv_lo; kv0 < kv_hi; kv0 += KEYS) {
         __syncthreads();  // the previous tile fully read (and q_s written, the first time)
-        stage_kv<HEAD_DIM, KEYS, STRIDE>(p, k_s, v_s, lane, WARP_SIZE, bt, tile.kv_head, kv0, kv_hi);
+        stage_kv<HEAD_DIM, KEYS, STRIDE>(p, k_s, v_s, tid, THREADS, bt, tile.kv_head, kv0, kv_hi);
         __syncthreads();
+        // Warp-uniform: a key tile none of this warp's rows sees would change nothing.
+        if (kv0 >= w_hi || kv0 + KEYS <= w_lo) continue;
 
         // S = Q Kᵀ for 16 rows x 32 keys.
         float s[4][4];
@@ -124,8 +154,8 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 #pragma unroll
         for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
             const int k0 = kk * 16 + 2 * t4;
-            const uint32_t a0 = ld2(q_s + g * STRIDE + k0), a1 = ld2(q_s + (g + 8) * STRIDE + k0);
-            const uint32_t a2 = ld2(q_s + g * STRIDE + k0 + 8), a3 = ld2(q_s + (g + 8) * STRIDE + k0 + 8);
+            const uint32_t a0 = ld2(q_w + g * STRIDE + k0), a1 = ld2(q_w + (g + 8) * STRIDE + k0);
+            const uint32_t a2 = ld2(q_w + g * STRIDE + k0 + 8), a3 = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const bf16 *kr = k_s + (8 * j + g) * STRIDE + k0;
@@ -194,7 +224,7 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         const float lsum = quad_sum(l[hf]);
-        const int row = tile.row0 + g + 8 * hf;
+        const int row = w_row0 + g + 8 * hf;
         if (row >= rows) continue;
         const int t = q_start + row / group, h = tile.kv_head * group + row % group;
         const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
@@ -208,9 +238,10 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 
 }  // namespace flint::attention_prefill_mma
 
-// The head-dim instantiations (keep in step with HEAD_DIMS in attention.rs).
-extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd16(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<16>(p); }
-extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd32(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<32>(p); }
-extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd64(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<64>(p); }
-extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128>(p); }
-extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd256(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<256>(p); }
+// The head-dim instantiations (keep in step with HEAD_DIMS in attention.rs): 4 warps (64-row
+// tiles) up to hd 128, one warp (16-row tiles) at hd 256, as attention.rs `tile_rows` plans.
+extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd16(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<16, 4>(p); }
+extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd32(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<32, 4>(p); }
+extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd64(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<64, 4>(p); }
+extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128, 4>(p); }
+extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd256(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<256, 1>(p); }

@@ -1,9 +1,12 @@
-//! The CUDA-core attention kernels (kernels/attention_prefill.cu, attention_decode.cu + its
-//! reduce) run on the host (tests/attention_emulation: CTAs as std::threads) for the launches
-//! the real planner (`AttnPlan`) makes, against a float64 reference read straight from the
-//! paged cache: ragged prefill, split-K decode, GQA, soft-cap, sliding window, every head dim.
-//! It checks the planner/kernel contract and the kernels' index math without a GPU (not their
-//! speed). A planted error (wrong block-table row) must fail. Needs a C++20 compiler and the
+//! The attention kernels (kernels/attention_prefill.cu, attention_decode.cu + its reduce, and
+//! the tensor-core kernels/attention_prefill_mma.cu, its mma.sync done by the shim's
+//! `shim::mma16816` in PTX's lane-fragment layout) run on the host (tests/attention_emulation:
+//! CTAs as std::threads) for the launches the real planner (`AttnPlan`) makes, against a
+//! float64 reference read straight from the paged cache: ragged prefill, split-K decode, GQA,
+//! soft-cap, sliding window, every head dim. Every prefill case runs both prefill paths
+//! (`PrefillPath::Fma` and `Mma`). It checks the planner/kernel contract and the kernels' index
+//! math without a GPU (not their speed). Planted errors must fail: a wrong block-table row, and
+//! (a second build with FLINT_SHIM_MMA_SWAP_B) every lane's two B fragment registers swapped. Needs a C++20 compiler and the
 //! CUDA headers scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
 
 mod common;
@@ -35,8 +38,8 @@ const OUT: u64 = 4 << 40;
 const META: u64 = 5 << 40;
 const WS: u64 = 6 << 40;
 
-/// (kernel kind, max relative error of the kernel's output against float64).
-fn run(exe: &Path, c: &Case, broken_table: bool) -> (AttnKernel, f64) {
+/// The kernel's output against float64: (kernel kind, relative L2 error, max absolute error).
+fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKernel, f64, f64) {
     let (h, kv, hd) = c.heads;
     let mut rng = Rng::new(7);
     let total_blocks: usize = c.seqs.iter().map(|s| s.0.div_ceil(BS)).sum();
@@ -68,7 +71,7 @@ fn run(exe: &Path, c: &Case, broken_table: bool) -> (AttnKernel, f64) {
     let t = step.num_tokens();
     let plan = AttnPlan::new(&step, h, kv, hd, c.num_sms)
         .unwrap()
-        .with_prefill_path(PrefillPath::Fma);
+        .with_prefill_path(path);
     let attn = AttnParams {
         num_heads: h,
         num_kv_heads: kv,
@@ -136,7 +139,12 @@ fn run(exe: &Path, c: &Case, broken_table: bool) -> (AttnKernel, f64) {
         b.extend_from_slice(data);
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let (case, out) = (dir.join("attn_case.bin"), dir.join("attn_out.bin"));
+    // Per binary: the two tests run at the same time.
+    let tag = exe.file_name().unwrap().to_string_lossy();
+    let (case, out) = (
+        dir.join(format!("{tag}_case.bin")),
+        dir.join(format!("{tag}_out.bin")),
+    );
     std::fs::write(&case, b).unwrap();
     let r = std::process::Command::new(exe)
         .arg(&case)
@@ -158,7 +166,7 @@ fn run(exe: &Path, c: &Case, broken_table: bool) -> (AttnKernel, f64) {
 
     // float64 reference, straight from the paged cache.
     let group = h / kv;
-    let (mut num, mut den) = (0f64, 0f64);
+    let (mut num, mut den, mut max_abs) = (0f64, 0f64, 0f64);
     for s in &step.seqs {
         for i in 0..s.q_len {
             let row = s.q_start + i;
@@ -189,12 +197,18 @@ fn run(exe: &Path, c: &Case, broken_table: bool) -> (AttnKernel, f64) {
                         / z;
                     let gv = got[(row * h + hh) * hd + d] as f64;
                     num += (gv - want).powi(2);
+                    // NaN (an unwritten output) compares false: max_abs must not hide it.
+                    max_abs = if (gv - want).abs() <= max_abs {
+                        max_abs
+                    } else {
+                        (gv - want).abs()
+                    };
                     den += want.powi(2);
                 }
             }
         }
     }
-    (plan.kernel(), (num / den).sqrt())
+    (plan.kernel(), (num / den).sqrt(), max_abs)
 }
 
 fn cases() -> Vec<Case> {
@@ -240,6 +254,46 @@ fn cases() -> Vec<Case> {
             num_sms: 2,
         },
         Case {
+            name: "chunked prefill after a prefix, GQA 8/1, hd 64",
+            seqs: vec![(300, 40), (70, 70)],
+            heads: (8, 1, 64),
+            softcap: None,
+            window: None,
+            num_sms: 8,
+        },
+        Case {
+            name: "prefill, window 20 + soft-cap, GQA 4/1, hd 16",
+            seqs: vec![(130, 65), (9, 9)],
+            heads: (8, 2, 16),
+            softcap: Some(10.0),
+            window: Some(20),
+            num_sms: 4,
+        },
+        Case {
+            name: "long ragged prefill, several 64-row tiles per sequence, MHA 2/2, hd 32",
+            seqs: vec![(150, 150), (230, 100), (7, 7)],
+            heads: (2, 2, 32),
+            softcap: None,
+            window: None,
+            num_sms: 8,
+        },
+        Case {
+            name: "prefill after a prefix, window 50, GQA 4/1, hd 128",
+            seqs: vec![(120, 90), (33, 33)],
+            heads: (8, 2, 128),
+            softcap: None,
+            window: Some(50),
+            num_sms: 8,
+        },
+        Case {
+            name: "prefill hd 256 after a prefix, GQA 8/1, soft-cap",
+            seqs: vec![(60, 21)],
+            heads: (8, 1, 256),
+            softcap: Some(20.0),
+            window: None,
+            num_sms: 2,
+        },
+        Case {
             name: "prefill hd 256",
             seqs: vec![(20, 20)],
             heads: (2, 1, 256),
@@ -262,7 +316,7 @@ fn attention_kernels_match_float64_on_the_host() {
     };
     let mut kinds = (false, false);
     for c in cases() {
-        let (kind, err) = run(&exe, &c, false);
+        let (kind, err, max_abs) = run(&exe, &c, PrefillPath::Fma, false);
         match kind {
             AttnKernel::Prefill => kinds.0 = true,
             AttnKernel::Decode { splits } => {
@@ -271,13 +325,48 @@ fn attention_kernels_match_float64_on_the_host() {
             }
         }
         assert!(err < 1e-2, "{}: relative error {err:.2e}", c.name);
-        eprintln!("{}: rel-L2 {err:.2e}", c.name);
+        eprintln!("{}: rel-L2 {err:.2e}, max abs {max_abs:.2e}", c.name);
+        if kind == AttnKernel::Prefill {
+            // The tensor-core kernel on its own tile map (attention.rs `tile_rows`).
+            let (_, err, max_abs) = run(&exe, &c, PrefillPath::Mma, false);
+            assert!(err < 1e-2, "{} (mma): relative error {err:.2e}", c.name);
+            eprintln!("{} (mma): rel-L2 {err:.2e}, max abs {max_abs:.2e}", c.name);
+        }
     }
     assert!(kinds.0 && kinds.1, "both kernels ran: {kinds:?}");
     // The check can fail: sequences reading each other's block tables.
-    let (_, err) = run(&exe, &cases()[0], true);
+    let (_, err, _) = run(&exe, &cases()[0], PrefillPath::Fma, true);
     assert!(
         err > 0.1,
         "a swapped block table went unnoticed ({err:.2e})"
     );
+}
+
+/// The mma check can fail: with FLINT_SHIM_MMA_SWAP_B every lane's b0 and b1 trade places (a
+/// kernel passing its B fragment registers in the wrong order), on every prefill case.
+#[test]
+fn attention_mma_planted_fragment_swap_fails() {
+    let Some(exe) = build_emulation(
+        "attention_mma_planted_fragment_swap_fails",
+        "tests/attention_emulation/main.cpp",
+        "attention_emulation_mma_swap_b",
+        &["FLINT_SHIM_MMA_SWAP_B"],
+    ) else {
+        return;
+    };
+    let mut ran = 0;
+    for c in cases() {
+        let (kind, err, _) = run(&exe, &c, PrefillPath::Mma, false);
+        if kind != AttnKernel::Prefill {
+            continue;
+        }
+        ran += 1;
+        eprintln!("{} (mma, b0/b1 swapped): rel-L2 {err:.2e}", c.name);
+        assert!(
+            err > 0.1,
+            "{}: swapped B fragments went unnoticed ({err:.2e})",
+            c.name
+        );
+    }
+    assert!(ran > 0, "no prefill case ran");
 }

@@ -7,6 +7,9 @@ lanes' fragments by the PTX ISA's layout (g = lane / 4, t = lane % 4):
 So a wrong fragment index, mask, rescale or quad reduction in the kernel shows up here, on a
 machine without a GPU; the layout itself is checked only by `flint selftest` on a GPU.
 Run: python3 tests/emulate_attention_mma.py (numpy); tests/attention_mma_emulation.rs runs it.
+It models one warp's 16 rows (the kernel's single-warp hd-256 tiles; at hd <= 128 each of the
+four warps of a 64-row tile runs the same per-warp code). The kernel source itself, 4-warp
+tiles included, runs on the host in tests/attention_emulation.
 """
 import numpy as np
 rng = np.random.default_rng(0)

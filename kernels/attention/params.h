@@ -8,8 +8,10 @@
  *   [2S, 3S)                   ctx_len[s]    keys in the cache after this step
  *   [3S, 3S + S*max_blocks)    block tables, row s padded to max_blocks with 0
  *   [tiles_offset, +4*num_tiles) tiles: (seq, row0, kv_head, split)
- * A tile covers rows row0 .. row0 + ATTN_CTA_Q of its sequence's flattened
- * (query i, group head g) rows, r = i * group + g, for one kv head; split < num_splits. */
+ * A tile covers rows row0 .. row0 + R of its sequence's flattened (query i, group head g)
+ * rows, r = i * group + g, for one kv head; split < num_splits. R = FLINT_ATTN_CTA_Q, but
+ * FLINT_ATTN_MMA_WARPS * FLINT_ATTN_CTA_Q for the tensor-core prefill at head dims <=
+ * FLINT_ATTN_MMA_WIDE_MAX_HD (attention.rs `tile_rows`, the one place the host decides). */
 #ifndef FLINT_ATTENTION_PARAMS_H
 #define FLINT_ATTENTION_PARAMS_H
 
@@ -17,6 +19,10 @@
 #define FLINT_ATTN_CTA_Q 16
 #define FLINT_ATTN_CTA_KV 32
 #define FLINT_ATTN_NUM_WARPS 4
+/** Tensor-core prefill (attention_prefill_mma.cu): warps (16 rows each) per CTA at head dims
+ *  <= FLINT_ATTN_MMA_WIDE_MAX_HD; above it one warp, 16 rows (smem would pass 48 KiB). */
+#define FLINT_ATTN_MMA_WARPS 4
+#define FLINT_ATTN_MMA_WIDE_MAX_HD 128
 
 /** attention_{prefill,decode}_bf16_hd{64,128,256}: see kernels/attention.cuh. */
 typedef struct AttentionParams {

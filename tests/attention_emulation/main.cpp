@@ -1,7 +1,8 @@
-// main.cpp — runs the CUDA-core attention kernels (kernels/attention_prefill.cu,
-// kernels/attention_decode.cu) on the host (../moe_emulation/cuda_shim.h) for the launches
-// the Rust planner made (tests/attention_emulation.rs writes them, with the buffers, to a case
-// file) and writes the output buffer back, for the test to compare with a float64 reference.
+// main.cpp — runs the attention kernels (kernels/attention_prefill.cu, attention_decode.cu, and
+// the tensor-core attention_prefill_mma.cu through the shim's mma16816) on the host
+// (../moe_emulation/cuda_shim.h) for the launches the Rust planner made
+// (tests/attention_emulation.rs writes them, with the buffers, to a case file) and writes the
+// output buffer back, for the test to compare with a float64 reference.
 //
 // Case file, little-endian: u32 launches; per launch: u32 name length, name, u32 grid[3],
 // u32 block[3], AttentionParams (112 bytes, pointers as the planner's fake addresses);
@@ -12,6 +13,7 @@
 
 #include "../../kernels/attention_decode.cu"
 #include "../../kernels/attention_prefill.cu"
+#include "../../kernels/attention_prefill_mma.cu"
 
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +39,11 @@ static std::map<std::string, void (*)(AttentionParams)> kernels() {
         {"attention_prefill_bf16_hd64", attention_prefill_bf16_hd64},
         {"attention_prefill_bf16_hd128", attention_prefill_bf16_hd128},
         {"attention_prefill_bf16_hd256", attention_prefill_bf16_hd256},
+        {"attention_prefill_mma_bf16_hd16", attention_prefill_mma_bf16_hd16},
+        {"attention_prefill_mma_bf16_hd32", attention_prefill_mma_bf16_hd32},
+        {"attention_prefill_mma_bf16_hd64", attention_prefill_mma_bf16_hd64},
+        {"attention_prefill_mma_bf16_hd128", attention_prefill_mma_bf16_hd128},
+        {"attention_prefill_mma_bf16_hd256", attention_prefill_mma_bf16_hd256},
     };
 }
 

@@ -8,6 +8,9 @@
 //   shuffle in moe.cu is called by all 32 lanes of a warp, as on the GPU);
 // - wmma fragments hold the whole 16x16 tile in every lane (same element order in every
 //   fragment of a type, which is all moe.cu relies on); mma accumulates in f32;
+// - the warp-collective mma.sync m16n8k16 bf16 (shim::mma16816) keeps PTX's per-lane fragment
+//   layout: every lane posts its registers, each rebuilds A and B from the owning lanes and
+//   computes its own four accumulators in f32 (a lane that passes a wrong register shows);
 // - __ldcs is a plain load;
 // - cp.async is a synchronous 16-byte copy (the emulation checks indexing and barrier
 //   placement, not asynchronous timing).
@@ -17,6 +20,7 @@
 #include <cuda_fp16.h>
 #include <vector_types.h>
 
+#include <array>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -46,6 +50,7 @@ struct Cta {
     std::unique_ptr<std::barrier<>> all;
     std::vector<std::unique_ptr<std::barrier<>>> warp;
     std::vector<uint64_t> slots;
+    std::vector<std::array<uint32_t, 6>> frags;  // mma16816: a0..a3, b0, b1 per thread
 };
 inline Cta *cta = nullptr;
 }  // namespace shim
@@ -101,6 +106,57 @@ inline unsigned __ballot_sync(unsigned, int pred) {
     shim::cta->warp[w]->arrive_and_wait();
     return bits;
 }
+
+namespace shim {
+inline float bits_f32(uint32_t u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+inline float bf16_lo(uint32_t r) { return bits_f32(r << 16); }
+inline float bf16_hi(uint32_t r) { return bits_f32(r & 0xFFFF0000u); }
+
+/// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, {a0..a3}, {b0, b1}, d — called by all
+/// 32 lanes of a warp, each with its own fragments (g = lane / 4, t = lane % 4; a register
+/// holds two bf16, the lower k or column in the low half):
+///   A 16x16: a0 (row g, k 2t..2t+1)  a1 (row g+8, k 2t..)  a2 (row g, k 2t+8..)  a3 (row g+8, k 2t+8..)
+///   B 16x8:  b0 (k 2t..2t+1, col g)  b1 (k 2t+8..2t+9, col g)
+///   C/D 16x8: d0, d1 (row g, cols 2t, 2t+1)  d2, d3 (row g+8, cols 2t, 2t+1)
+/// The products of bf16 are exact in f32; they are summed in f32 in k order, then added to d.
+/// FLINT_SHIM_MMA_SWAP_B (the planted error of tests/attention_emulation.rs): every lane's b0
+/// and b1 trade places, as a kernel passing them in the wrong order would.
+inline void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                     uint32_t b1) {
+#ifdef FLINT_SHIM_MMA_SWAP_B
+    std::swap(b0, b1);
+#endif
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    cta->frags[threadIdx.x] = {a0, a1, a2, a3, b0, b1};
+    cta->warp[w]->arrive_and_wait();
+    float a[16][16], b[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const auto &f = cta->frags[w * 32 + l];
+        const int g = l / 4, t = l % 4;
+        const int ar[4] = {g, g + 8, g, g + 8}, ak[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+        for (int r = 0; r < 4; ++r) {
+            a[ar[r]][ak[r]] = bf16_lo(f[r]);
+            a[ar[r]][ak[r] + 1] = bf16_hi(f[r]);
+        }
+        for (int r = 0; r < 2; ++r) {
+            b[2 * t + 8 * r][g] = bf16_lo(f[4 + r]);
+            b[2 * t + 8 * r + 1][g] = bf16_hi(f[4 + r]);
+        }
+    }
+    cta->warp[w]->arrive_and_wait();  // every lane has read the warp's fragments
+    const int g = lane / 4, t = lane % 4;
+    for (int c = 0; c < 4; ++c) {
+        const int row = g + 8 * (c / 2), col = 2 * t + (c & 1);
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += a[row][k] * b[k][col];
+        d[c] += s;
+    }
+}
+}  // namespace shim
 
 // Bit tricks and round-to-nearest float operations: the host's IEEE operations (g++ in ISO
 // C++ mode does not contract a * b + c into an fma).
@@ -163,6 +219,7 @@ void launch(void (*kernel)(P), dim3 grid, dim3 block, const P &p) {
         c.all = std::make_unique<std::barrier<>>(n);
         for (unsigned w = 0; w < (n + 31) / 32; ++w) c.warp.push_back(std::make_unique<std::barrier<>>(32));
         c.slots.assign(n, 0);
+        c.frags.assign(n, {});
         shim::cta = &c;
         gate.arrive_and_wait();
         gate.arrive_and_wait();

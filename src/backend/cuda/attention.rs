@@ -15,24 +15,34 @@
 //! | `[3S, 3S + S·B)`                 | block tables, row s padded to B with 0         |
 //! | `[tiles_offset, + 4·num_tiles)`  | tiles `(seq, row0, kv_head, split)`            |
 //!
-//! A tile (one CTA) covers rows `row0 .. row0 + CTA_Q` of its sequence's flattened
+//! A tile (one CTA) covers rows `row0 .. row0 + R` of its sequence's flattened
 //! `(query i, group head g)` rows, `r = i·group + g`, for one kv head, and (decode) one split
-//! of the keys. Kernels: kernels/attention.cuh (engine), attention_prefill.cu,
+//! of the keys; `R` = [`tile_rows`] of the kernel, prefill path and head dim (`CTA_Q` = 16 but
+//! for the tensor-core prefill at head dims <= 128: 64, four warps sharing each K/V tile).
+//! Kernels: kernels/attention.cuh (engine), attention_prefill.cu, attention_prefill_mma.cu,
 //! attention_decode.cu; params struct: kernels/attention/params.h.
 //!
-//! Host layer contract: all kernels use static shared memory only (at most 41 984 bytes, under
+//! Host layer contract: all kernels use static shared memory only (at most 42 240 bytes, under
 //! the 48 KiB default), so no `MAX_DYNAMIC_SHARED_SIZE` attribute is needed; each `Launch`'s
 //! `params` is the `AttentionParams` C struct, passed by value as the only argument; launches
 //! of one layer run in order on one stream (the reduce reads the decode kernel's workspace).
 
 use crate::backend::cuda::params::{
-    AttentionParams, FLINT_ATTN_CTA_KV, FLINT_ATTN_CTA_Q, FLINT_ATTN_NUM_WARPS,
+    AttentionParams, FLINT_ATTN_CTA_KV, FLINT_ATTN_CTA_Q, FLINT_ATTN_MMA_WARPS,
+    FLINT_ATTN_MMA_WIDE_MAX_HD, FLINT_ATTN_NUM_WARPS,
 };
 use crate::backend::{AttnParams, StepInput};
 use anyhow::{bail, ensure, Result};
 
-/// Rows of (query, group head) per tile.
+/// Rows of (query, group head) per tile of the CUDA-core kernels (kernels/attention.cuh) and
+/// per warp of the tensor-core prefill (the M of one mma).
 pub const CTA_Q: usize = FLINT_ATTN_CTA_Q as usize;
+/// Rows per tile of the tensor-core prefill at head dims <= [`MMA_WIDE_MAX_HEAD_DIM`]: 4 warps
+/// of `CTA_Q` rows share each K/V tile (kernels/attention/params.h `FLINT_ATTN_MMA_WARPS`).
+pub const MMA_WIDE_ROWS: usize = FLINT_ATTN_MMA_WARPS as usize * CTA_Q;
+/// Above this head dim the tensor-core prefill keeps single-warp 16-row tiles: its static smem
+/// (q 64 x 264 + K, V 32 x 264 bf16 at hd 256) would pass 48 KiB.
+pub const MMA_WIDE_MAX_HEAD_DIM: usize = FLINT_ATTN_MMA_WIDE_MAX_HD as usize;
 /// Keys per shared-memory K/V tile (and the split granularity).
 pub const CTA_KV: usize = FLINT_ATTN_CTA_KV as usize;
 /// Threads per CTA of every attention kernel.
@@ -125,15 +135,31 @@ fn prefill_mma_symbol(head_dim: usize) -> Option<&'static str> {
 }
 
 /// How the prefill kernel computes QKᵀ and PV. `Mma` (tensor cores,
-/// kernels/attention_prefill_mma.cu: same function, params and tile map, one warp per tile) is
-/// the default since it passed every selftest case on an H200 at 2.7-3.2x the speed of `Fma`
-/// (CUDA cores, kernels/attention.cuh; bench/results/2026-11-27-h200-core). `flint selftest`
-/// checks both and `flint bench-ops` times both. Decode (split-K) is unaffected.
+/// kernels/attention_prefill_mma.cu: same function and params, one warp per 16 rows) is the
+/// default since its 16-row single-warp version passed every selftest case on an H200 at
+/// 2.7-3.2x the speed of `Fma` (CUDA cores, kernels/attention.cuh;
+/// bench/results/2026-11-27-h200-core). Its tile map has [`tile_rows`] rows per tile: 64 (four
+/// warps sharing each K/V tile) at head dims <= 128 — emulated on the host only, no GPU has
+/// run it yet — and 16 at 256. `flint selftest` checks both paths and `flint bench-ops` times
+/// both. Decode (split-K) is unaffected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PrefillPath {
     Fma,
     #[default]
     Mma,
+}
+
+/// The one place that says how many rows a tile has (the tile map's row step; the kernel's
+/// block is 32 threads per `CTA_Q` rows on the tensor-core path): `CTA_Q` for decode and the
+/// CUDA-core prefill, `MMA_WIDE_ROWS` for the tensor-core prefill at head dims <=
+/// `MMA_WIDE_MAX_HEAD_DIM`, else `CTA_Q`.
+pub fn tile_rows(kernel: AttnKernel, path: PrefillPath, head_dim: usize) -> usize {
+    match (kernel, path) {
+        (AttnKernel::Prefill, PrefillPath::Mma) if head_dim <= MMA_WIDE_MAX_HEAD_DIM => {
+            MMA_WIDE_ROWS
+        }
+        _ => CTA_Q,
+    }
 }
 
 fn decode_symbol(head_dim: usize) -> Option<&'static str> {
@@ -286,32 +312,19 @@ impl AttnPlan {
             md.extend(std::iter::repeat_n(0, max_blocks - s.block_table.len()));
         }
         let tiles_offset = md.len();
-        for (i, s) in step.seqs.iter().enumerate() {
-            let rows = s.q_len * group;
-            for row0 in (0..rows).step_by(CTA_Q) {
-                for kvh in 0..num_kv_heads {
-                    for split in 0..splits {
-                        md.extend([
-                            i as i32,
-                            to_i32(row0, "tile row")?,
-                            kvh as i32,
-                            split as i32,
-                        ]);
-                    }
-                }
-            }
-        }
-        let num_tiles = (md.len() - tiles_offset) / 4;
-        to_i32(md.len(), "metadata length")?;
-        ensure!(
-            num_tiles <= i32::MAX as usize && num_tiles < (1 << 31),
-            "attention: {num_tiles} tiles"
-        );
+        // The largest tile map any prefill path gives (CTA_Q rows per tile) fits i32, so
+        // `with_prefill_path` can rebuild the map without failing.
+        let most_tiles: usize = step
+            .seqs
+            .iter()
+            .map(|s| (s.q_len * group).div_ceil(CTA_Q) * num_kv_heads * splits)
+            .sum();
+        to_i32(tiles_offset + 4 * most_tiles, "metadata length")?;
         let workspace_bytes = match kernel {
             AttnKernel::Prefill => 0,
             AttnKernel::Decode { splits } => t * num_heads * splits * (head_dim + 1) * 4,
         };
-        Ok(Self {
+        let mut plan = Self {
             metadata: md,
             workspace_bytes,
             kernel,
@@ -324,8 +337,51 @@ impl AttnPlan {
             block_size: bs,
             max_blocks,
             tiles_offset,
-            num_tiles,
-        })
+            num_tiles: 0,
+        };
+        plan.build_tiles()?;
+        Ok(plan)
+    }
+
+    /// (Re)writes the tile map after the block tables for the plan's kernel and prefill path
+    /// ([`tile_rows`] rows per tile).
+    fn build_tiles(&mut self) -> Result<()> {
+        let splits = match self.kernel {
+            AttnKernel::Prefill => 1,
+            AttnKernel::Decode { splits } => splits,
+        };
+        let step_rows = self.tile_rows();
+        let (n, group) = (self.num_seqs, self.num_heads / self.num_kv_heads);
+        let md = &mut self.metadata;
+        md.truncate(self.tiles_offset);
+        for i in 0..n {
+            let rows = md[n + i] as usize * group;
+            for row0 in (0..rows).step_by(step_rows) {
+                for kvh in 0..self.num_kv_heads {
+                    for split in 0..splits {
+                        md.extend([
+                            i as i32,
+                            to_i32(row0, "tile row")?,
+                            kvh as i32,
+                            split as i32,
+                        ]);
+                    }
+                }
+            }
+        }
+        let num_tiles = (md.len() - self.tiles_offset) / 4;
+        to_i32(md.len(), "metadata length")?;
+        ensure!(
+            num_tiles <= i32::MAX as usize && num_tiles < (1 << 31),
+            "attention: {num_tiles} tiles"
+        );
+        self.num_tiles = num_tiles;
+        Ok(())
+    }
+
+    /// Rows per tile of this plan's tile map: [`tile_rows`].
+    pub fn tile_rows(&self) -> usize {
+        tile_rows(self.kernel, self.prefill_path, self.head_dim)
     }
 
     /// i32 metadata the kernels index (block tables, sequence offsets, tile maps).
@@ -341,9 +397,15 @@ impl AttnPlan {
         self.kernel
     }
 
-    /// The same plan with prefill tiles run by `path` (metadata and workspace are unchanged).
+    /// The same plan with prefill tiles run by `path`: the tile map is rebuilt where the rows
+    /// per tile change ([`tile_rows`]); sequences, block tables and workspace are unchanged.
     pub fn with_prefill_path(mut self, path: PrefillPath) -> Self {
+        let before = self.tile_rows();
         self.prefill_path = path;
+        if self.tile_rows() != before {
+            self.build_tiles()
+                .expect("new() checked that the CTA_Q-row tile map fits i32");
+        }
         self
     }
 
@@ -451,11 +513,11 @@ impl AttnPlan {
                     shared_bytes: 0,
                     params: bytes,
                 },
-                // One warp per 16-row tile (the M of one mma).
+                // One warp per 16 rows of the tile (the M of one mma).
                 PrefillPath::Mma => Launch {
                     kernel: symbol(prefill_mma_symbol)?,
                     grid,
-                    block: (32, 1, 1),
+                    block: ((32 * self.tile_rows() / CTA_Q) as u32, 1, 1),
                     shared_bytes: 0,
                     params: bytes,
                 },
@@ -558,7 +620,8 @@ mod tests {
             let g = group as i64;
             let rows = q_len * g;
             let first = ctx - q_len;
-            let last_row = rows.min(row0 + CTA_Q as i64) - 1;
+            let tr = plan.tile_rows() as i64;
+            let last_row = rows.min(row0 + tr) - 1;
             let (p_min, p_max) = (first + row0 / g, first + last_row / g);
             let mut lo = if p.window > 0 {
                 (p_min - p.window as i64 + 1).max(0)
@@ -574,7 +637,7 @@ mod tests {
                 hi = hi.min(s_lo + chunk);
                 lo = s_lo;
             }
-            for r in 0..CTA_Q as i64 {
+            for r in 0..tr {
                 let row = row0 + r;
                 let pos = if row < rows { first + row / g } else { -1 };
                 let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
@@ -851,7 +914,11 @@ mod tests {
     #[test]
     fn tile_map_and_metadata_layout() {
         let st = step(&[(5, 9), (1, 3), (0, 4)], 4);
-        let plan = AttnPlan::new(&st, 8, 2, 64, 132).unwrap();
+        let mma = AttnPlan::new(&st, 8, 2, 64, 132).unwrap();
+        assert_eq!(mma.prefill_path(), PrefillPath::Mma);
+        // The CUDA-core path's map: 16-row tiles.
+        let plan = mma.clone().with_prefill_path(PrefillPath::Fma);
+        assert_eq!(plan.tile_rows(), CTA_Q);
         assert_eq!(plan.kernel(), AttnKernel::Prefill);
         let md = plan.metadata();
         assert_eq!(&md[..9], &[0, 5, 6, 5, 1, 0, 9, 3, 4]);
@@ -883,22 +950,73 @@ mod tests {
             window: None,
         };
         // The CUDA-core path (the default is the tensor-core one, below).
-        let l = plan
-            .clone()
-            .with_prefill_path(PrefillPath::Fma)
-            .launches(&attn, &AttnPtrs::default())
-            .unwrap();
+        let l = plan.launches(&attn, &AttnPtrs::default()).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].kernel, "attention_prefill_bf16_hd64");
         assert_eq!(l[0].grid, (6, 1, 1));
         assert_eq!(l[0].block, (128, 1, 1));
         assert_eq!(l[0].params.len(), 112);
-        // The tensor-core path, the default: same tiles and params, one warp per tile.
-        let m = plan.launches(&attn, &AttnPtrs::default()).unwrap();
+        // The tensor-core path, the default: 64-row tiles at hd 64, four warps each; the same
+        // sequences and block tables, a shorter tile map.
+        assert_eq!(mma.tile_rows(), MMA_WIDE_ROWS);
+        let md = mma.metadata();
+        assert_eq!(&md[..18], &plan.metadata()[..18]);
+        let tiles: Vec<&[i32]> = md[18..].chunks(4).collect();
+        assert_eq!(
+            tiles,
+            vec![
+                &[0, 0, 0, 0][..],
+                &[0, 0, 1, 0],
+                &[1, 0, 0, 0],
+                &[1, 0, 1, 0]
+            ]
+        );
+        let m = mma.launches(&attn, &AttnPtrs::default()).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].kernel, "attention_prefill_mma_bf16_hd64");
-        assert_eq!((m[0].grid, m[0].block), ((6, 1, 1), (32, 1, 1)));
-        assert_eq!(m[0].params, l[0].params);
+        assert_eq!((m[0].grid, m[0].block), ((4, 1, 1), (128, 1, 1)));
+        let (pf, pm) = (
+            plan.params(&attn, &AttnPtrs::default()).unwrap(),
+            mma.params(&attn, &AttnPtrs::default()).unwrap(),
+        );
+        assert_eq!((pf.num_tiles, pm.num_tiles), (6, 4));
+        assert_eq!(pm.tiles_offset, pf.tiles_offset);
+        // Back to Fma: the 16-row map again, exactly.
+        assert_eq!(mma.clone().with_prefill_path(PrefillPath::Fma), plan);
+    }
+
+    #[test]
+    fn mma_tile_rows_by_head_dim() {
+        // 100 queries x group 2 = 200 rows: 4 tiles of 64 (hd <= 128) or 13 of 16 (hd 256).
+        let st = step(&[(100, 100)], 16);
+        for (hd, rows, tiles, threads) in [
+            (16, 64, 4, 128),
+            (32, 64, 4, 128),
+            (64, 64, 4, 128),
+            (128, 64, 4, 128),
+            (256, 16, 13, 32),
+        ] {
+            let plan = AttnPlan::new(&st, 4, 2, hd, 132).unwrap();
+            assert_eq!(plan.tile_rows(), rows, "hd {hd}");
+            assert_eq!(plan.num_tiles(), tiles * 2, "hd {hd}");
+            let attn = AttnParams {
+                num_heads: 4,
+                num_kv_heads: 2,
+                head_dim: hd,
+                scale: 0.1,
+                softcap: None,
+                window: None,
+            };
+            let l = plan.launches(&attn, &AttnPtrs::default()).unwrap();
+            assert_eq!(l[0].block, (threads, 1, 1), "hd {hd}");
+            let fma = plan.with_prefill_path(PrefillPath::Fma);
+            assert_eq!(fma.num_tiles(), 13 * 2, "hd {hd}");
+        }
+        // Decode keeps CTA_Q-row tiles whatever the path.
+        assert_eq!(
+            tile_rows(AttnKernel::Decode { splits: 4 }, PrefillPath::Mma, 64),
+            CTA_Q
+        );
     }
 
     #[test]
