@@ -445,7 +445,7 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
         Case::Prefill { tokens, path } => {
             be.set_prefill_path(path);
             let t = attention_case(be, pattern, attention_step(1, tokens, tokens), 1, case_s);
-            be.set_prefill_path(PrefillPath::default());
+            be.set_prefill_path(be.configured_prefill_path());
             t
         }
         Case::Decode { batch, ctx } => {

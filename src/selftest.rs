@@ -164,7 +164,7 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     for c in t.attention_cases("attention_mma", opts.quick) {
         record(c);
     }
-    gpu.set_prefill_path(PrefillPath::default());
+    gpu.set_prefill_path(gpu.configured_prefill_path());
     let failed = cases.iter().filter(|c| !c.pass()).count();
     println!(
         "{} cases: {} passed, {failed} failed",
@@ -416,7 +416,8 @@ impl Tester<'_> {
         // The CUDA-core prefill here; the tensor-core one (the default) at the end.
         self.gpu.set_prefill_path(PrefillPath::Fma);
         out.extend(self.attention_cases("attention", quick));
-        self.gpu.set_prefill_path(PrefillPath::default());
+        self.gpu
+            .set_prefill_path(self.gpu.configured_prefill_path());
         for seqs in &steps {
             for cols in [64, 1000] {
                 out.push(self.case(

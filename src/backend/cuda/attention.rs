@@ -149,6 +149,23 @@ pub enum PrefillPath {
     Mma,
 }
 
+/// Environment variable choosing the prefill path a `CudaBackend` starts with: `mma` (the
+/// default), `fma`, or `auto` / empty for the default. A way back to the CUDA-core kernel
+/// should the tensor-core one misbehave on a card, as `FLINT_DENSE_PATH` is for the GEMMs.
+pub const PREFILL_PATH_ENV: &str = "FLINT_PREFILL_PATH";
+
+impl PrefillPath {
+    /// `FLINT_PREFILL_PATH`'s value; an error naming the choices for anything else.
+    pub fn parse(v: &str) -> Result<PrefillPath> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(PrefillPath::default()),
+            "mma" => Ok(PrefillPath::Mma),
+            "fma" => Ok(PrefillPath::Fma),
+            other => bail!("{PREFILL_PATH_ENV}={other:?}: expected mma, fma or auto"),
+        }
+    }
+}
+
 /// The one place that says how many rows a tile has (the tile map's row step; the kernel's
 /// block is 32 threads per `CTA_Q` rows on the tensor-core path): `CTA_Q` for decode and the
 /// CUDA-core prefill, `MMA_WIDE_ROWS` for the tensor-core prefill at head dims <=
@@ -1041,6 +1058,16 @@ mod tests {
         let l = plan.launches(&attn, &ptrs).unwrap();
         assert_eq!(l[0].kernel, "attention_decode_bf16_hd128");
         assert_eq!(l[1].kernel, "attention_decode_reduce_bf16");
+    }
+
+    #[test]
+    fn prefill_path_override_parses_or_names_the_choices() {
+        assert_eq!(PrefillPath::parse("").unwrap(), PrefillPath::Mma);
+        assert_eq!(PrefillPath::parse(" AUTO ").unwrap(), PrefillPath::Mma);
+        assert_eq!(PrefillPath::parse("fma").unwrap(), PrefillPath::Fma);
+        assert_eq!(PrefillPath::parse("Mma").unwrap(), PrefillPath::Mma);
+        let e = PrefillPath::parse("flash").unwrap_err().to_string();
+        assert_eq!(e, "FLINT_PREFILL_PATH=\"flash\": expected mma, fma or auto");
     }
 
     #[test]

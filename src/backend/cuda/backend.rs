@@ -159,6 +159,8 @@ pub struct CudaBackend {
     uploaded: Cell<usize>,
     moe: moe::MoeState,
     prefill_path: Cell<PrefillPath>,
+    /// The path it started with (`FLINT_PREFILL_PATH`, else the default).
+    prefill_start: PrefillPath,
     /// Decode graphs by key, with the input addresses each was captured with.
     graphs: RefCell<HashMap<u64, (InputAddrs, CudaGraph)>>,
     mode: Cell<GraphMode>,
@@ -219,6 +221,10 @@ impl CudaBackend {
         let moe = moe::MoeState::load(&dev)?;
         let gemm = no_panic("cuBLASLt start-up", || Gemm::new(&dev))?;
         let quant = super::quant::QuantKernels::load(&dev)?;
+        let prefill_start = match std::env::var(super::attention::PREFILL_PATH_ENV) {
+            Ok(v) => PrefillPath::parse(&v)?,
+            Err(_) => PrefillPath::default(),
+        };
         Ok(CudaBackend {
             gemm,
             k,
@@ -228,7 +234,8 @@ impl CudaBackend {
             sample_staging: RefCell::new(Staging::new()),
             uploaded: Cell::new(0),
             moe,
-            prefill_path: Cell::new(PrefillPath::default()),
+            prefill_path: Cell::new(prefill_start),
+            prefill_start,
             graphs: RefCell::new(HashMap::new()),
             mode: Cell::new(GraphMode::Eager),
             inputs: Cell::new([0; 7]),
@@ -239,6 +246,12 @@ impl CudaBackend {
     /// Which prefill attention kernel later steps run (see `PrefillPath`).
     pub fn set_prefill_path(&self, path: PrefillPath) {
         self.prefill_path.set(path);
+    }
+
+    /// The prefill path this backend started with (`FLINT_PREFILL_PATH`, else the default):
+    /// what the selftest and the benches restore after forcing one.
+    pub fn configured_prefill_path(&self) -> PrefillPath {
+        self.prefill_start
     }
 
     /// Forces the dense matmul path (`None`: the default, the GEMV for 1 token); see
