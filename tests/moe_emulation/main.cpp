@@ -489,6 +489,21 @@ static void test_quant() {
 static void (*const QGEMV_DENSE[3])(QuantGemvParams) = {quant_gemv_i8, quant_gemv_i4, quant_gemv_fp8};
 static void (*const QGEMV_DENSE_T1[3])(QuantGemvParams) = {quant_gemv_i8_t1, quant_gemv_i4_t1, quant_gemv_fp8_t1};
 
+// out[t, n] = x[t] . w[n] (+ b[n]) in double: the reference of the dense GEMV tests.
+template <typename W>
+static std::vector<double> linear_reference(const std::vector<float> &x, const std::vector<W> &w,
+                                            const std::vector<float> *b, int T, int N, int K) {
+    std::vector<double> out(static_cast<size_t>(T) * N);
+    for (int t = 0; t < T; ++t)
+        for (int n = 0; n < N; ++n) {
+            double s = b ? (*b)[n] : 0.0;
+            for (int k = 0; k < K; ++k)
+                s += static_cast<double>(x[static_cast<size_t>(t) * K + k]) * w[static_cast<size_t>(n) * K + k];
+            out[static_cast<size_t>(t) * N + n] = s;
+        }
+    return out;
+}
+
 // kernels/quant_gemv.cu's GEMV (the _t1 kernel for one token) on a dense [N, K] quantized
 // weight against a double reference on its dequantized values. Lines say "dense-qgemv", not
 // "quant": the broken-index build only breaks the expert kernels.
@@ -501,13 +516,7 @@ static void test_dense_qgemv(const QScheme &qs, int T, int N, int K, bool bias, 
                                    qs.act_order ? (map_rows ? map_rows : N) : 0, g);
     const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
     const auto b = randn(g, N, 1.0f);
-    std::vector<double> want(static_cast<size_t>(T) * N);
-    for (int t = 0; t < T; ++t)
-        for (int n = 0; n < N; ++n) {
-            double s = bias ? b[n] : 0.0;
-            for (int k = 0; k < K; ++k) s += static_cast<double>(x[t * K + k]) * w.deq[static_cast<size_t>(n) * K + k];
-            want[static_cast<size_t>(t) * N + n] = s;
-        }
+    const auto want = linear_reference(x, w.deq, bias ? &b : nullptr, T, N, K);
     const MoeQuantWeight v = w.view();
     QuantGemvParams p{};
     p.x = upload(x);
@@ -580,14 +589,7 @@ static void test_dense_gemv(int T, int N, int K, bool bias, std::mt19937 &g) {
     const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
     const auto w = randn(g, static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)));
     const auto b = randn(g, N, 1.0f);
-    std::vector<double> want(static_cast<size_t>(T) * N);
-    for (int t = 0; t < T; ++t)
-        for (int n = 0; n < N; ++n) {
-            double s = bias ? b[n] : 0.0;
-            for (int k = 0; k < K; ++k)
-                s += static_cast<double>(x[static_cast<size_t>(t) * K + k]) * w[static_cast<size_t>(n) * K + k];
-            want[static_cast<size_t>(t) * N + n] = s;
-        }
+    const auto want = linear_reference(x, w, bias ? &b : nullptr, T, N, K);
     GemvParams p{};
     p.x = upload(x);
     p.w = upload(w);
