@@ -25,6 +25,8 @@ using act::Silu;
 
 template <class Act>
 __device__ __forceinline__ void run(const ActMulParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const int inter = p.inter;
     const bool vec = inter % VEC == 0 && aligned16(p.gate_up) && aligned16(p.out);
     const int step = vec ? VEC : 1;

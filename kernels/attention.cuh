@@ -102,6 +102,8 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
     __shared__ __align__(16) bf16 q_s[CTA_Q * HEAD_DIM];
     __shared__ __align__(16) bf16 k_s[CTA_KV * KV_STRIDE];
     __shared__ __align__(16) bf16 v_s[CTA_KV * KV_STRIDE];
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
 
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const bool owns = HEAD_DIM >= WARP_SIZE || lane < HEAD_DIM;

@@ -21,6 +21,8 @@ namespace flint::attention_decode {
 using namespace flint::attention;
 
 __device__ __forceinline__ void reduce(const AttentionParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int job = blockIdx.x * NUM_WARPS + warp;
     const int H = p.num_heads, S = p.num_seqs, n = p.num_splits, hd = p.head_dim;

@@ -97,6 +97,8 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     __shared__ __align__(16) bf16 q_s[CTA_ROWS * STRIDE];
     __shared__ __align__(16) bf16 k_s[KEYS * STRIDE];
     __shared__ __align__(16) bf16 v_s[KEYS * STRIDE];
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
 
     const int tid = threadIdx.x, warp = tid / WARP_SIZE, lane = tid % WARP_SIZE;
     const int g = lane / 4, t4 = lane % 4;

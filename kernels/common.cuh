@@ -7,6 +7,21 @@
 // - Everything else lives in `namespace flint::<file stem>`: the compute_80 PTX is built from
 //   one translation unit that #includes every .cu, so file-local names must not collide.
 // - Storage is bf16, math is f32. Minimum arch sm_80 (native bf16 conversions).
+// - Programmatic dependent launch (PDL, sm_90+; the host turns it on with FLINT_PDL=1, see
+//   launch_raw in src/backend/cuda/kernels.rs): a kernel launched with it may be scheduled
+//   while the kernel before it on the stream is still running, so EVERY __global__ kernel
+//   calls flint_pdl_wait() in every thread before it reads anything an earlier kernel may
+//   have written, before it writes anything (an earlier kernel may still read it), and before
+//   any early return: a CTA must not exit without waiting, because a later kernel's wait
+//   covers only the grid just before it, which stands for every grid before that only if each
+//   of its CTAs waited. What may come before the wait: reads of weights (uploaded by copies
+//   before any step, never written by a kernel) and index math; the GEMVs issue their first
+//   weight loads there, so they are in flight while the previous kernel drains. Each kernel
+//   also calls flint_pdl_launch_dependents() early: the next kernel is scheduled only once
+//   every CTA of this one has called it or exited (i.e. during the last wave), so early costs
+//   nothing and late loses the overlap. Both are no-ops below sm_90, in the host emulation
+//   (no __CUDA_ARCH__), and when the kernel was launched without the PDL attribute.
+//   tests/pdl.rs checks that every exported kernel reaches flint_pdl_wait before any return.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,6 +32,30 @@
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #error "flint kernels need sm_80 or newer"
 #endif
+
+// PTX griddepcontrol (ISA 7.8, sm_90): wait until every prerequisite grid has completed and
+// its memory operations are visible to this grid; the "memory" clobber keeps the compiler from
+// moving loads or stores across it.
+__device__ __forceinline__ void flint_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the dependent grid be scheduled once every CTA of this grid has called it or exited.
+// Only scheduling: the dependent's flint_pdl_wait still waits for this grid to complete.
+__device__ __forceinline__ void flint_pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+// A hint: fetch the 128-byte line holding p into L2 (no register written, nothing waits).
+__device__ __forceinline__ void flint_prefetch_l2(const void *p) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
 
 namespace flint {
 

@@ -18,6 +18,8 @@
 #include "common.cuh"
 
 extern "C" __global__ void embed_bf16(const EmbedParams p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     using namespace flint;
     const bool vec = p.dim % VEC == 0 && aligned16(p.table) && aligned16(p.out);
     for (int64_t t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {

@@ -16,6 +16,8 @@
 #include "common.cuh"
 
 extern "C" __global__ void gather_rows_bf16(const GatherParams p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     using namespace flint;
     const bool vec = p.cols % VEC == 0 && aligned16(p.x) && aligned16(p.out);
     for (int64_t i = blockIdx.x; i < p.num_rows; i += gridDim.x) {

@@ -85,6 +85,10 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
             // chunk's first L2/HBM round trip overlaps them (at T = 1 a Llama row block is one
             // chunk: this is the wait every o/qkv CTA paid; the H200 ran those at 69%).
             if (vec && active) load_pieces(k0, lane, len / VEC);
+            // PDL (common.cuh): only those weight loads may run ahead of the previous kernel
+            // (weights are never written by a kernel); x and out wait. A no-op after the first.
+            flint_pdl_wait();
+            flint_pdl_launch_dependents();
             __syncthreads();  // every warp is done reading the previous chunk
             if (vec) {
                 const int per_t = len / VEC;
@@ -161,6 +165,7 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
             }
         }
     }
+    flint_pdl_wait();  // a CTA without a row block (the host launches none) waits too
 }
 
 }  // namespace flint::gemv

@@ -110,6 +110,8 @@ __device__ __forceinline__ bool better(float v, int id, float bv, int bid) {
 }
 
 __device__ void route(const MoeRouteParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const int lane = threadIdx.x % WARP_SIZE;
     const int E = p.num_experts, K = p.top_k;
     for (int64_t t = static_cast<int64_t>(blockIdx.x) * ROUTE_WARPS + threadIdx.x / WARP_SIZE; t < p.num_tokens;
@@ -183,6 +185,8 @@ __device__ void route(const MoeRouteParams &p) {
 // Dispatch (one CTA)
 
 __device__ void dispatch(const MoeDispatchParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     __shared__ int count[FLINT_MOE_MAX_EXPERTS];
     __shared__ int offset[FLINT_MOE_MAX_EXPERTS];
     __shared__ int cursor[FLINT_MOE_MAX_EXPERTS];
@@ -323,6 +327,8 @@ struct QStage {
 // weight rounded to bf16.
 template <int F, class Act, bool GATED, class Q>
 __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     constexpr bool QUANT = F != BF16;
     constexpr int NB = GATED ? 2 : 1;  // B operands: gate and up, or down alone
     constexpr int A_ELEMS = TILE_M * LDS;
@@ -535,6 +541,8 @@ __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
 
 template <class Act, bool GATED>
 __device__ void gather_gemv(const MoeGemmParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     // One CTA row per dispatch tile: with few tokens every used expert has exactly one tile,
     // so grid.y = max_tiles = min(E, T * k) and no CTA is launched for an idle expert.
     const int tile = blockIdx.y;
@@ -655,6 +663,8 @@ __device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQua
 // fewer registers let more warps, hence more loads, be in flight per SM).
 template <int F, class Act, bool GATED, int TOK>
 __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const MoeGemmParams &p = qp.gemm;
     const MoeQuantWeight &q = qp.q;
     constexpr int C = quant::Chunk<F>::CODES;
@@ -728,6 +738,8 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
 // Combine and the shared expert's gate
 
 __device__ void combine(const MoeCombineParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const int D = p.dim, K = p.top_k;
     const bool vec = D % VEC == 0 && aligned16(p.y) && aligned16(p.out);
     for (int64_t t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
@@ -752,6 +764,8 @@ __device__ void combine(const MoeCombineParams &p) {
 }
 
 __device__ void sigmoid_gate_add(const SigmoidGateAddParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const int D = p.cols;
     const bool vec = D % VEC == 0 && aligned16(p.x) && aligned16(p.out);
     for (int64_t t = blockIdx.x; t < p.rows; t += gridDim.x) {

@@ -172,6 +172,23 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
     }
 }
 
+// PDL prologue (common.cuh), before flint_pdl_wait: an L2 prefetch of each of the warp's rows'
+// first codes, one 128-byte line per lane (4 KB: a whole Llama K = 4096 int8 row), and of its
+// first scales, so that they stream in while the previous kernel drains. Weights are never
+// written by a kernel; nothing else may be read before the wait.
+template <int F>
+__device__ __forceinline__ void prefetch_first_codes(const QuantGemvParams &p, int n0) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int row_bytes = F == INT4 ? p.k / 2 : p.k;
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        if (n0 + r >= p.n) break;
+        const Row w = row_of(p, n0 + r, row_bytes);
+        if (lane * 128 < row_bytes) flint_prefetch_l2(w.codes + lane * 128);
+        if (lane == 0) flint_prefetch_l2(w.scales);
+    }
+}
+
 // MAX_T: the most tokens this instance takes (1: the decode kernel, whose 64 registers let
 // 32 warps per SM be resident, each with one load per row ahead; 8: the general one, 16 warps
 // per SM with two ahead).
@@ -182,6 +199,9 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     __shared__ __align__(16) bf16 xs[X_ELEMS];
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int T = MAX_T == 1 ? 1 : p.num_tokens, N = p.n, K = p.k;
+    prefetch_first_codes<F>(p, blockIdx.x * ROWS_PER_CTA + warp * ROWS);
+    flint_pdl_wait();  // PDL: nothing but the prefetch above before it (common.cuh)
+    flint_pdl_launch_dependents();
     if (T < 1) return;  // uniform over the grid (no tokens: nothing to do, no barrier reached)
     const int row_bytes = F == INT4 ? K / 2 : K;
     // Uniform over the grid: which path every warp takes. K % 32 == 0 makes every row's bytes
@@ -275,6 +295,8 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
 
 template <int F>
 __device__ __forceinline__ void dequant(const QuantGemvParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     const int K = p.k;
     const int row_bytes = F == INT4 ? K / 2 : K;
     const int64_t total = (int64_t)p.n * K;

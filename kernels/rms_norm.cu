@@ -89,6 +89,8 @@ __device__ __forceinline__ void run(const RmsNormParams &p, float *scratch) {
 }  // namespace flint::rms_norm
 
 extern "C" __global__ void rms_norm_bf16(const RmsNormParams p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     using namespace flint;
     __shared__ float scratch[WARP_SIZE];
     const bool vec = p.cols % VEC == 0 && aligned16(p.x) && aligned16(p.w) && aligned16(p.out) &&

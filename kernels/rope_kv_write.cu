@@ -65,6 +65,8 @@ __device__ __forceinline__ void rotate_head(const bf16 *src, bf16 *dst, const bf
 }
 
 __device__ __forceinline__ void run(const RopeKvWriteParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     __shared__ float cos_t[MAX_HALF], sin_t[MAX_HALF];
     const int H = p.num_heads, KV = p.num_kv_heads, hd = p.head_dim, half = p.rotary_dim / 2;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;

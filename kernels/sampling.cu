@@ -174,6 +174,8 @@ __device__ int row_argmax(const Row &r, uint32_t *skey, int *sidx) {
 }
 
 __device__ void sample(const SampleParams &p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     __shared__ float fscratch[WARPS];
     __shared__ float wtotal[WARPS];
     __shared__ int iscratch[WARPS];

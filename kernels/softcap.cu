@@ -12,6 +12,8 @@
 #include "common.cuh"
 
 extern "C" __global__ void softcap_bf16(const SoftcapParams p) {
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
     using namespace flint;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
