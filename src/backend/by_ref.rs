@@ -162,6 +162,15 @@ impl<B: Backend> Backend for &B {
     fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
         (**self).reserve_moe(max_tokens, shape)
     }
+    fn pdl_unavailable(&self) -> Option<String> {
+        (**self).pdl_unavailable()
+    }
+    fn set_pdl(&self, on: bool) -> Result<()> {
+        (**self).set_pdl(on)
+    }
+    fn pdl(&self) -> bool {
+        (**self).pdl()
+    }
     fn sigmoid_gate_add(
         &self,
         x: &Self::Tensor,

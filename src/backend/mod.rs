@@ -348,6 +348,31 @@ pub trait Backend {
     /// Drops every captured graph.
     fn clear_graphs(&self) {}
 
+    /// Why programmatic dependent launch (PDL: each kernel scheduled while the one before it
+    /// drains, waiting on the device before it reads what that one wrote) cannot run here, or
+    /// `None` when it can (CUDA on sm_90+, with kernels compiled for it).
+    fn pdl_unavailable(&self) -> Option<String> {
+        Some(format!(
+            "the {} backend has no programmatic dependent launch (CUDA, sm_90+)",
+            self.name()
+        ))
+    }
+
+    /// Turns PDL on or off for later launches (and drops captured graphs when that changes
+    /// it: their kernel nodes carry the launch attribute). Turning it on where
+    /// [`Backend::pdl_unavailable`] gives a reason is an error saying it.
+    fn set_pdl(&self, on: bool) -> Result<()> {
+        match self.pdl_unavailable() {
+            Some(why) if on => bail!("{why}"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether launches use PDL now.
+    fn pdl(&self) -> bool {
+        false
+    }
+
     /// Bytes a KV cache of `shape` takes (f32 elements unless the backend says otherwise).
     fn kv_cache_bytes(&self, shape: KvShape) -> usize {
         shape.num_elements() * 4

@@ -166,6 +166,9 @@ pub struct CudaBackend {
     mode: Cell<GraphMode>,
     /// Where the latest step's inputs and attention metadata/workspace live on the device.
     inputs: Cell<InputAddrs>,
+    /// Why PDL cannot run on this device and binary (`Device::pdl_unavailable`), or None. The
+    /// switch itself is `dev.pdl`, which every launch reads.
+    pdl_unavailable: Option<String>,
     pub(super) dev: Device,
 }
 
@@ -189,6 +192,21 @@ impl Drop for CudaBackend {
     fn drop(&mut self) {
         // Errors are ignored: nothing can be done about them in a destructor.
         let _ = self.bind_to_thread();
+    }
+}
+
+/// The environment variable that turns programmatic dependent launch on at start: `1` (an
+/// error on a device that cannot) or `0`, the default until a GPU run has measured it.
+pub const PDL_ENV: &str = "FLINT_PDL";
+
+/// `FLINT_PDL`'s value.
+pub fn parse_pdl(v: &str) -> Result<bool> {
+    match v.trim() {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        other => bail!(
+            "{PDL_ENV}={other:?}: expected 0 (off) or 1 (programmatic dependent launch on sm_90+)"
+        ),
     }
 }
 
@@ -225,6 +243,15 @@ impl CudaBackend {
             Ok(v) => PrefillPath::parse(&v)?,
             Err(_) => PrefillPath::default(),
         };
+        let pdl_start = match std::env::var(PDL_ENV) {
+            Ok(v) => parse_pdl(&v)?,
+            Err(_) => false,
+        };
+        let pdl_unavailable = dev.pdl_unavailable();
+        if let (true, Some(why)) = (pdl_start, &pdl_unavailable) {
+            bail!("{PDL_ENV}=1, but {why}");
+        }
+        dev.pdl.set(pdl_start);
         Ok(CudaBackend {
             gemm,
             k,
@@ -239,6 +266,7 @@ impl CudaBackend {
             graphs: RefCell::new(HashMap::new()),
             mode: Cell::new(GraphMode::Eager),
             inputs: Cell::new([0; 7]),
+            pdl_unavailable,
             dev,
         })
     }
@@ -300,7 +328,7 @@ impl CudaBackend {
 
     fn fill_bytes<T>(&self, buf: &CudaSlice<T>, byte: u8) -> Result<()> {
         let bytes = buf.len() * std::mem::size_of::<T>();
-        let stream = self.stream()?;
+        let stream = self.stream()?.raw;
         // SAFETY: writes exactly the buffer's bytes, on the stream that owns it.
         unsafe { cu::memset_d8_async(self.ptr(buf), byte, bytes, stream) }.context("memset")
     }
@@ -346,14 +374,14 @@ impl CudaBackend {
             .context("binding the CUDA context to this thread")
     }
 
-    /// The stream to launch on, with our context made current on this thread (a raw
-    /// cuLaunchKernel uses the calling thread's context).
-    pub(super) fn stream(&self) -> Result<cudarc::driver::sys::CUstream> {
+    /// The stream to launch on, with the PDL switch as it is now, and our context made
+    /// current on this thread (a raw cuLaunchKernel uses the calling thread's context).
+    pub(super) fn stream(&self) -> Result<k::LaunchStream> {
         self.dev
             .ctx
             .bind_to_thread()
             .context("binding the CUDA context to this thread")?;
-        Ok(self.dev.stream.cu_stream())
+        Ok(self.dev.pdl.on(self.dev.stream.cu_stream()))
     }
 
     /// In a replayed graph region: ops check and size their outputs but launch nothing.
@@ -718,6 +746,32 @@ impl Backend for CudaBackend {
 
     fn clear_graphs(&self) {
         self.graphs.borrow_mut().clear();
+    }
+
+    fn pdl_unavailable(&self) -> Option<String> {
+        self.pdl_unavailable.clone()
+    }
+
+    fn set_pdl(&self, on: bool) -> Result<()> {
+        if on {
+            if let Some(why) = &self.pdl_unavailable {
+                bail!("{why}");
+            }
+        }
+        if self.mode.get() != GraphMode::Eager {
+            bail!("set_pdl inside a graph region");
+        }
+        if on != self.dev.pdl.get() {
+            // A captured graph's kernel nodes keep the launch attributes they were captured
+            // with: recapture rather than replay the other mode.
+            self.clear_graphs();
+            self.dev.pdl.set(on);
+        }
+        Ok(())
+    }
+
+    fn pdl(&self) -> bool {
+        self.dev.pdl.get()
     }
 
     fn embed(
@@ -1216,7 +1270,7 @@ impl CudaBackend {
         if bytes == 0 {
             return Ok(());
         }
-        let stream = self.stream()?;
+        let stream = self.stream()?.raw;
         // SAFETY: callers pass ranges inside live allocations of this context; source and
         // destination ranges do not overlap (tile copies a written prefix to what follows it).
         unsafe { cu::memcpy_dtod_async(dst, src, bytes, stream) }.context("device-to-device copy")
@@ -1252,6 +1306,20 @@ mod tests {
             assert!(l.slots >= l.positions + 4 * t);
             assert!(l.last_rows >= l.slots + 8 * t);
             assert!(l.total >= l.last_rows + 4 * s);
+        }
+    }
+
+    #[test]
+    fn flint_pdl_takes_0_or_1() {
+        assert!(parse_pdl("1").unwrap());
+        assert!(!parse_pdl("0").unwrap());
+        assert!(parse_pdl(" 1\n").unwrap());
+        for bad in ["", "on", "true", "2", "yes"] {
+            let e = parse_pdl(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("FLINT_PDL=") && e.contains("expected 0"),
+                "{e}"
+            );
         }
     }
 

@@ -6,7 +6,8 @@
 //! opened and turns absence into an error that names it; construction then runs inside
 //! `catch_unwind` as a second line of defence.
 
-use super::{fatbin, NOT_BUILT};
+use super::kernels::PdlSwitch;
+use super::{fatbin, KERNEL_NAMES, NOT_BUILT};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{result as cu, sys, CudaContext, CudaSlice, CudaStream};
 use std::ffi::{c_void, CString};
@@ -65,6 +66,8 @@ pub struct Device {
     pub stream: Arc<CudaStream>,
     pub module: sys::CUmodule,
     pub info: DeviceInfo,
+    /// Whether launches on `stream` carry the PDL attribute (off until the backend says).
+    pub pdl: PdlSwitch,
 }
 
 impl Device {
@@ -117,6 +120,7 @@ impl Device {
                 stream,
                 module,
                 info,
+                pdl: PdlSwitch::default(),
             })
         })
     }
@@ -127,6 +131,46 @@ impl Device {
         // SAFETY: the module was loaded by `open` and is never unloaded while `self` lives.
         unsafe { cu::module::get_function(self.module, c) }
             .with_context(|| format!("kernel `{name}` is not in the fatbin"))
+    }
+
+    /// Why programmatic dependent launch cannot run here, or `None` when it can: the card must
+    /// be sm_90 or newer, and the code the driver loaded for it must have been compiled for
+    /// compute_90 or newer, since below that `flint_pdl_wait` compiles to nothing
+    /// (kernels/common.cuh) and a kernel launched early would race with the one before it.
+    /// The second condition asks what was compiled, not what the card could do: it fails on
+    /// a card that runs the compute_80 PTX (a fatbin without an sm_90 image, e.g. built with
+    /// `FLINT_CUDA_ARCHS=80`, or a card newer than every SASS image, which the driver gives
+    /// the PTX).
+    pub fn pdl_unavailable(&self) -> Option<String> {
+        let (major, minor) = self.info.compute_capability;
+        if major < 9 {
+            return Some(format!(
+                "{} is sm_{major}{minor}; programmatic dependent launch needs sm_90 or newer",
+                self.info.name
+            ));
+        }
+        for &name in KERNEL_NAMES {
+            let arch = self.function(name).and_then(|f| {
+                // SAFETY: `f` was just resolved from this device's module.
+                unsafe {
+                    cu::function::get_function_attribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PTX_VERSION,
+                    )
+                }
+                .with_context(|| format!("{name}: cuFuncGetAttribute(PTX_VERSION)"))
+            });
+            match arch {
+                Ok(a) if a >= 90 => {}
+                Ok(a) => {
+                    return Some(format!(
+                        "kernel `{name}` runs code compiled for compute_{a} on this sm_{major}{minor}                          card (the fatbin has no image for it built for sm_90 or newer), where                          its PDL waits are compiled out"
+                    ))
+                }
+                Err(e) => return Some(format!("{e:#}")),
+            }
+        }
+        None
     }
 
     /// Raises a kernel's dynamic shared memory limit (needed above 48 KiB).

@@ -20,7 +20,7 @@
 //! column of C, which is every row of `out`.
 
 use super::device::{dptr, Device};
-use super::kernels::{i32_of, launch, Dim3};
+use super::kernels::{i32_of, launch, Dim3, PdlSwitch};
 use super::params::{self, GemvParams};
 use anyhow::{bail, Context, Result};
 use cudarc::cublaslt::{result as lt, sys as lts, MatmulConfig};
@@ -350,6 +350,8 @@ pub struct Gemm {
     plans: RefCell<PlanCache<PlanKey, Plan>>,
     gemv: [sys::CUfunction; GEMV_MAX_TOKENS],
     force: Cell<Option<DensePath>>,
+    /// The backend's PDL switch (the device's), read at each GEMV launch.
+    pdl: PdlSwitch,
 }
 
 impl Drop for Gemm {
@@ -386,6 +388,7 @@ impl Gemm {
             plans: RefCell::new(PlanCache::new(MAX_PLANS)),
             gemv,
             force: Cell::new(force),
+            pdl: dev.pdl.clone(),
         })
     }
 
@@ -424,7 +427,9 @@ impl Gemm {
         }
     }
 
-    /// The GEMV kernel (1..=8 tokens when forced, 1 by default).
+    /// The GEMV kernel (1..=8 tokens when forced, 1 by default). With PDL on it loads its
+    /// first pieces of `w` before waiting for the previous kernel (kernels/gemv.cu): `w` must
+    /// be a weight, written by copies only, never by a kernel (true of every weight).
     pub fn gemv(
         &self,
         x: &CudaSlice<bf16>,
@@ -457,7 +462,7 @@ impl Gemm {
                 GEMV_KERNELS[t - 1],
                 self.gemv[t - 1],
                 gemv_shape(n),
-                s.cu_stream(),
+                self.pdl.on(s.cu_stream()),
                 &p,
             )
         }

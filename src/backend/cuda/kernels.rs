@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use cudarc::driver::{result as cu, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub type Dim3 = (u32, u32, u32);
 
@@ -114,22 +116,102 @@ impl Kernels {
     }
 }
 
-/// Launches `f` with one by-value argument: the bytes of its params struct.
+/// Where a launch goes: the raw stream, and whether the launch carries the programmatic
+/// dependent launch (PDL) attribute. The backend makes one per launch from its [`PdlSwitch`]
+/// (`CudaBackend::stream`, `Gemm`), so the switch is read in one place, [`launch_raw`].
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchStream {
+    pub raw: sys::CUstream,
+    pub pdl: bool,
+}
+
+/// Whether launches carry the PDL attribute: one flag per backend, shared with its `Gemm`
+/// (which launches the GEMV without the backend at hand). Only `CudaBackend::set_pdl` turns it
+/// on, and only where the device and the loaded code allow it.
+#[derive(Clone, Debug, Default)]
+pub struct PdlSwitch(Arc<AtomicBool>);
+
+impl PdlSwitch {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed)
+    }
+    /// A launch on `raw` with the switch as it is now.
+    pub fn on(&self, raw: sys::CUstream) -> LaunchStream {
+        LaunchStream {
+            raw,
+            pdl: self.get(),
+        }
+    }
+}
+
+/// The one launch attribute of a PDL launch: the kernel may be scheduled before the previous
+/// kernel on the stream completes (it then waits in `flint_pdl_wait`, kernels/common.cuh).
+pub fn pdl_attribute() -> sys::CUlaunchAttribute {
+    // SAFETY: an all-zero union is a valid value of each of its plain-data fields.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    }
+}
+
+/// The `cuLaunchKernelEx` configuration of a launch, pointing at `attrs`.
+pub fn launch_config(
+    (grid, block): (Dim3, Dim3),
+    shared: u32,
+    stream: sys::CUstream,
+    attrs: &mut [sys::CUlaunchAttribute],
+) -> sys::CUlaunchConfig {
+    sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block.0,
+        blockDimY: block.1,
+        blockDimZ: block.2,
+        sharedMemBytes: shared,
+        hStream: stream,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
+    }
+}
+
+/// Launches `f` with one by-value argument: the bytes of its params struct. With
+/// `stream.pdl`, through `cuLaunchKernelEx` with the PDL attribute (a stream capture records it
+/// as a programmatic edge, CUDA 12.3+); else the plain `cuLaunchKernel`.
 ///
 /// # Safety
 /// `params` must be exactly the C struct `f` takes, and every device pointer in it must be
-/// valid for what the kernel reads and writes.
+/// valid for what the kernel reads and writes. With `stream.pdl`, `f` must wait
+/// (`flint_pdl_wait`) before touching what earlier kernels wrote: every kernel in kernels/
+/// does (tests/pdl.rs).
 pub unsafe fn launch_raw(
     name: &str,
     f: sys::CUfunction,
     (grid, block): (Dim3, Dim3),
     shared: u32,
-    stream: sys::CUstream,
+    stream: LaunchStream,
     params: *const c_void,
 ) -> Result<()> {
     let mut args = [params as *mut c_void];
-    cu::launch_kernel(f, grid, block, shared, stream, &mut args)
-        .with_context(|| format!("{name}: launch with grid {grid:?} block {block:?} failed"))
+    let r = if stream.pdl {
+        let mut attrs = [pdl_attribute()];
+        let config = launch_config((grid, block), shared, stream.raw, &mut attrs);
+        // SAFETY: as cuLaunchKernel below; `config` points at `attrs`, alive for the call.
+        unsafe {
+            sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()).result()
+        }
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { cu::launch_kernel(f, grid, block, shared, stream.raw, &mut args) }
+    };
+    let pdl = if stream.pdl { " (PDL)" } else { "" };
+    r.with_context(|| format!("{name}: launch{pdl} with grid {grid:?} block {block:?} failed"))
 }
 
 /// Launches a params struct by value.
@@ -140,7 +222,7 @@ pub unsafe fn launch<P>(
     name: &str,
     f: sys::CUfunction,
     shape: (Dim3, Dim3),
-    stream: sys::CUstream,
+    stream: LaunchStream,
     p: &P,
 ) -> Result<()> {
     launch_raw(name, f, shape, 0, stream, p as *const P as *const c_void)
@@ -150,7 +232,7 @@ pub unsafe fn launch<P>(
 ///
 /// # Safety
 /// The launch must come from `AttnPlan::launches` with pointers into live buffers.
-pub unsafe fn launch_attention(k: &Kernels, l: &Launch, stream: sys::CUstream) -> Result<()> {
+pub unsafe fn launch_attention(k: &Kernels, l: &Launch, stream: LaunchStream) -> Result<()> {
     let Some(&f) = k.attention.get(l.kernel) else {
         bail!(
             "attention: the plan launches `{}`, which is not in ATTENTION_KERNELS",
@@ -215,6 +297,38 @@ mod tests {
         // Llama 3 8B: 32 + 2*8 = 48 head jobs, 4 per CTA.
         assert_eq!(rope_shape(9, 32, 8), ((9, 12, 1), (128, 1, 1)));
         assert_eq!(rope_shape(1, 1, 1), ((1, 1, 1), (128, 1, 1)));
+    }
+
+    #[test]
+    fn pdl_launch_config_carries_one_programmatic_attribute() {
+        let mut attrs = [pdl_attribute()];
+        let stream = std::ptr::null_mut();
+        let c = launch_config(((3, 2, 1), (256, 1, 1)), 4096, stream, &mut attrs);
+        assert_eq!((c.gridDimX, c.gridDimY, c.gridDimZ), (3, 2, 1));
+        assert_eq!((c.blockDimX, c.blockDimY, c.blockDimZ), (256, 1, 1));
+        assert_eq!((c.sharedMemBytes, c.numAttrs), (4096, 1));
+        assert_eq!(c.attrs, attrs.as_mut_ptr());
+        let a = attrs[0];
+        // CUDA's driver_types: CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6.
+        assert_eq!(a.id as u32, 6);
+        // SAFETY: the field pdl_attribute wrote.
+        assert_eq!(unsafe { a.value.programmaticStreamSerializationAllowed }, 1);
+        // The rest of the 64-byte value is zero (no stray flags in another field's bytes).
+        // SAFETY: `pad` spans the whole union.
+        let pad = unsafe { a.value.pad };
+        assert!(pad[4..].iter().all(|&b| b == 0));
+        assert_eq!(std::mem::size_of::<sys::CUlaunchAttribute>(), 72);
+    }
+
+    #[test]
+    fn the_pdl_switch_is_shared_by_its_clones() {
+        let s = PdlSwitch::default();
+        let gemm_copy = s.clone();
+        assert!(!s.on(std::ptr::null_mut()).pdl);
+        s.set(true);
+        assert!(gemm_copy.on(std::ptr::null_mut()).pdl);
+        gemm_copy.set(false);
+        assert!(!s.get());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod kernels;
 pub mod quant;
 
 pub use backend::moe::{moe_path, MoePath};
-pub use backend::{CudaBackend, CudaKvCache, CudaRope, CudaStep, CudaTensor};
+pub use backend::{parse_pdl, CudaBackend, CudaKvCache, CudaRope, CudaStep, CudaTensor, PDL_ENV};
 pub use device::DeviceInfo;
 pub use gemm::{dense_path, DensePath};
 
