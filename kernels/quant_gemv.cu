@@ -173,9 +173,10 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
 }
 
 // PDL prologue (common.cuh), before flint_pdl_wait: an L2 prefetch of each of the warp's rows'
-// first codes, one 128-byte line per lane (4 KB: a whole Llama K = 4096 int8 row), and of its
-// first scales, so that they stream in while the previous kernel drains. Weights are never
-// written by a kernel; nothing else may be read before the wait.
+// first codes, one 128-byte line per lane (4 KB: a whole Llama K = 4096 int8 row), so that
+// they stream in while the previous kernel drains. Weights are never written by a kernel;
+// nothing else may be read before the wait. (Prefetching the scales too spilled the int4 _t1
+// kernel on sm_86/sm_89.)
 template <int F>
 __device__ __forceinline__ void prefetch_first_codes(const QuantGemvParams &p, int n0) {
     const int lane = threadIdx.x % WARP_SIZE;
@@ -185,7 +186,6 @@ __device__ __forceinline__ void prefetch_first_codes(const QuantGemvParams &p, i
         if (n0 + r >= p.n) break;
         const Row w = row_of(p, n0 + r, row_bytes);
         if (lane * 128 < row_bytes) flint_prefetch_l2(w.codes + lane * 128);
-        if (lane == 0) flint_prefetch_l2(w.scales);
     }
 }
 
