@@ -721,6 +721,13 @@ impl<B: Backend> Engine<B> {
         pad_decode_step(step, bucket, self.model.spec.max_position.min(cap))
     }
 
+    /// The latest step's logits on the host (a row per scheduled chunk, plus a graph
+    /// bucket's padding rows): for checks that compare two runs bit for bit (the selftest's
+    /// PDL cases). Synchronizes.
+    pub fn last_logits(&self) -> Result<Vec<f32>> {
+        self.backend.to_host(self.ws.logits())
+    }
+
     /// Decode steps run from a CUDA graph so far.
     pub fn num_graph_steps(&self) -> usize {
         self.graph_replays

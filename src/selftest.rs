@@ -77,15 +77,20 @@ struct Case {
     tol: f64,
     note: Option<String>,
     error: Option<String>,
+    /// Not run on this device, and why (neither passed nor failed).
+    skipped: Option<String>,
 }
 
 impl Case {
     fn pass(&self) -> bool {
-        self.error.is_none() && self.err <= self.tol
+        self.skipped.is_none() && self.error.is_none() && self.err <= self.tol
+    }
+    fn failed(&self) -> bool {
+        self.skipped.is_none() && !self.pass()
     }
     fn json(&self) -> Value {
         json!({"group": self.group, "case": self.name, "rel_l2": if self.err.is_finite() { json!(self.err) } else { json!(null) },
-               "tol": self.tol, "pass": self.pass(), "note": self.note, "error": self.error})
+               "tol": self.tol, "pass": self.pass(), "note": self.note, "error": self.error, "skipped": self.skipped})
     }
 }
 
@@ -115,10 +120,15 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     );
     let mut cases = Vec::new();
     let mut record = |c: Case| {
-        let status = if c.pass() { "PASS" } else { "FAIL" };
-        let detail = match (&c.error, &c.note) {
-            (Some(e), _) => format!("  error: {e}"),
-            (None, Some(n)) => format!("  ({n})"),
+        let status = match (&c.skipped, c.pass()) {
+            (Some(_), _) => "SKIP",
+            (None, true) => "PASS",
+            (None, false) => "FAIL",
+        };
+        let detail = match (&c.skipped, &c.error, &c.note) {
+            (Some(why), _, _) => format!("  skipped: {why}"),
+            (None, Some(e), _) => format!("  error: {e}"),
+            (None, None, Some(n)) => format!("  ({n})"),
             _ => String::new(),
         };
         println!(
@@ -159,17 +169,22 @@ pub fn run(opts: &SelftestOptions) -> i32 {
     for c in graph_cases(&gpu) {
         record(c);
     }
+    // Programmatic dependent launch: the same decode and the GEMVs with it on (sm_90+).
+    for c in t.pdl_cases() {
+        record(c);
+    }
     // The tensor-core prefill's kernel cases, at the shapes the CUDA-core ones ran.
     gpu.set_prefill_path(PrefillPath::Mma);
     for c in t.attention_cases("attention_mma", opts.quick) {
         record(c);
     }
     gpu.set_prefill_path(gpu.configured_prefill_path());
-    let failed = cases.iter().filter(|c| !c.pass()).count();
+    let failed = cases.iter().filter(|c| c.failed()).count();
+    let skipped = cases.iter().filter(|c| c.skipped.is_some()).count();
+    let passed = cases.len() - failed - skipped;
     println!(
-        "{} cases: {} passed, {failed} failed",
-        cases.len(),
-        cases.len() - failed
+        "{} cases: {passed} passed, {failed} failed, {skipped} skipped",
+        cases.len()
     );
     if let Some(p) = &opts.json {
         let v = json!({
@@ -179,8 +194,9 @@ pub fn run(opts: &SelftestOptions) -> i32 {
                     "compute_capability": format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
                     "sms": info.num_sms, "memory_bytes": info.total_mem},
             "quick": opts.quick,
-            "passed": cases.len() - failed,
+            "passed": passed,
             "failed": failed,
+            "skipped": skipped,
             "cases": cases.iter().map(Case::json).collect::<Vec<_>>(),
         });
         if let Err(e) = std::fs::write(p, serde_json::to_string_pretty(&v).unwrap_or_default()) {
@@ -328,6 +344,7 @@ impl Tester<'_> {
                 tol,
                 note: None,
                 error: None,
+                skipped: None,
             },
             Err(e) => Case {
                 group,
@@ -336,6 +353,7 @@ impl Tester<'_> {
                 tol,
                 note: None,
                 error: Some(format!("{e:#}")),
+                skipped: None,
             },
         }
     }
@@ -1104,6 +1122,7 @@ fn failed_case(group: &'static str, name: String, error: String) -> Case {
         tol: E2E_TOL,
         note: None,
         error: Some(error),
+        skipped: None,
     }
 }
 
@@ -1128,6 +1147,7 @@ fn fixture_cases(gpu: &CudaBackend, dir: &Path, name: &str, quick: bool) -> Resu
                 tol: E2E_TOL,
                 note,
                 error: None,
+                skipped: None,
             },
             Err(e) => failed_case("e2e", format!("{name} prompt {i} {what}"), format!("{e:#}")),
         };
@@ -1192,6 +1212,7 @@ fn fixture_cases(gpu: &CudaBackend, dir: &Path, name: &str, quick: bool) -> Resu
                 tol: E2E_TOL,
                 note,
                 error: None,
+                skipped: None,
             },
             Err(e) => failed_case(
                 "e2e",
@@ -1315,6 +1336,7 @@ fn graph_cases(gpu: &CudaBackend) -> Vec<Case> {
             tol,
             note: Some(note),
             error: None,
+            skipped: None,
         },
         Err(e) => failed_case("graphs", name.into(), format!("{e:#}")),
     };
@@ -1391,28 +1413,40 @@ fn graph_replay_vs_eager(gpu: &CudaBackend) -> Result<(f64, String)> {
     Ok((worst, "3 rounds, bucket 4, plan_ctx 1024".into()))
 }
 
-fn graph_engine_tokens(gpu: &CudaBackend) -> Result<(f64, String)> {
+/// The graph cases' engine: 7 requests, prompts of 5..59 tokens, 12..30 new tokens each.
+fn graph_engine(
+    gpu: &CudaBackend,
+    graphs: bool,
+) -> Result<(
+    crate::engine::Engine<&CudaBackend>,
+    Vec<crate::engine::Request>,
+)> {
     use crate::engine::{Engine, EngineConfig, Request};
-    let run = |graphs: bool| -> Result<(Vec<Vec<u32>>, usize, bool)> {
-        let m = graph_model(&gpu)?;
-        let cfg = EngineConfig {
-            num_blocks: Some(128),
-            max_num_seqs: 8,
-            max_batch_tokens: 128,
-            cuda_graphs: graphs,
+    let m = graph_model(&gpu)?;
+    let cfg = EngineConfig {
+        num_blocks: Some(128),
+        max_num_seqs: 8,
+        max_batch_tokens: 128,
+        cuda_graphs: graphs,
+        ..Default::default()
+    };
+    let e = Engine::new(gpu, m, cfg)?;
+    let reqs: Vec<Request> = (0..7)
+        .map(|i| Request {
+            prompt: (0..5 + 9 * i)
+                .map(|j| ((i * 31 + j * 17 + 3) % 512) as u32)
+                .collect(),
+            max_new_tokens: 12 + 3 * i,
+            ignore_eos: true,
             ..Default::default()
-        };
-        let mut e = Engine::new(gpu, m, cfg)?;
-        let reqs: Vec<Request> = (0..7)
-            .map(|i| Request {
-                prompt: (0..5 + 9 * i)
-                    .map(|j| ((i * 31 + j * 17 + 3) % 512) as u32)
-                    .collect(),
-                max_new_tokens: 12 + 3 * i,
-                ignore_eos: true,
-                ..Default::default()
-            })
-            .collect();
+        })
+        .collect();
+    Ok((e, reqs))
+}
+
+fn graph_engine_tokens(gpu: &CudaBackend) -> Result<(f64, String)> {
+    let run = |graphs: bool| -> Result<(Vec<Vec<u32>>, usize, bool)> {
+        let (mut e, reqs) = graph_engine(gpu, graphs)?;
         let out = e.generate(reqs)?;
         Ok((
             out.into_iter().map(|f| f.tokens).collect(),
@@ -1436,6 +1470,154 @@ fn graph_engine_tokens(gpu: &CudaBackend) -> Result<(f64, String)> {
         differ as f64 / total.max(1) as f64,
         format!("{steps} graph decode steps; {differ} of {total} tokens differ"),
     ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Programmatic dependent launch (FLINT_PDL; kernels/common.cuh, kernels::launch_raw): the
+// graph cases' engine decode with PDL on gives bit for bit the tokens and logits of PDL off,
+// eagerly and from graphs captured with it; the GEMV cases pass against the CPU with it on.
+// ---------------------------------------------------------------------------------------
+
+/// Every sampled token and every step's logits of the graph cases' engine, step by step,
+/// with PDL as asked; and the steps replayed from graphs.
+type EngineTrace = (Vec<(u64, u32)>, Vec<Vec<f32>>, usize);
+
+fn pdl_engine_trace(gpu: &CudaBackend, graphs: bool, pdl: bool) -> Result<EngineTrace> {
+    gpu.set_pdl(pdl)?;
+    let (mut e, reqs) = graph_engine(gpu, graphs)?;
+    for r in reqs {
+        e.add_request(r)?;
+    }
+    let (mut tokens, mut logits) = (Vec::new(), Vec::new());
+    while e.has_unfinished() {
+        let out = e.step()?;
+        if let Some(f) = out.finished.iter().find(|f| f.error.is_some()) {
+            bail!(
+                "request {} failed: {}",
+                f.id,
+                f.error.as_deref().unwrap_or("")
+            );
+        }
+        tokens.extend(out.tokens);
+        if out.num_batched_tokens > 0 {
+            logits.push(e.last_logits()?);
+        }
+    }
+    if graphs && (!e.graphs_enabled() || e.num_graph_steps() == 0) {
+        bail!(
+            "graphs fell back to eager with PDL {} ({} graph steps; see the engine's message above)",
+            if pdl { "on" } else { "off" },
+            e.num_graph_steps()
+        );
+    }
+    Ok((tokens, logits, e.num_graph_steps()))
+}
+
+/// PDL on vs off, same decode: (share of tokens and logits that differ, note).
+fn pdl_engine_bitwise(gpu: &CudaBackend, graphs: bool) -> Result<(f64, String)> {
+    let was = gpu.pdl();
+    let r = (|| {
+        let off = pdl_engine_trace(gpu, graphs, false)?;
+        gpu.clear_graphs();
+        let on = pdl_engine_trace(gpu, graphs, true)?;
+        Ok::<_, anyhow::Error>((off, on))
+    })();
+    gpu.clear_graphs();
+    gpu.set_pdl(was)?;
+    let ((tok_off, log_off, _), (tok_on, log_on, graph_steps)) = r?;
+    if log_off.len() != log_on.len() {
+        bail!(
+            "{} steps with PDL off, {} with it on",
+            log_off.len(),
+            log_on.len()
+        );
+    }
+    let tok_differ = tok_off.iter().zip(&tok_on).filter(|(a, b)| a != b).count()
+        + tok_off.len().abs_diff(tok_on.len());
+    let (mut log_differ, mut log_total) = (0usize, 0usize);
+    for (a, b) in log_off.iter().zip(&log_on) {
+        log_total += a.len().max(b.len());
+        log_differ += a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count()
+            + a.len().abs_diff(b.len());
+    }
+    let total = tok_off.len() + log_total;
+    Ok((
+        (tok_differ + log_differ) as f64 / total.max(1) as f64,
+        format!(
+            "{} steps ({graph_steps} from graphs); {tok_differ} of {} tokens and {log_differ} of \
+             {log_total} logits differ",
+            log_off.len(),
+            tok_off.len()
+        ),
+    ))
+}
+
+impl Tester<'_> {
+    /// With PDL possible here: the engine decode bitwise (graphs on and eager), then the
+    /// dense and quantized matmul cases once more with PDL on (their quick sets, in either
+    /// mode: model shapes and the scalar paths, GEMV and above). Otherwise one case, skipped
+    /// with the reason.
+    fn pdl_cases(&self) -> Vec<Case> {
+        let gpu = self.gpu;
+        if let Some(why) = gpu.pdl_unavailable() {
+            return vec![Case {
+                group: "pdl",
+                name: "programmatic dependent launch: decode and GEMVs with it on".into(),
+                err: f64::NAN,
+                tol: 0.0,
+                note: None,
+                error: None,
+                skipped: Some(why),
+            }];
+        }
+        let case = |name: &str, r: Result<(f64, String)>| match r {
+            Ok((err, note)) => Case {
+                group: "pdl",
+                name: name.into(),
+                err,
+                tol: 0.0,
+                note: Some(note),
+                error: None,
+                skipped: None,
+            },
+            Err(e) => failed_case("pdl", name.into(), format!("{e:#}")),
+        };
+        let mut out = vec![
+            case(
+                "engine, graphs on: tokens + logits, PDL on vs off (bitwise)",
+                pdl_engine_bitwise(gpu, true),
+            ),
+            case(
+                "engine, eager: tokens + logits, PDL on vs off (bitwise)",
+                pdl_engine_bitwise(gpu, false),
+            ),
+        ];
+        let was = gpu.pdl();
+        if let Err(e) = gpu.set_pdl(true) {
+            out.push(failed_case(
+                "pdl",
+                "turning PDL on".into(),
+                format!("{e:#}"),
+            ));
+            return out;
+        }
+        let regroup = |cases: Vec<Case>, group: &'static str| {
+            cases.into_iter().map(move |mut c| {
+                c.group = group;
+                c
+            })
+        };
+        out.extend(regroup(self.dense_cases(true), "pdl dense"));
+        out.extend(regroup(self.quant_cases(true), "pdl quant"));
+        if let Err(e) = gpu.set_pdl(was) {
+            out.push(failed_case("pdl", "restoring PDL".into(), format!("{e:#}")));
+        }
+        out
+    }
 }
 
 fn kv_sizing(gpu: &CudaBackend) -> Result<(f64, String)> {
@@ -1464,8 +1646,18 @@ mod tests {
             tol: 1e-2,
             note: None,
             error: None,
+            skipped: None,
         };
         assert!(!c.pass(), "NaN must fail");
+        let s = Case {
+            err: f64::NAN,
+            skipped: Some("sm_80".into()),
+            ..c
+        };
+        assert!(
+            !s.pass() && !s.failed(),
+            "skipped: neither passed nor failed"
+        );
     }
 
     #[test]
