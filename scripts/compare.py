@@ -109,15 +109,23 @@ def bench_rows(path):
     for test, batch, tps in found:
         if " @ " in test or not tps or tps <= 0:
             continue
-        base = test.removesuffix("+graphs")
-        graphs = "_graphs" if base != test else ""
-        n = int(base[2:])
+        # Variants: tg<n>+graphs, tg<n>+pdl, tg<n>+graphs+pdl (`flint bench --cuda-graphs --pdl`).
+        base, pdl = test.removesuffix("+pdl"), ""
+        if base != test:
+            pdl = "_pdl"
+        stripped = base.removesuffix("+graphs")
+        graphs = "_graphs" if stripped != base else ""
+        base = stripped
+        try:
+            n = int(base[2:])
+        except ValueError:
+            continue  # a test this script does not know: no row, not a crash
         if test.startswith("pp") and batch == 1:
             id = f"e2e_ttft_p{n}_b1"
             secs = n / tps
             note = f"flint bench {test}: {tps:.0f} tok/s"
         elif test.startswith("tg"):
-            id = f"e2e_decode_b{batch}{graphs}"
+            id = f"e2e_decode_b{batch}{graphs}{pdl}"
             secs = batch / tps
             note = f"flint bench {test} b{batch}: {tps:.1f} tok/s"
         else:
@@ -159,16 +167,19 @@ def ceilings(flint, peer):
 
 
 # Suffixes of flint-only variants of a peer case: the tensor-core prefill, a forced dense path,
-# decode steps replayed from CUDA graphs (`flint bench --cuda-graphs`).
-FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv", "_graphs")
+# decode steps replayed from CUDA graphs (`flint bench --cuda-graphs`), with programmatic
+# dependent launch (`--pdl`); they combine (`e2e_decode_b1_graphs_pdl`).
+FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv", "_graphs", "_pdl")
 
 
 def base_case(i):
     """The peer case a flint-only variant id is compared with (None if it is not one)."""
-    for s in FLINT_VARIANTS:
-        if i.endswith(s):
-            return i[: -len(s)]
-    return None
+    base = i
+    while True:
+        s = next((s for s in FLINT_VARIANTS if base.endswith(s)), None)
+        if s is None:
+            return base if base != i else None
+        base = base[: -len(s)]
 
 
 # Peer cases whose flint row has another id: peers.py times MoE two ways (a loop of

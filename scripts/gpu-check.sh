@@ -17,20 +17,25 @@
 # output tail holds it). Steps, most important first, each with its own timeout; the last
 # step of a part gets what the others left of 555 s (the tool's call limit is 600 s):
 #   selftest 150 s, bench-ops 65 s, bench (pp512, pp2048, tg128 at b1/b32, eager and from
-#   CUDA graphs) 110 s, MoE layer bench 40 s, peers micro 55 s, peers e2e (transformers +
-#   torch.compile, ~90 s per decode batch size) up to 300 s, report ~5 s. On an H200 the
-#   first five took 190 s in all.
+#   CUDA graphs, each also with PDL on sm_90+) 125 s, MoE layer bench 40 s, peers micro 55 s,
+#   peers e2e (transformers + torch.compile, ~90 s per decode batch size) up to 300 s,
+#   report ~5 s. On an H200 the first five took 190 s in all (bench 84 s, ~65 s of it the
+#   8B model's load, before the four PDL rows, ~3 s each, were added).
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Two parts, one per device call (one call cannot hold both):
 #   bash gpu-bundle/run.sh          # "core" (the default, above): correctness first, then
 #                                   # kernel, end-to-end and peer timings (issues 3, 4, 7)
 #   bash gpu-bundle/run.sh serve    # "serve": the full selftest 100 s, then decode at
-#                                   # b1/8/32 for bf16 (eager and graphs) 80 s and --quant
-#                                   # int8 / int4 / fp8 85 s each (issue 5's speed report),
-#                                   # and `flint throughput` on synthetic:llama-3-8b, 1,000
-#                                   # requests 512 in / 256 out, graphs on, up to 130 s
-#                                   # (issue 6's report); at most 555 s in all.
+#                                   # b1/8/32 for bf16 (eager and graphs, each also with
+#                                   # PDL) 110 s and --quant int8 / int4 / fp8 85 s each
+#                                   # (issue 5's speed report), and `flint throughput` on
+#                                   # synthetic:llama-3-8b, 1,000 requests 512 in / 256 out,
+#                                   # graphs on, up to 130 s (issue 6's report); at most
+#                                   # 555 s in all. On the H200 every decode step ran into
+#                                   # its limit (the 8B load takes ~70 s; rows print as they
+#                                   # finish, b1 first): bf16 gave 3 of its then 6 rows in
+#                                   # 80 s; with 12 rows, 110 s should give b1 and b8.
 #   bash gpu-bundle/run.sh sanitize # compute-sanitizer over `flint selftest --quick`:
 #                                   # memcheck 300 s, then racecheck 200 s (shared memory
 #                                   # races in the tiled kernels); errors in the report.
@@ -147,6 +152,16 @@ step() { # name timeout_s command...: runs, keeps stdout and stderr, records the
     return 0
 }
 
+# `--pdl` where flint can run programmatic dependent launch (sm_90+ and kernels built for
+# it; a bench given --pdl elsewhere stops with the reason before its first row): asked of
+# flint itself with a two-token bench of the tiny model (a few seconds), whose output and
+# reason stay in the logs.
+pdl_flag() {
+    timeout 60 "$flint" bench --device cuda -m synthetic:tiny -p 0 -n 2 -r 1 -o csv --pdl \
+        >"$log/pdl_probe.out" 2>&1 && echo --pdl
+    return 0
+}
+
 nvidia-smi >"$log/nvidia-smi.out" 2>&1 || true
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv \
     >"$log/nvidia-smi-query.out" 2>&1 || true
@@ -171,7 +186,8 @@ elif [ "$part" = serve ]; then
 step selftest 100 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Issue 5: decode at batch 1/8/32, bf16 and each quantized format, same run, same card.
-step bench_tg_bf16 80 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --cuda-graphs
+pdl="$(pdl_flag)"
+step bench_tg_bf16 110 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --cuda-graphs $pdl
 for q in int8 int4 fp8; do
     step "bench_tg_$q" 85 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --quant "$q"
 done
@@ -186,7 +202,8 @@ selftest_rc="$(cat "$log/selftest.rc")"
 step bench_ops 65 "$flint" bench-ops -o json --budget-s 45 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
-step bench 110 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs
+pdl="$(pdl_flag)"
+step bench 125 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs $pdl
 # Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
 # dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
 step bench_moe_layer 40 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
@@ -257,8 +274,11 @@ s = report["selftest"]
 if selftest and selftest.get("error"):
     md.append(f"selftest: exit {s['exit']}: {selftest['error']}")
 elif selftest and selftest.get("cases") is not None:
-    md.append(f"selftest: exit {s['exit']}, {selftest.get('passed')} passed, {selftest.get('failed')} failed")
-    fails = [c for c in selftest["cases"] if not c.get("pass")]
+    md.append(f"selftest: exit {s['exit']}, {selftest.get('passed')} passed, {selftest.get('failed')} failed, {selftest.get('skipped', 0)} skipped")
+    fails = [c for c in selftest["cases"] if not c.get("pass") and not c.get("skipped")]
+    for c in selftest["cases"]:
+        if c.get("skipped"):
+            md.append(f"- SKIP {c['group']}: {c['case']}: {c['skipped'][:300]}")
     groups = {}
     for c in fails: groups.setdefault(c["group"], []).append(c)
     for g, cs in groups.items():
@@ -285,6 +305,10 @@ for k in ["bench"] + serve[:4]:
         md.append(f"{k} (exit {b['exit']} after {b['seconds']} s): " + "; ".join(csv_cell(c) for c in csv))
     else:
         md.append(f"{k}: exit {b['exit']}: {b['stderr_tail'][-300:]}")
+probe = read("pdl_probe.out")
+if probe is not None:
+    report["pdl_probe"] = probe[-1000:]
+    md.append("pdl: benches ran with --pdl" if "+pdl" in probe else f"pdl: benches ran without --pdl: {probe.strip()[-300:]}")
 if ran("racecheck"):
     r = report["racecheck"]
     md.append(f"racecheck: exit {r['exit']} after {r['seconds']} s: {r['stderr_tail'][-600:]}")

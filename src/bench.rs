@@ -26,6 +26,9 @@ pub struct BenchOptions {
     /// Also run every tg test with its decode steps replayed from a CUDA graph (rows named
     /// `tg<n>+graphs`), beside the eager rows.
     pub cuda_graphs: bool,
+    /// Also run every tg test (and tg+graphs test) with programmatic dependent launch on
+    /// (rows `tg<n>+pdl`, `tg<n>+graphs+pdl`); the other rows then run with it off.
+    pub pdl: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -153,6 +156,11 @@ pub fn check_options<B: Backend>(be: &B, opt: &BenchOptions) -> Result<()> {
             be.name()
         );
     }
+    if opt.pdl {
+        if let Some(why) = be.pdl_unavailable() {
+            bail!("bench: --pdl cannot run here: {why}");
+        }
+    }
     Ok(())
 }
 
@@ -164,25 +172,69 @@ pub fn run<B: Backend>(
     mut on_row: impl FnMut(&BenchRow),
 ) -> Result<Vec<BenchRow>> {
     check_options(be, opt)?;
+    let was_pdl = be.pdl();
+    let rows = run_cases(be, model, opt, &mut on_row);
+    if opt.pdl {
+        be.set_pdl(was_pdl)?;
+    }
+    rows
+}
+
+/// A test of [`run`]: (name, batch, depth, pp, tg, graphs, pdl).
+type BenchCase = (String, usize, usize, usize, usize, bool, bool);
+
+/// The tests of `opt`, in the order they run: per depth, the pp tests, then per batch and
+/// tg length `tg`, `tg+pdl`, `tg+graphs`, `tg+graphs+pdl` (as the options ask).
+fn bench_cases(opt: &BenchOptions) -> Vec<BenchCase> {
     let mut cases = Vec::new();
+    let pdl = if opt.pdl {
+        &[false, true][..]
+    } else {
+        &[false][..]
+    };
+    let graphs = if opt.cuda_graphs {
+        &[false, true][..]
+    } else {
+        &[false][..]
+    };
     for &d in &opt.depth {
         for &p in opt.prompt.iter().filter(|&&p| p > 0) {
-            cases.push((format!("pp{p}"), 1, d, p, 0, false));
+            cases.push((format!("pp{p}"), 1, d, p, 0, false, false));
         }
         for &b in &opt.batch {
             for &n in opt.gen.iter().filter(|&&n| n > 0) {
-                cases.push((format!("tg{n}"), b, d, 0, n, false));
-                if opt.cuda_graphs {
-                    cases.push((format!("tg{n}+graphs"), b, d, 0, n, true));
+                for &g in graphs {
+                    for &on in pdl {
+                        let name = format!(
+                            "tg{n}{}{}",
+                            if g { "+graphs" } else { "" },
+                            if on { "+pdl" } else { "" }
+                        );
+                        cases.push((name, b, d, 0, n, g, on));
+                    }
                 }
             }
         }
     }
+    cases
+}
+
+fn run_cases<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    opt: &BenchOptions,
+    on_row: &mut impl FnMut(&BenchRow),
+) -> Result<Vec<BenchRow>> {
+    let cases = bench_cases(opt);
     let mut rows = Vec::new();
     // Timed runs done of all (test × repetition); rows print to stdout with it suspended.
     let runs = (cases.len() * opt.reps) as u64;
     let bar = crate::progress::count(runs, "runs", "bench");
-    for (name, b, d, p, n, graphs) in cases {
+    for (name, b, d, p, n, graphs, pdl) in cases {
+        if opt.pdl {
+            // Drops the graphs captured the other way when it changes (pp tests run it off).
+            be.set_pdl(pdl)?;
+        }
         let batch = if b > 1 {
             format!(" x{b}")
         } else {
@@ -214,12 +266,12 @@ pub fn run<B: Backend>(
         };
         let secs = match timed(&mut bufs) {
             Ok(s) => s,
-            // Graphs are unverified on a GPU so far: a failure costs the row, not the run.
-            Err(e) if graphs => {
+            // Graphs are unverified on a GPU so far, PDL too: a failure costs the row, not
+            // the run.
+            Err(e) if graphs || pdl => {
                 be.clear_graphs();
-                bar.suspend(|| {
-                    eprintln!("flint bench: {name} x{b}: no row, CUDA graphs failed: {e:#}")
-                });
+                let what = if pdl { "with PDL" } else { "CUDA graphs" };
+                bar.suspend(|| eprintln!("flint bench: {name} x{b}: no row, {what} failed: {e:#}"));
                 continue;
             }
             Err(e) => return Err(e),
@@ -273,4 +325,64 @@ pub fn csv_row(model: &str, backend: &str, r: &BenchRow) -> String {
         "{model},{backend},{},{},{},{},{:.4},{:.4}",
         r.test, r.batch, r.depth, r.tokens, r.mean_tps, r.std_tps
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(graphs: bool, pdl: bool) -> BenchOptions {
+        BenchOptions {
+            prompt: vec![512],
+            gen: vec![128],
+            depth: vec![0],
+            batch: vec![1, 32],
+            reps: 3,
+            cuda_graphs: graphs,
+            pdl,
+        }
+    }
+
+    fn names(o: &BenchOptions) -> Vec<String> {
+        bench_cases(o)
+            .into_iter()
+            .map(|c| format!("{} b{}", c.0, c.1))
+            .collect()
+    }
+
+    #[test]
+    fn pdl_rows_sit_beside_their_tg_rows() {
+        assert_eq!(
+            names(&opt(false, false)),
+            ["pp512 b1", "tg128 b1", "tg128 b32"]
+        );
+        assert_eq!(
+            names(&opt(true, true)),
+            [
+                "pp512 b1",
+                "tg128 b1",
+                "tg128+pdl b1",
+                "tg128+graphs b1",
+                "tg128+graphs+pdl b1",
+                "tg128 b32",
+                "tg128+pdl b32",
+                "tg128+graphs b32",
+                "tg128+graphs+pdl b32",
+            ]
+        );
+        // The flags each row runs with match its name.
+        for (name, _, _, _, _, graphs, pdl) in bench_cases(&opt(true, true)) {
+            assert_eq!(name.contains("+graphs"), graphs, "{name}");
+            assert_eq!(name.contains("+pdl"), pdl, "{name}");
+        }
+        assert_eq!(names(&opt(false, true))[1..3], ["tg128 b1", "tg128+pdl b1"]);
+    }
+
+    #[test]
+    fn pdl_on_the_cpu_is_a_clear_error() {
+        let e = check_options(&crate::backend::cpu::CpuBackend, &opt(false, true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--pdl") && e.contains("cpu"), "{e}");
+    }
 }

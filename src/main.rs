@@ -192,6 +192,11 @@ enum Cmd {
         /// `tg<n>+graphs` beside the eager ones; CUDA only).
         #[arg(long)]
         cuda_graphs: bool,
+        /// Also run each tg test (and tg+graphs test) with programmatic dependent launch on
+        /// (rows `tg<n>+pdl`, `tg<n>+graphs+pdl`; the other rows run with it off). CUDA on
+        /// sm_90+ only: an error elsewhere. FLINT_PDL=1 turns it on for every launch instead.
+        #[arg(long)]
+        pdl: bool,
     },
     /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
     Throughput {
@@ -623,6 +628,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             moe_tokens: _,
             quant,
             cuda_graphs,
+            pdl,
         } => {
             let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
@@ -633,6 +639,19 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     "synthetic:llama-3-8b".to_string()
                 }
             });
+            // CPU defaults are small: the reference backend is slow by design.
+            let (pp, tg) = if on_cpu { (128, 32) } else { (512, 128) };
+            let opt = BenchOptions {
+                prompt: prompt.map_or(vec![pp], |p| p.0),
+                gen: gen.map_or(vec![tg], |g| g.0),
+                depth: depth.0,
+                batch: batch.0,
+                reps,
+                cuda_graphs,
+                pdl,
+            };
+            // Before the (long) load: a flag this device cannot run is an error at once.
+            bench::check_options(be, &opt)?;
             let mref = ModelRef::parse(&model);
             let spec = mref.spec()?;
             let need = spec.param_count() * 4;
@@ -655,18 +674,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 t.upload().as_secs_f64(),
                 be.name()
             );
-            // CPU defaults are small: the reference backend is slow by design.
-            let (pp, tg) = if on_cpu { (128, 32) } else { (512, 128) };
-            let opt = BenchOptions {
-                prompt: prompt.map_or(vec![pp], |p| p.0),
-                gen: gen.map_or(vec![tg], |g| g.0),
-                depth: depth.0,
-                batch: batch.0,
-                reps,
-                cuda_graphs,
-            };
             let name = model.as_str();
-            bench::check_options(be, &opt)?;
             match output {
                 TableFormat::Md => println!("{}", bench::markdown_header()),
                 TableFormat::Csv => println!("{}", bench::csv_header()),

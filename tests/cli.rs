@@ -171,6 +171,14 @@ fn info_and_bench_run_on_synthetic_models() {
         !ok && err.contains("--cuda-graphs needs the CUDA backend"),
         "{err}"
     );
+    // So do PDL rows (CUDA on sm_90+), with the reason, and before the model loads.
+    let (ok, out, err) = flint(&["bench", "-n", "4", "--device", "cpu", "--pdl"]);
+    assert!(
+        !ok && err.contains("--pdl cannot run here")
+            && err.contains("no programmatic dependent launch"),
+        "{err}"
+    );
+    assert!(out.is_empty() && !err.contains("loaded"), "{out}{err}");
 }
 
 #[test]

@@ -94,6 +94,19 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
         "{g}"
     );
     assert!(close(&g["roofline_fraction"], (weights + kv) / bw / 0.008));
+    // With programmatic dependent launch (tg128+pdl, 110 tok/s; tg128+graphs+pdl, 160 tok/s:
+    // 6.25 ms), eager and from graphs: beside the same peer row, same bytes.
+    let p = row("e2e_decode_b1_pdl");
+    assert!(close(&p["flint_s"], 1.0 / 110.0) && close(&p["ratio_peer_over_flint"], 0.88));
+    let gp = row("e2e_decode_b1_graphs_pdl");
+    assert!(
+        close(&gp["flint_s"], 0.00625) && close(&gp["ratio_peer_over_flint"], 1.28),
+        "{gp}"
+    );
+    assert!(close(
+        &gp["roofline_fraction"],
+        (weights + kv) / bw / 0.00625
+    ));
     // Prefill of 2048 tokens (pp2048 at 10240 tok/s: 200 ms) is FLOP-bound: 2 per matrix
     // weight per token (6 979 321 856 layer weights), lm_head for the last token only, and
     // the causal attention pairs of 32 layers.
@@ -159,7 +172,7 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     // Report order: ceilings first, end to end last.
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.first(), Some(&"copy"));
-    assert_eq!(ids.last(), Some(&"e2e_decode_b1_graphs"));
+    assert_eq!(ids.last(), Some(&"e2e_decode_b1_graphs_pdl"));
     // The JSON report of `flint bench` gives the same end-to-end rows as its CSV lines.
     let js2 = dir.join("peers2.json");
     compare(
