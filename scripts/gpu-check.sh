@@ -156,9 +156,10 @@ step() { # name timeout_s command...: runs, keeps stdout and stderr, records the
 # it; a bench given --pdl elsewhere stops with the reason before its first row): asked of
 # flint itself with a two-token bench of the tiny model (a few seconds), whose output and
 # reason stay in the logs.
-pdl_flag() {
+pdl_flag() { # a tg2+pdl row, not only exit 0: a PDL row that fails costs the row alone
     timeout 60 "$flint" bench --device cuda -m synthetic:tiny -p 0 -n 2 -r 1 -o csv --pdl \
-        >"$log/pdl_probe.out" 2>&1 && echo --pdl
+        >"$log/pdl_probe.out" 2>&1
+    grep -q ',tg2+pdl,' "$log/pdl_probe.out" && echo --pdl
     return 0
 }
 
@@ -308,7 +309,7 @@ for k in ["bench"] + serve[:4]:
 probe = read("pdl_probe.out")
 if probe is not None:
     report["pdl_probe"] = probe[-1000:]
-    md.append("pdl: benches ran with --pdl" if "+pdl" in probe else f"pdl: benches ran without --pdl: {probe.strip()[-300:]}")
+    md.append("pdl: benches ran with --pdl" if ",tg2+pdl," in probe else f"pdl: benches ran without --pdl: {probe.strip()[-300:]}")
 if ran("racecheck"):
     r = report["racecheck"]
     md.append(f"racecheck: exit {r['exit']} after {r['seconds']} s: {r['stderr_tail'][-600:]}")
