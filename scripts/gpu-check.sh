@@ -17,7 +17,9 @@
 # output tail holds it). Steps, most important first, each with its own timeout; the last
 # step of a part gets what the others left of 555 s (the tool's call limit is 600 s):
 #   selftest 150 s, bench-ops 65 s, bench (pp512, pp2048, tg128 at b1/b32, eager and from
-#   CUDA graphs) 110 s, MoE layer bench 40 s, peers micro 55 s, peers e2e (transformers +
+#   CUDA graphs) 110 s, bench_unfused (tg128 b1 with FLINT_FUSE=0: the rms_norm / act_mul
+#   kernels instead of the fused GEMV inputs, beside bench's fused row) 40 s, MoE layer
+#   bench 40 s, peers micro 55 s, peers e2e (transformers +
 #   torch.compile, ~90 s per decode batch size) up to 300 s, report ~5 s. On an H200 the
 #   first five took 190 s in all.
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
@@ -187,6 +189,9 @@ step bench_ops 65 "$flint" bench-ops -o json --budget-s 45 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
 step bench 110 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs
+# The same decode row without the fused GEMV inputs (FLINT_FUSE=0): what fusing the pre-norms
+# and act·mul into the GEMVs saves per token, on the same card in the same call.
+step bench_unfused 40 env FLINT_FUSE=0 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1 -r 3 -o csv --cuda-graphs
 # Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
 # dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
 step bench_moe_layer 40 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
@@ -241,6 +246,7 @@ report = {
     "selftest_stdout": read("selftest.out"),
     "bench_ops": stepinfo("bench_ops", parse(read("bench_ops.out"))),
     "bench": stepinfo("bench", read("bench.out")),
+    "bench_unfused": stepinfo("bench_unfused", read("bench_unfused.out")),
     "bench_moe_layer": stepinfo("bench_moe_layer", read("bench_moe_layer.out")),
     "peers_micro": stepinfo("peers_micro", parse(read("peers_micro.out"))),
     "peers_e2e": stepinfo("peers_e2e", parse(read("peers_e2e.out"))),
@@ -277,7 +283,7 @@ else:
 def csv_cell(c):
     try: return f"{c[2]} b{c[3]}: {float(c[6]):.1f} ± {float(c[7]):.1f} t/s"
     except ValueError: return ",".join(c)
-for k in ["bench"] + serve[:4]:
+for k in ["bench", "bench_unfused"] + serve[:4]:
     if not ran(k): continue
     b = report[k]
     csv = [l.split(",") for l in (b["result"] or "").splitlines() if l.count(",") == 7 and not l.startswith("model,")]

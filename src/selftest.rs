@@ -35,6 +35,9 @@ use std::path::{Path, PathBuf};
 // The MoE ops' cases (owned by the MoE kernels' author).
 #[path = "selftest_moe.rs"]
 mod moe;
+// The fused GEMV inputs and outputs (`Backend::matmul_ex`).
+#[path = "selftest_fused.rs"]
+mod fused;
 
 pub struct SelftestOptions {
     pub json: Option<PathBuf>,
@@ -139,6 +142,9 @@ pub fn run(opts: &SelftestOptions) -> i32 {
         record(c);
     }
     for c in t.dense_cases(opts.quick) {
+        record(c);
+    }
+    for c in t.fused_cases(opts.quick) {
         record(c);
     }
     for c in t.quant_moe_cases(opts.quick) {

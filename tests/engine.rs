@@ -689,7 +689,7 @@ fn the_kv_cache_is_sized_from_memory_or_an_explicit_count() {
 // graphs (regions run eagerly, so outputs must not change) ----
 
 use anyhow::Result;
-use flint::backend::{Backend, StepInput};
+use flint::backend::{Backend, MatIn, MatOut, StepInput};
 use std::cell::{Cell, RefCell};
 
 #[derive(Default)]
@@ -775,6 +775,15 @@ impl Backend for GraphProbe {
         o: &mut Self::Tensor,
     ) -> Result<()> {
         self.inner.matmul(x, w, b, o)
+    }
+    fn matmul_ex(
+        &self,
+        x: MatIn<'_, Self::Tensor, Self::Weight>,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        o: MatOut<'_, Self::Tensor>,
+    ) -> Result<()> {
+        self.inner.matmul_ex(x, w, b, o)
     }
     fn rope_kv_write(
         &self,
