@@ -24,7 +24,7 @@ fn fused_gemvs_pass_their_host_emulation() {
         "bf16 norm",
         "int8 act",
         "int4 norm",
-        "fp8 act",
+        "fp8  act",
         "bf16 plain",
     ] {
         assert!(

@@ -239,6 +239,9 @@ impl CudaBackend {
             Ok(v) => matmul::parse_fuse(&v)?,
             Err(_) => true,
         };
+        if !fuse {
+            eprintln!("flint: FLINT_FUSE=0: the decode GEMVs' inputs are materialized by rms_norm / act_mul kernels");
+        }
         Ok(CudaBackend {
             fuse: Cell::new(fuse),
             gemm,
