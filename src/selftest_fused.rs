@@ -42,6 +42,9 @@ impl Tester<'_> {
         } else {
             &["bf16", "int8 channel", "int4 sym g128", "fp8 channel"]
         };
+        // The cases switch fusion on and off; the end-to-end cases after them run the
+        // backend's configured choice.
+        let configured = self.gpu.fuse();
         let mut out = Vec::new();
         for &what in schemes {
             for &(name, n, k, role) in shapes {
@@ -91,7 +94,7 @@ impl Tester<'_> {
                                 }
                                 let r = self.fused_matmul(wc, wg, role, t, bias);
                                 self.gpu.set_dense_path(None);
-                                self.gpu.set_fuse(true);
+                                self.gpu.set_fuse(configured);
                                 r.and_then(|e| {
                                     self.gpu.synchronize()?;
                                     Ok(e)
@@ -172,7 +175,7 @@ impl Tester<'_> {
             )?,
         }
         // The GPU, fused then unfused, each from the same residual into a poisoned scratch.
-        let mut run = |fuse: bool| -> Result<CudaTensor> {
+        let run = |fuse: bool| -> Result<CudaTensor> {
             self.gpu.set_fuse(fuse);
             if matches!(role, Role::NormWrite | Role::ActAdd(_))
                 && self.gpu.fuses_input(wg, t) != fuse
