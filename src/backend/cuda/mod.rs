@@ -6,7 +6,8 @@
 //! - `device.rs`: probing, context, stream, module, the grow-only staging area;
 //! - `kernels.rs`: every symbol resolved once, grid/block shapes, raw launches;
 //! - `gemm.rs`: the dense matmul: the GEMV for 1 token, cuBLASLt (cached plans) above;
-//! - `backend.rs`: `CudaBackend`, the `trait Backend` implementation;
+//! - `backend.rs`: `CudaBackend`, the `trait Backend` implementation; its child `matmul.rs`
+//!   decides where `matmul_ex`'s pre-norm / act·mul inputs fuse into the GEMVs (`FLINT_FUSE`);
 //! - `attention.rs`: the attention plan (owned by the attention kernels' author).
 
 pub mod attention;
