@@ -15,7 +15,10 @@
 //! 8 tokens run it once per pass (each pass re-reads the codes, still fewer bytes than the
 //! alternative); more tokens dequantize into a grow-only bf16 scratch with
 //! `quant_dequant_<fmt>` and run cuBLASLt on it (a fused tensor-core main loop is later
-//! work). Only `matmul` reads a quantized weight.
+//! work). Only `matmul` reads a quantized weight. The GEMV takes a fused input (the pre-norm
+//! or act·mul staged in the kernel, `GemvIn`) and can add into its output (the residual
+//! stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
+//! they run is decided in matmul.rs.
 
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
@@ -593,5 +596,7 @@ mod tests {
         assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
         assert_eq!(dequant_shape(1 << 30).0 .0, 65_535);
         assert_eq!(dequant_shape(1).0 .0, 1);
+        // quant/params.h's FLINT_ASSERT_SIZE (with the GemvFuse of gemv/params.h).
+        assert_eq!(size_of::<QuantGemvParams>(), 120);
     }
 }
