@@ -6,6 +6,12 @@
 //   gemv_bf16_t<T>(GemvParams p), T = 1..8 (the template argument; p.num_tokens == T)
 //     x    [T, K]  bf16 row-major        w [N, K] bf16 row-major (nn.Linear's layout)
 //     bias [N]     bf16 or null          out [T, N] bf16; f32 accumulation, one rounding
+//   gemv_bf16_norm_t<T>   x staged as RMSNorm(x) * (offset + norm_w) (p.fuse.in_mode NORM)
+//   gemv_bf16_act_t<T>    x = gate|up [T, 2K] staged as act(gate) * up (ACT_MUL)
+//   any of them with p.fuse.add_to_out: out = bf16(out + bf16(x . w + bias)) (residual add)
+// The fused modes (gemv/fuse.cuh) take the place of rms_norm.cu and act_mul.cu kernels
+// between decode GEMVs, with those kernels' roundings. UNVERIFIED on a GPU: compiled,
+// register-checked and run on the host emulation (tests/fused_gemv_emulation) only.
 //
 // At T <= 8 the product is memory-bound (<= 8 FLOP per weight byte against ~300 at the H100's
 // ridge), so the kernel's job is to stream every weight byte from HBM exactly once, with
@@ -28,7 +34,17 @@
 // each row: a chunk covers [k0, k0 + len) with len = min(CHUNK, K - k0), and a vector piece c
 // is loaded only when c < len / 8. Rows past N are never read (the last warp's missing row
 // is clamped to row N - 1 for the loads and its result is not stored).
+// Fused input (the mode is a template argument: a run-time mode cost the one-token kernel 7-30
+// registers, i.e. a CTA per SM): staging computes each x value from its operands (NORM:
+// norm_w and the token's scale; ACT_MUL: the gate and up columns); NORM's per-token scales
+// are computed by every CTA over all of K after the first barrier, before the first chunk is
+// staged (2 more barriers, once per CTA). Order per chunk: first weight loads -> barrier ->
+// (NORM scales, first chunk only) -> stage x -> barrier -> the dot products.
+// Registers (ptxas, sm_90a, 0 spills): plain t1..t8 79-108; norm/act t1 72/80 (asked for 3
+// CTAs per SM, as the plain one gets), t2..t8 92-108.
 #include "common.cuh"
+#include "norm.cuh"
+#include "gemv/fuse.cuh"
 
 namespace flint::gemv {
 
@@ -43,16 +59,18 @@ constexpr int chunk_cols() {
     return (FLINT_GEMV_X_ELEMS / T) / VEC * VEC;
 }
 
-template <int T>
+template <int T, int MODE>
 __device__ __forceinline__ void gemv(const GemvParams &p) {
     static_assert(T >= 1 && T <= FLINT_GEMV_MAX_TOKENS, "1..8 tokens");
     constexpr int CHUNK = chunk_cols<T>();
     static_assert(CHUNK % VEC == 0 && CHUNK >= VEC, "a chunk is whole 16-byte pieces");
     __shared__ __align__(16) bf16 xs[T][CHUNK];
+    __shared__ float norm_red[T * WARPS], norm_scale[T];  // the NORM input's per-token scales
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int N = p.n, K = p.k;
+    const GemvFuse &f = p.fuse;
     // Uniform over the grid: which path every warp takes.
-    const bool vec = K % VEC == 0 && aligned16(p.x) && aligned16(p.w);
+    const bool vec = K % VEC == 0 && aligned16(p.x) && aligned16(p.w) && gemv_fuse::aligned<MODE>(f);
     const int row_blocks = (N + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
 
     for (int rb = blockIdx.x; rb < row_blocks; rb += gridDim.x) {  // uniform over the CTA
@@ -90,17 +108,20 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
             flint_pdl_wait();
             flint_pdl_launch_dependents();
             __syncthreads();  // every warp is done reading the previous chunk
+            // The NORM input's scales, once per CTA, before its first chunk (gemv/fuse.cuh).
+            if (MODE == FLINT_GEMV_IN_NORM && rb == blockIdx.x && k0 == 0)
+                gemv_fuse::norm_scales<T, WARPS>(f, p.x, T, K, norm_red, norm_scale);
             if (vec) {
                 const int per_t = len / VEC;
                 for (int i = threadIdx.x; i < T * per_t; i += blockDim.x) {
                     const int t = i / per_t, j = i % per_t;
                     *reinterpret_cast<uint4 *>(&xs[t][j * VEC]) =
-                        *reinterpret_cast<const uint4 *>(p.x + (int64_t)t * K + k0 + j * VEC);
+                        gemv_fuse::stage8<MODE>(f, p.x, t, K, k0 + j * VEC, norm_scale);
                 }
             } else {
                 for (int i = threadIdx.x; i < T * len; i += blockDim.x) {
                     const int t = i / len, j = i % len;
-                    xs[t][j] = p.x[(int64_t)t * K + k0 + j];
+                    xs[t][j] = gemv_fuse::stage1<MODE>(f, p.x, t, K, k0 + j, norm_scale);
                 }
             }
             __syncthreads();
@@ -160,7 +181,7 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
 #pragma unroll
                 for (int t = 0; t < T; ++t) {
                     const float v = warp_sum(acc[t][r]);  // the whole warp is here
-                    if (lane == 0 && n < N) p.out[(int64_t)t * N + n] = to_bf16(v + b);
+                    if (lane == 0 && n < N) gemv_fuse::store(f, p.out + (int64_t)t * N + n, v + b);
                 }
             }
         }
@@ -170,16 +191,36 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
 
 }  // namespace flint::gemv
 
-// Exported symbols: gemv_bf16_t1 ..= gemv_bf16_t8 (T, the token count, is a template
-// argument so the accumulators stay in registers).
+// Exported symbols: gemv_bf16[_norm|_act]_t1 ..= _t8 (T, the token count, is a template
+// argument so the accumulators stay in registers; so is the input mode).
 #define FLINT_GEMV_BOUNDS __launch_bounds__(FLINT_GEMV_WARPS * 32, 2)
 namespace fg = flint::gemv;
 
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t1(const GemvParams p) { fg::gemv<1>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t2(const GemvParams p) { fg::gemv<2>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t3(const GemvParams p) { fg::gemv<3>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t4(const GemvParams p) { fg::gemv<4>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t5(const GemvParams p) { fg::gemv<5>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t6(const GemvParams p) { fg::gemv<6>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t7(const GemvParams p) { fg::gemv<7>(p); }
-extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t8(const GemvParams p) { fg::gemv<8>(p); }
+// The fused one-token kernels ask for 3 CTAs per SM (at most 80 registers): what the plain
+// one fits by itself (77-79), and without it they took 84 (norm) and 89 (act), i.e. 2.
+#define FLINT_GEMV_T1_BOUNDS __launch_bounds__(FLINT_GEMV_WARPS * 32, 3)
+
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t1(const GemvParams p) { fg::gemv<1, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_T1_BOUNDS void gemv_bf16_norm_t1(const GemvParams p) { fg::gemv<1, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_T1_BOUNDS void gemv_bf16_act_t1(const GemvParams p) { fg::gemv<1, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t2(const GemvParams p) { fg::gemv<2, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t2(const GemvParams p) { fg::gemv<2, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t2(const GemvParams p) { fg::gemv<2, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t3(const GemvParams p) { fg::gemv<3, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t3(const GemvParams p) { fg::gemv<3, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t3(const GemvParams p) { fg::gemv<3, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t4(const GemvParams p) { fg::gemv<4, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t4(const GemvParams p) { fg::gemv<4, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t4(const GemvParams p) { fg::gemv<4, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t5(const GemvParams p) { fg::gemv<5, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t5(const GemvParams p) { fg::gemv<5, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t5(const GemvParams p) { fg::gemv<5, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t6(const GemvParams p) { fg::gemv<6, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t6(const GemvParams p) { fg::gemv<6, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t6(const GemvParams p) { fg::gemv<6, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t7(const GemvParams p) { fg::gemv<7, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t7(const GemvParams p) { fg::gemv<7, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t7(const GemvParams p) { fg::gemv<7, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_t8(const GemvParams p) { fg::gemv<8, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_norm_t8(const GemvParams p) { fg::gemv<8, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_GEMV_BOUNDS void gemv_bf16_act_t8(const GemvParams p) { fg::gemv<8, FLINT_GEMV_IN_ACT_MUL>(p); }

@@ -97,8 +97,8 @@ typedef struct RopeKvWriteParams {
 FLINT_ASSERT_SIZE(RopeKvWriteParams, 112);
 
 #include "attention/params.h"
+#include "gemv/params.h" /* before quant/params.h: GemvFuse */
 #include "quant/params.h"
-#include "gemv/params.h"
 #include "sampling/params.h"
 /** gather_rows_bf16: out[i, :] = x[rows[i], :]; a row index outside [0, x_rows) gives zeros. */
 typedef struct GatherParams {

@@ -13,6 +13,10 @@
 //   quant_dequant_<i8|i4|fp8>(QuantGemvParams p)   prefill: out[N, K] bf16 = w (then cuBLASLt)
 //
 //   quant_gemv_<i8|i4|fp8>_t1(QuantGemvParams p)   the same for exactly one token (decode)
+//   quant_gemv_<fmt>_norm[_t1], quant_gemv_<fmt>_act[_t1]: x staged as RMSNorm(x) * (offset +
+//     norm_w) / as act(gate) * up from gate|up [T, 2K]; any GEMV with p.fuse.add_to_out adds
+//     into out (the residual stream): gemv/fuse.cuh, the same modes as gemv.cu's, UNVERIFIED
+//     on a GPU (host emulation: tests/fused_gemv_emulation).
 //
 // GEMV design (the pattern of gemv.cu; constants in quant/params.h, shared with the host):
 // - grid/block: FLINT_QUANT_GEMV_WARPS (8) warps per CTA, each owning
@@ -52,9 +56,15 @@
 // CTAs per SM (32 warps). 4 rows per warp at T = 8 would be 32 accumulators + 32 weights and
 // spill or cut the loads in flight. Check with FLINT_PTXAS_VERBOSE=1: 0 spills on sm_80 and
 // sm_90a at the time of writing.
+// Fused modes (template argument, as in gemv.cu): NORM computes its per-token scales once per
+// CTA after the first barrier, before staging the first chunk; staging computes x from its
+// operands; the epilogue adds into out with add_to_out. sm_90a: general 93-127 registers,
+// _t1 56-64, 0 spills.
 // Dequant grid/block: grid-stride over N*K elements, 256 threads. Minimum arch sm_80 (the fp8
 // decode is integer/f16 arithmetic, not the sm_89 cvt instructions).
 #include "common.cuh"
+#include "norm.cuh"
+#include "gemv/fuse.cuh"
 #include "quant/dequant.cuh"
 
 namespace flint::quant_gemv {
@@ -192,11 +202,13 @@ __device__ __forceinline__ void prefetch_first_codes(const QuantGemvParams &p, i
 // MAX_T: the most tokens this instance takes (1: the decode kernel, whose 64 registers let
 // 32 warps per SM be resident, each with one load per row ahead; 8: the general one, 16 warps
 // per SM with two ahead).
-template <int F, int MAX_T>
+template <int F, int MAX_T, int MODE>
 __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     constexpr int C = Chunk<F>::CODES;  // columns per 16-byte load of codes
     constexpr int P = C / VEC;          // 8-column pieces per load (2, or 4 for int4)
     __shared__ __align__(16) bf16 xs[X_ELEMS];
+    __shared__ float norm_red[MAX_T * WARPS], norm_scale[MAX_T];  // the NORM input's scales
+    const GemvFuse &f = p.fuse;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int T = MAX_T == 1 ? 1 : p.num_tokens, N = p.n, K = p.k;
     prefetch_first_codes<F>(p, blockIdx.x * ROWS_PER_CTA + warp * ROWS);
@@ -206,7 +218,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     const int row_bytes = F == INT4 ? K / 2 : K;
     // Uniform over the grid: which path every warp takes. K % 32 == 0 makes every row's bytes
     // a multiple of 16, so an aligned qdata means every row is aligned.
-    const bool vec = K % 32 == 0 && aligned16(p.qdata) && aligned16(p.x);
+    const bool vec = K % 32 == 0 && aligned16(p.qdata) && aligned16(p.x) && gemv_fuse::aligned<MODE>(f);
     const bool uniform = p.g_idx == nullptr && p.group % C == 0;
     // Columns per staged chunk; the vector path's are whole 32-column pieces (every format's
     // 16-byte load), so a chunk is whole loads of codes.
@@ -228,6 +240,9 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
             const int len = min(cols, K - k0);
             if (!one_chunk || rb == blockIdx.x) {  // one chunk: staged once, kept for every row block
                 __syncthreads();                   // every warp is done reading the previous chunk
+                // The NORM input's scales, once per CTA, before its first chunk (gemv/fuse.cuh).
+                if (MODE == FLINT_GEMV_IN_NORM && rb == blockIdx.x && k0 == 0)
+                    gemv_fuse::norm_scales<MAX_T, WARPS>(f, p.x, T, K, norm_red, norm_scale);
                 if (vec) {
                     // Piece m (8 columns) of the chunk is piece j = m % P of code load c = m / P;
                     // it goes to [t][j][c] (see the header). Threads walk the global order,
@@ -239,12 +254,12 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
                         const int t = i / per_t, m = i % per_t;
                         const int j = m % P, c = m / P;
                         *reinterpret_cast<uint4 *>(&xs[t * cols + (j * nc + c) * VEC]) =
-                            *reinterpret_cast<const uint4 *>(p.x + (int64_t)t * K + k0 + m * VEC);
+                            gemv_fuse::stage8<MODE>(f, p.x, t, K, k0 + m * VEC, norm_scale);
                     }
                 } else {
                     for (int i = threadIdx.x; i < T * len; i += blockDim.x) {
                         const int t = i / len, j = i % len;
-                        xs[t * cols + j] = p.x[(int64_t)t * K + k0 + j];
+                        xs[t * cols + j] = gemv_fuse::stage1<MODE>(f, p.x, t, K, k0 + j, norm_scale);
                     }
                 }
                 __syncthreads();
@@ -285,7 +300,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
                 for (int t = 0; t < MAX_T; ++t) {
                     if (t < T) {  // T is the same for every lane: the shuffle sees the full warp
                         const float v = warp_sum(acc[t][r]);
-                        if (lane == 0) p.out[(int64_t)t * N + n] = to_bf16(v + b);
+                        if (lane == 0) gemv_fuse::store(f, p.out + (int64_t)t * N + n, v + b);
                     }
                 }
             }
@@ -310,8 +325,8 @@ __device__ __forceinline__ void dequant(const QuantGemvParams &p) {
 
 }  // namespace flint::quant_gemv
 
-// Exported symbols: quant_gemv_<i8|i4|fp8> and quant_dequant_<i8|i4|fp8> (the weight's code
-// type; activations and outputs are bf16).
+// Exported symbols: quant_gemv_<i8|i4|fp8>[_norm|_act][_t1] and quant_dequant_<i8|i4|fp8>
+// (the weight's code type; activations and outputs are bf16).
 // quant_gemv_<fmt> (1..8 tokens): 2 CTAs of 256 threads per SM, at most 128 registers.
 // quant_gemv_<fmt>_t1 (one token, decode): 4 CTAs per SM (32 warps), at most 64 registers.
 #define FLINT_QUANT_GEMV_BOUNDS __launch_bounds__(FLINT_QUANT_GEMV_WARPS * WARP_SIZE, 2)
@@ -320,12 +335,24 @@ using flint::WARP_SIZE;
 namespace fq = flint::quant_gemv;
 constexpr int FQ_MAX_T = FLINT_QUANT_GEMV_MAX_TOKENS;
 
-extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i8(const QuantGemvParams p) { fq::gemv<fq::INT8, FQ_MAX_T>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i4(const QuantGemvParams p) { fq::gemv<fq::INT4, FQ_MAX_T>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_fp8(const QuantGemvParams p) { fq::gemv<fq::FP8, FQ_MAX_T>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i8_t1(const QuantGemvParams p) { fq::gemv<fq::INT8, 1>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i4_t1(const QuantGemvParams p) { fq::gemv<fq::INT4, 1>(p); }
-extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_fp8_t1(const QuantGemvParams p) { fq::gemv<fq::FP8, 1>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i8(const QuantGemvParams p) { fq::gemv<fq::INT8, FQ_MAX_T, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i8_t1(const QuantGemvParams p) { fq::gemv<fq::INT8, 1, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i8_norm(const QuantGemvParams p) { fq::gemv<fq::INT8, FQ_MAX_T, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i8_norm_t1(const QuantGemvParams p) { fq::gemv<fq::INT8, 1, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i8_act(const QuantGemvParams p) { fq::gemv<fq::INT8, FQ_MAX_T, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i8_act_t1(const QuantGemvParams p) { fq::gemv<fq::INT8, 1, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i4(const QuantGemvParams p) { fq::gemv<fq::INT4, FQ_MAX_T, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i4_t1(const QuantGemvParams p) { fq::gemv<fq::INT4, 1, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i4_norm(const QuantGemvParams p) { fq::gemv<fq::INT4, FQ_MAX_T, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i4_norm_t1(const QuantGemvParams p) { fq::gemv<fq::INT4, 1, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_i4_act(const QuantGemvParams p) { fq::gemv<fq::INT4, FQ_MAX_T, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_i4_act_t1(const QuantGemvParams p) { fq::gemv<fq::INT4, 1, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_fp8(const QuantGemvParams p) { fq::gemv<fq::FP8, FQ_MAX_T, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_fp8_t1(const QuantGemvParams p) { fq::gemv<fq::FP8, 1, FLINT_GEMV_IN_PLAIN>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_fp8_norm(const QuantGemvParams p) { fq::gemv<fq::FP8, FQ_MAX_T, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_fp8_norm_t1(const QuantGemvParams p) { fq::gemv<fq::FP8, 1, FLINT_GEMV_IN_NORM>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_BOUNDS void quant_gemv_fp8_act(const QuantGemvParams p) { fq::gemv<fq::FP8, FQ_MAX_T, FLINT_GEMV_IN_ACT_MUL>(p); }
+extern "C" __global__ FLINT_QUANT_GEMV_T1_BOUNDS void quant_gemv_fp8_act_t1(const QuantGemvParams p) { fq::gemv<fq::FP8, 1, FLINT_GEMV_IN_ACT_MUL>(p); }
 extern "C" __global__ void quant_dequant_i8(const QuantGemvParams p) { fq::dequant<fq::INT8>(p); }
 extern "C" __global__ void quant_dequant_i4(const QuantGemvParams p) { fq::dequant<fq::INT4>(p); }
 extern "C" __global__ void quant_dequant_fp8(const QuantGemvParams p) { fq::dequant<fq::FP8>(p); }

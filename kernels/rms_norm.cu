@@ -20,41 +20,12 @@
 // sum, pass 2 rereads r (L1/L2-resident) and writes out. Each thread rereads only what it
 // wrote itself, so no barrier is needed between the passes beyond the block sum's.
 // Block: a multiple of 32, at most 1024; the launcher picks 256 (or fewer for small cols).
-// Minimum arch sm_80.
+// Minimum arch sm_80. The arithmetic lives in norm.cuh (the GEMVs' fused norm input uses it
+// too).
 #include "common.cuh"
+#include "norm.cuh"
 
 namespace flint::rms_norm {
-
-// Pass 1 over one row: returns this thread's share of sum(r^2); writes r to residual.
-template <bool VEC8>
-__device__ __forceinline__ float sum_squares(const bf16 *x, bf16 *res, int cols) {
-    float ss = 0.0f;
-    if constexpr (VEC8) {
-        for (int c = threadIdx.x * VEC; c < cols; c += blockDim.x * VEC) {
-            float v[VEC];
-            load8(x + c, v);
-            if (res) {
-                float r[VEC];
-                load8(res + c, r);
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) v[i] = to_f32(to_bf16(v[i] + r[i]));
-                store8(res + c, v);
-            }
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) ss += v[i] * v[i];
-        }
-    } else {
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            float v = to_f32(x[c]);
-            if (res) {
-                v = to_f32(to_bf16(v + to_f32(res[c])));
-                res[c] = to_bf16(v);
-            }
-            ss += v * v;
-        }
-    }
-    return ss;
-}
 
 // Pass 2 over one row: out = r * scale * (w_offset + w), r read back from `r`.
 template <bool VEC8>
@@ -66,12 +37,12 @@ __device__ __forceinline__ void scale_row(const bf16 *r, const bf16 *w, bf16 *ou
             load8(r + c, v);
             load8(w + c, g);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) v[i] = v[i] * scale * (w_offset + g[i]);
+            for (int i = 0; i < VEC; ++i) v[i] = norm::rms_apply(v[i], scale, w_offset, g[i]);
             store8(out + c, v);
         }
     } else {
         for (int c = threadIdx.x; c < cols; c += blockDim.x)
-            out[c] = to_bf16(to_f32(r[c]) * scale * (w_offset + to_f32(w[c])));
+            out[c] = to_bf16(norm::rms_apply(to_f32(r[c]), scale, w_offset, to_f32(w[c])));
     }
 }
 
@@ -80,8 +51,8 @@ __device__ __forceinline__ void run(const RmsNormParams &p, float *scratch) {
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const int64_t at = row * p.cols;
         bf16 *res = p.residual ? p.residual + at : nullptr;
-        const float ss = block_sum(sum_squares<VEC8>(p.x + at, res, p.cols), scratch);
-        const float scale = rsqrtf(ss / float(p.cols) + p.eps);
+        const float ss = block_sum(norm::sum_squares<VEC8>(p.x + at, res, p.cols), scratch);
+        const float scale = norm::rms_scale(ss, p.cols, p.eps);
         scale_row<VEC8>(res ? res : p.x + at, p.w, p.out + at, p.cols, scale, p.w_offset);
     }
 }

@@ -1,12 +1,14 @@
 //! The one decoder. Every family is this file run over a different `ModelSpec`: embedding,
 //! then per layer [norm → fused qkv → (q/k norm) rope + cache write → attention → o-proj
 //! (→ post-norm)] and [norm → fused gate|up → act·mul → down (→ post-norm)], each added to
-//! the residual stream, then the final norm, lm_head and the optional soft-cap. A layer's
+//! the residual stream, then the final norm, lm_head and the optional soft-cap. The norms,
+//! the act·mul and the residual adds are inputs and outputs of the matmuls where they can be
+//! (`Backend::matmul_ex`: the CUDA GEMVs fuse them, so decode runs no kernel of its own for them). A layer's
 //! MLP is dense or a mixture of experts (`moe.rs`) as `MoeSpec::sparse_layers` says.
 
 mod moe;
 
-use crate::backend::{AttnParams, Backend, KvShape, QkNorm, StepInput};
+use crate::backend::{AttnParams, Backend, KvShape, MatIn, MatOut, QkNorm, StepInput};
 use crate::config::ModelSpec;
 use crate::weights::names::{self, LayerNames};
 use crate::weights::quant::Linear;
@@ -523,21 +525,22 @@ impl<B: Backend> Model<B> {
         // The scale at the activation dtype (bf16 on CUDA), as transformers applies it.
         let embed_scale = be.act_scalar(spec.embed_scale);
         be.embed(dstep, &self.embed, embed_scale, &mut ws.x)?;
-        let mut pending = false; // whether ws.delta still has to be added to ws.x
-        let norm_into_h =
-            |be: &B, ws: &mut Workspace<B>, w: &B::Weight, pending: &mut bool| -> Result<()> {
-                if *pending {
-                    be.rms_norm(&ws.delta, Some(&mut ws.x), w, eps, off, &mut ws.h)?;
-                } else {
-                    be.rms_norm(&ws.x, None, w, eps, off, &mut ws.h)?;
-                }
-                *pending = true;
-                Ok(())
-            };
+        // The residual stream is ws.x, plus ws.delta while `pending`. A dense layer without
+        // post-norms keeps nothing pending: its pre-norms run inside the qkv and gate|up
+        // matmuls and its o and down matmuls add into ws.x (`Backend::matmul_ex`). A post-norm
+        // or a MoE MLP writes a delta instead, which the next norm adds (rms_norm's residual).
+        let mut pending = false;
+        let norm = |w| (w, eps, off);
         for (i, l) in self.layers.iter().enumerate() {
             // Attention block.
-            norm_into_h(be, ws, &l.attn_norm, &mut pending)?;
-            be.matmul(&ws.h, &l.qkv, l.qkv_bias.as_ref(), &mut ws.qkv)?;
+            norm_matmul(
+                be,
+                (&mut ws.x, &ws.delta, &mut pending),
+                norm(&l.attn_norm),
+                &mut ws.h,
+                (&l.qkv, l.qkv_bias.as_ref()),
+                &mut ws.qkv,
+            )?;
             let qk = l.qk_norm.as_ref().map(|(q, k)| QkNorm {
                 q,
                 k,
@@ -555,48 +558,128 @@ impl<B: Backend> Model<B> {
                 &mut ws.q,
             )?;
             be.attention(&ws.q, dstep, cache, i, &l.attn, &mut ws.attn_out)?;
+            let o_in = MatIn::Plain(&ws.attn_out);
             match &l.post_attn_norm {
                 Some(pn) => {
-                    be.matmul(&ws.attn_out, &l.o, l.o_bias.as_ref(), &mut ws.proj)?;
+                    be.matmul_ex(o_in, &l.o, l.o_bias.as_ref(), MatOut::Write(&mut ws.proj))?;
                     be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
+                    pending = true;
                 }
-                None => be.matmul(&ws.attn_out, &l.o, l.o_bias.as_ref(), &mut ws.delta)?,
+                None => be.matmul_ex(o_in, &l.o, l.o_bias.as_ref(), MatOut::AddTo(&mut ws.x))?,
             }
             // MLP block.
-            norm_into_h(be, ws, &l.mlp_norm, &mut pending)?;
-            let target = if l.post_mlp_norm.is_some() {
-                &mut ws.proj
-            } else {
-                &mut ws.delta
-            };
             match &l.mlp {
                 Mlp::Dense(m) => {
-                    be.matmul(&ws.h, &m.gate_up, m.gate_up_bias.as_ref(), &mut ws.gate_up)?;
-                    be.act_mul(&ws.gate_up, spec.activation, &mut ws.act)?;
-                    be.matmul(&ws.act, &m.down, m.down_bias.as_ref(), target)?;
+                    norm_matmul(
+                        be,
+                        (&mut ws.x, &ws.delta, &mut pending),
+                        norm(&l.mlp_norm),
+                        &mut ws.h,
+                        (&m.gate_up, m.gate_up_bias.as_ref()),
+                        &mut ws.gate_up,
+                    )?;
+                    let act = MatIn::ActMul {
+                        gate_up: &ws.gate_up,
+                        act: spec.activation,
+                        scratch: &mut ws.act,
+                    };
+                    let bias = m.down_bias.as_ref();
+                    match &l.post_mlp_norm {
+                        Some(pn) => {
+                            be.matmul_ex(act, &m.down, bias, MatOut::Write(&mut ws.proj))?;
+                            be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
+                            pending = true;
+                        }
+                        None => be.matmul_ex(act, &m.down, bias, MatOut::AddTo(&mut ws.x))?,
+                    }
                 }
                 Mlp::Moe(m) => {
+                    // h feeds the router and the experts: the norm is materialized.
+                    if pending {
+                        be.rms_norm(&ws.delta, Some(&mut ws.x), &l.mlp_norm, eps, off, &mut ws.h)?;
+                    } else {
+                        be.rms_norm(&ws.x, None, &l.mlp_norm, eps, off, &mut ws.h)?;
+                    }
                     let mws = ws.moe.as_mut().context("workspace has no MoE buffers")?;
-                    m.forward(be, &ws.h, mws, target)?;
+                    match &l.post_mlp_norm {
+                        Some(pn) => {
+                            m.forward(be, &ws.h, mws, &mut ws.proj)?;
+                            be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
+                        }
+                        None => m.forward(be, &ws.h, mws, &mut ws.delta)?,
+                    }
+                    pending = true;
                 }
             }
-            if let Some(pn) = &l.post_mlp_norm {
-                be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
-            }
         }
-        norm_into_h(be, ws, &self.final_norm, &mut pending)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let head_in = (head, None);
         if all_positions {
-            be.matmul(&ws.h, head, None, &mut ws.logits)?;
-        } else {
+            let x = (&mut ws.x, &ws.delta, &mut pending);
+            norm_matmul(
+                be,
+                x,
+                norm(&self.final_norm),
+                &mut ws.h,
+                head_in,
+                &mut ws.logits,
+            )?;
+        } else if pending {
+            be.rms_norm(
+                &ws.delta,
+                Some(&mut ws.x),
+                &self.final_norm,
+                eps,
+                off,
+                &mut ws.h,
+            )?;
             be.gather_last(&ws.h, dstep, &mut ws.last)?;
             be.matmul(&ws.last, head, None, &mut ws.logits)?;
+        } else {
+            // The norm is row by row: the last rows' norm is the norm's last rows.
+            be.gather_last(&ws.x, dstep, &mut ws.last)?;
+            let mut no_delta = false;
+            let x = (&mut ws.last, &ws.delta, &mut no_delta);
+            norm_matmul(
+                be,
+                x,
+                norm(&self.final_norm),
+                &mut ws.h,
+                head_in,
+                &mut ws.logits,
+            )?;
         }
         if let Some(cap) = spec.final_softcap {
             be.softcap(&mut ws.logits, cap)?;
         }
         Ok(())
     }
+}
+
+/// `out = norm(x) · wᵀ (+ b)` for the residual stream `(x, delta, pending)`, which it leaves
+/// up to date (nothing pending): a pending delta is added by `rms_norm`'s residual path (into
+/// `h`, then a plain matmul); otherwise the norm is the matmul's input (`MatIn::Norm`, with `h`
+/// as its scratch), which a backend may fuse.
+fn norm_matmul<B: Backend>(
+    be: &B,
+    (x, delta, pending): (&mut B::Tensor, &B::Tensor, &mut bool),
+    (nw, eps, offset): (&B::Weight, f32, f32),
+    h: &mut B::Tensor,
+    (w, bias): (&B::Weight, Option<&B::Weight>),
+    out: &mut B::Tensor,
+) -> Result<()> {
+    if std::mem::take(pending) {
+        be.rms_norm(delta, Some(x), nw, eps, offset, h)?;
+        return be.matmul(h, w, bias, out);
+    }
+    let input = MatIn::Norm {
+        x,
+        w: nw,
+        eps,
+        offset,
+        scratch: h,
+    };
+    be.matmul_ex(input, w, bias, MatOut::Write(out))
 }
 
 #[cfg(test)]

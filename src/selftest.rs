@@ -14,7 +14,10 @@
 //! the first divergence is under 1% of its largest |logit| (a near tie bf16 may legitimately
 //! flip). Routing near ties of MoE layers are followed, not compared: the CPU takes the GPU's
 //! experts where its own router logits nearly tie (`model::RouteTap`), and the case says so.
-//! The `flint generate --device cuda` path runs as a subprocess of this binary.
+//! The `flint generate --device cuda` path runs as a subprocess of this binary. The end-to-end
+//! cases run the backend's configured fusion (`FLINT_FUSE`, on by default: dense decode layers
+//! then run their pre-norms, act·mul and residual adds inside the GEMVs); `fused matmul` and
+//! `fused=unfused` check those GEMVs alone (selftest_fused.rs).
 //!
 //! Exit codes: 0 all passed, 1 a case failed, 2 no usable GPU (with the reason).
 
@@ -35,6 +38,9 @@ use std::path::{Path, PathBuf};
 // The MoE ops' cases (owned by the MoE kernels' author).
 #[path = "selftest_moe.rs"]
 mod moe;
+// The fused GEMV inputs and outputs (`Backend::matmul_ex`).
+#[path = "selftest_fused.rs"]
+mod fused;
 
 pub struct SelftestOptions {
     pub json: Option<PathBuf>,
@@ -149,6 +155,9 @@ pub fn run(opts: &SelftestOptions) -> i32 {
         record(c);
     }
     for c in t.dense_cases(opts.quick) {
+        record(c);
+    }
+    for c in t.fused_cases(opts.quick) {
         record(c);
     }
     for c in t.quant_moe_cases(opts.quick) {

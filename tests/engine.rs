@@ -689,7 +689,7 @@ fn the_kv_cache_is_sized_from_memory_or_an_explicit_count() {
 // graphs (regions run eagerly, so outputs must not change) ----
 
 use anyhow::Result;
-use flint::backend::{Backend, StepInput};
+use flint::backend::{Backend, MatIn, MatOut, StepInput};
 use std::cell::{Cell, RefCell};
 
 #[derive(Default)]
@@ -706,9 +706,14 @@ struct GraphProbe {
     bf16_scalars: Cell<bool>,
     /// The scale every `embed` call got.
     embed_scales: RefCell<Vec<f32>>,
+    /// The decoder's norm, act·mul and matmul calls, by kind (`matmul_ex` as `in>out`).
+    ops: RefCell<std::collections::BTreeMap<String, usize>>,
 }
 
 impl GraphProbe {
+    fn log(&self, op: &str) {
+        *self.ops.borrow_mut().entry(op.to_string()).or_default() += 1;
+    }
     fn outside(&self, op: &str) {
         if let Some(k) = self.region.get() {
             self.violations
@@ -765,6 +770,11 @@ impl Backend for GraphProbe {
         off: f32,
         o: &mut Self::Tensor,
     ) -> Result<()> {
+        self.log(if r.is_some() {
+            "rms_norm+residual"
+        } else {
+            "rms_norm"
+        });
         self.inner.rms_norm(x, r, w, eps, off, o)
     }
     fn matmul(
@@ -774,7 +784,27 @@ impl Backend for GraphProbe {
         b: Option<&Self::Weight>,
         o: &mut Self::Tensor,
     ) -> Result<()> {
+        self.log("matmul");
         self.inner.matmul(x, w, b, o)
+    }
+    fn matmul_ex(
+        &self,
+        x: MatIn<'_, Self::Tensor, Self::Weight>,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        o: MatOut<'_, Self::Tensor>,
+    ) -> Result<()> {
+        let input = match &x {
+            MatIn::Plain(_) => "plain",
+            MatIn::Norm { .. } => "norm",
+            MatIn::ActMul { .. } => "act",
+        };
+        let out = match &o {
+            MatOut::Write(_) => "write",
+            MatOut::AddTo(_) => "add",
+        };
+        self.log(&format!("{input}>{out}"));
+        self.inner.matmul_ex(x, w, b, o)
     }
     fn rope_kv_write(
         &self,
@@ -1048,6 +1078,64 @@ fn the_model_applies_the_backends_scalar_rounding_to_the_embedding_scale() {
     // The config gives the exact f32 scale (the fixture's hidden size is 64).
     let spec = ModelRef::Dir(fixtures_dir().join("gemma")).spec().unwrap();
     assert_eq!(spec.embed_scale, 8.0);
+}
+
+/// The decoder's residual flow per family, as ops (`matmul_ex` shown as input>output; the
+/// logits themselves are held to transformers by tests/hf_fixtures.rs): a dense layer without
+/// post-norms runs its norms, act·mul and residual adds inside its matmuls; post-norms
+/// (Gemma 2) and MoE MLPs (Qwen2-MoE: every other layer) write a delta that the next norm
+/// adds. One prefill of 3 tokens, logits of the last.
+#[test]
+fn dense_layers_fuse_their_norms_and_residual_adds_into_the_matmuls() {
+    let ops = |name: &str| {
+        let be = GraphProbe::default();
+        let m = ModelRef::Dir(fixtures_dir().join(name)).load(&be).unwrap();
+        be.ops.borrow_mut().clear();
+        engine::prompt_logits(&be, &m, &[1, 2, 3], false).unwrap();
+        let spec = &m.spec;
+        let sparse = (0..spec.num_layers)
+            .filter(|&i| spec.moe.as_ref().is_some_and(|s| s.sparse_layers[i]))
+            .count();
+        let got = be.ops.borrow().clone();
+        (spec.num_layers, sparse, got)
+    };
+    let count = |m: &std::collections::BTreeMap<String, usize>, k: &str| *m.get(k).unwrap_or(&0);
+    // Llama 3: per layer norm>write (qkv, gate|up), plain>add (o), act>add (down); the final
+    // norm goes into lm_head; no norm or act·mul of the decoder's own.
+    let (l, _, m) = ops("llama3");
+    assert_eq!(count(&m, "norm>write"), 2 * l + 1, "{m:?}");
+    assert_eq!(count(&m, "plain>add"), l, "{m:?}");
+    assert_eq!(count(&m, "act>add"), l, "{m:?}");
+    assert_eq!(
+        count(&m, "rms_norm") + count(&m, "rms_norm+residual"),
+        0,
+        "{m:?}"
+    );
+    // Gemma 2: post-norms after o and down, so every later norm adds a delta.
+    let (l, _, m) = ops("gemma2");
+    assert_eq!(count(&m, "plain>add") + count(&m, "act>add"), 0, "{m:?}");
+    assert_eq!(count(&m, "plain>write"), l, "{m:?}");
+    assert_eq!(count(&m, "act>write"), l, "{m:?}");
+    assert_eq!(count(&m, "rms_norm"), 2 * l, "post-norms: {m:?}");
+    // The first pre-norm has nothing pending; every other one and the final one do.
+    assert_eq!(count(&m, "norm>write"), 1, "{m:?}");
+    assert_eq!(count(&m, "rms_norm+residual"), 2 * l, "{m:?}");
+    // Qwen2-MoE: dense and sparse layers mixed.
+    let (l, sparse, m) = ops("qwen2_moe");
+    assert!(
+        sparse > 0 && sparse < l,
+        "the fixture mixes layers: {sparse} of {l}"
+    );
+    let dense = l - sparse;
+    assert_eq!(count(&m, "plain>add"), l, "{m:?}");
+    assert_eq!(count(&m, "act>add"), dense, "{m:?}");
+    // A sparse MLP's norm is its own (it feeds the router and the experts); its delta is
+    // added by the next attention norm or the final one.
+    assert_eq!(
+        count(&m, "rms_norm") + count(&m, "rms_norm+residual"),
+        2 * sparse,
+        "{m:?}"
+    );
 }
 
 // ---- Send: an engine can live on its own thread (serving stacks) ----

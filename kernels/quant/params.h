@@ -1,5 +1,5 @@
 /* quant/params.h — params of the quantized-weight kernels (kernels/quant_gemv.cu; included by
- * params.h, same layout rules). Filled by src/backend/cuda/quant.rs.
+ * params.h after gemv/params.h, same layout rules). Filled by src/backend/cuda/quant.rs.
  *
  * Device layout of a quantized weight [N, K] (the host QuantWeight layout, uploaded as is):
  *   qdata   [N, row_bytes] u8, row-major along K: int8 codes (row_bytes = K), int4 two per
@@ -30,13 +30,14 @@
 
 /** quant_gemv_{int8,int4,fp8}: out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), f32 accumulate. */
 typedef struct QuantGemvParams {
-    FLINT_PTR(const flint_bf16) x;       /**< [num_tokens, k] */
+    FLINT_PTR(const flint_bf16) x;       /**< [num_tokens, k] ([num_tokens, 2 * k] for ACT_MUL) */
     FLINT_PTR(const uint8_t) qdata;      /**< [n, row_bytes], 16-byte aligned rows when k % 32 == 0 */
     FLINT_PTR(const float) scales;       /**< [n, num_groups] */
     FLINT_PTR(const float) zeros;        /**< [n, num_groups], or 0: zero_default */
     FLINT_PTR(const int32_t) g_idx;      /**< [n / gidx_rows, k], or 0: k / group */
     FLINT_PTR(const flint_bf16) bias;    /**< [n], or 0 */
     FLINT_PTR(flint_bf16) out;           /**< [num_tokens, n] */
+    GemvFuse fuse;                       /**< fused input / output (gemv/params.h); GEMV only */
     int32_t num_tokens;                  /**< 1 ..= FLINT_QUANT_GEMV_MAX_TOKENS */
     int32_t n;
     int32_t k;
@@ -46,9 +47,9 @@ typedef struct QuantGemvParams {
     float zero_default;
     int32_t reserved;                    /**< 0 */
 } QuantGemvParams;
-FLINT_ASSERT_SIZE(QuantGemvParams, 88);
+FLINT_ASSERT_SIZE(QuantGemvParams, 120);
 
 /* quant_dequant_{int8,int4,fp8} take the same struct: out[n, k] = bf16(w[n, k]) for prefill
- * (then cuBLASLt); x, bias and num_tokens are unused there. */
+ * (then cuBLASLt); x, bias, fuse and num_tokens are unused there. */
 
 #endif /* FLINT_QUANT_PARAMS_H */

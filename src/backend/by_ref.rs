@@ -103,6 +103,15 @@ impl<B: Backend> Backend for &B {
     ) -> Result<()> {
         (**self).matmul(x, w, b, o)
     }
+    fn matmul_ex(
+        &self,
+        x: MatIn<'_, Self::Tensor, Self::Weight>,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        o: MatOut<'_, Self::Tensor>,
+    ) -> Result<()> {
+        (**self).matmul_ex(x, w, b, o)
+    }
     fn rope_kv_write(
         &self,
         qkv: &Self::Tensor,

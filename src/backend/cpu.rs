@@ -2,8 +2,8 @@
 //! Math follows transformers' float32 path (f32 accumulation, exact GELU/tanh/exp).
 
 use super::{
-    check_weight_len, AttnParams, Backend, KvShape, MoeExperts, MoeOperands, MoeRouting, QkNorm,
-    StepInput,
+    check_weight_len, AttnParams, Backend, KvShape, MatIn, MatOut, MoeExperts, MoeOperands,
+    MoeRouting, QkNorm, StepInput,
 };
 use crate::config::Activation;
 use anyhow::{bail, Result};
@@ -294,6 +294,76 @@ impl Backend for CpuBackend {
             let b = bias.map_or(0.0, |b| b.data[j]);
             for t in 0..x.rows {
                 out.data[t * n + j] = dot(x.row(t), wr) + b;
+            }
+        }
+        Ok(())
+    }
+
+    /// The unfused ops, in f32: the input materialized into its scratch by `rms_norm` /
+    /// `act_mul`, then `matmul`'s sums; `AddTo` adds `x · wᵀ + b` to each element (the same
+    /// f32 operations as `matmul` into a delta, then `rms_norm`'s residual add).
+    fn matmul_ex(
+        &self,
+        input: MatIn<'_, CpuTensor, CpuTensor>,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        out: MatOut<'_, CpuTensor>,
+    ) -> Result<()> {
+        let x: &CpuTensor = match input {
+            MatIn::Plain(x) => x,
+            MatIn::Norm {
+                x,
+                w: nw,
+                eps,
+                offset,
+                scratch,
+            } => {
+                self.rms_norm(x, None, nw, eps, offset, scratch)?;
+                scratch
+            }
+            MatIn::ActMul {
+                gate_up,
+                act,
+                scratch,
+            } => {
+                if scratch.cols != w.cols {
+                    bail!(
+                        "matmul_ex: act·mul scratch has {} columns, weight {}",
+                        scratch.cols,
+                        w.cols
+                    );
+                }
+                self.act_mul(gate_up, act, scratch)?;
+                scratch
+            }
+        };
+        let out = match out {
+            MatOut::Write(o) => return self.matmul(x, w, bias, o),
+            MatOut::AddTo(o) => o,
+        };
+        let (k, n) = (w.cols, w.rows);
+        if x.cols != k || out.cols != n || out.rows != x.rows {
+            bail!(
+                "matmul_ex: x is [{}, {}], weight [{n}, {k}], accumulated output [{}, {}]",
+                x.rows,
+                x.cols,
+                out.rows,
+                out.cols
+            );
+        }
+        if let Some(b) = bias {
+            if b.data.len() != n {
+                bail!(
+                    "matmul_ex: bias has {} values for {n} outputs",
+                    b.data.len()
+                );
+            }
+        }
+        for j in 0..n {
+            let wr = w.row(j);
+            let b = bias.map_or(0.0, |b| b.data[j]);
+            for t in 0..x.rows {
+                out.data[t * n + j] += dot(x.row(t), wr) + b;
             }
         }
         Ok(())
@@ -680,6 +750,98 @@ mod tests {
         let mut out = be.alloc(2, 2).unwrap();
         let err = be.matmul(&x, &w, None, &mut out).unwrap_err().to_string();
         assert!(err.starts_with("matmul:"), "{err}");
+    }
+
+    fn vals(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// `matmul_ex` is the unfused ops, bit for bit: the decoder's results must not move when
+    /// it switches to it (the HF fixture tests hold the CPU to transformers).
+    #[test]
+    fn matmul_ex_is_the_unfused_ops_bit_for_bit() {
+        let be = CpuBackend;
+        let (t, k, n) = (3, 20, 7);
+        let up = |v: Vec<f32>, r, c| be.upload_weight("t", &v, r, c).unwrap();
+        let x = up(vals(t * k, 1), t, k);
+        let gate_up = up(vals(t * 2 * k, 2), t, 2 * k);
+        let w = up(vals(n * k, 3), n, k);
+        let nw = up(vals(k, 4), 1, k);
+        let b = up(vals(n, 5), 1, n);
+        let res = up(vals(t * n, 6), t, n);
+        for (offset, act) in [(0.0, Activation::Silu), (1.0, Activation::GeluTanh)] {
+            // Norm input, written: rms_norm into h, then matmul.
+            let (mut h, mut want) = (be.alloc(t, k).unwrap(), be.alloc(t, n).unwrap());
+            be.rms_norm(&x, None, &nw, 1e-5, offset, &mut h).unwrap();
+            be.matmul(&h, &w, Some(&b), &mut want).unwrap();
+            let (mut scratch, mut got) = (be.alloc(t, k).unwrap(), be.alloc(t, n).unwrap());
+            let input = MatIn::Norm {
+                x: &x,
+                w: &nw,
+                eps: 1e-5,
+                offset,
+                scratch: &mut scratch,
+            };
+            be.matmul_ex(input, &w, Some(&b), MatOut::Write(&mut got))
+                .unwrap();
+            assert_eq!(got, want, "norm offset {offset}");
+            assert_eq!(scratch, h, "the scratch holds the norm");
+            // act·mul input, added: act_mul, matmul into a delta, rms_norm's residual add.
+            let mut a = be.alloc(t, k).unwrap();
+            be.act_mul(&gate_up, act, &mut a).unwrap();
+            let mut delta = be.alloc(t, n).unwrap();
+            be.matmul(&a, &w, Some(&b), &mut delta).unwrap();
+            let (mut want, mut normed) = (res.clone(), be.alloc(t, n).unwrap());
+            let ones = up(vec![1.0; n], 1, n);
+            be.rms_norm(&delta, Some(&mut want), &ones, 1e-5, 0.0, &mut normed)
+                .unwrap();
+            let mut got = res.clone();
+            let input = MatIn::ActMul {
+                gate_up: &gate_up,
+                act,
+                scratch: &mut scratch,
+            };
+            be.matmul_ex(input, &w, Some(&b), MatOut::AddTo(&mut got))
+                .unwrap();
+            assert_eq!(got, want, "act·mul {act:?} added");
+        }
+        // Plain, added, no bias.
+        let mut delta = be.alloc(t, n).unwrap();
+        be.matmul(&x, &w, None, &mut delta).unwrap();
+        let mut got = res.clone();
+        be.matmul_ex(MatIn::Plain(&x), &w, None, MatOut::AddTo(&mut got))
+            .unwrap();
+        for (i, g) in got.data.iter().enumerate() {
+            assert_eq!(g.to_bits(), (res.data[i] + delta.data[i]).to_bits(), "{i}");
+        }
+    }
+
+    #[test]
+    fn matmul_ex_checks_its_operands_by_name() {
+        let be = CpuBackend;
+        let x = be.upload_weight("x", &[1.0; 6], 2, 3).unwrap();
+        let w = be.upload_weight("w", &[1.0; 6], 2, 3).unwrap();
+        // AddTo needs the output's rows to be x's already.
+        let mut out = be.alloc(4, 2).unwrap();
+        let err = be
+            .matmul_ex(MatIn::Plain(&x), &w, None, MatOut::AddTo(&mut out))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("matmul_ex:"), "{err}");
+        // act·mul takes gate|up of 2K columns and a scratch of K.
+        let mut scratch = be.alloc(2, 2).unwrap();
+        let input = MatIn::ActMul {
+            gate_up: &x,
+            act: Activation::Silu,
+            scratch: &mut scratch,
+        };
+        let err = be
+            .matmul_ex(input, &w, None, MatOut::Write(&mut out))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scratch"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,38 @@ pub struct QkNorm<'a, W> {
     pub offset: f32,
 }
 
+/// The input of [`Backend::matmul_ex`]: x itself, or a value computed from its operands,
+/// which a backend may compute while it loads x (the CUDA GEMVs do) or materialize first.
+pub enum MatIn<'a, T, W> {
+    /// x `[T, K]` as given.
+    Plain(&'a T),
+    /// `rms_norm(x, None, w, eps, offset)` of x `[T, K]` (see [`Backend::rms_norm`]).
+    /// `scratch` (`[T, K]` of room) is where a backend may materialize it; its contents
+    /// afterwards are unspecified.
+    Norm {
+        x: &'a T,
+        w: &'a W,
+        eps: f32,
+        offset: f32,
+        scratch: &'a mut T,
+    },
+    /// `act_mul(gate_up, act)` of gate_up `[T, 2K]` (see [`Backend::act_mul`]); `scratch`
+    /// as for `Norm`.
+    ActMul {
+        gate_up: &'a T,
+        act: Activation,
+        scratch: &'a mut T,
+    },
+}
+
+/// The output of [`Backend::matmul_ex`].
+pub enum MatOut<'a, T> {
+    /// `out = x · wᵀ (+ bias)`, `[T, N]`, as [`Backend::matmul`].
+    Write(&'a mut T),
+    /// `out += x · wᵀ (+ bias)`: out already holds `[T, N]` (the residual stream).
+    AddTo(&'a mut T),
+}
+
 /// Paged KV cache geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {
@@ -406,6 +438,20 @@ pub trait Backend {
         w: &Self::Weight,
         bias: Option<&Self::Weight>,
         out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// [`Backend::matmul`] with a computed input and an optional accumulation: the decode
+    /// layer's pre-norm, its activation and its residual add, without a kernel of their own
+    /// where the backend can fuse them. The result is the one of the unfused ops (`rms_norm`
+    /// or `act_mul` into the scratch, `matmul`, then an add); a backend that fuses rounds at
+    /// the same points as its unfused ops do. `MatOut::AddTo`'s tensor must be distinct from
+    /// every input (the borrows make it so).
+    fn matmul_ex(
+        &self,
+        input: MatIn<'_, Self::Tensor, Self::Weight>,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: MatOut<'_, Self::Tensor>,
     ) -> Result<()>;
 
     /// Splits the fused `qkv [T, (H + 2·KV)·hd]`, applies the optional per-head q/k norm and

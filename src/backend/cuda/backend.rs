@@ -19,7 +19,8 @@ use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
 use super::params::*;
 use crate::backend::{
-    check_weight_len, AttnParams, Backend, KvShape, MoeExperts, MoeRouting, QkNorm, StepInput,
+    check_weight_len, AttnParams, Backend, KvShape, MatIn, MatOut, MoeExperts, MoeRouting, QkNorm,
+    StepInput,
 };
 use crate::config::Activation;
 use anyhow::{bail, Context, Result};
@@ -34,6 +35,9 @@ use std::collections::HashMap;
 pub(super) mod moe;
 #[path = "sampling.rs"]
 mod sampling;
+// `matmul_ex`: the fused GEMV inputs and outputs, and where they run.
+#[path = "matmul.rs"]
+pub(super) mod matmul;
 
 /// A bf16 `[rows, cols]` matrix on the device with a fixed row capacity (also a weight).
 pub struct CudaTensor {
@@ -75,6 +79,10 @@ impl CudaTensor {
     }
     fn len(&self) -> usize {
         self.rows * self.cols
+    }
+    /// Whether this is a weight held quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.quant.is_some()
     }
 }
 
@@ -161,6 +169,8 @@ pub struct CudaBackend {
     prefill_path: Cell<PrefillPath>,
     /// The path it started with (`FLINT_PREFILL_PATH`, else the default).
     prefill_start: PrefillPath,
+    /// Whether `matmul_ex` fuses its computed inputs into the GEMVs (`FLINT_FUSE`, matmul.rs).
+    fuse: Cell<bool>,
     /// Decode graphs by key, with the input addresses each was captured with.
     graphs: RefCell<HashMap<u64, (InputAddrs, CudaGraph)>>,
     mode: Cell<GraphMode>,
@@ -252,7 +262,15 @@ impl CudaBackend {
             bail!("{PDL_ENV}=1, but {why}");
         }
         dev.pdl.set(pdl_start);
+        let fuse = match std::env::var(matmul::FUSE_ENV) {
+            Ok(v) => matmul::parse_fuse(&v)?,
+            Err(_) => true,
+        };
+        if !fuse {
+            eprintln!("flint: FLINT_FUSE=0: the decode GEMVs' inputs are materialized by rms_norm / act_mul kernels");
+        }
         Ok(CudaBackend {
+            fuse: Cell::new(fuse),
             gemm,
             k,
             quant,
@@ -286,6 +304,20 @@ impl CudaBackend {
     /// `gemm::dense_path`. `FLINT_DENSE_PATH` sets the starting value.
     pub fn set_dense_path(&self, force: Option<super::gemm::DensePath>) {
         self.gemm.set_force(force);
+    }
+
+    /// Turns the fused GEMV inputs on or off (`FLINT_FUSE` sets the starting value; see
+    /// matmul.rs), for benches and the selftest. Captured graphs hold the old choice, so a
+    /// change drops them.
+    pub fn set_fuse(&self, on: bool) {
+        if self.fuse.replace(on) != on {
+            self.graphs.borrow_mut().clear();
+        }
+    }
+
+    /// Whether the fused GEMV inputs are on.
+    pub fn fuse(&self) -> bool {
+        self.fuse.get()
     }
 
     /// The forced dense path, if any.
@@ -894,41 +926,17 @@ impl Backend for CudaBackend {
         bias: Option<&CudaTensor>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (kk, n) = (w.cols, w.rows);
-        if x.cols != kk || out.cols != n {
-            bail!(
-                "matmul: x is [{}, {}], weight [{n}, {kk}], output has {} columns",
-                x.rows,
-                x.cols,
-                out.cols
-            );
-        }
-        if let Some(b) = bias {
-            if b.len() != n {
-                bail!("matmul: bias has {} values for {n} outputs", b.len());
-            }
-        }
-        out.set_rows(x.rows, "matmul")?;
-        if x.rows == 0 || n == 0 {
-            return Ok(());
-        }
-        if kk == 0 {
-            // cuBLASLt rejects K = 0; the product is the bias (or zeros).
-            bail!("matmul: weight has no input features");
-        }
-        if self.replaying() {
-            return Ok(()); // the graph launches this at graph_end
-        }
-        if let Some(q) = &w.quant {
-            return super::quant::matmul(self, x, q, bias, out);
-        }
-        self.gemm.dense(
-            &x.buf,
-            &w.buf,
-            bias.map(|b| &b.buf),
-            &mut out.buf,
-            (x.rows, n, kk),
-        )
+        self.matmul_ex_impl(MatIn::Plain(x), w, bias, MatOut::Write(out))
+    }
+
+    fn matmul_ex(
+        &self,
+        input: MatIn<'_, CudaTensor, CudaTensor>,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        out: MatOut<'_, CudaTensor>,
+    ) -> Result<()> {
+        self.matmul_ex_impl(input, w, bias, out)
     }
 
     fn rope_kv_write(

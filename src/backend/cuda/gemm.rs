@@ -6,6 +6,9 @@
 //!   each weight row once with 16-byte loads is what the bandwidth floor needs (bench/NOTES.md,
 //!   prediction 1). Verified on an H200 (selftest); at 8 tokens it measured at half
 //!   cuBLASLt's speed, so 2..=8 tokens run it only when forced.
+//!   Its `_norm` / `_act` kernels stage a computed x (the pre-norm, act·mul: [`GemvIn`]) and
+//!   any of them can add into out (the residual stream); backend/cuda/matmul.rs decides where
+//!   (UNVERIFIED on a GPU).
 //! - **cuBLASLt** for everything else, with a plan cache: the matmul descriptor, the three
 //!   layouts and the heuristic's algorithm are built once per (T, N, K, bias, alignment) and
 //!   reused, so a call is one `cublasLtMatmul` (cudarc's `CudaBlasLT::matmul` rebuilds all of
@@ -21,7 +24,8 @@
 
 use super::device::{dptr, Device};
 use super::kernels::{i32_of, launch, Dim3, PdlSwitch};
-use super::params::{self, GemvParams};
+use super::params::{self, GemvFuse, GemvParams};
+use crate::config::Activation;
 use anyhow::{bail, Context, Result};
 use cudarc::cublaslt::{result as lt, sys as lts, MatmulConfig};
 use cudarc::driver::{sys, CudaSlice, CudaStream};
@@ -33,17 +37,88 @@ use std::sync::Arc;
 
 /// Most tokens the GEMV kernels take (`FLINT_GEMV_MAX_TOKENS`, read from params.h).
 pub const GEMV_MAX_TOKENS: usize = params::FLINT_GEMV_MAX_TOKENS as usize;
-/// The GEMV kernel of each token count (index t - 1), named once: no string is built per call.
-const GEMV_KERNELS: [&str; GEMV_MAX_TOKENS] = [
-    "gemv_bf16_t1",
-    "gemv_bf16_t2",
-    "gemv_bf16_t3",
-    "gemv_bf16_t4",
-    "gemv_bf16_t5",
-    "gemv_bf16_t6",
-    "gemv_bf16_t7",
-    "gemv_bf16_t8",
+/// The GEMV kernel of each input mode ([`GemvIn::index`]) and token count (index t - 1),
+/// named once: no string is built per call.
+const GEMV_KERNELS: [[&str; GEMV_MAX_TOKENS]; 3] = [
+    [
+        "gemv_bf16_t1",
+        "gemv_bf16_t2",
+        "gemv_bf16_t3",
+        "gemv_bf16_t4",
+        "gemv_bf16_t5",
+        "gemv_bf16_t6",
+        "gemv_bf16_t7",
+        "gemv_bf16_t8",
+    ],
+    [
+        "gemv_bf16_norm_t1",
+        "gemv_bf16_norm_t2",
+        "gemv_bf16_norm_t3",
+        "gemv_bf16_norm_t4",
+        "gemv_bf16_norm_t5",
+        "gemv_bf16_norm_t6",
+        "gemv_bf16_norm_t7",
+        "gemv_bf16_norm_t8",
+    ],
+    [
+        "gemv_bf16_act_t1",
+        "gemv_bf16_act_t2",
+        "gemv_bf16_act_t3",
+        "gemv_bf16_act_t4",
+        "gemv_bf16_act_t5",
+        "gemv_bf16_act_t6",
+        "gemv_bf16_act_t7",
+        "gemv_bf16_act_t8",
+    ],
 ];
+
+/// What a GEMV (dense or quantized) stages as its x: the fused input modes of
+/// `kernels/gemv/fuse.cuh`. Each mode is its own set of kernels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GemvIn {
+    /// x as given.
+    Plain,
+    /// `rms_norm(x) * (offset + w)`, rounded as `rms_norm_bf16` stores it; `w` is the norm
+    /// weight's device address (`[K]` bf16).
+    Norm { w: u64, eps: f32, offset: f32 },
+    /// `act(gate) * up` from x = gate|up `[T, 2K]`, rounded as `act_mul_bf16_*` stores it.
+    ActMul(Activation),
+}
+
+impl GemvIn {
+    /// The kernel set: 0 plain, 1 norm, 2 act (the first index of the kernel tables).
+    pub fn index(self) -> usize {
+        match self {
+            GemvIn::Plain => 0,
+            GemvIn::Norm { .. } => 1,
+            GemvIn::ActMul(_) => 2,
+        }
+    }
+
+    /// The kernels' `GemvFuse`; `add` sets `add_to_out` (out += x · wᵀ + bias).
+    pub fn params(self, add: bool) -> GemvFuse {
+        let mut f = GemvFuse {
+            add_to_out: add as i32,
+            ..GemvFuse::default()
+        };
+        match self {
+            GemvIn::Plain => f.in_mode = params::FLINT_GEMV_IN_PLAIN as i32,
+            GemvIn::Norm { w, eps, offset } => {
+                f.in_mode = params::FLINT_GEMV_IN_NORM as i32;
+                (f.norm_w, f.eps, f.norm_offset) = (w, eps, offset);
+            }
+            GemvIn::ActMul(act) => {
+                f.in_mode = params::FLINT_GEMV_IN_ACT_MUL as i32;
+                f.act = match act {
+                    Activation::Silu => params::FLINT_GEMV_ACT_SILU,
+                    Activation::GeluTanh => params::FLINT_GEMV_ACT_GELU_TANH,
+                    Activation::Gelu => params::FLINT_GEMV_ACT_GELU,
+                } as i32;
+            }
+        }
+        f
+    }
+}
 /// Output rows per GEMV CTA (`FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP`).
 pub const GEMV_ROWS_PER_CTA: usize =
     (params::FLINT_GEMV_WARPS * params::FLINT_GEMV_ROWS_PER_WARP) as usize;
@@ -348,7 +423,7 @@ pub struct Gemm {
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     plans: RefCell<PlanCache<PlanKey, Plan>>,
-    gemv: [sys::CUfunction; GEMV_MAX_TOKENS],
+    gemv: [[sys::CUfunction; GEMV_MAX_TOKENS]; 3],
     force: Cell<Option<DensePath>>,
     /// The backend's PDL switch (the device's), read at each GEMV launch.
     pdl: PdlSwitch,
@@ -370,9 +445,11 @@ impl Gemm {
             Ok(v) => DensePath::parse_override(&v)?,
             Err(_) => None,
         };
-        let mut gemv = [std::ptr::null_mut(); GEMV_MAX_TOKENS];
-        for (t, f) in gemv.iter_mut().enumerate() {
-            *f = dev.function(GEMV_KERNELS[t])?;
+        let mut gemv = [[std::ptr::null_mut(); GEMV_MAX_TOKENS]; 3];
+        for (mode, fs) in gemv.iter_mut().enumerate() {
+            for (t, f) in fs.iter_mut().enumerate() {
+                *f = dev.function(GEMV_KERNELS[mode][t])?;
+            }
         }
         dev.ctx
             .bind_to_thread()
@@ -412,30 +489,44 @@ impl Gemm {
     }
 
     /// The dense matmul on the path [`dense_path`] picks. Shapes are checked by the caller
-    /// (`CudaBackend::matmul`): x holds t*k, w n*k, out t*n and bias n elements, t, n, k >= 1.
+    /// (`CudaBackend::matmul_ex`): x holds t*k (t*2k for `ActMul`), w n*k, out t*n and bias n
+    /// elements, t, n, k >= 1. `add`: out += x · wᵀ + bias. A fused input needs the GEMV path
+    /// (the caller materializes it otherwise: `CudaBackend::matmul_ex`).
+    #[allow(clippy::too_many_arguments)]
     pub fn dense(
         &self,
         x: &CudaSlice<bf16>,
+        input: GemvIn,
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
+        add: bool,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         match self.path(t, n, k) {
-            DensePath::Gemv => self.gemv(x, w, bias, out, (t, n, k)),
-            DensePath::CublasLt => self.run(x, w, bias, out, (t, n, k)),
+            DensePath::Gemv => self.gemv(x, input, w, bias, out, add, (t, n, k)),
+            DensePath::CublasLt if input == GemvIn::Plain => {
+                self.run(x, w, bias, out, add, (t, n, k))
+            }
+            DensePath::CublasLt => {
+                bail!("matmul: a fused input ({input:?}) needs the GEMV path; cuBLASLt takes it materialized")
+            }
         }
     }
 
-    /// The GEMV kernel (1..=8 tokens when forced, 1 by default). With PDL on it loads its
+    /// The GEMV kernel (1..=8 tokens when forced, 1 by default), with its fused input and
+    /// output (`kernels/gemv/fuse.cuh`). With PDL on it loads its
     /// first pieces of `w` before waiting for the previous kernel (kernels/gemv.cu): `w` must
     /// be a weight, written by copies only, never by a kernel (true of every weight).
+    #[allow(clippy::too_many_arguments)]
     pub fn gemv(
         &self,
         x: &CudaSlice<bf16>,
+        input: GemvIn,
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
+        add: bool,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         if !(1..=GEMV_MAX_TOKENS).contains(&t) || n == 0 || k == 0 {
@@ -447,6 +538,7 @@ impl Gemm {
             w: dptr(w, s),
             bias: bias.map_or(0, |b| dptr(b, s)),
             out: dptr(out, s),
+            fuse: input.params(add),
             num_tokens: t as i32,
             n: i32_of("matmul (gemv)", "N", n)?,
             k: i32_of("matmul (gemv)", "K", k)?,
@@ -455,12 +547,14 @@ impl Gemm {
         s.context()
             .bind_to_thread()
             .context("binding the CUDA context to this thread")?;
+        let mode = input.index();
         // SAFETY: p points into live buffers of the shapes GemvParams documents (the caller
-        // checked each buffer's capacity); the kernel is gemv_bf16_t<t> and num_tokens == t.
+        // checked each buffer's capacity, and the norm weight's K values); the kernel is
+        // gemv_bf16[_<mode>]_t<t> and num_tokens == t.
         unsafe {
             launch(
-                GEMV_KERNELS[t - 1],
-                self.gemv[t - 1],
+                GEMV_KERNELS[mode][t - 1],
+                self.gemv[mode][t - 1],
                 gemv_shape(n),
                 self.pdl.on(s.cu_stream()),
                 &p,
@@ -469,12 +563,16 @@ impl Gemm {
     }
 
     /// cuBLASLt with a cached plan: one `cublasLtMatmul` per call once the shape was seen.
+    /// `add`: beta = 1 with C = D = out, i.e. out = bf16(out + x · wᵀ + bias) in place (one
+    /// rounding, where the GEMV's epilogue rounds x · wᵀ + bias first); cuBLASLt allows C = D
+    /// when both have the same layout, as here.
     pub fn run(
         &self,
         x: &CudaSlice<bf16>,
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
+        add: bool,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         let s = &self.stream;
@@ -496,7 +594,7 @@ impl Gemm {
                 )?
             };
         }
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (1.0f32, if add { 1.0f32 } else { 0.0 });
         let ws = dptr(&self.workspace, s);
         // SAFETY: x holds at least t*k, w n*k, out t*n and bias n elements (the caller checks
         // rows and columns against each buffer's capacity); the plan's layouts describe
@@ -532,11 +630,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gemv_kernel_names_are_the_exported_symbols_in_token_order() {
-        for (i, name) in GEMV_KERNELS.iter().enumerate() {
-            assert_eq!(*name, format!("gemv_bf16_t{}", i + 1));
-            assert!(crate::backend::cuda::KERNEL_NAMES.contains(name), "{name}");
+    fn gemv_kernel_names_are_the_exported_symbols_in_mode_and_token_order() {
+        let modes = [
+            GemvIn::Plain,
+            GemvIn::Norm {
+                w: 0,
+                eps: 0.0,
+                offset: 0.0,
+            },
+            GemvIn::ActMul(Activation::Silu),
+        ];
+        for (mode, infix) in modes.into_iter().zip(["", "_norm", "_act"]) {
+            for (i, name) in GEMV_KERNELS[mode.index()].iter().enumerate() {
+                assert_eq!(*name, format!("gemv_bf16{infix}_t{}", i + 1));
+                assert!(crate::backend::cuda::KERNEL_NAMES.contains(name), "{name}");
+            }
         }
+    }
+
+    #[test]
+    fn fused_inputs_fill_the_kernel_params() {
+        let f = GemvIn::Plain.params(false);
+        assert_eq!((f.in_mode, f.add_to_out, f.norm_w), (0, 0, 0));
+        let f = GemvIn::Norm {
+            w: 0x1000,
+            eps: 1e-5,
+            offset: 1.0,
+        }
+        .params(true);
+        assert_eq!(f.in_mode, params::FLINT_GEMV_IN_NORM as i32);
+        assert_eq!(
+            (f.norm_w, f.eps, f.norm_offset, f.add_to_out),
+            (0x1000, 1e-5, 1.0, 1)
+        );
+        for (act, code) in [
+            (Activation::Silu, params::FLINT_GEMV_ACT_SILU),
+            (Activation::GeluTanh, params::FLINT_GEMV_ACT_GELU_TANH),
+            (Activation::Gelu, params::FLINT_GEMV_ACT_GELU),
+        ] {
+            let f = GemvIn::ActMul(act).params(false);
+            assert_eq!(
+                (f.in_mode, f.act),
+                (params::FLINT_GEMV_IN_ACT_MUL as i32, code as i32)
+            );
+        }
+        assert_eq!(size_of::<GemvFuse>(), 32);
     }
 
     #[test]
@@ -600,7 +738,7 @@ mod tests {
         assert_eq!(gemv_shape(128_256).0 .0, 8016);
         // Past 65535 CTAs the kernel's grid-stride loop covers the rest.
         assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
-        assert_eq!(size_of::<GemvParams>(), 48);
+        assert_eq!(size_of::<GemvParams>(), 80);
     }
 
     #[test]

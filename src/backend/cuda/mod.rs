@@ -6,7 +6,8 @@
 //! - `device.rs`: probing, context, stream, module, the grow-only staging area;
 //! - `kernels.rs`: every symbol resolved once, grid/block shapes, raw launches;
 //! - `gemm.rs`: the dense matmul: the GEMV for 1 token, cuBLASLt (cached plans) above;
-//! - `backend.rs`: `CudaBackend`, the `trait Backend` implementation;
+//! - `backend.rs`: `CudaBackend`, the `trait Backend` implementation; its child `matmul.rs`
+//!   decides where `matmul_ex`'s pre-norm / act·mul inputs fuse into the GEMVs (`FLINT_FUSE`);
 //! - `attention.rs`: the attention plan (owned by the attention kernels' author).
 
 pub mod attention;
@@ -51,15 +52,32 @@ pub const KERNEL_NAMES: &[&str] = &[
     "embed_bf16",
     // gather.cu: the rows whose logits are wanted
     "gather_rows_bf16",
-    // gemv.cu: dense bf16 GEMV for 1..8 tokens (T in the name), the decode path of matmul
+    // gemv.cu: dense bf16 GEMV for 1..8 tokens (T in the name), the decode path of matmul;
+    // _norm / _act: x staged as RMSNorm(x) or act(gate) * up (gemv/fuse.cuh)
     "gemv_bf16_t1",
+    "gemv_bf16_norm_t1",
+    "gemv_bf16_act_t1",
     "gemv_bf16_t2",
+    "gemv_bf16_norm_t2",
+    "gemv_bf16_act_t2",
     "gemv_bf16_t3",
+    "gemv_bf16_norm_t3",
+    "gemv_bf16_act_t3",
     "gemv_bf16_t4",
+    "gemv_bf16_norm_t4",
+    "gemv_bf16_act_t4",
     "gemv_bf16_t5",
+    "gemv_bf16_norm_t5",
+    "gemv_bf16_act_t5",
     "gemv_bf16_t6",
+    "gemv_bf16_norm_t6",
+    "gemv_bf16_act_t6",
     "gemv_bf16_t7",
+    "gemv_bf16_norm_t7",
+    "gemv_bf16_act_t7",
     "gemv_bf16_t8",
+    "gemv_bf16_norm_t8",
+    "gemv_bf16_act_t8",
     // moe.cu: router, device-side dispatch, grouped GEMM / gather-GEMV experts (bf16, and
     // quantized: both read the packed codes, decoded in the kernel), combine
     "moe_combine_bf16",
@@ -116,10 +134,22 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_dequant_i8",
     "quant_gemv_fp8",
     "quant_gemv_fp8_t1",
+    "quant_gemv_fp8_norm",
+    "quant_gemv_fp8_norm_t1",
+    "quant_gemv_fp8_act",
+    "quant_gemv_fp8_act_t1",
     "quant_gemv_i4",
     "quant_gemv_i4_t1",
+    "quant_gemv_i4_norm",
+    "quant_gemv_i4_norm_t1",
+    "quant_gemv_i4_act",
+    "quant_gemv_i4_act_t1",
     "quant_gemv_i8",
     "quant_gemv_i8_t1",
+    "quant_gemv_i8_norm",
+    "quant_gemv_i8_norm_t1",
+    "quant_gemv_i8_act",
+    "quant_gemv_i8_act_t1",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

@@ -15,10 +15,14 @@
 //! 8 tokens run it once per pass (each pass re-reads the codes, still fewer bytes than the
 //! alternative); more tokens dequantize into a grow-only bf16 scratch with
 //! `quant_dequant_<fmt>` and run cuBLASLt on it (a fused tensor-core main loop is later
-//! work). Only `matmul` reads a quantized weight.
+//! work). Only `matmul` reads a quantized weight. The GEMV takes a fused input (the pre-norm
+//! or act·mul staged in the kernel, `GemvIn`) and can add into its output (the residual
+//! stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
+//! they run is decided in matmul.rs.
 
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
+use super::gemm::GemvIn;
 use super::kernels::{i32_of, launch, Dim3};
 use super::params::{self, MoeQuantWeight, QuantGemvParams};
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
@@ -171,17 +175,42 @@ impl QuantDev {
     }
 }
 
-/// Kernel symbols by `Fmt::index`: the GEMV, its one-token variant (fewer registers: more
-/// loads in flight), the dequantize of the prefill path. Named once here, so no launch
-/// formats a string.
-const GEMV_NAMES: [&str; 3] = ["quant_gemv_i8", "quant_gemv_i4", "quant_gemv_fp8"];
-const GEMV_T1_NAMES: [&str; 3] = ["quant_gemv_i8_t1", "quant_gemv_i4_t1", "quant_gemv_fp8_t1"];
+/// Kernel symbols by [`GemvIn::index`] (plain, `_norm`, `_act`: the fused input of
+/// `kernels/gemv/fuse.cuh`) and `Fmt::index`: the GEMV, its one-token variant (fewer
+/// registers: more loads in flight), the dequantize of the prefill path. Named once here, so
+/// no launch formats a string.
+const GEMV_NAMES: [[&str; 3]; 3] = [
+    ["quant_gemv_i8", "quant_gemv_i4", "quant_gemv_fp8"],
+    [
+        "quant_gemv_i8_norm",
+        "quant_gemv_i4_norm",
+        "quant_gemv_fp8_norm",
+    ],
+    [
+        "quant_gemv_i8_act",
+        "quant_gemv_i4_act",
+        "quant_gemv_fp8_act",
+    ],
+];
+const GEMV_T1_NAMES: [[&str; 3]; 3] = [
+    ["quant_gemv_i8_t1", "quant_gemv_i4_t1", "quant_gemv_fp8_t1"],
+    [
+        "quant_gemv_i8_norm_t1",
+        "quant_gemv_i4_norm_t1",
+        "quant_gemv_fp8_norm_t1",
+    ],
+    [
+        "quant_gemv_i8_act_t1",
+        "quant_gemv_i4_act_t1",
+        "quant_gemv_fp8_act_t1",
+    ],
+];
 const DEQUANT_NAMES: [&str; 3] = ["quant_dequant_i8", "quant_dequant_i4", "quant_dequant_fp8"];
 
 /// The kernels and the prefill scratch.
 pub struct QuantKernels {
-    gemv: [sys::CUfunction; 3],
-    gemv_t1: [sys::CUfunction; 3],
+    gemv: [[sys::CUfunction; 3]; 3],
+    gemv_t1: [[sys::CUfunction; 3]; 3],
     dequant: [sys::CUfunction; 3],
     scratch: RefCell<Option<CudaSlice<bf16>>>,
 }
@@ -189,13 +218,17 @@ pub struct QuantKernels {
 impl QuantKernels {
     pub fn load(dev: &Device) -> Result<QuantKernels> {
         let f = |s: &str| dev.function(s);
+        let mut gemv = [[std::ptr::null_mut(); 3]; 3];
+        let mut gemv_t1 = [[std::ptr::null_mut(); 3]; 3];
+        for mode in 0..3 {
+            for fmt in 0..3 {
+                gemv[mode][fmt] = f(GEMV_NAMES[mode][fmt])?;
+                gemv_t1[mode][fmt] = f(GEMV_T1_NAMES[mode][fmt])?;
+            }
+        }
         Ok(QuantKernels {
-            gemv: [f(GEMV_NAMES[0])?, f(GEMV_NAMES[1])?, f(GEMV_NAMES[2])?],
-            gemv_t1: [
-                f(GEMV_T1_NAMES[0])?,
-                f(GEMV_T1_NAMES[1])?,
-                f(GEMV_T1_NAMES[2])?,
-            ],
+            gemv,
+            gemv_t1,
             dequant: [
                 f(DEQUANT_NAMES[0])?,
                 f(DEQUANT_NAMES[1])?,
@@ -283,16 +316,32 @@ pub fn quant_path(fmt: Fmt, tokens: usize) -> QuantPath {
     }
 }
 
-/// `matmul` with a quantized weight: shapes were checked by the caller, `out` has its rows set.
+/// Whether `tokens` rows on a quantized weight run the GEMV (which takes a fused input).
+pub fn is_gemv(q: &QuantDev, tokens: usize) -> bool {
+    matches!(quant_path(q.layout.fmt, tokens), QuantPath::Gemv(_))
+}
+
+/// `matmul_ex` with a quantized weight: shapes were checked by the caller, `out` has its rows
+/// set (to x's with `add`). x holds `t` rows of k values (2k for `GemvIn::ActMul`). A fused
+/// input needs the GEMV path ([`is_gemv`]; the caller materializes it otherwise). `add`: out
+/// += x · wᵀ + bias (the GEMV's epilogue, or cuBLASLt's beta = 1).
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     be: &CudaBackend,
     x: &CudaTensor,
+    input: GemvIn,
+    t: usize,
     q: &QuantDev,
     bias: Option<&CudaTensor>,
     out: &mut CudaTensor,
+    add: bool,
 ) -> Result<()> {
     let l = &q.layout;
-    let t = x.rows;
+    let x_cols = if matches!(input, GemvIn::ActMul(_)) {
+        2 * l.k
+    } else {
+        l.k
+    };
     let qk = be.quant_kernels();
     let mut p = QuantGemvParams {
         x: be.ptr(&x.buf),
@@ -302,6 +351,7 @@ pub fn matmul(
         g_idx: q.g_idx.as_ref().map_or(0, |g| be.ptr(g)),
         bias: bias.map_or(0, |b| be.ptr(&b.buf)),
         out: be.ptr(&out.buf),
+        fuse: input.params(add),
         num_tokens: i32_of("quant matmul", "tokens", t)?,
         n: l.n as i32,
         k: l.k as i32,
@@ -315,21 +365,25 @@ pub fn matmul(
     if let QuantPath::Gemv(_) = quant_path(l.fmt, t) {
         for t0 in (0..t).step_by(GEMV_MAX_TOKENS) {
             let rows = (t - t0).min(GEMV_MAX_TOKENS);
-            p.x = be.ptr(&x.buf) + (2 * t0 * l.k) as u64;
+            p.x = be.ptr(&x.buf) + (2 * t0 * x_cols) as u64;
             p.out = be.ptr(&out.buf) + (2 * t0 * l.n) as u64;
             p.num_tokens = rows as i32;
-            let fi = l.fmt.index();
+            let (fi, mode) = (l.fmt.index(), input.index());
             let (f, name) = if rows == 1 {
-                (qk.gemv_t1[fi], GEMV_T1_NAMES[fi])
+                (qk.gemv_t1[mode][fi], GEMV_T1_NAMES[mode][fi])
             } else {
-                (qk.gemv[fi], GEMV_NAMES[fi])
+                (qk.gemv[mode][fi], GEMV_NAMES[mode][fi])
             };
             // SAFETY: p points into live buffers of the shapes QuantGemvParams documents: x
-            // holds rows t0..t0 + rows of k, out the same rows of n (capacity checked by the
-            // caller), the weight buffers were uploaded from a validated QuantWeight of [n, k].
+            // holds rows t0..t0 + rows of x_cols, out the same rows of n (capacity checked by
+            // the caller), the norm weight k values, the weight buffers were uploaded from a
+            // validated QuantWeight of [n, k].
             unsafe { launch(name, f, gemv_shape(l.n), stream, &p)? };
         }
         return Ok(());
+    }
+    if input != GemvIn::Plain {
+        bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; dequantize + cuBLASLt takes it materialized");
     }
     let elems = l.n * l.k;
     let mut scratch = qk.scratch.borrow_mut();
@@ -364,6 +418,7 @@ pub fn matmul(
         buf,
         bias.map(|b| &b.buf),
         &mut out.buf,
+        add,
         (t, l.n, l.k),
     )
 }
@@ -376,13 +431,24 @@ mod tests {
     fn kernel_names_follow_the_format_and_are_exported() {
         for (f, code) in [(Fmt::Int8, "i8"), (Fmt::Int4, "i4"), (Fmt::Fp8, "fp8")] {
             let i = f.index();
-            assert_eq!(GEMV_NAMES[i], format!("quant_gemv_{code}"));
-            assert_eq!(GEMV_T1_NAMES[i], format!("quant_gemv_{code}_t1"));
             assert_eq!(DEQUANT_NAMES[i], format!("quant_dequant_{code}"));
-            for n in [GEMV_NAMES[i], GEMV_T1_NAMES[i], DEQUANT_NAMES[i]] {
-                assert!(super::super::KERNEL_NAMES.contains(&n), "{n}");
+            assert!(super::super::KERNEL_NAMES.contains(&DEQUANT_NAMES[i]));
+            for (mode, infix) in ["", "_norm", "_act"].into_iter().enumerate() {
+                assert_eq!(GEMV_NAMES[mode][i], format!("quant_gemv_{code}{infix}"));
+                assert_eq!(
+                    GEMV_T1_NAMES[mode][i],
+                    format!("quant_gemv_{code}{infix}_t1")
+                );
+                for n in [GEMV_NAMES[mode][i], GEMV_T1_NAMES[mode][i]] {
+                    assert!(super::super::KERNEL_NAMES.contains(&n), "{n}");
+                }
             }
         }
+        assert_eq!(
+            GemvIn::ActMul(crate::config::Activation::Gelu).index(),
+            2,
+            "the tables' first index is GemvIn::index"
+        );
     }
 
     #[test]
@@ -530,5 +596,7 @@ mod tests {
         assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
         assert_eq!(dequant_shape(1 << 30).0 .0, 65_535);
         assert_eq!(dequant_shape(1).0 .0, 1);
+        // quant/params.h's FLINT_ASSERT_SIZE (with the GemvFuse of gemv/params.h).
+        assert_eq!(size_of::<QuantGemvParams>(), 120);
     }
 }

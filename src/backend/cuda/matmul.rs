@@ -1,0 +1,174 @@
+//! `Backend::matmul_ex` on the GPU: the one place that decides whether a matmul's computed
+//! input (the pre-norm, the activation) is fused into the GEMV's x staging
+//! (`kernels/gemv/fuse.cuh`) or materialized first by `rms_norm_bf16` / `act_mul_bf16_*`.
+//! It fuses exactly where the matmul runs a GEMV: `gemm::dense_path` for bf16 weights,
+//! `quant::quant_path` for quantized ones (so those two stay the only path choices), and
+//! only while fusion is on (`FLINT_FUSE`, `CudaBackend::set_fuse`). The residual add
+//! (`MatOut::AddTo`) is always the matmul's own: the GEMV's epilogue, or cuBLASLt's beta = 1.
+//! The fused kernels are UNVERIFIED on a GPU (host emulation only, tests/fused_gemv.rs).
+
+use super::super::gemm::{DensePath, GemvIn};
+use super::{CudaBackend, CudaTensor};
+use crate::backend::{Backend, MatIn, MatOut};
+use anyhow::{bail, Result};
+
+/// The environment variable that turns the fused GEMV inputs off (`0`) or on (`1`, the
+/// default), read once when a `CudaBackend` starts.
+pub const FUSE_ENV: &str = "FLINT_FUSE";
+
+/// `FLINT_FUSE`'s value: `0` or `1` (empty: the default, on); anything else is an error
+/// naming the choices.
+pub fn parse_fuse(v: &str) -> Result<bool> {
+    match v.trim() {
+        "" | "1" => Ok(true),
+        "0" => Ok(false),
+        other => bail!("{FUSE_ENV}={other:?}: expected 0 (unfused: rms_norm and act_mul kernels) or 1 (fused into the GEMVs, the default)"),
+    }
+}
+
+impl CudaBackend {
+    /// Whether a `[tokens, k] x w^T` matmul with a computed input runs it fused into the
+    /// GEMV now (else: materialized by its own kernel, then the plain matmul).
+    pub fn fuses_input(&self, w: &CudaTensor, tokens: usize) -> bool {
+        if !self.fuse.get() {
+            return false;
+        }
+        match &w.quant {
+            Some(q) => super::super::quant::is_gemv(q, tokens),
+            None => self.gemm.path(tokens, w.rows, w.cols) == DensePath::Gemv,
+        }
+    }
+
+    pub(super) fn matmul_ex_impl(
+        &self,
+        input: MatIn<'_, CudaTensor, CudaTensor>,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        out: MatOut<'_, CudaTensor>,
+    ) -> Result<()> {
+        let (kk, n) = (w.cols, w.rows);
+        // x's rows and columns, checked against the weight (ActMul: gate|up, twice K).
+        let (rows, x_cols, want_cols) = match &input {
+            MatIn::Plain(x) => (x.rows, x.cols, kk),
+            MatIn::Norm { x, w: nw, .. } => {
+                if nw.len() != kk {
+                    bail!(
+                        "matmul_ex: norm weight has {} values for K = {kk}",
+                        nw.len()
+                    );
+                }
+                (x.rows, x.cols, kk)
+            }
+            MatIn::ActMul { gate_up, .. } => (gate_up.rows, gate_up.cols, 2 * kk),
+        };
+        if x_cols != want_cols {
+            bail!("matmul_ex: x is [{rows}, {x_cols}], weight [{n}, {kk}] (x needs {want_cols} columns)");
+        }
+        if let Some(b) = bias {
+            if b.len() != n {
+                bail!("matmul_ex: bias has {} values for {n} outputs", b.len());
+            }
+        }
+        let (out, add) = match out {
+            MatOut::Write(o) => (o, false),
+            MatOut::AddTo(o) => (o, true),
+        };
+        if out.cols != n {
+            bail!(
+                "matmul_ex: weight [{n}, {kk}], output has {} columns",
+                out.cols
+            );
+        }
+        if add {
+            if out.rows != rows {
+                bail!(
+                    "matmul_ex: adding [{rows}, {n}] to an output of {} rows",
+                    out.rows
+                );
+            }
+        } else {
+            out.set_rows(rows, "matmul")?;
+        }
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        if kk == 0 {
+            // cuBLASLt rejects K = 0; the product is the bias (or zeros).
+            bail!("matmul: weight has no input features");
+        }
+        let fused = self.fuses_input(w, rows);
+        // The GEMV's input mode, and the tensor it reads (materialized when not fused; the
+        // materializing ops do their own replay check).
+        let (x, mode): (&CudaTensor, GemvIn) = match input {
+            MatIn::Plain(x) => (x, GemvIn::Plain),
+            MatIn::Norm {
+                x,
+                w: nw,
+                eps,
+                offset,
+                ..
+            } if fused => (
+                x,
+                GemvIn::Norm {
+                    w: self.ptr(&nw.buf),
+                    eps,
+                    offset,
+                },
+            ),
+            MatIn::Norm {
+                x,
+                w: nw,
+                eps,
+                offset,
+                scratch,
+            } => {
+                self.rms_norm(x, None, nw, eps, offset, scratch)?;
+                (scratch, GemvIn::Plain)
+            }
+            MatIn::ActMul { gate_up, act, .. } if fused => (gate_up, GemvIn::ActMul(act)),
+            MatIn::ActMul {
+                gate_up,
+                act,
+                scratch,
+            } => {
+                if scratch.cols != kk {
+                    bail!(
+                        "matmul_ex: act·mul scratch has {} columns, weight {kk}",
+                        scratch.cols
+                    );
+                }
+                self.act_mul(gate_up, act, scratch)?;
+                (scratch, GemvIn::Plain)
+            }
+        };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
+        if let Some(q) = &w.quant {
+            return super::super::quant::matmul(self, x, mode, rows, q, bias, out, add);
+        }
+        self.gemm.dense(
+            &x.buf,
+            mode,
+            &w.buf,
+            bias.map(|b| &b.buf),
+            &mut out.buf,
+            add,
+            (rows, n, kk),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuse_switch_parses_and_rejects_with_the_choices() {
+        assert!(parse_fuse("1").unwrap());
+        assert!(parse_fuse("").unwrap());
+        assert!(!parse_fuse(" 0 ").unwrap());
+        let e = parse_fuse("yes").unwrap_err().to_string();
+        assert!(e.contains("FLINT_FUSE") && e.contains("expected 0"), "{e}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The fused GEMV inputs and outputs (`Backend::matmul_ex`; kernels/gemv/fuse.cuh) on the GPU,
+//! at Llama-3-8B's decode shapes, in the roles the decoder gives them: q|k|v and gate|up with
+//! the pre-norm as input, o with the residual add as output, down with act·mul as input and the
+//! residual add. Each case runs the GPU twice, fused (`set_fuse(true)`, checked to take the
+//! fused GEMV) and unfused (the rms_norm / act_mul kernels, then the plain matmul), and
+//! reports two rows: fused against the CPU reference at OP_TOL, and fused against unfused at
+//! FUSED_TOL (the same roundings: at these shapes the two should agree bit for bit).
+
+use super::{Case, Tester, OP_TOL};
+use crate::backend::cpu::CpuTensor;
+use crate::backend::cuda::{dense_path, CudaTensor, DensePath};
+use crate::backend::{Backend, MatIn, MatOut};
+use crate::config::Activation;
+use anyhow::{bail, Result};
+
+/// Fused against unfused on the GPU (rel-L2).
+const FUSED_TOL: f64 = 1e-3;
+
+/// What a case feeds the matmul and where its result goes.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    /// `MatIn::Norm`, `MatOut::Write` (q|k|v, gate|up, lm_head).
+    NormWrite,
+    /// `MatIn::Plain`, `MatOut::AddTo` (o).
+    PlainAdd,
+    /// `MatIn::ActMul`, `MatOut::AddTo` (down).
+    ActAdd(Activation),
+}
+
+impl Tester<'_> {
+    pub(super) fn fused_cases(&self, quick: bool) -> Vec<Case> {
+        // (name, n, k, role): Llama-3-8B's projections.
+        let shapes: &[(&str, usize, usize, Role)] = &[
+            ("qkv", 6144, 4096, Role::NormWrite),
+            ("o", 4096, 4096, Role::PlainAdd),
+            ("gate_up", 28672, 4096, Role::NormWrite),
+            ("down", 4096, 14336, Role::ActAdd(Activation::Silu)),
+        ];
+        // Quantized: the shapes the quant matmul cases quantize (q|k|v and down), a format each.
+        let schemes: &[&str] = if quick {
+            &["bf16", "int4 sym g128"]
+        } else {
+            &["bf16", "int8 channel", "int4 sym g128", "fp8 channel"]
+        };
+        // The cases switch fusion on and off; the end-to-end cases after them run the
+        // backend's configured choice.
+        let configured = self.gpu.fuse();
+        let mut out = Vec::new();
+        for &what in schemes {
+            for &(name, n, k, role) in shapes {
+                let dense = what == "bf16";
+                if !dense && !matches!(name, "qkv" | "down") {
+                    continue;
+                }
+                // A gelu down too, once (the activations share one code path otherwise).
+                let roles: Vec<Role> = match role {
+                    Role::ActAdd(_) if dense && !quick => vec![
+                        role,
+                        Role::ActAdd(Activation::GeluTanh),
+                        Role::ActAdd(Activation::Gelu),
+                    ],
+                    _ => vec![role],
+                };
+                let w = self.data(n * k, 1.0 / (k as f32).sqrt());
+                let weights = if dense {
+                    self.cpu
+                        .upload_weight(name, &w, n, k)
+                        .and_then(|c| Ok((c, self.gpu.tensor_from(&w, n, k)?)))
+                } else {
+                    super::quant_weight(what, &w, n, k).and_then(|q| {
+                        Ok((
+                            self.cpu.upload_quantized(what, &q)?,
+                            self.gpu.upload_quantized(what, &q)?,
+                        ))
+                    })
+                };
+                // bf16: 1 token (the default GEMV), 2 and 8 (forced); quantized: 1 and 8 (one
+                // GEMV pass), 9 (two passes: the second's x starts 8 rows in).
+                let tokens: &[usize] = match (dense, quick) {
+                    (true, true) => &[1],
+                    (true, false) => &[1, 2, 8],
+                    (false, true) => &[1, 9],
+                    (false, false) => &[1, 8, 9],
+                };
+                for role in roles {
+                    for &t in tokens {
+                        let bias = t != 8;
+                        let label =
+                            format!("{what} {name} [{n}, {k}] {role:?} tokens {t} bias {bias}");
+                        let r = match &weights {
+                            Ok((wc, wg)) => {
+                                if dense {
+                                    self.gpu.set_dense_path(Some(DensePath::Gemv));
+                                }
+                                let r = self.fused_matmul(wc, wg, role, t, bias);
+                                self.gpu.set_dense_path(None);
+                                self.gpu.set_fuse(configured);
+                                r.and_then(|e| {
+                                    self.gpu.synchronize()?;
+                                    Ok(e)
+                                })
+                            }
+                            Err(e) => Err(anyhow::anyhow!("building the weight: {e:#}")),
+                        };
+                        let (cpu, unfused) = match r {
+                            Ok((a, b)) => (Ok(a), Ok(b)),
+                            Err(e) => {
+                                let s = format!("{e:#}");
+                                (Err(s.clone()), Err(s))
+                            }
+                        };
+                        out.push(case("fused matmul", label.clone(), OP_TOL, cpu));
+                        out.push(case("fused=unfused", label, FUSED_TOL, unfused));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// One role on both backends: (fused GPU vs CPU, fused GPU vs unfused GPU).
+    fn fused_matmul(
+        &self,
+        wc: &CpuTensor,
+        wg: &CudaTensor,
+        role: Role,
+        t: usize,
+        bias: bool,
+    ) -> Result<(f64, f64)> {
+        let (n, k) = (wc.rows, wc.cols);
+        if !wg.is_quantized() && dense_path(t, n, k, Some(DensePath::Gemv)) != DensePath::Gemv {
+            bail!("{t} tokens do not take the GEMV");
+        }
+        let x_cols = if matches!(role, Role::ActAdd(_)) {
+            2 * k
+        } else {
+            k
+        };
+        let x = self.input(t, x_cols, if x_cols == k { 1.0 } else { 1.5 })?;
+        let nw = self.input(1, k, 0.5)?;
+        let b = self.input(1, n, 0.5)?;
+        let b = bias.then_some(&b);
+        let residual = self.data(t * n, 2.0);
+        // The CPU reference.
+        let mut c_scratch = self.cpu.alloc(t, k)?;
+        let mut c_out = self.cpu.upload_weight("residual", &residual, t, n)?;
+        match role {
+            Role::NormWrite => self.cpu.matmul_ex(
+                MatIn::Norm {
+                    x: &x.cpu,
+                    w: &nw.cpu,
+                    eps: 1e-5,
+                    offset: 0.0,
+                    scratch: &mut c_scratch,
+                },
+                wc,
+                b.map(|b| &b.cpu),
+                MatOut::Write(&mut c_out),
+            )?,
+            Role::PlainAdd => self.cpu.matmul_ex(
+                MatIn::Plain(&x.cpu),
+                wc,
+                b.map(|b| &b.cpu),
+                MatOut::AddTo(&mut c_out),
+            )?,
+            Role::ActAdd(act) => self.cpu.matmul_ex(
+                MatIn::ActMul {
+                    gate_up: &x.cpu,
+                    act,
+                    scratch: &mut c_scratch,
+                },
+                wc,
+                b.map(|b| &b.cpu),
+                MatOut::AddTo(&mut c_out),
+            )?,
+        }
+        // The GPU, fused then unfused, each from the same residual into a poisoned scratch.
+        let run = |fuse: bool| -> Result<CudaTensor> {
+            self.gpu.set_fuse(fuse);
+            if matches!(role, Role::NormWrite | Role::ActAdd(_))
+                && self.gpu.fuses_input(wg, t) != fuse
+            {
+                bail!(
+                    "set_fuse({fuse}) but the backend says it would fuse: {}",
+                    !fuse
+                );
+            }
+            let mut scratch = self.gpu.alloc(t, k)?;
+            self.gpu.poison(&mut scratch)?;
+            let mut out = self.gpu.tensor_from(&residual, t, n)?;
+            let bg = b.map(|b| &b.gpu);
+            match role {
+                Role::NormWrite => self.gpu.matmul_ex(
+                    MatIn::Norm {
+                        x: &x.gpu,
+                        w: &nw.gpu,
+                        eps: 1e-5,
+                        offset: 0.0,
+                        scratch: &mut scratch,
+                    },
+                    wg,
+                    bg,
+                    MatOut::Write(&mut out),
+                )?,
+                Role::PlainAdd => {
+                    self.gpu
+                        .matmul_ex(MatIn::Plain(&x.gpu), wg, bg, MatOut::AddTo(&mut out))?
+                }
+                Role::ActAdd(act) => self.gpu.matmul_ex(
+                    MatIn::ActMul {
+                        gate_up: &x.gpu,
+                        act,
+                        scratch: &mut scratch,
+                    },
+                    wg,
+                    bg,
+                    MatOut::AddTo(&mut out),
+                )?,
+            }
+            Ok(out)
+        };
+        let fused = run(true)?;
+        let unfused = run(false)?;
+        let vs_cpu = self.compare(&c_out, &fused)?;
+        let (f, u) = (self.gpu.to_host(&fused)?, self.gpu.to_host(&unfused)?);
+        Ok((vs_cpu, super::rel_l2(&f, &u)))
+    }
+}
+
+fn case(group: &'static str, name: String, tol: f64, r: std::result::Result<f64, String>) -> Case {
+    match r {
+        Ok(err) => Case {
+            group,
+            name,
+            err,
+            tol,
+            note: None,
+            error: None,
+            skipped: None,
+        },
+        Err(e) => Case {
+            group,
+            name,
+            err: f64::NAN,
+            tol,
+            note: None,
+            error: Some(e),
+            skipped: None,
+        },
+    }
+}

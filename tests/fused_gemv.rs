@@ -1,0 +1,37 @@
+//! The GEMVs' fused inputs and outputs (kernels/gemv/fuse.cuh in kernels/gemv.cu and
+//! kernels/quant_gemv.cu: the pre-norm and the activation computed while x is staged, the
+//! residual add in the epilogue) run on the host (tests/fused_gemv_emulation, with the shim of
+//! tests/moe_emulation: CTAs as std::threads) against a float64 reference rounded where the
+//! unfused GPU ops store: every mode x bf16 / int8 / int4 / fp8 x 1, 2 and 8 tokens x one and
+//! several staged chunks, add-to-out, the scalar paths and the grid-stride loop. Index math,
+//! barriers and rounding points, not speed. Needs a C++20 compiler and the CUDA headers
+//! scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
+
+mod common;
+
+#[test]
+fn fused_gemvs_pass_their_host_emulation() {
+    let Some(exe) = common::build_emulation(
+        "fused_gemvs_pass_their_host_emulation",
+        "tests/fused_gemv_emulation/main.cpp",
+        "fused_gemv_emulation",
+        &[],
+    ) else {
+        return;
+    };
+    let stdout = common::run_emulation_to_pass(&exe);
+    for what in [
+        "bf16 norm",
+        "int8 act",
+        "int4 norm",
+        "fp8  act",
+        "bf16 plain",
+    ] {
+        assert!(
+            stdout.contains(&format!("PASS  fused {what}")),
+            "{what}:\n{stdout}"
+        );
+    }
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(passed >= 108, "{passed} cases passed:\n{stdout}");
+}
