@@ -109,9 +109,12 @@ def bench_rows(path):
     for test, batch, tps in found:
         if " @ " in test or not tps or tps <= 0:
             continue
-        # Variants: tg<n>+graphs, tg<n>+pdl, tg<n>+graphs+pdl (`flint bench --cuda-graphs --pdl`).
-        base, pdl = test.removesuffix("+pdl"), ""
-        if base != test:
+        # Variants: tg<n>+graphs, tg<n>+pdl, tg<n>+graphs+pdl (`flint bench --cuda-graphs --pdl`),
+        # tg<n>+graphs+unfused (`--unfused`: the norms and act·mul as kernels of their own).
+        unfused_base = test.removesuffix("+unfused")
+        unfused = "_unfused" if unfused_base != test else ""
+        base, pdl = unfused_base.removesuffix("+pdl"), ""
+        if base != unfused_base:
             pdl = "_pdl"
         stripped = base.removesuffix("+graphs")
         graphs = "_graphs" if stripped != base else ""
@@ -125,7 +128,7 @@ def bench_rows(path):
             secs = n / tps
             note = f"flint bench {test}: {tps:.0f} tok/s"
         elif test.startswith("tg"):
-            id = f"e2e_decode_b{batch}{graphs}{pdl}"
+            id = f"e2e_decode_b{batch}{graphs}{pdl}{unfused}"
             secs = batch / tps
             note = f"flint bench {test} b{batch}: {tps:.1f} tok/s"
         else:
@@ -168,8 +171,9 @@ def ceilings(flint, peer):
 
 # Suffixes of flint-only variants of a peer case: the tensor-core prefill, a forced dense path,
 # decode steps replayed from CUDA graphs (`flint bench --cuda-graphs`), with programmatic
-# dependent launch (`--pdl`); they combine (`e2e_decode_b1_graphs_pdl`).
-FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv", "_graphs", "_pdl")
+# dependent launch (`--pdl`), without the fused GEMV inputs (`--unfused`); they combine
+# (`e2e_decode_b1_graphs_pdl`, `e2e_decode_b1_graphs_unfused`).
+FLINT_VARIANTS = ("_mma", "_cublaslt", "_gemv", "_graphs", "_pdl", "_unfused")
 
 
 def base_case(i):

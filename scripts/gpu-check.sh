@@ -17,7 +17,8 @@
 # output tail holds it). Steps, most important first, each with its own timeout; the last
 # step of a part gets what the others left of 555 s (the tool's call limit is 600 s):
 #   selftest 150 s, bench-ops 65 s, bench (pp512, pp2048, tg128 at b1/b32, eager and from
-#   CUDA graphs, each also with PDL on sm_90+) 125 s, MoE layer bench 40 s, peers micro 55 s,
+#   CUDA graphs, each also with PDL on sm_90+, and graphs without the fused GEMV inputs
+#   (`--unfused`)) 135 s, MoE layer bench 40 s, peers micro 55 s,
 #   peers e2e (transformers + torch.compile, ~90 s per decode batch size) up to 300 s,
 #   report ~5 s. On an H200 the first five took 190 s in all (bench 84 s, ~65 s of it the
 #   8B model's load, before the four PDL rows, ~3 s each, were added).
@@ -204,7 +205,9 @@ step bench_ops 65 "$flint" bench-ops -o json --budget-s 45 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
 pdl="$(pdl_flag)"
-step bench 125 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs $pdl
+# --unfused: the tg+graphs rows again with the norms and act·mul as kernels of their own
+# (what fusing them into the GEMVs saves, same load, same card).
+step bench 135 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs $pdl --unfused
 # Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
 # dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
 step bench_moe_layer 40 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv

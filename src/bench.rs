@@ -29,6 +29,10 @@ pub struct BenchOptions {
     /// Also run every tg test (and tg+graphs test) with programmatic dependent launch on
     /// (rows `tg<n>+pdl`, `tg<n>+graphs+pdl`); the other rows then run with it off.
     pub pdl: bool,
+    /// Also run every tg+graphs test (every tg test without `cuda_graphs`) with the fused
+    /// GEMV inputs off (`Backend::set_fuse(false)`: the norms and act·mul as kernels of their
+    /// own), as a row `tg<n>+graphs+unfused` beside it: what the fusion saves, same run.
+    pub unfused: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -161,6 +165,11 @@ pub fn check_options<B: Backend>(be: &B, opt: &BenchOptions) -> Result<()> {
             bail!("bench: --pdl cannot run here: {why}");
         }
     }
+    if opt.unfused {
+        if let Some(why) = be.fuse_unavailable() {
+            bail!("bench: --unfused cannot run here: {why}");
+        }
+    }
     Ok(())
 }
 
@@ -172,19 +181,23 @@ pub fn run<B: Backend>(
     mut on_row: impl FnMut(&BenchRow),
 ) -> Result<Vec<BenchRow>> {
     check_options(be, opt)?;
-    let was_pdl = be.pdl();
+    let (was_pdl, was_fused) = (be.pdl(), be.fuse());
     let rows = run_cases(be, model, opt, &mut on_row);
     if opt.pdl {
         be.set_pdl(was_pdl)?;
     }
+    if opt.unfused {
+        be.set_fuse(was_fused)?;
+    }
     rows
 }
 
-/// A test of [`run`]: (name, batch, depth, pp, tg, graphs, pdl).
-type BenchCase = (String, usize, usize, usize, usize, bool, bool);
+/// A test of [`run`]: (name, batch, depth, pp, tg, graphs, pdl, fused).
+type BenchCase = (String, usize, usize, usize, usize, bool, bool, bool);
 
 /// The tests of `opt`, in the order they run: per depth, the pp tests, then per batch and
-/// tg length `tg`, `tg+pdl`, `tg+graphs`, `tg+graphs+pdl` (as the options ask).
+/// tg length `tg`, `tg+pdl`, `tg+graphs`, `tg+graphs+pdl` (as the options ask), and with
+/// `unfused` a `+unfused` twin right after the last tg row that has PDL off.
 fn bench_cases(opt: &BenchOptions) -> Vec<BenchCase> {
     let mut cases = Vec::new();
     let pdl = if opt.pdl {
@@ -199,7 +212,7 @@ fn bench_cases(opt: &BenchOptions) -> Vec<BenchCase> {
     };
     for &d in &opt.depth {
         for &p in opt.prompt.iter().filter(|&&p| p > 0) {
-            cases.push((format!("pp{p}"), 1, d, p, 0, false, false));
+            cases.push((format!("pp{p}"), 1, d, p, 0, false, false, true));
         }
         for &b in &opt.batch {
             for &n in opt.gen.iter().filter(|&&n| n > 0) {
@@ -210,8 +223,13 @@ fn bench_cases(opt: &BenchOptions) -> Vec<BenchCase> {
                             if g { "+graphs" } else { "" },
                             if on { "+pdl" } else { "" }
                         );
-                        cases.push((name, b, d, 0, n, g, on));
+                        cases.push((name, b, d, 0, n, g, on, true));
                     }
+                }
+                if opt.unfused {
+                    let g = opt.cuda_graphs;
+                    let name = format!("tg{n}{}+unfused", if g { "+graphs" } else { "" });
+                    cases.push((name, b, d, 0, n, g, false, false));
                 }
             }
         }
@@ -230,10 +248,13 @@ fn run_cases<B: Backend>(
     // Timed runs done of all (test × repetition); rows print to stdout with it suspended.
     let runs = (cases.len() * opt.reps) as u64;
     let bar = crate::progress::count(runs, "runs", "bench");
-    for (name, b, d, p, n, graphs, pdl) in cases {
+    for (name, b, d, p, n, graphs, pdl, fused) in cases {
         if opt.pdl {
             // Drops the graphs captured the other way when it changes (pp tests run it off).
             be.set_pdl(pdl)?;
+        }
+        if opt.unfused {
+            be.set_fuse(fused)?;
         }
         let batch = if b > 1 {
             format!(" x{b}")
@@ -340,6 +361,7 @@ mod tests {
             reps: 3,
             cuda_graphs: graphs,
             pdl,
+            unfused: false,
         }
     }
 
@@ -371,11 +393,50 @@ mod tests {
             ]
         );
         // The flags each row runs with match its name.
-        for (name, _, _, _, _, graphs, pdl) in bench_cases(&opt(true, true)) {
+        for (name, _, _, _, _, graphs, pdl, fused) in bench_cases(&opt(true, true)) {
             assert_eq!(name.contains("+graphs"), graphs, "{name}");
             assert_eq!(name.contains("+pdl"), pdl, "{name}");
+            assert!(fused, "{name}");
         }
         assert_eq!(names(&opt(false, true))[1..3], ["tg128 b1", "tg128+pdl b1"]);
+    }
+
+    #[test]
+    fn unfused_rows_follow_the_row_they_twin() {
+        let mut o = opt(true, true);
+        o.unfused = true;
+        assert_eq!(
+            names(&o)[1..6],
+            [
+                "tg128 b1",
+                "tg128+pdl b1",
+                "tg128+graphs b1",
+                "tg128+graphs+pdl b1",
+                "tg128+graphs+unfused b1",
+            ]
+        );
+        for (name, _, _, _, _, graphs, pdl, fused) in bench_cases(&o) {
+            assert_eq!(name.contains("+unfused"), !fused, "{name}");
+            if !fused {
+                assert!(graphs && !pdl, "{name}");
+            }
+        }
+        let mut eager = opt(false, false);
+        eager.unfused = true;
+        assert_eq!(
+            names(&eager),
+            [
+                "pp512 b1",
+                "tg128 b1",
+                "tg128+unfused b1",
+                "tg128 b32",
+                "tg128+unfused b32"
+            ]
+        );
+        let e = check_options(&crate::backend::cpu::CpuBackend, &eager)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--unfused") && e.contains("cpu"), "{e}");
     }
 
     #[test]

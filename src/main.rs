@@ -197,6 +197,11 @@ enum Cmd {
         /// sm_90+ only: an error elsewhere. FLINT_PDL=1 turns it on for every launch instead.
         #[arg(long)]
         pdl: bool,
+        /// Also run each tg+graphs test (each tg test without --cuda-graphs) with the norms
+        /// and act·mul as kernels of their own instead of inside the GEMVs (row
+        /// `tg<n>+graphs+unfused`; CUDA only). FLINT_FUSE=0 turns fusion off everywhere instead.
+        #[arg(long)]
+        unfused: bool,
     },
     /// Serving throughput of the batched engine: N requests, TTFT and ITL percentiles.
     Throughput {
@@ -629,6 +634,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             quant,
             cuda_graphs,
             pdl,
+            unfused,
         } => {
             let on_cpu = be.name() == "cpu";
             let model = model.unwrap_or_else(|| {
@@ -649,6 +655,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 reps,
                 cuda_graphs,
                 pdl,
+                unfused,
             };
             // Before the (long) load: a flag this device cannot run is an error at once.
             bench::check_options(be, &opt)?;

@@ -94,8 +94,9 @@ impl Tester<'_> {
                                 }
                                 let r = self.fused_matmul(wc, wg, role, t, bias);
                                 self.gpu.set_dense_path(None);
-                                self.gpu.set_fuse(configured);
+                                let restored = self.gpu.set_fuse(configured);
                                 r.and_then(|e| {
+                                    restored?;
                                     self.gpu.synchronize()?;
                                     Ok(e)
                                 })
@@ -176,7 +177,7 @@ impl Tester<'_> {
         }
         // The GPU, fused then unfused, each from the same residual into a poisoned scratch.
         let run = |fuse: bool| -> Result<CudaTensor> {
-            self.gpu.set_fuse(fuse);
+            self.gpu.set_fuse(fuse)?;
             if matches!(role, Role::NormWrite | Role::ActAdd(_))
                 && self.gpu.fuses_input(wg, t) != fuse
             {

@@ -107,6 +107,13 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
         &gp["roofline_fraction"],
         (weights + kv) / bw / 0.00625
     ));
+    // Without the fused GEMV inputs (tg128+graphs+unfused, 100 tok/s: 10 ms), beside the same
+    // peer row.
+    let u = row("e2e_decode_b1_graphs_unfused");
+    assert!(
+        close(&u["flint_s"], 0.01) && close(&u["ratio_peer_over_flint"], 0.8),
+        "{u}"
+    );
     // Prefill of 2048 tokens (pp2048 at 10240 tok/s: 200 ms) is FLOP-bound: 2 per matrix
     // weight per token (6 979 321 856 layer weights), lm_head for the last token only, and
     // the causal attention pairs of 32 layers.
@@ -172,7 +179,7 @@ fn compare_merges_flint_and_peer_rows_into_ratios_and_roofline_fractions() {
     // Report order: ceilings first, end to end last.
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.first(), Some(&"copy"));
-    assert_eq!(ids.last(), Some(&"e2e_decode_b1_graphs_pdl"));
+    assert_eq!(ids.last(), Some(&"e2e_decode_b1_graphs_unfused"));
     // The JSON report of `flint bench` gives the same end-to-end rows as its CSV lines.
     let js2 = dir.join("peers2.json");
     compare(

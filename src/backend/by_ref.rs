@@ -171,6 +171,15 @@ impl<B: Backend> Backend for &B {
     fn reserve_moe(&self, max_tokens: usize, shape: &MoeExperts) -> Result<()> {
         (**self).reserve_moe(max_tokens, shape)
     }
+    fn fuse_unavailable(&self) -> Option<String> {
+        (**self).fuse_unavailable()
+    }
+    fn set_fuse(&self, on: bool) -> Result<()> {
+        (**self).set_fuse(on)
+    }
+    fn fuse(&self) -> bool {
+        (**self).fuse()
+    }
     fn pdl_unavailable(&self) -> Option<String> {
         (**self).pdl_unavailable()
     }

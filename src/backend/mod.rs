@@ -405,6 +405,31 @@ pub trait Backend {
         false
     }
 
+    /// Why the fused GEMV inputs and outputs (`matmul_ex` running the norm, act·mul and
+    /// residual add inside the GEMV, not as kernels of their own) cannot be switched here, or
+    /// `None` when they can (CUDA).
+    fn fuse_unavailable(&self) -> Option<String> {
+        Some(format!(
+            "the {} backend runs no fused GEMVs (its matmul_ex is the unfused ops)",
+            self.name()
+        ))
+    }
+
+    /// Turns the fused GEMV inputs on or off for later `matmul_ex` calls (captured graphs are
+    /// dropped when that changes them). Turning it on where [`Backend::fuse_unavailable`]
+    /// gives a reason is an error saying it.
+    fn set_fuse(&self, on: bool) -> Result<()> {
+        match self.fuse_unavailable() {
+            Some(why) if on => bail!("{why}"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `matmul_ex` fuses now.
+    fn fuse(&self) -> bool {
+        false
+    }
+
     /// Bytes a KV cache of `shape` takes (f32 elements unless the backend says otherwise).
     fn kv_cache_bytes(&self, shape: KvShape) -> usize {
         shape.num_elements() * 4

@@ -306,20 +306,6 @@ impl CudaBackend {
         self.gemm.set_force(force);
     }
 
-    /// Turns the fused GEMV inputs on or off (`FLINT_FUSE` sets the starting value; see
-    /// matmul.rs), for benches and the selftest. Captured graphs hold the old choice, so a
-    /// change drops them.
-    pub fn set_fuse(&self, on: bool) {
-        if self.fuse.replace(on) != on {
-            self.graphs.borrow_mut().clear();
-        }
-    }
-
-    /// Whether the fused GEMV inputs are on.
-    pub fn fuse(&self) -> bool {
-        self.fuse.get()
-    }
-
     /// The forced dense path, if any.
     pub fn dense_path_override(&self) -> Option<super::gemm::DensePath> {
         self.gemm.force()
@@ -804,6 +790,26 @@ impl Backend for CudaBackend {
 
     fn pdl(&self) -> bool {
         self.dev.pdl.get()
+    }
+
+    fn fuse_unavailable(&self) -> Option<String> {
+        None
+    }
+
+    /// `FLINT_FUSE` sets the starting value (matmul.rs); benches and the selftest switch it.
+    /// Captured graphs hold the old choice, so a change drops them.
+    fn set_fuse(&self, on: bool) -> Result<()> {
+        if self.mode.get() != GraphMode::Eager {
+            bail!("set_fuse inside a graph region");
+        }
+        if self.fuse.replace(on) != on {
+            self.clear_graphs();
+        }
+        Ok(())
+    }
+
+    fn fuse(&self) -> bool {
+        self.fuse.get()
     }
 
     fn embed(
