@@ -38,8 +38,10 @@
 #                                   # finish, b1 first): bf16 gave 3 of its then 6 rows in
 #                                   # 80 s; with 12 rows, 110 s should give b1 and b8.
 #   bash gpu-bundle/run.sh sanitize # compute-sanitizer over `flint selftest --quick`:
-#                                   # memcheck 300 s, then racecheck 200 s (shared memory
-#                                   # races in the tiled kernels); errors in the report.
+#                                   # memcheck of the kernel sections 240 s, racecheck of
+#                                   # the tiled kernels' sections 150 s (shared-memory
+#                                   # races), then memcheck of the fixtures end to end with
+#                                   # what is left; errors in the report.
 # Run "core" on the first lent GPU; "serve" and "sanitize" when core has run on a card.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU, 3 it hit its
@@ -48,7 +50,8 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # The header: every comment line from line 2 to the first line that is not one.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 case "${1:-}" in
 -h | --help)
@@ -176,10 +179,16 @@ if [ -z "$san" ]; then
     echo 127 >"$log/selftest.rc"
 else
     # The sanitizer's exit code is nonzero on any error it finds; its report is on stderr.
-    step selftest 300 "$san" --tool memcheck --error-exitcode 9 "$flint" selftest --quick \
-        --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
-    step racecheck 200 "$san" --tool racecheck --racecheck-report all --error-exitcode 9 "$flint" selftest --quick \
-        --fixtures "$here/fixtures"
+    # The kernel sections first (every kernel runs there, at small shapes); the fixtures end to
+    # end run the same kernels again, so they come last, with whatever time is left.
+    step selftest 240 "$san" --tool memcheck --error-exitcode 9 "$flint" selftest --quick \
+        --only ops,quant,dense,fused,quant_moe,attention_mma,pdl --json "$log/selftest.json"
+    # racecheck (shared-memory hazards) over the tiled kernels: attention (ops holds both
+    # engines' cases), the tensor-core prefill, the GEMVs and the MoE grouped GEMM.
+    step racecheck 150 "$san" --tool racecheck --racecheck-report all --error-exitcode 9 "$flint" selftest --quick \
+        --only ops,dense,fused,quant_moe,attention_mma
+    step memcheck_e2e "$(left_or 150)" "$san" --tool memcheck --error-exitcode 9 "$flint" selftest --quick \
+        --only e2e,quant_e2e,graphs --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 fi
 selftest_rc="$(cat "$log/selftest.rc")"
 elif [ "$part" = serve ]; then
@@ -269,6 +278,7 @@ report = {
 }
 serve = ["bench_tg_bf16", "bench_tg_int8", "bench_tg_int4", "bench_tg_fp8", "throughput"]
 report["racecheck"] = stepinfo("racecheck", None)
+report["memcheck_e2e"] = stepinfo("memcheck_e2e", None)
 for k in serve:
     report[k] = stepinfo(k, parse(read(k + ".out")) if k == "throughput" else read(k + ".out"))
 ran = lambda k: read(k + ".rc") is not None
@@ -313,9 +323,10 @@ probe = read("pdl_probe.out")
 if probe is not None:
     report["pdl_probe"] = probe[-1000:]
     md.append("pdl: benches ran with --pdl" if ",tg2+pdl," in probe else f"pdl: benches ran without --pdl: {probe.strip()[-300:]}")
-if ran("racecheck"):
-    r = report["racecheck"]
-    md.append(f"racecheck: exit {r['exit']} after {r['seconds']} s: {r['stderr_tail'][-600:]}")
+for k in ("racecheck", "memcheck_e2e"):
+    if ran(k):
+        r = report[k]
+        md.append(f"{k}: exit {r['exit']} after {r['seconds']} s: {r['stderr_tail'][-600:]}")
 if ran("throughput"):
     t = report["throughput"]
     keep = ("completed", "failed", "output_tokens_per_s", "total_tokens_per_s", "ttft_ms", "itl_ms", "kv_cache", "graph_steps")

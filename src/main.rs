@@ -285,6 +285,10 @@ enum Cmd {
         /// to end too; default: the repository's tests/fixtures/quant_models when present.
         #[arg(long)]
         quant_fixtures: Option<PathBuf>,
+        /// Run only these sections, comma-separated: ops, quant, dense, fused, quant_moe, e2e,
+        /// quant_e2e, graphs, pdl, attention_mma (default: all; an unknown name is an error).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -356,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
         quick,
         fixtures,
         quant_fixtures,
+        only,
     } = cli.cmd
     {
         let opts = flint::selftest::SelftestOptions {
@@ -363,6 +368,7 @@ fn run(cli: Cli) -> Result<()> {
             quick,
             fixtures,
             quant_fixtures,
+            only,
         };
         std::process::exit(flint::selftest::run(&opts));
     }

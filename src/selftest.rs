@@ -49,6 +49,43 @@ pub struct SelftestOptions {
     /// Quantized-checkpoint fixtures run end to end after `fixtures`; None: the repository's
     /// tests/fixtures/quant_models when it exists (a folder given here must exist).
     pub quant_fixtures: Option<PathBuf>,
+    /// Run only these sections ([`SECTIONS`]); empty: all of them.
+    pub only: Vec<String>,
+}
+
+/// The selftest's sections, in the order they run (`--only` picks some): the kernel cases
+/// (`ops`: every small op and both attention engines; `quant`, `dense`, `fused`, `quant_moe`:
+/// the matmuls), the fixtures end to end (`e2e`, `quant_e2e`), then `graphs` (CUDA graphs
+/// against eager), `pdl` and `attention_mma` (the tensor-core prefill's kernel cases).
+pub const SECTIONS: &[&str] = &[
+    "ops",
+    "quant",
+    "dense",
+    "fused",
+    "quant_moe",
+    "e2e",
+    "quant_e2e",
+    "graphs",
+    "pdl",
+    "attention_mma",
+];
+
+/// The sections `only` names (all when empty), or an error naming an unknown one.
+pub fn sections(only: &[String]) -> Result<Vec<&'static str>> {
+    if only.is_empty() {
+        return Ok(SECTIONS.to_vec());
+    }
+    let mut picked = Vec::new();
+    for name in only {
+        match SECTIONS.iter().find(|s| **s == name.as_str()) {
+            Some(s) => picked.push(*s),
+            None => bail!(
+                "selftest --only: no section `{name}`; the sections are {}",
+                SECTIONS.join(", ")
+            ),
+        }
+    }
+    Ok(picked)
 }
 
 /// The sampling cases' (temperature, top_k, top_p): greedy, temperature alone, top-k, top-p,
@@ -102,6 +139,14 @@ impl Case {
 
 /// Runs the selftest; returns the process exit code.
 pub fn run(opts: &SelftestOptions) -> i32 {
+    let sections = match sections(&opts.only) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flint selftest: {e:#}");
+            return 2;
+        }
+    };
+    let on = |s: &str| sections.contains(&s);
     let gpu = match CudaBackend::new() {
         Ok(g) => g,
         Err(e) => {
@@ -148,46 +193,53 @@ pub fn run(opts: &SelftestOptions) -> i32 {
         cpu: CpuBackend,
         rng: std::cell::RefCell::new(Rng(0x5eed_f11e)),
     };
-    for c in t.op_cases(opts.quick) {
-        record(c);
+    if on("ops") {
+        t.op_cases(opts.quick).into_iter().for_each(&mut record);
     }
-    for c in t.quant_cases(opts.quick) {
-        record(c);
+    if on("quant") {
+        t.quant_cases(opts.quick).into_iter().for_each(&mut record);
     }
-    for c in t.dense_cases(opts.quick) {
-        record(c);
+    if on("dense") {
+        t.dense_cases(opts.quick).into_iter().for_each(&mut record);
     }
-    for c in t.fused_cases(opts.quick) {
-        record(c);
+    if on("fused") {
+        t.fused_cases(opts.quick).into_iter().for_each(&mut record);
     }
-    for c in t.quant_moe_cases(opts.quick) {
-        record(c);
+    if on("quant_moe") {
+        t.quant_moe_cases(opts.quick)
+            .into_iter()
+            .for_each(&mut record);
     }
-    for c in e2e_cases(&gpu, &opts.fixtures, opts.quick) {
-        record(c);
+    if on("e2e") {
+        e2e_cases(&gpu, &opts.fixtures, opts.quick)
+            .into_iter()
+            .for_each(&mut record);
     }
     let quant_dir = opts.quant_fixtures.clone().or_else(|| {
         let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant_models");
         d.is_dir().then_some(d)
     });
     match quant_dir {
+        _ if !on("quant_e2e") => {}
         Some(d) => e2e_cases(&gpu, &d, opts.quick).into_iter().for_each(&mut record),
         None => println!("(no quantized fixtures: tests/fixtures/quant_models is not here; --quant-fixtures DIR)"),
     }
     // Decode graphs (the end-to-end cases above ran the default, tensor-core, prefill).
-    for c in graph_cases(&gpu) {
-        record(c);
+    if on("graphs") {
+        graph_cases(&gpu).into_iter().for_each(&mut record);
     }
     // Programmatic dependent launch: the same decode and the GEMVs with it on (sm_90+).
-    for c in t.pdl_cases() {
-        record(c);
+    if on("pdl") {
+        t.pdl_cases().into_iter().for_each(&mut record);
     }
     // The tensor-core prefill's kernel cases, at the shapes the CUDA-core ones ran.
-    gpu.set_prefill_path(PrefillPath::Mma);
-    for c in t.attention_cases("attention_mma", opts.quick) {
-        record(c);
+    if on("attention_mma") {
+        gpu.set_prefill_path(PrefillPath::Mma);
+        t.attention_cases("attention_mma", opts.quick)
+            .into_iter()
+            .for_each(&mut record);
+        gpu.set_prefill_path(gpu.configured_prefill_path());
     }
-    gpu.set_prefill_path(gpu.configured_prefill_path());
     let failed = cases.iter().filter(|c| c.failed()).count();
     let skipped = cases.iter().filter(|c| c.skipped.is_some()).count();
     let passed = cases.len() - failed - skipped;
@@ -1642,6 +1694,15 @@ fn kv_sizing(gpu: &CudaBackend) -> Result<(f64, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_picks_sections_by_name() {
+        assert_eq!(super::sections(&[]).unwrap(), super::SECTIONS);
+        let picked = super::sections(&["pdl".into(), "ops".into()]).unwrap();
+        assert_eq!(picked, ["pdl", "ops"]);
+        let e = super::sections(&["opps".into()]).unwrap_err().to_string();
+        assert!(e.contains("`opps`") && e.contains("quant_moe"), "{e}");
+    }
+
     use super::*;
 
     #[test]

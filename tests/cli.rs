@@ -286,3 +286,15 @@ fn bench_ops_reports_rows_on_a_gpu_and_says_what_is_missing_without_one() {
     let (ok, _, err) = flint(&["bench-ops", "--only", "copy,nope"]);
     assert!(!ok && err.contains("unknown group `nope`"), "{err}");
 }
+
+/// `selftest --only` names a section that does not exist: an error listing the real ones,
+/// before any GPU is looked for (so it says the same on this GPU-less machine).
+#[test]
+fn selftest_only_rejects_an_unknown_section() {
+    let (ok, _, err) = flint(&["selftest", "--only", "ops,attentoin"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no section `attentoin`") && err.contains("attention_mma"),
+        "{err}"
+    );
+}
