@@ -125,6 +125,27 @@ struct Case {
 }
 
 impl Case {
+    /// A case from its error (rel-L2) or the message of what went wrong.
+    fn of(
+        group: &'static str,
+        name: String,
+        tol: f64,
+        r: std::result::Result<f64, String>,
+    ) -> Case {
+        let (err, error) = match r {
+            Ok(err) => (err, None),
+            Err(e) => (f64::NAN, Some(e)),
+        };
+        Case {
+            group,
+            name,
+            err,
+            tol,
+            note: None,
+            error,
+            skipped: None,
+        }
+    }
     fn pass(&self) -> bool {
         self.skipped.is_none() && self.error.is_none() && self.err <= self.tol
     }
@@ -397,26 +418,7 @@ impl Tester<'_> {
             self.gpu.synchronize()?;
             Ok(e)
         });
-        match r {
-            Ok(err) => Case {
-                group,
-                name,
-                err,
-                tol,
-                note: None,
-                error: None,
-                skipped: None,
-            },
-            Err(e) => Case {
-                group,
-                name,
-                err: f64::NAN,
-                tol,
-                note: None,
-                error: Some(format!("{e:#}")),
-                skipped: None,
-            },
-        }
+        Case::of(group, name, tol, r.map_err(|e| format!("{e:#}")))
     }
 
     fn op_cases(&self, quick: bool) -> Vec<Case> {

@@ -229,24 +229,5 @@ impl Tester<'_> {
 }
 
 fn case(group: &'static str, name: String, tol: f64, r: std::result::Result<f64, String>) -> Case {
-    match r {
-        Ok(err) => Case {
-            group,
-            name,
-            err,
-            tol,
-            note: None,
-            error: None,
-            skipped: None,
-        },
-        Err(e) => Case {
-            group,
-            name,
-            err: f64::NAN,
-            tol,
-            note: None,
-            error: Some(e),
-            skipped: None,
-        },
-    }
+    Case::of(group, name, tol, r)
 }
