@@ -12,9 +12,10 @@
 //     scales/zeros [N, G] f32, g_idx [B, K] i32 (or 0), bias [N] bf16 (or 0)
 //     out    [T, N]          bf16 (splits == 1): bf16(acc + bias), or with add_to_out
 //                            bf16(out + bf16(acc + bias)) (gemv/fuse.cuh's residual add)
-//     partial [splits, T, N] f32 (splits > 1): the split's sum, reduced by quant_mma_reduce
-//   quant_mma_reduce(QuantMmaParams p): out[t, n] = store(sum_s partial[s, t, n] + bias[n]),
-//     splits summed in order (deterministic; no float atomics). Grid-stride, 256 threads.
+//     partial [splits, T, N] f32 (splits > 1): the split's sums, for quant_mma_reduce_f32
+//   quant_mma_reduce_f32(QuantMmaParams p): out[t, n] = store(sum_s partial[s, t, n] +
+//     bias[n]), splits summed in order (deterministic; no float atomics). Grid-stride, 256
+//     threads.
 //
 // Why tensor cores at 2..64 tokens: the product is memory-bound there (2T FLOP per weight of
 // 0.5-1 byte; an H200's ridge is ~200 FLOP/byte), so the kernel's job is to stream each code
@@ -290,7 +291,7 @@ __device__ __forceinline__ void reduce(const QuantMmaParams &p) {
 }  // namespace flint::quant_mma
 
 // Exported symbols: quant_mma_<i8|i4|fp8>_t<TOK> (uniform scales, TOK = 8 * n8 tiles),
-// quant_mma_<i8|i4|fp8>_any (g_idx / any group, TOK 64) and quant_mma_reduce. 128 threads.
+// quant_mma_<i8|i4|fp8>_any (g_idx / any group, TOK 64) and quant_mma_reduce_f32. 128 threads.
 namespace fqm = flint::quant_mma;
 #define FLINT_QUANT_MMA_BOUNDS __launch_bounds__(FLINT_QUANT_MMA_THREADS)
 extern "C" __global__ FLINT_QUANT_MMA_BOUNDS void quant_mma_i8_t8(const QuantMmaParams p) { fqm::gemm<fqm::INT8, 1, true>(p); }
@@ -308,4 +309,4 @@ extern "C" __global__ FLINT_QUANT_MMA_BOUNDS void quant_mma_fp8_t16(const QuantM
 extern "C" __global__ FLINT_QUANT_MMA_BOUNDS void quant_mma_fp8_t32(const QuantMmaParams p) { fqm::gemm<fqm::FP8, 4, true>(p); }
 extern "C" __global__ FLINT_QUANT_MMA_BOUNDS void quant_mma_fp8_t64(const QuantMmaParams p) { fqm::gemm<fqm::FP8, 8, true>(p); }
 extern "C" __global__ FLINT_QUANT_MMA_BOUNDS void quant_mma_fp8_any(const QuantMmaParams p) { fqm::gemm<fqm::FP8, 8, false>(p); }
-extern "C" __global__ __launch_bounds__(256) void quant_mma_reduce(const QuantMmaParams p) { fqm::reduce(p); }
+extern "C" __global__ __launch_bounds__(256) void quant_mma_reduce_f32(const QuantMmaParams p) { fqm::reduce(p); }

@@ -58,10 +58,10 @@ FLINT_ASSERT_SIZE(QuantGemvParams, 120);
 /** Largest token count of the mma kernels (8 n8 tiles). */
 #define FLINT_QUANT_MMA_MAX_TOKENS 64
 
-/** quant_mma_<fmt>_t<TOK> and quant_mma_reduce: splits == 1 writes out (bias, add_to_out) in
- * the GEMM; splits > 1: CTA (row block, s) writes f32 partial[s, t, n] for its columns
- * [s * split_cols, min(k, (s + 1) * split_cols)), and quant_mma_reduce sums the splits in
- * order (deterministic: no atomics), adds the bias and stores out. */
+/** quant_mma_<fmt>_t<TOK> and quant_mma_reduce_f32: splits == 1 writes out (bias,
+ * add_to_out) in the GEMM; splits > 1: CTA (row block, s) writes f32 partial[s, t, n] for its
+ * columns [s * split_cols, min(k, (s + 1) * split_cols)), and quant_mma_reduce_f32 sums the
+ * splits in order (deterministic: no atomics), adds the bias and stores out. */
 typedef struct QuantMmaParams {
     FLINT_PTR(const flint_bf16) x;       /**< [num_tokens, k], 16-byte aligned */
     FLINT_PTR(const uint8_t) qdata;      /**< [n, row_bytes], 16-byte aligned; k % 32 == 0 */

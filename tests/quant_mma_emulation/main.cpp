@@ -4,7 +4,7 @@
 // reference's f32 value s * (q - z) (fp8: decode(q) * s) rounded to bf16, as the kernel feeds
 // it to the tensor cores and as the dequantize + cuBLASLt path stores it. Cases: int8 / int4 /
 // fp8 x T in {2, 8, 9, 33, 64} x K in one tail-free multi-tile size (256) and one with a
-// 32-column last tile (480) x no split / split-K (128-column splits, then quant_mma_reduce)
+// 32-column last tile (480) x no split / split-K (128-column splits, then quant_mma_reduce_f32)
 // x scale groups 128 / 64 / 32 (96 and 32 at K 480; fp8 blocks, per row) x zero points or
 // the symmetric default x GPTQ act-order g_idx (the _any kernel, also for a group that is not
 // a multiple of 16), with bias / without, write / add-to-out. N = 80: a partial second row
@@ -136,7 +136,7 @@ static void run(const Case &c, std::mt19937 &g) {
     const int ti = T <= 8 ? 0 : T <= 16 ? 1 : T <= 32 ? 2 : 3;
     const dim3 grid((N + FLINT_QUANT_MMA_ROWS - 1) / FLINT_QUANT_MMA_ROWS, p.splits);
     launch(uniform ? KT[c.fmt][ti] : KA[c.fmt], grid, dim3(FLINT_QUANT_MMA_THREADS), p);
-    if (p.splits > 1) launch(quant_mma_reduce, dim3(7), dim3(256), p);
+    if (p.splits > 1) launch(quant_mma_reduce_f32, dim3(7), dim3(256), p);
 
     const auto got = download(p.out, static_cast<size_t>(T) * N);
     const double err = rel_l2(got, want);

@@ -313,6 +313,13 @@ impl CudaBackend {
         self.quant.set_force(force);
     }
 
+    /// The path a `tokens`-row matmul against `w` takes now (None: a bf16 weight).
+    pub fn quant_path_for(&self, w: &CudaTensor, tokens: usize) -> Option<super::quant::QuantPath> {
+        w.quant
+            .as_ref()
+            .map(|q| self.quant.path(q.layout(), tokens))
+    }
+
     /// The forced quantized path, if any.
     pub fn quant_path_override(&self) -> Option<super::quant::QuantForce> {
         self.quant.force()

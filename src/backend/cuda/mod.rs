@@ -167,7 +167,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_mma_i8_t32",
     "quant_mma_i8_t64",
     "quant_mma_i8_t8",
-    "quant_mma_reduce",
+    "quant_mma_reduce_f32",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

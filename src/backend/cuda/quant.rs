@@ -1,6 +1,7 @@
 //! Quantized weights on the GPU. The layout and the first GEMV passed `flint selftest`'s
 //! `quant matmul` cases on an H200 (2026-11-27) but decoded slower than bf16; the GEMV that
-//! replaced it (x staged in shared memory, 2 rows per warp) is UNVERIFIED on a GPU.
+//! replaced it (x staged in shared memory, 2 rows per warp) and the mma GEMM for 2..=64
+//! tokens (kernels/quant_mma.cu) are UNVERIFIED on a GPU.
 //!
 //! Device layout (see `kernels/quant/params.h`): the codes exactly as `QuantWeight` holds
 //! them (row-major along K, which is already what a GEMV wants: each warp streams its rows with
@@ -10,14 +11,15 @@
 //! kernel per code type serves every format, and the value a kernel computes is the CPU
 //! reference's f32 value, bit for bit, before the f32 accumulation.
 //!
-//! Dispatch (`matmul`, [`quant_path`]): 1..=8 tokens run `quant_gemv_<fmt>` (one launch per
-//! linear layer; fused q|k|v and gate|up are one weight); up to [`gemv_passes_max`] passes of
-//! 8 tokens run it once per pass (each pass re-reads the codes, still fewer bytes than the
-//! alternative); more tokens dequantize into a grow-only bf16 scratch with
-//! `quant_dequant_<fmt>` and run cuBLASLt on it (a fused tensor-core main loop is later
-//! work). Only `matmul` reads a quantized weight. The GEMV takes a fused input (the pre-norm
-//! or act·mul staged in the kernel, `GemvIn`) and can add into its output (the residual
-//! stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
+//! Dispatch (`matmul`, [`quant_path`], `FLINT_QUANT_PATH` to force one): 1 token runs
+//! `quant_gemv_<fmt>_t1` (one launch per linear layer; fused q|k|v and gate|up are one
+//! weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
+//! in its main loop, split-K planned by [`mma_plan`] into a workspace allocated once, then
+//! `quant_mma_reduce_f32`; UNVERIFIED on a GPU) when K % 32 == 0, else GEMV passes of 8 tokens
+//! up to [`gemv_passes_max`]; more tokens dequantize into a grow-only bf16 scratch with
+//! `quant_dequant_<fmt>` and run cuBLASLt on it. Only `matmul` reads a quantized weight.
+//! The GEMV takes a fused input (the pre-norm or act·mul staged in the kernel, `GemvIn`) and
+//! can add into its output (the residual stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
 //! they run is decided in matmul.rs.
 
 use super::backend::{CudaBackend, CudaTensor};
@@ -178,6 +180,11 @@ pub struct QuantDev {
 }
 
 impl QuantDev {
+    /// The host-side layout of the weight.
+    pub fn layout(&self) -> &DeviceLayout {
+        &self.layout
+    }
+
     /// The weight as the MoE kernels take it (`MoeQuantWeight`, backend/cuda/moe.rs) and its
     /// host-side layout.
     pub(super) fn moe_view(&self, be: &CudaBackend) -> (&DeviceLayout, MoeQuantWeight) {
@@ -253,7 +260,7 @@ const MMA_NAMES: [[&str; 4]; 3] = [
     ],
 ];
 const MMA_ANY_NAMES: [&str; 3] = ["quant_mma_i8_any", "quant_mma_i4_any", "quant_mma_fp8_any"];
-const MMA_REDUCE_NAME: &str = "quant_mma_reduce";
+const MMA_REDUCE_NAME: &str = "quant_mma_reduce_f32";
 
 /// The kernels, the prefill scratch, the mma's split-K workspace and the path override.
 pub struct QuantKernels {
@@ -578,14 +585,7 @@ pub fn matmul(
         if input != GemvIn::Plain {
             bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the mma takes it materialized");
         }
-        let plan = mma_plan(
-            l.n,
-            l.k,
-            l.row_bytes(),
-            t,
-            qk.num_sms,
-            qk.workspace.len(),
-        );
+        let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
         let m = QuantMmaParams {
             x: p.x,
             qdata: p.qdata,
@@ -740,9 +740,15 @@ mod tests {
         // bytes than dequantize + cuBLASLt.
         assert_eq!(quant_path(Fmt::Int4, 9, false, None), QuantPath::Gemv(2));
         assert_eq!(quant_path(Fmt::Int4, 48, false, None), QuantPath::Gemv(6));
-        assert_eq!(quant_path(Fmt::Int4, 49, false, None), QuantPath::DequantGemm);
+        assert_eq!(
+            quant_path(Fmt::Int4, 49, false, None),
+            QuantPath::DequantGemm
+        );
         assert_eq!(quant_path(Fmt::Int8, 24, false, None), QuantPath::Gemv(3));
-        assert_eq!(quant_path(Fmt::Fp8, 25, false, None), QuantPath::DequantGemm);
+        assert_eq!(
+            quant_path(Fmt::Fp8, 25, false, None),
+            QuantPath::DequantGemm
+        );
         // Forced.
         let (g, m, d) = (
             Some(QuantForce::Gemv),
@@ -766,7 +772,9 @@ mod tests {
         for f in [QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant] {
             assert_eq!(QuantForce::parse_override(f.name()).unwrap(), Some(f));
         }
-        let e = QuantForce::parse_override("cublas").unwrap_err().to_string();
+        let e = QuantForce::parse_override("cublas")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("FLINT_QUANT_PATH") && e.contains("gemv, mma, dequant or auto"),
             "{e}"
