@@ -51,8 +51,9 @@
 //   nothing; K % 32 == 0 makes every 16-byte code chunk whole; a split's last tile may be
 //   32 columns, whose missing k16 steps are skipped (warp-uniform).
 // TOK (8 NT tokens, NT n8 tiles) is a template: 8, 16, 32, 64 (the host picks the smallest
-// that holds T). Registers: FLINT_PTXAS_VERBOSE=1 (sm_90a at the time of writing: see
-// quant.rs's docs), 0 spills on sm_80/86/89/90a. Minimum arch sm_80 (mma.sync bf16, cp.async).
+// that holds T). Registers (FLINT_PTXAS_VERBOSE=1, at the time of writing): sm_90a t8 46-56,
+// t16 56-64, t32 64-72, t64 96-106, _any 96-109; sm_80/86/89 at most 110; 0 spills on
+// sm_80/86/89/90a. Minimum arch sm_80 (mma.sync bf16, cp.async).
 // Not done yet: a faster int -> bf16 decode (Marlin's lop3 magic numbers; the exact f32
 // value then one rounding is kept here, so the result equals the dequantize + cuBLASLt
 // path's weights), wgmma on sm_90, scales staged with the codes.
