@@ -13,6 +13,10 @@
 //! - `proj_<name>_t<T>_gemv` and `_cublaslt` (T = 1, 2, 4, 8): the same product forced onto
 //!   each path, after the default rows, so one run times both where they compete (and the
 //!   GEMV's crossover can move with the numbers);
+//! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down, T = 8, 32; fmt int8 per channel, int4
+//!   sym g128, fp8 per channel; path gemv, mma, dequant, each forced with
+//!   `set_quant_path`): the quantized projection, group `quant` (flint-only rows: no peer
+//!   case). Bytes: the codes, the f32 scales, x and out;
 //! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
@@ -40,6 +44,7 @@
 //! repeated calls do not run from the L2 cache.
 
 use crate::backend::cuda::attention::PrefillPath;
+use crate::backend::cuda::quant::QuantForce;
 use crate::backend::cuda::{moe_path, CudaBackend, CudaKvCache, CudaTensor, DensePath, MoePath};
 use crate::backend::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, SeqStep, StepInput};
 use crate::config::Activation;
@@ -47,7 +52,7 @@ use crate::sampling::Rng;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
-pub const GROUPS: &[&str] = &["copy", "gemm", "proj", "prefill", "decode", "moe"];
+pub const GROUPS: &[&str] = &["copy", "gemm", "proj", "quant", "prefill", "decode", "moe"];
 
 const HIDDEN: usize = 4096;
 const HEADS: usize = 32;
@@ -58,6 +63,13 @@ const BLOCK: usize = 16;
 pub const PROJ_TOKENS: &[usize] = &[1, 8, 64, 512, 4096];
 /// Token counts whose projections are also timed on each path forced (`_gemv`, `_cublaslt`).
 pub const PROJ_BOTH_PATHS: &[usize] = &[1, 2, 4, 8];
+/// Token counts of the quantized projection cases (each on every path, forced).
+pub const QUANT_TOKENS: &[usize] = &[8, 32];
+/// The quantized projections timed (names in [`PROJECTIONS`]).
+pub const QUANT_PROJECTIONS: &[&str] = &["qkv", "down"];
+/// The quantized formats timed: int8 per channel, int4 symmetric in groups of 128, fp8 per
+/// channel.
+pub const QUANT_FMTS: &[&str] = &["int8", "int4", "fp8"];
 /// (name, out features N, in features K) of Llama-3-8B's projections.
 pub const PROJECTIONS: &[(&str, usize, usize)] = &[
     ("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN),
@@ -106,6 +118,25 @@ pub enum Case {
     Moe {
         tokens: usize,
     },
+    /// A quantized projection on a forced path.
+    Quant {
+        id: String,
+        t: usize,
+        n: usize,
+        k: usize,
+        /// One of [`QUANT_FMTS`].
+        fmt: &'static str,
+        path: QuantForce,
+    },
+}
+
+/// Scale groups per row of a [`QUANT_FMTS`] format.
+fn quant_groups(fmt: &str, k: usize) -> usize {
+    if fmt == "int4" {
+        k / 128
+    } else {
+        1
+    }
 }
 
 /// Bytes of one bf16 expert's weights (gate|up `[2I, D]` and down `[D, I]`).
@@ -140,6 +171,7 @@ impl Case {
             Case::Prefill { .. } => "prefill",
             Case::Decode { .. } => "decode",
             Case::Moe { .. } => "moe",
+            Case::Quant { .. } => "quant",
         }
     }
 
@@ -147,7 +179,7 @@ impl Case {
     pub fn id(&self) -> String {
         match self {
             Case::Copy { .. } => "copy".into(),
-            Case::Gemm { id, .. } => id.clone(),
+            Case::Gemm { id, .. } | Case::Quant { id, .. } => id.clone(),
             Case::Prefill { tokens, path } => match path {
                 PrefillPath::Fma => format!("prefill_attn_{tokens}"),
                 PrefillPath::Mma => format!("prefill_attn_{tokens}_mma"),
@@ -170,6 +202,9 @@ impl Case {
             Case::Decode { batch, ctx } => {
                 format!("{batch} seqs x {ctx} keys, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}")
             }
+            Case::Quant {
+                t, n, k, fmt, path, ..
+            } => format!("[{t}, {k}] x [{n}, {k}]^T {fmt}, {} forced", path.name()),
             Case::Moe { tokens } => {
                 let path = match moe_path(*tokens) {
                     MoePath::Gemv => "gemv",
@@ -199,6 +234,10 @@ impl Case {
             Case::Decode { batch, ctx } => {
                 2 * (2 * batch * ctx * KV_HEADS * HEAD_DIM + 2 * batch * HEADS * HEAD_DIM)
             }
+            Case::Quant { t, n, k, fmt, .. } => {
+                let codes = if fmt == "int4" { n * k / 2 } else { n * k };
+                codes + 4 * n * quant_groups(fmt, k) + 2 * (t * k + t * n)
+            }
             Case::Moe { .. } => unreachable!("returned above"),
         };
         b as f64
@@ -208,7 +247,9 @@ impl Case {
     pub fn flops(&self) -> f64 {
         match *self {
             Case::Copy { .. } => 0.0,
-            Case::Gemm { t, n, k, .. } => 2.0 * t as f64 * n as f64 * k as f64,
+            Case::Gemm { t, n, k, .. } | Case::Quant { t, n, k, .. } => {
+                2.0 * t as f64 * n as f64 * k as f64
+            }
             Case::Prefill { tokens, .. } => {
                 let pairs = tokens as f64 * (tokens as f64 + 1.0) / 2.0;
                 4.0 * (HEADS * HEAD_DIM) as f64 * pairs
@@ -267,6 +308,27 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                         k,
                         path: Some(path),
                     });
+                }
+            }
+        }
+    }
+    if want("quant") {
+        for &(name, n, k) in PROJECTIONS {
+            if !QUANT_PROJECTIONS.contains(&name) {
+                continue;
+            }
+            for &t in QUANT_TOKENS {
+                for &fmt in QUANT_FMTS {
+                    for path in [QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant] {
+                        v.push(Case::Quant {
+                            id: format!("proj_{name}_t{t}_{fmt}_{}", path.name()),
+                            t,
+                            n,
+                            k,
+                            fmt,
+                            path,
+                        });
+                    }
                 }
             }
         }
@@ -459,7 +521,46 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             )
         }
         Case::Moe { tokens } => moe_case(be, pattern, tokens, case_s),
+        Case::Quant {
+            t, n, k, fmt, path, ..
+        } => quant_case(be, pattern, (t, n, k), fmt, path, case_s),
     }
+}
+
+/// A quantized `[n, k]` weight (random host values, std 1/√k, quantized as [`QUANT_FMTS`]
+/// says), replicated past the L2 cache, times x `[t, k]` on the forced path.
+fn quant_case(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    (t, n, k): (usize, usize, usize),
+    fmt: &str,
+    path: QuantForce,
+    case_s: f64,
+) -> Result<Timing> {
+    use crate::weights::quant::{quantize_fp8, quantize_int4, quantize_int8};
+    let mut rng = Rng::new(7);
+    let sd = 1.0 / (k as f32).sqrt();
+    let w: Vec<f32> = (0..n * k)
+        .map(|_| (rng.next_f32() - 0.5) * 3.4 * sd)
+        .collect();
+    let q = match fmt {
+        "int8" => quantize_int8(&w, n, k, k)?,
+        "int4" => quantize_int4(&w, n, k, 128, true)?,
+        _ => quantize_fp8(&w, n, k, true)?,
+    };
+    drop(w);
+    let ws = (0..copies_for(q.qdata.len()))
+        .map(|_| be.upload_quantized(fmt, &q))
+        .collect::<Result<Vec<_>>>()?;
+    let x = filled(be, pattern, t, k)?;
+    let mut out = be.alloc(t, n)?;
+    let before = be.quant_path_override();
+    be.set_quant_path(Some(path));
+    let r = time_op(be, case_s, |i| {
+        be.matmul(&x, &ws[i % ws.len()], None, &mut out)
+    });
+    be.set_quant_path(before);
+    r
 }
 
 /// One MoE layer as `model/moe.rs` runs it: router GEMM → `moe_route` → `moe_experts`. The
@@ -629,7 +730,28 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 3 + 9 + 4 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 36 + 3 + 9 + 4 + 3);
+        // The quantized rows: after the dense projections, every path of each (T, format).
+        let quant = cases(&["quant".into()]).unwrap();
+        assert_eq!(quant.len(), 36);
+        assert!(quant.iter().all(|c| c.group() == "quant"));
+        assert_eq!(quant[0].id(), "proj_qkv_t8_int8_gemv");
+        assert!(quant
+            .iter()
+            .any(|c| c.id() == "proj_down_t32_int4_mma" && c.shape().ends_with("mma forced")));
+        let q = Case::Quant {
+            id: "proj_o_t8_int4_mma".into(),
+            t: 8,
+            n: 4096,
+            k: 4096,
+            fmt: "int4",
+            path: QuantForce::Mma,
+        };
+        assert_eq!(
+            q.bytes(),
+            (4096 * 2048 + 4 * 4096 * 32 + 2 * (8 * 4096 + 8 * 4096)) as f64
+        );
+        assert_eq!(q.flops(), 2.0 * 8.0 * 4096.0 * 4096.0);
         // The tensor-core prefill rows come last.
         assert_eq!(all.last().unwrap().id(), "prefill_attn_16384_mma");
         let mut ids: Vec<String> = all.iter().map(|c| c.id()).collect();

@@ -256,7 +256,7 @@ enum Cmd {
     /// Kernel-level timings of flint's CUDA paths (copy, GEMM, attention, MoE) with bytes and
     /// FLOPs per case, for the peer comparison (scripts/peers.py, scripts/compare.py). GPU only.
     BenchOps {
-        /// Groups to run, comma-separated: copy, gemm, proj, prefill, decode, moe (default: all).
+        /// Groups to run, comma-separated: copy, gemm, proj, quant, prefill, decode, moe (default: all).
         #[arg(long)]
         only: Option<String>,
         /// Cases not started after this many seconds are reported as skipped.

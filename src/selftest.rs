@@ -913,7 +913,11 @@ impl Tester<'_> {
         // (n, k): model shapes first (Llama-3-8B q|k|v and down), then ragged ones that take
         // the scalar and per-code-group paths. Each weight is made, quantized and uploaded
         // once per scheme; the token counts reuse it (the CPU reference is slow at model
-        // shapes, so those run fewer counts: 1 and 8 take the GEMV, 9 dequant + cuBLASLt).
+        // shapes, so those run fewer counts). Unforced (the default path: 1 the GEMV, 2..=64
+        // the mma when K % 32 == 0, else GEMV passes or dequant + cuBLASLt), then at the
+        // model shapes each path forced (`set_quant_path`, checked against the path the
+        // backend reports): the mma at 2, 8, 33, 64 tokens (kernels/quant_mma.cu, split-K at
+        // these N), the GEMV at 8, dequant + cuBLASLt at 9.
         let shapes: &[(usize, usize)] = if quick {
             &[(6144, 4096), (96, 200)]
         } else {
@@ -932,8 +936,18 @@ impl Tester<'_> {
                 (true, true) => &[1, 9],
                 (true, false) => &[1, 8, 33],
                 (false, true) => &[1, 8, 9],
-                // 9 and 33: GEMV passes (33 for int4 only); 64: dequantize + cuBLASLt.
-                (false, false) => &[1, 3, 8, 9, 33, 64],
+                (false, false) => &[1, 3, 8, 9, 33, 64, 65],
+            };
+            use crate::backend::cuda::quant::{QuantForce, QuantPath};
+            // (force, tokens) at the model shapes.
+            let forced: Vec<(QuantForce, usize)> = match (quick, big) {
+                (_, false) => vec![],
+                (true, true) => vec![(QuantForce::Mma, 2), (QuantForce::Mma, 33)],
+                (false, true) => [2, 8, 33, 64]
+                    .into_iter()
+                    .map(|t| (QuantForce::Mma, t))
+                    .chain([(QuantForce::Gemv, 8), (QuantForce::Dequant, 9)])
+                    .collect(),
             };
             let w = self.data(n * k, 1.0 / (k as f32).sqrt());
             for what in QUANT_SCHEMES {
@@ -953,6 +967,38 @@ impl Tester<'_> {
                         || match &weights {
                             Ok((wc, wg)) => self.quant_matmul(wc, wg, t, bias),
                             Err(e) => bail!("building the weight: {e:#}"),
+                        },
+                    ));
+                }
+                for &(force, t) in &forced {
+                    let bias = t % 2 == 1;
+                    let b = if bias { " bias" } else { "" };
+                    out.push(self.case(
+                        "quant matmul",
+                        format!("{what} [{n}, {k}] tokens {t}{b}, {} forced", force.name()),
+                        OP_TOL,
+                        || {
+                            let (wc, wg) = match &weights {
+                                Ok(w) => w,
+                                Err(e) => bail!("building the weight: {e:#}"),
+                            };
+                            let before = self.gpu.quant_path_override();
+                            self.gpu.set_quant_path(Some(force));
+                            let now = self.gpu.quant_path_for(wg, t);
+                            let want = match force {
+                                QuantForce::Mma => QuantPath::Mma,
+                                QuantForce::Gemv => QuantPath::Gemv(t.div_ceil(8)),
+                                QuantForce::Dequant => QuantPath::DequantGemm,
+                            };
+                            let r = if now == Some(want) {
+                                self.quant_matmul(wc, wg, t, bias)
+                            } else {
+                                Err(anyhow::anyhow!(
+                                    "the backend would take {now:?}, not {want:?}"
+                                ))
+                            };
+                            self.gpu.set_quant_path(before);
+                            r
                         },
                     ));
                 }

@@ -1,4 +1,4 @@
-/* quant/params.h — params of the quantized-weight kernels (kernels/quant_gemv.cu; included by
+/* quant/params.h — params of the quantized-weight kernels (kernels/quant_gemv.cu, quant_mma.cu; included by
  * params.h after gemv/params.h, same layout rules). Filled by src/backend/cuda/quant.rs.
  *
  * Device layout of a quantized weight [N, K] (the host QuantWeight layout, uploaded as is):
@@ -48,6 +48,41 @@ typedef struct QuantGemvParams {
     int32_t reserved;                    /**< 0 */
 } QuantGemvParams;
 FLINT_ASSERT_SIZE(QuantGemvParams, 120);
+
+/** quant_mma_{i8,i4,fp8}_t{8,16,32,64} (kernels/quant_mma.cu): the tensor-core GEMM for 2..64
+ * tokens, out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]): a CTA owns FLINT_QUANT_MMA_ROWS
+ * weight rows and every token, FLINT_QUANT_MMA_BK columns per main-loop step. */
+#define FLINT_QUANT_MMA_ROWS 64
+#define FLINT_QUANT_MMA_BK 64
+#define FLINT_QUANT_MMA_THREADS 128
+/** Largest token count of the mma kernels (8 n8 tiles). */
+#define FLINT_QUANT_MMA_MAX_TOKENS 64
+
+/** quant_mma_<fmt>_t<TOK> and quant_mma_reduce_f32: splits == 1 writes out (bias,
+ * add_to_out) in the GEMM; splits > 1: CTA (row block, s) writes f32 partial[s, t, n] for its
+ * columns [s * split_cols, min(k, (s + 1) * split_cols)), and quant_mma_reduce_f32 sums the
+ * splits in order (deterministic: no atomics), adds the bias and stores out. */
+typedef struct QuantMmaParams {
+    FLINT_PTR(const flint_bf16) x;       /**< [num_tokens, k], 16-byte aligned */
+    FLINT_PTR(const uint8_t) qdata;      /**< [n, row_bytes], 16-byte aligned; k % 32 == 0 */
+    FLINT_PTR(const float) scales;       /**< [n, num_groups] */
+    FLINT_PTR(const float) zeros;        /**< [n, num_groups], or 0: zero_default */
+    FLINT_PTR(const int32_t) g_idx;      /**< [n / gidx_rows, k], or 0: k / group */
+    FLINT_PTR(const flint_bf16) bias;    /**< [n], or 0 */
+    FLINT_PTR(flint_bf16) out;           /**< [num_tokens, n] */
+    FLINT_PTR(float) partial;            /**< [splits, num_tokens, n] f32 workspace (splits > 1) */
+    int32_t num_tokens;                  /**< 1 ..= the kernel's TOK (<= 64) */
+    int32_t n;
+    int32_t k;
+    int32_t group;                       /**< columns per scale group */
+    int32_t num_groups;
+    int32_t gidx_rows;                   /**< rows per g_idx block (n when one map) */
+    float zero_default;
+    int32_t splits;                      /**< K splits = gridDim.y (1: no workspace) */
+    int32_t split_cols;                  /**< columns per split, a multiple of FLINT_QUANT_MMA_BK */
+    int32_t add_to_out;                  /**< 1: out = bf16(out + bf16(acc + bias)) */
+} QuantMmaParams;
+FLINT_ASSERT_SIZE(QuantMmaParams, 104);
 
 /* quant_dequant_{int8,int4,fp8} take the same struct: out[n, k] = bf16(w[n, k]) for prefill
  * (then cuBLASLt); x, bias, fuse and num_tokens are unused there. */

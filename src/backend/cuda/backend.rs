@@ -306,6 +306,25 @@ impl CudaBackend {
         self.gemm.set_force(force);
     }
 
+    /// Forces the quantized matmul path (`None`: the default: GEMV for 1 token, the mma for
+    /// 2..=64, dequantize + cuBLASLt above); see `quant::quant_path`. `FLINT_QUANT_PATH` sets
+    /// the starting value.
+    pub fn set_quant_path(&self, force: Option<super::quant::QuantForce>) {
+        self.quant.set_force(force);
+    }
+
+    /// The path a `tokens`-row matmul against `w` takes now (None: a bf16 weight).
+    pub fn quant_path_for(&self, w: &CudaTensor, tokens: usize) -> Option<super::quant::QuantPath> {
+        w.quant
+            .as_ref()
+            .map(|q| self.quant.path(q.layout(), tokens))
+    }
+
+    /// The forced quantized path, if any.
+    pub fn quant_path_override(&self) -> Option<super::quant::QuantForce> {
+        self.quant.force()
+    }
+
     /// The forced dense path, if any.
     pub fn dense_path_override(&self) -> Option<super::gemm::DensePath> {
         self.gemm.force()

@@ -34,7 +34,7 @@ impl CudaBackend {
             return false;
         }
         match &w.quant {
-            Some(q) => super::super::quant::is_gemv(q, tokens),
+            Some(q) => super::super::quant::is_gemv(self.quant_kernels(), q, tokens),
             None => self.gemm.path(tokens, w.rows, w.cols) == DensePath::Gemv,
         }
     }

@@ -150,6 +150,24 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_gemv_i8_norm_t1",
     "quant_gemv_i8_act",
     "quant_gemv_i8_act_t1",
+    // quant_mma.cu: quantized-weight tensor-core GEMM (2..64 tokens; TOK in the name, _any:
+    // g_idx or any group) and its split-K reduction
+    "quant_mma_fp8_any",
+    "quant_mma_fp8_t16",
+    "quant_mma_fp8_t32",
+    "quant_mma_fp8_t64",
+    "quant_mma_fp8_t8",
+    "quant_mma_i4_any",
+    "quant_mma_i4_t16",
+    "quant_mma_i4_t32",
+    "quant_mma_i4_t64",
+    "quant_mma_i4_t8",
+    "quant_mma_i8_any",
+    "quant_mma_i8_t16",
+    "quant_mma_i8_t32",
+    "quant_mma_i8_t64",
+    "quant_mma_i8_t8",
+    "quant_mma_reduce_f32",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

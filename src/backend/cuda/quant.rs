@@ -1,6 +1,7 @@
 //! Quantized weights on the GPU. The layout and the first GEMV passed `flint selftest`'s
 //! `quant matmul` cases on an H200 (2026-11-27) but decoded slower than bf16; the GEMV that
-//! replaced it (x staged in shared memory, 2 rows per warp) is UNVERIFIED on a GPU.
+//! replaced it (x staged in shared memory, 2 rows per warp) and the mma GEMM for 2..=64
+//! tokens (kernels/quant_mma.cu) are UNVERIFIED on a GPU.
 //!
 //! Device layout (see `kernels/quant/params.h`): the codes exactly as `QuantWeight` holds
 //! them (row-major along K, which is already what a GEMV wants: each warp streams its rows with
@@ -10,26 +11,27 @@
 //! kernel per code type serves every format, and the value a kernel computes is the CPU
 //! reference's f32 value, bit for bit, before the f32 accumulation.
 //!
-//! Dispatch (`matmul`, [`quant_path`]): 1..=8 tokens run `quant_gemv_<fmt>` (one launch per
-//! linear layer; fused q|k|v and gate|up are one weight); up to [`gemv_passes_max`] passes of
-//! 8 tokens run it once per pass (each pass re-reads the codes, still fewer bytes than the
-//! alternative); more tokens dequantize into a grow-only bf16 scratch with
-//! `quant_dequant_<fmt>` and run cuBLASLt on it (a fused tensor-core main loop is later
-//! work). Only `matmul` reads a quantized weight. The GEMV takes a fused input (the pre-norm
-//! or act·mul staged in the kernel, `GemvIn`) and can add into its output (the residual
-//! stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
+//! Dispatch (`matmul`, [`quant_path`], `FLINT_QUANT_PATH` to force one): 1 token runs
+//! `quant_gemv_<fmt>_t1` (one launch per linear layer; fused q|k|v and gate|up are one
+//! weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
+//! in its main loop, split-K planned by [`mma_plan`] into a workspace allocated once, then
+//! `quant_mma_reduce_f32`; UNVERIFIED on a GPU) when K % 32 == 0, else GEMV passes of 8 tokens
+//! up to [`gemv_passes_max`]; more tokens dequantize into a grow-only bf16 scratch with
+//! `quant_dequant_<fmt>` and run cuBLASLt on it. Only `matmul` reads a quantized weight.
+//! The GEMV takes a fused input (the pre-norm or act·mul staged in the kernel, `GemvIn`) and
+//! can add into its output (the residual stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
 //! they run is decided in matmul.rs.
 
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
 use super::gemm::GemvIn;
 use super::kernels::{i32_of, launch, Dim3};
-use super::params::{self, MoeQuantWeight, QuantGemvParams};
+use super::params::{self, MoeQuantWeight, QuantGemvParams, QuantMmaParams};
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{sys, CudaSlice};
 use half::bf16;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Tokens up to which the GEMV kernels run (`FLINT_QUANT_GEMV_MAX_TOKENS`).
 pub const GEMV_MAX_TOKENS: usize = params::FLINT_QUANT_GEMV_MAX_TOKENS as usize;
@@ -38,6 +40,29 @@ pub const GEMV_ROWS_PER_CTA: usize =
     (params::FLINT_QUANT_GEMV_WARPS * params::FLINT_QUANT_GEMV_ROWS_PER_WARP) as usize;
 /// Threads per GEMV CTA.
 pub const GEMV_THREADS: u32 = params::FLINT_QUANT_GEMV_WARPS * 32;
+
+/// Weight rows per quant_mma CTA (`FLINT_QUANT_MMA_ROWS`: 4 warps of one m16 tile).
+pub const MMA_ROWS: usize = params::FLINT_QUANT_MMA_ROWS as usize;
+/// Columns per quant_mma main-loop step (`FLINT_QUANT_MMA_BK`); split-K splits are multiples.
+pub const MMA_BK: usize = params::FLINT_QUANT_MMA_BK as usize;
+/// Threads per quant_mma CTA.
+pub const MMA_THREADS: u32 = params::FLINT_QUANT_MMA_THREADS;
+/// Most tokens the mma kernels take (`FLINT_QUANT_MMA_MAX_TOKENS`).
+pub const MMA_MAX_TOKENS: usize = params::FLINT_QUANT_MMA_MAX_TOKENS as usize;
+/// The token capacities of `quant_mma_<fmt>_t<TOK>` (8 per n8 tile).
+pub const MMA_TOKS: [usize; 4] = [8, 16, 32, 64];
+/// The split-K workspace (f32 partials), allocated once when the backend starts: 8 MiB holds
+/// 32 splits of [8, 8192] or 2 of [64, 16384]; the planner never plans past it.
+pub const MMA_WORKSPACE_BYTES: usize = 8 << 20;
+/// CTAs the split-K planner aims for per SM (each keeps 2 BK tiles of codes in flight:
+/// ~10 KiB of int8; 4 per SM hide HBM latency), and split only when the row blocks alone
+/// are under 2 waves of one CTA per SM.
+pub const MMA_CTAS_PER_SM: usize = 4;
+/// At most this many K splits, each at least [`MMA_MIN_SPLIT_TILES`] BK tiles.
+pub const MMA_MAX_SPLITS: usize = 16;
+pub const MMA_MIN_SPLIT_TILES: usize = 4;
+/// The environment variable that forces the quantized path: `gemv`, `mma`, `dequant` or `auto`.
+pub const QUANT_PATH_ENV: &str = "FLINT_QUANT_PATH";
 
 /// The code type, one kernel pair each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +180,11 @@ pub struct QuantDev {
 }
 
 impl QuantDev {
+    /// The host-side layout of the weight.
+    pub fn layout(&self) -> &DeviceLayout {
+        &self.layout
+    }
+
     /// The weight as the MoE kernels take it (`MoeQuantWeight`, backend/cuda/moe.rs) and its
     /// host-side layout.
     pub(super) fn moe_view(&self, be: &CudaBackend) -> (&DeviceLayout, MoeQuantWeight) {
@@ -207,12 +237,45 @@ const GEMV_T1_NAMES: [[&str; 3]; 3] = [
 ];
 const DEQUANT_NAMES: [&str; 3] = ["quant_dequant_i8", "quant_dequant_i4", "quant_dequant_fp8"];
 
-/// The kernels and the prefill scratch.
+/// quant_mma.cu's kernels by `Fmt::index` and [`MMA_TOKS`] position; `_any` (g_idx or a
+/// group that is not a multiple of 16) takes up to 64 tokens.
+const MMA_NAMES: [[&str; 4]; 3] = [
+    [
+        "quant_mma_i8_t8",
+        "quant_mma_i8_t16",
+        "quant_mma_i8_t32",
+        "quant_mma_i8_t64",
+    ],
+    [
+        "quant_mma_i4_t8",
+        "quant_mma_i4_t16",
+        "quant_mma_i4_t32",
+        "quant_mma_i4_t64",
+    ],
+    [
+        "quant_mma_fp8_t8",
+        "quant_mma_fp8_t16",
+        "quant_mma_fp8_t32",
+        "quant_mma_fp8_t64",
+    ],
+];
+const MMA_ANY_NAMES: [&str; 3] = ["quant_mma_i8_any", "quant_mma_i4_any", "quant_mma_fp8_any"];
+const MMA_REDUCE_NAME: &str = "quant_mma_reduce_f32";
+
+/// The kernels, the prefill scratch, the mma's split-K workspace and the path override.
 pub struct QuantKernels {
     gemv: [[sys::CUfunction; 3]; 3],
     gemv_t1: [[sys::CUfunction; 3]; 3],
     dequant: [sys::CUfunction; 3],
+    mma: [[sys::CUfunction; 4]; 3],
+    mma_any: [sys::CUfunction; 3],
+    mma_reduce: sys::CUfunction,
     scratch: RefCell<Option<CudaSlice<bf16>>>,
+    /// [`MMA_WORKSPACE_BYTES`] of f32 partials, allocated once (never in the decode loop;
+    /// the same address in every captured graph).
+    workspace: CudaSlice<f32>,
+    num_sms: usize,
+    force: Cell<Option<QuantForce>>,
 }
 
 impl QuantKernels {
@@ -226,6 +289,21 @@ impl QuantKernels {
                 gemv_t1[mode][fmt] = f(GEMV_T1_NAMES[mode][fmt])?;
             }
         }
+        let mut mma = [[std::ptr::null_mut(); 4]; 3];
+        let mut mma_any = [std::ptr::null_mut(); 3];
+        for fmt in 0..3 {
+            for (i, name) in MMA_NAMES[fmt].iter().enumerate() {
+                mma[fmt][i] = f(name)?;
+            }
+            mma_any[fmt] = f(MMA_ANY_NAMES[fmt])?;
+        }
+        let force = match std::env::var(QUANT_PATH_ENV) {
+            Ok(v) => QuantForce::parse_override(&v)?,
+            Err(_) => None,
+        };
+        // SAFETY: the mma kernels write every partial the reduction reads.
+        let workspace = unsafe { dev.stream.alloc::<f32>(MMA_WORKSPACE_BYTES / 4) }
+            .context("allocating the quantized mma's split-K workspace")?;
         Ok(QuantKernels {
             gemv,
             gemv_t1,
@@ -234,8 +312,28 @@ impl QuantKernels {
                 f(DEQUANT_NAMES[1])?,
                 f(DEQUANT_NAMES[2])?,
             ],
+            mma,
+            mma_any,
+            mma_reduce: f(MMA_REDUCE_NAME)?,
             scratch: RefCell::new(None),
+            workspace,
+            num_sms: dev.info.num_sms as usize,
+            force: Cell::new(force),
         })
+    }
+
+    /// Forces a path (`None`: the default choice). See [`quant_path`].
+    pub fn set_force(&self, force: Option<QuantForce>) {
+        self.force.set(force);
+    }
+
+    pub fn force(&self) -> Option<QuantForce> {
+        self.force.get()
+    }
+
+    /// The path a `tokens`-row matmul against `l` takes now.
+    pub fn path(&self, l: &DeviceLayout, tokens: usize) -> QuantPath {
+        quant_path(l.fmt, tokens, mma_supports(l), self.force.get())
     }
 }
 
@@ -290,8 +388,109 @@ pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTenso
 pub enum QuantPath {
     /// The GEMV kernel, in this many passes of at most 8 tokens.
     Gemv(usize),
+    /// The tensor-core GEMM with dequantization in its main loop (quant_mma.cu), 1..=64 tokens.
+    Mma,
     /// Dequantize to bf16, then cuBLASLt.
     DequantGemm,
+}
+
+/// A forced quantized path ([`QUANT_PATH_ENV`], `CudaBackend::set_quant_path`): for benches
+/// and the selftest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantForce {
+    Gemv,
+    Mma,
+    Dequant,
+}
+
+impl QuantForce {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantForce::Gemv => "gemv",
+            QuantForce::Mma => "mma",
+            QuantForce::Dequant => "dequant",
+        }
+    }
+
+    /// `FLINT_QUANT_PATH`'s value: `None` for `auto` (or empty), an error naming the choices
+    /// for anything else.
+    pub fn parse_override(v: &str) -> Result<Option<QuantForce>> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "gemv" => Ok(Some(QuantForce::Gemv)),
+            "mma" => Ok(Some(QuantForce::Mma)),
+            "dequant" => Ok(Some(QuantForce::Dequant)),
+            other => bail!("{QUANT_PATH_ENV}={other:?}: expected gemv, mma, dequant or auto"),
+        }
+    }
+}
+
+/// Whether the mma kernels take this weight: every 16-byte chunk of codes whole (K % 32 == 0;
+/// the buffers themselves are 256-byte aligned allocations, so every row is 16-byte aligned).
+pub fn mma_supports(l: &DeviceLayout) -> bool {
+    l.k % 32 == 0 && l.k > 0 && l.n > 0
+}
+
+/// Whether the uniform `_t<TOK>` kernels take the weight (one scale group per k16 step);
+/// else `_any`.
+pub fn mma_uniform(l: &DeviceLayout) -> bool {
+    l.g_idx.is_none() && l.group % 16 == 0
+}
+
+/// One quant_mma launch: the kernel's token capacity, the K splits and their width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmaPlan {
+    /// 8, 16, 32 or 64: the smallest [`MMA_TOKS`] that holds the tokens.
+    pub tok: usize,
+    /// grid.y; 1: the GEMM writes out itself, no workspace, no reduction.
+    pub splits: usize,
+    /// Columns per split, a multiple of [`MMA_BK`]; `splits = ceil(k / split_cols)`.
+    pub split_cols: usize,
+}
+
+/// Plans the mma for an `[n, k]` weight of `row_bytes` bytes per row and `tokens` rows on
+/// `num_sms` SMs with `workspace_floats` of partials. Splits K when the ceil(n / 64) row
+/// blocks are under 2 waves of one CTA per SM (Llama-3-8B's n = 4096: 64 CTAs on 132 SMs),
+/// aiming at [`MMA_CTAS_PER_SM`] CTAs per SM, with at most [`MMA_MAX_SPLITS`] splits of at
+/// least [`MMA_MIN_SPLIT_TILES`] tiles; and only while the partials' traffic (8 bytes per
+/// split, token and output: written, then read by the reduction) stays under a quarter of
+/// the codes' bytes, and they fit the workspace. A prediction from byte counts, to be
+/// measured on a GPU.
+pub fn mma_plan(
+    n: usize,
+    k: usize,
+    row_bytes: usize,
+    tokens: usize,
+    num_sms: usize,
+    workspace_floats: usize,
+) -> MmaPlan {
+    let tok = MMA_TOKS
+        .into_iter()
+        .find(|&c| c >= tokens)
+        .unwrap_or(MMA_MAX_TOKENS);
+    let row_blocks = n.div_ceil(MMA_ROWS).max(1);
+    let tiles = k.div_ceil(MMA_BK).max(1);
+    let tokens = tokens.max(1);
+    let mut splits = 1;
+    if row_blocks < 2 * num_sms {
+        let want = (num_sms * MMA_CTAS_PER_SM).div_ceil(row_blocks);
+        let by_tiles = tiles / MMA_MIN_SPLIT_TILES;
+        // 8 * splits * tokens * n <= n * row_bytes / 4
+        let by_traffic = row_bytes / (32 * tokens);
+        let by_workspace = workspace_floats / (tokens * n.max(1));
+        splits = want
+            .min(MMA_MAX_SPLITS)
+            .min(by_tiles)
+            .min(by_traffic)
+            .min(by_workspace)
+            .max(1);
+    }
+    let split_cols = tiles.div_ceil(splits) * MMA_BK;
+    MmaPlan {
+        tok,
+        splits: k.div_ceil(split_cols).max(1),
+        split_cols,
+    }
 }
 
 /// GEMV passes worth running before dequantize + cuBLASLt wins, by bytes read per weight:
@@ -307,18 +506,37 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
     }
 }
 
-pub fn quant_path(fmt: Fmt, tokens: usize) -> QuantPath {
-    let passes = tokens.div_ceil(GEMV_MAX_TOKENS);
-    if passes <= gemv_passes_max(fmt) {
-        QuantPath::Gemv(passes.max(1))
-    } else {
-        QuantPath::DequantGemm
+/// The one place the quantized path is chosen. By default: the GEMV for 1 token (the
+/// decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
+/// it takes the weight (`mma_ok`: [`mma_supports`]); otherwise GEMV passes up to
+/// [`gemv_passes_max`], then dequantize + cuBLASLt. `force`: the GEMV in passes for any
+/// count, the mma wherever it can run (1..=64 tokens, `mma_ok`; else the default), or
+/// dequantize + cuBLASLt everywhere.
+pub fn quant_path(fmt: Fmt, tokens: usize, mma_ok: bool, force: Option<QuantForce>) -> QuantPath {
+    let passes = tokens.div_ceil(GEMV_MAX_TOKENS).max(1);
+    let mma_can = mma_ok && (1..=MMA_MAX_TOKENS).contains(&tokens);
+    match force {
+        Some(QuantForce::Dequant) => QuantPath::DequantGemm,
+        Some(QuantForce::Gemv) => QuantPath::Gemv(passes),
+        Some(QuantForce::Mma) if mma_can => QuantPath::Mma,
+        _ if tokens <= 1 => QuantPath::Gemv(1),
+        _ if mma_can => QuantPath::Mma,
+        _ if passes <= gemv_passes_max(fmt) => QuantPath::Gemv(passes),
+        _ => QuantPath::DequantGemm,
     }
 }
 
 /// Whether `tokens` rows on a quantized weight run the GEMV (which takes a fused input).
-pub fn is_gemv(q: &QuantDev, tokens: usize) -> bool {
-    matches!(quant_path(q.layout.fmt, tokens), QuantPath::Gemv(_))
+pub fn is_gemv(qk: &QuantKernels, q: &QuantDev, tokens: usize) -> bool {
+    matches!(qk.path(&q.layout, tokens), QuantPath::Gemv(_))
+}
+
+/// quant_mma_*: one CTA per 64 weight rows and K split, 128 threads.
+pub fn mma_shape(n: usize, splits: usize) -> (Dim3, Dim3) {
+    (
+        (n.div_ceil(MMA_ROWS).max(1) as u32, splits as u32, 1),
+        (MMA_THREADS, 1, 1),
+    )
 }
 
 /// `matmul_ex` with a quantized weight: shapes were checked by the caller, `out` has its rows
@@ -362,7 +580,58 @@ pub fn matmul(
         reserved: 0,
     };
     let stream = be.stream()?;
-    if let QuantPath::Gemv(_) = quant_path(l.fmt, t) {
+    let path = qk.path(l, t);
+    if path == QuantPath::Mma {
+        if input != GemvIn::Plain {
+            bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the mma takes it materialized");
+        }
+        let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
+        let m = QuantMmaParams {
+            x: p.x,
+            qdata: p.qdata,
+            scales: p.scales,
+            zeros: p.zeros,
+            g_idx: p.g_idx,
+            bias: p.bias,
+            out: p.out,
+            partial: be.ptr(&qk.workspace),
+            num_tokens: p.num_tokens,
+            n: p.n,
+            k: p.k,
+            group: p.group,
+            num_groups: p.num_groups,
+            gidx_rows: p.gidx_rows,
+            zero_default: p.zero_default,
+            splits: plan.splits as i32,
+            split_cols: plan.split_cols as i32,
+            add_to_out: add as i32,
+        };
+        let fi = l.fmt.index();
+        let (f, name) = if mma_uniform(l) {
+            let ti = MMA_TOKS.iter().position(|&c| c == plan.tok).unwrap_or(3);
+            (qk.mma[fi][ti], MMA_NAMES[fi][ti])
+        } else {
+            (qk.mma_any[fi], MMA_ANY_NAMES[fi])
+        };
+        // SAFETY: as the GEMV below (x [t, k], out [t, n], the weight's buffers [n, k]); the
+        // plan keeps splits * t * n within the workspace, which only these two kernels use,
+        // one after the other on this stream.
+        unsafe { launch(name, f, mma_shape(l.n, plan.splits), stream, &m)? };
+        if plan.splits > 1 {
+            // SAFETY: as above; the reduction reads the partials the GEMM just wrote.
+            unsafe {
+                launch(
+                    MMA_REDUCE_NAME,
+                    qk.mma_reduce,
+                    dequant_shape(t * l.n),
+                    stream,
+                    &m,
+                )?
+            };
+        }
+        return Ok(());
+    }
+    if let QuantPath::Gemv(_) = path {
         for t0 in (0..t).step_by(GEMV_MAX_TOKENS) {
             let rows = (t - t0).min(GEMV_MAX_TOKENS);
             p.x = be.ptr(&x.buf) + (2 * t0 * x_cols) as u64;
@@ -433,6 +702,12 @@ mod tests {
             let i = f.index();
             assert_eq!(DEQUANT_NAMES[i], format!("quant_dequant_{code}"));
             assert!(super::super::KERNEL_NAMES.contains(&DEQUANT_NAMES[i]));
+            for (j, tok) in MMA_TOKS.into_iter().enumerate() {
+                assert_eq!(MMA_NAMES[i][j], format!("quant_mma_{code}_t{tok}"));
+                assert!(super::super::KERNEL_NAMES.contains(&MMA_NAMES[i][j]));
+            }
+            assert_eq!(MMA_ANY_NAMES[i], format!("quant_mma_{code}_any"));
+            assert!(super::super::KERNEL_NAMES.contains(&MMA_ANY_NAMES[i]));
             for (mode, infix) in ["", "_norm", "_act"].into_iter().enumerate() {
                 assert_eq!(GEMV_NAMES[mode][i], format!("quant_gemv_{code}{infix}"));
                 assert_eq!(
@@ -453,12 +728,106 @@ mod tests {
 
     #[test]
     fn quant_path_counts_bytes() {
-        assert_eq!(quant_path(Fmt::Int4, 1), QuantPath::Gemv(1));
-        assert_eq!(quant_path(Fmt::Int4, 9), QuantPath::Gemv(2));
-        assert_eq!(quant_path(Fmt::Int4, 48), QuantPath::Gemv(6));
-        assert_eq!(quant_path(Fmt::Int4, 49), QuantPath::DequantGemm);
-        assert_eq!(quant_path(Fmt::Int8, 24), QuantPath::Gemv(3));
-        assert_eq!(quant_path(Fmt::Fp8, 25), QuantPath::DequantGemm);
+        // Auto: the GEMV for 1 token, the mma for 2..=64, dequantize + cuBLASLt above.
+        for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
+            assert_eq!(quant_path(f, 1, true, None), QuantPath::Gemv(1));
+            for t in [2, 8, 9, 33, 64] {
+                assert_eq!(quant_path(f, t, true, None), QuantPath::Mma, "{f:?} {t}");
+            }
+            assert_eq!(quant_path(f, 65, true, None), QuantPath::DequantGemm);
+        }
+        // A weight the mma does not take (K % 32 != 0): GEMV passes while they read fewer
+        // bytes than dequantize + cuBLASLt.
+        assert_eq!(quant_path(Fmt::Int4, 9, false, None), QuantPath::Gemv(2));
+        assert_eq!(quant_path(Fmt::Int4, 48, false, None), QuantPath::Gemv(6));
+        assert_eq!(
+            quant_path(Fmt::Int4, 49, false, None),
+            QuantPath::DequantGemm
+        );
+        assert_eq!(quant_path(Fmt::Int8, 24, false, None), QuantPath::Gemv(3));
+        assert_eq!(
+            quant_path(Fmt::Fp8, 25, false, None),
+            QuantPath::DequantGemm
+        );
+        // Forced.
+        let (g, m, d) = (
+            Some(QuantForce::Gemv),
+            Some(QuantForce::Mma),
+            Some(QuantForce::Dequant),
+        );
+        assert_eq!(quant_path(Fmt::Int8, 33, true, g), QuantPath::Gemv(5));
+        assert_eq!(quant_path(Fmt::Int8, 100, true, g), QuantPath::Gemv(13));
+        assert_eq!(quant_path(Fmt::Int8, 1, true, m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int8, 64, true, m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int8, 65, true, m), QuantPath::DequantGemm);
+        assert_eq!(quant_path(Fmt::Int4, 8, false, m), QuantPath::Gemv(1));
+        assert_eq!(quant_path(Fmt::Int4, 1, true, d), QuantPath::DequantGemm);
+        assert_eq!(quant_path(Fmt::Fp8, 8, true, d), QuantPath::DequantGemm);
+    }
+
+    #[test]
+    fn quant_path_override_parses_and_rejects_with_the_choices() {
+        assert_eq!(QuantForce::parse_override("").unwrap(), None);
+        assert_eq!(QuantForce::parse_override(" Auto").unwrap(), None);
+        for f in [QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant] {
+            assert_eq!(QuantForce::parse_override(f.name()).unwrap(), Some(f));
+        }
+        let e = QuantForce::parse_override("cublas")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLINT_QUANT_PATH") && e.contains("gemv, mma, dequant or auto"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mma_plan_splits_small_n_and_keeps_its_invariants() {
+        let ws = MMA_WORKSPACE_BYTES / 4;
+        // Llama-3-8B on an H200 (132 SMs), int8 / int4 rows.
+        let p = |n: usize, k: usize, rb: usize, t: usize| mma_plan(n, k, rb, t, 132, ws);
+        // gate|up: 448 row blocks, over 2 waves: no split.
+        assert_eq!(p(28672, 4096, 4096, 8).splits, 1);
+        // o_proj at 8 tokens: 64 row blocks -> ceil(528 / 64) = 9 splits of 8 tiles (7 + 1).
+        assert_eq!(
+            p(4096, 4096, 4096, 8),
+            MmaPlan {
+                tok: 8,
+                splits: 8,
+                split_cols: 512
+            }
+        );
+        // q|k|v: 96 row blocks -> 6 splits.
+        assert_eq!(p(6144, 4096, 4096, 2).splits, 6);
+        // down (K 14336, int4) at 33 tokens: the partials' traffic limits the splits to
+        // 7168 / (32 * 33) = 6.
+        let d = p(4096, 14336, 7168, 33);
+        assert_eq!((d.tok, d.splits), (64, 6));
+        // int4 at 64 tokens, K 4096: partials would cost as much as the codes: no split.
+        assert_eq!(p(4096, 4096, 2048, 64).splits, 1);
+        assert_eq!(p(4096, 4096, 2048, 9).tok, 16);
+        for sms in [1, 20, 108, 132] {
+            for n in [1, 64, 100, 4096, 6144, 28672, 65536] {
+                for k in [32, 96, 256, 480, 4096, 14336] {
+                    for t in [1, 2, 8, 9, 17, 33, 64] {
+                        for rb in [k, k / 2] {
+                            let m = mma_plan(n, k, rb, t, sms, ws);
+                            let what = format!("n {n} k {k} rb {rb} t {t} sms {sms}: {m:?}");
+                            assert!(MMA_TOKS.contains(&m.tok) && m.tok >= t, "{what}");
+                            assert!(m.split_cols % MMA_BK == 0 && m.split_cols > 0, "{what}");
+                            assert!(m.splits * m.split_cols >= k, "{what}");
+                            assert!((m.splits - 1) * m.split_cols < k, "{what}: an empty split");
+                            assert!(m.splits <= MMA_MAX_SPLITS, "{what}");
+                            if m.splits > 1 {
+                                assert!(m.splits * t * n <= ws, "{what}: past the workspace");
+                                assert!(8 * m.splits * t <= rb / 4, "{what}: partials too costly");
+                                assert!(n.div_ceil(MMA_ROWS) < 2 * sms, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
     use crate::weights::quant::{concat_rows, quantize_fp8, quantize_int4, quantize_int8};
 
@@ -598,5 +967,9 @@ mod tests {
         assert_eq!(dequant_shape(1).0 .0, 1);
         // quant/params.h's FLINT_ASSERT_SIZE (with the GemvFuse of gemv/params.h).
         assert_eq!(size_of::<QuantGemvParams>(), 120);
+        assert_eq!(size_of::<QuantMmaParams>(), 104);
+        assert_eq!(mma_shape(4096, 8), ((64, 8, 1), (128, 1, 1)));
+        assert_eq!(mma_shape(100, 1).0, (2, 1, 1));
+        assert!(super::super::KERNEL_NAMES.contains(&MMA_REDUCE_NAME));
     }
 }
