@@ -624,8 +624,10 @@ mod tests {
         s
     }
 
-    /// The kernels' algorithm (attention.cuh run_tile + attention_decode.cu reduce) in f32,
-    /// driven only by the plan's metadata and params, as the CUDA threads index it.
+    /// The plan/kernel contract in f32, driven only by the plan's metadata and params: each
+    /// tile's rows and key range (attention.cuh run_tile; for decode the split's share,
+    /// `split_range`), its partial and LSE, and the reduce. The decode kernel's own order
+    /// (warps and key groups merged at the end) runs in tests/attention_emulation.
     fn emulate(
         plan: &AttnPlan,
         p: &AttentionParams,
