@@ -1,4 +1,6 @@
-// attention.cuh — the tile engine shared by attention_prefill.cu and attention_decode.cu.
+// attention.cuh — the CUDA-core prefill tile engine (attention_prefill.cu), and the tile map,
+// split and warp helpers the tensor-core prefill and the decode kernel (attention_decode.cu,
+// its own engine built for one query per sequence) share.
 //
 // One CTA runs one tile of the plan's tile map (metadata, see attention/params.h): up to
 // CTA_Q rows of one sequence and one kv head, where row r = i * group + g is query i of the
@@ -9,7 +11,7 @@
 // softcap * tanh(s / softcap) when softcap > 0; softmax in f32 with an online (running max)
 // rescale over CTA_KV-key tiles, never materialising the scores (FlashAttention-2 order).
 // Keys outside every row's range are skipped a whole tile at a time: the tile loop runs only
-// over [min lo, max p + 1) of the tile's rows, intersected with the split's key range.
+// over [min lo, max p + 1) of the tile's rows.
 //
 // Mapping: NUM_WARPS warps; warp w owns rows w, w + NUM_WARPS, ... (ROWS_PER_WARP each).
 // Scores: lane j scores key j of the smem tile. Output: lane owns dims lane + 32 k (at hd 16,
@@ -46,7 +48,8 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Key range [lo, hi) of a split: the visible range cut into num_splits CTA_KV-aligned chunks.
+// Key range [lo, hi) of a decode split: the visible range cut into num_splits CTA_KV-aligned
+// chunks (attention_decode.cu; the planner's tests mirror it).
 __device__ __forceinline__ int2 split_range(int lo, int hi, int split, int num_splits) {
     const int n = hi - lo;
     const int chunk = ((n + num_splits - 1) / num_splits + CTA_KV - 1) / CTA_KV * CTA_KV;
@@ -90,9 +93,8 @@ __device__ __forceinline__ void stage_kv(const AttentionParams &p, bf16 *k_s, bf
         *reinterpret_cast<uint4 *>(v_s + j * STRIDE + c) = vv;
     }
 }
-// Runs one tile. Prefill (WRITE_PARTIAL false): out = softmax(s) v in bf16. Decode split
-// (true): partial_o = the split's normalised output, partial_lse = m + ln(l) (-inf if empty).
-template <int HEAD_DIM, bool WRITE_PARTIAL>
+// Runs one prefill tile: out = softmax(s) v in bf16.
+template <int HEAD_DIM>
 __device__ __forceinline__ void run_tile(const AttentionParams &p) {
     static_assert((HEAD_DIM % WARP_SIZE == 0 || HEAD_DIM < WARP_SIZE) && HEAD_DIM % VEC == 0,
                   "head dim tiling");
@@ -120,16 +122,11 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
     // Load the tile's q rows (zeros past the sequence).
     stage_q<HEAD_DIM, CTA_Q, HEAD_DIM>(p, q_s, threadIdx.x, NUM_THREADS, tile, rows, q_start, group);
 
-    // The tile's key range: [min lo, max p + 1) over its rows, then the split's share.
+    // The tile's key range: [min lo, max p + 1) over its rows.
     const int last_row = min(rows, tile.row0 + CTA_Q) - 1;
     const int p_min = first_pos + tile.row0 / group, p_max = first_pos + last_row / group;
-    int kv_lo = p.window > 0 ? max(0, p_min - p.window + 1) : 0;
-    int kv_hi = p_max + 1;
-    if (WRITE_PARTIAL) {
-        const int2 r = split_range(kv_lo, kv_hi, tile.split, p.num_splits);
-        kv_lo = r.x;
-        kv_hi = r.y;
-    }
+    const int kv_lo = p.window > 0 ? max(0, p_min - p.window + 1) : 0;
+    const int kv_hi = p_max + 1;
 
     float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DPL];
     int pos[ROWS_PER_WARP];
@@ -196,17 +193,9 @@ __device__ __forceinline__ void run_tile(const AttentionParams &p) {
         if (row >= rows) continue;
         const int t = q_start + row / group, h = tile.kv_head * group + row % group;
         const float inv = l[k] > 0.0f ? 1.0f / l[k] : 0.0f;
-        if (WRITE_PARTIAL) {
-            const int64_t at = (int64_t(t) * H + h) * p.num_splits + tile.split;
 #pragma unroll
-            for (int d = 0; d < DPL; ++d)
-                if (owns) p.partial_o[at * HEAD_DIM + d * WARP_SIZE + lane] = acc[k][d] * inv;
-            if (lane == 0) p.partial_lse[at] = l[k] > 0.0f ? m[k] + log2f(l[k]) / LOG2E : NEG_INF;
-        } else {
-#pragma unroll
-            for (int d = 0; d < DPL; ++d)
-                if (owns) p.out[(int64_t(t) * H + h) * HEAD_DIM + d * WARP_SIZE + lane] = to_bf16(acc[k][d] * inv);
-        }
+        for (int d = 0; d < DPL; ++d)
+            if (owns) p.out[(int64_t(t) * H + h) * HEAD_DIM + d * WARP_SIZE + lane] = to_bf16(acc[k][d] * inv);
     }
 }
 

@@ -1,15 +1,40 @@
-// attention_decode.cu — flash-decoding: one new token per sequence against its paged cache,
-// the keys split across CTAs, then a reduction that merges the splits by log-sum-exp.
+// attention_decode.cu — decode attention: one new token per sequence against its paged cache,
+// the keys split across CTAs (flash-decoding), then (several splits) a reduction that merges
+// the splits by log-sum-exp. UNVERIFIED ON A GPU: its source runs on the host against float64
+// (tests/attention_emulation); speed, registers in practice and the selftest are unmeasured.
 //
 // attention_decode_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
-//   q, k_cache, v_cache, metadata, scale, softcap, window: as attention_prefill.cu
-//   partial_o    [T, H, num_splits, hd]   f32  out: each split's normalised output
-//   partial_lse  [T, H, num_splits]       f32  out: m + ln(l) of the split (-inf if empty)
-//   Split s of a row covers the s-th CTA_KV-aligned chunk of its visible key range.
-// Grid/block: grid.x = num_tiles (tile = sequence, CTA_Q group heads, kv head, split; the
-// group's heads share each K/V tile load); block = 128; static smem (~42 KiB at hd 256).
+//   q, k_cache, v_cache, metadata, scale, softcap, window: as attention_prefill.cu; every
+//   sequence has q_len 1 (the planner's AttnKernel::Decode)
+//   num_splits == 1: out          [T, H, hd]              bf16  written directly (no reduce)
+//   num_splits > 1:  partial_o    [T, H, num_splits, hd]  f32   each split's normalised output
+//                    partial_lse  [T, H, num_splits]      f32   m + ln(l) (-inf if empty)
+//   Split s covers the s-th CTA_KV-aligned chunk of the query's visible keys (split_range).
+// Grid/block: grid.x = num_tiles, one CTA per (sequence, kv head, split) and per
+// DECODE_ROWS-row share of the kv head's group (one share unless group > 8; tile map in
+// attention/params.h, rows r = group head g); block = NUM_WARPS * 32 = 128 threads; static
+// smem NUM_WARPS x DECODE_ROWS x hd f32 (32 KiB at hd 256) for the final merge. sm_80+.
 //
-// attention_decode_reduce_bf16(AttentionParams p)
+// Design (built for one query per sequence; latency-bound at batch 1, bandwidth-bound above):
+// - All the tile's group heads (R <= 8 rows, the one query's heads that share the kv head)
+//   live in registers: the kernel dispatches once on R (rounded up to 1, 2, 4, 8) to a body
+//   templated on it. q is pre-scaled by `scale` and held in f32.
+// - A key's head_dim is LPK = hd / 8 lanes x 16 bytes: KPS = 32 / LPK keys per warp step
+//   (hd 128: 16 lanes a key, 2 keys a step; hd 256: the whole warp; hd 16: 2 lanes, 16 keys).
+//   Lane l owns dims (l % LPK) * 8 .. + 8 of key group l / LPK, for q, K, V and its output.
+// - Warps split the CTA's keys: a chunk is U warp steps (U * KPS keys), and warp w takes
+//   chunks w, w + NUM_WARPS, ... of the split. K and V go straight from the paged cache into
+//   registers with 16-byte loads (no shared memory, no barrier in the loop); the next chunk's
+//   loads are issued before the current chunk's math (register double buffer).
+// - Scores: 8-dim partial dots reduced over the LPK lanes of a key with xor shuffles; online
+//   softmax in f32 (base 2) once per chunk, the running max shared by the warp (a max over the
+//   key groups), so the key groups' l and acc merge by plain sums at the end.
+// - Epilogue: key groups merged with shuffles, then the warps' (m, l, acc) through shared
+//   memory; the CTA writes bf16 out (one split) or the split's partial and LSE.
+// Soft-cap: softcap * tanh(s / softcap) on s = scale * q.k; sliding window: keys
+// [ctx - window, ctx); both as attention.cuh.
+//
+// attention_decode_reduce_bf16(AttentionParams p)   (launched only when num_splits > 1)
 //   out[t, h, :] = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M), M = max_s lse_s, for the
 //   rows t = q_start[seq] of every sequence (q_len must be 1).
 // Grid/block: grid.x = ceil(num_seqs * H / NUM_WARPS), block = 128: one warp per (seq, head),
@@ -19,6 +44,235 @@
 namespace flint::attention_decode {
 
 using namespace flint::attention;
+
+constexpr int DECODE_ROWS = FLINT_ATTN_DECODE_ROWS;
+static_assert(DECODE_ROWS == 8, "the row dispatch below covers 1, 2, 4, 8");
+
+// Lane split of one key for a head dim (each lane 16 bytes = VEC dims).
+template <int HD>
+struct KeyLanes {
+    static_assert(HD % VEC == 0 && HD / VEC <= WARP_SIZE, "hd / 8 lanes per key, at most a warp");
+    static constexpr int LPK = HD / VEC;            // lanes per key
+    static_assert((LPK & (LPK - 1)) == 0, "lanes per key a power of two (xor shuffles)");
+    static constexpr int KPS = WARP_SIZE / LPK;     // keys per warp step
+};
+
+// Issues the 16-byte K and V loads of this lane's U keys of the chunk at `base`: key
+// base + u * KPS + lane / LPK, dims `c`; zeros at and past `hi` (not read: the block table
+// ends there).
+template <int HD, int U>
+__device__ __forceinline__ void load_chunk(const AttentionParams &p, const int *bt, int kv_head, int base, int hi,
+                                           int kg, int c, uint4 (&k)[U], uint4 (&v)[U]) {
+    constexpr int KPS = KeyLanes<HD>::KPS;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int key = base + u * KPS + kg;
+        k[u] = make_uint4(0, 0, 0, 0);
+        v[u] = k[u];
+        if (key < hi) {
+            const int blk = key / p.block_size;
+            const int64_t slot = int64_t(bt[blk]) * p.block_size + (key - blk * p.block_size);
+            const int64_t at = (slot * p.num_kv_heads + kv_head) * HD + c;
+            k[u] = *reinterpret_cast<const uint4 *>(p.k_cache + at);
+            v[u] = *reinterpret_cast<const uint4 *>(p.v_cache + at);
+        }
+    }
+}
+
+__device__ __forceinline__ void unpack8(const uint4 &raw, float (&x)[VEC]) {
+    Pack8 pk;
+    pk.raw = raw;
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) {
+        const float2 f = __bfloat1622float2(pk.h[i]);
+        x[2 * i] = f.x;
+        x[2 * i + 1] = f.y;
+    }
+}
+
+// One tile with R register rows (nrows <= R of them real). red_* are the CTA's merge buffers.
+template <int HD, int R>
+__device__ __forceinline__ void decode_rows(const AttentionParams &p, const Tile &tile, int nrows, float *red_o,
+                                            float *red_m, float *red_l) {
+    using KL = KeyLanes<HD>;
+    constexpr int LPK = KL::LPK, KPS = KL::KPS;
+    // Steps per chunk: fewer at 8 rows, where q and acc take 128 registers.
+    constexpr int U = R >= 8 ? 2 : 4;
+    constexpr int CHUNK = U * KPS;
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int kg = lane / LPK, c = (lane % LPK) * VEC;
+
+    const int *md = p.metadata;
+    const int S = p.num_seqs, H = p.num_heads, group = H / p.num_kv_heads;
+    const int t = md[tile.seq], ctx = md[2 * S + tile.seq];
+    const int *bt = md + 3 * S + int64_t(tile.seq) * p.max_blocks;
+    const int h0 = tile.kv_head * group + tile.row0;
+
+    // The query (position ctx - 1) sees keys [lo, ctx); this split its share.
+    const int lo = p.window > 0 ? max(0, ctx - p.window) : 0;
+    const int2 range = split_range(lo, ctx, tile.split, p.num_splits);
+    const int kv_lo = range.x, kv_hi = range.y;
+
+    // q rows, pre-scaled: lane holds dims c .. c + 8 of every row (zeros past nrows).
+    float q[R][VEC];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float x[VEC] = {};
+        if (r < nrows) load8(p.q + (int64_t(t) * H + h0 + r) * HD + c, x);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) q[r][i] = x[i] * p.scale;
+    }
+
+    float m[R], l[R], acc[R][VEC];  // m in log2 units (score * LOG2E), shared by the warp
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[r][i] = 0.0f;
+    }
+
+    constexpr int STRIDE = NUM_WARPS * CHUNK;  // keys between a warp's chunks
+    int base = kv_lo + warp * CHUNK;
+    uint4 kn[U], vn[U];  // the next chunk, in flight while the current one is computed
+    if (base < kv_hi) load_chunk<HD, U>(p, bt, tile.kv_head, base, kv_hi, kg, c, kn, vn);
+    for (; base < kv_hi; base += STRIDE) {
+        uint4 kc[U], vc[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            kc[u] = kn[u];
+            vc[u] = vn[u];
+        }
+        if (base + STRIDE < kv_hi) load_chunk<HD, U>(p, bt, tile.kv_head, base + STRIDE, kv_hi, kg, c, kn, vn);
+
+        // Scores of this lane's U keys for every row, reduced over the key's LPK lanes.
+        float s[R][U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float kf[VEC];
+            unpack8(kc[u], kf);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float d = 0.0f;
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) d = fmaf(q[r][i], kf[i], d);
+                s[r][u] = d;
+            }
+        }
+#pragma unroll
+        for (int o = 1; o < LPK; o *= 2)
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int u = 0; u < U; ++u) s[r][u] += __shfl_xor_sync(FULL_MASK, s[r][u], o);
+
+        // Online softmax over the chunk (base 2); keys at and past kv_hi are masked.
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float cmax = NEG_INF;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float x = s[r][u];
+                if (p.softcap > 0.0f) x = p.softcap * tanhf(x / p.softcap);
+                x = base + u * KPS + kg < kv_hi ? x * LOG2E : NEG_INF;
+                s[r][u] = x;
+                cmax = fmaxf(cmax, x);
+            }
+#pragma unroll
+            for (int o = LPK; o < WARP_SIZE; o *= 2) cmax = fmaxf(cmax, __shfl_xor_sync(FULL_MASK, cmax, o));
+            const float m_new = fmaxf(m[r], cmax);
+            // Key base + kg = 0 of the chunk is visible, so m_new is finite; kept safe anyway.
+            const float m_use = m_new == NEG_INF ? 0.0f : m_new;
+            const float corr = exp2f(m[r] - m_use);  // 0 when m was -inf
+            m[r] = m_new;
+            l[r] *= corr;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) acc[r][i] *= corr;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const float pr = exp2f(s[r][u] - m_use);  // 0 for a masked key (-inf)
+                s[r][u] = pr;
+                l[r] += pr;
+            }
+        }
+        // PV: this lane's dims of each of its keys.
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float vf[VEC];
+            unpack8(vc[u], vf);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) acc[r][i] = fmaf(s[r][u], vf[i], acc[r][i]);
+        }
+    }
+
+    // Merge the key groups (same m across the warp: plain sums), then the warps via smem.
+#pragma unroll
+    for (int o = LPK; o < WARP_SIZE; o *= 2)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            l[r] += __shfl_xor_sync(FULL_MASK, l[r], o);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) acc[r][i] += __shfl_xor_sync(FULL_MASK, acc[r][i], o);
+        }
+    if (kg == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r >= nrows) break;
+            float *dst = red_o + (warp * DECODE_ROWS + r) * HD + c;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) dst[i] = acc[r][i];
+            if (lane == 0) {
+                red_m[warp * DECODE_ROWS + r] = m[r];
+                red_l[warp * DECODE_ROWS + r] = l[r];
+            }
+        }
+    }
+    __syncthreads();
+    const bool direct = p.num_splits == 1;
+    for (int e = threadIdx.x; e < nrows * HD; e += NUM_THREADS) {
+        const int r = e / HD, d = e % HD;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < NUM_WARPS; ++w) mx = fmaxf(mx, red_m[w * DECODE_ROWS + r]);
+        const float m_use = mx == NEG_INF ? 0.0f : mx;
+        float sum_l = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NUM_WARPS; ++w) {
+            const float wt = exp2f(red_m[w * DECODE_ROWS + r] - m_use);  // 0 for an idle warp
+            sum_l = fmaf(wt, red_l[w * DECODE_ROWS + r], sum_l);
+            o = fmaf(wt, red_o[(w * DECODE_ROWS + r) * HD + d], o);
+        }
+        o = sum_l > 0.0f ? o / sum_l : 0.0f;
+        const int h = h0 + r;
+        if (direct) {
+            p.out[(int64_t(t) * H + h) * HD + d] = to_bf16(o);
+        } else {
+            const int64_t at = (int64_t(t) * H + h) * p.num_splits + tile.split;
+            p.partial_o[at * HD + d] = o;
+            // Natural-log LSE: (m + log2 l) / log2(e).
+            if (d == 0) p.partial_lse[at] = sum_l > 0.0f ? (mx + log2f(sum_l)) / LOG2E : NEG_INF;
+        }
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void run_decode(const AttentionParams &p) {
+    __shared__ __align__(16) float red_o[NUM_WARPS * DECODE_ROWS * HD];
+    __shared__ float red_m[NUM_WARPS * DECODE_ROWS], red_l[NUM_WARPS * DECODE_ROWS];
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
+    const int *tm = p.metadata + p.tiles_offset + 4 * int(blockIdx.x);
+    const Tile tile{tm[0], tm[1], tm[2], tm[3]};
+    const int group = p.num_heads / p.num_kv_heads;
+    const int nrows = min(DECODE_ROWS, group - tile.row0);
+    // One uniform branch: the body for the smallest power of two holding the tile's rows.
+    if (nrows <= 1) decode_rows<HD, 1>(p, tile, nrows, red_o, red_m, red_l);
+    else if (nrows <= 2) decode_rows<HD, 2>(p, tile, nrows, red_o, red_m, red_l);
+    else if (nrows <= 4) decode_rows<HD, 4>(p, tile, nrows, red_o, red_m, red_l);
+    else decode_rows<HD, 8>(p, tile, nrows, red_o, red_m, red_l);
+}
 
 __device__ __forceinline__ void reduce(const AttentionParams &p) {
     flint_pdl_wait();  // PDL: see common.cuh
@@ -48,10 +302,10 @@ __device__ __forceinline__ void reduce(const AttentionParams &p) {
 }  // namespace flint::attention_decode
 
 // The head-dim instantiations (one line each; keep in step with HEAD_DIMS in attention.rs).
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd16(const AttentionParams p) { flint::attention::run_tile<16, true>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd32(const AttentionParams p) { flint::attention::run_tile<32, true>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64, true>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128, true>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256, true>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd16(const AttentionParams p) { flint::attention_decode::run_decode<16>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd32(const AttentionParams p) { flint::attention_decode::run_decode<32>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd64(const AttentionParams p) { flint::attention_decode::run_decode<64>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd128(const AttentionParams p) { flint::attention_decode::run_decode<128>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd256(const AttentionParams p) { flint::attention_decode::run_decode<256>(p); }
 
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS) void attention_decode_reduce_bf16(const AttentionParams p) { flint::attention_decode::reduce(p); }

@@ -17,8 +17,8 @@
 #include "attention.cuh"
 
 // The head-dim instantiations (one line each; keep in step with HEAD_DIMS in attention.rs).
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd16(const AttentionParams p) { flint::attention::run_tile<16, false>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd32(const AttentionParams p) { flint::attention::run_tile<32, false>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64, false>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128, false>(p); }
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256, false>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd16(const AttentionParams p) { flint::attention::run_tile<16>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd32(const AttentionParams p) { flint::attention::run_tile<32>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd64(const AttentionParams p) { flint::attention::run_tile<64>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd128(const AttentionParams p) { flint::attention::run_tile<128>(p); }
+extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_prefill_bf16_hd256(const AttentionParams p) { flint::attention::run_tile<256>(p); }

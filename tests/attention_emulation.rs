@@ -3,7 +3,9 @@
 //! `shim::mma16816` in PTX's lane-fragment layout) run on the host (tests/attention_emulation:
 //! CTAs as std::threads) for the launches the real planner (`AttnPlan`) makes, against a
 //! float64 reference read straight from the paged cache: ragged prefill, split-K decode, GQA,
-//! soft-cap, sliding window, every head dim. Every prefill case runs both prefill paths
+//! soft-cap, sliding window, every head dim; decode (kernels/attention_decode.cu) at batch 1-4
+//! with ragged contexts (1, 31, 32, 33, 1000, 4097), GQA groups 1-16, one split (out written
+//! by the decode kernel) and up to 64. Every prefill case runs both prefill paths
 //! (`PrefillPath::Fma` and `Mma`). It checks the planner/kernel contract and the kernels' index
 //! math without a GPU (not their speed). Planted errors must fail: a wrong block-table row, and
 //! (a second build with FLINT_SHIM_MMA_SWAP_B) every lane's two B fragment registers swapped. Needs a C++20 compiler and the
@@ -230,6 +232,55 @@ fn cases() -> Vec<Case> {
             num_sms: 4,
         },
         Case {
+            name:
+                "decode b4, contexts 1/31/32/33, one split (out written directly), GQA 8/2, hd 128",
+            seqs: vec![(1, 1), (31, 1), (32, 1), (33, 1)],
+            heads: (8, 2, 128),
+            softcap: None,
+            window: None,
+            num_sms: 132,
+        },
+        Case {
+            name: "decode b3, contexts 4097/1000/32, 64 splits, GQA 8/1, hd 64",
+            seqs: vec![(4097, 1), (1000, 1), (32, 1)],
+            heads: (8, 1, 64),
+            softcap: None,
+            window: None,
+            num_sms: 132,
+        },
+        Case {
+            name: "decode b1, context 4097, window 1000 + soft-cap 20, MHA 2/2, hd 256",
+            seqs: vec![(4097, 1)],
+            heads: (2, 2, 256),
+            softcap: Some(20.0),
+            window: Some(1000),
+            num_sms: 16,
+        },
+        Case {
+            name: "decode b2, contexts 1000/33, few splits, GQA 4/1, hd 128, soft-cap 30",
+            seqs: vec![(1000, 1), (33, 1)],
+            heads: (4, 1, 128),
+            softcap: Some(30.0),
+            window: None,
+            num_sms: 4,
+        },
+        Case {
+            name: "decode b2, group 16 (two row tiles per kv head), window 40, hd 64",
+            seqs: vec![(300, 1), (31, 1)],
+            heads: (32, 2, 64),
+            softcap: None,
+            window: Some(40),
+            num_sms: 16,
+        },
+        Case {
+            name: "decode b3, group 3 (a padded register row), GQA 6/2, hd 32",
+            seqs: vec![(100, 1), (1, 1), (65, 1)],
+            heads: (6, 2, 32),
+            softcap: Some(10.0),
+            window: None,
+            num_sms: 8,
+        },
+        Case {
             name: "ragged prefill with cached prefix, MHA 4/4, hd 128",
             seqs: vec![(5, 5), (40, 17), (100, 33)],
             heads: (4, 4, 128),
@@ -315,12 +366,14 @@ fn attention_kernels_match_float64_on_the_host() {
         return;
     };
     let mut kinds = (false, false);
+    let mut decode_splits = Vec::new();
     for c in cases() {
         let (kind, err, max_abs) = run(&exe, &c, PrefillPath::Fma, false);
         match kind {
             AttnKernel::Prefill => kinds.0 = true,
             AttnKernel::Decode { splits } => {
                 kinds.1 = true;
+                decode_splits.push(splits);
                 eprintln!("{}: {splits} splits", c.name);
             }
         }
@@ -334,6 +387,11 @@ fn attention_kernels_match_float64_on_the_host() {
         }
     }
     assert!(kinds.0 && kinds.1, "both kernels ran: {kinds:?}");
+    // The decode kernel writing out itself (one split) and through the reduce (64 splits).
+    assert!(
+        decode_splits.contains(&1) && decode_splits.contains(&64),
+        "{decode_splits:?}"
+    );
     // The check can fail: sequences reading each other's block tables.
     let (_, err, _) = run(&exe, &cases()[0], PrefillPath::Fma, true);
     assert!(

@@ -11,7 +11,8 @@
  * A tile covers rows row0 .. row0 + R of its sequence's flattened (query i, group head g)
  * rows, r = i * group + g, for one kv head; split < num_splits. R = FLINT_ATTN_CTA_Q, but
  * FLINT_ATTN_MMA_WARPS * FLINT_ATTN_CTA_Q for the tensor-core prefill at head dims <=
- * FLINT_ATTN_MMA_WIDE_MAX_HD (attention.rs `tile_rows`, the one place the host decides). */
+ * FLINT_ATTN_MMA_WIDE_MAX_HD and FLINT_ATTN_DECODE_ROWS for decode (attention.rs
+ * `tile_rows`, the one place the host decides). */
 #ifndef FLINT_ATTENTION_PARAMS_H
 #define FLINT_ATTENTION_PARAMS_H
 
@@ -19,6 +20,9 @@
 #define FLINT_ATTN_CTA_Q 16
 #define FLINT_ATTN_CTA_KV 32
 #define FLINT_ATTN_NUM_WARPS 4
+/** Decode (attention_decode.cu): group heads per tile, held in registers; a kv head whose
+ *  group is larger gets ceil(group / 8) tiles. */
+#define FLINT_ATTN_DECODE_ROWS 8
 /** Tensor-core prefill (attention_prefill_mma.cu): warps (16 rows each) per CTA at head dims
  *  <= FLINT_ATTN_MMA_WIDE_MAX_HD; above it one warp, 16 rows (smem would pass 48 KiB). */
 #define FLINT_ATTN_MMA_WARPS 4

@@ -1,4 +1,5 @@
-//! Attention launch planning: which kernel (prefill tiles or split-K decode + reduce), grid
+//! Attention launch planning: which kernel (prefill tiles, or decode split over the keys, plus
+//! the reduce when it splits), grid
 //! shapes, split counts and the per-step metadata arrays. Plain Rust, unit-tested on the CPU;
 //! the host layer uploads `metadata()` once per step, hands each layer's pointers to
 //! `launches()` and launches what comes back. One selection function ([`select_kernel`])
@@ -18,7 +19,8 @@
 //! A tile (one CTA) covers rows `row0 .. row0 + R` of its sequence's flattened
 //! `(query i, group head g)` rows, `r = i·group + g`, for one kv head, and (decode) one split
 //! of the keys; `R` = [`tile_rows`] of the kernel, prefill path and head dim (`CTA_Q` = 16 but
-//! for the tensor-core prefill at head dims <= 128: 64, four warps sharing each K/V tile).
+//! for the tensor-core prefill at head dims <= 128: 64, four warps sharing each K/V tile; for
+//! decode [`DECODE_ROWS`] = 8, the group heads of one query held in registers).
 //! Kernels: kernels/attention.cuh (engine), attention_prefill.cu, attention_prefill_mma.cu,
 //! attention_decode.cu; params struct: kernels/attention/params.h.
 //!
@@ -28,8 +30,8 @@
 //! of one layer run in order on one stream (the reduce reads the decode kernel's workspace).
 
 use crate::backend::cuda::params::{
-    AttentionParams, FLINT_ATTN_CTA_KV, FLINT_ATTN_CTA_Q, FLINT_ATTN_MMA_WARPS,
-    FLINT_ATTN_MMA_WIDE_MAX_HD, FLINT_ATTN_NUM_WARPS,
+    AttentionParams, FLINT_ATTN_CTA_KV, FLINT_ATTN_CTA_Q, FLINT_ATTN_DECODE_ROWS,
+    FLINT_ATTN_MMA_WARPS, FLINT_ATTN_MMA_WIDE_MAX_HD, FLINT_ATTN_NUM_WARPS,
 };
 use crate::backend::{AttnParams, StepInput};
 use anyhow::{bail, ensure, Result};
@@ -45,18 +47,26 @@ pub const MMA_WIDE_ROWS: usize = FLINT_ATTN_MMA_WARPS as usize * CTA_Q;
 pub const MMA_WIDE_MAX_HEAD_DIM: usize = FLINT_ATTN_MMA_WIDE_MAX_HD as usize;
 /// Keys per shared-memory K/V tile (and the split granularity).
 pub const CTA_KV: usize = FLINT_ATTN_CTA_KV as usize;
+/// Rows (group heads of one query) per decode tile, held in registers by
+/// kernels/attention_decode.cu; a kv head with a larger group gets `ceil(group / 8)` tiles.
+pub const DECODE_ROWS: usize = FLINT_ATTN_DECODE_ROWS as usize;
 /// Threads per CTA of every attention kernel.
 pub const NUM_THREADS: u32 = FLINT_ATTN_NUM_WARPS * 32;
 /// Head dims with a kernel instantiation (the extern "C" lines of attention_prefill.cu / attention_decode.cu).
 /// 16 and 32 serve the tiny test fixtures (so every fixture runs end to end on a GPU); real
 /// checkpoints of the supported families use 64, 128 or 256.
 pub const HEAD_DIMS: &[usize] = &[16, 32, 64, 128, 256];
-/// A decode split covers at least this many keys (two K/V tiles): its partial (hd + 1 floats
-/// per head) is 1/64 of the K/V bytes it reads. Was 256: on the H200 a batch-1 decode at 1k
-/// keys then ran 32 CTAs of 8 serial tiles each (76 µs for 4 MB), latency-bound.
+/// A decode split covers at least this many keys: 16 per warp of the decode kernel, two of
+/// its 8-key chunks at hd 128 (one in flight while the other is computed). Smaller splits
+/// only cost their partial (hd + 1 floats per head, 1/64 of the K/V bytes read at group 1)
+/// and a share of the reduce, while at batch 1 every extra CTA is an SM that would idle: at 1k
+/// keys on 8 kv heads, 16 splits of 64 keys (128 CTAs) instead of 4 of 256 (32). Was 256
+/// with the tile engine: on the H200 a batch-1 decode at 1k keys then ran 32 CTAs of 8 serial
+/// tiles each (76 µs for 4 MB), latency-bound.
 pub const MIN_KEYS_PER_SPLIT: usize = 64;
 pub const MAX_SPLITS: usize = 64;
-/// Decode aims for this many waves of CTAs over the SMs.
+/// Decode aims for this many CTAs per SM (the decode kernel's ~200 registers x 128 threads
+/// leave room for two resident at once).
 const TARGET_WAVES: usize = 2;
 
 /// Device pointers one layer's attention reads and writes.
@@ -141,7 +151,7 @@ fn prefill_mma_symbol(head_dim: usize) -> Option<&'static str> {
 /// bench/results/2026-11-27-h200-core). Its tile map has [`tile_rows`] rows per tile: 64 (four
 /// warps sharing each K/V tile) at head dims <= 128 — emulated on the host only, no GPU has
 /// run it yet — and 16 at 256. `flint selftest` checks both paths and `flint bench-ops` times
-/// both. Decode (split-K) is unaffected.
+/// both. Decode is unaffected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PrefillPath {
     Fma,
@@ -167,11 +177,12 @@ impl PrefillPath {
 }
 
 /// The one place that says how many rows a tile has (the tile map's row step; the kernel's
-/// block is 32 threads per `CTA_Q` rows on the tensor-core path): `CTA_Q` for decode and the
-/// CUDA-core prefill, `MMA_WIDE_ROWS` for the tensor-core prefill at head dims <=
-/// `MMA_WIDE_MAX_HEAD_DIM`, else `CTA_Q`.
+/// block is 32 threads per `CTA_Q` rows on the tensor-core path): `DECODE_ROWS` for decode,
+/// `CTA_Q` for the CUDA-core prefill, `MMA_WIDE_ROWS` for the tensor-core prefill at head dims
+/// <= `MMA_WIDE_MAX_HEAD_DIM`, else `CTA_Q`.
 pub fn tile_rows(kernel: AttnKernel, path: PrefillPath, head_dim: usize) -> usize {
     match (kernel, path) {
+        (AttnKernel::Decode { .. }, _) => DECODE_ROWS,
         (AttnKernel::Prefill, PrefillPath::Mma) if head_dim <= MMA_WIDE_MAX_HEAD_DIM => {
             MMA_WIDE_ROWS
         }
@@ -195,14 +206,16 @@ fn decode_symbol(head_dim: usize) -> Option<&'static str> {
 pub enum AttnKernel {
     /// Tiled attention, one CTA per tile, output written directly (any q_len).
     Prefill,
-    /// Every sequence has q_len 1: keys split `splits` ways, then an LSE merge.
+    /// Every sequence has q_len 1 (kernels/attention_decode.cu): keys split `splits` ways,
+    /// then an LSE merge (the reduce kernel) when `splits > 1`; one split writes the output
+    /// directly and launches no reduce.
     Decode { splits: usize },
 }
 
-/// The one kernel-selection function. Decode (split-K) when every sequence has q_len 1 and
-/// the unsplit grid would leave SMs idle; the split count fills about `TARGET_WAVES` waves,
-/// keeps at least `MIN_KEYS_PER_SPLIT` keys per split of the longest context, and is at most
-/// `MAX_SPLITS`. One split is the prefill kernel.
+/// The one kernel-selection function. Decode whenever every sequence has q_len 1; the split
+/// count aims at `TARGET_WAVES` CTAs per SM, keeps at least `MIN_KEYS_PER_SPLIT` keys per
+/// split of the longest context, and is at most `MAX_SPLITS` (1 when the unsplit grid already
+/// fills the SMs).
 pub fn select_kernel(
     q_lens_ctx: &[(usize, usize)],
     tiles_per_query: usize,
@@ -216,12 +229,15 @@ pub fn select_kernel(
     let want = (num_sms as usize * TARGET_WAVES).div_ceil(ctas.max(1));
     let splits = want
         .min(max_ctx.div_ceil(MIN_KEYS_PER_SPLIT))
-        .min(MAX_SPLITS);
-    if splits <= 1 {
-        AttnKernel::Prefill
-    } else {
-        AttnKernel::Decode { splits }
-    }
+        .clamp(1, MAX_SPLITS);
+    AttnKernel::Decode { splits }
+}
+
+/// Whether a decode plan with `splits` splits writes partials that the reduce kernel merges
+/// (else the decode kernel writes `out` itself): the one place the launcher, the workspace
+/// size and the params agree on it.
+fn reduces(kernel: AttnKernel) -> bool {
+    matches!(kernel, AttnKernel::Decode { splits } if splits > 1)
 }
 
 /// The plan of one step's attention, shared by every layer.
@@ -293,7 +309,7 @@ impl AttnPlan {
                 to_i32((b as usize + 1) * bs, "block slot")?;
             }
         }
-        let tiles_per_query = group.div_ceil(CTA_Q) * num_kv_heads;
+        let tiles_per_query = group.div_ceil(DECODE_ROWS) * num_kv_heads;
         // With `plan_ctx` the shape is planned for that many keys (graph replays).
         let lens: Vec<(usize, usize)> = step
             .seqs
@@ -329,17 +345,18 @@ impl AttnPlan {
             md.extend(std::iter::repeat_n(0, max_blocks - s.block_table.len()));
         }
         let tiles_offset = md.len();
-        // The largest tile map any prefill path gives (CTA_Q rows per tile) fits i32, so
-        // `with_prefill_path` can rebuild the map without failing.
+        // The largest tile map any path gives (CTA_Q or DECODE_ROWS rows per tile) fits i32,
+        // so `with_prefill_path` can rebuild the map without failing.
         let most_tiles: usize = step
             .seqs
             .iter()
-            .map(|s| (s.q_len * group).div_ceil(CTA_Q) * num_kv_heads * splits)
+            .map(|s| (s.q_len * group).div_ceil(CTA_Q.min(DECODE_ROWS)) * num_kv_heads * splits)
             .sum();
         to_i32(tiles_offset + 4 * most_tiles, "metadata length")?;
-        let workspace_bytes = match kernel {
-            AttnKernel::Prefill => 0,
-            AttnKernel::Decode { splits } => t * num_heads * splits * (head_dim + 1) * 4,
+        let workspace_bytes = if reduces(kernel) {
+            t * num_heads * splits * (head_dim + 1) * 4
+        } else {
+            0
         };
         let mut plan = Self {
             metadata: md,
@@ -476,13 +493,15 @@ impl AttnPlan {
             AttnKernel::Prefill => 1,
             AttnKernel::Decode { splits } => splits,
         };
-        let (partial_o, partial_lse) = match self.kernel {
-            AttnKernel::Prefill => (0, 0),
-            AttnKernel::Decode { splits } => {
-                ensure!(ptrs.workspace != 0, "attention: decode needs a workspace");
-                let o_bytes = self.num_tokens * self.num_heads * splits * self.head_dim * 4;
-                (ptrs.workspace, ptrs.workspace + o_bytes as u64)
-            }
+        let (partial_o, partial_lse) = if reduces(self.kernel) {
+            ensure!(
+                ptrs.workspace != 0,
+                "attention: a split decode needs a workspace"
+            );
+            let o_bytes = self.num_tokens * self.num_heads * splits * self.head_dim * 4;
+            (ptrs.workspace, ptrs.workspace + o_bytes as u64)
+        } else {
+            (0, 0)
         };
         Ok(AttentionParams {
             q: ptrs.q,
@@ -542,22 +561,23 @@ impl AttnPlan {
             AttnKernel::Decode { .. } => {
                 let jobs = self.num_seqs * self.num_heads;
                 let warps = FLINT_ATTN_NUM_WARPS as usize;
-                vec![
-                    Launch {
-                        kernel: symbol(decode_symbol)?,
-                        grid,
-                        block,
-                        shared_bytes: 0,
-                        params: bytes.clone(),
-                    },
-                    Launch {
+                let mut l = vec![Launch {
+                    kernel: symbol(decode_symbol)?,
+                    grid,
+                    block,
+                    shared_bytes: 0,
+                    params: bytes.clone(),
+                }];
+                if reduces(self.kernel) {
+                    l.push(Launch {
                         kernel: "attention_decode_reduce_bf16",
                         grid: (jobs.div_ceil(warps) as u32, 1, 1),
                         block,
                         shared_bytes: 0,
                         params: bytes,
-                    },
-                ]
+                    });
+                }
+                l
             }
         })
     }
@@ -604,8 +624,10 @@ mod tests {
         s
     }
 
-    /// The kernels' algorithm (attention.cuh run_tile + attention_decode.cu reduce) in f32,
-    /// driven only by the plan's metadata and params, as the CUDA threads index it.
+    /// The plan/kernel contract in f32, driven only by the plan's metadata and params: each
+    /// tile's rows and key range (attention.cuh run_tile; for decode the split's share,
+    /// `split_range`), its partial and LSE, and the reduce. The decode kernel's own order
+    /// (warps and key groups merged at the end) runs in tests/attention_emulation.
     fn emulate(
         plan: &AttnPlan,
         p: &AttentionParams,
@@ -1029,11 +1051,13 @@ mod tests {
             let fma = plan.with_prefill_path(PrefillPath::Fma);
             assert_eq!(fma.num_tiles(), 13 * 2, "hd {hd}");
         }
-        // Decode keeps CTA_Q-row tiles whatever the path.
-        assert_eq!(
-            tile_rows(AttnKernel::Decode { splits: 4 }, PrefillPath::Mma, 64),
-            CTA_Q
-        );
+        // Decode keeps its DECODE_ROWS-row tiles whatever the path.
+        for path in [PrefillPath::Mma, PrefillPath::Fma] {
+            assert_eq!(
+                tile_rows(AttnKernel::Decode { splits: 4 }, path, 64),
+                DECODE_ROWS
+            );
+        }
     }
 
     #[test]
@@ -1086,10 +1110,18 @@ mod tests {
             select_kernel(&lens(1, 200), 8, 132),
             AttnKernel::Decode { splits: 4 }
         );
-        assert_eq!(select_kernel(&lens(1, 64), 8, 132), AttnKernel::Prefill);
+        // Decode whatever the split count: one split when the keys or the grid ask for no more.
+        assert_eq!(
+            select_kernel(&lens(1, 64), 8, 132),
+            AttnKernel::Decode { splits: 1 }
+        );
+        assert_eq!(
+            select_kernel(&lens(1, 1), 8, 132),
+            AttnKernel::Decode { splits: 1 }
+        );
         assert_eq!(
             select_kernel(&lens(64, 100_000), 8, 132),
-            AttnKernel::Prefill
+            AttnKernel::Decode { splits: 1 }
         );
         assert_eq!(
             select_kernel(&lens(1, 1 << 20), 1, 132),
@@ -1142,6 +1174,92 @@ mod tests {
             )
             .unwrap();
         assert_eq!(p.partial_lse, 4096 + (2 * 8 * splits * 128 * 4) as u64);
+    }
+
+    /// Llama-3-8B decode (32 heads over 8 kv heads, hd 128) on the H200's 132 SMs: enough CTAs
+    /// to fill the SMs at batch 1, no reduce once the batch fills them.
+    #[test]
+    fn llama3_decode_plans() {
+        let attn = AttnParams {
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+            scale: 0.1,
+            softcap: None,
+            window: None,
+        };
+        let ws = AttnPtrs {
+            workspace: 4096,
+            ..Default::default()
+        };
+        // (batch, context) -> (splits, CTAs)
+        for (b, c, splits, ctas) in [
+            (1, 1024, 16, 128),
+            (1, 4096, 33, 264),
+            (1, 32768, 33, 264),
+            (32, 8192, 2, 512),
+            (128, 8192, 1, 1024),
+        ] {
+            let st = step(&vec![(1, c); b], 16);
+            let plan = AttnPlan::new(&st, 32, 8, 128, 132).unwrap();
+            assert_eq!(plan.kernel(), AttnKernel::Decode { splits }, "b{b} c{c}");
+            assert_eq!(plan.num_tiles(), ctas, "b{b} c{c}");
+            assert!(c / splits >= MIN_KEYS_PER_SPLIT);
+            let l = plan.launches(&attn, &ws).unwrap();
+            assert_eq!(l[0].kernel, "attention_decode_bf16_hd128");
+            assert_eq!((l[0].grid, l[0].block), ((ctas as u32, 1, 1), (128, 1, 1)));
+            // One tile per (sequence, kv head, split): all 4 group heads in one CTA.
+            let tiles: Vec<&[i32]> = plan.metadata()[plan.tiles_offset()..].chunks(4).collect();
+            assert!(tiles.iter().all(|t| t[1] == 0));
+            assert_eq!(l.len(), if splits > 1 { 2 } else { 1 }, "b{b} c{c}");
+        }
+    }
+
+    /// One split: the decode kernel writes `out` itself; no reduce, no workspace.
+    #[test]
+    fn one_split_decode_writes_out_directly() {
+        let st = step(&[(1, 33), (1, 1), (1, 31)], 16);
+        let plan = AttnPlan::new(&st, 8, 2, 64, 132).unwrap();
+        assert_eq!(plan.kernel(), AttnKernel::Decode { splits: 1 });
+        assert_eq!(plan.workspace_bytes(), 0);
+        let attn = AttnParams {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 64,
+            scale: 0.1,
+            softcap: None,
+            window: None,
+        };
+        // No workspace needed (a split plan says it needs one).
+        let p = plan.params(&attn, &AttnPtrs::default()).unwrap();
+        assert_eq!((p.partial_o, p.partial_lse, p.num_splits), (0, 0, 1));
+        let l = plan.launches(&attn, &AttnPtrs::default()).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].kernel, "attention_decode_bf16_hd64");
+        assert_eq!(l[0].grid, (6, 1, 1));
+        let split = AttnPlan::new(&step(&[(1, 1000)], 16), 8, 2, 64, 132).unwrap();
+        assert!(split
+            .params(&attn, &AttnPtrs::default())
+            .unwrap_err()
+            .to_string()
+            .contains("workspace"));
+    }
+
+    /// Groups above DECODE_ROWS: a kv head gets ceil(group / 8) row tiles (row0 0, 8, ...).
+    #[test]
+    fn large_groups_get_several_decode_row_tiles() {
+        let st = step(&[(1, 40)], 16);
+        let plan = AttnPlan::new(&st, 20, 1, 128, 132).unwrap();
+        assert_eq!(plan.kernel(), AttnKernel::Decode { splits: 1 });
+        let tiles: Vec<&[i32]> = plan.metadata()[plan.tiles_offset()..].chunks(4).collect();
+        assert_eq!(
+            tiles,
+            vec![&[0, 0, 0, 0][..], &[0, 8, 0, 0], &[0, 16, 0, 0]]
+        );
+        for var in [(None, None), (Some(20.0), Some(9))] {
+            check(&[(1, 40), (1, 3)], 20, 1, 128, 16, var, 132);
+            check(&[(1, 700)], 24, 2, 64, 16, var, 16);
+        }
     }
 
     #[test]
