@@ -1,6 +1,6 @@
-//! Host-side data parallelism for loading: generating synthetic weights, quantizing on load
-//! and converting to bf16 split a tensor's rows into contiguous blocks, one per core, with
-//! `std::thread::scope`. Every caller computes each row exactly as the one-thread loop does,
+//! Host-side data parallelism for loading (generating synthetic weights, quantizing on load,
+//! converting to bf16) and for the CPU reference's matmul: a tensor's rows split into
+//! contiguous blocks, one per core, with `std::thread::scope`. Every caller computes each row exactly as the one-thread loop does,
 //! so the result does not depend on the number of threads.
 
 use std::ops::Range;
