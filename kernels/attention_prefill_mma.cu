@@ -38,6 +38,7 @@
 // against float64 (mma16816's asm replaced by the shim's lane-exact emulation under
 // FLINT_EMULATE); tests/emulate_attention_mma.py is an independent python model of it.
 #include "attention.cuh"
+#include "mma.cuh"
 
 namespace flint::attention_prefill_mma {
 
@@ -51,18 +52,6 @@ static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16 rows per warp,
 constexpr int WIDE_WARPS = FLINT_ATTN_MMA_WARPS;     // warps per CTA at hd <= WIDE_MAX_HD
 constexpr int WIDE_MAX_HD = FLINT_ATTN_MMA_WIDE_MAX_HD;
 
-__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-#ifdef FLINT_EMULATE  // the host emulation (tests/moe_emulation/cuda_shim.h): same fragments
-    shim::mma16816(d, a0, a1, a2, a3, b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
 
 // Two consecutive bf16 at p (4-byte aligned) as one register.
 __device__ __forceinline__ uint32_t ld2(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }

@@ -62,6 +62,7 @@
 #endif
 
 #include "common.cuh"
+#include "mma.cuh"
 #include "quant/dequant.cuh"
 
 namespace flint::moe {
@@ -270,25 +271,6 @@ typedef wmma::fragment<wmma::matrix_a, WMMA, WMMA, WMMA, bf16, wmma::row_major> 
 typedef wmma::fragment<wmma::matrix_b, WMMA, WMMA, WMMA, bf16, wmma::col_major> FragB;
 typedef wmma::fragment<wmma::accumulator, WMMA, WMMA, WMMA, float> FragC;
 
-// sm_80 cp.async: a 16-byte global -> shared copy that skips the registers, so the next K
-// tile streams in while the tensor cores work on this one. .cg: cache in L2 only (a weight
-// tile is read once per CTA).
-#ifndef FLINT_EMULATE
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int PENDING>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
-}
-#else  // host emulation: a synchronous copy
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) { memcpy(smem, gmem, 16); }
-__device__ __forceinline__ void cp_async_commit() {}
-template <int PENDING>
-__device__ __forceinline__ void cp_async_wait() {}
-#endif
 
 // Stages one 8-column chunk of a row into shared memory: cp.async when the chunk is whole and
 // aligned, else a plain store (zeros past the row's end, or for a padding row / column).

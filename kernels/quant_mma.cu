@@ -58,6 +58,7 @@
 // value then one rounding is kept here, so the result equals the dequantize + cuBLASLt
 // path's weights), wgmma on sm_90, scales staged with the codes.
 #include "common.cuh"
+#include "mma.cuh"
 #include "quant/dequant.cuh"
 
 namespace flint::quant_mma {
@@ -85,37 +86,7 @@ struct Codes {
     static constexpr int CHUNKS_PER_ROW = BYTES / 16;
 };
 
-// The same fragments as attention_prefill_mma.cu's (its header lists the layout).
-__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-#ifdef FLINT_EMULATE  // the host emulation (tests/moe_emulation/cuda_shim.h): same fragments
-    shim::mma16816(d, a0, a1, a2, a3, b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
 
-// sm_80 cp.async (as moe.cu's): 16 bytes global -> shared, L2 only (.cg: read once).
-#ifndef FLINT_EMULATE
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int PENDING>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
-}
-#else  // host emulation: a synchronous copy
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) { memcpy(smem, gmem, 16); }
-__device__ __forceinline__ void cp_async_commit() {}
-template <int PENDING>
-__device__ __forceinline__ void cp_async_wait() {}
-#endif
 
 // Two f32 as one register of two bf16 (lo in the low half), each rounded to nearest.
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
