@@ -322,34 +322,7 @@ impl Backend for CpuBackend {
         bias: Option<&CpuTensor>,
         out: MatOut<'_, CpuTensor>,
     ) -> Result<()> {
-        let x: &CpuTensor = match input {
-            MatIn::Plain(x) => x,
-            MatIn::Norm {
-                x,
-                w: nw,
-                eps,
-                offset,
-                scratch,
-            } => {
-                self.rms_norm(x, None, nw, eps, offset, scratch)?;
-                scratch
-            }
-            MatIn::ActMul {
-                gate_up,
-                act,
-                scratch,
-            } => {
-                if scratch.cols != w.cols {
-                    bail!(
-                        "matmul_ex: act·mul scratch has {} columns, weight {}",
-                        scratch.cols,
-                        w.cols
-                    );
-                }
-                self.act_mul(gate_up, act, scratch)?;
-                scratch
-            }
-        };
+        let x = super::unfused_input(self, input)?;
         let out = match out {
             MatOut::Write(o) => return self.matmul(x, w, bias, o),
             MatOut::AddTo(o) => o,
@@ -843,7 +816,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("matmul_ex:"), "{err}");
-        // act·mul takes gate|up of 2K columns and a scratch of K.
+        // act·mul takes gate|up of 2K columns and a scratch of K: act_mul names the mismatch.
         let mut scratch = be.alloc(2, 2).unwrap();
         let input = MatIn::ActMul {
             gate_up: &x,
@@ -854,7 +827,7 @@ mod tests {
             .matmul_ex(input, &w, None, MatOut::Write(&mut out))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("scratch"), "{err}");
+        assert!(err.starts_with("act_mul: gate_up has 3 columns"), "{err}");
     }
 
     #[test]

@@ -261,6 +261,36 @@ pub fn check_sample_rows(
     Ok(())
 }
 
+/// [`Backend::matmul_ex`]'s input as a plain tensor, by the unfused ops: `Norm` and `ActMul`
+/// are materialized into their scratch by `be`'s own `rms_norm` / `act_mul` (which check the
+/// shapes), `Plain` is returned as is. The path every backend takes where it does not fuse.
+pub fn unfused_input<'a, B: Backend + ?Sized>(
+    be: &B,
+    input: MatIn<'a, B::Tensor, B::Weight>,
+) -> Result<&'a B::Tensor> {
+    match input {
+        MatIn::Plain(x) => Ok(x),
+        MatIn::Norm {
+            x,
+            w,
+            eps,
+            offset,
+            scratch,
+        } => {
+            be.rms_norm(x, None, w, eps, offset, scratch)?;
+            Ok(scratch)
+        }
+        MatIn::ActMul {
+            gate_up,
+            act,
+            scratch,
+        } => {
+            be.act_mul(gate_up, act, scratch)?;
+            Ok(scratch)
+        }
+    }
+}
+
 pub trait Backend {
     /// An activation tensor `[rows, cols]` with a fixed row capacity.
     type Tensor;

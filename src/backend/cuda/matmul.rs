@@ -9,7 +9,7 @@
 
 use super::super::gemm::{DensePath, GemvIn};
 use super::{CudaBackend, CudaTensor};
-use crate::backend::{Backend, MatIn, MatOut};
+use crate::backend::{unfused_input, MatIn, MatOut};
 use anyhow::{bail, Result};
 
 /// The environment variable that turns the fused GEMV inputs off (`0`) or on (`1`, the
@@ -115,31 +115,8 @@ impl CudaBackend {
                     offset,
                 },
             ),
-            MatIn::Norm {
-                x,
-                w: nw,
-                eps,
-                offset,
-                scratch,
-            } => {
-                self.rms_norm(x, None, nw, eps, offset, scratch)?;
-                (scratch, GemvIn::Plain)
-            }
             MatIn::ActMul { gate_up, act, .. } if fused => (gate_up, GemvIn::ActMul(act)),
-            MatIn::ActMul {
-                gate_up,
-                act,
-                scratch,
-            } => {
-                if scratch.cols != kk {
-                    bail!(
-                        "matmul_ex: act·mul scratch has {} columns, weight {kk}",
-                        scratch.cols
-                    );
-                }
-                self.act_mul(gate_up, act, scratch)?;
-                (scratch, GemvIn::Plain)
-            }
+            unfused => (unfused_input(self, unfused)?, GemvIn::Plain),
         };
         if self.replaying() {
             return Ok(()); // the graph launches this at graph_end
