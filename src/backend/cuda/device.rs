@@ -149,6 +149,18 @@ impl Device {
                 self.info.name
             ));
         }
+        match driver_version_number() {
+            Ok(v) if v >= PDL_MIN_DRIVER => {}
+            Ok(v) => {
+                return Some(format!(
+                    "the driver supports CUDA {}.{}; programmatic dependent launch inside CUDA \
+                     graphs needs 12.3 or newer",
+                    v / 1000,
+                    (v % 1000) / 10
+                ))
+            }
+            Err(e) => return Some(format!("{e:#}")),
+        }
         for &name in KERNEL_NAMES {
             let arch = self.function(name).and_then(|f| {
                 // SAFETY: `f` was just resolved from this device's module.
@@ -162,11 +174,11 @@ impl Device {
             });
             match arch {
                 Ok(a) if a >= 90 => {}
-                Ok(a) => {
-                    return Some(format!(
-                        "kernel `{name}` runs code compiled for compute_{a} on this sm_{major}{minor}                          card (the fatbin has no image for it built for sm_90 or newer), where                          its PDL waits are compiled out"
-                    ))
-                }
+                Ok(a) => return Some(format!(
+                    "kernel `{name}` runs code compiled for compute_{a} on this sm_{major}{minor} \
+                         card (the fatbin has no image for it built for sm_90 or newer), where \
+                         its PDL waits are compiled out"
+                )),
                 Err(e) => return Some(format!("{e:#}")),
             }
         }
@@ -193,13 +205,24 @@ impl Device {
     }
 }
 
-/// The driver's CUDA version, `major.minor`.
-fn driver_version() -> Result<String> {
+/// The oldest driver (`cuDriverGetVersion`'s 1000 * major + 10 * minor) whose stream capture
+/// records a programmatic launch as a programmatic graph edge (CUDA 12.3); flint captures
+/// its decode steps into graphs, so PDL is off below it.
+const PDL_MIN_DRIVER: i32 = 12030;
+
+/// The driver's CUDA version as `cuDriverGetVersion` gives it (12030 for 12.3).
+fn driver_version_number() -> Result<i32> {
     let mut v = 0i32;
     // SAFETY: writes one int.
     unsafe { sys::cuDriverGetVersion(&mut v) }
         .result()
         .context("cuDriverGetVersion")?;
+    Ok(v)
+}
+
+/// The driver's CUDA version, `major.minor`.
+fn driver_version() -> Result<String> {
+    let v = driver_version_number()?;
     Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
 }
 
