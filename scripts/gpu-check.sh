@@ -42,7 +42,12 @@
 #                                   # the tiled kernels' sections 150 s (shared-memory
 #                                   # races), then memcheck of the fixtures end to end with
 #                                   # what is left; errors in the report.
-# Run "core" on the first lent GPU; "serve" and "sanitize" when core has run on a card.
+#   bash gpu-bundle/run.sh peers    # issue 7's end-to-end peer rows: the copy and GEMM
+#                                   # ceilings 30 s, flint bench (pp2048, tg128 b1/b32 from
+#                                   # graphs, with PDL where it works) 120 s, then transformers + torch.compile (TTFT and
+#                                   # decode b1/b32) with the rest of the 555 s; peers.md.
+# Run "core" on the first lent GPU; "serve", "sanitize" and "peers" when core has run on a
+# card.
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU, 3 it hit its
 # timeout: not 124, which the device tool reads as the whole call timing out); the benches
@@ -94,9 +99,9 @@ cat >"$bundle/run.sh" <<'RUN'
 set -uo pipefail
 part="${1:-core}"
 case "$part" in
-core | serve | sanitize) echo "gpu-check: part $part" ;;
+core | serve | sanitize | peers) echo "gpu-check: part $part" ;;
 *)
-    echo "run.sh: unknown part '$part' (core, serve or sanitize)" >&2
+    echo "run.sh: unknown part '$part' (core, serve, sanitize or peers)" >&2
     exit 2
     ;;
 esac
@@ -191,6 +196,26 @@ else
         --only e2e,quant_e2e,graphs --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 fi
 selftest_rc="$(cat "$log/selftest.rc")"
+elif [ "$part" = peers ]; then
+# Issue 7's end-to-end rows against transformers + torch.compile, which never fit after the
+# core part's other steps: flint's TTFT and decode rows from one 8B load, then the peer alone
+# with the rest of the part (its two decode compilations take ~90 s each).
+# The ceilings the roofline column needs (copy bandwidth, the 8192³ GEMM rate), a few seconds.
+step bench_ops 30 "$flint" bench-ops --only copy,gemm -o json --budget-s 20 --case-s 0.25
+pdl="$(pdl_flag)"
+step bench 120 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs $pdl
+if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
+    export PYTHONUNBUFFERED=1
+    e2e_s="$(left_or 420)"
+    step peers_e2e "$e2e_s" python3 "$here/peers.py" --part e2e --budget-s $(( e2e_s - 10 ))
+    python3 "$here/compare.py" --flint-ops "$log/bench_ops.out" --flint-bench "$log/bench.out" --peers "$log/peers_e2e.out" \
+        --md "$out/peers.md" --json "$log/peers.json" 2>"$log/compare.err" \
+        || echo "compare.py failed: $(tail -3 "$log/compare.err")"
+else
+    echo "no python3 with torch: no peer rows" >"$log/peers_e2e.err"
+    echo 127 >"$log/peers_e2e.rc"
+fi
+selftest_rc=0 # no selftest in this part: the core part checks correctness
 elif [ "$part" = serve ]; then
 # The full selftest (about 65 s on an H200): correctness first on every card, whatever ran
 # before on another.
@@ -285,7 +310,9 @@ ran = lambda k: read(k + ".rc") is not None
 json.dump(report, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
 md = ["# flint gpu-check", "", "commit " + report["commit"], "", "```", (report["nvidia_smi_query"] or "").strip(), "```", ""]
 s = report["selftest"]
-if selftest and selftest.get("error"):
+if not ran("selftest"):
+    md.append("selftest: not part of this run")
+elif selftest and selftest.get("error"):
     md.append(f"selftest: exit {s['exit']}: {selftest['error']}")
 elif selftest and selftest.get("cases") is not None:
     md.append(f"selftest: exit {s['exit']}, {selftest.get('passed')} passed, {selftest.get('failed')} failed, {selftest.get('skipped', 0)} skipped")
