@@ -1004,6 +1004,38 @@ impl Tester<'_> {
                 }
             }
         }
+        // A quantized lm_head is never dequantized into the scratch (`DeviceLayout::dequant_ok`):
+        // above 64 rows it runs the mma in 64-row passes, the last one partial.
+        let (n, k) = (1000, 256);
+        let w = self.data(n * k, 1.0 / (k as f32).sqrt());
+        for what in ["int8 channel", "int4 sym g128", "fp8 channel"] {
+            let weights = quant_weight(what, &w, n, k).and_then(|q| {
+                Ok((
+                    self.cpu
+                        .upload_quantized(crate::weights::names::LM_HEAD, &q)?,
+                    self.gpu
+                        .upload_quantized(crate::weights::names::LM_HEAD, &q)?,
+                ))
+            });
+            for t in [65, 130] {
+                out.push(self.case(
+                    "quant matmul",
+                    format!("{what} lm_head [{n}, {k}] tokens {t}: mma in 64-row passes"),
+                    OP_TOL,
+                    || {
+                        let (wc, wg) = match &weights {
+                            Ok(w) => w,
+                            Err(e) => bail!("building the weight: {e:#}"),
+                        };
+                        use crate::backend::cuda::quant::QuantPath;
+                        match self.gpu.quant_path_for(wg, t) {
+                            Some(QuantPath::Mma) => self.quant_matmul(wc, wg, t, false),
+                            other => bail!("the backend would take {other:?}, not the mma"),
+                        }
+                    },
+                ));
+            }
+        }
         out
     }
 

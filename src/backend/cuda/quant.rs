@@ -25,8 +25,9 @@
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
 use super::gemm::GemvIn;
-use super::kernels::{i32_of, launch, Dim3};
+use super::kernels::{i32_of, launch, Dim3, LaunchStream};
 use super::params::{self, MoeQuantWeight, QuantGemvParams, QuantMmaParams};
+use crate::weights::names;
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{sys, CudaSlice};
@@ -97,6 +98,13 @@ pub struct DeviceLayout {
     pub num_groups: usize,
     pub gidx_rows: usize,
     pub zero_default: f32,
+    /// Whether above [`MMA_MAX_TOKENS`] rows the weight may be dequantized into the bf16
+    /// scratch. Not the lm_head's: it runs at one row per sequence, never in the engine's
+    /// warm-up prefill (one sequence), so its scratch (1.05 GB at Llama-3-8B's vocabulary)
+    /// would be allocated inside the decode loop after the KV cache took the memory; it runs
+    /// the mma in passes of 64 rows instead (at up to a few hundred sequences also fewer bytes
+    /// than dequantizing: one read of the codes per pass against codes + 4 bytes per weight).
+    pub dequant_ok: bool,
 }
 
 impl DeviceLayout {
@@ -105,6 +113,7 @@ impl DeviceLayout {
         let (n, k) = (w.n, w.k);
         i32_of(name, "rows", n)?;
         i32_of(name, "columns", k)?;
+        let dequant_ok = name != names::LM_HEAD;
         let int = |fmt: Fmt, group: usize, zero_default: f32| {
             let g_idx: Option<Vec<i32>> = w
                 .g_idx
@@ -125,6 +134,7 @@ impl DeviceLayout {
                 num_groups: k / group,
                 gidx_rows,
                 zero_default,
+                dequant_ok,
             }
         };
         Ok(match w.scheme {
@@ -154,6 +164,7 @@ impl DeviceLayout {
                     group,
                     gidx_rows: n,
                     zero_default: 0.0,
+                    dequant_ok,
                 }
             }
         })
@@ -333,7 +344,13 @@ impl QuantKernels {
 
     /// The path a `tokens`-row matmul against `l` takes now.
     pub fn path(&self, l: &DeviceLayout, tokens: usize) -> QuantPath {
-        quant_path(l.fmt, tokens, mma_supports(l), self.force.get())
+        quant_path(
+            l.fmt,
+            tokens,
+            mma_supports(l),
+            l.dequant_ok,
+            self.force.get(),
+        )
     }
 }
 
@@ -388,7 +405,8 @@ pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTenso
 pub enum QuantPath {
     /// The GEMV kernel, in this many passes of at most 8 tokens.
     Gemv(usize),
-    /// The tensor-core GEMM with dequantization in its main loop (quant_mma.cu), 1..=64 tokens.
+    /// The tensor-core GEMM with dequantization in its main loop (quant_mma.cu), in passes of
+    /// at most 64 tokens (one pass unless the weight must not be dequantized).
     Mma,
     /// Dequantize to bf16, then cuBLASLt.
     DequantGemm,
@@ -509,10 +527,18 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
 /// The one place the quantized path is chosen. By default: the GEMV for 1 token (the
 /// decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
 /// it takes the weight (`mma_ok`: [`mma_supports`]); otherwise GEMV passes up to
-/// [`gemv_passes_max`], then dequantize + cuBLASLt. `force`: the GEMV in passes for any
-/// count, the mma wherever it can run (1..=64 tokens, `mma_ok`; else the default), or
+/// [`gemv_passes_max`], then dequantize + cuBLASLt. A weight that must not be dequantized
+/// (`dequant_ok` false: [`DeviceLayout::dequant_ok`]) runs the mma in passes of 64 rows
+/// instead, or GEMV passes where the mma does not take it. `force`: the GEMV in passes for
+/// any count, the mma wherever it can run (1..=64 tokens, `mma_ok`; else the default), or
 /// dequantize + cuBLASLt everywhere.
-pub fn quant_path(fmt: Fmt, tokens: usize, mma_ok: bool, force: Option<QuantForce>) -> QuantPath {
+pub fn quant_path(
+    fmt: Fmt,
+    tokens: usize,
+    mma_ok: bool,
+    dequant_ok: bool,
+    force: Option<QuantForce>,
+) -> QuantPath {
     let passes = tokens.div_ceil(GEMV_MAX_TOKENS).max(1);
     let mma_can = mma_ok && (1..=MMA_MAX_TOKENS).contains(&tokens);
     match force {
@@ -522,6 +548,8 @@ pub fn quant_path(fmt: Fmt, tokens: usize, mma_ok: bool, force: Option<QuantForc
         _ if tokens <= 1 => QuantPath::Gemv(1),
         _ if mma_can => QuantPath::Mma,
         _ if passes <= gemv_passes_max(fmt) => QuantPath::Gemv(passes),
+        _ if !dequant_ok && mma_ok => QuantPath::Mma,
+        _ if !dequant_ok => QuantPath::Gemv(passes),
         _ => QuantPath::DequantGemm,
     }
 }
@@ -585,49 +613,12 @@ pub fn matmul(
         if input != GemvIn::Plain {
             bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the mma takes it materialized");
         }
-        let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
-        let m = QuantMmaParams {
-            x: p.x,
-            qdata: p.qdata,
-            scales: p.scales,
-            zeros: p.zeros,
-            g_idx: p.g_idx,
-            bias: p.bias,
-            out: p.out,
-            partial: be.ptr(&qk.workspace),
-            num_tokens: p.num_tokens,
-            n: p.n,
-            k: p.k,
-            group: p.group,
-            num_groups: p.num_groups,
-            gidx_rows: p.gidx_rows,
-            zero_default: p.zero_default,
-            splits: plan.splits as i32,
-            split_cols: plan.split_cols as i32,
-            add_to_out: add as i32,
-        };
-        let fi = l.fmt.index();
-        let (f, name) = if mma_uniform(l) {
-            let ti = MMA_TOKS.iter().position(|&c| c == plan.tok).unwrap_or(3);
-            (qk.mma[fi][ti], MMA_NAMES[fi][ti])
-        } else {
-            (qk.mma_any[fi], MMA_ANY_NAMES[fi])
-        };
-        // SAFETY: as the GEMV below (x [t, k], out [t, n], the weight's buffers [n, k]); the
-        // plan keeps splits * t * n within the workspace, which only these two kernels use,
-        // one after the other on this stream.
-        unsafe { launch(name, f, mma_shape(l.n, plan.splits), stream, &m)? };
-        if plan.splits > 1 {
-            // SAFETY: as above; the reduction reads the partials the GEMM just wrote.
-            unsafe {
-                launch(
-                    MMA_REDUCE_NAME,
-                    qk.mma_reduce,
-                    dequant_shape(t * l.n),
-                    stream,
-                    &m,
-                )?
-            };
+        for t0 in (0..t).step_by(MMA_MAX_TOKENS) {
+            let rows = (t - t0).min(MMA_MAX_TOKENS);
+            p.x = be.ptr(&x.buf) + (2 * t0 * x_cols) as u64;
+            p.out = be.ptr(&out.buf) + (2 * t0 * l.n) as u64;
+            p.num_tokens = rows as i32;
+            mma_pass(be, qk, l, &p, rows, add, stream)?;
         }
         return Ok(());
     }
@@ -692,6 +683,64 @@ pub fn matmul(
     )
 }
 
+/// One quant_mma launch (and its split-K reduction) for the `t` <= [`MMA_MAX_TOKENS`] rows
+/// `p` points at.
+fn mma_pass(
+    be: &CudaBackend,
+    qk: &QuantKernels,
+    l: &DeviceLayout,
+    p: &QuantGemvParams,
+    t: usize,
+    add: bool,
+    stream: LaunchStream,
+) -> Result<()> {
+    let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
+    let m = QuantMmaParams {
+        x: p.x,
+        qdata: p.qdata,
+        scales: p.scales,
+        zeros: p.zeros,
+        g_idx: p.g_idx,
+        bias: p.bias,
+        out: p.out,
+        partial: be.ptr(&qk.workspace),
+        num_tokens: p.num_tokens,
+        n: p.n,
+        k: p.k,
+        group: p.group,
+        num_groups: p.num_groups,
+        gidx_rows: p.gidx_rows,
+        zero_default: p.zero_default,
+        splits: plan.splits as i32,
+        split_cols: plan.split_cols as i32,
+        add_to_out: add as i32,
+    };
+    let fi = l.fmt.index();
+    let (f, name) = if mma_uniform(l) {
+        let ti = MMA_TOKS.iter().position(|&c| c == plan.tok).unwrap_or(3);
+        (qk.mma[fi][ti], MMA_NAMES[fi][ti])
+    } else {
+        (qk.mma_any[fi], MMA_ANY_NAMES[fi])
+    };
+    // SAFETY: as the GEMV's launch in `matmul` (p.x: t rows of k, p.out: t rows of n, the
+    // weight's buffers [n, k]); the plan keeps splits * t * n within the workspace, which
+    // only these two kernels use, one after the other on this stream.
+    unsafe { launch(name, f, mma_shape(l.n, plan.splits), stream, &m)? };
+    if plan.splits > 1 {
+        // SAFETY: as above; the reduction reads the partials the GEMM just wrote.
+        unsafe {
+            launch(
+                MMA_REDUCE_NAME,
+                qk.mma_reduce,
+                dequant_shape(t * l.n),
+                stream,
+                &m,
+            )?
+        };
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,23 +779,36 @@ mod tests {
     fn quant_path_counts_bytes() {
         // Auto: the GEMV for 1 token, the mma for 2..=64, dequantize + cuBLASLt above.
         for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
-            assert_eq!(quant_path(f, 1, true, None), QuantPath::Gemv(1));
+            assert_eq!(quant_path(f, 1, true, true, None), QuantPath::Gemv(1));
             for t in [2, 8, 9, 33, 64] {
-                assert_eq!(quant_path(f, t, true, None), QuantPath::Mma, "{f:?} {t}");
+                assert_eq!(
+                    quant_path(f, t, true, true, None),
+                    QuantPath::Mma,
+                    "{f:?} {t}"
+                );
             }
-            assert_eq!(quant_path(f, 65, true, None), QuantPath::DequantGemm);
+            assert_eq!(quant_path(f, 65, true, true, None), QuantPath::DequantGemm);
         }
         // A weight the mma does not take (K % 32 != 0): GEMV passes while they read fewer
         // bytes than dequantize + cuBLASLt.
-        assert_eq!(quant_path(Fmt::Int4, 9, false, None), QuantPath::Gemv(2));
-        assert_eq!(quant_path(Fmt::Int4, 48, false, None), QuantPath::Gemv(6));
         assert_eq!(
-            quant_path(Fmt::Int4, 49, false, None),
+            quant_path(Fmt::Int4, 9, false, true, None),
+            QuantPath::Gemv(2)
+        );
+        assert_eq!(
+            quant_path(Fmt::Int4, 48, false, true, None),
+            QuantPath::Gemv(6)
+        );
+        assert_eq!(
+            quant_path(Fmt::Int4, 49, false, true, None),
             QuantPath::DequantGemm
         );
-        assert_eq!(quant_path(Fmt::Int8, 24, false, None), QuantPath::Gemv(3));
         assert_eq!(
-            quant_path(Fmt::Fp8, 25, false, None),
+            quant_path(Fmt::Int8, 24, false, true, None),
+            QuantPath::Gemv(3)
+        );
+        assert_eq!(
+            quant_path(Fmt::Fp8, 25, false, true, None),
             QuantPath::DequantGemm
         );
         // Forced.
@@ -755,14 +817,46 @@ mod tests {
             Some(QuantForce::Mma),
             Some(QuantForce::Dequant),
         );
-        assert_eq!(quant_path(Fmt::Int8, 33, true, g), QuantPath::Gemv(5));
-        assert_eq!(quant_path(Fmt::Int8, 100, true, g), QuantPath::Gemv(13));
-        assert_eq!(quant_path(Fmt::Int8, 1, true, m), QuantPath::Mma);
-        assert_eq!(quant_path(Fmt::Int8, 64, true, m), QuantPath::Mma);
-        assert_eq!(quant_path(Fmt::Int8, 65, true, m), QuantPath::DequantGemm);
-        assert_eq!(quant_path(Fmt::Int4, 8, false, m), QuantPath::Gemv(1));
-        assert_eq!(quant_path(Fmt::Int4, 1, true, d), QuantPath::DequantGemm);
-        assert_eq!(quant_path(Fmt::Fp8, 8, true, d), QuantPath::DequantGemm);
+        assert_eq!(quant_path(Fmt::Int8, 33, true, true, g), QuantPath::Gemv(5));
+        assert_eq!(
+            quant_path(Fmt::Int8, 100, true, true, g),
+            QuantPath::Gemv(13)
+        );
+        assert_eq!(quant_path(Fmt::Int8, 1, true, true, m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int8, 64, true, true, m), QuantPath::Mma);
+        assert_eq!(
+            quant_path(Fmt::Int8, 65, true, true, m),
+            QuantPath::DequantGemm
+        );
+        assert_eq!(quant_path(Fmt::Int4, 8, false, true, m), QuantPath::Gemv(1));
+        assert_eq!(
+            quant_path(Fmt::Int4, 1, true, true, d),
+            QuantPath::DequantGemm
+        );
+        assert_eq!(
+            quant_path(Fmt::Fp8, 8, true, true, d),
+            QuantPath::DequantGemm
+        );
+        // A weight that must not be dequantized (the lm_head): the mma in 64-row passes above
+        // 64 rows, GEMV passes where the mma does not take it; a forced dequantize still is.
+        assert_eq!(quant_path(Fmt::Int8, 65, true, false, None), QuantPath::Mma);
+        assert_eq!(
+            quant_path(Fmt::Int4, 4096, true, false, None),
+            QuantPath::Mma
+        );
+        assert_eq!(quant_path(Fmt::Int4, 8, true, false, None), QuantPath::Mma);
+        assert_eq!(
+            quant_path(Fmt::Int8, 1, true, false, None),
+            QuantPath::Gemv(1)
+        );
+        assert_eq!(
+            quant_path(Fmt::Fp8, 100, false, false, None),
+            QuantPath::Gemv(13)
+        );
+        assert_eq!(
+            quant_path(Fmt::Int8, 100, true, false, d),
+            QuantPath::DequantGemm
+        );
     }
 
     #[test]
