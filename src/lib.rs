@@ -107,7 +107,13 @@ impl ModelRef {
         let spec = self.spec()?;
         let with_quant = |src: &dyn weights::TensorSource| match opts.quant {
             Some(mode) => {
-                model::Model::load(be, spec.clone(), &QuantizeOnLoad { inner: src, mode })
+                let head = opts.lm_head.mode(mode);
+                let src = QuantizeOnLoad {
+                    inner: src,
+                    mode,
+                    head,
+                };
+                model::Model::load(be, spec.clone(), &src)
             }
             None => model::Model::load(be, spec.clone(), src),
         };

@@ -9,7 +9,7 @@ use flint::bench::{self, BenchOptions};
 use flint::engine::{self, GenerateOptions};
 use flint::sampling::SamplingParams;
 use flint::tokenizer::{DecodeStream, Tokenizer};
-use flint::weights::quant_source::{LoadOptions, QuantMode};
+use flint::weights::quant_source::{HeadQuant, LoadOptions, QuantMode};
 use flint::ModelRef;
 use serde_json::json;
 use std::io::Write;
@@ -96,6 +96,10 @@ enum Cmd {
         /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
+        /// With --quant: the lm_head (when not tied to the embeddings): auto (int8 under int8
+        /// and int4, fp8 under fp8), bf16 (as loaded), int8 or fp8.
+        #[arg(long, value_parser = head_quant, default_value = "auto")]
+        lm_head: HeadQuant,
     },
     /// Generate a continuation.
     Generate {
@@ -123,6 +127,10 @@ enum Cmd {
         /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
+        /// With --quant: the lm_head (when not tied to the embeddings): auto (int8 under int8
+        /// and int4, fp8 under fp8), bf16 (as loaded), int8 or fp8.
+        #[arg(long, value_parser = head_quant, default_value = "auto")]
+        lm_head: HeadQuant,
     },
     /// Token ids of a text as JSON `{"ids": [...]}`, special tokens added as transformers does.
     Tokenize {
@@ -154,6 +162,10 @@ enum Cmd {
         /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
+        /// With --quant: the lm_head (when not tied to the embeddings): auto (int8 under int8
+        /// and int4, fp8 under fp8), bf16 (as loaded), int8 or fp8.
+        #[arg(long, value_parser = head_quant, default_value = "auto")]
+        lm_head: HeadQuant,
     },
     /// Throughput, llama-bench style: pp (prompt) and tg (decode) tokens/s.
     Bench {
@@ -188,6 +200,10 @@ enum Cmd {
         /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] (e.g. int4-asym-g64) or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
+        /// With --quant: the lm_head (when not tied to the embeddings): auto (int8 under int8
+        /// and int4, fp8 under fp8), bf16 (as loaded), int8 or fp8.
+        #[arg(long, value_parser = head_quant, default_value = "auto")]
+        lm_head: HeadQuant,
         /// Also run each tg test with its decode steps replayed from a CUDA graph (rows
         /// `tg<n>+graphs` beside the eager ones; CUDA only).
         #[arg(long)]
@@ -252,6 +268,10 @@ enum Cmd {
         /// Quantize the linear weights on load: int8, int4[-asym][-g<group>] or fp8.
         #[arg(long, value_parser = quant_mode)]
         quant: Option<QuantMode>,
+        /// With --quant: the lm_head (when not tied to the embeddings): auto (int8 under int8
+        /// and int4, fp8 under fp8), bf16 (as loaded), int8 or fp8.
+        #[arg(long, value_parser = head_quant, default_value = "auto")]
+        lm_head: HeadQuant,
     },
     /// Kernel-level timings of flint's CUDA paths (copy, GEMM, attention, MoE) with bytes and
     /// FLOPs per case, for the peer comparison (scripts/peers.py, scripts/compare.py). GPU only.
@@ -342,6 +362,10 @@ impl SamplingArgs {
 }
 
 fn quant_mode(s: &str) -> Result<QuantMode, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+fn head_quant(s: &str) -> Result<HeadQuant, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
@@ -449,6 +473,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             max_batch_tokens,
             output,
             quant,
+            lm_head,
             ..
         } => {
             let opt = flint::throughput::ThroughputOptions {
@@ -468,7 +493,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     enable_prefix_caching: !no_prefix_caching,
                     cuda_graphs: !enforce_eager,
                 },
-                load: LoadOptions { quant },
+                load: LoadOptions { quant, lm_head },
             };
             let r = flint::throughput::run(be, &ModelRef::parse(&model), &opt)?;
             match output {
@@ -483,8 +508,9 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             all_positions,
             device: _,
             quant,
+            lm_head,
         } => {
-            let m = ModelRef::parse(&model).load_with(be, &LoadOptions { quant })?;
+            let m = ModelRef::parse(&model).load_with(be, &LoadOptions { quant, lm_head })?;
             let logits = engine::prompt_logits(be, &m, &prompt_ids.0, all_positions)?;
             let rows: Vec<&[f32]> = logits.chunks(m.spec.vocab_size).collect();
             println!("{}", json!({ "logits": rows }));
@@ -501,6 +527,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             format,
             device: _,
             quant,
+            lm_head,
         } => {
             let mref = ModelRef::parse(&model);
             let tok = match &mref {
@@ -519,7 +546,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 (None, Some(ids)) => ids.0,
                 _ => bail!("give --prompt TEXT or --prompt-ids IDS"),
             };
-            let m = mref.load_with(be, &LoadOptions { quant })?;
+            let m = mref.load_with(be, &LoadOptions { quant, lm_head })?;
             let mut eos = m.spec.eos_token_ids.clone();
             if let Some(t) = &tok {
                 eos.extend(
@@ -583,6 +610,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             format,
             device: _,
             quant,
+            lm_head,
         } => {
             let mref = ModelRef::parse(&model);
             let ids = match (text, ids) {
@@ -598,7 +626,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                 (None, Some(ids)) => ids.0,
                 _ => bail!("give --text FILE or --ids IDS"),
             };
-            let m = mref.load_with(be, &LoadOptions { quant })?;
+            let m = mref.load_with(be, &LoadOptions { quant, lm_head })?;
             let r = flint::perplexity::perplexity(be, &m, &ids, ctx)?;
             let q = quant.map_or("none".to_string(), |q| q.to_string());
             match format {
@@ -638,6 +666,7 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
             moe_layer: _,
             moe_tokens: _,
             quant,
+            lm_head,
             cuda_graphs,
             pdl,
             unfused,
@@ -674,14 +703,14 @@ fn run_on<B: Backend>(be: &B, cmd: Cmd) -> Result<()> {
                     need as f64 / (1u64 << 30) as f64
                 );
             }
-            let m = mref.load_with(be, &LoadOptions { quant })?;
+            let m = mref.load_with(be, &LoadOptions { quant, lm_head })?;
             // On stderr (stdout is the table): long loads (an 8B synthetic model generated and
             // quantized on the host) are otherwise invisible in a captured log.
             let t = m.load_time;
             eprintln!(
                 "flint bench: loaded {model}{} in {:.2} s ({:.2} s reading, generating and \
                  quantizing on the host, {:.2} s converting and uploading to {})",
-                quant.map_or(String::new(), |q| format!(" ({q})")),
+                quant.map_or(String::new(), |q| format!(" ({q}, lm_head {lm_head})")),
                 t.total.as_secs_f64(),
                 t.source.as_secs_f64(),
                 t.upload().as_secs_f64(),

@@ -328,6 +328,7 @@ fn config_quant_loads_quantized_and_a_bad_one_is_a_clear_error() {
     };
     let load = LoadOptions {
         quant: Some("int4-asym-g32".parse().unwrap()),
+        ..Default::default()
     };
     let config = EngineConfig {
         num_blocks: Some(16),

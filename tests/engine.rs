@@ -315,6 +315,7 @@ fn throughput_with_quant_matches_the_engine_api_with_the_same_load_options() {
     let model = ModelRef::Dir(fixtures_dir().join("llama3"));
     let load = LoadOptions {
         quant: Some("int4".parse::<QuantMode>().unwrap()),
+        ..Default::default()
     };
     let opt = ThroughputOptions {
         num_requests: 5,

@@ -16,7 +16,9 @@ use flint::model::Model;
 use flint::weights::quant::{
     concat_rows, quantize_fp8, quantize_int4, quantize_int8, Linear, QuantScheme, QuantWeight,
 };
-use flint::weights::quant_source::{int4_group, quantize, stack_linear, LoadOptions, QuantMode};
+use flint::weights::quant_source::{
+    int4_group, quantize, stack_linear, HeadQuant, LoadOptions, QuantMode,
+};
 use flint::weights::{names, TensorSource, WeightStore};
 use flint::ModelRef;
 use serde_json::Value;
@@ -100,11 +102,21 @@ fn quantized_checkpoints_match_transformers_on_their_dequantized_weights() {
 struct Dequantized<'a> {
     store: &'a WeightStore,
     mode: QuantMode,
+    /// The lm_head's mode (`None`: dense).
+    head: Option<QuantMode>,
 }
 
 impl Dequantized<'_> {
     fn rtn(&self, name: &str, w: &[f32], n: usize, k: usize) -> Vec<f32> {
-        let q = match self.mode {
+        let mode = if name == names::LM_HEAD {
+            match self.head {
+                Some(m) => m,
+                None => return w.to_vec(),
+            }
+        } else {
+            self.mode
+        };
+        let q = match mode {
             QuantMode::Int8 => quantize_int8(w, n, k, k),
             QuantMode::Int4 { symmetric, group } => quantize_int4(
                 w,
@@ -128,9 +140,6 @@ impl TensorSource for Dequantized<'_> {
     }
     fn load_linear(&self, name: &str, rows: usize, cols: usize) -> anyhow::Result<Linear> {
         let d = self.store.load_f32(name, &[rows, cols])?;
-        if name == names::LM_HEAD {
-            return Ok(Linear::Dense(d));
-        }
         Ok(Linear::Dense(self.rtn(name, &d, rows, cols)))
     }
     fn finish_linear(&self, name: &str, d: Vec<f32>, r: usize, c: usize) -> anyhow::Result<Linear> {
@@ -160,8 +169,20 @@ fn quantize_on_load_equals_flint_on_the_rtn_dequantized_weights() {
         let plain = ModelRef::Dir(dir.clone()).load(&CpuBackend).unwrap();
         let base = engine::prompt_logits(&CpuBackend, &plain, prompt, true).unwrap();
         let store = WeightStore::open(&dir).unwrap();
-        for mode in modes {
-            let opts = LoadOptions { quant: Some(mode) };
+        // The lm_head policy, stated here on its own: by default 8 bits in the body's
+        // family (int8 under int8 and int4, fp8 under fp8); `--lm-head bf16` leaves it dense.
+        let auto_head = |m: QuantMode| match m {
+            QuantMode::Fp8 => QuantMode::Fp8,
+            _ => QuantMode::Int8,
+        };
+        for (mode, lm_head) in modes
+            .iter()
+            .flat_map(|&m| [(m, HeadQuant::Auto), (m, HeadQuant::Bf16)])
+        {
+            let opts = LoadOptions {
+                quant: Some(mode),
+                lm_head,
+            };
             let q = ModelRef::Dir(dir.clone())
                 .load_with(&CpuBackend, &opts)
                 .unwrap_or_else(|e| panic!("{fx} --quant {mode}: {e:#}"));
@@ -170,17 +191,20 @@ fn quantize_on_load_equals_flint_on_the_rtn_dequantized_weights() {
             let src = Dequantized {
                 store: &store,
                 mode,
+                head: (lm_head == HeadQuant::Auto).then(|| auto_head(mode)),
             };
             let oracle = Model::load(&CpuBackend, spec, &src).unwrap();
             let want = engine::prompt_logits(&CpuBackend, &oracle, prompt, true).unwrap();
             assert_eq!(
                 got, want,
-                "{fx} --quant {mode}: logits differ from the RTN-dequantized model"
+                "{fx} --quant {mode} --lm-head {lm_head}: logits differ from the \
+                 RTN-dequantized model"
             );
             let moved = max_rel_err(&got, &base);
             assert!(
                 moved > 1e-6,
-                "{fx} --quant {mode}: logits equal the unquantized ones ({moved:e}); was \
+                "{fx} --quant {mode} --lm-head {lm_head}: logits equal the unquantized ones \
+                 ({moved:e}); was \
                  anything quantized?"
             );
         }
@@ -199,6 +223,7 @@ fn quantize_on_load_works_on_synthetic_models() {
                     symmetric: true,
                     group: None,
                 }),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -220,6 +245,7 @@ fn quant_on_an_already_quantized_checkpoint_is_an_error() {
             &CpuBackend,
             &LoadOptions {
                 quant: Some(QuantMode::Int8),
+                ..Default::default()
             },
         )
         .err()
@@ -543,6 +569,7 @@ fn cli_quant_and_perplexity() {
                     symmetric: true,
                     group: None,
                 }),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -571,6 +598,7 @@ fn cli_quant_and_perplexity() {
             &CpuBackend,
             &LoadOptions {
                 quant: Some(QuantMode::Fp8),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -596,6 +624,60 @@ fn cli_quant_and_perplexity() {
         "int3",
     ]);
     assert!(!ok && err.contains("int3"), "{err}");
+    let (ok, _, err) = flint(&[
+        "logits",
+        "--model",
+        d,
+        "--prompt-ids",
+        "1",
+        "--quant",
+        "int8",
+        "--lm-head",
+        "int4",
+    ]);
+    assert!(
+        !ok && err.contains("--lm-head `int4`") && err.contains("bf16"),
+        "{err}"
+    );
+    // `--lm-head` reaches the load: on a fixture with its own lm_head (mixtral), `bf16` gives
+    // the library's logits with that option, and they differ from the default's (int8 head).
+    let mixtral = fixtures_dir().join("mixtral");
+    let cli_logits = |head: &str| {
+        let (ok, out, err) = flint(&[
+            "logits",
+            "--model",
+            mixtral.to_str().unwrap(),
+            "--prompt-ids",
+            "1,7,9",
+            "--quant",
+            "int8",
+            "--lm-head",
+            head,
+            "--device",
+            "cpu",
+        ]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["logits"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect::<Vec<f32>>()
+    };
+    let m = ModelRef::Dir(mixtral.clone())
+        .load_with(
+            &CpuBackend,
+            &LoadOptions {
+                quant: Some(QuantMode::Int8),
+                lm_head: HeadQuant::Bf16,
+            },
+        )
+        .unwrap();
+    let want = engine::prompt_logits(&CpuBackend, &m, &[1, 7, 9], false).unwrap();
+    let bf16_head = cli_logits("bf16");
+    assert_eq!(bf16_head, want);
+    assert_ne!(bf16_head, cli_logits("auto"), "--lm-head changed nothing");
     let (ok, _, err) = flint(&[
         "perplexity",
         "--model",

@@ -7,8 +7,12 @@
 //!   otherwise it is read by the importer of the checkpoint's format (`quant::load_quantized`).
 //! * [`QuantizeOnLoad`]: `--quant int8|int4[-asym][-g<group>]|fp8` on an f32/f16/bf16 checkpoint or a
 //!   synthetic model: every decoder linear weight (attention, MLP, experts, shared experts) is
-//!   quantized with round-to-nearest as it is read. Embeddings, norms, routers and lm_head stay
-//!   dense (lm_head is the most error-sensitive matrix and runs once per token).
+//!   quantized with round-to-nearest as it is read. Embeddings, norms and routers stay dense.
+//!   A separate lm_head gets 8 bits whatever the body's width ([`HeadQuant::Auto`]: int8 per
+//!   channel under int8 and int4, fp8 per channel under fp8), as llama.cpp gives its output
+//!   tensor more bits than a 4-bit body: it is the most error-sensitive matrix, and at batch 1
+//!   its 1.05 GB of bf16 (Llama-3-8B) would be a fifth of an int4 step's bytes.
+//!   `--lm-head bf16` keeps it as loaded; a head tied to the embeddings always stays dense.
 //!
 //! Every scheme flint quantizes on load is per output row (int8 per channel, int4 group-wise
 //! along K, fp8 per channel), so quantizing the fused q|k|v or a stacked `[E·2I, D]` expert
@@ -95,11 +99,67 @@ impl fmt::Display for QuantMode {
     }
 }
 
-/// How a model is loaded (the Rust API's side of `--quant`).
+/// What quantize-on-load does with a separate (untied) lm_head (`--lm-head`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeadQuant {
+    /// 8 bits in the body's family: int8 per channel under `--quant int8` and `int4`, fp8 per
+    /// channel under `--quant fp8`.
+    #[default]
+    Auto,
+    /// As loaded (bf16 on the GPU).
+    Bf16,
+    /// int8, one scale per output channel.
+    Int8,
+    /// fp8 e4m3, one scale per output channel.
+    Fp8,
+}
+
+impl HeadQuant {
+    /// How the head is quantized under a body quantized as `body` (`None`: dense).
+    pub fn mode(self, body: QuantMode) -> Option<QuantMode> {
+        match self {
+            HeadQuant::Auto => Some(match body {
+                QuantMode::Fp8 => QuantMode::Fp8,
+                QuantMode::Int8 | QuantMode::Int4 { .. } => QuantMode::Int8,
+            }),
+            HeadQuant::Bf16 => None,
+            HeadQuant::Int8 => Some(QuantMode::Int8),
+            HeadQuant::Fp8 => Some(QuantMode::Fp8),
+        }
+    }
+}
+
+impl FromStr for HeadQuant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => HeadQuant::Auto,
+            "bf16" => HeadQuant::Bf16,
+            "int8" => HeadQuant::Int8,
+            "fp8" => HeadQuant::Fp8,
+            _ => bail!("--lm-head `{s}` is not one of auto, bf16, int8, fp8"),
+        })
+    }
+}
+
+impl fmt::Display for HeadQuant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HeadQuant::Auto => "auto",
+            HeadQuant::Bf16 => "bf16",
+            HeadQuant::Int8 => "int8",
+            HeadQuant::Fp8 => "fp8",
+        })
+    }
+}
+
+/// How a model is loaded (the Rust API's side of `--quant` and `--lm-head`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Quantize the decoder's linear weights on load (float checkpoints only).
     pub quant: Option<QuantMode>,
+    /// With `quant`: what happens to a separate lm_head (ignored without `quant`).
+    pub lm_head: HeadQuant,
 }
 
 /// The int4 group size `--quant int4` uses for an input width `k`: 128, else 64 or 32, else
@@ -228,6 +288,8 @@ impl TensorSource for QuantStore {
 pub struct QuantizeOnLoad<'a> {
     pub inner: &'a dyn TensorSource,
     pub mode: QuantMode,
+    /// How a separate lm_head is quantized (`None`: left dense).
+    pub head: Option<QuantMode>,
 }
 
 impl TensorSource for QuantizeOnLoad<'_> {
@@ -239,11 +301,16 @@ impl TensorSource for QuantizeOnLoad<'_> {
     }
     fn load_linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
         let lin = self.inner.load_linear(name, rows, cols)?;
-        if name == names::LM_HEAD {
-            return Ok(lin);
-        }
+        let mode = if name == names::LM_HEAD {
+            match self.head {
+                Some(m) => m,
+                None => return Ok(lin),
+            }
+        } else {
+            self.mode
+        };
         match lin {
-            Linear::Dense(d) => quantize(self.mode, name, &d, rows, cols),
+            Linear::Dense(d) => quantize(mode, name, &d, rows, cols),
             Linear::Quant(_) => bail!(
                 "--quant {}: `{name}` is already quantized in the checkpoint; quantize-on-load \
                  applies to f32, f16 and bf16 checkpoints only",

@@ -174,11 +174,13 @@ impl Device {
             });
             match arch {
                 Ok(a) if a >= 90 => {}
-                Ok(a) => return Some(format!(
-                    "kernel `{name}` runs code compiled for compute_{a} on this sm_{major}{minor} \
-                         card (the fatbin has no image for it built for sm_90 or newer), where \
-                         its PDL waits are compiled out"
-                )),
+                Ok(a) => {
+                    return Some(format!(
+                        "kernel `{name}` runs code compiled for compute_{a} on this \
+                         sm_{major}{minor} card (the fatbin has no image for it built for sm_90 \
+                         or newer), where its PDL waits are compiled out"
+                    ))
+                }
                 Err(e) => return Some(format!("{e:#}")),
             }
         }
