@@ -62,8 +62,9 @@ typedef struct FlintConfig {
   bool enforce_eager;
   /*
    Quantize the linear weights on load, as `flint --quant`: "int8",
-   "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is). A bad string fails
-   with the reason in `flint_last_error`.
+   "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is), with a separate
+   lm_head at 8 bits as `--lm-head auto` does. A bad string fails with the reason in
+   `flint_last_error`.
    */
   const char *quant;
 } FlintConfig;

@@ -49,8 +49,9 @@ pub struct FlintConfig {
     /// default, replays them on "cuda" (the CPU has none).
     pub enforce_eager: bool,
     /// Quantize the linear weights on load, as `flint --quant`: "int8",
-    /// "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is). A bad string fails
-    /// with the reason in `flint_last_error`.
+    /// "int4[-asym][-g<group>]" or "fp8" (NULL = as the checkpoint is), with a separate
+    /// lm_head at 8 bits as `--lm-head auto` does. A bad string fails with the reason in
+    /// `flint_last_error`.
     pub quant: *const c_char,
 }
 
