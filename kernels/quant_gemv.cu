@@ -42,6 +42,13 @@
 //   2-way for int8/fp8, 4-way for int4).
 // - scalar path (K % 32 != 0, or unaligned): the same staging in the natural layout, one
 //   column per lane per step.
+// - the decode kernel (_t1) with int4 / int8 codes and one scale per load: per row and load
+//   s * sum_i x_i (q_i - z), the codes turned into floats by the magic-number decode
+//   (quant/dequant.cuh, magic8: one PRMT and one FADD per code, no I2F), ~4 instructions per
+//   weight where the per-code s * (q - z) took ~6: at Llama-3-8B's 7 G weights per token the
+//   old count was ~1.3 ms of issue on an H200, above int4's ~1.0 ms memory floor. The sum is
+//   regrouped (the same value up to f32 rounding); int8 on sm_80 keeps the per-code form
+//   (registers). UNVERIFIED on a GPU (host emulation: tests/fused_gemv, tests/moe).
 // - scales: one scale (and zero) per row per 16/32-code load when the group is a multiple of
 //   it and there is no g_idx; otherwise a lookup per code (quant/dequant.cuh's helpers),
 //   done one code at a time and one row at a time (x then read once per row), since having
@@ -75,6 +82,9 @@ using quant::code_at;
 using quant::code_of;
 using quant::Fmt;
 using quant::FP8;
+using quant::Magic;
+using quant::magic8;
+using quant::magic_prep;
 using quant::INT4;
 using quant::INT8;
 using quant::Row;
@@ -100,6 +110,14 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
     constexpr int P = C / VEC;          // 8-column pieces per load (2, or 4 for int4)
     // 16-byte loads per row each lane issues before using the first (see the header).
     constexpr int AHEAD = MAX_T == 1 ? 1 : 2;
+    // The decode kernel's integer codes: the regrouped sum with the magic-number decode. Not
+    // int8 on sm_80, where the norm-input instance held 2 registers too many and spilled.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 800
+    constexpr bool MAGIC_INT8 = false;
+#else
+    constexpr bool MAGIC_INT8 = true;
+#endif
+    constexpr bool MAGIC = UNIFORM && MAX_T == 1 && (F == INT4 || (F == INT8 && MAGIC_INT8));
     const int lane = threadIdx.x % WARP_SIZE, N = p.n;
     const int row_bytes = F == INT4 ? p.k / 2 : p.k;
     // Row pointers are formed where used (cheap integer math), not held across the loop:
@@ -134,6 +152,34 @@ __device__ __forceinline__ void vec_chunk(const QuantGemvParams &p, int n0, int 
                     s[r] = rw(r).scales[g];
                     z[r] = p.zeros ? rw(r).zeros[g] : p.zero_default;
                 }
+            }
+            if constexpr (MAGIC) {
+                // One token, integer codes: s * sum_i x_i (q_i - z) per row and load, the codes
+                // decoded by magic8 (quant/dequant.cuh): ~4 instructions per weight instead of
+                // ~6 (the reference's s * (q - z) per code, then its FMA). Same value up to
+                // the f32 rounding of the regrouped sum.
+                float part[ROWS], zb[ROWS];
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+                    part[r] = 0.0f;
+                    zb[r] = Magic<F>::BIAS + z[r];
+                    magic_prep<F>(raw[u][r]);
+                }
+#pragma unroll
+                for (int j = 0; j < P; ++j) {
+                    float xv[VEC];
+                    load8(&xs[(j * nc + c) * VEC], xv);
+#pragma unroll
+                    for (int r = 0; r < ROWS; ++r) {
+                        float v[VEC];
+                        magic8<F>(raw[u][r], j, v);
+#pragma unroll
+                        for (int i = 0; i < VEC; ++i) part[r] = fmaf(xv[i], v[i] - zb[r], part[r]);
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) acc[0][r] = fmaf(s[r], part[r], acc[0][r]);
+                continue;
             }
             // Decoded 8 codes per row at a time and used at once. int4 at up to 8 tokens: the
             // 4 pieces of a load one after another, not unrolled (unrolled, ptxas hoists the

@@ -177,6 +177,13 @@ inline float __uint_as_float(unsigned u) {
     std::memcpy(&x, &u, 4);
     return x;
 }
+// PRMT: result byte n is byte (s >> 4n) & 7 of the 8 bytes {y:x} (x bytes 0-3, y bytes 4-7).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const unsigned long long xy = (static_cast<unsigned long long>(y) << 32) | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; ++n) r |= static_cast<unsigned>((xy >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
+    return r;
+}
 inline float ceilf(float x) { return std::ceil(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float rintf(float x) { return std::rint(x); }  // round half to even (default mode)

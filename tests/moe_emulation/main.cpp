@@ -549,6 +549,7 @@ static void test_dense_qgemvs() {
     const QScheme schemes[] = {
         {"int8 per-channel", Q_INT8, 0, 0, false, false}, {"int8 g32", Q_INT8, 32, 32, false, false},
         {"int4 sym g32", Q_INT4, 32, 32, false, false},   {"int4 asym g16", Q_INT4, 16, 16, true, false},
+        {"int4 asym g32", Q_INT4, 32, 32, true, false},  // one scale and zero per load: _t1's magic decode
         {"int4 act-order g32", Q_INT4, 32, 32, false, true}, {"fp8 per-row", Q_FP8, 0, 0, false, false},
         {"fp8 blocks of 24", Q_FP8, 24, 24, false, false},
     };
