@@ -19,8 +19,11 @@
 //     key tiles that none of its own rows sees (causal or window: all masked = a no-op).
 //   hd 256: WARPS = 1, 16-row tiles, 32 threads (q 64 x 264 + K, V 32 x 264 bf16 would pass
 //     the 48 KiB of static smem).
-// Static smem: q 16*WARPS x (hd + 8), K and V 32 x (hd + 8) bf16: 34.8 KiB at hd 128 (4 warps),
-// 41.3 KiB at hd 256 (1 warp).
+// Q: at hd <= 128 each warp loads its Q A fragments once into registers (hd 128: 8 k-steps x
+// 4 registers), the q rows staged once through the K/V tiles' smem; at hd 256 (1 warp; 64
+// more registers would not fit beside O's 128) Q stays in its own smem, re-read every tile.
+// Static smem: K and V 32 x (hd + 8) bf16, plus q 16 x (hd + 8) at hd 256 only: 17.0 KiB at
+// hd 128 (4 warps), 41.3 KiB at hd 256 (1 warp). ptxas sm_90a: 166 registers at hd 128.
 // STATUS: the 4-warp 64-row version is UNVERIFIED on a GPU (host emulation only:
 // tests/attention_emulation); the 16-row single-warp version passed flint selftest on an H200.
 // Minimum arch sm_80 (mma.sync bf16).
@@ -83,9 +86,17 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     constexpr int STRIDE = HEAD_DIM + PAD;
     constexpr int DT = HEAD_DIM / 8;  // n-tiles of the output
     constexpr int CTA_ROWS = ROWS * WARPS, THREADS = WARP_SIZE * WARPS;
-    __shared__ __align__(16) bf16 q_s[CTA_ROWS * STRIDE];
-    __shared__ __align__(16) bf16 k_s[KEYS * STRIDE];
-    __shared__ __align__(16) bf16 v_s[KEYS * STRIDE];
+    // Q in registers at hd <= WIDE_MAX_HD: each warp's A fragments, loaded once (hd 128: 8
+    // k-steps x 4 registers). At hd 256 the 64 registers would not fit beside O's 128 (235
+    // registers already), so that path reads Q from its own smem every key tile, as before.
+    constexpr bool Q_REGS = HEAD_DIM <= WIDE_MAX_HD;
+    constexpr int KSTEPS = HEAD_DIM / 16;
+    constexpr int KV_TILE = KEYS * STRIDE;
+    // With Q in registers the q rows are staged once through the K/V tiles' smem.
+    static_assert(!Q_REGS || CTA_ROWS <= 2 * KEYS, "q rows fit the K/V tiles' smem");
+    __shared__ __align__(16) bf16 smem[2 * KV_TILE + (Q_REGS ? 0 : CTA_ROWS * STRIDE)];
+    bf16 *const k_s = smem, *const v_s = smem + KV_TILE;
+    bf16 *const q_s = Q_REGS ? smem : smem + 2 * KV_TILE;
     flint_pdl_wait();  // PDL: see common.cuh
     flint_pdl_launch_dependents();
 
@@ -113,6 +124,20 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     const int w_hi = w_last >= w_row0 ? first_pos + w_last / group + 1 : kv_lo;
     const int w_lo = p.window > 0 ? first_pos + w_row0 / group - p.window + 1 : 0;
     const bf16 *q_w = q_s + ROWS * warp * STRIDE;
+    // This warp's Q A fragments (Q_REGS), read once; the loop's first barrier keeps the K/V
+    // staging from overwriting q_s before every warp has them.
+    uint32_t qf[Q_REGS ? KSTEPS : 1][4];
+    if constexpr (Q_REGS) {
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+            const int k0 = kk * 16 + 2 * t4;
+            qf[kk][0] = ld2(q_w + g * STRIDE + k0);
+            qf[kk][1] = ld2(q_w + (g + 8) * STRIDE + k0);
+            qf[kk][2] = ld2(q_w + g * STRIDE + k0 + 8);
+            qf[kk][3] = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
+        }
+    }
 
     // This thread's two rows: g (half 0) and g + 8 (half 1). pos -1: a padded row, sees nothing.
     int pos[2], lo[2];
@@ -143,14 +168,22 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) s[j][c] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+        for (int kk = 0; kk < KSTEPS; ++kk) {
             const int k0 = kk * 16 + 2 * t4;
-            const uint32_t a0 = ld2(q_w + g * STRIDE + k0), a1 = ld2(q_w + (g + 8) * STRIDE + k0);
-            const uint32_t a2 = ld2(q_w + g * STRIDE + k0 + 8), a3 = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
+            uint32_t a[4];
+            if constexpr (Q_REGS) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) a[r] = qf[kk][r];
+            } else {
+                a[0] = ld2(q_w + g * STRIDE + k0);
+                a[1] = ld2(q_w + (g + 8) * STRIDE + k0);
+                a[2] = ld2(q_w + g * STRIDE + k0 + 8);
+                a[3] = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
+            }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const bf16 *kr = k_s + (8 * j + g) * STRIDE + k0;
-                mma16816(s[j], a0, a1, a2, a3, ld2(kr), ld2(kr + 8));
+                mma16816(s[j], a[0], a[1], a[2], a[3], ld2(kr), ld2(kr + 8));
             }
         }
 
