@@ -13,19 +13,28 @@
 // (query, group head) of one sequence and one kv head); block = WARPS warps, warp w owning
 // tile rows row0 + 16w .. +16 = the M of one mma, so no merge across warps is needed.
 //   hd <= FLINT_ATTN_MMA_WIDE_MAX_HD (128): WARPS = FLINT_ATTN_MMA_WARPS = 4, 64-row tiles,
-//     128 threads. All warps share each 32-key K/V tile (staged by all 128 threads), so a
+//     128 threads. All warps share each 32-key K/V tile (copied by all 128 threads), so a
 //     tile's K/V is read once per 64 rows instead of once per 16 (a quarter of the L2 traffic
 //     of 16-row tiles); the key range is the union over the CTA's rows, and a warp skips the
 //     key tiles that none of its own rows sees (causal or window: all masked = a no-op).
-//   hd 256: WARPS = 1, 16-row tiles, 32 threads (q 64 x 264 + K, V 32 x 264 bf16 would pass
-//     the 48 KiB of static smem).
-// Q: at hd <= 128 each warp loads its Q A fragments once into registers (hd 128: 8 k-steps x
-// 4 registers), the q rows staged once through the K/V tiles' smem; at hd 256 (1 warp; 64
-// more registers would not fit beside O's 128) Q stays in its own smem, re-read every tile.
-// Static smem: K and V 32 x (hd + 8) bf16, plus q 16 x (hd + 8) at hd 256 only: 17.0 KiB at
-// hd 128 (4 warps), 41.3 KiB at hd 256 (1 warp). ptxas sm_90a: 166 registers at hd 128.
-// STATUS: the 4-warp 64-row version is UNVERIFIED on a GPU (host emulation only:
-// tests/attention_emulation); the 16-row single-warp version passed flint selftest on an H200.
+//   hd 256: WARPS = 1, 16-row tiles, 32 threads (64 rows would need q 64 x 264 + K, V 32 x 264
+//     bf16, past the 48 KiB of static smem).
+// hd <= 128 (PIPE): each warp loads its Q A fragments once into registers (hd 128: 8 k-steps
+// x 4 registers), the q rows staged once through stage 1's smem; K/V tiles are double-buffered
+// with 16-byte cp.async (mma.cuh): at each tile one barrier (after waiting for this tile's
+// copies) frees the other stage, tile i + 1 is issued into it and streams in while tile i is
+// computed. Each key's 16-byte pieces find its own cache block (a tile may span blocks of any
+// block_size); keys past the CTA's last visible key (kv_hi) are zero-filled in smem, never read.
+// hd 256 (1 warp) keeps the synchronous single-buffered form with Q in its own smem, re-read
+// every tile: 64 Q registers would not fit beside O's 128 (234 registers already), and two
+// stages of 32 x 264 K and V (66 KiB) pass the 48 KiB of static smem.
+// Static smem: hd <= 128: 2 stages x K, V 32 x (hd + 8) bf16 = 34.0 KiB at hd 128 (4 warps);
+// hd 256: K, V 32 x 264 + q 16 x 264 = 41.3 KiB. ptxas sm_90a: 168 registers at hd 128 (3 CTAs
+// = 12 warps per SM), 234 at hd 256, no spills.
+// STATUS: UNVERIFIED on a GPU — Q in registers and the cp.async pipeline are checked by the
+// host emulation only (tests/attention_emulation; cp.async is a synchronous copy there, so it
+// checks the indexing and the barrier order, not the asynchrony); the 16-row single-warp
+// version (synchronous loads) passed flint selftest on an H200.
 // Minimum arch sm_80 (mma.sync bf16).
 //
 // Fragments of mma.m16n8k16.row.col (g = lane / 4, t = lane % 4; a register holds two bf16,
@@ -78,6 +87,35 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(FULL_MASK, v, 2);
 }
 
+// Issues the cp.async copies of keys [kv0, kv0 + NKEYS) of kv head kv_head from the paged cache
+// (block table bt; a tile may span cache blocks, each key finds its own) into k_s / v_s (row
+// stride STRIDE), 16 bytes each, NTHREADS threads sharing them; keys at and past kv_hi (the
+// last tile's tail, past the CTA's last row) are never read: their rows are zeroed with plain
+// stores (V must be finite there: those keys get p = 0, and 0 x NaN would poison O).
+// The caller commits the group and waits for it, then a barrier makes it everyone's.
+template <int HEAD_DIM, int NKEYS, int STRIDE, int NTHREADS>
+__device__ __forceinline__ void load_kv_async(const AttentionParams &p, bf16 *k_s, bf16 *v_s, int tid,
+                                              const int *bt, int kv_head, int kv0, int kv_hi) {
+    constexpr int CH = HEAD_DIM / VEC, N = NKEYS * CH;  // 16-byte chunks per row, per tile
+#pragma unroll
+    for (int i = 0; i < (N + NTHREADS - 1) / NTHREADS; ++i) {
+        const int e = tid + i * NTHREADS;
+        if (N % NTHREADS != 0 && e >= N) break;
+        const int j = e / CH, c = (e % CH) * VEC;
+        const int key = kv0 + j;
+        bf16 *const kd = k_s + j * STRIDE + c, *const vd = v_s + j * STRIDE + c;
+        if (key < kv_hi) {
+            const int64_t slot = int64_t(bt[key / p.block_size]) * p.block_size + key % p.block_size;
+            const int64_t at = (slot * p.num_kv_heads + kv_head) * HEAD_DIM + c;
+            cp_async16(kd, p.k_cache + at);
+            cp_async16(vd, p.v_cache + at);
+        } else {
+            *reinterpret_cast<uint4 *>(kd) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4 *>(vd) = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
 template <int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     static_assert(HEAD_DIM % 16 == 0, "head dim in k16 steps");
@@ -86,17 +124,20 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     constexpr int STRIDE = HEAD_DIM + PAD;
     constexpr int DT = HEAD_DIM / 8;  // n-tiles of the output
     constexpr int CTA_ROWS = ROWS * WARPS, THREADS = WARP_SIZE * WARPS;
-    // Q in registers at hd <= WIDE_MAX_HD: each warp's A fragments, loaded once (hd 128: 8
-    // k-steps x 4 registers). At hd 256 the 64 registers would not fit beside O's 128 (235
-    // registers already), so that path reads Q from its own smem every key tile, as before.
-    constexpr bool Q_REGS = HEAD_DIM <= WIDE_MAX_HD;
+    // PIPE (hd <= WIDE_MAX_HD): Q in registers, each warp's A fragments loaded once (hd 128:
+    // 8 k-steps x 4 registers), and the K/V tiles double-buffered with cp.async (tile i + 1
+    // streams in while tile i is computed). hd 256 keeps the synchronous single-buffered form
+    // with Q re-read from its own smem: 64 more registers would not fit beside O's 128 (235
+    // registers already), and two stages of 32 x 264 K and V (66 KiB) pass 48 KiB of static smem.
+    constexpr bool PIPE = HEAD_DIM <= WIDE_MAX_HD;
+    constexpr int STAGES = PIPE ? 2 : 1;
     constexpr int KSTEPS = HEAD_DIM / 16;
     constexpr int KV_TILE = KEYS * STRIDE;
-    // With Q in registers the q rows are staged once through the K/V tiles' smem.
-    static_assert(!Q_REGS || CTA_ROWS <= 2 * KEYS, "q rows fit the K/V tiles' smem");
-    __shared__ __align__(16) bf16 smem[2 * KV_TILE + (Q_REGS ? 0 : CTA_ROWS * STRIDE)];
-    bf16 *const k_s = smem, *const v_s = smem + KV_TILE;
-    bf16 *const q_s = Q_REGS ? smem : smem + 2 * KV_TILE;
+    // Stage s: K at smem + 2 s KV_TILE, V after it. PIPE stages the q rows once through stage 1
+    // (before its first K/V tile is issued); else q_s is its own array after the K/V tiles.
+    static_assert(!PIPE || CTA_ROWS <= 2 * KEYS, "q rows fit one stage's smem");
+    __shared__ __align__(16) bf16 smem[STAGES * 2 * KV_TILE + (PIPE ? 0 : CTA_ROWS * STRIDE)];
+    bf16 *const q_s = smem + 2 * KV_TILE;  // stage 1 (PIPE) or the q array
     flint_pdl_wait();  // PDL: see common.cuh
     flint_pdl_launch_dependents();
 
@@ -124,11 +165,15 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     const int w_hi = w_last >= w_row0 ? first_pos + w_last / group + 1 : kv_lo;
     const int w_lo = p.window > 0 ? first_pos + w_row0 / group - p.window + 1 : 0;
     const bf16 *q_w = q_s + ROWS * warp * STRIDE;
-    // This warp's Q A fragments (Q_REGS), read once; the loop's first barrier keeps the K/V
-    // staging from overwriting q_s before every warp has them.
-    uint32_t qf[Q_REGS ? KSTEPS : 1][4];
-    if constexpr (Q_REGS) {
-        __syncthreads();
+    // PIPE: the first K/V tile starts streaming into stage 0 now; this warp's Q A fragments
+    // are read once from stage 1, whose first tile is issued only after the loop's first
+    // barrier (every warp holds its fragments by then).
+    uint32_t qf[PIPE ? KSTEPS : 1][4];
+    if constexpr (PIPE) {
+        load_kv_async<HEAD_DIM, KEYS, STRIDE, THREADS>(p, smem, smem + KV_TILE, tid, bt, tile.kv_head,
+                                                       kv_lo, kv_hi);
+        cp_async_commit();
+        __syncthreads();  // q_s written
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; ++kk) {
             const int k0 = kk * 16 + 2 * t4;
@@ -154,10 +199,28 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 #pragma unroll
         for (int c = 0; c < 4; ++c) o[n][c] = 0.0f;
 
-    for (int kv0 = kv_lo; kv0 < kv_hi; kv0 += KEYS) {
-        __syncthreads();  // the previous tile fully read (and q_s written, the first time)
-        stage_kv<HEAD_DIM, KEYS, STRIDE>(p, k_s, v_s, tid, THREADS, bt, tile.kv_head, kv0, kv_hi);
-        __syncthreads();
+    for (int kv0 = kv_lo, it = 0; kv0 < kv_hi; kv0 += KEYS, ++it) {
+        const bf16 *k_s, *v_s;
+        if constexpr (PIPE) {
+            cp_async_wait<0>();  // this thread's copies of tile `it` landed
+            // Everyone's copies of tile `it` visible; every warp done with tile it - 1 (and,
+            // the first time, with q_s), so its stage may take tile it + 1.
+            __syncthreads();
+            bf16 *const nxt = smem + 2 * ((it + 1) % 2) * KV_TILE;
+            if (kv0 + KEYS < kv_hi) {
+                load_kv_async<HEAD_DIM, KEYS, STRIDE, THREADS>(p, nxt, nxt + KV_TILE, tid, bt, tile.kv_head,
+                                                               kv0 + KEYS, kv_hi);
+                cp_async_commit();
+            }
+            k_s = smem + 2 * (it % 2) * KV_TILE;
+        } else {
+            __syncthreads();  // the previous tile fully read (and q_s written, the first time)
+            stage_kv<HEAD_DIM, KEYS, STRIDE>(p, smem, smem + KV_TILE, tid, THREADS, bt, tile.kv_head, kv0,
+                                             kv_hi);
+            __syncthreads();
+            k_s = smem;
+        }
+        v_s = k_s + KV_TILE;
         // Warp-uniform: a key tile none of this warp's rows sees would change nothing.
         if (kv0 >= w_hi || kv0 + KEYS <= w_lo) continue;
 
@@ -171,7 +234,7 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
         for (int kk = 0; kk < KSTEPS; ++kk) {
             const int k0 = kk * 16 + 2 * t4;
             uint32_t a[4];
-            if constexpr (Q_REGS) {
+            if constexpr (PIPE) {
 #pragma unroll
                 for (int r = 0; r < 4; ++r) a[r] = qf[kk][r];
             } else {
