@@ -19,6 +19,9 @@
 //     key tiles that none of its own rows sees (causal or window: all masked = a no-op).
 //   hd 256: WARPS = 1, 16-row tiles, 32 threads (64 rows would need q 64 x 264 + K, V 32 x 264
 //     bf16, past the 48 KiB of static smem).
+// Fragments come from shared memory by ldmatrix.x4 (mma.cuh): Q's A and K's B fragments as
+// stored, V's B fragment with .trans (one instruction for 2 n-tiles x 16 keys, where the scalar
+// version needed 8 two-byte loads and 4 packs).
 // hd <= 128 (PIPE): each warp loads its Q A fragments once into registers (hd 128: 8 k-steps
 // x 4 registers), the q rows staged once through stage 1's smem; K/V tiles are double-buffered
 // with 16-byte cp.async (mma.cuh): at each tile one barrier (after waiting for this tile's
@@ -30,11 +33,12 @@
 // stages of 32 x 264 K and V (66 KiB) pass the 48 KiB of static smem.
 // Static smem: hd <= 128: 2 stages x K, V 32 x (hd + 8) bf16 = 34.0 KiB at hd 128 (4 warps);
 // hd 256: K, V 32 x 264 + q 16 x 264 = 41.3 KiB. ptxas sm_90a: 168 registers at hd 128 (3 CTAs
-// = 12 warps per SM), 234 at hd 256, no spills.
-// STATUS: UNVERIFIED on a GPU — Q in registers and the cp.async pipeline are checked by the
-// host emulation only (tests/attention_emulation; cp.async is a synchronous copy there, so it
-// checks the indexing and the barrier order, not the asynchrony); the 16-row single-warp
-// version (synchronous loads) passed flint selftest on an H200.
+// = 12 warps per SM), 238 at hd 256, no spills.
+// STATUS: UNVERIFIED on a GPU — Q in registers, the cp.async pipeline and ldmatrix are
+// checked by the host emulation only (tests/attention_emulation; cp.async is a synchronous
+// copy there, so it checks the indexing and the barrier order, not the asynchrony); the
+// 16-row single-warp version (synchronous loads, scalar fragments) passed flint selftest on
+// an H200.
 // Minimum arch sm_80 (mma.sync bf16).
 //
 // Fragments of mma.m16n8k16.row.col (g = lane / 4, t = lane % 4; a register holds two bf16,
@@ -47,8 +51,10 @@
 // 16kk..16kk+15 (FlashAttention-2's register reuse); B = V with k = key, col = head dim.
 // Softmax per row: each row's values live in the 4 threads of a quad (shuffle-xor 1 and 2).
 // Host check: tests/attention_emulation runs this source for the planner's Mma launches
-// against float64 (mma16816's asm replaced by the shim's lane-exact emulation under
-// FLINT_EMULATE); tests/emulate_attention_mma.py is an independent python model of it.
+// against float64 (mma16816's and ldmatrix's asm replaced by the shim's lane-exact emulations
+// under FLINT_EMULATE: the shim and this kernel read ldmatrix's layout from the same PTX ISA
+// text, so only a GPU checks that reading); tests/emulate_attention_mma.py is an independent
+// python model of the fragments' contents (how they are loaded does not enter it).
 #include "attention.cuh"
 #include "mma.cuh"
 
@@ -64,9 +70,6 @@ static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16 rows per warp,
 constexpr int WIDE_WARPS = FLINT_ATTN_MMA_WARPS;     // warps per CTA at hd <= WIDE_MAX_HD
 constexpr int WIDE_MAX_HD = FLINT_ATTN_MMA_WIDE_MAX_HD;
 
-
-// Two consecutive bf16 at p (4-byte aligned) as one register.
-__device__ __forceinline__ uint32_t ld2(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
 // Two bf16 from separate addresses: lo in the low half.
 __device__ __forceinline__ uint32_t pack2(bf16 lo, bf16 hi) {
@@ -165,6 +168,19 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     const int w_hi = w_last >= w_row0 ? first_pos + w_last / group + 1 : kv_lo;
     const int w_lo = p.window > 0 ? first_pos + w_row0 / group - p.window + 1 : 0;
     const bf16 *q_w = q_s + ROWS * warp * STRIDE;
+    // ldmatrix row addresses (lane l gives row l % 8 of matrix l / 8; mma.cuh), as offsets:
+    //   Q (A, x4): matrices (rows 0-7, k 0-7) (rows 8-15, k 0-7) (rows 0-7, k 8-15) (rows 8-15,
+    //     k 8-15) = a0..a3; + 16 kk columns per k-step.
+    //   K (B of QKᵀ, x4): (keys 0-7, k 0-7) (keys 0-7, k 8-15) (keys 8-15, k 0-7) (keys 8-15,
+    //     k 8-15) = b0, b1 of n-tiles 2jp, 2jp + 1; + 16 jp rows, + 16 kk columns.
+    //   V (B of PV, x4 .trans): (keys 0-7, dims 0-7) (keys 8-15, dims 0-7) (keys 0-7, dims 8-15)
+    //     (keys 8-15, dims 8-15) = b0, b1 of n-tiles 2np, 2np + 1; + 16 kk rows, + 16 np columns.
+    // Every row address is 16-byte aligned (STRIDE * 2 bytes is a multiple of 16), and a row
+    // stride of hd + 8 bf16 puts each 8-row matrix's rows in distinct banks.
+    const int mi = lane / 8, r8 = lane % 8;
+    const int q_lane = (8 * (mi % 2) + r8) * STRIDE + 8 * (mi / 2);
+    const int k_lane = (8 * (mi / 2) + r8) * STRIDE + 8 * (mi % 2);
+    const int v_lane = (8 * (mi % 2) + r8) * STRIDE + 8 * (mi / 2);
     // PIPE: the first K/V tile starts streaming into stage 0 now; this warp's Q A fragments
     // are read once from stage 1, whose first tile is issued only after the loop's first
     // barrier (every warp holds its fragments by then).
@@ -175,13 +191,7 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
         cp_async_commit();
         __syncthreads();  // q_s written
 #pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-            const int k0 = kk * 16 + 2 * t4;
-            qf[kk][0] = ld2(q_w + g * STRIDE + k0);
-            qf[kk][1] = ld2(q_w + (g + 8) * STRIDE + k0);
-            qf[kk][2] = ld2(q_w + g * STRIDE + k0 + 8);
-            qf[kk][3] = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
-        }
+        for (int kk = 0; kk < KSTEPS; ++kk) ldmatrix_x4(qf[kk], q_w + q_lane + 16 * kk);
     }
 
     // This thread's two rows: g (half 0) and g + 8 (half 1). pos -1: a padded row, sees nothing.
@@ -232,21 +242,19 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
             for (int c = 0; c < 4; ++c) s[j][c] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; ++kk) {
-            const int k0 = kk * 16 + 2 * t4;
             uint32_t a[4];
             if constexpr (PIPE) {
 #pragma unroll
                 for (int r = 0; r < 4; ++r) a[r] = qf[kk][r];
             } else {
-                a[0] = ld2(q_w + g * STRIDE + k0);
-                a[1] = ld2(q_w + (g + 8) * STRIDE + k0);
-                a[2] = ld2(q_w + g * STRIDE + k0 + 8);
-                a[3] = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
+                ldmatrix_x4(a, q_w + q_lane + 16 * kk);
             }
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const bf16 *kr = k_s + (8 * j + g) * STRIDE + k0;
-                mma16816(s[j], a[0], a[1], a[2], a[3], ld2(kr), ld2(kr + 8));
+            for (int jp = 0; jp < 2; ++jp) {
+                uint32_t b[4];
+                ldmatrix_x4(b, k_s + k_lane + 16 * jp * STRIDE + 16 * kk);
+                mma16816(s[2 * jp], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma16816(s[2 * jp + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
             }
         }
 
@@ -297,13 +305,12 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
             const uint32_t a1 = pack2f(s[2 * kk][2], s[2 * kk][3]);
             const uint32_t a2 = pack2f(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             const uint32_t a3 = pack2f(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            const bf16 *vr = v_s + (16 * kk + 2 * t4) * STRIDE + g;
 #pragma unroll
-            for (int n = 0; n < DT; ++n) {
-                const bf16 *vc = vr + 8 * n;
-                const uint32_t b0 = pack2(vc[0], vc[STRIDE]);
-                const uint32_t b1 = pack2(vc[8 * STRIDE], vc[9 * STRIDE]);
-                mma16816(o[n], a0, a1, a2, a3, b0, b1);
+            for (int np = 0; np < DT / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, v_s + v_lane + 16 * kk * STRIDE + 16 * np);
+                mma16816(o[2 * np], a0, a1, a2, a3, b[0], b[1]);
+                mma16816(o[2 * np + 1], a0, a1, a2, a3, b[2], b[3]);
             }
         }
     }
