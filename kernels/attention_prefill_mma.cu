@@ -32,8 +32,9 @@
 // every tile: 64 Q registers would not fit beside O's 128 (234 registers already), and two
 // stages of 32 x 264 K and V (66 KiB) pass the 48 KiB of static smem.
 // Static smem: hd <= 128: 2 stages x K, V 32 x (hd + 8) bf16 = 34.0 KiB at hd 128 (4 warps);
-// hd 256: K, V 32 x 264 + q 16 x 264 = 41.3 KiB. ptxas sm_90a: 168 registers at hd 128 (3 CTAs
-// = 12 warps per SM), 238 at hd 256, no spills.
+// hd 256: K, V 32 x 264 + q 16 x 264 = 41.3 KiB. ptxas: 168 registers at hd 128 on sm_80..90a
+// (__launch_bounds__(128, 3): 3 CTAs = 12 warps per SM where smem allows, sm_80 and sm_90; left
+// alone sm_86/89 took 200), 238 at hd 256, no spills.
 // STATUS: UNVERIFIED on a GPU — Q in registers, the cp.async pipeline and ldmatrix are
 // checked by the host emulation only (tests/attention_emulation; cp.async is a synchronous
 // copy there, so it checks the indexing and the barrier order, not the asynchrony); the
@@ -130,7 +131,7 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     // PIPE (hd <= WIDE_MAX_HD): Q in registers, each warp's A fragments loaded once (hd 128:
     // 8 k-steps x 4 registers), and the K/V tiles double-buffered with cp.async (tile i + 1
     // streams in while tile i is computed). hd 256 keeps the synchronous single-buffered form
-    // with Q re-read from its own smem: 64 more registers would not fit beside O's 128 (235
+    // with Q re-read from its own smem: 64 more registers would not fit beside O's 128 (238
     // registers already), and two stages of 32 x 264 K and V (66 KiB) pass 48 KiB of static smem.
     constexpr bool PIPE = HEAD_DIM <= WIDE_MAX_HD;
     constexpr int STAGES = PIPE ? 2 : 1;
@@ -337,5 +338,5 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd16(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<16, 4>(p); }
 extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd32(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<32, 4>(p); }
 extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd64(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<64, 4>(p); }
-extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128, 4>(p); }
+extern "C" __global__ __launch_bounds__(128, 3) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128, 4>(p); }
 extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd256(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<256, 1>(p); }
