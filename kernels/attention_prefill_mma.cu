@@ -13,16 +13,33 @@
 // (query, group head) of one sequence and one kv head); block = WARPS warps, warp w owning
 // tile rows row0 + 16w .. +16 = the M of one mma, so no merge across warps is needed.
 //   hd <= FLINT_ATTN_MMA_WIDE_MAX_HD (128): WARPS = FLINT_ATTN_MMA_WARPS = 4, 64-row tiles,
-//     128 threads. All warps share each 32-key K/V tile (staged by all 128 threads), so a
+//     128 threads. All warps share each 32-key K/V tile (copied by all 128 threads), so a
 //     tile's K/V is read once per 64 rows instead of once per 16 (a quarter of the L2 traffic
 //     of 16-row tiles); the key range is the union over the CTA's rows, and a warp skips the
 //     key tiles that none of its own rows sees (causal or window: all masked = a no-op).
-//   hd 256: WARPS = 1, 16-row tiles, 32 threads (q 64 x 264 + K, V 32 x 264 bf16 would pass
-//     the 48 KiB of static smem).
-// Static smem: q 16*WARPS x (hd + 8), K and V 32 x (hd + 8) bf16: 34.8 KiB at hd 128 (4 warps),
-// 41.3 KiB at hd 256 (1 warp).
-// STATUS: the 4-warp 64-row version is UNVERIFIED on a GPU (host emulation only:
-// tests/attention_emulation); the 16-row single-warp version passed flint selftest on an H200.
+//   hd 256: WARPS = 1, 16-row tiles, 32 threads (64 rows would need q 64 x 264 + K, V 32 x 264
+//     bf16, past the 48 KiB of static smem).
+// Fragments come from shared memory by ldmatrix.x4 (mma.cuh): Q's A and K's B fragments as
+// stored, V's B fragment with .trans (one instruction for 2 n-tiles x 16 keys, where the scalar
+// version needed 8 two-byte loads and 4 packs).
+// hd <= 128 (PIPE): each warp loads its Q A fragments once into registers (hd 128: 8 k-steps
+// x 4 registers), the q rows staged once through stage 1's smem; K/V tiles are double-buffered
+// with 16-byte cp.async (mma.cuh): at each tile one barrier (after waiting for this tile's
+// copies) frees the other stage, tile i + 1 is issued into it and streams in while tile i is
+// computed. Each key's 16-byte pieces find its own cache block (a tile may span blocks of any
+// block_size); keys past the CTA's last visible key (kv_hi) are zero-filled in smem, never read.
+// hd 256 (1 warp) keeps the synchronous single-buffered form with Q in its own smem, re-read
+// every tile: 64 Q registers would not fit beside O's 128 (234 registers already), and two
+// stages of 32 x 264 K and V (66 KiB) pass the 48 KiB of static smem.
+// Static smem: hd <= 128: 2 stages x K, V 32 x (hd + 8) bf16 = 34.0 KiB at hd 128 (4 warps);
+// hd 256: K, V 32 x 264 + q 16 x 264 = 41.3 KiB. ptxas: 168 registers at hd 128 on sm_80..90a
+// (__launch_bounds__(128, 3): 3 CTAs = 12 warps per SM where smem allows, sm_80 and sm_90; left
+// alone sm_86/89 took 200), 238 at hd 256, no spills.
+// STATUS: UNVERIFIED on a GPU — Q in registers, the cp.async pipeline and ldmatrix are
+// checked by the host emulation only (tests/attention_emulation; cp.async is a synchronous
+// copy there, so it checks the indexing and the barrier order, not the asynchrony); the
+// 16-row single-warp version (synchronous loads, scalar fragments) passed flint selftest on
+// an H200.
 // Minimum arch sm_80 (mma.sync bf16).
 //
 // Fragments of mma.m16n8k16.row.col (g = lane / 4, t = lane % 4; a register holds two bf16,
@@ -35,8 +52,10 @@
 // 16kk..16kk+15 (FlashAttention-2's register reuse); B = V with k = key, col = head dim.
 // Softmax per row: each row's values live in the 4 threads of a quad (shuffle-xor 1 and 2).
 // Host check: tests/attention_emulation runs this source for the planner's Mma launches
-// against float64 (mma16816's asm replaced by the shim's lane-exact emulation under
-// FLINT_EMULATE); tests/emulate_attention_mma.py is an independent python model of it.
+// against float64 (mma16816's and ldmatrix's asm replaced by the shim's lane-exact emulations
+// under FLINT_EMULATE: the shim and this kernel read ldmatrix's layout from the same PTX ISA
+// text, so only a GPU checks that reading); tests/emulate_attention_mma.py is an independent
+// python model of the fragments' contents (how they are loaded does not enter it).
 #include "attention.cuh"
 #include "mma.cuh"
 
@@ -52,9 +71,6 @@ static_assert(ROWS == CTA_Q && KEYS == CTA_KV, "the host plans 16 rows per warp,
 constexpr int WIDE_WARPS = FLINT_ATTN_MMA_WARPS;     // warps per CTA at hd <= WIDE_MAX_HD
 constexpr int WIDE_MAX_HD = FLINT_ATTN_MMA_WIDE_MAX_HD;
 
-
-// Two consecutive bf16 at p (4-byte aligned) as one register.
-__device__ __forceinline__ uint32_t ld2(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
 // Two bf16 from separate addresses: lo in the low half.
 __device__ __forceinline__ uint32_t pack2(bf16 lo, bf16 hi) {
@@ -75,6 +91,35 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(FULL_MASK, v, 2);
 }
 
+// Issues the cp.async copies of keys [kv0, kv0 + NKEYS) of kv head kv_head from the paged cache
+// (block table bt; a tile may span cache blocks, each key finds its own) into k_s / v_s (row
+// stride STRIDE), 16 bytes each, NTHREADS threads sharing them; keys at and past kv_hi (the
+// last tile's tail, past the CTA's last row) are never read: their rows are zeroed with plain
+// stores (V must be finite there: those keys get p = 0, and 0 x NaN would poison O).
+// The caller commits the group and waits for it, then a barrier makes it everyone's.
+template <int HEAD_DIM, int NKEYS, int STRIDE, int NTHREADS>
+__device__ __forceinline__ void load_kv_async(const AttentionParams &p, bf16 *k_s, bf16 *v_s, int tid,
+                                              const int *bt, int kv_head, int kv0, int kv_hi) {
+    constexpr int CH = HEAD_DIM / VEC, N = NKEYS * CH;  // 16-byte chunks per row, per tile
+#pragma unroll
+    for (int i = 0; i < (N + NTHREADS - 1) / NTHREADS; ++i) {
+        const int e = tid + i * NTHREADS;
+        if (N % NTHREADS != 0 && e >= N) break;
+        const int j = e / CH, c = (e % CH) * VEC;
+        const int key = kv0 + j;
+        bf16 *const kd = k_s + j * STRIDE + c, *const vd = v_s + j * STRIDE + c;
+        if (key < kv_hi) {
+            const int64_t slot = int64_t(bt[key / p.block_size]) * p.block_size + key % p.block_size;
+            const int64_t at = (slot * p.num_kv_heads + kv_head) * HEAD_DIM + c;
+            cp_async16(kd, p.k_cache + at);
+            cp_async16(vd, p.v_cache + at);
+        } else {
+            *reinterpret_cast<uint4 *>(kd) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4 *>(vd) = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
 template <int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     static_assert(HEAD_DIM % 16 == 0, "head dim in k16 steps");
@@ -83,9 +128,20 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     constexpr int STRIDE = HEAD_DIM + PAD;
     constexpr int DT = HEAD_DIM / 8;  // n-tiles of the output
     constexpr int CTA_ROWS = ROWS * WARPS, THREADS = WARP_SIZE * WARPS;
-    __shared__ __align__(16) bf16 q_s[CTA_ROWS * STRIDE];
-    __shared__ __align__(16) bf16 k_s[KEYS * STRIDE];
-    __shared__ __align__(16) bf16 v_s[KEYS * STRIDE];
+    // PIPE (hd <= WIDE_MAX_HD): Q in registers, each warp's A fragments loaded once (hd 128:
+    // 8 k-steps x 4 registers), and the K/V tiles double-buffered with cp.async (tile i + 1
+    // streams in while tile i is computed). hd 256 keeps the synchronous single-buffered form
+    // with Q re-read from its own smem: 64 more registers would not fit beside O's 128 (238
+    // registers already), and two stages of 32 x 264 K and V (66 KiB) pass 48 KiB of static smem.
+    constexpr bool PIPE = HEAD_DIM <= WIDE_MAX_HD;
+    constexpr int STAGES = PIPE ? 2 : 1;
+    constexpr int KSTEPS = HEAD_DIM / 16;
+    constexpr int KV_TILE = KEYS * STRIDE;
+    // Stage s: K at smem + 2 s KV_TILE, V after it. PIPE stages the q rows once through stage 1
+    // (before its first K/V tile is issued); else q_s is its own array after the K/V tiles.
+    static_assert(!PIPE || CTA_ROWS <= 2 * KEYS, "q rows fit one stage's smem");
+    __shared__ __align__(16) bf16 smem[STAGES * 2 * KV_TILE + (PIPE ? 0 : CTA_ROWS * STRIDE)];
+    bf16 *const q_s = smem + 2 * KV_TILE;  // stage 1 (PIPE) or the q array
     flint_pdl_wait();  // PDL: see common.cuh
     flint_pdl_launch_dependents();
 
@@ -113,6 +169,31 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
     const int w_hi = w_last >= w_row0 ? first_pos + w_last / group + 1 : kv_lo;
     const int w_lo = p.window > 0 ? first_pos + w_row0 / group - p.window + 1 : 0;
     const bf16 *q_w = q_s + ROWS * warp * STRIDE;
+    // ldmatrix row addresses (lane l gives row l % 8 of matrix l / 8; mma.cuh), as offsets:
+    //   Q (A, x4): matrices (rows 0-7, k 0-7) (rows 8-15, k 0-7) (rows 0-7, k 8-15) (rows 8-15,
+    //     k 8-15) = a0..a3; + 16 kk columns per k-step.
+    //   K (B of QKᵀ, x4): (keys 0-7, k 0-7) (keys 0-7, k 8-15) (keys 8-15, k 0-7) (keys 8-15,
+    //     k 8-15) = b0, b1 of n-tiles 2jp, 2jp + 1; + 16 jp rows, + 16 kk columns.
+    //   V (B of PV, x4 .trans): (keys 0-7, dims 0-7) (keys 8-15, dims 0-7) (keys 0-7, dims 8-15)
+    //     (keys 8-15, dims 8-15) = b0, b1 of n-tiles 2np, 2np + 1; + 16 kk rows, + 16 np columns.
+    // Every row address is 16-byte aligned (STRIDE * 2 bytes is a multiple of 16), and a row
+    // stride of hd + 8 bf16 puts each 8-row matrix's rows in distinct banks.
+    const int mi = lane / 8, r8 = lane % 8;
+    const int q_lane = (8 * (mi % 2) + r8) * STRIDE + 8 * (mi / 2);
+    const int k_lane = (8 * (mi / 2) + r8) * STRIDE + 8 * (mi % 2);
+    const int v_lane = (8 * (mi % 2) + r8) * STRIDE + 8 * (mi / 2);
+    // PIPE: the first K/V tile starts streaming into stage 0 now; this warp's Q A fragments
+    // are read once from stage 1, whose first tile is issued only after the loop's first
+    // barrier (every warp holds its fragments by then).
+    uint32_t qf[PIPE ? KSTEPS : 1][4];
+    if constexpr (PIPE) {
+        load_kv_async<HEAD_DIM, KEYS, STRIDE, THREADS>(p, smem, smem + KV_TILE, tid, bt, tile.kv_head,
+                                                       kv_lo, kv_hi);
+        cp_async_commit();
+        __syncthreads();  // q_s written
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) ldmatrix_x4(qf[kk], q_w + q_lane + 16 * kk);
+    }
 
     // This thread's two rows: g (half 0) and g + 8 (half 1). pos -1: a padded row, sees nothing.
     int pos[2], lo[2];
@@ -129,10 +210,28 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 #pragma unroll
         for (int c = 0; c < 4; ++c) o[n][c] = 0.0f;
 
-    for (int kv0 = kv_lo; kv0 < kv_hi; kv0 += KEYS) {
-        __syncthreads();  // the previous tile fully read (and q_s written, the first time)
-        stage_kv<HEAD_DIM, KEYS, STRIDE>(p, k_s, v_s, tid, THREADS, bt, tile.kv_head, kv0, kv_hi);
-        __syncthreads();
+    for (int kv0 = kv_lo, it = 0; kv0 < kv_hi; kv0 += KEYS, ++it) {
+        const bf16 *k_s, *v_s;
+        if constexpr (PIPE) {
+            cp_async_wait<0>();  // this thread's copies of tile `it` landed
+            // Everyone's copies of tile `it` visible; every warp done with tile it - 1 (and,
+            // the first time, with q_s), so its stage may take tile it + 1.
+            __syncthreads();
+            bf16 *const nxt = smem + 2 * ((it + 1) % 2) * KV_TILE;
+            if (kv0 + KEYS < kv_hi) {
+                load_kv_async<HEAD_DIM, KEYS, STRIDE, THREADS>(p, nxt, nxt + KV_TILE, tid, bt, tile.kv_head,
+                                                               kv0 + KEYS, kv_hi);
+                cp_async_commit();
+            }
+            k_s = smem + 2 * (it % 2) * KV_TILE;
+        } else {
+            __syncthreads();  // the previous tile fully read (and q_s written, the first time)
+            stage_kv<HEAD_DIM, KEYS, STRIDE>(p, smem, smem + KV_TILE, tid, THREADS, bt, tile.kv_head, kv0,
+                                             kv_hi);
+            __syncthreads();
+            k_s = smem;
+        }
+        v_s = k_s + KV_TILE;
         // Warp-uniform: a key tile none of this warp's rows sees would change nothing.
         if (kv0 >= w_hi || kv0 + KEYS <= w_lo) continue;
 
@@ -143,14 +242,20 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) s[j][c] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-            const int k0 = kk * 16 + 2 * t4;
-            const uint32_t a0 = ld2(q_w + g * STRIDE + k0), a1 = ld2(q_w + (g + 8) * STRIDE + k0);
-            const uint32_t a2 = ld2(q_w + g * STRIDE + k0 + 8), a3 = ld2(q_w + (g + 8) * STRIDE + k0 + 8);
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+            uint32_t a[4];
+            if constexpr (PIPE) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const bf16 *kr = k_s + (8 * j + g) * STRIDE + k0;
-                mma16816(s[j], a0, a1, a2, a3, ld2(kr), ld2(kr + 8));
+                for (int r = 0; r < 4; ++r) a[r] = qf[kk][r];
+            } else {
+                ldmatrix_x4(a, q_w + q_lane + 16 * kk);
+            }
+#pragma unroll
+            for (int jp = 0; jp < 2; ++jp) {
+                uint32_t b[4];
+                ldmatrix_x4(b, k_s + k_lane + 16 * jp * STRIDE + 16 * kk);
+                mma16816(s[2 * jp], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma16816(s[2 * jp + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
             }
         }
 
@@ -201,13 +306,12 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
             const uint32_t a1 = pack2f(s[2 * kk][2], s[2 * kk][3]);
             const uint32_t a2 = pack2f(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             const uint32_t a3 = pack2f(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            const bf16 *vr = v_s + (16 * kk + 2 * t4) * STRIDE + g;
 #pragma unroll
-            for (int n = 0; n < DT; ++n) {
-                const bf16 *vc = vr + 8 * n;
-                const uint32_t b0 = pack2(vc[0], vc[STRIDE]);
-                const uint32_t b1 = pack2(vc[8 * STRIDE], vc[9 * STRIDE]);
-                mma16816(o[n], a0, a1, a2, a3, b0, b1);
+            for (int np = 0; np < DT / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, v_s + v_lane + 16 * kk * STRIDE + 16 * np);
+                mma16816(o[2 * np], a0, a1, a2, a3, b[0], b[1]);
+                mma16816(o[2 * np + 1], a0, a1, a2, a3, b[2], b[3]);
             }
         }
     }
@@ -234,5 +338,5 @@ __device__ __forceinline__ void run_tile_mma(const AttentionParams &p) {
 extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd16(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<16, 4>(p); }
 extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd32(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<32, 4>(p); }
 extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd64(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<64, 4>(p); }
-extern "C" __global__ __launch_bounds__(128) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128, 4>(p); }
+extern "C" __global__ __launch_bounds__(128, 3) void attention_prefill_mma_bf16_hd128(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<128, 4>(p); }
 extern "C" __global__ __launch_bounds__(32) void attention_prefill_mma_bf16_hd256(const AttentionParams p) { flint::attention_prefill_mma::run_tile_mma<256, 1>(p); }

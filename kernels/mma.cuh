@@ -1,4 +1,4 @@
-// mma.cuh — the sm_80 tensor-core and async-copy primitives the tiled kernels share
+// mma.cuh — the sm_80 tensor-core, ldmatrix and async-copy primitives the tiled kernels share
 // (attention_prefill_mma.cu, moe.cu, quant_mma.cu): one definition each, so the host
 // emulation's stand-ins (tests/moe_emulation/cuda_shim.h, under FLINT_EMULATE) replace them
 // in one place. Needs common.cuh first.
@@ -21,6 +21,34 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8x8 matrices of b16 from shared memory,
+// warp-collective. Lane l gives the address of row l % 8 of matrix l / 8 (16 bytes, 16-byte
+// aligned); register r[m] receives matrix m's row lane / 4, columns 2 (lane % 4) and +1 (lower
+// column in the low half): for a row-major tile, exactly an mma A or B fragment register.
+// ldmatrix_x4_trans (.trans): r[m] receives matrix m's column lane / 4, rows 2 (lane % 4) and
+// +1 — the B fragment of a row-major [k][n] tile (V in PV). The host emulation's stand-in
+// (cuda_shim.h shim::ldmatrix_x4) gathers the same elements from the lanes' posted addresses.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *row) {
+#ifdef FLINT_EMULATE
+    shim::ldmatrix_x4(r, row, false);
+#else
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *row) {
+#ifdef FLINT_EMULATE
+    shim::ldmatrix_x4(r, row, true);
+#else
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 #endif
 }
 

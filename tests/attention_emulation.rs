@@ -1,15 +1,17 @@
-//! The attention kernels (kernels/attention_prefill.cu, attention_decode.cu + its reduce, and
-//! the tensor-core kernels/attention_prefill_mma.cu, its mma.sync done by the shim's
-//! `shim::mma16816` in PTX's lane-fragment layout) run on the host (tests/attention_emulation:
-//! CTAs as std::threads) for the launches the real planner (`AttnPlan`) makes, against a
-//! float64 reference read straight from the paged cache: ragged prefill, split-K decode, GQA,
-//! soft-cap, sliding window, every head dim; decode (kernels/attention_decode.cu) at batch 1-4
-//! with ragged contexts (1, 31, 32, 33, 1000, 4097), GQA groups 1-16, one split (out written
-//! by the decode kernel) and up to 64. Every prefill case runs both prefill paths
+//! The attention kernels (kernels/attention_prefill.cu, attention_decode.cu + its reduce, and the
+//! tensor-core kernels/attention_prefill_mma.cu, its mma.sync and ldmatrix done by the shim's
+//! `shim::mma16816` and `shim::ldmatrix_x4` in PTX's lane-fragment layouts) run on the host
+//! (tests/attention_emulation: CTAs as std::threads) for the launches the real planner (`AttnPlan`)
+//! makes, against a float64 reference read straight from the paged cache: ragged prefill, split-K
+//! decode, GQA, soft-cap, sliding window, every head dim; decode (kernels/attention_decode.cu) at
+//! batch 1-4 with ragged contexts (1, 31, 32, 33, 1000, 4097), GQA groups 1-16, one split (out
+//! written by the decode kernel) and up to 64. Every prefill case runs both prefill paths
 //! (`PrefillPath::Fma` and `Mma`). It checks the planner/kernel contract and the kernels' index
-//! math without a GPU (not their speed). Planted errors must fail: a wrong block-table row, and
-//! (a second build with FLINT_SHIM_MMA_SWAP_B) every lane's two B fragment registers swapped. Needs a C++20 compiler and the
-//! CUDA headers scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
+//! math without a GPU (not their speed). Planted errors must fail: a wrong block-table row, and (a
+//! second build with FLINT_SHIM_MMA_SWAP_B) every lane's two B fragment registers swapped, and (a
+//! third, FLINT_SHIM_LDMATRIX_NO_TRANS) V's ldmatrix without .trans. Needs a
+//! C++20 compiler and the CUDA headers scripts/setup.sh installs; skips without them unless
+//! FLINT_REQUIRE_KERNELS=1.
 
 mod common;
 
@@ -427,4 +429,38 @@ fn attention_mma_planted_fragment_swap_fails() {
         );
     }
     assert!(ran > 0, "no prefill case ran");
+}
+
+/// The ldmatrix stand-in is on the checked path: with FLINT_SHIM_LDMATRIX_NO_TRANS its .trans is
+/// ignored (V's B fragment read as stored, a kernel that forgot .trans), which must fail at a
+/// 4-warp head dim and at the one-warp hd 256.
+#[test]
+fn attention_mma_planted_ldmatrix_no_trans_fails() {
+    let Some(exe) = build_emulation(
+        "attention_mma_planted_ldmatrix_no_trans_fails",
+        "tests/attention_emulation/main.cpp",
+        "attention_emulation_ldmatrix_no_trans",
+        &["FLINT_SHIM_LDMATRIX_NO_TRANS"],
+    ) else {
+        return;
+    };
+    let all = cases();
+    let picked: Vec<&Case> = all
+        .iter()
+        .filter(|c| c.name.starts_with("ragged prefill") || c.name == "prefill hd 256")
+        .collect();
+    assert_eq!(picked.len(), 2);
+    for c in picked {
+        let (kind, err, _) = run(&exe, c, PrefillPath::Mma, false);
+        assert_eq!(kind, AttnKernel::Prefill);
+        eprintln!(
+            "{} (mma, ldmatrix without .trans): rel-L2 {err:.2e}",
+            c.name
+        );
+        assert!(
+            err > 0.1,
+            "{}: V read without .trans went unnoticed ({err:.2e})",
+            c.name
+        );
+    }
 }

@@ -10,6 +10,9 @@ Run: python3 tests/emulate_attention_mma.py (numpy); tests/attention_mma_emulati
 It models one warp's 16 rows (the kernel's single-warp hd-256 tiles; at hd <= 128 each of the
 four warps of a 64-row tile runs the same per-warp code). The kernel source itself, 4-warp
 tiles included, runs on the host in tests/attention_emulation.
+It models the fragments' contents, not how they are loaded: the kernel's Q fragments held in
+registers, cp.async double buffering and ldmatrix(.trans) loads (branch attnpipe) fill the
+same registers with the same values, so this model still applies unchanged.
 """
 import numpy as np
 rng = np.random.default_rng(0)

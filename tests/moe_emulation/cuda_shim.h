@@ -12,6 +12,8 @@
 //   layout: every lane posts its registers, each rebuilds A and B from the owning lanes and
 //   computes its own four accumulators in f32 (a lane that passes a wrong register shows);
 // - __ldcs is a plain load;
+// - ldmatrix (x4, .trans) gathers each lane's registers from the addresses the warp's lanes
+//   posted, in PTX's layout (shim::ldmatrix_x4);
 // - cp.async is a synchronous 16-byte copy (the emulation checks indexing and barrier
 //   placement, not asynchronous timing).
 #pragma once
@@ -24,6 +26,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -155,6 +159,36 @@ inline void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint3
         for (int k = 0; k < 16; ++k) s += a[row][k] * b[k][col];
         d[c] += s;
     }
+}
+
+/// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 — called by all 32 lanes of a warp: lane l
+/// posts the address of row l % 8 of matrix l / 8 (16-byte aligned, else the emulation stops,
+/// as the GPU would fault). Lane (g = lane / 4, t = lane % 4) gets in r[m] matrix m's elements
+/// (row g, cols 2t, 2t+1), or with .trans (rows 2t, 2t+1, col g); lower one in the low half.
+/// FLINT_SHIM_LDMATRIX_NO_TRANS (a planted error of tests/attention_emulation.rs): .trans is
+/// ignored, as a kernel that loaded V's B fragment without it would get.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void *row, bool trans) {
+#ifdef FLINT_SHIM_LDMATRIX_NO_TRANS
+    trans = false;
+#endif
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+        std::fprintf(stderr, "ldmatrix: lane %d row address %p is not 16-byte aligned\n", lane, row);
+        std::abort();
+    }
+    cta->slots[threadIdx.x] = reinterpret_cast<uintptr_t>(row);
+    cta->warp[w]->arrive_and_wait();
+    const int g = lane / 4, t = lane % 4;
+    auto at = [&](int m, int rr, int c) {  // matrix m, row rr, column c
+        uint16_t v;
+        std::memcpy(&v, reinterpret_cast<const unsigned char *>(cta->slots[w * 32 + 8 * m + rr]) + 2 * c, 2);
+        return uint32_t(v);
+    };
+    uint32_t out[4];
+    for (int m = 0; m < 4; ++m)
+        out[m] = trans ? at(m, 2 * t, g) | at(m, 2 * t + 1, g) << 16 : at(m, g, 2 * t) | at(m, g, 2 * t + 1) << 16;
+    cta->warp[w]->arrive_and_wait();  // every lane has read the warp's addresses
+    for (int m = 0; m < 4; ++m) r[m] = out[m];
 }
 }  // namespace shim
 
