@@ -24,6 +24,21 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
 #endif
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.b16: four 8 x 8 bf16 matrices from shared memory, one
+// register each. Lane l gives the address of row l % 8 of matrix l / 8 (16 contiguous bytes);
+// it receives, of every matrix i, row l / 4's elements 2 (l % 4) and 2 (l % 4) + 1 in r[i]
+// (the lower column in the low half): the layout of an mma16816 A or B fragment register.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *smem) {
+#ifdef FLINT_EMULATE  // the host emulation (tests/moe_emulation/cuda_shim.h): same lanes
+    shim::ldmatrix_x4(r, smem);
+#else
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#endif
+}
+
 // cp.async: a 16-byte global -> shared copy that skips the registers, so the next tile
 // streams in while this one is used. .cg: cache in L2 only (tiles are read once per CTA).
 #ifndef FLINT_EMULATE

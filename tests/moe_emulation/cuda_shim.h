@@ -11,6 +11,8 @@
 // - the warp-collective mma.sync m16n8k16 bf16 (shim::mma16816) keeps PTX's per-lane fragment
 //   layout: every lane posts its registers, each rebuilds A and B from the owning lanes and
 //   computes its own four accumulators in f32 (a lane that passes a wrong register shows);
+// - ldmatrix.x4 (shim::ldmatrix_x4) likewise: every lane posts its row address and reads its
+//   words from the rows the owning lanes posted;
 // - __ldcs is a plain load;
 // - cp.async is a synchronous 16-byte copy (the emulation checks indexing and barrier
 //   placement, not asynchronous timing).
@@ -155,6 +157,21 @@ inline void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint3
         for (int k = 0; k < 16; ++k) s += a[row][k] * b[k][col];
         d[c] += s;
     }
+}
+
+/// ldmatrix.sync.aligned.m8n8.x4.shared.b16 r, [addr] — called by all 32 lanes of a warp: lane
+/// l posts the address of row l % 8 of matrix l / 8; every lane then reads, of each matrix i,
+/// row l / 4's 32-bit word at byte 4 (l % 4) (elements 2 (l % 4), 2 (l % 4) + 1) into r[i],
+/// from the row address lane 8 i + l / 4 posted (a lane that posts a wrong row shows).
+inline void ldmatrix_x4(uint32_t (&r)[4], const void *addr) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    cta->slots[threadIdx.x] = reinterpret_cast<uint64_t>(addr);
+    cta->warp[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const auto *row = reinterpret_cast<const unsigned char *>(cta->slots[w * 32 + 8 * i + lane / 4]);
+        std::memcpy(&r[i], row + 4 * (lane % 4), 4);
+    }
+    cta->warp[w]->arrive_and_wait();  // every lane has read the posted addresses
 }
 }  // namespace shim
 

@@ -260,8 +260,11 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
         dn.w = ddn;
         if (grouped) {
             const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
-            launch(gate_up_gemm, dim3(tiles, (I + 63) / 64), dim3(128), gu);
-            launch(moe_down_bf16, dim3(tiles, (D + 63) / 64), dim3(128), dn);
+            // The mma.sync grouped GEMM: 128 gate_up / 256 down columns per CTA, 256 threads
+            // (src/backend/cuda/moe.rs grouped_tile).
+            const int gu_cols = FLINT_MOE_MMA_B_ROWS / 2, dn_cols = FLINT_MOE_MMA_B_ROWS;
+            launch(gate_up_gemm, dim3(tiles, (I + gu_cols - 1) / gu_cols), dim3(FLINT_MOE_MMA_THREADS), gu);
+            launch(moe_down_bf16, dim3(tiles, (D + dn_cols - 1) / dn_cols), dim3(FLINT_MOE_MMA_THREADS), dn);
         } else {
             const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
             launch(gate_up_gemv, dim3((I + 3) / 4, tiles), dim3(128), gu);
@@ -666,6 +669,11 @@ int main(int argc, char **argv) {
     // GEMV emulation is slow), then two tiles each on both paths.
     test_experts(150, 8, 2, 40, 72, SILU, ALL_SAME, false, g);
     test_experts(70, 4, 2, 16, 8, SILU, ALL_SAME, true, g);
+    // The mma grouped GEMM's wider tiles: gate_up over two column blocks (I 200: the second
+    // one ragged) and 5 K steps (D 136: more than the 4 stages, the last one partial); down
+    // over two column blocks (D 264) and 7 K steps; two 64-row tiles on some experts.
+    test_experts(90, 4, 2, 264, 200, GELU_TANH, RANDOM, false, g);
+    test_experts(40, 3, 2, 136, 200, SILU, RANDOM, false, g);
     test_sigmoid_gate_add(3, 100, g);
     test_sigmoid_gate_add(2, 33, g);
     test_quant();
