@@ -25,21 +25,26 @@
 //   UNVERIFIED on a GPU (compiled, register-checked, and run lane-exactly on the host
 //   emulation only). Grid = (max_tiles, ceil(n_dim / BN)), BN = 128 columns (gate_up) or 256
 //   (down); a CTA whose tile has no expert (-1) exits at once, so experts with no tokens cost
-//   one early-exit CTA per empty tile slot and read no weights. Block: 256 threads, 8 warps in
-//   2 (M) x 4 (N). Tile map: the CTA multiplies the TILE_M = 64 dispatch rows by 256 weight
+//   one early-exit CTA per empty tile slot and read no weights. A CTA takes a PAIR of its
+//   expert's 64-row dispatch tiles (128 rows: the CTA of an even-rank tile takes it and the
+//   next one if the expert has it; the odd-rank CTA exits at once), so each weight byte
+//   staged serves 128 rows while dispatch keeps TILE_M = 64 (no more padding for many small
+//   experts). Block: 256 threads, 8 warps in 2 (M) x 4 (N). Tile map: 128 rows x 256 weight
 //   rows (gate_up: gate rows n0..n0+127 and the up rows of the same columns; down: rows
-//   n0..n0+255); warp (wm, wn) owns A rows 32 wm..+31 and 64 weight rows (gate_up: gate
-//   columns 32 wn..+31 and their 32 up rows, so act(gate) * up is element-wise in one lane's
-//   registers; down: columns 64 wn..+63): 2 x 8 m16n8 accumulators = 64 f32 per thread, per
-//   k16 2 A + 4 B ldmatrix.x4 and 16 mma. K step 32, 4 stages in flight (16-byte cp.async,
-//   one commit group per step, one barrier per step; plain loads for a K that is not a
-//   multiple of 8 or a misaligned operand). Shared memory: 4 x (64 + 256) rows x 64 bytes =
-//   80 KiB DYNAMIC (params.h FLINT_MOE_MMA_SMEM_BYTES; the host raises the kernels' limit at
-//   load), rows unpadded with chunk c of row r at c ^ ((r >> 1) & 3) (conflict-free ldmatrix
-//   and cp.async), + 256 B static (the tile's row sources). Epilogue straight from the
-//   fragments: bf16x2 stores of (row, 2 columns), down scaled by the routing weight, padding
-//   rows and columns past N skipped. Registers (FLINT_PTXAS_VERBOSE=1, sm_90a): 128 (the
-//   bound of 2 CTAs per SM), 0 spills.
+//   n0..n0+255); warp (wm, wn) owns rows 64 wm..+63 (dispatch tile wm of the pair) and 64
+//   weight rows (gate_up: gate columns 32 wn..+31 and their 32 up rows, so act(gate) * up is
+//   element-wise in one lane's registers; down: columns 64 wn..+63): 4 x 8 m16n8
+//   accumulators = 128 f32 per thread, per k16 4 A + 4 B ldmatrix.x4 and 32 mma. A pair with
+//   one tile: warps wm = 1 skip their math (warp-uniform), the stage holds zeros there. K
+//   step 32, 4 stages in flight (16-byte cp.async, one commit group per step, one barrier per
+//   step; plain loads for a K that is not a multiple of 8 or a misaligned operand). Shared
+//   memory: 4 x (128 + 256) rows x 64 bytes = 96 KiB DYNAMIC (params.h
+//   FLINT_MOE_MMA_SMEM_BYTES; the host raises the kernels' limit at load), rows unpadded with
+//   chunk c of row r at c ^ ((r >> 1) & 3) (conflict-free ldmatrix and cp.async), + 512 B
+//   static (the pair's row sources). Epilogue straight from the fragments: bf16x2 stores of
+//   (row, 2 columns), down scaled by the routing weight, padding rows and columns past N
+//   skipped. Registers (FLINT_PTXAS_VERBOSE=1, sm_90a): 237-238, 0 spills; 1 CTA (8 warps)
+//   per SM.
 // moe_{gate_up_<i8|i4|fp8>_<act>, down_<i8|i4|fp8>}(MoeQuantGemmParams) keep the version-3
 //   tile (below): grid (max_tiles, ceil(n_dim / 64)), 4 warps in 2 x 2, each a 32 x 32 quarter
 //   of the 64 x 64 tile, nvcuda::wmma 16x16x16, K step 32 double-buffered, gate and up
@@ -72,8 +77,8 @@
 // Versions: 1. simple staged loads; 2. cp.async double-buffered K loop in the grouped GEMM;
 // 3. quantized experts decoded in the grouped GEMM's main loop (was: a dequantize pass
 // into an E x 2I x D bf16 scratch, 1.9 GB at Mixtral-8x7B, then the bf16 GEMM); 4. (now, branch
-// moegemm, UNVERIFIED on a GPU) the bf16 grouped GEMM on mma.sync + ldmatrix, 64 x 256-row
-// CTA tiles of 8 warps, 4 cp.async stages, swizzled smem (was: 64 x 64 wmma tiles of 4 warps,
+// moegemm, UNVERIFIED on a GPU) the bf16 grouped GEMM on mma.sync + ldmatrix, 128 x 256-row
+// CTA tiles (pairs of dispatch tiles) of 8 warps, 4 cp.async stages, swizzled smem (was: 64 x 64 wmma tiles of 4 warps,
 // 2 stages, 18.7 ms for a Mixtral layer at 4096 tokens on an H200 against torch's 6.0 ms;
 // bench/NOTES.md prediction 14). The quantized grouped GEMM keeps version 3's tile.
 // Next: wgmma/TMA on sm_90 for the large-token case; the quantized B decode on this tile.
@@ -544,21 +549,24 @@ __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
 // bf16 grouped GEMM on mma.sync (the quantized experts above keep the wmma tile)
 
 constexpr int MMA_THREADS = FLINT_MOE_MMA_THREADS;
+constexpr int MMA_ROWS = FLINT_MOE_MMA_ROWS;        // A rows a CTA: two dispatch tiles
 constexpr int MMA_B_ROWS = FLINT_MOE_MMA_B_ROWS;
 constexpr int MMA_BK = FLINT_MOE_MMA_BK;
 constexpr int MMA_STAGES = FLINT_MOE_MMA_STAGES;
 constexpr int MMA_CHUNKS = MMA_BK / VEC;            // 16-byte chunks per staged row
 constexpr int MMA_ROW_BYTES = MMA_BK * 2;           // 64: rows are not padded (swizzled)
-constexpr int MMA_A_BYTES = TILE_M * MMA_ROW_BYTES;
-constexpr int MMA_STAGE_BYTES = (TILE_M + MMA_B_ROWS) * MMA_ROW_BYTES;
+constexpr int MMA_A_BYTES = MMA_ROWS * MMA_ROW_BYTES;
+constexpr int MMA_STAGE_BYTES = (MMA_ROWS + MMA_B_ROWS) * MMA_ROW_BYTES;
 constexpr int MMA_WARPS_N = 4;                      // warps 2 (M) x 4 (N)
-constexpr int MMA_B_PER_THREAD = MMA_B_ROWS * MMA_CHUNKS / MMA_THREADS;
+constexpr int MMA_LOAD_ROWS = MMA_THREADS / MMA_CHUNKS;  // rows one pass of the CTA stages
+constexpr int MMA_A_PER_THREAD = MMA_ROWS / MMA_LOAD_ROWS;
+constexpr int MMA_B_PER_THREAD = MMA_B_ROWS / MMA_LOAD_ROWS;
 static_assert(MMA_STAGES * MMA_STAGE_BYTES == FLINT_MOE_MMA_SMEM_BYTES, "params.h's smem size");
 static_assert(MMA_CHUNKS == 4, "swz() is the swizzle of 4 chunks per row");
-static_assert(TILE_M * MMA_CHUNKS == MMA_THREADS, "A stage: one chunk per thread");
-static_assert(MMA_B_PER_THREAD == 4, "B stage: four chunks per thread");
-static_assert(MMA_THREADS == 32 * 2 * MMA_WARPS_N && TILE_M == 2 * 32 && MMA_B_ROWS == MMA_WARPS_N * 64,
-              "each warp: 32 rows x 64 weight rows");
+static_assert(MMA_ROWS == 2 * TILE_M && MMA_LOAD_ROWS == TILE_M, "warp row wm stages and owns dispatch tile wm");
+static_assert(MMA_A_PER_THREAD == 2 && MMA_B_PER_THREAD == 4, "chunks per thread per stage");
+static_assert(MMA_THREADS == 32 * 2 * MMA_WARPS_N && MMA_B_ROWS == MMA_WARPS_N * 64,
+              "each warp: 64 rows x 64 weight rows");
 
 // Byte offset of 16-byte chunk c of staged row r. Chunk c sits at position c ^ ((r >> 1) & 3),
 // so the 8 consecutive rows one ldmatrix phase reads at the same c fall on 8 distinct 16-byte
@@ -566,13 +574,18 @@ static_assert(MMA_THREADS == 32 * 2 * MMA_WARPS_N && TILE_M == 2 * 32 && MMA_B_R
 // cp.async stores (8 rows x 4 chunks) cover 512 contiguous bytes.
 __device__ __forceinline__ int swz(int r, int c) { return r * MMA_ROW_BYTES + 16 * (c ^ ((r >> 1) & 3)); }
 
-// Same contract as grouped_gemm<BF16> (dispatch tables, epilogue), different tile: the CTA
-// stages TILE_M = 64 rows of A and 256 weight rows (GATED: gate rows n0..n0+127 then the up
-// rows of the same columns; down: rows n0..n0+255) per 32-column K step, 4 steps in flight
-// (cp.async, one commit group per step). Warp (wm, wn) of 2 x 4 multiplies A rows 32 wm.. by
-// 64 weight rows: GATED 32 gate + the 32 up rows of the same columns (so act(gate) * up is
-// element-wise in one lane's registers), down 64 columns. Per k16: 2 + 4 ldmatrix.x4, 16
-// mma16816; 64 f32 accumulators per thread.
+// Same contract as grouped_gemm<BF16> (dispatch tables, epilogue), a larger tile. A CTA takes
+// two consecutive dispatch tiles of one expert (128 rows): the CTA of an expert's tile of even
+// rank (tile - offsets[e] / TILE_M) takes it and the next one when the expert has it; the CTA
+// of an odd rank exits at once (its rows are its predecessor's second half). Dispatch, its
+// TILE_M = 64 padding and the grid are unchanged. Against those 128 rows it multiplies 256
+// weight rows (GATED: gate rows n0..n0+127 then the up rows of the same columns; down: rows
+// n0..n0+255), per 32-column K step, 4 steps in flight (cp.async, one commit group per
+// step). Warp (wm, wn) of 2 x 4 multiplies rows 64 wm.. (dispatch tile wm of the pair) by 64
+// weight rows: GATED 32 gate + the 32 up rows of the same columns (so act(gate) * up is
+// element-wise in one lane's registers), down 64 columns. Per k16: 4 + 4 ldmatrix.x4, 32
+// mma16816; 128 f32 accumulators per thread. A pair with one tile: the second row of warps
+// stages zeros and skips its math (warp-uniform) but keeps the barriers.
 template <class Act, bool GATED>
 __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
 #ifdef FLINT_EMULATE  // the shim has no dynamic shared memory: a static of the same size
@@ -580,7 +593,7 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
 #else
     extern __shared__ __align__(128) unsigned char smem[];
 #endif
-    __shared__ int s_row[TILE_M];
+    __shared__ int s_row[MMA_ROWS];
     flint_pdl_wait();  // PDL: see common.cuh
     flint_pdl_launch_dependents();
     constexpr int NB = GATED ? 2 : 1;
@@ -588,23 +601,31 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
     const int tile = blockIdx.x;
     const int e = p.tile_expert[tile];
     if (e < 0) return;  // past the last used tile: uniform over the CTA, before any barrier
+    if ((tile - p.offsets[e] / TILE_M) & 1) return;  // the second tile of its pair (ditto)
+    const bool two = tile + 1 < p.max_tiles && p.tile_expert[tile + 1] == e;
     const int N = p.n_dim, K = p.k_dim;
     const int n0 = blockIdx.y * BN;
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int wm = warp / MMA_WARPS_N, wn = warp % MMA_WARPS_N;
+    const bool live = wm == 0 || two;  // this warp's 64 rows hold assignments
 
-    if (tid < TILE_M) s_row[tid] = p.row_src[static_cast<int64_t>(tile) * TILE_M + tid];
+    if (tid < MMA_ROWS)
+        s_row[tid] = tid < TILE_M || two ? p.row_src[static_cast<int64_t>(tile) * TILE_M + tid] : -1;
     __syncthreads();
 
-    // Staging: thread tid copies chunk lc of A row lr and of weight rows lr + 64 i.
+    // Staging: thread tid copies chunk lc of A rows lr + 64 i and of weight rows lr + 64 i.
     const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
     const int lc = tid % MMA_CHUNKS, lr = tid / MMA_CHUNKS;
-    const int a_row = s_row[lr];
-    const bf16 *const a_src = a_row >= 0 ? p.a + static_cast<int64_t>(a_row / p.a_div) * K : nullptr;
+    const bf16 *a_src[MMA_A_PER_THREAD];  // null: a padding row (zeros)
+#pragma unroll
+    for (int i = 0; i < MMA_A_PER_THREAD; ++i) {
+        const int a = s_row[lr + MMA_LOAD_ROWS * i];
+        a_src[i] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
+    }
     const bf16 *b_src[MMA_B_PER_THREAD];  // null: a column past N (zeros)
 #pragma unroll
     for (int i = 0; i < MMA_B_PER_THREAD; ++i) {
-        const int br = lr + TILE_M * i;
+        const int br = lr + MMA_LOAD_ROWS * i;
         const int n = n0 + br % BN;
         const int64_t wrow = (static_cast<int64_t>(e) * NB + br / BN) * N + n;
         b_src[i] = n < N ? p.w + wrow * K : nullptr;
@@ -612,24 +633,27 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
     auto stage = [&](int buf, int k0) {
         unsigned char *st = smem + buf * MMA_STAGE_BYTES;
         const int k = k0 + lc * VEC;
-        stage_chunk(reinterpret_cast<bf16 *>(st + swz(lr, lc)), a_src, k, K, vec);
+#pragma unroll
+        for (int i = 0; i < MMA_A_PER_THREAD; ++i)
+            stage_chunk(reinterpret_cast<bf16 *>(st + swz(lr + MMA_LOAD_ROWS * i, lc)), a_src[i], k, K, vec);
 #pragma unroll
         for (int i = 0; i < MMA_B_PER_THREAD; ++i)
-            stage_chunk(reinterpret_cast<bf16 *>(st + MMA_A_BYTES + swz(lr + TILE_M * i, lc)), b_src[i], k, K, vec);
+            stage_chunk(reinterpret_cast<bf16 *>(st + MMA_A_BYTES + swz(lr + MMA_LOAD_ROWS * i, lc)), b_src[i], k,
+                        K, vec);
     };
 
-    // ldmatrix rows of this lane: A (m16 tile i) row 32 wm + 16 i + l % 8 + 8 ((l / 8) & 1),
+    // ldmatrix rows of this lane: A (m16 tile i) row 64 wm + 16 i + l % 8 + 8 ((l / 8) & 1),
     // chunk 2 kk + l / 16 (matrices a0..a3); B (pair jp of n8 tiles) row base + l % 8 + 8 (l / 16),
     // chunk 2 kk + ((l / 8) & 1) (b0, b1 of tile 2 jp, then of tile 2 jp + 1).
-    const int a_r = 32 * wm + lane % 8 + 8 * ((lane / 8) & 1);
+    const int a_r = 64 * wm + lane % 8 + 8 * ((lane / 8) & 1);
     const int b_r = lane % 8 + 8 * (lane / 16);
     auto b_base = [&](int jp) {  // first weight row (CTA-local) of n8 tiles 2 jp, 2 jp + 1
         return GATED ? (jp / 2) * BN + 32 * wn + 16 * (jp % 2) : 64 * wn + 16 * jp;
     };
 
-    float acc[2][8][4];
+    float acc[4][8][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -647,19 +671,20 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
         const int nxt = kt + MMA_STAGES - 1;
         if (nxt < num_k) stage(nxt % MMA_STAGES, nxt * MMA_BK);
         cp_async_commit();
+        if (!live) continue;  // warp-uniform; the barrier above is still reached every step
         const unsigned char *sa = smem + (kt % MMA_STAGES) * MMA_STAGE_BYTES;
         const unsigned char *sb = sa + MMA_A_BYTES;
 #pragma unroll
         for (int kk = 0; kk < MMA_BK / 16; ++kk) {
-            uint32_t af[2][4];
+            uint32_t af[4][4];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], sa + swz(a_r + 16 * i, 2 * kk + lane / 16));
+            for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], sa + swz(a_r + 16 * i, 2 * kk + lane / 16));
 #pragma unroll
             for (int jp = 0; jp < 4; ++jp) {
                 uint32_t bf[4];
                 ldmatrix_x4(bf, sb + swz(b_base(jp) + b_r, 2 * kk + ((lane / 8) & 1)));
 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
+                for (int i = 0; i < 4; ++i) {
                     mma16816(acc[i][2 * jp], af[i][0], af[i][1], af[i][2], af[i][3], bf[0], bf[1]);
                     mma16816(acc[i][2 * jp + 1], af[i][0], af[i][1], af[i][2], af[i][3], bf[2], bf[3]);
                 }
@@ -667,17 +692,18 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
         }
     }
     cp_async_wait<0>();  // only empty groups can be pending; none outlives the CTA
+    if (!live) return;
 
-    // Epilogue straight from the fragments: acc[i][j] holds rows 32 wm + 16 i + g (+ 8) and
+    // Epilogue straight from the fragments: acc[i][j] holds rows 64 wm + 16 i + g (+ 8) and
     // columns 2t, 2t + 1 of n8 tile j; GATED: tiles 0..3 gate, 4..7 the up of the same columns.
     const int g = lane / 4, t = lane % 4;
     const bool pair = N % 2 == 0 && (reinterpret_cast<uintptr_t>(p.out) & 3) == 0;
     constexpr int OUT_TILES = GATED ? 4 : 8;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int a = s_row[32 * wm + 16 * i + g + 8 * h];
+            const int a = s_row[64 * wm + 16 * i + g + 8 * h];
             if (a < 0) continue;  // a padding row
             const float scale = GATED ? 1.0f : to_f32(p.route_weights[a]);
             bf16 *const dst = p.out + static_cast<int64_t>(a) * N;
@@ -960,9 +986,9 @@ extern "C" __global__ __launch_bounds__(flint::moe::ROUTE_WARPS * flint::WARP_SI
 extern "C" __global__ __launch_bounds__(flint::moe::DISPATCH_THREADS) void moe_dispatch_bf16(const MoeDispatchParams p) {
     flint::moe::dispatch(p);
 }
-// The bf16 grouped GEMM: 256 threads, 2 CTAs per SM (at most 128 registers: 64 accumulators,
-// 24 fragment registers, the staging pointers).
-#define FLINT_MOE_MMA_BOUNDS __launch_bounds__(flint::moe::MMA_THREADS, 2)
+// The bf16 grouped GEMM: 256 threads, 1 CTA per SM (128 accumulators, 20 fragment registers
+// and the staging pointers need more than the 128 registers of 2 CTAs).
+#define FLINT_MOE_MMA_BOUNDS __launch_bounds__(flint::moe::MMA_THREADS, 1)
 extern "C" __global__ FLINT_MOE_MMA_BOUNDS void moe_gate_up_bf16_silu(const MoeGemmParams p) {
     flint::moe::grouped_gemm_mma<flint::moe::Silu, true>(p);
 }

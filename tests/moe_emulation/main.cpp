@@ -669,11 +669,12 @@ int main(int argc, char **argv) {
     // GEMV emulation is slow), then two tiles each on both paths.
     test_experts(150, 8, 2, 40, 72, SILU, ALL_SAME, false, g);
     test_experts(70, 4, 2, 16, 8, SILU, ALL_SAME, true, g);
-    // The mma grouped GEMM's wider tiles: gate_up over two column blocks (I 200: the second
-    // one ragged) and 5 K steps (D 136: more than the 4 stages, the last one partial); down
-    // over two column blocks (D 264) and 7 K steps; two 64-row tiles on some experts.
+    // The mma grouped GEMM's wider tiles: gate_up over two column blocks of 128 (I 200, the
+    // second ragged) and more K steps than its 4 stages (D 264: 9, the last partial); down over
+    // two column blocks of 256 (D 264) and 7 K steps (I 200). Its CTAs take pairs of 64-row
+    // dispatch tiles: ~133 rows per expert give each expert a full pair and a lone partial tile.
     test_experts(90, 4, 2, 264, 200, GELU_TANH, RANDOM, false, g);
-    test_experts(40, 3, 2, 136, 200, SILU, RANDOM, false, g);
+    test_experts(200, 3, 2, 136, 200, SILU, RANDOM, false, g);
     test_sigmoid_gate_add(3, 100, g);
     test_sigmoid_gate_add(2, 33, g);
     test_quant();
