@@ -4,9 +4,11 @@
 //! assignments a = t·k + j by expert, on the device) → gate|up + activation → down × routing
 //! weight → combine. The expert kernels come in two paths, picked by [`moe_path`] from the
 //! token count alone (the host never sees the routing): a tensor-core grouped GEMM over
-//! 64-row tiles, or for at most `FLINT_MOE_GEMV_TOKENS` tokens a gather-GEMV that reads each
-//! selected expert's weights once. Grids are sized for the worst case of the step
-//! ([`max_tiles`]); tiles past the ones dispatch used exit at once.
+//! 64-row dispatch tiles (the bf16 kernel takes them in pairs: 128 x 256-row CTAs, 96 KiB of
+//! dynamic shared memory whose limit [`MoeState::load`] raises; [`grouped_tile`]), or for at
+//! most `FLINT_MOE_GEMV_TOKENS` tokens a gather-GEMV that reads each selected expert's weights
+//! once. Grids are sized for the worst case of the step ([`max_tiles`]); tiles past the ones
+//! dispatch used exit at once.
 //!
 //! Workspace: the permuted activations `h [T·k, I]` live in the caller's `scratch`
 //! (`[T·k, 2I]` by the trait's contract); the dispatch tables and the weighted expert outputs
