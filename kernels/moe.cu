@@ -21,14 +21,34 @@
 //   each row's result depends only on that row.
 //
 // moe_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — grouped GEMM, one launch for every
-//   expert. Grid = (max_tiles, ceil(n_dim / TILE_N)); a CTA whose tile has no expert (-1)
-//   exits at once, so experts with no tokens cost one early-exit CTA per empty tile slot and
-//   read no weights. Block: 4 warps in 2 x 2, each a 32 x 32 quarter of the 64 x 64 tile, bf16
-//   tensor cores (nvcuda::wmma 16x16x16, f32 accumulate). K step 32, double-buffered in shared
-//   memory with 16-byte cp.async (plain loads for a K that is not a multiple of 8). gate_up keeps gate
-//   and up accumulators of the same fragment type side by side, so act(gate) * up is applied
-//   element-wise in registers before the one store. down multiplies each row by its routing
-//   weight in the epilogue. Shared memory ~31 KB static (the epilogue tile reuses the stages).
+//   expert, on mma.sync m16n8k16 (bf16 in, f32 accumulate; kernels/mma.cuh). STATUS:
+//   UNVERIFIED on a GPU (compiled, register-checked, and run lane-exactly on the host
+//   emulation only). Grid = (max_tiles, ceil(n_dim / BN)), BN = 128 columns (gate_up) or 256
+//   (down); a CTA whose tile has no expert (-1) exits at once, so experts with no tokens cost
+//   one early-exit CTA per empty tile slot and read no weights. A CTA takes a PAIR of its
+//   expert's 64-row dispatch tiles (128 rows: the CTA of an even-rank tile takes it and the
+//   next one if the expert has it; the odd-rank CTA exits at once), so each weight byte
+//   staged serves 128 rows while dispatch keeps TILE_M = 64 (no more padding for many small
+//   experts). Block: 256 threads, 8 warps in 2 (M) x 4 (N). Tile map: 128 rows x 256 weight
+//   rows (gate_up: gate rows n0..n0+127 and the up rows of the same columns; down: rows
+//   n0..n0+255); warp (wm, wn) owns rows 64 wm..+63 (dispatch tile wm of the pair) and 64
+//   weight rows (gate_up: gate columns 32 wn..+31 and their 32 up rows, so act(gate) * up is
+//   element-wise in one lane's registers; down: columns 64 wn..+63): 4 x 8 m16n8
+//   accumulators = 128 f32 per thread, per k16 4 A + 4 B ldmatrix.x4 and 32 mma. A pair with
+//   one tile: warps wm = 1 skip their math (warp-uniform), the stage holds zeros there. K
+//   step 32, 4 stages in flight (16-byte cp.async, one commit group per step, one barrier per
+//   step; plain loads for a K that is not a multiple of 8 or a misaligned operand). Shared
+//   memory: 4 x (128 + 256) rows x 64 bytes = 96 KiB DYNAMIC (params.h
+//   FLINT_MOE_MMA_SMEM_BYTES; the host raises the kernels' limit at load), rows unpadded with
+//   chunk c of row r at c ^ ((r >> 1) & 3) (conflict-free ldmatrix and cp.async), + 512 B
+//   static (the pair's row sources). Epilogue straight from the fragments: bf16x2 stores of
+//   (row, 2 columns), down scaled by the routing weight, padding rows and columns past N
+//   skipped. Registers (FLINT_PTXAS_VERBOSE=1, sm_90a): 237-238, 0 spills; 1 CTA (8 warps)
+//   per SM.
+// moe_{gate_up_<i8|i4|fp8>_<act>, down_<i8|i4|fp8>}(MoeQuantGemmParams) keep the version-3
+//   tile (below): grid (max_tiles, ceil(n_dim / 64)), 4 warps in 2 x 2, each a 32 x 32 quarter
+//   of the 64 x 64 tile, nvcuda::wmma 16x16x16, K step 32 double-buffered, gate and up
+//   accumulators side by side, the epilogue through shared memory (~31 KB static).
 //
 // moe_gemv_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — gather-GEMV for a few tokens.
 //   Grid = (ceil(n_dim / 4), max_tiles), 4 warps: a warp owns one output column n of the
@@ -42,7 +62,7 @@
 //   (16 int8 / fp8 or 32 int4 codes), decodes them with quant/dequant.cuh (shared with
 //   quant_gemv.cu) to the reference's exact f32 value and accumulates in f32.
 // moe_{gate_up_<i8|i4|fp8>_<act>, down_<i8|i4|fp8>}(MoeQuantGemmParams) — the grouped GEMM
-//   on quantized experts: same grid, tiles and epilogue as the bf16 one; the B tile is decoded
+//   on quantized experts: the version-3 wmma tile described above; the B tile is decoded
 //   from the packed codes into shared memory one K step ahead (each thread loads its 8 codes
 //   per row before the tensor cores work on the current stage and stores them as bf16 after),
 //   so only the codes are read from global memory and no bf16 copy of the experts exists.
@@ -50,13 +70,18 @@
 //   256 threads of 8 columns.
 // sigmoid_gate_add_bf16(SigmoidGateAddParams): out[t] += sigmoid(gate[t]) * x[t]. Same grid.
 //
-// Minimum arch sm_80 (bf16 wmma, cp.async). tests/moe_emulation compiles this file for the host
-// (FLINT_EMULATE) and checks every kernel against a double-precision reference.
+// Minimum arch sm_80 (bf16 wmma and mma.sync, ldmatrix, cp.async). tests/moe_emulation
+// compiles this file for the host (FLINT_EMULATE) and checks every kernel against a
+// double-precision reference (mma.sync and ldmatrix lane by lane: cuda_shim.h).
 //
 // Versions: 1. simple staged loads; 2. cp.async double-buffered K loop in the grouped GEMM;
-// 3. (now) quantized experts decoded in the grouped GEMM's main loop (was: a dequantize pass
-// into an E x 2I x D bf16 scratch, 1.9 GB at Mixtral-8x7B, then the bf16 GEMM).
-// Next: 128-row tiles and wgmma/TMA on sm_90 for the large-token case.
+// 3. quantized experts decoded in the grouped GEMM's main loop (was: a dequantize pass
+// into an E x 2I x D bf16 scratch, 1.9 GB at Mixtral-8x7B, then the bf16 GEMM); 4. (now, branch
+// moegemm, UNVERIFIED on a GPU) the bf16 grouped GEMM on mma.sync + ldmatrix, 128 x 256-row
+// CTA tiles (pairs of dispatch tiles) of 8 warps, 4 cp.async stages, swizzled smem (was: 64 x 64 wmma tiles of 4 warps,
+// 2 stages, 18.7 ms for a Mixtral layer at 4096 tokens on an H200 against torch's 6.0 ms;
+// bench/NOTES.md prediction 14). The quantized grouped GEMM keeps version 3's tile.
+// Next: wgmma/TMA on sm_90 for the large-token case; the quantized B decode on this tile.
 #ifndef FLINT_EMULATE  // tests/moe_emulation runs this file on the host with its own wmma
 #include <mma.h>
 #endif
@@ -302,7 +327,9 @@ struct QStage {
     float s[2][NB], z[2][NB];
 };
 
-// F = BF16: w = p.w, staged with cp.async. F = a quant::Fmt: the experts are read from the
+// The version-3 grouped GEMM, now instantiated for the quantized experts only (the bf16
+// kernels run grouped_gemm_mma below); its F = BF16 path is kept as the reference shape of
+// the tile the quantized B decode fills. F = BF16: w = p.w, staged with cp.async. F = a quant::Fmt: the experts are read from the
 // quantized weight q (layout quant/params.h) and decoded into the bf16 B tile in shared
 // memory one K step ahead: the packed codes are the only weight bytes read from global
 // memory (no bf16 copy of the experts anywhere), each value the CPU reference's exact f32
@@ -516,6 +543,189 @@ __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
             for (int q = 0; q < VEC && n + q < N; ++q) dst[q] = to_bf16(v[q]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// bf16 grouped GEMM on mma.sync (the quantized experts above keep the wmma tile)
+
+constexpr int MMA_THREADS = FLINT_MOE_MMA_THREADS;
+constexpr int MMA_ROWS = FLINT_MOE_MMA_ROWS;        // A rows a CTA: two dispatch tiles
+constexpr int MMA_B_ROWS = FLINT_MOE_MMA_B_ROWS;
+constexpr int MMA_BK = FLINT_MOE_MMA_BK;
+constexpr int MMA_STAGES = FLINT_MOE_MMA_STAGES;
+constexpr int MMA_CHUNKS = MMA_BK / VEC;            // 16-byte chunks per staged row
+constexpr int MMA_ROW_BYTES = MMA_BK * 2;           // 64: rows are not padded (swizzled)
+constexpr int MMA_A_BYTES = MMA_ROWS * MMA_ROW_BYTES;
+constexpr int MMA_STAGE_BYTES = (MMA_ROWS + MMA_B_ROWS) * MMA_ROW_BYTES;
+constexpr int MMA_WARPS_N = 4;                      // warps 2 (M) x 4 (N)
+constexpr int MMA_LOAD_ROWS = MMA_THREADS / MMA_CHUNKS;  // rows one pass of the CTA stages
+constexpr int MMA_A_PER_THREAD = MMA_ROWS / MMA_LOAD_ROWS;
+constexpr int MMA_B_PER_THREAD = MMA_B_ROWS / MMA_LOAD_ROWS;
+static_assert(MMA_STAGES * MMA_STAGE_BYTES == FLINT_MOE_MMA_SMEM_BYTES, "params.h's smem size");
+static_assert(MMA_CHUNKS == 4, "swz() is the swizzle of 4 chunks per row");
+static_assert(MMA_ROWS == 2 * TILE_M && MMA_LOAD_ROWS == TILE_M, "warp row wm stages and owns dispatch tile wm");
+static_assert(MMA_A_PER_THREAD == 2 && MMA_B_PER_THREAD == 4, "chunks per thread per stage");
+static_assert(MMA_THREADS == 32 * 2 * MMA_WARPS_N && MMA_B_ROWS == MMA_WARPS_N * 64,
+              "each warp: 64 rows x 64 weight rows");
+
+// Byte offset of 16-byte chunk c of staged row r. Chunk c sits at position c ^ ((r >> 1) & 3),
+// so the 8 consecutive rows one ldmatrix phase reads at the same c fall on 8 distinct 16-byte
+// bank groups (row r's group: 4 (r & 1) + (c ^ ((r >> 1) & 3))), with no padding; a warp's
+// cp.async stores (8 rows x 4 chunks) cover 512 contiguous bytes.
+__device__ __forceinline__ int swz(int r, int c) { return r * MMA_ROW_BYTES + 16 * (c ^ ((r >> 1) & 3)); }
+
+// Same contract as grouped_gemm<BF16> (dispatch tables, epilogue), a larger tile. A CTA takes
+// two consecutive dispatch tiles of one expert (128 rows): the CTA of an expert's tile of even
+// rank (tile - offsets[e] / TILE_M) takes it and the next one when the expert has it; the CTA
+// of an odd rank exits at once (its rows are its predecessor's second half). Dispatch, its
+// TILE_M = 64 padding and the grid are unchanged. Against those 128 rows it multiplies 256
+// weight rows (GATED: gate rows n0..n0+127 then the up rows of the same columns; down: rows
+// n0..n0+255), per 32-column K step, 4 steps in flight (cp.async, one commit group per
+// step). Warp (wm, wn) of 2 x 4 multiplies rows 64 wm.. (dispatch tile wm of the pair) by 64
+// weight rows: GATED 32 gate + the 32 up rows of the same columns (so act(gate) * up is
+// element-wise in one lane's registers), down 64 columns. Per k16: 4 + 4 ldmatrix.x4, 32
+// mma16816; 128 f32 accumulators per thread. A pair with one tile: the second row of warps
+// stages zeros and skips its math (warp-uniform) but keeps the barriers.
+template <class Act, bool GATED>
+__device__ void grouped_gemm_mma(const MoeGemmParams &p) {
+#ifdef FLINT_EMULATE  // the shim has no dynamic shared memory: a static of the same size
+    alignas(128) static unsigned char smem[FLINT_MOE_MMA_SMEM_BYTES];
+#else
+    extern __shared__ __align__(128) unsigned char smem[];
+#endif
+    __shared__ int s_row[MMA_ROWS];
+    flint_pdl_wait();  // PDL: see common.cuh
+    flint_pdl_launch_dependents();
+    constexpr int NB = GATED ? 2 : 1;
+    constexpr int BN = MMA_B_ROWS / NB;  // output columns per CTA
+    const int tile = blockIdx.x;
+    const int e = p.tile_expert[tile];
+    if (e < 0) return;  // past the last used tile: uniform over the CTA, before any barrier
+    if ((tile - p.offsets[e] / TILE_M) & 1) return;  // the second tile of its pair (ditto)
+    const bool two = tile + 1 < p.max_tiles && p.tile_expert[tile + 1] == e;
+    const int N = p.n_dim, K = p.k_dim;
+    const int n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
+    const int wm = warp / MMA_WARPS_N, wn = warp % MMA_WARPS_N;
+    const bool live = wm == 0 || two;  // this warp's 64 rows hold assignments
+
+    if (tid < MMA_ROWS)
+        s_row[tid] = tid < TILE_M || two ? p.row_src[static_cast<int64_t>(tile) * TILE_M + tid] : -1;
+    __syncthreads();
+
+    // Staging: thread tid copies chunk lc of A rows lr + 64 i and of weight rows lr + 64 i.
+    const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
+    const int lc = tid % MMA_CHUNKS, lr = tid / MMA_CHUNKS;
+    const bf16 *a_src[MMA_A_PER_THREAD];  // null: a padding row (zeros)
+#pragma unroll
+    for (int i = 0; i < MMA_A_PER_THREAD; ++i) {
+        const int a = s_row[lr + MMA_LOAD_ROWS * i];
+        a_src[i] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
+    }
+    const bf16 *b_src[MMA_B_PER_THREAD];  // null: a column past N (zeros)
+#pragma unroll
+    for (int i = 0; i < MMA_B_PER_THREAD; ++i) {
+        const int br = lr + MMA_LOAD_ROWS * i;
+        const int n = n0 + br % BN;
+        const int64_t wrow = (static_cast<int64_t>(e) * NB + br / BN) * N + n;
+        b_src[i] = n < N ? p.w + wrow * K : nullptr;
+    }
+    auto stage = [&](int buf, int k0) {
+        unsigned char *st = smem + buf * MMA_STAGE_BYTES;
+        const int k = k0 + lc * VEC;
+#pragma unroll
+        for (int i = 0; i < MMA_A_PER_THREAD; ++i)
+            stage_chunk(reinterpret_cast<bf16 *>(st + swz(lr + MMA_LOAD_ROWS * i, lc)), a_src[i], k, K, vec);
+#pragma unroll
+        for (int i = 0; i < MMA_B_PER_THREAD; ++i)
+            stage_chunk(reinterpret_cast<bf16 *>(st + MMA_A_BYTES + swz(lr + MMA_LOAD_ROWS * i, lc)), b_src[i], k,
+                        K, vec);
+    };
+
+    // ldmatrix rows of this lane: A (m16 tile i) row 64 wm + 16 i + l % 8 + 8 ((l / 8) & 1),
+    // chunk 2 kk + l / 16 (matrices a0..a3); B (pair jp of n8 tiles) row base + l % 8 + 8 (l / 16),
+    // chunk 2 kk + ((l / 8) & 1) (b0, b1 of tile 2 jp, then of tile 2 jp + 1).
+    const int a_r = 64 * wm + lane % 8 + 8 * ((lane / 8) & 1);
+    const int b_r = lane % 8 + 8 * (lane / 16);
+    auto b_base = [&](int jp) {  // first weight row (CTA-local) of n8 tiles 2 jp, 2 jp + 1
+        return GATED ? (jp / 2) * BN + 32 * wn + 16 * (jp % 2) : 64 * wn + 16 * jp;
+    };
+
+    float acc[4][8][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+    const int num_k = (K + MMA_BK - 1) / MMA_BK;
+#pragma unroll
+    for (int s = 0; s < MMA_STAGES - 1; ++s) {
+        if (s < num_k) stage(s, s * MMA_BK);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < num_k; ++kt) {
+        cp_async_wait<MMA_STAGES - 2>();  // step kt has landed (this thread's copies)
+        __syncthreads();                  // ... everybody's; and step kt - 1's buffer is free
+        const int nxt = kt + MMA_STAGES - 1;
+        if (nxt < num_k) stage(nxt % MMA_STAGES, nxt * MMA_BK);
+        cp_async_commit();
+        if (!live) continue;  // warp-uniform; the barrier above is still reached every step
+        const unsigned char *sa = smem + (kt % MMA_STAGES) * MMA_STAGE_BYTES;
+        const unsigned char *sb = sa + MMA_A_BYTES;
+#pragma unroll
+        for (int kk = 0; kk < MMA_BK / 16; ++kk) {
+            uint32_t af[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], sa + swz(a_r + 16 * i, 2 * kk + lane / 16));
+#pragma unroll
+            for (int jp = 0; jp < 4; ++jp) {
+                uint32_t bf[4];
+                ldmatrix_x4(bf, sb + swz(b_base(jp) + b_r, 2 * kk + ((lane / 8) & 1)));
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    mma16816(acc[i][2 * jp], af[i][0], af[i][1], af[i][2], af[i][3], bf[0], bf[1]);
+                    mma16816(acc[i][2 * jp + 1], af[i][0], af[i][1], af[i][2], af[i][3], bf[2], bf[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();  // only empty groups can be pending; none outlives the CTA
+    if (!live) return;
+
+    // Epilogue straight from the fragments: acc[i][j] holds rows 64 wm + 16 i + g (+ 8) and
+    // columns 2t, 2t + 1 of n8 tile j; GATED: tiles 0..3 gate, 4..7 the up of the same columns.
+    const int g = lane / 4, t = lane % 4;
+    const bool pair = N % 2 == 0 && (reinterpret_cast<uintptr_t>(p.out) & 3) == 0;
+    constexpr int OUT_TILES = GATED ? 4 : 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int a = s_row[64 * wm + 16 * i + g + 8 * h];
+            if (a < 0) continue;  // a padding row
+            const float scale = GATED ? 1.0f : to_f32(p.route_weights[a]);
+            bf16 *const dst = p.out + static_cast<int64_t>(a) * N;
+#pragma unroll
+            for (int j = 0; j < OUT_TILES; ++j) {
+                const int n = n0 + (GATED ? 32 : 64) * wn + 8 * j + 2 * t;
+                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if constexpr (GATED) {
+                    v0 = Act::apply(v0) * acc[i][j + 4][2 * h];
+                    v1 = Act::apply(v1) * acc[i][j + 4][2 * h + 1];
+                } else {
+                    v0 *= scale;
+                    v1 *= scale;
+                }
+                if (pair && n < N) {  // N even: n + 1 < N too
+                    *reinterpret_cast<__nv_bfloat162 *>(dst + n) = __floats2bfloat162_rn(v0, v1);
+                } else {
+                    if (n < N) dst[n] = to_bf16(v0);
+                    if (n + 1 < N) dst[n + 1] = to_bf16(v1);
+                }
+            }
+        }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -776,17 +986,20 @@ extern "C" __global__ __launch_bounds__(flint::moe::ROUTE_WARPS * flint::WARP_SI
 extern "C" __global__ __launch_bounds__(flint::moe::DISPATCH_THREADS) void moe_dispatch_bf16(const MoeDispatchParams p) {
     flint::moe::dispatch(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_silu(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::Silu, true>(p, flint::moe::Bf16Weight{});
+// The bf16 grouped GEMM: 256 threads, 1 CTA per SM (128 accumulators, 20 fragment registers
+// and the staging pointers need more than the 128 registers of 2 CTAs).
+#define FLINT_MOE_MMA_BOUNDS __launch_bounds__(flint::moe::MMA_THREADS, 1)
+extern "C" __global__ FLINT_MOE_MMA_BOUNDS void moe_gate_up_bf16_silu(const MoeGemmParams p) {
+    flint::moe::grouped_gemm_mma<flint::moe::Silu, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_gelu_tanh(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::GeluTanh, true>(p, flint::moe::Bf16Weight{});
+extern "C" __global__ FLINT_MOE_MMA_BOUNDS void moe_gate_up_bf16_gelu_tanh(const MoeGemmParams p) {
+    flint::moe::grouped_gemm_mma<flint::moe::GeluTanh, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_gate_up_bf16_gelu(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::Gelu, true>(p, flint::moe::Bf16Weight{});
+extern "C" __global__ FLINT_MOE_MMA_BOUNDS void moe_gate_up_bf16_gelu(const MoeGemmParams p) {
+    flint::moe::grouped_gemm_mma<flint::moe::Gelu, true>(p);
 }
-extern "C" __global__ __launch_bounds__(flint::moe::GEMM_THREADS) void moe_down_bf16(const MoeGemmParams p) {
-    flint::moe::grouped_gemm<flint::moe::BF16, flint::moe::None, false>(p, flint::moe::Bf16Weight{});
+extern "C" __global__ FLINT_MOE_MMA_BOUNDS void moe_down_bf16(const MoeGemmParams p) {
+    flint::moe::grouped_gemm_mma<flint::moe::None, false>(p);
 }
 extern "C" __global__ __launch_bounds__(flint::moe::GEMV_WARPS * flint::WARP_SIZE) void moe_gemv_gate_up_bf16_silu(const MoeGemmParams p) {
     flint::moe::gather_gemv<flint::moe::Silu, true>(p);

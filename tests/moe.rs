@@ -797,7 +797,8 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
 }
 
 /// kernels/moe.cu compiled for the host (tests/moe_emulation: CTAs as std::threads, warp
-/// shuffles, a wmma shim, cp.async as a plain copy) against a double-precision reference:
+/// shuffles, a wmma shim, lane-exact mma.sync and ldmatrix, cp.async as a plain copy) against
+/// a double-precision reference:
 /// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate,
 /// and the quantized experts (int8, int4 sym/asym/act-order, fp8 per row and in blocks) on
 /// both their paths; also kernels/quant_gemv.cu's dense GEMV (both its kernels) on the same
@@ -844,6 +845,37 @@ fn moe_emulation_catches_a_broken_quantized_expert_index() {
     assert!(
         !run.status.success() && cases > 0 && failed == cases,
         "the broken build must fail every quantized case ({failed} of {cases} failed):\n{stdout}"
+    );
+}
+
+/// The emulation sees the bf16 grouped GEMM's fragments: built with FLINT_SHIM_MMA_SWAP_B
+/// (every mma.sync gets its two B registers swapped, as a kernel passing them in the wrong
+/// order would), every grouped bf16 expert case must fail while the gather-GEMV cases (no
+/// tensor cores) still pass.
+#[test]
+fn moe_emulation_catches_a_swapped_mma_fragment() {
+    let Some(exe) = build_emulation(
+        "moe_emulation_catches_a_swapped_mma_fragment",
+        "tests/moe_emulation/main.cpp",
+        "moe_emulation_swap_b",
+        &["FLINT_SHIM_MMA_SWAP_B"],
+    ) else {
+        return;
+    };
+    let run = std::process::Command::new(&exe)
+        .arg("experts")
+        .output()
+        .expect("runs the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let count = |p: &str| stdout.lines().filter(|l| l.starts_with(p)).count();
+    let grouped = count("PASS  experts grouped") + count("FAIL  experts grouped");
+    assert!(
+        !run.status.success()
+            && grouped > 0
+            && count("FAIL  experts grouped") == grouped
+            && count("PASS  experts gemv") > 0
+            && count("FAIL  experts gemv") == 0,
+        "the swapped build must fail every grouped case and no GEMV case:\n{stdout}"
     );
 }
 

@@ -4,9 +4,11 @@
 //! assignments a = t·k + j by expert, on the device) → gate|up + activation → down × routing
 //! weight → combine. The expert kernels come in two paths, picked by [`moe_path`] from the
 //! token count alone (the host never sees the routing): a tensor-core grouped GEMM over
-//! 64-row tiles, or for at most `FLINT_MOE_GEMV_TOKENS` tokens a gather-GEMV that reads each
-//! selected expert's weights once. Grids are sized for the worst case of the step
-//! ([`max_tiles`]); tiles past the ones dispatch used exit at once.
+//! 64-row dispatch tiles (the bf16 kernel takes them in pairs: 128 x 256-row CTAs, 96 KiB of
+//! dynamic shared memory whose limit [`MoeState::load`] raises; [`grouped_tile`]), or for at
+//! most `FLINT_MOE_GEMV_TOKENS` tokens a gather-GEMV that reads each selected expert's weights
+//! once. Grids are sized for the worst case of the step ([`max_tiles`]); tiles past the ones
+//! dispatch used exit at once.
 //!
 //! Workspace: the permuted activations `h [T·k, I]` live in the caller's `scratch`
 //! (`[T·k, 2I]` by the trait's contract); the dispatch tables and the weighted expert outputs
@@ -195,13 +197,38 @@ pub fn dispatch_shape() -> (Dim3, Dim3) {
     ((1, 1, 1), (1024, 1, 1))
 }
 
-/// Grouped GEMM: (tile, column block), 128 threads.
-pub fn grouped_shape(max_tiles: usize, n: usize) -> Result<(Dim3, Dim3)> {
-    let y = n.div_ceil(TILE_N);
+/// Dynamic shared memory of the bf16 grouped GEMM (above 48 KiB: its limit is raised at load).
+pub const MMA_SMEM_BYTES: u32 = FLINT_MOE_MMA_SMEM_BYTES;
+
+/// One grouped-GEMM CTA: (output columns, threads, dynamic shared bytes). bf16 experts: the
+/// mma.sync kernel, 256 weight rows a CTA (gate_up: 128 gate + 128 up rows for 128 columns;
+/// down: 256 columns), 256 threads, `MMA_SMEM_BYTES`. Quantized: `TILE_N` columns, 128
+/// threads, static shared memory only.
+pub fn grouped_tile(gated: bool, quant: bool) -> (usize, usize, u32) {
+    if quant {
+        (TILE_N, 128, 0)
+    } else {
+        let rows = FLINT_MOE_MMA_B_ROWS as usize;
+        let cols = if gated { rows / 2 } else { rows };
+        (cols, FLINT_MOE_MMA_THREADS as usize, MMA_SMEM_BYTES)
+    }
+}
+
+/// Grouped GEMM: (tile, column block of `cols`), `threads` threads.
+pub fn grouped_shape(
+    max_tiles: usize,
+    n: usize,
+    cols: usize,
+    threads: usize,
+) -> Result<(Dim3, Dim3)> {
+    let y = n.div_ceil(cols);
     if max_tiles > i32::MAX as usize || y > 65_535 {
         bail!("moe_experts: grouped GEMM grid ({max_tiles}, {y}) is too large");
     }
-    Ok(((max_tiles.max(1) as u32, y.max(1) as u32, 1), (128, 1, 1)))
+    Ok((
+        (max_tiles.max(1) as u32, y.max(1) as u32, 1),
+        (threads as u32, 1, 1),
+    ))
 }
 
 /// Gather-GEMV: (column quad, dispatch tile), 4 warps. With few tokens the tiles are the
@@ -257,6 +284,12 @@ fn act_index(act: Activation) -> usize {
 impl MoeState {
     pub fn load(dev: &Device) -> Result<MoeState> {
         let f = |n: &str| dev.function(n);
+        // The bf16 grouped GEMM stages 96 KiB per CTA in dynamic shared memory.
+        for act in ACTS.iter().map(Some).chain([None]) {
+            let name = expert_kernel_name(MoePath::Grouped, act.copied(), None, false);
+            // SAFETY: the function was resolved from this device's module.
+            unsafe { dev.set_max_shared(f(&name)?, &name, MMA_SMEM_BYTES)? };
+        }
         Ok(MoeState {
             route: f("moe_route_bf16")?,
             dispatch: f("moe_dispatch_bf16")?,
@@ -533,9 +566,12 @@ impl CudaBackend {
         let dq = dq.map(|(l, w)| (l.fmt.index(), w));
         let ops = [(gu, gq, Some(ai), i), (dn, dq, None, d)];
         for (p, q, act, n) in ops {
-            let shape = match path {
-                MoePath::Grouped => grouped_shape(lay.max_tiles, n)?,
-                MoePath::Gemv => gemv_shape(n, lay.max_tiles)?,
+            let (shape, shared) = match path {
+                MoePath::Grouped => {
+                    let (cols, threads, shared) = grouped_tile(act.is_some(), q.is_some());
+                    (grouped_shape(lay.max_tiles, n, cols, threads)?, shared)
+                }
+                MoePath::Gemv => (gemv_shape(n, lay.max_tiles)?, 0),
             };
             let (name, f) = self.expert_kernel(path, act, q.map(|(fi, _)| fi), t == 1)?;
             // SAFETY: x [T, D], gate_up [E·2I, D] (or its codes), h holds `assign` rows of I
@@ -549,7 +585,16 @@ impl CudaBackend {
                         let gemm = MoeGemmParams { w: 0, ..p };
                         k::launch(name, f, shape, stream, &MoeQuantGemmParams { gemm, q })?
                     }
-                    None => k::launch(name, f, shape, stream, &p)?,
+                    // `shared`: the bf16 grouped GEMM's dynamic shared memory (its limit
+                    // raised at load), else 0.
+                    None => k::launch_raw(
+                        name,
+                        f,
+                        shape,
+                        shared,
+                        stream,
+                        &p as *const MoeGemmParams as *const std::ffi::c_void,
+                    )?,
                 }
             }
         }
@@ -800,13 +845,23 @@ mod tests {
         assert_eq!(moe_path(GEMV_TOKENS), MoePath::Gemv);
         assert_eq!(moe_path(GEMV_TOKENS + 1), MoePath::Grouped);
         assert_eq!(route_shape(9), ((3, 1, 1), (128, 1, 1)));
-        // Mixtral gate_up at 4096 tokens: 136 tile slots x 224 column blocks.
-        let (g, b) = grouped_shape(max_tiles(8192, 8), 14336).unwrap();
+        // Mixtral at 4096 tokens, bf16: gate_up 136 tile slots x 112 column blocks of 128,
+        // down 136 x 16 blocks of 256, 256 threads; quantized gate_up 224 blocks of 64.
+        let (cols, threads, shared) = grouped_tile(true, false);
+        assert_eq!(shared, 98304);
+        let (g, b) = grouped_shape(max_tiles(8192, 8), 14336, cols, threads).unwrap();
+        assert_eq!((g, b), ((136, 112, 1), (256, 1, 1)));
+        let (cols, threads, _) = grouped_tile(false, false);
+        let (g, b) = grouped_shape(max_tiles(8192, 8), 4096, cols, threads).unwrap();
+        assert_eq!((g, b), ((136, 16, 1), (256, 1, 1)));
+        let (cols, threads, shared) = grouped_tile(true, true);
+        assert_eq!(shared, 0);
+        let (g, b) = grouped_shape(max_tiles(8192, 8), 14336, cols, threads).unwrap();
         assert_eq!((g, b), ((136, 224, 1), (128, 1, 1)));
         // Decode on Qwen3-MoE (128 experts, top-8): 8 tile rows, not 128.
         assert_eq!(gemv_shape(768, max_tiles(8, 128)).unwrap().0, (192, 8, 1));
         assert!(gemv_shape(64, 70_000).is_err());
         assert_eq!(rowwise_shape(5, 4096), ((5, 2, 1), (256, 1, 1)));
-        assert!(grouped_shape(1, 64 * 70_000).is_err());
+        assert!(grouped_shape(1, 64 * 70_000, 64, 128).is_err());
     }
 }
