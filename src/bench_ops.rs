@@ -13,10 +13,10 @@
 //! - `proj_<name>_t<T>_gemv` and `_cublaslt` (T = 1, 2, 4, 8): the same product forced onto
 //!   each path, after the default rows, so one run times both where they compete (and the
 //!   GEMV's crossover can move with the numbers);
-//! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down, T = 8, 32; fmt int8 per channel, int4
-//!   sym g128, fp8 per channel; path gemv, mma, dequant, each forced with
-//!   `set_quant_path`): the quantized projection, group `quant` (flint-only rows: no peer
-//!   case). Bytes: the codes, the f32 scales, x and out;
+//! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down; fmt int8 per channel, int4 sym g128, fp8
+//!   per channel; T = 1 on the GEMV, the decode path, and T = 8, 32 on each path: gemv, mma,
+//!   dequant, each forced with `set_quant_path`): the quantized projection, group `quant`
+//!   (flint-only rows: no peer case). Bytes: the codes, the f32 scales, x and out;
 //! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
@@ -317,9 +317,18 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
             if !QUANT_PROJECTIONS.contains(&name) {
                 continue;
             }
-            for &t in QUANT_TOKENS {
+            // One token (decode): the GEMV alone, the path it always takes; then every path.
+            let runs = std::iter::once((1, &[QuantForce::Gemv][..])).chain(
+                QUANT_TOKENS.iter().map(|&t| {
+                    (
+                        t,
+                        &[QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant][..],
+                    )
+                }),
+            );
+            for (t, paths) in runs {
                 for &fmt in QUANT_FMTS {
-                    for path in [QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant] {
+                    for &path in paths {
                         v.push(Case::Quant {
                             id: format!("proj_{name}_t{t}_{fmt}_{}", path.name()),
                             t,
@@ -730,12 +739,13 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 36 + 3 + 9 + 4 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 3 + 9 + 4 + 3);
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
-        assert_eq!(quant.len(), 36);
+        assert_eq!(quant.len(), 42);
         assert!(quant.iter().all(|c| c.group() == "quant"));
-        assert_eq!(quant[0].id(), "proj_qkv_t8_int8_gemv");
+        assert_eq!(quant[0].id(), "proj_qkv_t1_int8_gemv");
+        assert_eq!(quant[3].id(), "proj_qkv_t8_int8_gemv");
         assert!(quant
             .iter()
             .any(|c| c.id() == "proj_down_t32_int4_mma" && c.shape().ends_with("mma forced")));
