@@ -614,31 +614,20 @@ fn cli_quant_and_perplexity() {
     );
     assert_eq!(v["quant"], "fp8");
     // A bad mode and --text on a folder without a tokenizer are errors with a message.
-    let (ok, _, err) = flint(&[
-        "logits",
-        "--model",
-        d,
-        "--prompt-ids",
-        "1",
-        "--quant",
-        "int3",
-    ]);
-    assert!(!ok && err.contains("int3"), "{err}");
-    let (ok, _, err) = flint(&[
-        "logits",
-        "--model",
-        d,
-        "--prompt-ids",
-        "1",
-        "--quant",
-        "int8",
-        "--lm-head",
-        "int4",
-    ]);
-    assert!(
-        !ok && err.contains("--lm-head `int4`") && err.contains("bf16"),
-        "{err}"
-    );
+    // So is a bad --lm-head, naming the choices.
+    let bad: [(&[&str], &[&str]); 2] = [
+        (&["--quant", "int3"], &["int3"]),
+        (
+            &["--quant", "int8", "--lm-head", "int4"],
+            &["--lm-head `int4`", "bf16"],
+        ),
+    ];
+    for (extra, wants) in bad {
+        let mut args = vec!["logits", "--model", d, "--prompt-ids", "1"];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = flint(&args);
+        assert!(!ok && wants.iter().all(|w| err.contains(w)), "{err}");
+    }
     // `--lm-head` reaches the load: on a fixture with its own lm_head (mixtral), `bf16` gives
     // the library's logits with that option, and they differ from the default's (int8 head).
     let mixtral = fixtures_dir().join("mixtral");
