@@ -1,19 +1,25 @@
 // attention_decode.cu — decode attention: one new token per sequence against its paged cache,
-// the keys split across CTAs (flash-decoding), then (several splits) a reduction that merges
-// the splits by log-sum-exp. UNVERIFIED ON A GPU: its source runs on the host against float64
-// (tests/attention_emulation); speed, registers in practice and the selftest are unmeasured.
+// the keys split across CTAs (flash-decoding), the splits merged by log-sum-exp in the same
+// launch by the last split CTA of each (sequence, kv head) to finish. UNVERIFIED ON A GPU
+// (the split merge in one launch is newer than the H200 run, which had a reduce kernel): its
+// source runs on the host against float64 (tests/attention_emulation, CTAs in both orders).
 //
 // attention_decode_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q, k_cache, v_cache, metadata, scale, softcap, window: as attention_prefill.cu; every
 //   sequence has q_len 1 (the planner's AttnKernel::Decode)
-//   num_splits == 1: out          [T, H, hd]              bf16  written directly (no reduce)
+//   out              [T, H, hd]              bf16  (num_splits == 1: written by each CTA;
+//                                                   > 1: by the group's last split CTA)
 //   num_splits > 1:  partial_o    [T, H, num_splits, hd]  f32   each split's normalised output
 //                    partial_lse  [T, H, num_splits]      f32   m + ln(l) (-inf if empty)
-//   Split s covers the s-th CTA_KV-aligned chunk of the query's visible keys (split_range).
+//                    split_counters [num_tiles / num_splits] i32, all 0 before the launch
+//                                   and after it (the last split CTA of a group resets its own)
+//   Split s covers the s-th CTA_KV-aligned chunk of the query's visible keys (split_range);
+//   num_splits <= FLINT_ATTN_MAX_SPLITS.
 // Grid/block: grid.x = num_tiles, one CTA per (sequence, kv head, split) and per
 // DECODE_ROWS-row share of the kv head's group (one share unless group > 8; tile map in
-// attention/params.h, rows r = group head g); block = NUM_WARPS * 32 = 128 threads; static
-// smem NUM_WARPS x DECODE_ROWS x hd f32 (32 KiB at hd 256) for the final merge. sm_80+.
+// attention/params.h, rows r = group head g; a group's splits are consecutive tiles); block =
+// NUM_WARPS * 32 = 128 threads; static smem NUM_WARPS x DECODE_ROWS x hd f32 (32 KiB at hd
+// 256) for the final merge (reused for the split weights). sm_80+.
 //
 // Design (built for one query per sequence; latency-bound at batch 1, bandwidth-bound above):
 // - All the tile's group heads (R <= 8 rows, the one query's heads that share the kv head)
@@ -30,15 +36,12 @@
 //   softmax in f32 (base 2) once per chunk, the running max shared by the warp (a max over the
 //   key groups), so the key groups' l and acc merge by plain sums at the end.
 // - Epilogue: key groups merged with shuffles, then the warps' (m, l, acc) through shared
-//   memory; the CTA writes bf16 out (one split) or the split's partial and LSE.
+//   memory; the CTA writes bf16 out (one split) or the split's partial and LSE, then counts
+//   itself done (merge_splits below): the last of the group merges every split's rows.
+//   One launch per layer instead of two: at batch 1 the reduce kernel was a launch (and its
+//   gap) per layer of a step whose whole budget is a few ms.
 // Soft-cap: softcap * tanh(s / softcap) on s = scale * q.k; sliding window: keys
 // [ctx - window, ctx); both as attention.cuh.
-//
-// attention_decode_reduce_bf16(AttentionParams p)   (launched only when num_splits > 1)
-//   out[t, h, :] = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M), M = max_s lse_s, for the
-//   rows t = q_start[seq] of every sequence (q_len must be 1).
-// Grid/block: grid.x = ceil(num_seqs * H / NUM_WARPS), block = 128: one warp per (seq, head),
-// lanes stride over hd. Minimum arch sm_80.
 #include "attention.cuh"
 
 namespace flint::attention_decode {
@@ -257,6 +260,76 @@ __device__ __forceinline__ void decode_rows(const AttentionParams &p, const Tile
     }
 }
 
+// Split merge, run by the last of a tile group's splits to finish (the group: the tiles that
+// differ only in split, consecutive in the tile map, so blockIdx.x / num_splits). Each split
+// CTA makes its partials visible (__threadfence) and counts itself on the group's counter; the
+// CTA that counts last merges the group's rows and puts the counter back to 0 for the next
+// launch (graph replays included), so the counters are zeroed once, when allocated.
+// out[t, h, :] = sum_s w_s o_s, w_s = exp(lse_s - M) / sum_s' exp(lse_s' - M), M = max lse:
+// each row's weights go to shared memory first (a warp per row), then every thread merges
+// 4 dims of one row over the splits with 16-byte loads. Partials are read with __ldcg (L2:
+// other CTAs wrote them; this SM's L1 holds nothing of them, and must not).
+static_assert(FLINT_ATTN_MAX_SPLITS * DECODE_ROWS <= NUM_WARPS * DECODE_ROWS * 16, "the merge weights fit red_o");
+
+template <int HD>
+__device__ __forceinline__ void merge_splits(const AttentionParams &p, const Tile &tile, int nrows, float *wts) {
+    __shared__ int last;
+    __threadfence();  // this CTA's partial_o / partial_lse, before the count
+    __syncthreads();  // every thread's stores fenced; wts (the CTA's red_o) is free again
+    if (threadIdx.x == 0) {
+        int *counter = p.split_counters + blockIdx.x / p.num_splits;
+#ifdef FLINT_PLANT_EARLY_SPLIT_MERGE  // host emulation only: a planted error the test must catch
+        last = atomicAdd(counter, 1) == p.num_splits - 2;  // the next-to-last merges
+#else
+        last = atomicAdd(counter, 1) == p.num_splits - 1;
+#endif
+        if (last) *counter = 0;  // every split has counted: nobody else touches it this launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();  // the other splits' partials, after their counts
+
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int H = p.num_heads, n = p.num_splits, group = H / p.num_kv_heads;
+    const int t = p.metadata[tile.seq];
+    const int h0 = tile.kv_head * group + tile.row0;
+    for (int r = warp; r < nrows; r += NUM_WARPS) {
+        const float *lse = p.partial_lse + (int64_t(t) * H + h0 + r) * n;
+        float mx = NEG_INF;
+        for (int s = lane; s < n; s += WARP_SIZE) mx = fmaxf(mx, __ldcg(lse + s));
+        mx = warp_max(mx);
+        float den = 0.0f;
+        for (int s = lane; s < n; s += WARP_SIZE) {
+            const float w = mx == NEG_INF ? 0.0f : exp2f((__ldcg(lse + s) - mx) * LOG2E);  // 0 for an empty split
+            wts[r * n + s] = w;
+            den += w;
+        }
+        den = warp_sum(den);
+        const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+        for (int s = lane; s < n; s += WARP_SIZE) wts[r * n + s] *= inv;
+    }
+    __syncthreads();
+    constexpr int Q = HD / 4;  // float4s per row
+    for (int e = threadIdx.x; e < nrows * Q; e += NUM_THREADS) {
+        const int r = e / Q, d = (e % Q) * 4;
+        const int64_t row = int64_t(t) * H + h0 + r;
+        const float4 *po = reinterpret_cast<const float4 *>(p.partial_o + row * n * HD + d);
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+        for (int s = 0; s < n; ++s) {
+            const float w = wts[r * n + s];
+            const float4 v = __ldcg(po + s * Q);
+            o.x = fmaf(w, v.x, o.x);
+            o.y = fmaf(w, v.y, o.y);
+            o.z = fmaf(w, v.z, o.z);
+            o.w = fmaf(w, v.w, o.w);
+        }
+        // One 8-byte store of 4 bf16 (row * HD + d is a multiple of 4).
+        __nv_bfloat162 h2[2] = {__floats2bfloat162_rn(o.x, o.y), __floats2bfloat162_rn(o.z, o.w)};
+        *reinterpret_cast<uint2 *>(p.out + row * HD + d) = *reinterpret_cast<const uint2 *>(h2);
+    }
+}
+
 template <int HD>
 __device__ __forceinline__ void run_decode(const AttentionParams &p) {
     __shared__ __align__(16) float red_o[NUM_WARPS * DECODE_ROWS * HD];
@@ -272,31 +345,7 @@ __device__ __forceinline__ void run_decode(const AttentionParams &p) {
     else if (nrows <= 2) decode_rows<HD, 2>(p, tile, nrows, red_o, red_m, red_l);
     else if (nrows <= 4) decode_rows<HD, 4>(p, tile, nrows, red_o, red_m, red_l);
     else decode_rows<HD, 8>(p, tile, nrows, red_o, red_m, red_l);
-}
-
-__device__ __forceinline__ void reduce(const AttentionParams &p) {
-    flint_pdl_wait();  // PDL: see common.cuh
-    flint_pdl_launch_dependents();
-    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    const int job = blockIdx.x * NUM_WARPS + warp;
-    const int H = p.num_heads, S = p.num_seqs, n = p.num_splits, hd = p.head_dim;
-    if (job >= S * H) return;
-    const int seq = job / H, h = job % H;
-    const int t = p.metadata[seq];
-    const int64_t base = (int64_t(t) * H + h) * n;
-    float mx = NEG_INF;
-    for (int s = 0; s < n; ++s) mx = fmaxf(mx, p.partial_lse[base + s]);
-    for (int d = lane; d < hd; d += WARP_SIZE) {
-        float num = 0.0f, den = 0.0f;
-        if (mx != NEG_INF) {
-            for (int s = 0; s < n; ++s) {
-                const float w = exp2f((p.partial_lse[base + s] - mx) * LOG2E);
-                num = fmaf(w, p.partial_o[(base + s) * hd + d], num);
-                den += w;
-            }
-        }
-        p.out[(int64_t(t) * H + h) * hd + d] = to_bf16(den > 0.0f ? num / den : 0.0f);
-    }
+    if (p.num_splits > 1) merge_splits<HD>(p, tile, nrows, red_o);
 }
 
 }  // namespace flint::attention_decode
@@ -308,4 +357,3 @@ extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void a
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd128(const AttentionParams p) { flint::attention_decode::run_decode<128>(p); }
 extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS, 1) void attention_decode_bf16_hd256(const AttentionParams p) { flint::attention_decode::run_decode<256>(p); }
 
-extern "C" __global__ __launch_bounds__(flint::attention::NUM_THREADS) void attention_decode_reduce_bf16(const AttentionParams p) { flint::attention_decode::reduce(p); }

@@ -1170,10 +1170,10 @@ fn attn_steps(quick: bool) -> Vec<Vec<(usize, usize)>> {
             vec![(100, 1), (17, 1), (3, 1), (64, 1)],
             // Many key tiles and row tiles; a chunk after a prefix (chunked prefill).
             vec![(300, 300), (129, 64)],
-            // Long decode rows: the split-K kernel with many splits and the reduce (the rows
+            // Long decode rows: the split-K kernel with many splits and its merge (the rows
             // above split at most 2 ways; until 3eaf3d4 no kernel case split at all).
             vec![(1000, 1), (301, 1)],
-            // The decode kernel with one split (it writes out itself, no reduce): ragged
+            // The decode kernel with one split (each CTA writes out itself): ragged
             // contexts around its 32-key split granularity.
             vec![(1, 1), (31, 1), (32, 1), (33, 1)],
             // Batch 1 over a long context: every split a few chunks per warp, a ragged tail.

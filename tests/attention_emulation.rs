@@ -16,7 +16,9 @@
 mod common;
 
 use common::build_emulation;
-use flint::backend::cuda::attention::{AttnKernel, AttnPlan, AttnPtrs, PrefillPath};
+use flint::backend::cuda::attention::{
+    split_counters_len, AttnKernel, AttnPlan, AttnPtrs, PrefillPath,
+};
 use flint::backend::{AttnParams, SeqStep, StepInput};
 use flint::sampling::Rng;
 use std::path::Path;
@@ -41,9 +43,47 @@ const V: u64 = 3 << 40;
 const OUT: u64 = 4 << 40;
 const META: u64 = 5 << 40;
 const WS: u64 = 6 << 40;
+const COUNTERS: u64 = 7 << 40;
 
-/// The kernel's output against float64: (kernel kind, relative L2 error, max absolute error).
-fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKernel, f64, f64) {
+/// One emulated run.
+struct Run {
+    kernel: AttnKernel,
+    /// Relative L2 error against float64 (NaN when an output was not written).
+    err: f64,
+    max_abs: f64,
+    /// The output's bf16 bits, to compare two runs bit for bit.
+    bits: Vec<u16>,
+    /// The split counters after the launch (the kernel must leave them 0).
+    counters: Vec<i32>,
+}
+
+/// How a case runs: the prefill path, a planted block-table swap, CTAs in reverse order.
+#[derive(Clone, Copy)]
+struct How {
+    path: PrefillPath,
+    broken_table: bool,
+    reverse_ctas: bool,
+}
+
+/// The CUDA-core prefill (each prefill case then runs the tensor-core path too), CTAs in grid
+/// order, tables intact.
+impl Default for How {
+    fn default() -> Self {
+        How {
+            path: PrefillPath::Fma,
+            broken_table: false,
+            reverse_ctas: false,
+        }
+    }
+}
+
+/// The kernel's output against float64 (kernel kind, errors, bits, counters).
+fn run(exe: &Path, c: &Case, how: How) -> Run {
+    let How {
+        path,
+        broken_table,
+        reverse_ctas,
+    } = how;
     let (h, kv, hd) = c.heads;
     let mut rng = Rng::new(7);
     let total_blocks: usize = c.seqs.iter().map(|s| s.0.div_ceil(BS)).sum();
@@ -91,6 +131,7 @@ fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKern
         out: OUT,
         metadata: META,
         workspace: WS,
+        split_counters: COUNTERS,
     };
     let launches = plan.launches(&attn, &ptrs).unwrap();
     let rand = |rng: &mut Rng, n: usize| -> Vec<f32> {
@@ -135,6 +176,7 @@ fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKern
         (OUT, vec![0xFF; t * h * hd * 2]), // NaN: an unwritten output shows
         (META, meta.iter().flat_map(|v| v.to_le_bytes()).collect()),
         (WS, vec![0xFF; plan.workspace_bytes().max(4)]),
+        (COUNTERS, vec![0; 4 * split_counters_len(c.num_sms)]),
     ];
     u32le(&mut b, bufs.len() as u32);
     for (base, data) in &bufs {
@@ -153,7 +195,11 @@ fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKern
     let r = std::process::Command::new(exe)
         .arg(&case)
         .arg(&out)
-        .arg(OUT.to_string())
+        .arg(format!("{OUT},{COUNTERS}"))
+        .env(
+            "FLINT_SHIM_REVERSE_CTAS",
+            if reverse_ctas { "1" } else { "0" },
+        )
         .output()
         .expect("runs the emulation");
     assert!(
@@ -162,10 +208,19 @@ fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKern
         c.name,
         String::from_utf8_lossy(&r.stderr)
     );
-    let got: Vec<f32> = std::fs::read(&out)
-        .unwrap()
+    let bytes = std::fs::read(&out).unwrap();
+    let (out_bytes, counter_bytes) = bytes.split_at(t * h * hd * 2);
+    let bits: Vec<u16> = out_bytes
         .chunks_exact(2)
-        .map(|x| half::bf16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32())
+        .map(|x| u16::from_le_bytes([x[0], x[1]]))
+        .collect();
+    let counters: Vec<i32> = counter_bytes
+        .chunks_exact(4)
+        .map(|x| i32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+        .collect();
+    let got: Vec<f32> = bits
+        .iter()
+        .map(|&b| half::bf16::from_bits(b).to_f32())
         .collect();
 
     // float64 reference, straight from the paged cache.
@@ -212,7 +267,13 @@ fn run(exe: &Path, c: &Case, path: PrefillPath, broken_table: bool) -> (AttnKern
             }
         }
     }
-    (plan.kernel(), (num / den).sqrt(), max_abs)
+    Run {
+        kernel: plan.kernel(),
+        err: (num / den).sqrt(),
+        max_abs,
+        bits,
+        counters,
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -370,36 +431,131 @@ fn attention_kernels_match_float64_on_the_host() {
     let mut kinds = (false, false);
     let mut decode_splits = Vec::new();
     for c in cases() {
-        let (kind, err, max_abs) = run(&exe, &c, PrefillPath::Fma, false);
-        match kind {
+        let r = run(&exe, &c, How::default());
+        let (err, max_abs) = (r.err, r.max_abs);
+        match r.kernel {
             AttnKernel::Prefill => kinds.0 = true,
             AttnKernel::Decode { splits } => {
                 kinds.1 = true;
                 decode_splits.push(splits);
                 eprintln!("{}: {splits} splits", c.name);
+                // The last split CTA of each group merges, whichever it is: CTAs in reverse
+                // order give the same bits, and every counter is back at 0 both ways.
+                let rev = run(
+                    &exe,
+                    &c,
+                    How {
+                        reverse_ctas: true,
+                        ..How::default()
+                    },
+                );
+                assert!(
+                    rev.bits == r.bits,
+                    "{}: CTA order changed the output",
+                    c.name
+                );
+                for x in [&r, &rev] {
+                    assert!(
+                        x.counters.iter().all(|&n| n == 0),
+                        "{}: split counters left at {:?}",
+                        c.name,
+                        x.counters.iter().filter(|&&n| n != 0).collect::<Vec<_>>()
+                    );
+                }
             }
         }
         assert!(err < 1e-2, "{}: relative error {err:.2e}", c.name);
         eprintln!("{}: rel-L2 {err:.2e}, max abs {max_abs:.2e}", c.name);
-        if kind == AttnKernel::Prefill {
+        if r.kernel == AttnKernel::Prefill {
             // The tensor-core kernel on its own tile map (attention.rs `tile_rows`).
-            let (_, err, max_abs) = run(&exe, &c, PrefillPath::Mma, false);
-            assert!(err < 1e-2, "{} (mma): relative error {err:.2e}", c.name);
-            eprintln!("{} (mma): rel-L2 {err:.2e}, max abs {max_abs:.2e}", c.name);
+            let m = run(
+                &exe,
+                &c,
+                How {
+                    path: PrefillPath::Mma,
+                    ..How::default()
+                },
+            );
+            assert!(
+                m.err < 1e-2,
+                "{} (mma): relative error {:.2e}",
+                c.name,
+                m.err
+            );
+            eprintln!(
+                "{} (mma): rel-L2 {:.2e}, max abs {:.2e}",
+                c.name, m.err, m.max_abs
+            );
         }
     }
     assert!(kinds.0 && kinds.1, "both kernels ran: {kinds:?}");
-    // The decode kernel writing out itself (one split) and through the reduce (64 splits).
+    // The decode kernel writing out itself (one split) and through the split merge (64 splits).
     assert!(
         decode_splits.contains(&1) && decode_splits.contains(&64),
         "{decode_splits:?}"
     );
     // The check can fail: sequences reading each other's block tables.
-    let (_, err, _) = run(&exe, &cases()[0], PrefillPath::Fma, true);
-    assert!(
-        err > 0.1,
-        "a swapped block table went unnoticed ({err:.2e})"
+    let r = run(
+        &exe,
+        &cases()[0],
+        How {
+            broken_table: true,
+            ..How::default()
+        },
     );
+    assert!(
+        r.err > 0.1,
+        "a swapped block table went unnoticed ({:.2e})",
+        r.err
+    );
+}
+
+/// The split merge's "last CTA" test can fail: built with FLINT_PLANT_EARLY_SPLIT_MERGE the
+/// next-to-last split CTA of a group to count merges (before the last one wrote its partials)
+/// and the last one leaves its count behind: the output or the counters must show it, in
+/// both CTA orders.
+#[test]
+fn attention_decode_planted_early_merge_fails() {
+    let Some(exe) = build_emulation(
+        "attention_decode_planted_early_merge_fails",
+        "tests/attention_emulation/main.cpp",
+        "attention_emulation_early_merge",
+        &["FLINT_PLANT_EARLY_SPLIT_MERGE"],
+    ) else {
+        return;
+    };
+    let mut ran = 0;
+    for c in cases() {
+        let fwd = run(&exe, &c, How::default());
+        let AttnKernel::Decode { splits } = fwd.kernel else {
+            continue;
+        };
+        if splits < 3 {
+            continue; // at 2 splits the next-to-last count is 0: every count merges
+        }
+        ran += 1;
+        let rev = run(
+            &exe,
+            &c,
+            How {
+                reverse_ctas: true,
+                ..How::default()
+            },
+        );
+        for (order, r) in [("grid order", &fwd), ("reverse order", &rev)] {
+            let caught = r.err.is_nan() || r.err >= 1e-2 || r.counters.iter().any(|&n| n != 0);
+            eprintln!(
+                "{} ({order}, next-to-last split merges): rel-L2 {:.2e}",
+                c.name, r.err
+            );
+            assert!(
+                caught,
+                "{} ({order}): an early merge went unnoticed",
+                c.name
+            );
+        }
+    }
+    assert!(ran > 0, "no split decode case ran");
 }
 
 /// The mma check can fail: with FLINT_SHIM_MMA_SWAP_B every lane's b0 and b1 trade places (a
@@ -416,7 +572,15 @@ fn attention_mma_planted_fragment_swap_fails() {
     };
     let mut ran = 0;
     for c in cases() {
-        let (kind, err, _) = run(&exe, &c, PrefillPath::Mma, false);
+        let r = run(
+            &exe,
+            &c,
+            How {
+                path: PrefillPath::Mma,
+                ..How::default()
+            },
+        );
+        let (kind, err) = (r.kernel, r.err);
         if kind != AttnKernel::Prefill {
             continue;
         }
@@ -451,7 +615,15 @@ fn attention_mma_planted_ldmatrix_no_trans_fails() {
         .collect();
     assert_eq!(picked.len(), 2);
     for c in picked {
-        let (kind, err, _) = run(&exe, c, PrefillPath::Mma, false);
+        let r = run(
+            &exe,
+            c,
+            How {
+                path: PrefillPath::Mma,
+                ..How::default()
+            },
+        );
+        let (kind, err) = (r.kernel, r.err);
         assert_eq!(kind, AttnKernel::Prefill);
         eprintln!(
             "{} (mma, ldmatrix without .trans): rel-L2 {err:.2e}",

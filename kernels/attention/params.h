@@ -23,6 +23,8 @@
 /** Decode (attention_decode.cu): group heads per tile, held in registers; a kv head whose
  *  group is larger gets ceil(group / 8) tiles. */
 #define FLINT_ATTN_DECODE_ROWS 8
+/** Decode: at most this many key splits (the split merge's weights fit its shared memory). */
+#define FLINT_ATTN_MAX_SPLITS 64
 /** Tensor-core prefill (attention_prefill_mma.cu): warps (16 rows each) per CTA at head dims
  *  <= FLINT_ATTN_MMA_WIDE_MAX_HD; above it one warp, 16 rows (smem would pass 48 KiB). */
 #define FLINT_ATTN_MMA_WARPS 4
@@ -37,6 +39,7 @@ typedef struct AttentionParams {
     FLINT_PTR(const int32_t) metadata;   /**< layout above */
     FLINT_PTR(float) partial_o;          /**< [T, H, num_splits, hd]; decode only, else 0 */
     FLINT_PTR(float) partial_lse;        /**< [T, H, num_splits]; decode only, else 0 */
+    FLINT_PTR(int32_t) split_counters;   /**< [num_tiles / num_splits], zero; split decode only */
     int32_t num_tokens;
     int32_t num_seqs;
     int32_t num_heads;
@@ -52,6 +55,6 @@ typedef struct AttentionParams {
     int32_t window;                      /**< 0 = none */
     int32_t pad_;
 } AttentionParams;
-FLINT_ASSERT_SIZE(AttentionParams, 112);
+FLINT_ASSERT_SIZE(AttentionParams, 120);
 
 #endif /* FLINT_ATTENTION_PARAMS_H */

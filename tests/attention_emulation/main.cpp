@@ -5,10 +5,11 @@
 // output buffer back, for the test to compare with a float64 reference.
 //
 // Case file, little-endian: u32 launches; per launch: u32 name length, name, u32 grid[3],
-// u32 block[3], AttentionParams (112 bytes, pointers as the planner's fake addresses);
+// u32 block[3], AttentionParams (120 bytes, pointers as the planner's fake addresses);
 // u32 buffers; per buffer: u64 fake base, u64 bytes, the bytes. Every pointer in the params
 // is translated from its fake base to the buffer's memory here. Output: the bytes of the
-// buffer whose base is argv[3] (decimal), to the file argv[2].
+// buffers whose bases argv[3] lists (decimal, comma-separated), one after another, to the
+// file argv[2]. FLINT_SHIM_REVERSE_CTAS=1 runs each launch's CTAs in reverse order.
 #include "../moe_emulation/cuda_shim.h"
 
 #include "../../kernels/attention_decode.cu"
@@ -33,7 +34,6 @@ static std::map<std::string, void (*)(AttentionParams)> kernels() {
         {"attention_decode_bf16_hd64", attention_decode_bf16_hd64},
         {"attention_decode_bf16_hd128", attention_decode_bf16_hd128},
         {"attention_decode_bf16_hd256", attention_decode_bf16_hd256},
-        {"attention_decode_reduce_bf16", attention_decode_reduce_bf16},
         {"attention_prefill_bf16_hd16", attention_prefill_bf16_hd16},
         {"attention_prefill_bf16_hd32", attention_prefill_bf16_hd32},
         {"attention_prefill_bf16_hd64", attention_prefill_bf16_hd64},
@@ -108,6 +108,7 @@ int main(int argc, char **argv) {
         p.metadata = translate(p.metadata, bufs);
         p.partial_o = translate(p.partial_o, bufs);
         p.partial_lse = translate(p.partial_lse, bufs);
+        p.split_counters = translate(p.split_counters, bufs);
         const auto k = table.find(l.name);
         if (k == table.end()) {
             std::fprintf(stderr, "unknown kernel %s\n", l.name.c_str());
@@ -115,13 +116,21 @@ int main(int argc, char **argv) {
         }
         launch(k->second, dim3(l.grid[0], l.grid[1], l.grid[2]), dim3(l.block[0], l.block[1], l.block[2]), p);
     }
-    const uint64_t want = std::strtoull(argv[3], nullptr, 10);
-    for (const Buf &b : bufs)
-        if (b.base == want) {
-            FILE *o = std::fopen(argv[2], "wb");
-            std::fwrite(b.mem, 1, b.bytes, o);
-            std::fclose(o);
-            return 0;
-        }
-    return 2;
+    // The buffers named in argv[3] (decimal bases, comma-separated), in that order.
+    FILE *o = std::fopen(argv[2], "wb");
+    if (!o) return 2;
+    for (const char *at = argv[3]; *at;) {
+        char *end = nullptr;
+        const uint64_t want = std::strtoull(at, &end, 10);
+        bool found = false;
+        for (const Buf &b : bufs)
+            if (b.base == want) {
+                std::fwrite(b.mem, 1, b.bytes, o);
+                found = true;
+            }
+        if (!found || end == at) return 2;
+        at = *end == ',' ? end + 1 : end;
+    }
+    std::fclose(o);
+    return 0;
 }

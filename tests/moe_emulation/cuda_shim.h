@@ -223,29 +223,40 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float rintf(float x) { return std::rint(x); }  // round half to even (default mode)
 using std::isnan;
 
-// Streaming load (evict-first on the GPU): a plain load here.
+// Streaming load (evict-first on the GPU) and L2-only load: plain loads here.
 template <class T>
 inline T __ldcs(const T *p) { return *p; }
+template <class T>
+inline T __ldcg(const T *p) { return *p; }
+// CTAs run one after another, each finished before the next starts: a memory fence has
+// nothing to order.
+inline void __threadfence() {}
 
 inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
 /// Runs kernel(p) over grid x block, one CTA at a time. The block's threads are created once
-/// per launch and step through the CTAs together (a fresh set of barriers per CTA).
+/// per launch and step through the CTAs together (a fresh set of barriers per CTA). CTAs run
+/// in grid order, or in reverse with FLINT_SHIM_REVERSE_CTAS=1 in the environment (a kernel
+/// whose result depends on which CTA runs last, e.g. a "last CTA merges" epilogue, must give
+/// the same output both ways).
 template <class P>
 void launch(void (*kernel)(P), dim3 grid, dim3 block, const P &p) {
     const unsigned n = block.x * block.y * block.z;
     gridDim = grid;
     blockDim = block;
     const unsigned ctas = grid.x * grid.y * grid.z;
+    const char *rev = std::getenv("FLINT_SHIM_REVERSE_CTAS");
+    const bool reverse = rev != nullptr && rev[0] == '1';
     std::barrier<> gate(n + 1);  // the workers and this thread, around every CTA
     std::vector<std::thread> threads;
     threads.reserve(n);
     for (unsigned t = 0; t < n; ++t)
         threads.emplace_back([&, t] {
             threadIdx = uint3{t, 0, 0};
-            for (unsigned b = 0; b < ctas; ++b) {
+            for (unsigned i = 0; i < ctas; ++i) {
+                const unsigned b = reverse ? ctas - 1 - i : i;
                 gate.arrive_and_wait();  // CTA b's barriers are in place
                 blockIdx = uint3{b % grid.x, b / grid.x % grid.y, b / (grid.x * grid.y)};
                 kernel(p);

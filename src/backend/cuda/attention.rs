@@ -1,5 +1,5 @@
-//! Attention launch planning: which kernel (prefill tiles, or decode split over the keys, plus
-//! the reduce when it splits), grid
+//! Attention launch planning: which kernel (prefill tiles, or decode split over the keys, the
+//! splits merged in the same launch), grid
 //! shapes, split counts and the per-step metadata arrays. Plain Rust, unit-tested on the CPU;
 //! the host layer uploads `metadata()` once per step, hands each layer's pointers to
 //! `launches()` and launches what comes back. One selection function ([`select_kernel`])
@@ -27,11 +27,12 @@
 //! Host layer contract: all kernels use static shared memory only (at most 42 240 bytes, under
 //! the 48 KiB default), so no `MAX_DYNAMIC_SHARED_SIZE` attribute is needed; each `Launch`'s
 //! `params` is the `AttentionParams` C struct, passed by value as the only argument; launches
-//! of one layer run in order on one stream (the reduce reads the decode kernel's workspace).
+//! of one layer run in order on one stream. A split decode also needs the backend's split
+//! counters ([`split_counters_len`] i32, zeroed once when allocated; the kernel leaves them 0).
 
 use crate::backend::cuda::params::{
     AttentionParams, FLINT_ATTN_CTA_KV, FLINT_ATTN_CTA_Q, FLINT_ATTN_DECODE_ROWS,
-    FLINT_ATTN_MMA_WARPS, FLINT_ATTN_MMA_WIDE_MAX_HD, FLINT_ATTN_NUM_WARPS,
+    FLINT_ATTN_MAX_SPLITS, FLINT_ATTN_MMA_WARPS, FLINT_ATTN_MMA_WIDE_MAX_HD, FLINT_ATTN_NUM_WARPS,
 };
 use crate::backend::{AttnParams, StepInput};
 use anyhow::{bail, ensure, Result};
@@ -59,12 +60,14 @@ pub const HEAD_DIMS: &[usize] = &[16, 32, 64, 128, 256];
 /// A decode split covers at least this many keys: 16 per warp of the decode kernel, two of
 /// its 8-key chunks at hd 128 (one in flight while the other is computed). Smaller splits
 /// only cost their partial (hd + 1 floats per head, 1/64 of the K/V bytes read at group 1)
-/// and a share of the reduce, while at batch 1 every extra CTA is an SM that would idle: at 1k
+/// and a share of the split merge, while at batch 1 every extra CTA is an SM that would idle: at 1k
 /// keys on 8 kv heads, 16 splits of 64 keys (128 CTAs) instead of 4 of 256 (32). Was 256
 /// with the tile engine: on the H200 a batch-1 decode at 1k keys then ran 32 CTAs of 8 serial
 /// tiles each (76 µs for 4 MB), latency-bound.
 pub const MIN_KEYS_PER_SPLIT: usize = 64;
-pub const MAX_SPLITS: usize = 64;
+/// At most this many key splits (kernels/attention/params.h: the split merge's weights fit
+/// the decode kernel's shared memory).
+pub const MAX_SPLITS: usize = FLINT_ATTN_MAX_SPLITS as usize;
 /// Decode aims for this many CTAs per SM (the decode kernel's ~200 registers x 128 threads
 /// leave room for two resident at once).
 const TARGET_WAVES: usize = 2;
@@ -83,6 +86,16 @@ pub struct AttnPtrs {
     pub metadata: u64,
     /// `workspace_bytes()` of scratch (split-K partial outputs and LSEs).
     pub workspace: u64,
+    /// [`split_counters_len`] i32, all zero (a split decode's per-group counters; the kernel
+    /// puts each back to 0).
+    pub split_counters: u64,
+}
+
+/// Split counters a backend allocates (zeroed) once: one per tile group (the tiles that
+/// differ only in split). A decode splits only while its unsplit grid is below
+/// `TARGET_WAVES` CTAs per SM ([`select_kernel`]), so a split plan never has more groups.
+pub fn split_counters_len(num_sms: u32) -> usize {
+    TARGET_WAVES * num_sms as usize
 }
 
 /// One kernel launch: the symbol, its shape, and its single by-value params struct as the
@@ -108,7 +121,6 @@ pub const ATTENTION_KERNELS: &[&str] = &[
     "attention_decode_bf16_hd64",
     "attention_decode_bf16_hd128",
     "attention_decode_bf16_hd256",
-    "attention_decode_reduce_bf16",
     "attention_prefill_mma_bf16_hd16",
     "attention_prefill_mma_bf16_hd32",
     "attention_prefill_mma_bf16_hd64",
@@ -207,8 +219,8 @@ pub enum AttnKernel {
     /// Tiled attention, one CTA per tile, output written directly (any q_len).
     Prefill,
     /// Every sequence has q_len 1 (kernels/attention_decode.cu): keys split `splits` ways,
-    /// then an LSE merge (the reduce kernel) when `splits > 1`; one split writes the output
-    /// directly and launches no reduce.
+    /// merged by LSE in the same launch (the last split CTA of each group) when `splits > 1`;
+    /// one split writes the output directly.
     Decode { splits: usize },
 }
 
@@ -233,10 +245,10 @@ pub fn select_kernel(
     AttnKernel::Decode { splits }
 }
 
-/// Whether a decode plan with `splits` splits writes partials that the reduce kernel merges
-/// (else the decode kernel writes `out` itself): the one place the launcher, the workspace
-/// size and the params agree on it.
-fn reduces(kernel: AttnKernel) -> bool {
+/// Whether a decode plan with `splits` splits writes partials that its last split CTAs merge
+/// (else each CTA writes `out` itself): the one place the workspace size, the counters and
+/// the params agree on it.
+fn merges_splits(kernel: AttnKernel) -> bool {
     matches!(kernel, AttnKernel::Decode { splits } if splits > 1)
 }
 
@@ -353,7 +365,15 @@ impl AttnPlan {
             .map(|s| (s.q_len * group).div_ceil(CTA_Q.min(DECODE_ROWS)) * num_kv_heads * splits)
             .sum();
         to_i32(tiles_offset + 4 * most_tiles, "metadata length")?;
-        let workspace_bytes = if reduces(kernel) {
+        if merges_splits(kernel) {
+            let groups = n * tiles_per_query;
+            ensure!(
+                groups <= split_counters_len(num_sms),
+                "attention: a split decode of {groups} tile groups has more than the {} split counters",
+                split_counters_len(num_sms)
+            );
+        }
+        let workspace_bytes = if merges_splits(kernel) {
             t * num_heads * splits * (head_dim + 1) * 4
         } else {
             0
@@ -493,15 +513,19 @@ impl AttnPlan {
             AttnKernel::Prefill => 1,
             AttnKernel::Decode { splits } => splits,
         };
-        let (partial_o, partial_lse) = if reduces(self.kernel) {
+        let (partial_o, partial_lse, split_counters) = if merges_splits(self.kernel) {
             ensure!(
-                ptrs.workspace != 0,
-                "attention: a split decode needs a workspace"
+                ptrs.workspace != 0 && ptrs.split_counters != 0,
+                "attention: a split decode needs a workspace and split counters"
             );
             let o_bytes = self.num_tokens * self.num_heads * splits * self.head_dim * 4;
-            (ptrs.workspace, ptrs.workspace + o_bytes as u64)
+            (
+                ptrs.workspace,
+                ptrs.workspace + o_bytes as u64,
+                ptrs.split_counters,
+            )
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
         Ok(AttentionParams {
             q: ptrs.q,
@@ -511,6 +535,7 @@ impl AttnPlan {
             metadata: ptrs.metadata,
             partial_o,
             partial_lse,
+            split_counters,
             num_tokens: to_i32(self.num_tokens, "num_tokens")?,
             num_seqs: to_i32(self.num_seqs, "num_seqs")?,
             num_heads: to_i32(self.num_heads, "num_heads")?,
@@ -558,27 +583,13 @@ impl AttnPlan {
                     params: bytes,
                 },
             }],
-            AttnKernel::Decode { .. } => {
-                let jobs = self.num_seqs * self.num_heads;
-                let warps = FLINT_ATTN_NUM_WARPS as usize;
-                let mut l = vec![Launch {
-                    kernel: symbol(decode_symbol)?,
-                    grid,
-                    block,
-                    shared_bytes: 0,
-                    params: bytes.clone(),
-                }];
-                if reduces(self.kernel) {
-                    l.push(Launch {
-                        kernel: "attention_decode_reduce_bf16",
-                        grid: (jobs.div_ceil(warps) as u32, 1, 1),
-                        block,
-                        shared_bytes: 0,
-                        params: bytes,
-                    });
-                }
-                l
-            }
+            AttnKernel::Decode { .. } => vec![Launch {
+                kernel: symbol(decode_symbol)?,
+                grid,
+                block,
+                shared_bytes: 0,
+                params: bytes,
+            }],
         })
     }
 }
@@ -587,7 +598,7 @@ impl AttnPlan {
 fn params_bytes(p: &AttentionParams) -> Vec<u8> {
     let n = std::mem::size_of::<AttentionParams>();
     // SAFETY: AttentionParams is a bindgen #[repr(C)] struct of u64/i32/f32 fields laid out
-    // without padding (params.h pins its size to 112 = the sum of its fields), so all n bytes
+    // without padding (params.h pins its size to 120 = the sum of its fields), so all n bytes
     // behind the reference are initialised.
     unsafe { std::slice::from_raw_parts((p as *const AttentionParams).cast::<u8>(), n) }.to_vec()
 }
@@ -626,7 +637,7 @@ mod tests {
 
     /// The plan/kernel contract in f32, driven only by the plan's metadata and params: each
     /// tile's rows and key range (attention.cuh run_tile; for decode the split's share,
-    /// `split_range`), its partial and LSE, and the reduce. The decode kernel's own order
+    /// `split_range`), its partial and LSE, and the split merge. The decode kernel's own order
     /// (warps and key groups merged at the end) runs in tests/attention_emulation.
     fn emulate(
         plan: &AttnPlan,
@@ -828,6 +839,7 @@ mod tests {
         };
         let ptrs = AttnPtrs {
             workspace: 1 << 20,
+            split_counters: 1 << 30,
             ..Default::default()
         };
         let p = plan.params(&attn, &ptrs).unwrap();
@@ -994,7 +1006,7 @@ mod tests {
         assert_eq!(l[0].kernel, "attention_prefill_bf16_hd64");
         assert_eq!(l[0].grid, (6, 1, 1));
         assert_eq!(l[0].block, (128, 1, 1));
-        assert_eq!(l[0].params.len(), 112);
+        assert_eq!(l[0].params.len(), 120);
         // The tensor-core path, the default: 64-row tiles at hd 64, four warps each; the same
         // sequences and block tables, a shorter tile map.
         assert_eq!(mma.tile_rows(), MMA_WIDE_ROWS);
@@ -1077,11 +1089,12 @@ mod tests {
         };
         let ptrs = AttnPtrs {
             workspace: 256,
+            split_counters: 1 << 30,
             ..Default::default()
         };
         let l = plan.launches(&attn, &ptrs).unwrap();
+        assert_eq!(l.len(), 1, "the splits merge in the decode launch");
         assert_eq!(l[0].kernel, "attention_decode_bf16_hd128");
-        assert_eq!(l[1].kernel, "attention_decode_reduce_bf16");
     }
 
     #[test]
@@ -1147,37 +1160,40 @@ mod tests {
             softcap: None,
             window: None,
         };
-        let l = plan
-            .launches(
-                &attn,
-                &AttnPtrs {
-                    workspace: 4096,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let ptrs = AttnPtrs {
+            workspace: 4096,
+            split_counters: 1 << 30,
+            ..Default::default()
+        };
+        let l = plan.launches(&attn, &ptrs).unwrap();
         assert_eq!(
             l.iter().map(|l| l.kernel).collect::<Vec<_>>(),
-            [
-                "attention_decode_bf16_hd128",
-                "attention_decode_reduce_bf16"
-            ]
+            ["attention_decode_bf16_hd128"]
         );
-        assert_eq!(l[1].grid, (4, 1, 1));
-        let p = plan
-            .params(
-                &attn,
-                &AttnPtrs {
-                    workspace: 4096,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let p = plan.params(&attn, &ptrs).unwrap();
         assert_eq!(p.partial_lse, 4096 + (2 * 8 * splits * 128 * 4) as u64);
+        assert_eq!(p.split_counters, 1 << 30);
+        // A split plan without the counters (or the workspace) is an error, not a launch.
+        for ptrs in [
+            AttnPtrs {
+                workspace: 4096,
+                ..Default::default()
+            },
+            AttnPtrs {
+                split_counters: 1 << 30,
+                ..Default::default()
+            },
+        ] {
+            let e = plan.params(&attn, &ptrs).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "attention: a split decode needs a workspace and split counters"
+            );
+        }
     }
 
     /// Llama-3-8B decode (32 heads over 8 kv heads, hd 128) on the H200's 132 SMs: enough CTAs
-    /// to fill the SMs at batch 1, no reduce once the batch fills them.
+    /// to fill the SMs at batch 1, no split once the batch fills them; one launch either way.
     #[test]
     fn llama3_decode_plans() {
         let attn = AttnParams {
@@ -1190,6 +1206,7 @@ mod tests {
         };
         let ws = AttnPtrs {
             workspace: 4096,
+            split_counters: 1 << 30,
             ..Default::default()
         };
         // (batch, context) -> (splits, CTAs)
@@ -1211,11 +1228,13 @@ mod tests {
             // One tile per (sequence, kv head, split): all 4 group heads in one CTA.
             let tiles: Vec<&[i32]> = plan.metadata()[plan.tiles_offset()..].chunks(4).collect();
             assert!(tiles.iter().all(|t| t[1] == 0));
-            assert_eq!(l.len(), if splits > 1 { 2 } else { 1 }, "b{b} c{c}");
+            assert_eq!(l.len(), 1, "b{b} c{c}");
+            // A split plan's tile groups never outnumber the backend's counters.
+            assert!(splits == 1 || ctas / splits <= split_counters_len(132));
         }
     }
 
-    /// One split: the decode kernel writes `out` itself; no reduce, no workspace.
+    /// One split: the decode kernel writes `out` itself; no workspace, no counters.
     #[test]
     fn one_split_decode_writes_out_directly() {
         let st = step(&[(1, 33), (1, 1), (1, 31)], 16);

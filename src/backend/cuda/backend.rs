@@ -164,6 +164,9 @@ pub struct CudaBackend {
     attn_staging: RefCell<Staging>,
     /// The sampling kernel's specs (in) and tokens (out).
     sample_staging: RefCell<Staging>,
+    /// A split decode's per-group counters (attention::split_counters_len i32), zeroed once
+    /// here; the decode kernel leaves each at 0 after its launch.
+    split_counters: CudaSlice<i32>,
     uploaded: Cell<usize>,
     moe: moe::MoeState,
     prefill_path: Cell<PrefillPath>,
@@ -269,7 +272,12 @@ impl CudaBackend {
         if !fuse {
             eprintln!("flint: FLINT_FUSE=0: the decode GEMVs' inputs are materialized by rms_norm / act_mul kernels");
         }
+        let split_counters = dev
+            .stream
+            .alloc_zeros::<i32>(super::attention::split_counters_len(dev.info.num_sms))
+            .context("allocating the split decode's counters")?;
         Ok(CudaBackend {
+            split_counters,
             fuse: Cell::new(fuse),
             gemm,
             k,
@@ -1103,6 +1111,7 @@ impl Backend for CudaBackend {
             out: self.ptr(&out.buf),
             metadata,
             workspace,
+            split_counters: self.ptr(&self.split_counters),
         };
         if self.replaying() {
             return Ok(()); // the graph launches this at graph_end

@@ -29,13 +29,12 @@ pub const KERNEL_NAMES: &[&str] = &[
     "act_mul_bf16_gelu",
     "act_mul_bf16_gelu_tanh",
     "act_mul_bf16_silu",
-    // attention_decode.cu: split-K decode + LSE merge
+    // attention_decode.cu: split-K decode, its LSE merge in the same launch
     "attention_decode_bf16_hd128",
     "attention_decode_bf16_hd16",
     "attention_decode_bf16_hd256",
     "attention_decode_bf16_hd32",
     "attention_decode_bf16_hd64",
-    "attention_decode_reduce_bf16",
     // attention_prefill.cu: tiled causal attention over the paged cache
     "attention_prefill_bf16_hd128",
     "attention_prefill_bf16_hd16",
