@@ -307,10 +307,6 @@ __device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, i
     }
 }
 
-// The weight operand of the bf16 grouped GEMM: p.w itself (no quantized view).
-struct Bf16Weight {};
-constexpr int BF16 = -1;  // the F of grouped_gemm for bf16 weights (else a quant::Fmt)
-
 // 8 packed codes of one row from column k (k % 8 == 0): 8 bytes of int8 / fp8, 4 of int4.
 template <int F>
 __device__ __forceinline__ uint2 load_codes8(const uint8_t *codes, int k) {
@@ -327,18 +323,16 @@ struct QStage {
     float s[2][NB], z[2][NB];
 };
 
-// The version-3 grouped GEMM, now instantiated for the quantized experts only (the bf16
-// kernels run grouped_gemm_mma below); its F = BF16 path is kept as the reference shape of
-// the tile the quantized B decode fills. F = BF16: w = p.w, staged with cp.async. F = a quant::Fmt: the experts are read from the
-// quantized weight q (layout quant/params.h) and decoded into the bf16 B tile in shared
+// The grouped GEMM on quantized experts (F a quant::Fmt), on version 3's wmma tile (the bf16
+// experts run grouped_gemm_mma below). A is staged with cp.async; the experts are read from
+// the quantized weight q (layout quant/params.h) and decoded into the bf16 B tile in shared
 // memory one K step ahead: the packed codes are the only weight bytes read from global
 // memory (no bf16 copy of the experts anywhere), each value the CPU reference's exact f32
 // weight rounded to bf16.
-template <int F, class Act, bool GATED, class Q>
-__device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
+template <int F, class Act, bool GATED>
+__device__ void quant_grouped_gemm(const MoeGemmParams &p, const MoeQuantWeight &q) {
     flint_pdl_wait();  // PDL: see common.cuh
     flint_pdl_launch_dependents();
-    constexpr bool QUANT = F != BF16;
     constexpr int NB = GATED ? 2 : 1;  // B operands: gate and up, or down alone
     constexpr int A_ELEMS = TILE_M * LDS;
     constexpr int B_ELEMS = NB * TILE_N * LDS;
@@ -362,14 +356,16 @@ __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
     for (int i = tid; i < TILE_M; i += GEMM_THREADS) s_row[i] = p.row_src[static_cast<int64_t>(tile) * TILE_M + i];
     __syncthreads();
 
+    // A: 16-byte cp.async when K % 8 == 0 and the base is aligned. p.w is unused here and 0
+    // from the host (params.h), so aligned16(p.w) holds; the test is the bf16 tile's, kept so
+    // these kernels compile exactly as before the bf16 path left this template.
     const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
     // Each thread stages two 16-byte chunks of each tile: rows r0 and r0 + 32, columns c.
     const int c = (tid % (TILE_K / VEC)) * VEC;
     const int r0 = tid / (TILE_K / VEC);
     const bf16 *a_src[2];
-    const bf16 *b_src[2][NB];  // bf16: the weight row, or null for a column past N
-    int64_t q_row[2][NB];      // quantized: the weight row, or -1 for a column past N
-    const int e_w = QUANT ? (e + QUANT_EXPERT_SKEW) % p.num_experts : e;
+    int64_t q_row[2][NB];  // the weight row, or -1 for a column past N
+    const int e_w = (e + QUANT_EXPERT_SKEW) % p.num_experts;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int r = r0 + h * (TILE_M / 2);
@@ -379,82 +375,68 @@ __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
 #pragma unroll
         for (int g = 0; g < NB; ++g) {
             const int64_t wrow = static_cast<int64_t>(e_w) * NB * N + static_cast<int64_t>(g) * N + n;
-            b_src[h][g] = !QUANT && n < N ? p.w + wrow * K : nullptr;
             q_row[h][g] = n < N ? wrow : -1;
         }
     }
-    auto stage = [&](int buf, int k0) {
+    auto stage = [&](int buf, int k0) {  // A only: qload / qstore fill B
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int r = r0 + h * (TILE_M / 2);
             stage_chunk(&s_a[buf * A_ELEMS + r * LDS + c], a_src[h], k0 + c, K, vec);
-            if constexpr (!QUANT) {
-#pragma unroll
-                for (int g = 0; g < NB; ++g)
-                    stage_chunk(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c], b_src[h][g], k0 + c, K, vec);
-            }
         }
     };
 
-    // Quantized B: 8-code loads when every chunk is whole and aligned (K % 8 == 0), one scale
-    // and zero per chunk when no act-order map and the group is a multiple of 8.
-    [[maybe_unused]] QStage<NB> qs;
-    [[maybe_unused]] int rb = 0;
-    [[maybe_unused]] bool qvec = false, uniform = false;
-    if constexpr (QUANT) {
-        rb = quant::row_bytes_of<F>(K);
-        qvec = K % VEC == 0 && aligned16(q.qdata);
-        uniform = q.g_idx == nullptr && q.group % VEC == 0;
-    }
+    // B: 8-code loads when every chunk is whole and aligned (K % 8 == 0), one scale and zero
+    // per chunk when no act-order map and the group is a multiple of 8.
+    QStage<NB> qs;
+    const int rb = quant::row_bytes_of<F>(K);
+    const bool qvec = K % VEC == 0 && aligned16(q.qdata);
+    const bool uniform = q.g_idx == nullptr && q.group % VEC == 0;
     auto qload = [&](int k0) {
-        if constexpr (QUANT) {
-            const int k = k0 + c;
+        const int k = k0 + c;
 #pragma unroll
-            for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < 2; ++h)
 #pragma unroll
-                for (int g = 0; g < NB; ++g) {
-                    qs.raw[h][g] = make_uint2(0u, 0u);
-                    qs.s[h][g] = qs.z[h][g] = 0.0f;
-                    if (!qvec || q_row[h][g] < 0 || k >= K) continue;  // decoded in qstore
-                    const quant::Row w = quant::row_of(q, q_row[h][g], rb);
-                    qs.raw[h][g] = load_codes8<F>(w.codes, k);
-                    if (uniform) {
-                        const int grp = k / q.group;
-                        qs.s[h][g] = w.scales[grp];
-                        qs.z[h][g] = w.zeros ? w.zeros[grp] : q.zero_default;
-                    }
+            for (int g = 0; g < NB; ++g) {
+                qs.raw[h][g] = make_uint2(0u, 0u);
+                qs.s[h][g] = qs.z[h][g] = 0.0f;
+                if (!qvec || q_row[h][g] < 0 || k >= K) continue;  // decoded in qstore
+                const quant::Row w = quant::row_of(q, q_row[h][g], rb);
+                qs.raw[h][g] = load_codes8<F>(w.codes, k);
+                if (uniform) {
+                    const int grp = k / q.group;
+                    qs.s[h][g] = w.scales[grp];
+                    qs.z[h][g] = w.zeros ? w.zeros[grp] : q.zero_default;
                 }
-        }
+            }
     };
     auto qstore = [&](int buf, int k0) {
-        if constexpr (QUANT) {
-            const int k = k0 + c;
+        const int k = k0 + c;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = r0 + h * (TILE_M / 2);
+        for (int h = 0; h < 2; ++h) {
+            const int r = r0 + h * (TILE_M / 2);
 #pragma unroll
-                for (int g = 0; g < NB; ++g) {
-                    Pack8 pk;
-                    bf16 *o = reinterpret_cast<bf16 *>(&pk);
-                    const bool live = q_row[h][g] >= 0;
-                    const quant::Row w = quant::row_of(q, live ? q_row[h][g] : 0, rb);
+            for (int g = 0; g < NB; ++g) {
+                Pack8 pk;
+                bf16 *o = reinterpret_cast<bf16 *>(&pk);
+                const bool live = q_row[h][g] >= 0;
+                const quant::Row w = quant::row_of(q, live ? q_row[h][g] : 0, rb);
 #pragma unroll
-                    for (int i = 0; i < VEC; ++i) {
-                        float v = 0.0f;
-                        if (live && k + i < K) {
-                            if (!qvec) {
-                                v = quant::weight_at<F>(q, w, k + i, quant::code_of<F>(w.codes, k + i));
-                            } else {
-                                const uint2 c8 = qs.raw[h][g];
-                                const int code = quant::code_at<F>(make_uint4(c8.x, c8.y, 0u, 0u), i);
-                                v = uniform ? quant::value<F>(code, qs.s[h][g], qs.z[h][g])
-                                            : quant::weight_at<F>(q, w, k + i, code);
-                            }
+                for (int i = 0; i < VEC; ++i) {
+                    float v = 0.0f;
+                    if (live && k + i < K) {
+                        if (!qvec) {
+                            v = quant::weight_at<F>(q, w, k + i, quant::code_of<F>(w.codes, k + i));
+                        } else {
+                            const uint2 c8 = qs.raw[h][g];
+                            const int code = quant::code_at<F>(make_uint4(c8.x, c8.y, 0u, 0u), i);
+                            v = uniform ? quant::value<F>(code, qs.s[h][g], qs.z[h][g])
+                                        : quant::weight_at<F>(q, w, k + i, code);
                         }
-                        o[i] = to_bf16(v);
                     }
-                    *reinterpret_cast<uint4 *>(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c]) = pk.raw;
+                    o[i] = to_bf16(v);
                 }
+                *reinterpret_cast<uint4 *>(&s_b[buf * B_ELEMS + (g * TILE_N + r) * LDS + c]) = pk.raw;
             }
         }
     };
@@ -469,8 +451,8 @@ __device__ void grouped_gemm(const MoeGemmParams &p, const Q &q) {
 
     // Double-buffered K loop: stage kt + 1 is in flight while stage kt is multiplied. One
     // commit group per iteration (possibly empty), so wait_group 1 = "stage kt has landed".
-    // Quantized: the codes of stage kt + 1 are loaded into registers before the tensor cores
-    // work on stage kt and decoded into its buffer after, so their latency hides behind it.
+    // The codes of stage kt + 1 are loaded into registers before the tensor cores work on
+    // stage kt and decoded into its buffer after, so their latency hides behind it.
     const int num_k = (K + TILE_K - 1) / TILE_K;
     stage(0, 0);
     qload(0);
@@ -574,18 +556,19 @@ static_assert(MMA_THREADS == 32 * 2 * MMA_WARPS_N && MMA_B_ROWS == MMA_WARPS_N *
 // cp.async stores (8 rows x 4 chunks) cover 512 contiguous bytes.
 __device__ __forceinline__ int swz(int r, int c) { return r * MMA_ROW_BYTES + 16 * (c ^ ((r >> 1) & 3)); }
 
-// Same contract as grouped_gemm<BF16> (dispatch tables, epilogue), a larger tile. A CTA takes
-// two consecutive dispatch tiles of one expert (128 rows): the CTA of an expert's tile of even
-// rank (tile - offsets[e] / TILE_M) takes it and the next one when the expert has it; the CTA
-// of an odd rank exits at once (its rows are its predecessor's second half). Dispatch, its
-// TILE_M = 64 padding and the grid are unchanged. Against those 128 rows it multiplies 256
-// weight rows (GATED: gate rows n0..n0+127 then the up rows of the same columns; down: rows
-// n0..n0+255), per 32-column K step, 4 steps in flight (cp.async, one commit group per
-// step). Warp (wm, wn) of 2 x 4 multiplies rows 64 wm.. (dispatch tile wm of the pair) by 64
-// weight rows: GATED 32 gate + the 32 up rows of the same columns (so act(gate) * up is
-// element-wise in one lane's registers), down 64 columns. Per k16: 4 + 4 ldmatrix.x4, 32
-// mma16816; 128 f32 accumulators per thread. A pair with one tile: the second row of warps
-// stages zeros and skips its math (warp-uniform) but keeps the barriers.
+// The bf16 grouped GEMM (w = p.w): quant_grouped_gemm's contract (dispatch tables, epilogue)
+// on a larger tile. A CTA takes two consecutive dispatch tiles of one expert (128 rows): the
+// CTA of an expert's tile of even rank (tile - offsets[e] / TILE_M) takes it and the next one
+// when the expert has it; the CTA of an odd rank exits at once (its rows are its
+// predecessor's second half). Dispatch, its TILE_M = 64 padding and the grid are unchanged.
+// Against those 128 rows it multiplies 256 weight rows (GATED: gate rows n0..n0+127 then the
+// up rows of the same columns; down: rows n0..n0+255), per 32-column K step, 4 steps in
+// flight (cp.async, one commit group per step). Warp (wm, wn) of 2 x 4 multiplies rows
+// 64 wm.. (dispatch tile wm of the pair) by 64 weight rows: GATED 32 gate + the 32 up rows of
+// the same columns (so act(gate) * up is element-wise in one lane's registers), down 64
+// columns. Per k16: 4 + 4 ldmatrix.x4, 32 mma16816; 128 f32 accumulators per thread. A pair
+// with one tile: the second row of warps stages zeros and skips its math (warp-uniform) but
+// keeps the barriers.
 template <class Act, bool GATED>
 __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
 #ifdef FLINT_EMULATE  // the shim has no dynamic shared memory: a static of the same size
@@ -1052,16 +1035,16 @@ extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_i8_t1(const 
     flint::moe::quant_gather_gemv<flint::quant::INT8, flint::moe::None, false, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i8_silu(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::Silu, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT8, flint::moe::Silu, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::GeluTanh, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT8, flint::moe::GeluTanh, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i8_gelu(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::Gelu, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT8, flint::moe::Gelu, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_down_i8(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT8, flint::moe::None, false>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT8, flint::moe::None, false>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true, flint::moe::GEMV_TOKENS>(p);
@@ -1088,16 +1071,16 @@ extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_i4_t1(const 
     flint::moe::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i4_silu(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::Silu, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT4, flint::moe::Silu, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::GeluTanh, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT4, flint::moe::GeluTanh, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_i4_gelu(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::Gelu, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT4, flint::moe::Gelu, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_down_i4(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::INT4, flint::moe::None, false>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::INT4, flint::moe::None, false>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::Silu, true, flint::moe::GEMV_TOKENS>(p);
@@ -1124,16 +1107,16 @@ extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_fp8_t1(const
     flint::moe::quant_gather_gemv<flint::quant::FP8, flint::moe::None, false, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_fp8_silu(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::Silu, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::FP8, flint::moe::Silu, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_fp8_gelu_tanh(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::GeluTanh, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::FP8, flint::moe::GeluTanh, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_gate_up_fp8_gelu(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::Gelu, true>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::FP8, flint::moe::Gelu, true>(p.gemm, p.q);
 }
 extern "C" __global__ FLINT_MOE_GEMM_BOUNDS void moe_down_fp8(const MoeQuantGemmParams p) {
-    flint::moe::grouped_gemm<flint::quant::FP8, flint::moe::None, false>(p.gemm, p.q);
+    flint::moe::quant_grouped_gemm<flint::quant::FP8, flint::moe::None, false>(p.gemm, p.q);
 }
 extern "C" __global__ void moe_combine_bf16(const MoeCombineParams p) { flint::moe::combine(p); }
 extern "C" __global__ void sigmoid_gate_add_bf16(const SigmoidGateAddParams p) { flint::moe::sigmoid_gate_add(p); }
