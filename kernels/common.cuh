@@ -122,7 +122,7 @@ __device__ __forceinline__ float block_sum(float v, float *scratch) {
     return v;
 }
 
-// The gated MLP activations (act_mul.cu, moe.cu), one `apply` each.
+// The gated MLP activations (act_mul.cu, moe/common.cuh), one `apply` each.
 namespace act {
 // Accurate expf/tanhf/erff (not the __expf intrinsics): the CPU oracle uses exact functions.
 struct Silu {

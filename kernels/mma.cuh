@@ -1,5 +1,5 @@
 // mma.cuh — the sm_80 tensor-core, ldmatrix and async-copy primitives the tiled kernels share
-// (attention_prefill_mma.cu, moe.cu, quant_mma.cu): one definition each, so the host
+// (attention_prefill_mma.cu, moe_gemm.cu, quant_mma.cu): one definition each, so the host
 // emulation's stand-ins (tests/moe_emulation/cuda_shim.h, under FLINT_EMULATE) replace them
 // in one place. Needs common.cuh first.
 #pragma once

@@ -121,7 +121,8 @@ typedef struct SoftcapParams {
 } SoftcapParams;
 FLINT_ASSERT_SIZE(SoftcapParams, 24);
 
-/* --- moe.cu: mixture-of-experts routing, dispatch, grouped GEMM / gather-GEMV, combine --- */
+/* --- moe_route.cu, moe_gemm.cu, moe_gemv.cu: mixture-of-experts routing, dispatch, grouped
+ * GEMM / gather-GEMV, combine --- */
 
 /** Most experts a MoE layer may have (the router keeps a row in registers; ids are bf16
  * integers, exact up to 256). */
@@ -132,7 +133,7 @@ FLINT_ASSERT_SIZE(SoftcapParams, 24);
 #define FLINT_MOE_TILE_M 64
 /** Output columns of one grouped-GEMM tile (gate_up: TILE_N gate and TILE_N up columns). */
 #define FLINT_MOE_TILE_N 64
-/** The bf16 grouped GEMM (mma.sync m16n8k16, moe.cu): a CTA stages MMA_ROWS rows of A (two
+/** The bf16 grouped GEMM (mma.sync m16n8k16, moe_gemm.cu): a CTA stages MMA_ROWS rows of A (two
  * dispatch tiles of one expert) and MMA_B_ROWS weight rows (gate_up: 128 gate and 128 up rows for 128 output columns; down: 256
  * output columns) per K step of MMA_BK columns, MMA_STAGES steps in flight, MMA_THREADS
  * threads. The quantized grouped GEMM keeps FLINT_MOE_TILE_N and 128 threads. */
@@ -142,7 +143,8 @@ FLINT_ASSERT_SIZE(SoftcapParams, 24);
 #define FLINT_MOE_MMA_STAGES 4
 #define FLINT_MOE_MMA_THREADS 256
 /** Its dynamic shared memory: MMA_STAGES * (MMA_ROWS + MMA_B_ROWS) * MMA_BK * 2 bytes (checked
- * by a static_assert in moe.cu); above 48 KiB, so the host raises the kernels' limit at load. */
+ * by a static_assert in moe_gemm.cu); above 48 KiB, so the host raises the kernels' limit at
+ * load. */
 #define FLINT_MOE_MMA_SMEM_BYTES 98304
 /** Tokens one gather-GEMV pass reads a weight row for (the launcher picks GEMV only for
  * at most this many tokens, so every selected weight is read exactly once). */

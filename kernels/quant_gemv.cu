@@ -76,7 +76,7 @@
 
 namespace flint::quant_gemv {
 
-// The layout's decoding lives in quant/dequant.cuh (moe.cu's quantized experts share it).
+// The layout's decoding lives in quant/dequant.cuh (the quantized MoE experts share it).
 using quant::Chunk;
 using quant::code_at;
 using quant::code_of;

@@ -796,9 +796,9 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
     assert!(out.is_empty(), "{out}");
 }
 
-/// kernels/moe.cu compiled for the host (tests/moe_emulation: CTAs as std::threads, warp
-/// shuffles, a wmma shim, lane-exact mma.sync and ldmatrix, cp.async as a plain copy) against
-/// a double-precision reference:
+/// The MoE kernels (kernels/moe_route.cu, moe_gemm.cu, moe_gemv.cu) compiled for the host
+/// (tests/moe_emulation: CTAs as std::threads, warp shuffles, a wmma shim, lane-exact mma.sync
+/// and ldmatrix, cp.async as a plain copy) against a double-precision reference:
 /// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate,
 /// and the quantized experts (int8, int4 sym/asym/act-order, fp8 per row and in blocks) on
 /// both their paths; also kernels/quant_gemv.cu's dense GEMV (both its kernels) on the same

@@ -1,7 +1,8 @@
 // quant/dequant.cuh — the device side of the quantized-weight layout (quant/params.h):
 // decoding one code of a row into the CPU reference's exact f32 value. Shared by
-// quant_gemv.cu (dense GEMV / dequantize) and moe.cu (quantized experts), so both read the
-// one layout the one way. Needs common.cuh (included first by every kernel file).
+// quant_gemv.cu (dense GEMV / dequantize) and moe_gemm.cu / moe_gemv.cu (quantized experts),
+// so all read the one layout the one way. Needs common.cuh (included first by every kernel
+// file).
 //
 // The helpers take any params struct P with the weight fields of QuantGemvParams: qdata,
 // scales, zeros, g_idx, k, group, num_groups, gidx_rows, zero_default (QuantGemvParams and

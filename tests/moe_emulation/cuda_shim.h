@@ -5,9 +5,9 @@
 // - a CTA's threads are std::threads; __syncthreads is a std::barrier over them;
 // - __shared__ becomes `static` (CTAs run one after another, so a static is the CTA's memory);
 // - a warp shuffle is an exchange through per-warp slots between two warp barriers (every
-//   shuffle in moe.cu is called by all 32 lanes of a warp, as on the GPU);
+//   shuffle in the MoE kernels is called by all 32 lanes of a warp, as on the GPU);
 // - wmma fragments hold the whole 16x16 tile in every lane (same element order in every
-//   fragment of a type, which is all moe.cu relies on); mma accumulates in f32;
+//   fragment of a type, which is all moe_gemm.cu relies on); mma accumulates in f32;
 // - the warp-collective mma.sync m16n8k16 bf16 (shim::mma16816) keeps PTX's per-lane fragment
 //   layout: every lane posts its registers, each rebuilds A and B from the owning lanes and
 //   computes its own four accumulators in f32 (a lane that passes a wrong register shows);

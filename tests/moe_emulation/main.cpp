@@ -1,14 +1,17 @@
-// main.cpp — runs kernels/moe.cu (and the dense GEMVs, quant_gemv.cu and gemv.cu, at the
-// end) on the host (cuda_shim.h) against a double-precision reference: the router (ties,
-// norm on/off, more experts than lanes), the dispatch tables, both expert paths (grouped
-// GEMM and gather-GEMV) with the combine, on shapes with column and K tails, widths that are
-// not multiples of 8 (scalar paths), idle experts and experts with more than one 64-row tile.
+// main.cpp — runs the MoE kernels (kernels/moe_route.cu, moe_gemm.cu, moe_gemv.cu; and the
+// dense GEMVs, quant_gemv.cu and gemv.cu, at the end) on the host (cuda_shim.h) against a
+// double-precision reference: the router (ties, norm on/off, more experts than lanes), the
+// dispatch tables, both expert paths (grouped GEMM and gather-GEMV) with the combine, on
+// shapes with column and K tails, widths that are not multiples of 8 (scalar paths), idle
+// experts and experts with more than one 64-row tile.
 // Outputs are poisoned with NaN first. Exit 0 = all passed.
 //
 // Built and run by tests/moe.rs (g++ -std=c++20 -pthread, the CUDA headers for cuda_bf16.h).
 #include "cuda_shim.h"
 
-#include "../../kernels/moe.cu"
+#include "../../kernels/moe_route.cu"
+#include "../../kernels/moe_gemm.cu"
+#include "../../kernels/moe_gemv.cu"
 #include "../../kernels/quant_gemv.cu"  // the dense quantized GEMV shares quant/dequant.cuh
 #include "../../kernels/gemv.cu"        // and the dense bf16 GEMV (the decode matmul)
 

@@ -77,8 +77,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "gemv_bf16_t8",
     "gemv_bf16_norm_t8",
     "gemv_bf16_act_t8",
-    // moe.cu: router, device-side dispatch, grouped GEMM / gather-GEMV experts (bf16, and
-    // quantized: both read the packed codes, decoded in the kernel), combine
+    // moe_route.cu, moe_gemm.cu, moe_gemv.cu: router, device-side dispatch, grouped GEMM /
+    // gather-GEMV experts (bf16, and quantized: both read the packed codes, decoded in the
+    // kernel), combine
     "moe_combine_bf16",
     "moe_dispatch_bf16",
     "moe_down_bf16",

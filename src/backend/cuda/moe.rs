@@ -1,4 +1,6 @@
-//! The MoE ops on the GPU (`kernels/moe.cu`): `moe_route`, `moe_experts`, `sigmoid_gate_add`.
+//! The MoE ops on the GPU (`kernels/moe_route.cu`: router, dispatch, combine, shared-expert
+//! gate; `kernels/moe_gemm.cu`: grouped GEMMs; `kernels/moe_gemv.cu`: gather-GEMVs):
+//! `moe_route`, `moe_experts`, `sigmoid_gate_add`.
 //!
 //! `moe_experts` is four launches and no host round-trip: dispatch (one CTA groups the
 //! assignments a = t·k + j by expert, on the device) → gate|up + activation → down × routing
@@ -29,10 +31,10 @@
 //! - GEMV path: `moe_qgemv_{gate_up_<fmt>_<act>, down_<fmt>}`, the gather-GEMV's grid and
 //!   dispatch tables, each selected expert row streamed once as packed codes (16-byte loads),
 //!   dequantized in registers; act(gate)·up fused, routing weight on down.
-//! - Grouped path: `moe_{gate_up_<fmt>_<act>, down_<fmt>}`, the bf16 grouped GEMM with its B
-//!   tile decoded from the codes into shared memory inside the K loop (one step ahead of the
-//!   tensor cores), so the codes are the only weight bytes read and no bf16 copy of the
-//!   experts exists (the first version dequantized into an E·2I·D bf16 scratch, 1.88 GB at
+//! - Grouped path: `moe_{gate_up_<fmt>_<act>, down_<fmt>}`, a wmma grouped GEMM (the bf16
+//!   kernels' tile before they moved to mma.sync) with its B tile decoded from the codes into
+//!   shared memory inside the K loop (one step ahead of the tensor cores), so the codes are
+//!   the only weight bytes read and no bf16 copy of the experts exists (the first version dequantized into an E·2I·D bf16 scratch, 1.88 GB at
 //!   Mixtral-8x7B, written and read again on every layer call).
 //!
 //! Either operand may be quantized alone. No launch while a graph replays, no allocation
@@ -338,7 +340,7 @@ const QUANT_FMTS: [&str; 3] = ["i8", "i4", "fp8"];
 /// bf16 or quantized format index `fmt`.
 ///
 /// `one_token`: the step has a single token, so the quantized gather-GEMV's `_t1` kernels run
-/// (one token a pass: fewer registers, more loads in flight; see moe.cu).
+/// (one token a pass: fewer registers, more loads in flight; see kernels/moe_gemv.cu).
 pub fn expert_kernel_name(
     path: MoePath,
     act: Option<&str>,
