@@ -93,6 +93,83 @@ __device__ __forceinline__ void unpack8(const uint4 &raw, float (&x)[VEC]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The fused rope prologue (p.qkv != 0): rope_kv_write.cu's math for the one token of a decode
+// sequence, done where its results are used. Lane l holds dims c .. c + 8 of a head (c = (l %
+// LPK) * 8) in every key group, as for q, K and V below; all 32 lanes call these (shuffles).
+
+// cos / sin of this lane's 8 dims at position pos (dims past rotary_dim: unused). Dims d and
+// d + rot/2 share frequency d (rot/2 % 8 == 0: a lane's 8 dims are on one side).
+__device__ __forceinline__ void rope_table(const AttentionParams &p, int c, float pos, float (&cs)[VEC],
+                                           float (&sn)[VEC]) {
+    const int half = p.rotary_dim / 2;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        const int d = c + i;
+        cs[i] = 1.0f;
+        sn[i] = 0.0f;
+        if (d < 2 * half) sincosf(pos * p.inv_freq[d < half ? d : d - half], &sn[i], &cs[i]);
+    }
+}
+
+// One head's 8 dims of this lane from `src` (the head in qkv), optionally RMS-normed over the
+// head (its LPK lanes), then rotated (rotate_half pairs (i, i + rot/2), the partner's values
+// from the lane rot/16 away) and rounded to bf16, as rope_kv_write stores them.
+template <int LPK>
+__device__ __forceinline__ void rope_head(const AttentionParams &p, const bf16 *src, const bf16 *norm_w, int c,
+                                         const float (&cs)[VEC], const float (&sn)[VEC], float (&out)[VEC]) {
+    const int lane = threadIdx.x % WARP_SIZE, hd = p.head_dim, half = p.rotary_dim / 2;
+    float x[VEC];
+    load8(src + c, x);
+    if (norm_w) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) ss += x[i] * x[i];
+#pragma unroll
+        for (int o = 1; o < LPK; o *= 2) ss += __shfl_xor_sync(FULL_MASK, ss, o);
+        const float scale = rsqrtf(ss / float(hd) + p.eps);
+        float w[VEC];
+        load8(norm_w + c, w);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) x[i] = x[i] * scale * (p.w_offset + w[i]);
+    }
+    // Partner lane: dims c + half (first half) or c - half (second half); itself past rot.
+    const int step = half / VEC;
+    const int src_lane = c < half ? lane + step : (c < 2 * half ? lane - step : lane);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        const float y = __shfl_sync(FULL_MASK, x[i], src_lane);
+        float v = x[i];
+        if (c < half) v = x[i] * cs[i] - y * sn[i];
+        else if (c < 2 * half) v = x[i] * cs[i] + y * sn[i];
+        out[i] = to_f32(to_bf16(v));
+    }
+}
+
+// The split whose keys include the new one (position ctx - 1) writes its K (rotated) and V
+// into the cache slot before any warp reads it (the caller's __syncthreads); key group 0 of
+// warp 0 stores, 16 bytes a lane. Padding (slot -1 or past the cache) writes nothing.
+template <int HD>
+__device__ __forceinline__ void write_new_kv(const AttentionParams &p, int t, int kv_head, int c, const float (&cs)[VEC],
+                                            const float (&sn)[VEC]) {
+    constexpr int LPK = KeyLanes<HD>::LPK;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int H = p.num_heads, KV = p.num_kv_heads;
+    const int64_t slot = p.slot_mapping[t];
+    if (slot < 0 || slot >= int64_t(p.num_blocks) * p.block_size) return;  // uniform over the CTA
+    if (threadIdx.x >= WARP_SIZE) return;
+    const bf16 *row = p.qkv + int64_t(t) * (H + 2 * KV) * HD;
+    float k[VEC];
+    rope_head<LPK>(p, row + (H + kv_head) * HD, p.k_norm, c, cs, sn, k);
+    if (lane < LPK) {
+        const int64_t at = (slot * KV + kv_head) * HD + c;
+        // The cache pointers are const for the attention proper; this prologue owns the slot.
+        store8(const_cast<bf16 *>(p.k_cache) + at, k);
+        *reinterpret_cast<uint4 *>(const_cast<bf16 *>(p.v_cache) + at) =
+            *reinterpret_cast<const uint4 *>(row + (H + KV + kv_head) * HD + c);
+    }
+}
+
 // One tile with R register rows (nrows <= R of them real). red_* are the CTA's merge buffers.
 template <int HD, int R>
 __device__ __forceinline__ void decode_rows(const AttentionParams &p, const Tile &tile, int nrows, float *red_o,
@@ -116,14 +193,34 @@ __device__ __forceinline__ void decode_rows(const AttentionParams &p, const Tile
     const int2 range = split_range(lo, ctx, tile.split, p.num_splits);
     const int kv_lo = range.x, kv_hi = range.y;
 
-    // q rows, pre-scaled: lane holds dims c .. c + 8 of every row (zeros past nrows).
+    // q rows, pre-scaled: lane holds dims c .. c + 8 of every row (zeros past nrows). With
+    // the rope prologue fused they are rotated here from qkv, and the split holding the new
+    // key writes it and its value into the cache first.
     float q[R][VEC];
+    if (p.qkv) {
+        float cs[VEC], sn[VEC];
+        rope_table(p, c, float(p.positions[t]), cs, sn);
+        const bf16 *row = p.qkv + int64_t(t) * (H + 2 * p.num_kv_heads) * HD;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        float x[VEC] = {};
-        if (r < nrows) load8(p.q + (int64_t(t) * H + h0 + r) * HD + c, x);
+        for (int r = 0; r < R; ++r) {
+            float x[VEC];
+            // Rows past nrows rotate the last real row (all lanes shuffle) and are zeroed.
+            rope_head<LPK>(p, row + (h0 + min(r, nrows - 1)) * HD, p.q_norm, c, cs, sn, x);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) q[r][i] = x[i] * p.scale;
+            for (int i = 0; i < VEC; ++i) q[r][i] = r < nrows ? x[i] * p.scale : 0.0f;
+        }
+        if (kv_lo <= ctx - 1 && ctx - 1 < kv_hi) {  // uniform over the CTA
+            write_new_kv<HD>(p, t, tile.kv_head, c, cs, sn);
+            __syncthreads();  // the new K/V in global memory before any warp loads them
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float x[VEC] = {};
+            if (r < nrows) load8(p.q + (int64_t(t) * H + h0 + r) * HD + c, x);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) q[r][i] = x[i] * p.scale;
+        }
     }
 
     float m[R], l[R], acc[R][VEC];  // m in log2 units (score * LOG2E), shared by the warp

@@ -547,7 +547,7 @@ impl<B: Backend> Model<B> {
                 eps,
                 offset: off,
             });
-            be.rope_kv_write(
+            be.rope_attention(
                 &ws.qkv,
                 dstep,
                 &self.ropes[l.rope],
@@ -556,8 +556,8 @@ impl<B: Backend> Model<B> {
                 cache,
                 i,
                 &mut ws.q,
+                &mut ws.attn_out,
             )?;
-            be.attention(&ws.q, dstep, cache, i, &l.attn, &mut ws.attn_out)?;
             let o_in = MatIn::Plain(&ws.attn_out);
             match &l.post_attn_norm {
                 Some(pn) => {

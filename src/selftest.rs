@@ -370,6 +370,28 @@ struct Both {
     gpu: CudaTensor,
 }
 
+/// qk-norm weights (q, k) on both backends, and their offset.
+struct QkBoth(Both, Both, f32);
+
+impl QkBoth {
+    fn cpu(&self) -> QkNorm<'_, CpuTensor> {
+        QkNorm {
+            q: &self.0.cpu,
+            k: &self.1.cpu,
+            eps: 1e-6,
+            offset: self.2,
+        }
+    }
+    fn gpu(&self) -> QkNorm<'_, CudaTensor> {
+        QkNorm {
+            q: &self.0.gpu,
+            k: &self.1.gpu,
+            eps: 1e-6,
+            offset: self.2,
+        }
+    }
+}
+
 impl Tester<'_> {
     fn data(&self, n: usize, scale: f32) -> Vec<f32> {
         let mut r = self.rng.borrow_mut();
@@ -491,6 +513,24 @@ impl Tester<'_> {
                     format!("H {h} KV {kv} hd {hd} rot {rot} qk-norm {qn:?} seqs {seqs:?}"),
                     OP_TOL,
                     || self.rope(h, kv, hd, rot, qn, seqs),
+                ));
+            }
+        }
+        // Decode attention with the rope prologue fused (rope_attention at decode steps).
+        for &(h, kv, hd, rot, qn) in shapes.iter().filter(|s| HEAD_DIMS.contains(&s.2)) {
+            for (ctxs, window, cap) in pick(
+                quick,
+                vec![
+                    (vec![100, 17, 1, 64], None, None),
+                    (vec![1000, 33], Some(40), Some(30.0)),
+                    (vec![4097], None, None),
+                ],
+            ) {
+                out.push(self.case(
+                    "rope_attention",
+                    format!("H {h} KV {kv} hd {hd} rot {rot} qk-norm {qn:?} window {window:?} softcap {cap:?} contexts {ctxs:?}"),
+                    ATTN_TOL,
+                    || self.rope_attention(h, kv, hd, rot, qn, &ctxs, window, cap),
                 ));
             }
         }
@@ -670,6 +710,18 @@ impl Tester<'_> {
         Ok((f.clone(), self.gpu.upload_rope(&f)?))
     }
 
+    /// Random qk-norm weights of `hd` values with weight offset `qn` (None: no qk-norm).
+    fn qk_norms(&self, qn: Option<f32>, hd: usize) -> Result<Option<QkBoth>> {
+        qn.map(|off| {
+            Ok(QkBoth(
+                self.input(1, hd, 0.5)?,
+                self.input(1, hd, 0.5)?,
+                off,
+            ))
+        })
+        .transpose()
+    }
+
     /// Both caches, written by rope_kv_write over `step`.
     #[allow(clippy::too_many_arguments)]
     fn fill_cache(
@@ -695,10 +747,7 @@ impl Tester<'_> {
         let n = step.num_tokens();
         let qkv = self.input(n, (h + 2 * kv) * hd, 1.0)?;
         let (fc, fg) = self.ropes(rot)?;
-        let norms = match qn {
-            Some(_) => Some((self.input(1, hd, 0.5)?, self.input(1, hd, 0.5)?)),
-            None => None,
-        };
+        let norms = self.qk_norms(qn, hd)?;
         let attn = AttnParams {
             num_heads: h,
             num_kv_heads: kv,
@@ -710,19 +759,10 @@ impl Tester<'_> {
         let (mut qc, mut qg) = self.output(n, h * hd)?;
         let cs = self.cpu.upload_step(step)?;
         let gs = self.gpu.upload_step(step)?;
-        let off = qn.unwrap_or(0.0);
-        let qk_c = norms.as_ref().map(|(q, k)| QkNorm {
-            q: &q.cpu,
-            k: &k.cpu,
-            eps: 1e-6,
-            offset: off,
-        });
-        let qk_g = norms.as_ref().map(|(q, k)| QkNorm {
-            q: &q.gpu,
-            k: &k.gpu,
-            eps: 1e-6,
-            offset: off,
-        });
+        let (qk_c, qk_g) = (
+            norms.as_ref().map(QkBoth::cpu),
+            norms.as_ref().map(QkBoth::gpu),
+        );
         self.cpu
             .rope_kv_write(&qkv.cpu, &cs, &fc, qk_c, &attn, &mut cc, 1, &mut qc)?;
         self.gpu
@@ -753,6 +793,104 @@ impl Tester<'_> {
             b.extend_from_slice(&cc.v[1][at..at + kv * hd]);
         }
         Ok(e_q.max(rel_l2(&a, &b)))
+    }
+
+    /// One decode step (each sequence's last token) through `rope_attention` on both backends
+    /// after a fill of the whole context: on the GPU with the fusions on, the decode kernel's
+    /// rope prologue (checked to be taken where the rotary dim allows). The error covers the
+    /// output and the new K/V rows the step wrote.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        h: usize,
+        kv: usize,
+        hd: usize,
+        rot: usize,
+        qn: Option<f32>,
+        ctxs: &[usize],
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<f64> {
+        let full: Vec<(usize, usize)> = ctxs.iter().map(|&c| (c, c)).collect();
+        let (fill, blocks) = make_step(&full, 16, &mut self.rng.borrow_mut(), false);
+        let (mut cc, mut gc, _, _) = self.fill_cache(&fill, blocks, h, kv, hd, rot, qn)?;
+        let mut step = StepInput {
+            block_size: 16,
+            ..Default::default()
+        };
+        for (i, s) in fill.seqs.iter().enumerate() {
+            let last = s.q_start + s.ctx_len - 1;
+            step.token_ids.push(fill.token_ids[last]);
+            step.positions.push(fill.positions[last]);
+            step.slots.push(fill.slots[last]);
+            step.seqs.push(SeqStep {
+                q_start: i,
+                q_len: 1,
+                ctx_len: s.ctx_len,
+                block_table: s.block_table.clone(),
+            });
+        }
+        let n = step.num_tokens();
+        let qkv = self.input(n, (h + 2 * kv) * hd, 1.0)?;
+        let (fc, fg) = self.ropes(rot)?;
+        let norms = self.qk_norms(qn, hd)?;
+        let attn = AttnParams {
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            softcap,
+            window,
+        };
+        let (mut qc, mut qg) = self.output(n, h * hd)?;
+        let (mut c, mut g) = self.output(n, h * hd)?;
+        let cs = self.cpu.upload_step(&step)?;
+        let gs = self.gpu.upload_step(&step)?;
+        self.cpu.rope_attention(
+            &qkv.cpu,
+            &cs,
+            &fc,
+            norms.as_ref().map(QkBoth::cpu),
+            &attn,
+            &mut cc,
+            1,
+            &mut qc,
+            &mut c,
+        )?;
+        let configured = self.gpu.fuse();
+        self.gpu.set_fuse(true)?;
+        if !self.gpu.fuses_rope_attention(&step, rot, hd)
+            && crate::backend::cuda::attention::rope_fusable(rot, hd)
+        {
+            self.gpu.set_fuse(configured)?;
+            bail!(
+                "a decode step with rotary dim {rot} of {hd} did not take the fused rope prologue"
+            );
+        }
+        let run = self.gpu.rope_attention(
+            &qkv.gpu,
+            &gs,
+            &fg,
+            norms.as_ref().map(QkBoth::gpu),
+            &attn,
+            &mut gc,
+            1,
+            &mut qg,
+            &mut g,
+        );
+        self.gpu.set_fuse(configured)?;
+        run?;
+        let e_out = self.compare(&c, &g)?;
+        let (gk, gv) = self.gpu.kv_to_host(&gc, 1)?;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for &s in &step.slots {
+            let at = s as usize * kv * hd;
+            a.extend_from_slice(&gk[at..at + kv * hd]);
+            b.extend_from_slice(&cc.k[1][at..at + kv * hd]);
+            a.extend_from_slice(&gv[at..at + kv * hd]);
+            b.extend_from_slice(&cc.v[1][at..at + kv * hd]);
+        }
+        Ok(e_out.max(rel_l2(&a, &b)))
     }
 
     fn attention(

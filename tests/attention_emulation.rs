@@ -17,7 +17,7 @@ mod common;
 
 use common::build_emulation;
 use flint::backend::cuda::attention::{
-    split_counters_len, AttnKernel, AttnPlan, AttnPtrs, PrefillPath,
+    split_counters_len, AttnKernel, AttnPlan, AttnPtrs, FusedRope, PrefillPath,
 };
 use flint::backend::{AttnParams, SeqStep, StepInput};
 use flint::sampling::Rng;
@@ -34,6 +34,8 @@ struct Case {
     softcap: Option<f32>,
     window: Option<usize>,
     num_sms: u32,
+    /// Decode only: the rope prologue fused into the decode kernel, (rotary dim, qk-norm).
+    rope: Option<(usize, bool)>,
 }
 
 const BS: usize = 16;
@@ -44,6 +46,14 @@ const OUT: u64 = 4 << 40;
 const META: u64 = 5 << 40;
 const WS: u64 = 6 << 40;
 const COUNTERS: u64 = 7 << 40;
+const QKV: u64 = 8 << 40;
+const POSITIONS: u64 = 9 << 40;
+const SLOTS: u64 = 10 << 40;
+const INV_FREQ: u64 = 11 << 40;
+const Q_NORM: u64 = 12 << 40;
+const K_NORM: u64 = 13 << 40;
+const EPS: f32 = 1e-6;
+const W_OFFSET: f32 = 0.5;
 
 /// One emulated run.
 struct Run {
@@ -124,6 +134,7 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
         softcap: c.softcap,
         window: c.window,
     };
+    let rot = c.rope.map_or(0, |r| r.0);
     let ptrs = AttnPtrs {
         q: Q,
         k_cache: K,
@@ -132,6 +143,18 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
         metadata: META,
         workspace: WS,
         split_counters: COUNTERS,
+        rope: c.rope.map(|(rot, qk_norm)| FusedRope {
+            qkv: QKV,
+            positions: POSITIONS,
+            slot_mapping: SLOTS,
+            inv_freq: INV_FREQ,
+            q_norm: if qk_norm { Q_NORM } else { 0 },
+            k_norm: if qk_norm { K_NORM } else { 0 },
+            rotary_dim: rot,
+            num_blocks: total_blocks,
+            eps: EPS,
+            w_offset: W_OFFSET,
+        }),
     };
     let launches = plan.launches(&attn, &ptrs).unwrap();
     let rand = |rng: &mut Rng, n: usize| -> Vec<f32> {
@@ -140,6 +163,57 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
     let q = rand(&mut rng, t * h * hd);
     let kc = rand(&mut rng, total_blocks * BS * kv * hd);
     let vc = rand(&mut rng, total_blocks * BS * kv * hd);
+    // The rope prologue's inputs, and what the float64 reference reads: q rotated from qkv,
+    // and the cache with each sequence's new key (rotated) and value at its slot.
+    let qkv = rand(&mut rng, t * (h + 2 * kv) * hd);
+    let inv_freq: Vec<f32> = (0..rot / 2)
+        .map(|i| 10000f32.powf(-2.0 * i as f32 / rot as f32))
+        .collect();
+    let q_norm = rand(&mut rng, hd);
+    let k_norm = rand(&mut rng, hd);
+    let mut q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    let mut k64: Vec<f64> = kc.iter().map(|&x| x as f64).collect();
+    let mut v64: Vec<f64> = vc.iter().map(|&x| x as f64).collect();
+    let mut new_slots = Vec::new();
+    if let Some((_, qk_norm)) = c.rope {
+        // Norm (optional) and rotate_half rotation of one head, in float64.
+        let rope = |x: &[f32], w: &[f32], pos: f64| -> Vec<f64> {
+            let mut v: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+            if qk_norm {
+                let ms = v.iter().map(|a| a * a).sum::<f64>() / hd as f64;
+                let r = 1.0 / (ms + EPS as f64).sqrt();
+                for (a, &wi) in v.iter_mut().zip(w) {
+                    *a *= r * (W_OFFSET as f64 + wi as f64);
+                }
+            }
+            let mut o = v.clone();
+            for i in 0..rot / 2 {
+                let (sn, cs) = (pos * inv_freq[i] as f64).sin_cos();
+                o[i] = v[i] * cs - v[i + rot / 2] * sn;
+                o[i + rot / 2] = v[i + rot / 2] * cs + v[i] * sn;
+            }
+            o
+        };
+        let row_len = (h + 2 * kv) * hd;
+        for tok in 0..t {
+            let row = &qkv[tok * row_len..(tok + 1) * row_len];
+            let pos = step.positions[tok] as f64;
+            for hh in 0..h {
+                let r = rope(&row[hh * hd..(hh + 1) * hd], &q_norm, pos);
+                q64[(tok * h + hh) * hd..(tok * h + hh + 1) * hd].copy_from_slice(&r);
+            }
+            let slot = step.slots[tok] as usize;
+            new_slots.push(slot);
+            for g in 0..kv {
+                let kr = rope(&row[(h + g) * hd..(h + g + 1) * hd], &k_norm, pos);
+                let at = (slot * kv + g) * hd;
+                k64[at..at + hd].copy_from_slice(&kr);
+                for d in 0..hd {
+                    v64[at + d] = row[(h + kv + g) * hd + d] as f64;
+                }
+            }
+        }
+    }
     let mut meta: Vec<i32> = plan.metadata().to_vec();
     if broken_table {
         // Swap the first two block-table rows: sequences read each other's keys.
@@ -177,6 +251,28 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
         (META, meta.iter().flat_map(|v| v.to_le_bytes()).collect()),
         (WS, vec![0xFF; plan.workspace_bytes().max(4)]),
         (COUNTERS, vec![0; 4 * split_counters_len(c.num_sms)]),
+        (QKV, bf(&qkv)),
+        (
+            POSITIONS,
+            step.positions
+                .iter()
+                .flat_map(|&p| (p as i32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            SLOTS,
+            step.slots.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        ),
+        (
+            INV_FREQ,
+            inv_freq
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .chain([0; 4])
+                .collect(),
+        ),
+        (Q_NORM, bf(&q_norm)),
+        (K_NORM, bf(&k_norm)),
     ];
     u32le(&mut b, bufs.len() as u32);
     for (base, data) in &bufs {
@@ -195,7 +291,7 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
     let r = std::process::Command::new(exe)
         .arg(&case)
         .arg(&out)
-        .arg(format!("{OUT},{COUNTERS}"))
+        .arg(format!("{OUT},{COUNTERS},{K},{V}"))
         .env(
             "FLINT_SHIM_REVERSE_CTAS",
             if reverse_ctas { "1" } else { "0" },
@@ -209,7 +305,38 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
         String::from_utf8_lossy(&r.stderr)
     );
     let bytes = std::fs::read(&out).unwrap();
-    let (out_bytes, counter_bytes) = bytes.split_at(t * h * hd * 2);
+    let (out_bytes, rest) = bytes.split_at(t * h * hd * 2);
+    let (counter_bytes, rest) = rest.split_at(4 * split_counters_len(c.num_sms));
+    let (k_bytes, v_bytes) = rest.split_at(kc.len() * 2);
+    // The cache after the launch: the new slots as the reference rotated them (to bf16), every
+    // other slot as it was (the fused prologue writes nothing else; the unfused kernels nothing).
+    let from_bf16 = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(2)
+            .map(|x| half::bf16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32())
+            .collect()
+    };
+    for (name, after, before, want) in [
+        ("K", from_bf16(k_bytes), &kc, &k64),
+        ("V", from_bf16(v_bytes), &vc, &v64),
+    ] {
+        for (i, (&a, &b)) in after.iter().zip(before.iter()).enumerate() {
+            let slot = i / (kv * hd);
+            if new_slots.contains(&slot) {
+                let w = want[i];
+                assert!(
+                    (a as f64 - w).abs() <= 1e-2 * w.abs() + 1e-3,
+                    "{}: new {name} at slot {slot}: {a} against {w}",
+                    c.name
+                );
+            } else {
+                assert!(
+                    a.to_bits() == b.to_bits(),
+                    "{}: {name} at slot {slot} changed",
+                    c.name
+                );
+            }
+        }
+    }
     let bits: Vec<u16> = out_bytes
         .chunks_exact(2)
         .map(|x| u16::from_le_bytes([x[0], x[1]]))
@@ -233,13 +360,13 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
             let first = c.window.map_or(0, |w| (p + 1).saturating_sub(w));
             for hh in 0..h {
                 let g = hh / group;
-                let qv = &q[(row * h + hh) * hd..(row * h + hh + 1) * hd];
+                let qv = &q64[(row * h + hh) * hd..(row * h + hh + 1) * hd];
                 let at =
                     |j: usize| (s.block_table[j / BS] as usize * BS + j % BS) * kv * hd + g * hd;
                 let scores: Vec<f64> = (first..=p)
                     .map(|j| {
-                        let k = &kc[at(j)..at(j) + hd];
-                        let d: f64 = qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let k = &k64[at(j)..at(j) + hd];
+                        let d: f64 = qv.iter().zip(k).map(|(a, b)| a * b).sum();
                         let x = d * attn.scale as f64;
                         c.softcap
                             .map_or(x, |cap| cap as f64 * (x / cap as f64).tanh())
@@ -251,7 +378,7 @@ fn run(exe: &Path, c: &Case, how: How) -> Run {
                 for d in 0..hd {
                     let want: f64 = (first..=p)
                         .zip(&w)
-                        .map(|(j, wj)| wj * vc[at(j) + d] as f64)
+                        .map(|(j, wj)| wj * v64[at(j) + d])
                         .sum::<f64>()
                         / z;
                     let gv = got[(row * h + hh) * hd + d] as f64;
@@ -285,6 +412,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 8,
+            rope: None,
         },
         Case {
             name: "decode, window 64 + soft-cap 30, GQA 8/1, hd 128",
@@ -293,6 +421,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(30.0),
             window: Some(64),
             num_sms: 4,
+            rope: None,
         },
         Case {
             name:
@@ -302,6 +431,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 132,
+            rope: None,
         },
         Case {
             name: "decode b3, contexts 4097/1000/32, 64 splits, GQA 8/1, hd 64",
@@ -310,6 +440,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 132,
+            rope: None,
         },
         Case {
             name: "decode b1, context 4097, window 1000 + soft-cap 20, MHA 2/2, hd 256",
@@ -318,6 +449,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(20.0),
             window: Some(1000),
             num_sms: 16,
+            rope: None,
         },
         Case {
             name: "decode b2, contexts 1000/33, few splits, GQA 4/1, hd 128, soft-cap 30",
@@ -326,6 +458,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(30.0),
             window: None,
             num_sms: 4,
+            rope: None,
         },
         Case {
             name: "decode b2, group 16 (two row tiles per kv head), window 40, hd 64",
@@ -334,6 +467,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: Some(40),
             num_sms: 16,
+            rope: None,
         },
         Case {
             name: "decode b3, group 3 (a padded register row), GQA 6/2, hd 32",
@@ -342,6 +476,43 @@ fn cases() -> Vec<Case> {
             softcap: Some(10.0),
             window: None,
             num_sms: 8,
+            rope: None,
+        },
+        Case {
+            name: "decode b4 with the rope prologue fused, GQA 8/2, hd 128, split-K",
+            seqs: vec![(1, 1), (37, 1), (300, 1), (1000, 1)],
+            heads: (8, 2, 128),
+            softcap: None,
+            window: None,
+            num_sms: 8,
+            rope: Some((128, false)),
+        },
+        Case {
+            name: "decode b2 with the rope prologue fused, qk-norm, partial rotary 32 of hd 64, group 16",
+            seqs: vec![(300, 1), (31, 1)],
+            heads: (32, 2, 64),
+            softcap: None,
+            window: Some(40),
+            num_sms: 16,
+            rope: Some((32, true)),
+        },
+        Case {
+            name: "decode b1 with the rope prologue fused, qk-norm, MHA 2/2, hd 256, 64 splits",
+            seqs: vec![(4097, 1)],
+            heads: (2, 2, 256),
+            softcap: Some(20.0),
+            window: None,
+            num_sms: 132,
+            rope: Some((256, true)),
+        },
+        Case {
+            name: "decode b3 with the rope prologue fused, hd 16 (2 lanes a key), one split",
+            seqs: vec![(60, 1), (18, 1), (1, 1)],
+            heads: (2, 1, 16),
+            softcap: None,
+            window: None,
+            num_sms: 132,
+            rope: Some((16, false)),
         },
         Case {
             name: "ragged prefill with cached prefix, MHA 4/4, hd 128",
@@ -350,6 +521,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 8,
+            rope: None,
         },
         Case {
             name: "prefill, window 8 + soft-cap, hd 32",
@@ -358,6 +530,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(5.0),
             window: Some(8),
             num_sms: 8,
+            rope: None,
         },
         Case {
             name: "decode-shaped step, hd 16",
@@ -366,6 +539,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 2,
+            rope: None,
         },
         Case {
             name: "chunked prefill after a prefix, GQA 8/1, hd 64",
@@ -374,6 +548,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 8,
+            rope: None,
         },
         Case {
             name: "prefill, window 20 + soft-cap, GQA 4/1, hd 16",
@@ -382,6 +557,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(10.0),
             window: Some(20),
             num_sms: 4,
+            rope: None,
         },
         Case {
             name: "long ragged prefill, several 64-row tiles per sequence, MHA 2/2, hd 32",
@@ -390,6 +566,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 8,
+            rope: None,
         },
         Case {
             name: "prefill after a prefix, window 50, GQA 4/1, hd 128",
@@ -398,6 +575,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: Some(50),
             num_sms: 8,
+            rope: None,
         },
         Case {
             name: "prefill hd 256 after a prefix, GQA 8/1, soft-cap",
@@ -406,6 +584,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(20.0),
             window: None,
             num_sms: 2,
+            rope: None,
         },
         Case {
             name: "prefill hd 256",
@@ -414,6 +593,7 @@ fn cases() -> Vec<Case> {
             softcap: None,
             window: None,
             num_sms: 2,
+            rope: None,
         },
     ]
 }

@@ -54,7 +54,19 @@ typedef struct AttentionParams {
     float softcap;                       /**< 0 = none */
     int32_t window;                      /**< 0 = none */
     int32_t pad_;
+    /* Decode only, the rope prologue fused (attention_decode.cu; qkv = 0: q is already rotated
+     * and the new K/V are in the cache, as rope_kv_write.cu leaves them): */
+    FLINT_PTR(const flint_bf16) qkv;       /**< [T, (H + 2 KV) * hd] as the qkv matmul wrote it */
+    FLINT_PTR(const int32_t) positions;    /**< [T] */
+    FLINT_PTR(const int64_t) slot_mapping; /**< [T], -1 = padding: K/V not written */
+    FLINT_PTR(const float) inv_freq;       /**< [rotary_dim / 2] */
+    FLINT_PTR(const flint_bf16) q_norm;    /**< [hd] or 0 (no qk-norm) */
+    FLINT_PTR(const flint_bf16) k_norm;    /**< [hd] or 0 */
+    int32_t rotary_dim;                    /**< even, <= hd, a multiple of 16 */
+    int32_t num_blocks;                    /**< cache blocks (slots past them are not written) */
+    float eps;                             /**< qk-norm */
+    float w_offset;                        /**< qk-norm weight offset (1 for Gemma) */
 } AttentionParams;
-FLINT_ASSERT_SIZE(AttentionParams, 120);
+FLINT_ASSERT_SIZE(AttentionParams, 184);
 
 #endif /* FLINT_ATTENTION_PARAMS_H */

@@ -125,6 +125,20 @@ impl<B: Backend> Backend for &B {
     ) -> Result<()> {
         (**self).rope_kv_write(qkv, s, rope, qk, a, c, l, q)
     }
+    fn rope_attention(
+        &self,
+        qkv: &Self::Tensor,
+        s: &Self::Step,
+        rope: &Self::Rope,
+        qk: Option<QkNorm<'_, Self::Weight>>,
+        a: &AttnParams,
+        c: &mut Self::KvCache,
+        l: usize,
+        q: &mut Self::Tensor,
+        o: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).rope_attention(qkv, s, rope, qk, a, c, l, q, o)
+    }
     fn attention(
         &self,
         q: &Self::Tensor,

@@ -525,6 +525,26 @@ pub trait Backend {
         q_out: &mut Self::Tensor,
     ) -> Result<()>;
 
+    /// `rope_kv_write` then `attention` (into `out`; `q_out` is scratch): one call, so that a
+    /// backend may run both in one kernel where the step allows (the CUDA decode kernel does;
+    /// `q_out` may then be left unwritten). The result is what the two calls give.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        qkv: &Self::Tensor,
+        step: &Self::Step,
+        rope: &Self::Rope,
+        qk_norm: Option<QkNorm<'_, Self::Weight>>,
+        attn: &AttnParams,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        q_out: &mut Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.rope_kv_write(qkv, step, rope, qk_norm, attn, cache, layer, q_out)?;
+        self.attention(q_out, step, cache, layer, attn, out)
+    }
+
     /// Causal attention of every new token over its sequence's cached keys and values:
     /// q `[T, H·hd]` → out `[T, H·hd]`; GQA maps query head h to kv head h / (H / KV).
     fn attention(

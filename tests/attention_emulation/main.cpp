@@ -5,7 +5,7 @@
 // output buffer back, for the test to compare with a float64 reference.
 //
 // Case file, little-endian: u32 launches; per launch: u32 name length, name, u32 grid[3],
-// u32 block[3], AttentionParams (120 bytes, pointers as the planner's fake addresses);
+// u32 block[3], AttentionParams (184 bytes, pointers as the planner's fake addresses);
 // u32 buffers; per buffer: u64 fake base, u64 bytes, the bytes. Every pointer in the params
 // is translated from its fake base to the buffer's memory here. Output: the bytes of the
 // buffers whose bases argv[3] lists (decimal, comma-separated), one after another, to the
@@ -109,6 +109,12 @@ int main(int argc, char **argv) {
         p.partial_o = translate(p.partial_o, bufs);
         p.partial_lse = translate(p.partial_lse, bufs);
         p.split_counters = translate(p.split_counters, bufs);
+        p.qkv = translate(p.qkv, bufs);
+        p.positions = translate(p.positions, bufs);
+        p.slot_mapping = translate(p.slot_mapping, bufs);
+        p.inv_freq = translate(p.inv_freq, bufs);
+        p.q_norm = translate(p.q_norm, bufs);
+        p.k_norm = translate(p.k_norm, bufs);
         const auto k = table.find(l.name);
         if (k == table.end()) {
             std::fprintf(stderr, "unknown kernel %s\n", l.name.c_str());

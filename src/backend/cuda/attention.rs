@@ -73,7 +73,7 @@ pub const MAX_SPLITS: usize = FLINT_ATTN_MAX_SPLITS as usize;
 const TARGET_WAVES: usize = 2;
 
 /// Device pointers one layer's attention reads and writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AttnPtrs {
     /// bf16 `[T, H, hd]`, already rotated.
     pub q: u64,
@@ -89,6 +89,37 @@ pub struct AttnPtrs {
     /// [`split_counters_len`] i32, all zero (a split decode's per-group counters; the kernel
     /// puts each back to 0).
     pub split_counters: u64,
+    /// Decode only: the rope prologue fused into the decode kernel. `q` is then unused: the
+    /// kernel rotates q from `qkv` and writes the new K/V into the cache itself (what
+    /// rope_kv_write.cu does, in the same launch).
+    pub rope: Option<FusedRope>,
+}
+
+/// The rope prologue's inputs (kernels/attention/params.h; the same as rope_kv_write's).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FusedRope {
+    /// bf16 `[T, (H + 2 KV) · hd]`: the qkv matmul's output.
+    pub qkv: u64,
+    /// i32 `[T]`.
+    pub positions: u64,
+    /// i64 `[T]`, -1 = padding.
+    pub slot_mapping: u64,
+    /// f32 `[rotary_dim / 2]`.
+    pub inv_freq: u64,
+    /// bf16 `[hd]` each, or 0 (no qk-norm).
+    pub q_norm: u64,
+    pub k_norm: u64,
+    pub rotary_dim: usize,
+    /// Blocks of the cache (slots past them are not written).
+    pub num_blocks: usize,
+    pub eps: f32,
+    pub w_offset: f32,
+}
+
+/// Whether the decode kernel can take the rope prologue for this rotary dim: each lane's 8
+/// dims must rotate against one partner lane (rotary_dim a multiple of 16).
+pub fn rope_fusable(rotary_dim: usize, head_dim: usize) -> bool {
+    rotary_dim > 0 && rotary_dim % 16 == 0 && rotary_dim <= head_dim
 }
 
 /// Split counters a backend allocates (zeroed) once: one per tile group (the tiles that
@@ -527,6 +558,26 @@ impl AttnPlan {
         } else {
             (0, 0, 0)
         };
+        let rope = match ptrs.rope {
+            None => FusedRope::default(),
+            Some(r) => {
+                ensure!(
+                    matches!(self.kernel, AttnKernel::Decode { .. }),
+                    "attention: the fused rope prologue is for decode steps only"
+                );
+                ensure!(
+                    rope_fusable(r.rotary_dim, self.head_dim),
+                    "attention: rotary dim {} cannot be fused at head_dim {} (a multiple of 16, at most head_dim)",
+                    r.rotary_dim,
+                    self.head_dim
+                );
+                ensure!(
+                    r.qkv != 0 && r.positions != 0 && r.slot_mapping != 0 && r.inv_freq != 0,
+                    "attention: the fused rope prologue is missing an input"
+                );
+                r
+            }
+        };
         Ok(AttentionParams {
             q: ptrs.q,
             k_cache: ptrs.k_cache,
@@ -550,6 +601,16 @@ impl AttnPlan {
             softcap,
             window,
             pad_: 0,
+            qkv: rope.qkv,
+            positions: rope.positions,
+            slot_mapping: rope.slot_mapping,
+            inv_freq: rope.inv_freq,
+            q_norm: rope.q_norm,
+            k_norm: rope.k_norm,
+            rotary_dim: to_i32(rope.rotary_dim, "rotary_dim")?,
+            num_blocks: to_i32(rope.num_blocks, "num_blocks")?,
+            eps: rope.eps,
+            w_offset: rope.w_offset,
         })
     }
 
@@ -598,7 +659,7 @@ impl AttnPlan {
 fn params_bytes(p: &AttentionParams) -> Vec<u8> {
     let n = std::mem::size_of::<AttentionParams>();
     // SAFETY: AttentionParams is a bindgen #[repr(C)] struct of u64/i32/f32 fields laid out
-    // without padding (params.h pins its size to 120 = the sum of its fields), so all n bytes
+    // without padding (params.h pins its size to 184 = the sum of its fields), so all n bytes
     // behind the reference are initialised.
     unsafe { std::slice::from_raw_parts((p as *const AttentionParams).cast::<u8>(), n) }.to_vec()
 }
@@ -1006,7 +1067,7 @@ mod tests {
         assert_eq!(l[0].kernel, "attention_prefill_bf16_hd64");
         assert_eq!(l[0].grid, (6, 1, 1));
         assert_eq!(l[0].block, (128, 1, 1));
-        assert_eq!(l[0].params.len(), 120);
+        assert_eq!(l[0].params.len(), 184);
         // The tensor-core path, the default: 64-row tiles at hd 64, four warps each; the same
         // sequences and block tables, a shorter tile map.
         assert_eq!(mma.tile_rows(), MMA_WIDE_ROWS);

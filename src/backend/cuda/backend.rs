@@ -13,7 +13,7 @@
 //!
 //! Everything runs on one stream, in order; `to_host` synchronizes.
 
-use super::attention::{AttnPlan, AttnPtrs, PrefillPath};
+use super::attention::{rope_fusable, AttnPlan, AttnPtrs, FusedRope, PrefillPath};
 use super::device::{dptr, no_panic, Device, DeviceInfo, Staging};
 use super::gemm::Gemm;
 use super::kernels::{self as k, i32_of, Kernels};
@@ -270,7 +270,7 @@ impl CudaBackend {
             Err(_) => true,
         };
         if !fuse {
-            eprintln!("flint: FLINT_FUSE=0: the decode GEMVs' inputs are materialized by rms_norm / act_mul kernels");
+            eprintln!("flint: FLINT_FUSE=0: the decode GEMVs' inputs are materialized by rms_norm / act_mul kernels, and rope_kv_write runs before decode attention");
         }
         let split_counters = dev
             .stream
@@ -458,6 +458,166 @@ impl CudaBackend {
     /// Bytes of weights uploaded to this GPU so far.
     pub fn uploaded_bytes(&self) -> usize {
         self.uploaded.get()
+    }
+
+    /// Whether `rope_attention` runs `step` as one launch (the decode kernel's rope prologue):
+    /// a decode step (every sequence one new token), fusions on (`FLINT_FUSE`), a rotary dim
+    /// the prologue takes (`attention::rope_fusable`).
+    pub fn fuses_rope_attention(
+        &self,
+        step: &StepInput,
+        rotary_dim: usize,
+        head_dim: usize,
+    ) -> bool {
+        let decode = !step.seqs.is_empty() && step.seqs.iter().all(|s| s.q_len == 1);
+        self.fuse.get() && decode && rope_fusable(rotary_dim, head_dim)
+    }
+
+    /// rope_kv_write's checks and params (q_out left 0 for the caller): shapes, the rotary
+    /// dim, qk-norm sizes, slots inside the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_params(
+        &self,
+        qkv: &CudaTensor,
+        step: &CudaStep,
+        rope: &CudaRope,
+        qk_norm: Option<QkNorm<'_, CudaTensor>>,
+        attn: &AttnParams,
+        cache: &CudaKvCache,
+        layer: usize,
+    ) -> Result<RopeKvWriteParams> {
+        self.check_step("rope_kv_write", step)?;
+        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let sh = cache.shape;
+        let n = step.input.num_tokens();
+        if qkv.cols != (h + 2 * kv) * hd || qkv.rows != n {
+            bail!(
+                "rope_kv_write: qkv is [{}, {}] for {n} tokens, {h} heads, {kv} kv heads, head_dim {hd}",
+                qkv.rows,
+                qkv.cols
+            );
+        }
+        if sh.kv_heads != kv
+            || sh.head_dim != hd
+            || layer >= sh.layers
+            || sh.block_size != step.input.block_size
+        {
+            bail!("rope_kv_write: cache shape {sh:?} does not match layer {layer} with {kv} kv heads of {hd}");
+        }
+        let rot = rope.len * 2;
+        if rot > hd {
+            bail!("rope_kv_write: rotary dim {rot} exceeds head_dim {hd}");
+        }
+        if hd > FLINT_ROPE_MAX_HEAD_DIM as usize {
+            bail!(
+                "rope_kv_write: head_dim {hd} exceeds the kernel's limit of {FLINT_ROPE_MAX_HEAD_DIM}"
+            );
+        }
+        let (q_norm, k_norm, eps, w_offset) = match &qk_norm {
+            Some(qn) => {
+                if qn.q.len() != hd || qn.k.len() != hd {
+                    bail!(
+                        "rope_kv_write: qk-norm weights have {} and {} values for head_dim {hd}",
+                        qn.q.len(),
+                        qn.k.len()
+                    );
+                }
+                (self.ptr(&qn.q.buf), self.ptr(&qn.k.buf), qn.eps, qn.offset)
+            }
+            None => (0, 0, 0.0, 0.0),
+        };
+        let cap = sh.num_blocks * sh.block_size;
+        if let Some((t, &s)) = step
+            .input
+            .slots
+            .iter()
+            .enumerate()
+            .find(|(_, &s)| s >= 0 && s as usize >= cap)
+        {
+            bail!("rope_kv_write: slot {s} of token {t} is outside the cache ({cap} slots)");
+        }
+        let per = cache.per_layer() as u64;
+        let base = self.ptr(&cache.buf);
+        let p = RopeKvWriteParams {
+            qkv: self.ptr(&qkv.buf),
+            positions: step.positions,
+            slot_mapping: step.slots,
+            inv_freq: self.ptr(&rope.inv_freq),
+            q_norm,
+            k_norm,
+            q_out: 0,
+            k_cache: base + 2 * (2 * layer as u64) * per,
+            v_cache: base + 2 * (2 * layer as u64 + 1) * per,
+            num_tokens: i32_of("rope_kv_write", "tokens", n)?,
+            num_heads: i32_of("rope_kv_write", "heads", h)?,
+            num_kv_heads: i32_of("rope_kv_write", "kv heads", kv)?,
+            head_dim: hd as i32,
+            rotary_dim: rot as i32,
+            block_size: i32_of("rope_kv_write", "block_size", sh.block_size)?,
+            num_blocks: i32_of("rope_kv_write", "num_blocks", sh.num_blocks)?,
+            eps,
+            w_offset,
+        };
+        Ok(p)
+    }
+
+    /// `attention`, or with `rope` the decode kernel's fused rope prologue (q then only gives
+    /// the shape: the kernel reads qkv).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_impl(
+        &self,
+        q: &CudaTensor,
+        step: &CudaStep,
+        cache: &CudaKvCache,
+        layer: usize,
+        attn: &AttnParams,
+        out: &mut CudaTensor,
+        rope: Option<FusedRope>,
+    ) -> Result<()> {
+        self.check_step("attention", step)?;
+        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let n = step.input.num_tokens();
+        if q.cols != h * hd || out.cols != h * hd || q.rows != n || layer >= cache.shape.layers {
+            bail!(
+                "attention: q is [{}, {}] for {n} tokens and {h} heads of {hd}",
+                q.rows,
+                q.cols
+            );
+        }
+        if kv == 0 || h % kv != 0 || cache.shape.kv_heads != kv || cache.shape.head_dim != hd {
+            bail!(
+                "attention: {h} heads over {kv} kv heads of {hd} do not match the cache {:?}",
+                cache.shape
+            );
+        }
+        out.set_rows(n, "attention")?;
+        let (metadata, workspace, _) = self.planned(step, attn)?;
+        let per = cache.per_layer() as u64;
+        let base = self.ptr(&cache.buf);
+        let ptrs = AttnPtrs {
+            q: self.ptr(&q.buf),
+            k_cache: base + 2 * (2 * layer as u64) * per,
+            v_cache: base + 2 * (2 * layer as u64 + 1) * per,
+            out: self.ptr(&out.buf),
+            metadata,
+            workspace,
+            split_counters: self.ptr(&self.split_counters),
+            rope,
+        };
+        if self.replaying() {
+            return Ok(()); // the graph launches this at graph_end
+        }
+        let slot = step.attn.borrow();
+        let plan = match slot.as_ref().map(|p| &p.plan) {
+            Some(Ok(p)) => p,
+            _ => bail!("attention: no plan"),
+        };
+        for l in plan.launches(attn, &ptrs)? {
+            // SAFETY: the plan built these launches for pointers into live buffers of the
+            // shapes checked above.
+            unsafe { k::launch_attention(&self.k, &l, self.stream()?)? };
+        }
+        Ok(())
     }
 
     /// The plan for this step and attention shape, made (and its metadata uploaded) once.
@@ -983,82 +1143,20 @@ impl Backend for CudaBackend {
         layer: usize,
         q_out: &mut CudaTensor,
     ) -> Result<()> {
-        self.check_step("rope_kv_write", step)?;
-        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
-        let sh = cache.shape;
-        let n = step.input.num_tokens();
-        if qkv.cols != (h + 2 * kv) * hd || q_out.cols != h * hd || qkv.rows != n {
+        let mut p = self.rope_params(qkv, step, rope, qk_norm, attn, cache, layer)?;
+        let (n, h, kv) = (step.input.num_tokens(), attn.num_heads, attn.num_kv_heads);
+        if q_out.cols != h * attn.head_dim {
             bail!(
-                "rope_kv_write: qkv is [{}, {}] for {n} tokens, {h} heads, {kv} kv heads, head_dim {hd}",
-                qkv.rows,
-                qkv.cols
+                "rope_kv_write: q_out has {} columns for {h} heads of {}",
+                q_out.cols,
+                attn.head_dim
             );
-        }
-        if sh.kv_heads != kv
-            || sh.head_dim != hd
-            || layer >= sh.layers
-            || sh.block_size != step.input.block_size
-        {
-            bail!("rope_kv_write: cache shape {sh:?} does not match layer {layer} with {kv} kv heads of {hd}");
-        }
-        let rot = rope.len * 2;
-        if rot > hd {
-            bail!("rope_kv_write: rotary dim {rot} exceeds head_dim {hd}");
-        }
-        if hd > FLINT_ROPE_MAX_HEAD_DIM as usize {
-            bail!(
-                "rope_kv_write: head_dim {hd} exceeds the kernel's limit of {FLINT_ROPE_MAX_HEAD_DIM}"
-            );
-        }
-        let (q_norm, k_norm, eps, w_offset) = match &qk_norm {
-            Some(qn) => {
-                if qn.q.len() != hd || qn.k.len() != hd {
-                    bail!(
-                        "rope_kv_write: qk-norm weights have {} and {} values for head_dim {hd}",
-                        qn.q.len(),
-                        qn.k.len()
-                    );
-                }
-                (self.ptr(&qn.q.buf), self.ptr(&qn.k.buf), qn.eps, qn.offset)
-            }
-            None => (0, 0, 0.0, 0.0),
-        };
-        let cap = sh.num_blocks * sh.block_size;
-        if let Some((t, &s)) = step
-            .input
-            .slots
-            .iter()
-            .enumerate()
-            .find(|(_, &s)| s >= 0 && s as usize >= cap)
-        {
-            bail!("rope_kv_write: slot {s} of token {t} is outside the cache ({cap} slots)");
         }
         q_out.set_rows(n, "rope_kv_write")?;
         if n == 0 {
             return Ok(());
         }
-        let per = cache.per_layer() as u64;
-        let base = self.ptr(&cache.buf);
-        let p = RopeKvWriteParams {
-            qkv: self.ptr(&qkv.buf),
-            positions: step.positions,
-            slot_mapping: step.slots,
-            inv_freq: self.ptr(&rope.inv_freq),
-            q_norm,
-            k_norm,
-            q_out: self.ptr(&q_out.buf),
-            k_cache: base + 2 * (2 * layer as u64) * per,
-            v_cache: base + 2 * (2 * layer as u64 + 1) * per,
-            num_tokens: i32_of("rope_kv_write", "tokens", n)?,
-            num_heads: i32_of("rope_kv_write", "heads", h)?,
-            num_kv_heads: i32_of("rope_kv_write", "kv heads", kv)?,
-            head_dim: hd as i32,
-            rotary_dim: rot as i32,
-            block_size: i32_of("rope_kv_write", "block_size", sh.block_size)?,
-            num_blocks: i32_of("rope_kv_write", "num_blocks", sh.num_blocks)?,
-            eps,
-            w_offset,
-        };
+        p.q_out = self.ptr(&q_out.buf);
         if self.replaying() {
             return Ok(()); // the graph launches this at graph_end
         }
@@ -1075,6 +1173,44 @@ impl Backend for CudaBackend {
         }
     }
 
+    /// At decode steps (every sequence one new token) with the GEMV fusions on
+    /// (`FLINT_FUSE`), one launch: the decode kernel rotates q from qkv and writes the new
+    /// K/V itself (kernels/attention_decode.cu's rope prologue); `q_out` is left unwritten.
+    /// Otherwise rope_kv_write, then attention.
+    fn rope_attention(
+        &self,
+        qkv: &CudaTensor,
+        step: &CudaStep,
+        rope: &CudaRope,
+        qk_norm: Option<QkNorm<'_, CudaTensor>>,
+        attn: &AttnParams,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        q_out: &mut CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        if !self.fuses_rope_attention(&step.input, rope.len * 2, attn.head_dim) {
+            self.rope_kv_write(qkv, step, rope, qk_norm, attn, cache, layer, q_out)?;
+            return self.attention(q_out, step, cache, layer, attn, out);
+        }
+        let p = self.rope_params(qkv, step, rope, qk_norm, attn, cache, layer)?;
+        let fused = FusedRope {
+            qkv: p.qkv,
+            positions: p.positions,
+            slot_mapping: p.slot_mapping,
+            inv_freq: p.inv_freq,
+            q_norm: p.q_norm,
+            k_norm: p.k_norm,
+            rotary_dim: p.rotary_dim as usize,
+            num_blocks: p.num_blocks as usize,
+            eps: p.eps,
+            w_offset: p.w_offset,
+        };
+        // q_out keeps its shape (rows = tokens) for the checks; its values are not written.
+        q_out.set_rows(step.input.num_tokens(), "rope_attention")?;
+        self.attention_impl(q_out, step, cache, layer, attn, out, Some(fused))
+    }
+
     fn attention(
         &self,
         q: &CudaTensor,
@@ -1084,49 +1220,7 @@ impl Backend for CudaBackend {
         attn: &AttnParams,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        self.check_step("attention", step)?;
-        let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
-        let n = step.input.num_tokens();
-        if q.cols != h * hd || out.cols != h * hd || q.rows != n || layer >= cache.shape.layers {
-            bail!(
-                "attention: q is [{}, {}] for {n} tokens and {h} heads of {hd}",
-                q.rows,
-                q.cols
-            );
-        }
-        if kv == 0 || h % kv != 0 || cache.shape.kv_heads != kv || cache.shape.head_dim != hd {
-            bail!(
-                "attention: {h} heads over {kv} kv heads of {hd} do not match the cache {:?}",
-                cache.shape
-            );
-        }
-        out.set_rows(n, "attention")?;
-        let (metadata, workspace, _) = self.planned(step, attn)?;
-        let per = cache.per_layer() as u64;
-        let base = self.ptr(&cache.buf);
-        let ptrs = AttnPtrs {
-            q: self.ptr(&q.buf),
-            k_cache: base + 2 * (2 * layer as u64) * per,
-            v_cache: base + 2 * (2 * layer as u64 + 1) * per,
-            out: self.ptr(&out.buf),
-            metadata,
-            workspace,
-            split_counters: self.ptr(&self.split_counters),
-        };
-        if self.replaying() {
-            return Ok(()); // the graph launches this at graph_end
-        }
-        let slot = step.attn.borrow();
-        let plan = match slot.as_ref().map(|p| &p.plan) {
-            Some(Ok(p)) => p,
-            _ => bail!("attention: no plan"),
-        };
-        for l in plan.launches(attn, &ptrs)? {
-            // SAFETY: the plan built these launches for pointers into live buffers of the
-            // shapes checked above.
-            unsafe { k::launch_attention(&self.k, &l, self.stream()?)? };
-        }
-        Ok(())
+        self.attention_impl(q, step, cache, layer, attn, out, None)
     }
 
     fn act_mul(&self, gate_up: &CudaTensor, act: Activation, out: &mut CudaTensor) -> Result<()> {

@@ -12,8 +12,9 @@ use super::{CudaBackend, CudaTensor};
 use crate::backend::{unfused_input, MatIn, MatOut};
 use anyhow::{bail, Result};
 
-/// The environment variable that turns the fused GEMV inputs off (`0`) or on (`1`, the
-/// default), read once when a `CudaBackend` starts.
+/// The environment variable that turns the fused GEMV inputs and decode attention's fused
+/// rope prologue (`rope_attention`) off (`0`) or on (`1`, the default), read once when a
+/// `CudaBackend` starts.
 pub const FUSE_ENV: &str = "FLINT_FUSE";
 
 /// `FLINT_FUSE`'s value: `0` or `1` (empty: the default, on); anything else is an error
@@ -22,7 +23,7 @@ pub fn parse_fuse(v: &str) -> Result<bool> {
     match v.trim() {
         "" | "1" => Ok(true),
         "0" => Ok(false),
-        other => bail!("{FUSE_ENV}={other:?}: expected 0 (unfused: rms_norm and act_mul kernels) or 1 (fused into the GEMVs, the default)"),
+        other => bail!("{FUSE_ENV}={other:?}: expected 0 (unfused: rms_norm, act_mul and rope_kv_write kernels) or 1 (fused into the GEMVs and decode attention, the default)"),
     }
 }
 
