@@ -358,6 +358,31 @@ fn make_step(seqs: &[(usize, usize)], bs: usize, rng: &mut Rng, pad: bool) -> (S
     (step, total_blocks)
 }
 
+/// The step that attends from the last `q` tokens of each sequence of `fill` (a step over
+/// whole contexts, `seqs` as (context, q)), with fill's blocks, positions and slots.
+fn tail_step(fill: &StepInput, seqs: &[(usize, usize)]) -> StepInput {
+    let mut step = StepInput {
+        block_size: 16,
+        ..Default::default()
+    };
+    for (s, &(ctx, q)) in fill.seqs.iter().zip(seqs) {
+        let q_start = step.token_ids.len();
+        let from = s.q_start + ctx - q;
+        step.token_ids
+            .extend_from_slice(&fill.token_ids[from..from + q]);
+        step.positions
+            .extend_from_slice(&fill.positions[from..from + q]);
+        step.slots.extend_from_slice(&fill.slots[from..from + q]);
+        step.seqs.push(SeqStep {
+            q_start,
+            q_len: q,
+            ctx_len: ctx,
+            block_table: s.block_table.clone(),
+        });
+    }
+    step
+}
+
 struct Tester<'a> {
     gpu: &'a CudaBackend,
     cpu: CpuBackend,
@@ -814,22 +839,8 @@ impl Tester<'_> {
         let full: Vec<(usize, usize)> = ctxs.iter().map(|&c| (c, c)).collect();
         let (fill, blocks) = make_step(&full, 16, &mut self.rng.borrow_mut(), false);
         let (mut cc, mut gc, _, _) = self.fill_cache(&fill, blocks, h, kv, hd, rot, qn)?;
-        let mut step = StepInput {
-            block_size: 16,
-            ..Default::default()
-        };
-        for (i, s) in fill.seqs.iter().enumerate() {
-            let last = s.q_start + s.ctx_len - 1;
-            step.token_ids.push(fill.token_ids[last]);
-            step.positions.push(fill.positions[last]);
-            step.slots.push(fill.slots[last]);
-            step.seqs.push(SeqStep {
-                q_start: i,
-                q_len: 1,
-                ctx_len: s.ctx_len,
-                block_table: s.block_table.clone(),
-            });
-        }
+        let last: Vec<(usize, usize)> = ctxs.iter().map(|&c| (c, 1)).collect();
+        let step = tail_step(&fill, &last);
         let n = step.num_tokens();
         let qkv = self.input(n, (h + 2 * kv) * hd, 1.0)?;
         let (fc, fg) = self.ropes(rot)?;
@@ -906,25 +917,7 @@ impl Tester<'_> {
         let full: Vec<(usize, usize)> = seqs.iter().map(|&(c, _)| (c, c)).collect();
         let (fill, blocks) = make_step(&full, 16, &mut self.rng.borrow_mut(), false);
         let (cc, gc, _, _) = self.fill_cache(&fill, blocks, h, kv, hd, hd, None)?;
-        let mut step = StepInput {
-            block_size: 16,
-            ..Default::default()
-        };
-        for (s, &(ctx, q)) in fill.seqs.iter().zip(seqs) {
-            let q_start = step.token_ids.len();
-            let from = s.q_start + ctx - q;
-            step.token_ids
-                .extend_from_slice(&fill.token_ids[from..from + q]);
-            step.positions
-                .extend_from_slice(&fill.positions[from..from + q]);
-            step.slots.extend_from_slice(&fill.slots[from..from + q]);
-            step.seqs.push(SeqStep {
-                q_start,
-                q_len: q,
-                ctx_len: ctx,
-                block_table: s.block_table.clone(),
-            });
-        }
+        let step = tail_step(&fill, seqs);
         let n = step.num_tokens();
         let q = self.input(n, h * hd, 1.0)?;
         let attn = AttnParams {
