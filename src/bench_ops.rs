@@ -21,6 +21,9 @@
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
 //!   C = 1k, 8k, 32k), the split-K decode path;
+//! - `decode_rope_attn_b<B>_c<C>_{fused,unfused}`: the same with the rope as a decode layer
+//!   runs it (`rope_attention`: the decode kernel's rope prologue, or rope_kv_write first) at
+//!   (1, 1k), (1, 8k), (32, 8k): bench/NOTES prediction 16;
 //! - `moe_t<T>`: one Mixtral-8x7B MoE layer (8 experts, top-2, hidden 4096, expert
 //!   intermediate 14336, SiLU) from its normed input `x [T, 4096]` to its output, for T = 8,
 //!   64, 512, 4096: the router GEMM, `moe_route` (softmax over the 8 experts, top-2, the two
@@ -81,6 +84,8 @@ pub const PROJECTIONS: &[(&str, usize, usize)] = &[
 pub const PREFILL_TOKENS: &[usize] = &[1024, 4096, 16384];
 pub const DECODE_BATCH: &[usize] = &[1, 32, 128];
 pub const DECODE_CTX: &[usize] = &[1024, 8192, 32768];
+/// (batch, context) of the `decode_rope_attn_*` rows: each fused and unfused.
+pub const DECODE_ROPE: [(usize, usize); 3] = [(1, 1024), (1, 8192), (32, 8192)];
 /// Mixtral-8x7B's MoE layer (peers.py's `moe_*` cases): experts, top-k, expert intermediate.
 pub const MOE_EXPERTS: usize = 8;
 pub const MOE_TOPK: usize = 2;
@@ -113,6 +118,13 @@ pub enum Case {
     Decode {
         batch: usize,
         ctx: usize,
+    },
+    /// A decode layer's attention as the model runs it (`rope_attention`): with the fusions
+    /// on, one launch (the decode kernel's rope prologue); off, rope_kv_write then attention.
+    DecodeRope {
+        batch: usize,
+        ctx: usize,
+        fused: bool,
     },
     /// One MoE layer, routing included, on the default path.
     Moe {
@@ -169,7 +181,7 @@ impl Case {
             Case::Gemm { id, .. } if id.starts_with("gemm") => "gemm",
             Case::Gemm { .. } => "proj",
             Case::Prefill { .. } => "prefill",
-            Case::Decode { .. } => "decode",
+            Case::Decode { .. } | Case::DecodeRope { .. } => "decode",
             Case::Moe { .. } => "moe",
             Case::Quant { .. } => "quant",
         }
@@ -185,6 +197,10 @@ impl Case {
                 PrefillPath::Mma => format!("prefill_attn_{tokens}_mma"),
             },
             Case::Decode { batch, ctx } => format!("decode_attn_b{batch}_c{ctx}"),
+            Case::DecodeRope { batch, ctx, fused } => format!(
+                "decode_rope_attn_b{batch}_c{ctx}_{}",
+                if *fused { "fused" } else { "unfused" }
+            ),
             Case::Moe { tokens } => format!("moe_t{tokens}"),
         }
     }
@@ -202,6 +218,14 @@ impl Case {
             Case::Decode { batch, ctx } => {
                 format!("{batch} seqs x {ctx} keys, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}")
             }
+            Case::DecodeRope { batch, ctx, fused } => format!(
+                "{batch} seqs x {ctx} keys, {HEADS}/{KV_HEADS} heads of {HEAD_DIM}, rope {}",
+                if *fused {
+                    "in the decode kernel"
+                } else {
+                    "by rope_kv_write"
+                }
+            ),
             Case::Quant {
                 t, n, k, fmt, path, ..
             } => format!("[{t}, {k}] x [{n}, {k}]^T {fmt}, {} forced", path.name()),
@@ -234,6 +258,14 @@ impl Case {
             Case::Decode { batch, ctx } => {
                 2 * (2 * batch * ctx * KV_HEADS * HEAD_DIM + 2 * batch * HEADS * HEAD_DIM)
             }
+            // The cache read, qkv read, the new K/V written and out written (q between the
+            // two kernels of the unfused path is not counted: the fused one has none).
+            Case::DecodeRope { batch, ctx, .. } => {
+                2 * (2 * batch * ctx * KV_HEADS * HEAD_DIM
+                    + batch * (HEADS + 2 * KV_HEADS) * HEAD_DIM
+                    + 2 * batch * KV_HEADS * HEAD_DIM
+                    + batch * HEADS * HEAD_DIM)
+            }
             Case::Quant { t, n, k, fmt, .. } => {
                 let codes = if fmt == "int4" { n * k / 2 } else { n * k };
                 codes + 4 * n * quant_groups(fmt, k) + 2 * (t * k + t * n)
@@ -254,7 +286,9 @@ impl Case {
                 let pairs = tokens as f64 * (tokens as f64 + 1.0) / 2.0;
                 4.0 * (HEADS * HEAD_DIM) as f64 * pairs
             }
-            Case::Decode { batch, ctx } => 4.0 * (batch * HEADS * HEAD_DIM) as f64 * ctx as f64,
+            Case::Decode { batch, ctx } | Case::DecodeRope { batch, ctx, .. } => {
+                4.0 * (batch * HEADS * HEAD_DIM) as f64 * ctx as f64
+            }
             // Router [T, D]·[E, D]ᵀ, then per (token, selected expert) gate|up and down.
             Case::Moe { tokens } => {
                 let t = tokens as f64;
@@ -354,6 +388,12 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
         for &batch in DECODE_BATCH {
             for &ctx in DECODE_CTX {
                 v.push(Case::Decode { batch, ctx });
+            }
+        }
+        // The rope prologue in the decode launch against rope_kv_write + attention.
+        for (batch, ctx) in DECODE_ROPE {
+            for fused in [true, false] {
+                v.push(Case::DecodeRope { batch, ctx, fused });
             }
         }
     }
@@ -529,6 +569,20 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
                 case_s,
             )
         }
+        Case::DecodeRope { batch, ctx, fused } => {
+            let per_layer = 2 * 2 * batch * ctx * KV_HEADS * HEAD_DIM;
+            let was = be.fuse();
+            be.set_fuse(fused)?;
+            let t = rope_attention_case(
+                be,
+                pattern,
+                attention_step(batch, 1, ctx),
+                copies_for(per_layer),
+                case_s,
+            );
+            be.set_fuse(was)?;
+            t
+        }
         Case::Moe { tokens } => moe_case(be, pattern, tokens, case_s),
         Case::Quant {
             t, n, k, fmt, path, ..
@@ -653,6 +707,50 @@ fn attention_case(
     })
 }
 
+/// `rope_attention` (rope_kv_write + attention, or one launch: `CudaBackend::set_fuse`) over a
+/// random cache of `layers` layers (rotated, one per call); every call writes the same slots.
+fn rope_attention_case(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    step: StepInput,
+    layers: usize,
+    case_s: f64,
+) -> Result<Timing> {
+    let n = step.num_tokens();
+    let num_blocks = step.seqs.iter().map(|s| s.block_table.len()).sum();
+    let mut cache: CudaKvCache = be.alloc_kv_cache(KvShape {
+        layers,
+        num_blocks,
+        block_size: BLOCK,
+        kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+    })?;
+    be.fill_cache_from(pattern, &mut cache)?;
+    let qkv = filled(be, pattern, n, (HEADS + 2 * KV_HEADS) * HEAD_DIM)?;
+    // Llama-3's rope base (the frequencies' values do not change the work).
+    let inv_freq: Vec<f32> = (0..HEAD_DIM / 2)
+        .map(|i| 500000f32.powf(-2.0 * i as f32 / HEAD_DIM as f32))
+        .collect();
+    let rope = be.upload_rope(&inv_freq)?;
+    let mut q = be.alloc(n, HEADS * HEAD_DIM)?;
+    let mut out = be.alloc(n, HEADS * HEAD_DIM)?;
+    let st = be.upload_step(&step)?;
+    let attn = attn_params();
+    time_op(be, case_s, |i| {
+        be.rope_attention(
+            &qkv,
+            &st,
+            &rope,
+            None,
+            &attn,
+            &mut cache,
+            i % layers,
+            &mut q,
+            &mut out,
+        )
+    })
+}
+
 /// Runs every case of `opt.groups`; `on_row` sees each row as it completes. A failed case is
 /// a row with `error` set; the others still run.
 pub fn run(
@@ -739,7 +837,7 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 3 + 9 + 4 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 3 + 9 + 6 + 4 + 3);
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
         assert_eq!(quant.len(), 42);
@@ -782,7 +880,7 @@ mod tests {
         assert!(!ids.contains(&"proj_o_t64_cublaslt".to_string()));
         assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
         // MoE after the other cases, before the tensor-core prefill; peers.py's token counts.
-        assert_eq!(pos("moe_t8"), pos("decode_attn_b128_c32768") + 1);
+        assert_eq!(pos("moe_t8"), pos("decode_rope_attn_b32_c8192_unfused") + 1);
         assert_eq!(pos("prefill_attn_1024_mma"), pos("moe_t4096") + 1);
         let moe: Vec<String> = cases(&["moe".into()])
             .unwrap()
@@ -793,7 +891,18 @@ mod tests {
         assert!(Case::Moe { tokens: 8 }.shape().ends_with("gemv path"));
         assert!(Case::Moe { tokens: 512 }.shape().ends_with("grouped path"));
         let only = cases(&["decode".into()]).unwrap();
-        assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9);
+        assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9 + 6);
+        assert_eq!(
+            only[9..].iter().map(|c| c.id()).collect::<Vec<_>>(),
+            [
+                "decode_rope_attn_b1_c1024_fused",
+                "decode_rope_attn_b1_c1024_unfused",
+                "decode_rope_attn_b1_c8192_fused",
+                "decode_rope_attn_b1_c8192_unfused",
+                "decode_rope_attn_b32_c8192_fused",
+                "decode_rope_attn_b32_c8192_unfused",
+            ]
+        );
         assert_eq!(cases(&["prefill".into()]).unwrap().len(), 6);
         let e = cases(&["nope".into()]).unwrap_err().to_string();
         assert!(e.contains("unknown group `nope`"), "{e}");

@@ -68,8 +68,9 @@ pub const MIN_KEYS_PER_SPLIT: usize = 64;
 /// At most this many key splits (kernels/attention/params.h: the split merge's weights fit
 /// the decode kernel's shared memory).
 pub const MAX_SPLITS: usize = FLINT_ATTN_MAX_SPLITS as usize;
-/// Decode aims for this many CTAs per SM (the decode kernel's ~200 registers x 128 threads
-/// leave room for two resident at once).
+/// Decode aims for this many CTAs per SM: the decode kernel's 128 threads use up to 255
+/// registers (sm_90a, with the rope prologue and split merge; `__launch_bounds__(128, 1)`
+/// caps them there), 32K of the SM's 64K, so two are resident at once. Any growth spills.
 const TARGET_WAVES: usize = 2;
 
 /// Device pointers one layer's attention reads and writes.
