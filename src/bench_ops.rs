@@ -68,6 +68,10 @@ pub const PROJ_TOKENS: &[usize] = &[1, 8, 64, 512, 4096];
 pub const PROJ_BOTH_PATHS: &[usize] = &[1, 2, 4, 8];
 /// Token counts of the quantized projection cases (each on every path, forced).
 pub const QUANT_TOKENS: &[usize] = &[8, 32];
+/// Prefill token counts of the quantized projection cases, int4 and int8 on the mma (in
+/// passes of 64 rows) and on dequantize + cuBLASLt: where the auto path's switch at 64 tokens
+/// should be (issue 5: int4 prefill no slower than bf16; the dense `proj_*_t512` rows beside).
+pub const QUANT_PREFILL_TOKENS: &[usize] = &[128, 512];
 /// The quantized projections timed (names in [`PROJECTIONS`]).
 pub const QUANT_PROJECTIONS: &[&str] = &["qkv", "down"];
 /// The quantized formats timed: int8 per channel, int4 symmetric in groups of 128, fp8 per
@@ -351,17 +355,23 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
             if !QUANT_PROJECTIONS.contains(&name) {
                 continue;
             }
-            // One token (decode): the GEMV alone, the path it always takes; then every path.
-            let runs = std::iter::once((1, &[QuantForce::Gemv][..])).chain(
-                QUANT_TOKENS.iter().map(|&t| {
-                    (
-                        t,
-                        &[QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant][..],
-                    )
-                }),
+            // One token (decode): the GEMV alone, the path it always takes; then every path;
+            // then prefill sizes: the mma in 64-row passes against dequantize + cuBLASLt.
+            use QuantForce::{Dequant, Gemv, Mma};
+            let mut runs: Vec<(usize, &[&'static str], &[QuantForce])> =
+                vec![(1, QUANT_FMTS, &[Gemv])];
+            runs.extend(
+                QUANT_TOKENS
+                    .iter()
+                    .map(|&t| (t, QUANT_FMTS, &[Gemv, Mma, Dequant][..])),
             );
-            for (t, paths) in runs {
-                for &fmt in QUANT_FMTS {
+            runs.extend(
+                QUANT_PREFILL_TOKENS
+                    .iter()
+                    .map(|&t| (t, &["int4", "int8"][..], &[Mma, Dequant][..])),
+            );
+            for (t, fmts, paths) in runs {
+                for &fmt in fmts {
                     for &path in paths {
                         v.push(Case::Quant {
                             id: format!("proj_{name}_t{t}_{fmt}_{}", path.name()),
@@ -837,10 +847,15 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 3 + 9 + 6 + 4 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 16 + 3 + 9 + 6 + 4 + 3);
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
-        assert_eq!(quant.len(), 42);
+        assert_eq!(quant.len(), 42 + 16);
+        // Per projection: 3 decode rows, 2 x 9 small-batch rows, then 8 prefill rows.
+        assert_eq!(quant[21].id(), "proj_qkv_t128_int4_mma");
+        assert_eq!(quant[22].id(), "proj_qkv_t128_int4_dequant");
+        assert_eq!(quant[27].id(), "proj_qkv_t512_int8_mma");
+        assert_eq!(quant[29].id(), "proj_down_t1_int8_gemv");
         assert!(quant.iter().all(|c| c.group() == "quant"));
         assert_eq!(quant[0].id(), "proj_qkv_t1_int8_gemv");
         assert_eq!(quant[3].id(), "proj_qkv_t8_int8_gemv");

@@ -530,8 +530,9 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
 /// [`gemv_passes_max`], then dequantize + cuBLASLt. A weight that must not be dequantized
 /// (`dequant_ok` false: [`DeviceLayout::dequant_ok`]) runs the mma in passes of 64 rows
 /// instead, or GEMV passes where the mma does not take it. `force`: the GEMV in passes for
-/// any count, the mma wherever it can run (1..=64 tokens, `mma_ok`; else the default), or
-/// dequantize + cuBLASLt everywhere.
+/// any count, the mma wherever it takes the weight (`mma_ok`; in passes of 64 rows above
+/// 64 tokens, so bench-ops can time it against dequantize + cuBLASLt at prefill sizes; else
+/// the default), or dequantize + cuBLASLt everywhere.
 pub fn quant_path(
     fmt: Fmt,
     tokens: usize,
@@ -544,7 +545,7 @@ pub fn quant_path(
     match force {
         Some(QuantForce::Dequant) => QuantPath::DequantGemm,
         Some(QuantForce::Gemv) => QuantPath::Gemv(passes),
-        Some(QuantForce::Mma) if mma_can => QuantPath::Mma,
+        Some(QuantForce::Mma) if mma_ok && tokens >= 1 => QuantPath::Mma,
         _ if tokens <= 1 => QuantPath::Gemv(1),
         _ if mma_can => QuantPath::Mma,
         _ if passes <= gemv_passes_max(fmt) => QuantPath::Gemv(passes),
@@ -824,8 +825,11 @@ mod tests {
         );
         assert_eq!(quant_path(Fmt::Int8, 1, true, true, m), QuantPath::Mma);
         assert_eq!(quant_path(Fmt::Int8, 64, true, true, m), QuantPath::Mma);
+        // Forced above 64 tokens: the mma in passes of 64 rows.
+        assert_eq!(quant_path(Fmt::Int8, 65, true, true, m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int4, 512, true, true, m), QuantPath::Mma);
         assert_eq!(
-            quant_path(Fmt::Int8, 65, true, true, m),
+            quant_path(Fmt::Int4, 512, true, true, None),
             QuantPath::DequantGemm
         );
         assert_eq!(quant_path(Fmt::Int4, 8, false, true, m), QuantPath::Gemv(1));
