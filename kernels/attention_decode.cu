@@ -15,6 +15,11 @@
 //                                   and after it (the last split CTA of a group resets its own)
 //   Split s covers the s-th CTA_KV-aligned chunk of the query's visible keys (split_range);
 //   num_splits <= FLINT_ATTN_MAX_SPLITS.
+//   With the rope prologue (qkv != 0: Backend::rope_attention at a decode step, FLINT_FUSE):
+//   q is read from qkv [T, (H + 2 KV) * hd] and normed / rotated / rounded as rope_kv_write.cu
+//   does (positions, inv_freq, rotary_dim % 16 == 0, q_norm / k_norm, eps, w_offset), and the
+//   split whose keys hold position ctx - 1 writes that key's rotated K and its V into the cache
+//   at slot_mapping[t] (nothing for -1) before its warps load keys; p.q is not read.
 // Grid/block: grid.x = num_tiles, one CTA per (sequence, kv head, split) and per
 // DECODE_ROWS-row share of the kv head's group (one share unless group > 8; tile map in
 // attention/params.h, rows r = group head g; a group's splits are consecutive tiles); block =
