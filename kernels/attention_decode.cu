@@ -201,8 +201,12 @@ __device__ __forceinline__ void decode_rows(const AttentionParams &p, const Tile
     // q rows, pre-scaled: lane holds dims c .. c + 8 of every row (zeros past nrows). With
     // the rope prologue fused they are rotated here from qkv, and the split holding the new
     // key writes it and its value into the cache first.
-    float q[R][VEC];
-    if (p.qkv) {
+    // An empty split (a graph bucket is planned for the longest context, so at short ones
+    // most splits are) skips this: it only writes its empty partial and counts itself.
+    float q[R][VEC] = {};
+    if (kv_lo >= kv_hi) {
+        // uniform over the CTA: no key, no q needed
+    } else if (p.qkv) {
         float cs[VEC], sn[VEC];
         rope_table(p, c, float(p.positions[t]), cs, sn);
         const bf16 *row = p.qkv + int64_t(t) * (H + 2 * p.num_kv_heads) * HD;

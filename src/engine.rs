@@ -715,7 +715,9 @@ impl<B: Backend> Engine<B> {
     }
 
     /// `step` (pure decode) as graph bucket `bucket` runs it (see [`pad_decode_step`]),
-    /// planned for the longest context the cache can hold.
+    /// planned for the longest context the cache can hold: at shorter contexts most of the
+    /// decode kernel's key splits are empty, and such a CTA reads nothing (no q, no keys) but
+    /// its empty partial and its count for the in-launch merge.
     pub fn graph_step(&self, step: &StepInput, bucket: usize) -> StepInput {
         let cap = self.config.num_blocks.unwrap_or(0) * self.config.block_size;
         pad_decode_step(step, bucket, self.model.spec.max_position.min(cap))
