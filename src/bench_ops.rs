@@ -565,7 +565,8 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
         }
         Case::Prefill { tokens, path } => {
             be.set_prefill_path(path);
-            let t = attention_case(be, pattern, attention_step(1, tokens, tokens), 1, case_s);
+            let step = attention_step(1, tokens, tokens);
+            let t = attention_case(be, pattern, step, 1, false, case_s);
             be.set_prefill_path(be.configured_prefill_path());
             t
         }
@@ -576,6 +577,7 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
                 pattern,
                 attention_step(batch, 1, ctx),
                 copies_for(per_layer),
+                false,
                 case_s,
             )
         }
@@ -583,11 +585,12 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             let per_layer = 2 * 2 * batch * ctx * KV_HEADS * HEAD_DIM;
             let was = be.fuse();
             be.set_fuse(fused)?;
-            let t = rope_attention_case(
+            let t = attention_case(
                 be,
                 pattern,
                 attention_step(batch, 1, ctx),
                 copies_for(per_layer),
+                true,
                 case_s,
             );
             be.set_fuse(was)?;
@@ -690,12 +693,15 @@ fn moe_case(be: &CudaBackend, pattern: &CudaTensor, t: usize, case_s: f64) -> Re
     Ok(timing)
 }
 
-/// Attention over a random cache of `layers` layers (rotated, one per call).
+/// Attention over a random cache of `layers` layers (rotated, one per call); with `rope`, as
+/// a decode layer runs it: `rope_attention` from a qkv input (rope_kv_write + attention, or
+/// one launch: `CudaBackend::set_fuse`), every call writing the same slots.
 fn attention_case(
     be: &CudaBackend,
     pattern: &CudaTensor,
     step: StepInput,
     layers: usize,
+    rope: bool,
     case_s: f64,
 ) -> Result<Timing> {
     let n = step.num_tokens();
@@ -708,44 +714,21 @@ fn attention_case(
         head_dim: HEAD_DIM,
     })?;
     be.fill_cache_from(pattern, &mut cache)?;
-    let q = filled(be, pattern, n, HEADS * HEAD_DIM)?;
+    let mut q = filled(be, pattern, n, HEADS * HEAD_DIM)?;
     let mut out = be.alloc(n, HEADS * HEAD_DIM)?;
     let st = be.upload_step(&step)?;
     let attn = attn_params();
-    time_op(be, case_s, |i| {
-        be.attention(&q, &st, &cache, i % layers, &attn, &mut out)
-    })
-}
-
-/// `rope_attention` (rope_kv_write + attention, or one launch: `CudaBackend::set_fuse`) over a
-/// random cache of `layers` layers (rotated, one per call); every call writes the same slots.
-fn rope_attention_case(
-    be: &CudaBackend,
-    pattern: &CudaTensor,
-    step: StepInput,
-    layers: usize,
-    case_s: f64,
-) -> Result<Timing> {
-    let n = step.num_tokens();
-    let num_blocks = step.seqs.iter().map(|s| s.block_table.len()).sum();
-    let mut cache: CudaKvCache = be.alloc_kv_cache(KvShape {
-        layers,
-        num_blocks,
-        block_size: BLOCK,
-        kv_heads: KV_HEADS,
-        head_dim: HEAD_DIM,
-    })?;
-    be.fill_cache_from(pattern, &mut cache)?;
+    if !rope {
+        return time_op(be, case_s, |i| {
+            be.attention(&q, &st, &cache, i % layers, &attn, &mut out)
+        });
+    }
     let qkv = filled(be, pattern, n, (HEADS + 2 * KV_HEADS) * HEAD_DIM)?;
     // Llama-3's rope base (the frequencies' values do not change the work).
     let inv_freq: Vec<f32> = (0..HEAD_DIM / 2)
         .map(|i| 500000f32.powf(-2.0 * i as f32 / HEAD_DIM as f32))
         .collect();
     let rope = be.upload_rope(&inv_freq)?;
-    let mut q = be.alloc(n, HEADS * HEAD_DIM)?;
-    let mut out = be.alloc(n, HEADS * HEAD_DIM)?;
-    let st = be.upload_step(&step)?;
-    let attn = attn_params();
     time_op(be, case_s, |i| {
         be.rope_attention(
             &qkv,
