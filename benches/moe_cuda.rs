@@ -1,11 +1,12 @@
 //! criterion benches of the CUDA MoE kernels at one Mixtral-8x7B layer (8 experts top-2,
 //! hidden 4096, expert width 14336): `moe_route` + `moe_experts` at 1..4096 tokens on the path
-//! `moe_path` picks, and both paths forced at the small counts where they meet. Reported as
+//! the backend picks, both paths forced at the small counts where they meet, and on sm_90 the
+//! mma.sync grouped GEMM beside its wgmma form. Reported as
 //! FLOP/s of the routed experts (2 · T · k · 3 · D · I). Needs a GPU; without one (or without
 //! kernels in the build) it says so and registers nothing.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flint::backend::cuda::{moe_path, CudaBackend, CudaTensor, MoePath};
+use flint::backend::cuda::{CudaBackend, CudaTensor, MoePath};
 use flint::backend::{Backend, MoeExperts, MoeRouting};
 use flint::config::Activation;
 use flint::sampling::Rng;
@@ -90,9 +91,13 @@ fn moe(c: &mut Criterion) {
         be.matmul(&x, &layer.router, None, &mut logits).unwrap();
         be.moe_route(&logits, &routing, &mut ids, &mut w).unwrap();
         g.throughput(Throughput::Elements((2 * t * K * 3 * D * I) as u64));
-        let mut paths = vec![moe_path(t)];
+        let mut paths = vec![be.moe_default_path(t)];
         if t <= 64 {
             paths = vec![MoePath::Gemv, MoePath::Grouped];
+        }
+        // The wgmma grouped GEMM beside mma.sync where it runs.
+        if paths.contains(&MoePath::Wgmma) {
+            paths.push(MoePath::Grouped);
         }
         for path in paths {
             g.bench_function(format!("experts/t{t}/{path:?}"), |b| {

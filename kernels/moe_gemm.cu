@@ -50,7 +50,8 @@
 // H200 against torch's 6.0 ms; bench/NOTES.md prediction 14). The quantized grouped GEMM
 // keeps version 3's tile. (Versions 1-4 were kernels/moe.cu, split into moe_route.cu,
 // moe_gemm.cu and moe_gemv.cu after version 4.)
-// Next: wgmma/TMA on sm_90 for the large-token case; the quantized B decode on this tile.
+// On sm_90 the host runs the bf16 kernels' wgmma form instead (moe_wgmma.cu, same tile and
+// grid). Next: TMA loads there; the quantized B decode on this tile.
 #ifndef FLINT_EMULATE  // tests/moe_emulation runs this file on the host with its own wmma
 #include <mma.h>
 #endif
@@ -63,30 +64,6 @@
 namespace flint::moe_gemm {
 
 using namespace flint::moe;
-
-// ---------------------------------------------------------------------------------------
-// Staging
-
-// 8 values of row `src` from column k as raw bf16 for shared memory (load_chunk's contract,
-// moe/common.cuh, with no round trip through f32).
-__device__ __forceinline__ uint4 load_chunk_raw(const bf16 *src, int k, int len, bool vec) {
-    if (src != nullptr && vec && k + VEC <= len) return *reinterpret_cast<const uint4 *>(src + k);
-    Pack8 pk;
-    bf16 *h = reinterpret_cast<bf16 *>(&pk);
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) h[i] = (src != nullptr && k + i < len) ? src[k + i] : to_bf16(0.0f);
-    return pk.raw;
-}
-
-// Stages one 8-column chunk of a row into shared memory: cp.async when the chunk is whole and
-// aligned, else a plain store (zeros past the row's end, or for a padding row / column).
-__device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, int len, bool vec) {
-    if (src != nullptr && vec && k + VEC <= len) {
-        cp_async16(dst, src + k);
-    } else {
-        *reinterpret_cast<uint4 *>(dst) = load_chunk_raw(src, k, len, vec);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // bf16 grouped GEMM on mma.sync (the quantized experts keep the wmma tile: below)

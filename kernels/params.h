@@ -146,6 +146,15 @@ FLINT_ASSERT_SIZE(SoftcapParams, 24);
  * by a static_assert in moe_gemm.cu); above 48 KiB, so the host raises the kernels' limit at
  * load. */
 #define FLINT_MOE_MMA_SMEM_BYTES 98304
+/** The bf16 grouped GEMM on sm_90a (wgmma m64n256k16, moe_wgmma.cu): the same CTA tile and grid
+ * as the mma.sync kernel (MMA_ROWS x MMA_B_ROWS, MMA_THREADS = two warpgroups), K steps of
+ * WGMMA_BK columns (128-byte rows, the 128-byte swizzle), WGMMA_STAGES stage buffers.
+ * Dynamic shared memory: WGMMA_STAGES * (MMA_ROWS + MMA_B_ROWS) * WGMMA_BK * 2 bytes plus 1024
+ * for aligning the tiles to 1024 bytes (checked by a static_assert in moe_wgmma.cu); the host
+ * raises the kernels' limit at load, on sm_90 only (227 KiB there). */
+#define FLINT_MOE_WGMMA_BK 64
+#define FLINT_MOE_WGMMA_STAGES 4
+#define FLINT_MOE_WGMMA_SMEM_BYTES 197632
 /** Tokens one gather-GEMV pass reads a weight row for (the launcher picks GEMV only for
  * at most this many tokens, so every selected weight is read exactly once). */
 #define FLINT_MOE_GEMV_TOKENS 8

@@ -187,7 +187,8 @@ def base_case(i):
 
 
 # Peer cases whose flint row has another id: peers.py times MoE two ways (a loop of
-# torch.matmul, a grouped GEMM), flint one (`moe_t<T>`, the path moe_path picks); each peer row
+# torch.matmul, a grouped GEMM), flint one (`moe_t<T>`, the path the backend picks: wgmma on
+# sm_90; `moe_t<T>_mma` forces mma.sync and has no peer row of its own); each peer row
 # gets flint's row beside it.
 PEER_TO_FLINT = ((re.compile(r"moe_(?:loop|grouped)_t(\d+)"), r"moe_t\1"),)
 

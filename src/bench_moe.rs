@@ -2,7 +2,7 @@
 //! two references timed in the same run on the same backend:
 //!
 //! - flint: router GEMM → `moe_route` → `moe_experts` (dispatch, expert kernels, combine),
-//!   everything on the device (on CUDA the path `moe_path` picks is reported);
+//!   everything on the device (on CUDA the path it took is reported: gemv, grouped or wgmma);
 //! - loop: per expert, `[c_e, D] · gate_upᵀ` → `act_mul` → `· downᵀ` with the backend's dense
 //!   GEMM (cuBLASLt on CUDA) over each expert's own token count c_e. The counts come from the
 //!   same routing, computed once on the host outside the timing, and the loop does no
@@ -268,11 +268,7 @@ pub fn run<W, B: Backend<Tensor = W, Weight = W>>(
         })
         .context("bench --moe-layer: the dense equivalent")?;
 
-        let path = if be.name() == "cuda" {
-            format!("{:?}", crate::backend::cuda::moe_path(t)).to_lowercase()
-        } else {
-            be.name().to_string()
-        };
+        let path = be.moe_path_name(t);
         let used = counts.iter().filter(|&&c| c > 0).count();
         let weight_bytes = (used * expert_bytes) as f64;
         let row = MoeBenchRow {

@@ -130,9 +130,12 @@ pub enum Case {
         ctx: usize,
         fused: bool,
     },
-    /// One MoE layer, routing included, on the default path.
+    /// One MoE layer, routing included, on the default path (`mma`: the grouped GEMM forced
+    /// onto mma.sync, the default's own kernel below sm_90, so its wgmma form on an H100/H200
+    /// has a row to be compared with).
     Moe {
         tokens: usize,
+        mma: bool,
     },
     /// A quantized projection on a forced path.
     Quant {
@@ -205,7 +208,7 @@ impl Case {
                 "decode_rope_attn_b{batch}_c{ctx}_{}",
                 if *fused { "fused" } else { "unfused" }
             ),
-            Case::Moe { tokens } => format!("moe_t{tokens}"),
+            Case::Moe { tokens, mma } => format!("moe_t{tokens}{}", if *mma { "_mma" } else { "" }),
         }
     }
 
@@ -233,10 +236,11 @@ impl Case {
             Case::Quant {
                 t, n, k, fmt, path, ..
             } => format!("[{t}, {k}] x [{n}, {k}]^T {fmt}, {} forced", path.name()),
-            Case::Moe { tokens } => {
-                let path = match moe_path(*tokens) {
-                    MoePath::Gemv => "gemv",
-                    MoePath::Grouped => "grouped",
+            Case::Moe { tokens, mma } => {
+                let path = match (moe_path(*tokens), mma) {
+                    (MoePath::Gemv, _) => "gemv",
+                    (_, false) => "grouped (wgmma on sm_90)",
+                    (_, true) => "grouped mma.sync",
                 };
                 format!(
                     "{tokens} tokens, {MOE_EXPERTS} experts top-{MOE_TOPK}, D {HIDDEN}, I {MOE_INTER}, routing included, {path} path"
@@ -250,7 +254,7 @@ impl Case {
     /// reach were selected; the row reports the experts the routing did select
     /// ([`moe_bytes`]).
     pub fn bytes(&self) -> f64 {
-        if let Case::Moe { tokens } = *self {
+        if let Case::Moe { tokens, .. } = *self {
             return moe_bytes(tokens, MOE_EXPERTS.min(tokens * MOE_TOPK));
         }
         let b = match *self {
@@ -294,7 +298,7 @@ impl Case {
                 4.0 * (batch * HEADS * HEAD_DIM) as f64 * ctx as f64
             }
             // Router [T, D]·[E, D]ᵀ, then per (token, selected expert) gate|up and down.
-            Case::Moe { tokens } => {
+            Case::Moe { tokens, .. } => {
                 let t = tokens as f64;
                 2.0 * t * (MOE_EXPERTS * HIDDEN) as f64
                     + 2.0 * t * MOE_TOPK as f64 * (3 * MOE_INTER * HIDDEN) as f64
@@ -408,7 +412,18 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
         }
     }
     if want("moe") {
-        v.extend(MOE_TOKENS.iter().map(|&tokens| Case::Moe { tokens }));
+        v.extend(
+            MOE_TOKENS
+                .iter()
+                .map(|&tokens| Case::Moe { tokens, mma: false }),
+        );
+        // The grouped sizes again on mma.sync, beside their wgmma rows on sm_90.
+        v.extend(
+            MOE_TOKENS
+                .iter()
+                .filter(|&&t| moe_path(t) != MoePath::Gemv && t >= 512)
+                .map(|&tokens| Case::Moe { tokens, mma: true }),
+        );
     }
     if want("prefill") {
         v.extend(prefill(PrefillPath::Mma));
@@ -596,7 +611,7 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             be.set_fuse(was)?;
             t
         }
-        Case::Moe { tokens } => moe_case(be, pattern, tokens, case_s),
+        Case::Moe { tokens, mma } => moe_case(be, pattern, tokens, mma, case_s),
         Case::Quant {
             t, n, k, fmt, path, ..
         } => quant_case(be, pattern, (t, n, k), fmt, path, case_s),
@@ -643,7 +658,13 @@ fn quant_case(
 /// stacked experts (2.8 GB) are far past the L2 cache, so one copy; the router's weights are
 /// random host values (std 1/√D, so logits of a variance-1 input have std ~1 and the top-2
 /// spreads over the experts), not the pattern that x is tiled from.
-fn moe_case(be: &CudaBackend, pattern: &CudaTensor, t: usize, case_s: f64) -> Result<Timing> {
+fn moe_case(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    t: usize,
+    mma: bool,
+    case_s: f64,
+) -> Result<Timing> {
     let (e, k, d, i) = (MOE_EXPERTS, MOE_TOPK, HIDDEN, MOE_INTER);
     let shape = MoeExperts {
         num_experts: e,
@@ -672,7 +693,11 @@ fn moe_case(be: &CudaBackend, pattern: &CudaTensor, t: usize, case_s: f64) -> Re
     let mut scratch = be.alloc(t * k, 2 * i)?;
     let mut out = be.alloc(t, d)?;
     be.reserve_moe(t, &shape)?;
-    let path = moe_path(t);
+    let path = if mma {
+        moe_path(t)
+    } else {
+        be.moe_default_path(t)
+    };
     let mut timing = time_op(be, case_s, |_| {
         be.matmul(&x, &router, None, &mut logits)?;
         be.moe_route(&logits, &routing, &mut ids, &mut weights)?;
@@ -830,7 +855,7 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 16 + 3 + 9 + 6 + 4 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 16 + 3 + 9 + 6 + 4 + 2 + 3);
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
         assert_eq!(quant.len(), 42 + 16);
@@ -879,15 +904,41 @@ mod tests {
         assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
         // MoE after the other cases, before the tensor-core prefill; peers.py's token counts.
         assert_eq!(pos("moe_t8"), pos("decode_rope_attn_b32_c8192_unfused") + 1);
-        assert_eq!(pos("prefill_attn_1024_mma"), pos("moe_t4096") + 1);
+        assert_eq!(pos("prefill_attn_1024_mma"), pos("moe_t4096_mma") + 1);
         let moe: Vec<String> = cases(&["moe".into()])
             .unwrap()
             .iter()
             .map(|c| c.id())
             .collect();
-        assert_eq!(moe, ["moe_t8", "moe_t64", "moe_t512", "moe_t4096"]);
-        assert!(Case::Moe { tokens: 8 }.shape().ends_with("gemv path"));
-        assert!(Case::Moe { tokens: 512 }.shape().ends_with("grouped path"));
+        assert_eq!(
+            moe,
+            [
+                "moe_t8",
+                "moe_t64",
+                "moe_t512",
+                "moe_t4096",
+                "moe_t512_mma",
+                "moe_t4096_mma"
+            ]
+        );
+        assert!(Case::Moe {
+            tokens: 8,
+            mma: false
+        }
+        .shape()
+        .ends_with("gemv path"));
+        assert!(Case::Moe {
+            tokens: 512,
+            mma: false
+        }
+        .shape()
+        .ends_with("grouped (wgmma on sm_90) path"));
+        assert!(Case::Moe {
+            tokens: 512,
+            mma: true
+        }
+        .shape()
+        .ends_with("mma.sync path"));
         let only = cases(&["decode".into()]).unwrap();
         assert!(only.iter().all(|c| c.group() == "decode") && only.len() == 9 + 6);
         assert_eq!(
@@ -941,13 +992,23 @@ mod tests {
     fn moe_bytes_count_the_selected_experts_and_flops_the_assignments() {
         // One expert: gate|up 2·14336·4096 and down 4096·14336 bf16 values.
         assert_eq!(MOE_EXPERT_BYTES, 2 * 3 * 14336 * 4096);
-        let m = Case::Moe { tokens: 64 };
+        let m = Case::Moe {
+            tokens: 64,
+            mma: false,
+        };
         assert_eq!(m.group(), "moe");
         let io = 2.0 * (8.0 * 4096.0 + 2.0 * 64.0 * 4096.0);
         assert_eq!(m.bytes(), 8.0 * 352_321_536.0 + io);
         assert_eq!(moe_bytes(64, 3), 3.0 * 352_321_536.0 + io);
         // One token reaches at most its top-2 experts.
-        assert_eq!(Case::Moe { tokens: 1 }.bytes(), moe_bytes(1, 2));
+        assert_eq!(
+            Case::Moe {
+                tokens: 1,
+                mma: false
+            }
+            .bytes(),
+            moe_bytes(1, 2)
+        );
         // Router 2·T·8·4096, then 2 per expert weight per (token, expert): T·2 assignments.
         assert_eq!(
             m.flops(),

@@ -30,8 +30,29 @@ enum Routing {
 }
 
 impl Tester<'_> {
+    /// The bf16 expert paths this card runs: the gather-GEMV, the mma.sync grouped GEMM, and
+    /// on sm_90 its wgmma form.
+    fn bf16_moe_paths(&self) -> Vec<MoePath> {
+        let mut paths = vec![MoePath::Gemv, MoePath::Grouped];
+        if self.gpu.moe_wgmma_unavailable().is_none() {
+            paths.push(MoePath::Wgmma);
+        }
+        paths
+    }
+
     pub(super) fn moe_cases(&self, quick: bool) -> Vec<Case> {
         let mut out = Vec::new();
+        if let Some(why) = self.gpu.moe_wgmma_unavailable() {
+            out.push(Case {
+                group: "moe_experts",
+                name: "the grouped GEMM on wgmma (every moe_experts shape)".into(),
+                err: f64::NAN,
+                tol: 0.0,
+                note: None,
+                error: None,
+                skipped: Some(why),
+            });
+        }
         // (tokens, experts, top-k, norm_topk_prob, tied logits)
         let mut routes = vec![
             (1, 8, 2, true, false),
@@ -141,7 +162,7 @@ impl Tester<'_> {
         act: Activation,
         routing: Routing,
     ) -> Vec<Case> {
-        let paths = [MoePath::Gemv, MoePath::Grouped];
+        let paths = self.bf16_moe_paths();
         let errs = self.moe_experts(t, e, k, d, i, act, &paths, routing);
         paths
             .iter()

@@ -698,7 +698,11 @@ fn cuda_moe_ops_match_the_cpu_backend_when_a_gpu_is_present() {
     .unwrap();
     let want = cpu.to_host(&co).unwrap();
     let up = |data: &[f32], r: usize, c: usize| gpu.tensor_from(data, r, c).unwrap();
-    for path in [MoePath::Gemv, MoePath::Grouped] {
+    let mut paths = vec![MoePath::Gemv, MoePath::Grouped];
+    if gpu.moe_wgmma_unavailable().is_none() {
+        paths.push(MoePath::Wgmma);
+    }
+    for path in paths {
         let mut gs = gpu.alloc(tokens * k, 2 * i).unwrap();
         let mut go = gpu.alloc(tokens, d).unwrap();
         gpu.poison(&mut go).unwrap();
@@ -796,10 +800,12 @@ fn bench_moe_layer_rejects_a_dense_model_by_name() {
     assert!(out.is_empty(), "{out}");
 }
 
-/// The MoE kernels (kernels/moe_route.cu, moe_gemm.cu, moe_gemv.cu) compiled for the host
-/// (tests/moe_emulation: CTAs as std::threads, warp shuffles, a wmma shim, lane-exact mma.sync
-/// and ldmatrix, cp.async as a plain copy) against a double-precision reference:
-/// router ties, dispatch tables, both expert paths with the combine, the shared-expert gate,
+/// The MoE kernels (kernels/moe_route.cu, moe_gemm.cu, moe_gemv.cu, moe_wgmma.cu) compiled for
+/// the host (tests/moe_emulation: CTAs as std::threads, warp shuffles, a wmma shim, lane-exact
+/// mma.sync and ldmatrix, wgmma reading its operands through their descriptors, cp.async as a
+/// plain copy) against a double-precision reference:
+/// router ties, dispatch tables, every expert path (gather-GEMV, mma.sync and wgmma grouped
+/// GEMMs) with the combine, the shared-expert gate,
 /// and the quantized experts (int8, int4 sym/asym/act-order, fp8 per row and in blocks) on
 /// both their paths; also kernels/quant_gemv.cu's dense GEMV (both its kernels) on the same
 /// quantized layouts, and kernels/gemv.cu's bf16 GEMV (multi-chunk K, scalar path). It checks
@@ -817,7 +823,11 @@ fn moe_kernels_pass_their_host_emulation() {
         return;
     };
     let stdout = run_emulation_to_pass(&exe);
-    assert!(stdout.contains("PASS  quant") && stdout.contains("PASS  dense-gemv"));
+    assert!(
+        stdout.contains("PASS  quant")
+            && stdout.contains("PASS  dense-gemv")
+            && stdout.contains("PASS  experts wgmma")
+    );
 }
 
 /// The emulation can fail: built with FLINT_EMULATE_BREAK_QUANT_INDEX, the quantized-expert
@@ -876,6 +886,38 @@ fn moe_emulation_catches_a_swapped_mma_fragment() {
             && count("PASS  experts gemv") > 0
             && count("FAIL  experts gemv") == 0,
         "the swapped build must fail every grouped case and no GEMV case:\n{stdout}"
+    );
+}
+
+/// The emulation sees the wgmma kernels' shared-memory layout: built with
+/// FLINT_SHIM_WGMMA_NO_SWIZZLE (the stand-in reads the operands as if the descriptors named
+/// unswizzled tiles while the kernel stages them swizzled), every wgmma expert case must fail
+/// while the mma.sync and GEMV cases still pass.
+#[test]
+fn moe_emulation_catches_a_wgmma_layout_mismatch() {
+    let Some(exe) = build_emulation(
+        "moe_emulation_catches_a_wgmma_layout_mismatch",
+        "tests/moe_emulation/main.cpp",
+        "moe_emulation_no_swizzle",
+        &["FLINT_SHIM_WGMMA_NO_SWIZZLE"],
+    ) else {
+        return;
+    };
+    let run = std::process::Command::new(&exe)
+        .arg("experts")
+        .output()
+        .expect("runs the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let count = |p: &str| stdout.lines().filter(|l| l.starts_with(p)).count();
+    let wgmma = count("PASS  experts wgmma") + count("FAIL  experts wgmma");
+    assert!(
+        !run.status.success()
+            && wgmma > 0
+            && count("FAIL  experts wgmma") == wgmma
+            && count("PASS  experts grouped") > 0
+            && count("FAIL  experts grouped") == 0
+            && count("FAIL  experts gemv") == 0,
+        "the unswizzled build must fail every wgmma case and nothing else:\n{stdout}"
     );
 }
 

@@ -59,6 +59,9 @@ impl<B: Backend> Backend for &B {
     fn memory_info(&self) -> Result<Option<MemoryInfo>> {
         (**self).memory_info()
     }
+    fn moe_path_name(&self, t: usize) -> String {
+        (**self).moe_path_name(t)
+    }
     fn prepare_attention(&self, s: &Self::Step, a: &AttnParams) -> Result<()> {
         (**self).prepare_attention(s, a)
     }

@@ -361,6 +361,13 @@ pub trait Backend {
         Ok(None)
     }
 
+    /// The kernels `moe_experts` runs at `tokens` tokens, for reports (`bench --moe-layer`):
+    /// the backend's name unless it has several paths.
+    fn moe_path_name(&self, tokens: usize) -> String {
+        let _ = tokens;
+        self.name().to_string()
+    }
+
     /// Makes everything `attention` will need for this step and shape (plans, metadata
     /// uploads) ahead of time, so that the layers' work can be captured in a graph.
     fn prepare_attention(&self, step: &Self::Step, attn: &AttnParams) -> Result<()> {

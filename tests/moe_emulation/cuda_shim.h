@@ -15,7 +15,13 @@
 // - ldmatrix (x4, .trans) gathers each lane's registers from the addresses the warp's lanes
 //   posted, in PTX's layout (shim::ldmatrix_x4);
 // - cp.async is a synchronous 16-byte copy (the emulation checks indexing and barrier
-//   placement, not asynchronous timing).
+//   placement, not asynchronous timing);
+// - dynamic shared memory is shim::dynamic_smem, a 1024-byte aligned static window whose
+//   offsets stand for shared-state-space addresses (shim::smem_u32);
+// - wgmma.mma_async m64n256k16 (shim::wgmma_m64n256k16) reads A and B through their 64-bit
+//   descriptors (start, stride byte offset, 128-byte swizzle) exactly as the PTX ISA defines
+//   the K-major swizzled layouts, and each thread computes its own accumulators in PTX's
+//   fragment layout, synchronously (fence, commit and wait have nothing to wait for).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -189,6 +195,76 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void *row, bool trans) {
         out[m] = trans ? at(m, 2 * t, g) | at(m, 2 * t + 1, g) << 16 : at(m, g, 2 * t) | at(m, g, 2 * t + 1) << 16;
     cta->warp[w]->arrive_and_wait();  // every lane has read the warp's addresses
     for (int m = 0; m < 4; ++m) r[m] = out[m];
+}
+}  // namespace shim
+
+namespace shim {
+/// The dynamic shared memory of a CTA (CTAs run one after another), 1024-byte aligned like
+/// the tiles the wgmma kernels place in it.
+inline constexpr size_t DYNAMIC_SMEM_BYTES = 232448;  // sm_90's opt-in maximum per CTA
+alignas(1024) inline unsigned char dynamic_smem[DYNAMIC_SMEM_BYTES];
+
+/// The shared-state-space address of p: its offset in dynamic_smem (the only shared memory
+/// the emulated kernels name by address).
+inline uint32_t smem_u32(const void *p) {
+    const auto *c = static_cast<const unsigned char *>(p);
+    if (c < dynamic_smem || c >= dynamic_smem + DYNAMIC_SMEM_BYTES) {
+        std::fprintf(stderr, "smem_u32: %p is not in the dynamic shared memory window\n", p);
+        std::abort();
+    }
+    return static_cast<uint32_t>(c - dynamic_smem);
+}
+
+/// The byte address of element (row r, column k) of a K-major bf16 operand named by a wgmma
+/// shared-memory descriptor with the 128-byte swizzle: bits 0-13 start >> 4, 32-45 stride
+/// byte offset >> 4 (between 8-row groups), 62-63 the layout (1: 128-byte swizzle; the only
+/// one the kernels use, anything else stops the emulation). Row r of its 8-row group sits
+/// 128 r bytes in; the 16-byte chunk at address bits 4-6 is swapped with bits 7-9 XORed in.
+/// FLINT_SHIM_WGMMA_NO_SWIZZLE (a planted error of tests/moe.rs): the XOR is left out, as a
+/// kernel staging its tiles unswizzled while telling the hardware otherwise would see.
+inline uint32_t wgmma_addr(uint64_t desc, int r, int k) {
+    const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+    const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+    const unsigned layout = static_cast<unsigned>(desc >> 62);
+    const unsigned base_offset = static_cast<unsigned>((desc >> 49) & 7);
+    if (layout != 1 || base_offset != 0) {
+        std::fprintf(stderr, "wgmma: descriptor %016llx is not a 128-byte swizzle with base offset 0\n",
+                     static_cast<unsigned long long>(desc));
+        std::abort();
+    }
+    const uint32_t logical = start + (r / 8) * sbo + (r % 8) * 128 + 2 * k;
+#ifdef FLINT_SHIM_WGMMA_NO_SWIZZLE
+    return logical;
+#else
+    return logical ^ (((logical >> 7) & 7) << 4);
+#endif
+}
+
+/// wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 d, a_desc, b_desc, 1, 1, 1, 0, 0
+/// (D += A · B^T, A 64 x 16 and B 256 x 16 both K-major in shared memory) — called by the 128
+/// threads of a warpgroup. Thread (warp w of the group, g = lane / 4, t = lane % 4) owns
+/// d[4 j + 2 h + c] = row 16 w + g + 8 h, column 8 j + 2 t + c. The products of bf16 are exact
+/// in f32; they are summed in f32 in k order, then added to d.
+inline void wgmma_m64n256k16(float (&d)[128], uint64_t a_desc, uint64_t b_desc) {
+    const int w = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    auto at = [](uint64_t desc, int r, int k) {
+        uint16_t v;
+        std::memcpy(&v, dynamic_smem + wgmma_addr(desc, r, k), 2);
+        return bf16_lo(v);
+    };
+    float a[2][16];
+    for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 16; ++k) a[h][k] = at(a_desc, 16 * w + g + 8 * h, k);
+    for (int j = 0; j < 32; ++j)
+        for (int c = 0; c < 2; ++c) {
+            float b[16];
+            for (int k = 0; k < 16; ++k) b[k] = at(b_desc, 8 * j + 2 * t + c, k);
+            for (int h = 0; h < 2; ++h) {
+                float s = 0.0f;
+                for (int k = 0; k < 16; ++k) s += a[h][k] * b[k];
+                d[4 * j + 2 * h + c] += s;
+            }
+        }
 }
 }  // namespace shim
 

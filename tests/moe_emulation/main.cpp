@@ -12,6 +12,7 @@
 #include "../../kernels/moe_route.cu"
 #include "../../kernels/moe_gemm.cu"
 #include "../../kernels/moe_gemv.cu"
+#include "../../kernels/moe_wgmma.cu"
 #include "../../kernels/quant_gemv.cu"  // the dense quantized GEMV shares quant/dequant.cuh
 #include "../../kernels/gemv.cu"        // and the dense bf16 GEMV (the decode matmul)
 
@@ -254,7 +255,12 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
     void (*gate_up_gemv)(MoeGemmParams) = a == SILU ? moe_gemv_gate_up_bf16_silu
                                           : a == GELU_TANH ? moe_gemv_gate_up_bf16_gelu_tanh
                                                            : moe_gemv_gate_up_bf16_gelu;
-    for (int grouped = gemv ? 0 : 1; grouped < 2; ++grouped) {
+    void (*gate_up_wgmma)(MoeGemmParams) = a == SILU ? moe_gate_up_bf16_silu_wgmma
+                                           : a == GELU_TANH ? moe_gate_up_bf16_gelu_tanh_wgmma
+                                                            : moe_gate_up_bf16_gelu_wgmma;
+    // Engine 0: gather-GEMV; 1: the mma.sync grouped GEMM; 2: the same on sm_90a's wgmma.
+    for (int engine = gemv ? 0 : 1; engine < 3; ++engine) {
+        const bool grouped = engine > 0;
         bf16 *h = alloc<bf16>(static_cast<size_t>(assign) * 2 * I);
         bf16 *y = alloc<bf16>(static_cast<size_t>(assign) * D);
         bf16 *out = alloc<bf16>(static_cast<size_t>(T) * D);
@@ -265,9 +271,12 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
             const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
             // The mma.sync grouped GEMM: 128 gate_up / 256 down columns per CTA, 256 threads
             // (src/backend/cuda/moe.rs grouped_tile).
+            // The wgmma kernels take the same grid and block.
             const int gu_cols = FLINT_MOE_MMA_B_ROWS / 2, dn_cols = FLINT_MOE_MMA_B_ROWS;
-            launch(gate_up_gemm, dim3(tiles, (I + gu_cols - 1) / gu_cols), dim3(FLINT_MOE_MMA_THREADS), gu);
-            launch(moe_down_bf16, dim3(tiles, (D + dn_cols - 1) / dn_cols), dim3(FLINT_MOE_MMA_THREADS), dn);
+            launch(engine == 1 ? gate_up_gemm : gate_up_wgmma, dim3(tiles, (I + gu_cols - 1) / gu_cols),
+                   dim3(FLINT_MOE_MMA_THREADS), gu);
+            launch(engine == 1 ? moe_down_bf16 : moe_down_bf16_wgmma, dim3(tiles, (D + dn_cols - 1) / dn_cols),
+                   dim3(FLINT_MOE_MMA_THREADS), dn);
         } else {
             const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
             launch(gate_up_gemv, dim3((I + 3) / 4, tiles), dim3(128), gu);
@@ -275,7 +284,7 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
         }
         const double err = combine_error(y, dids, out, T, E, K, D, want);
         std::snprintf(name, sizeof name, "experts %s T %d E %d top-%d D %d I %d act %d %s: rel-L2 %.2e",
-                      grouped ? "grouped" : "gemv   ", T, E, K, D, I, static_cast<int>(a),
+                      engine == 2 ? "wgmma  " : grouped ? "grouped" : "gemv   ", T, E, K, D, I, static_cast<int>(a),
                       routing == ALL_SAME ? "all-same" : "random", err);
         check(err < 1e-2, name);
     }

@@ -860,6 +860,10 @@ impl Backend for CudaBackend {
         w.quant.as_ref().map_or(w.rows * w.cols * 2, |q| q.bytes)
     }
 
+    fn moe_path_name(&self, tokens: usize) -> String {
+        format!("{:?}", self.moe_default_path(tokens)).to_lowercase()
+    }
+
     fn memory_info(&self) -> Result<Option<crate::backend::MemoryInfo>> {
         // Pending frees on our stream are done before free memory is read.
         self.synchronize()?;

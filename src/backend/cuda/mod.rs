@@ -77,18 +77,22 @@ pub const KERNEL_NAMES: &[&str] = &[
     "gemv_bf16_t8",
     "gemv_bf16_norm_t8",
     "gemv_bf16_act_t8",
-    // moe_route.cu, moe_gemm.cu, moe_gemv.cu: router, device-side dispatch, grouped GEMM /
-    // gather-GEMV experts (bf16, and quantized: both read the packed codes, decoded in the
-    // kernel), combine
+    // moe_route.cu, moe_gemm.cu, moe_gemv.cu, moe_wgmma.cu: router, device-side dispatch,
+    // grouped GEMM / gather-GEMV experts (bf16, and quantized: both read the packed codes,
+    // decoded in the kernel; bf16 also on sm_90a's wgmma), combine
     "moe_combine_bf16",
     "moe_dispatch_bf16",
     "moe_down_bf16",
+    "moe_down_bf16_wgmma",
     "moe_down_fp8",
     "moe_down_i4",
     "moe_down_i8",
     "moe_gate_up_bf16_gelu",
     "moe_gate_up_bf16_gelu_tanh",
+    "moe_gate_up_bf16_gelu_tanh_wgmma",
+    "moe_gate_up_bf16_gelu_wgmma",
     "moe_gate_up_bf16_silu",
+    "moe_gate_up_bf16_silu_wgmma",
     "moe_gate_up_fp8_gelu",
     "moe_gate_up_fp8_gelu_tanh",
     "moe_gate_up_fp8_silu",

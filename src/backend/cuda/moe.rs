@@ -9,7 +9,9 @@
 //! 64-row dispatch tiles (the bf16 kernel takes them in pairs: 128 x 256-row CTAs, 96 KiB of
 //! dynamic shared memory whose limit [`MoeState::load`] raises; [`grouped_tile`]), or for at
 //! most `FLINT_MOE_GEMV_TOKENS` tokens a gather-GEMV that reads each selected expert's weights
-//! once. Grids are sized for the worst case of the step ([`max_tiles`]); tiles past the ones
+//! once. On an sm_90 card the bf16 grouped GEMM runs on wgmma instead of mma.sync
+//! ([`MoePath::Wgmma`], kernels/moe_wgmma.cu: same tile and grid, 193 KiB of shared memory;
+//! [`CudaBackend::moe_default_path`]); `FLINT_MOE_WGMMA=0` keeps mma.sync there. Grids are sized for the worst case of the step ([`max_tiles`]); tiles past the ones
 //! dispatch used exit at once.
 //!
 //! Workspace: the permuted activations `h [T·k, I]` live in the caller's `scratch`
@@ -55,7 +57,7 @@ use super::{CudaBackend, CudaTensor};
 use crate::backend::{MoeExperts, MoeOperands, MoeRouting};
 use crate::config::Activation;
 use anyhow::{bail, Result};
-use cudarc::driver::sys;
+use cudarc::driver::{result as cu, sys};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -73,8 +75,12 @@ const ROUTE_WARPS: usize = 4;
 pub enum MoePath {
     /// Few tokens: gather-GEMV, every selected weight row read once.
     Gemv,
-    /// Tensor-core grouped GEMM over 64-row tiles of each expert's tokens.
+    /// Tensor-core grouped GEMM over 64-row tiles of each expert's tokens (mma.sync).
     Grouped,
+    /// The grouped GEMM on sm_90a's wgmma (kernels/moe_wgmma.cu) for bf16 operands; a
+    /// quantized operand takes [`MoePath::Grouped`]'s kernel. Only where
+    /// [`CudaBackend::moe_wgmma_unavailable`] is `None`.
+    Wgmma,
 }
 
 /// The one place the path is chosen (the launcher and the benches ask it). With at most
@@ -201,18 +207,26 @@ pub fn dispatch_shape() -> (Dim3, Dim3) {
 
 /// Dynamic shared memory of the bf16 grouped GEMM (above 48 KiB: its limit is raised at load).
 pub const MMA_SMEM_BYTES: u32 = FLINT_MOE_MMA_SMEM_BYTES;
+/// ... and of its wgmma form (sm_90 only: 227 KiB there, 163 KiB or less on older cards).
+pub const WGMMA_SMEM_BYTES: u32 = FLINT_MOE_WGMMA_SMEM_BYTES;
 
 /// One grouped-GEMM CTA: (output columns, threads, dynamic shared bytes). bf16 experts: the
-/// mma.sync kernel, 256 weight rows a CTA (gate_up: 128 gate + 128 up rows for 128 columns;
-/// down: 256 columns), 256 threads, `MMA_SMEM_BYTES`. Quantized: `TILE_N` columns, 128
-/// threads, static shared memory only.
-pub fn grouped_tile(gated: bool, quant: bool) -> (usize, usize, u32) {
+/// mma.sync or wgmma kernel (same tile), 256 weight rows a CTA (gate_up: 128 gate + 128 up
+/// rows for 128 columns; down: 256 columns), 256 threads, `MMA_SMEM_BYTES` or
+/// `WGMMA_SMEM_BYTES`. Quantized (either path): `TILE_N` columns, 128 threads, static shared
+/// memory only.
+pub fn grouped_tile(path: MoePath, gated: bool, quant: bool) -> (usize, usize, u32) {
     if quant {
         (TILE_N, 128, 0)
     } else {
         let rows = FLINT_MOE_MMA_B_ROWS as usize;
         let cols = if gated { rows / 2 } else { rows };
-        (cols, FLINT_MOE_MMA_THREADS as usize, MMA_SMEM_BYTES)
+        let smem = if path == MoePath::Wgmma {
+            WGMMA_SMEM_BYTES
+        } else {
+            MMA_SMEM_BYTES
+        };
+        (cols, FLINT_MOE_MMA_THREADS as usize, smem)
     }
 }
 
@@ -268,6 +282,48 @@ pub struct MoeState {
     /// Every expert kernel, by [`ExpertKey`], with its symbol (named by
     /// [`expert_kernel_name`], resolved once).
     experts: HashMap<ExpertKey, (String, sys::CUfunction)>,
+    /// Why the wgmma grouped GEMM cannot run here (`Ok`: it can, its shared memory limit
+    /// raised).
+    wgmma: std::result::Result<(), String>,
+}
+
+/// `FLINT_MOE_WGMMA=0` keeps the mma.sync grouped GEMM on an sm_90 card.
+pub const MOE_WGMMA_ENV: &str = "FLINT_MOE_WGMMA";
+
+/// Whether the wgmma grouped GEMM can run on `dev` (raising its kernels' shared memory limit
+/// when it can): an sm_90 card running the fatbin's sm_90a image (the kernels trap in every
+/// other image), and not turned off by [`MOE_WGMMA_ENV`].
+fn wgmma_ready(dev: &Device) -> std::result::Result<(), String> {
+    if std::env::var(MOE_WGMMA_ENV).is_ok_and(|v| v == "0") {
+        return Err(format!("{MOE_WGMMA_ENV}=0"));
+    }
+    let (major, minor) = dev.info.compute_capability;
+    if (major, minor) != (9, 0) {
+        return Err(format!(
+            "{} is sm_{major}{minor}; the wgmma grouped GEMM is built for sm_90a only",
+            dev.info.name
+        ));
+    }
+    for act in ACTS.iter().map(Some).chain([None]) {
+        let name = expert_kernel_name(MoePath::Wgmma, act.copied(), None, false);
+        let f = dev.function(&name).map_err(|e| format!("{e:#}"))?;
+        // SAFETY: `f` was just resolved from this device's module.
+        let bin = unsafe {
+            cu::function::get_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_BINARY_VERSION,
+            )
+        }
+        .map_err(|e| format!("{name}: cuFuncGetAttribute(BINARY_VERSION): {e:?}"))?;
+        if bin != 90 {
+            return Err(format!(
+                "kernel `{name}` runs code built for sm_{bin} here, not the sm_90a image"
+            ));
+        }
+        // SAFETY: as above.
+        unsafe { dev.set_max_shared(f, &name, WGMMA_SMEM_BYTES) }.map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
 }
 
 /// An expert kernel: path, gate_up's activation index (None: down), quantized format index
@@ -305,14 +361,15 @@ impl MoeState {
                     Ok((key, (name.clone(), f(&name)?)))
                 })
                 .collect::<Result<_>>()?,
+            wgmma: wgmma_ready(dev),
         })
     }
 }
 
-/// Every expert kernel there is: both paths, gate_up per activation and down, bf16 and each
+/// Every expert kernel there is: every path, gate_up per activation and down, bf16 and each
 /// quantized format, and the single-token variants where they exist ([`t1_kernel`]).
 fn expert_keys() -> impl Iterator<Item = ExpertKey> {
-    [MoePath::Grouped, MoePath::Gemv]
+    [MoePath::Grouped, MoePath::Wgmma, MoePath::Gemv]
         .into_iter()
         .flat_map(|path| {
             [None, Some(0), Some(1), Some(2)]
@@ -354,13 +411,19 @@ pub fn expert_kernel_name(
         ""
     };
     let prefix = match (path, fmt) {
-        (MoePath::Grouped, _) => "moe",
+        (MoePath::Grouped | MoePath::Wgmma, _) => "moe",
         (MoePath::Gemv, None) => "moe_gemv",
         (MoePath::Gemv, Some(_)) => "moe_qgemv",
     };
+    // The wgmma kernels are bf16 only: a quantized operand keeps the grouped path's kernel.
+    let engine = if path == MoePath::Wgmma && fmt.is_none() {
+        "_wgmma"
+    } else {
+        ""
+    };
     match act {
-        Some(act) => format!("{prefix}_gate_up_{code}_{act}{t1}"),
-        None => format!("{prefix}_down_{code}{t1}"),
+        Some(act) => format!("{prefix}_gate_up_{code}_{act}{t1}{engine}"),
+        None => format!("{prefix}_down_{code}{t1}{engine}"),
     }
 }
 
@@ -415,7 +478,7 @@ impl CudaBackend {
         }
     }
 
-    /// `moe_experts` on the path `moe_path` picks for the token count.
+    /// `moe_experts` on the path [`CudaBackend::moe_default_path`] picks for the token count.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moe_experts_impl(
         &self,
@@ -428,8 +491,22 @@ impl CudaBackend {
         scratch: &mut CudaTensor,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let path = moe_path(x.rows);
+        let path = self.moe_default_path(x.rows);
         self.moe_experts_with(x, ids, weights, gate_up, down, shape, scratch, out, path)
+    }
+
+    /// The expert path a call of `tokens` tokens takes here: [`moe_path`]'s, with the grouped
+    /// GEMM on wgmma where it can run.
+    pub fn moe_default_path(&self, tokens: usize) -> MoePath {
+        match moe_path(tokens) {
+            MoePath::Grouped if self.moe.wgmma.is_ok() => MoePath::Wgmma,
+            p => p,
+        }
+    }
+
+    /// Why [`MoePath::Wgmma`] cannot run on this device, or `None` when it can.
+    pub fn moe_wgmma_unavailable(&self) -> Option<String> {
+        self.moe.wgmma.as_ref().err().cloned()
     }
 
     /// `moe_experts` on a chosen path (the selftest and the benches run both).
@@ -465,6 +542,9 @@ impl CudaBackend {
         })?;
         if ne == 0 || ne > MAX_EXPERTS || kk == 0 || kk > MAX_TOPK {
             bail!("{OP}: {ne} experts top-{kk} is outside the kernel's limits (1..={MAX_EXPERTS} experts, top-1..={MAX_TOPK})");
+        }
+        if let (MoePath::Wgmma, Err(why)) = (path, &self.moe.wgmma) {
+            bail!("{OP}: the wgmma grouped GEMM cannot run here: {why}");
         }
         let assign = t * kk;
         scratch.set_rows(assign, "moe_experts (scratch)")?;
@@ -569,8 +649,8 @@ impl CudaBackend {
         let ops = [(gu, gq, Some(ai), i), (dn, dq, None, d)];
         for (p, q, act, n) in ops {
             let (shape, shared) = match path {
-                MoePath::Grouped => {
-                    let (cols, threads, shared) = grouped_tile(act.is_some(), q.is_some());
+                MoePath::Grouped | MoePath::Wgmma => {
+                    let (cols, threads, shared) = grouped_tile(path, act.is_some(), q.is_some());
                     (grouped_shape(lay.max_tiles, n, cols, threads)?, shared)
                 }
                 MoePath::Gemv => (gemv_shape(n, lay.max_tiles)?, 0),
@@ -818,7 +898,7 @@ mod tests {
                 "{n}"
             );
         }
-        assert_eq!(names.len(), 44); // 32 + the 12 single-token quantized GEMVs
+        assert_eq!(names.len(), 48); // 32 + the 12 single-token quantized GEMVs + 4 wgmma
         let exported = crate::backend::cuda::KERNEL_NAMES
             .iter()
             .filter(|n| {
@@ -829,7 +909,7 @@ mod tests {
             .count();
         assert_eq!(exported, names.len());
         let keys: Vec<ExpertKey> = expert_keys().collect();
-        for path in [MoePath::Grouped, MoePath::Gemv] {
+        for path in [MoePath::Grouped, MoePath::Wgmma, MoePath::Gemv] {
             for fmt in [None, Some(0), Some(1), Some(2)] {
                 for act in [Some(0), Some(1), Some(2), None] {
                     for one in [false, true] {
@@ -849,14 +929,20 @@ mod tests {
         assert_eq!(route_shape(9), ((3, 1, 1), (128, 1, 1)));
         // Mixtral at 4096 tokens, bf16: gate_up 136 tile slots x 112 column blocks of 128,
         // down 136 x 16 blocks of 256, 256 threads; quantized gate_up 224 blocks of 64.
-        let (cols, threads, shared) = grouped_tile(true, false);
+        let (cols, threads, shared) = grouped_tile(MoePath::Grouped, true, false);
         assert_eq!(shared, 98304);
+        // The wgmma kernels: the same tile and grid, 4 stages of 48 KiB + 1 KiB of alignment.
+        assert_eq!(
+            grouped_tile(MoePath::Wgmma, true, false),
+            (cols, threads, 197_632)
+        );
+        assert_eq!(grouped_tile(MoePath::Wgmma, true, true).2, 0);
         let (g, b) = grouped_shape(max_tiles(8192, 8), 14336, cols, threads).unwrap();
         assert_eq!((g, b), ((136, 112, 1), (256, 1, 1)));
-        let (cols, threads, _) = grouped_tile(false, false);
+        let (cols, threads, _) = grouped_tile(MoePath::Grouped, false, false);
         let (g, b) = grouped_shape(max_tiles(8192, 8), 4096, cols, threads).unwrap();
         assert_eq!((g, b), ((136, 16, 1), (256, 1, 1)));
-        let (cols, threads, shared) = grouped_tile(true, true);
+        let (cols, threads, shared) = grouped_tile(MoePath::Grouped, true, true);
         assert_eq!(shared, 0);
         let (g, b) = grouped_shape(max_tiles(8192, 8), 14336, cols, threads).unwrap();
         assert_eq!((g, b), ((136, 224, 1), (128, 1, 1)));
