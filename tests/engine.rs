@@ -1229,3 +1229,58 @@ fn throughput_cli_rejects_bad_sampling_by_name() {
         "{err}"
     );
 }
+
+/// Sizes past what a machine can hold are errors naming them. Before: a configured KV cache
+/// of 2^40 blocks or a token budget of 2^40 aborted the process in the allocator, and
+/// `generate` with `max_new_tokens = usize::MAX` wrapped its token count and sized a
+/// one-block cache, failing with "KV cache exhausted" instead of filling the context.
+#[test]
+fn sizes_past_memory_are_errors_not_aborts() {
+    let load = || {
+        ModelRef::Dir(fixtures_dir().join("llama3"))
+            .load(&CpuBackend)
+            .unwrap()
+    };
+    let err = |cfg: EngineConfig| match Engine::new(CpuBackend, load(), cfg) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    };
+    let e = err(EngineConfig {
+        num_blocks: Some(1 << 40),
+        ..small_cfg(16)
+    });
+    assert!(
+        e.contains("allocating the KV cache (1099511627776 blocks")
+            && e.contains("cannot allocate"),
+        "{e}"
+    );
+    let e = err(EngineConfig {
+        num_blocks: Some(usize::MAX / 2),
+        ..small_cfg(16)
+    });
+    assert!(e.contains("overflows the address space"), "{e}");
+    let e = err(EngineConfig {
+        block_size: usize::MAX / 2,
+        ..small_cfg(16)
+    });
+    assert!(e.contains("blocks of 9223372036854775807 tokens"), "{e}");
+    let e = err(small_cfg(1 << 40));
+    assert!(
+        e.contains("alloc: [1099511627776,") && e.contains("cannot allocate"),
+        "{e}"
+    );
+    let e = err(small_cfg(usize::MAX / 2));
+    assert!(e.contains("workspace: 9223372036854775807 tokens"), "{e}");
+
+    let m = load();
+    let opts = GenerateOptions {
+        max_new_tokens: usize::MAX,
+        sampling: SamplingParams::default(),
+        eos_ids: vec![],
+        ignore_eos: true,
+    };
+    let g = engine::generate(&CpuBackend, &m, &[1, 2, 3], &opts).unwrap();
+    assert_eq!(g.finish, FinishReason::ContextFull);
+    // Every position of the context ran; the last one's token is sampled too.
+    assert_eq!(g.tokens.len() + 3, m.spec.max_position + 1);
+}
