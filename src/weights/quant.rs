@@ -615,6 +615,15 @@ pub enum QuantConfig {
     Fp8 { block: Option<(usize, usize)> },
 }
 
+/// A bit width: the integer as written (a cast to u32 would read 2^32 + 4 as 4), checked
+/// against the supported widths by the caller.
+fn get_bits(v: &Value, key: &str, what: &str) -> Result<u32> {
+    let b = get_u64(v, key, what)?;
+    u32::try_from(b).map_err(|_| {
+        anyhow!("quantization_config: {what} with {b} bits is not supported (`{key}`)")
+    })
+}
+
 fn get_u64(v: &Value, key: &str, what: &str) -> Result<u64> {
     v.get(key)
         .and_then(|x| x.as_u64())
@@ -656,7 +665,7 @@ impl QuantConfig {
             .ok_or_else(|| anyhow!("quantization_config: missing string `quant_method`"))?;
         match method {
             "gptq" => {
-                let bits = get_u64(v, "bits", "gptq")? as u32;
+                let bits = get_bits(v, "bits", "GPTQ")?;
                 if bits != 4 && bits != 8 {
                     bail!("quantization_config: GPTQ with {bits} bits is not supported (4 or 8)");
                 }
@@ -756,7 +765,7 @@ impl QuantConfig {
             let fmt = get_str(grp, "format")
                 .or_else(|| get_str(v, "format"))
                 .unwrap_or("");
-            let bits = get_u64(w, "num_bits", "compressed-tensors weights")? as u32;
+            let bits = get_bits(w, "num_bits", &format!("config_groups.{gname}"))?;
             let ty = get_str(w, "type").unwrap_or("int");
             let strategy = match get_str(w, "strategy").unwrap_or("") {
                 "tensor" => CtStrategy::Tensor,
@@ -1177,6 +1186,11 @@ pub fn import_compressed_int(
     } else {
         weight.rank2()?
     };
+    ensure!(
+        n > 0 && k > 0,
+        "tensor `{}`: empty weight [{n}, {k}]",
+        weight.name
+    );
     let group = match strategy {
         CtStrategy::Channel => k,
         CtStrategy::Group(g) => g,
@@ -1186,7 +1200,7 @@ pub fn import_compressed_int(
         ),
     };
     ensure!(
-        k % group == 0,
+        group > 0 && k % group == 0,
         "tensor `{}`: group_size {group} does not divide K = {k}",
         weight.name
     );
