@@ -667,6 +667,30 @@ fn empty_quantized_tensors_are_errors_naming_them() {
         )
     });
     check("awq K = 0", "a.qweight", r);
+    // A zero dimension lets safetensors accept any other: N = 2^61 × 8 overflowed.
+    let r = std::panic::catch_unwind(|| {
+        import_awq(
+            &awq,
+            raw("a.qweight", DType::I32, &[0, 1 << 61]),
+            None,
+            raw("a.scales", DType::F16, &[0, 0]),
+        )
+    });
+    check("awq N overflow", "N = 2305843009213693952 × 8 overflows", r);
+    let r = std::panic::catch_unwind(|| {
+        import_gptq(
+            &gptq,
+            raw("g.qweight", DType::I32, &[1 << 62, 0]),
+            raw("g.qzeros", DType::I32, &[0, 0]),
+            raw("g.scales", DType::F16, &[0, 0]),
+            None,
+        )
+    });
+    check(
+        "gptq K overflow",
+        "K = 4611686018427387904 × 8 overflows",
+        r,
+    );
     let r = std::panic::catch_unwind(|| {
         import_fp8(
             raw("f.weight", DType::F8E4M3, &[0, 16]),

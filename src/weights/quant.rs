@@ -1010,7 +1010,14 @@ pub fn import_gptq(
     };
     let per = (32 / bits) as usize;
     let (kp, n) = qweight.rank2()?;
-    let k = kp * per;
+    // A dimension of 0 lets safetensors accept any other, however large: K is checked.
+    let k = kp.checked_mul(per).ok_or_else(|| {
+        anyhow!(
+            "tensor `{}` has shape {:?}: K = {kp} × {per} overflows",
+            qweight.name,
+            qweight.shape
+        )
+    })?;
     ensure!(
         n % per == 0,
         "tensor `{}`: N = {n} is not a multiple of {per} (qzeros packing)",
@@ -1094,7 +1101,13 @@ pub fn import_awq(
         bail!("import_awq: config is {cfg:?}, not AWQ");
     };
     let (k, np) = qweight.rank2()?;
-    let n = np * 8;
+    let n = np.checked_mul(8).ok_or_else(|| {
+        anyhow!(
+            "tensor `{}` has shape {:?}: N = {np} × 8 overflows",
+            qweight.name,
+            qweight.shape
+        )
+    })?;
     ensure!(
         group > 0 && k % group == 0,
         "tensor `{}`: group_size {group} does not divide K = {k}",
