@@ -67,17 +67,21 @@ fn buffers<B: Backend>(
     (batch, depth, pp, tg): Shape,
 ) -> Result<(B::KvCache, Workspace<B>)> {
     let spec = &model.spec;
-    let per_seq = depth + pp + tg;
+    // The lists are the user's numbers: sums and products are checked, not wrapped.
+    let per_seq = depth.saturating_add(pp).saturating_add(tg);
     if per_seq > spec.max_position {
         bail!(
             "bench: depth {depth} + {} tokens exceeds the model's context {}",
-            pp + tg,
+            pp.saturating_add(tg),
             spec.max_position
         );
     }
-    let blocks = batch * per_seq.div_ceil(BLOCK_SIZE).max(1);
+    let blocks = per_seq.div_ceil(BLOCK_SIZE).max(1).checked_mul(batch);
+    let widest = depth.max(pp).max(1).checked_mul(batch);
+    let (Some(blocks), Some(widest)) = (blocks, widest) else {
+        bail!("bench: batch {batch} of {per_seq} tokens each overflows the address space");
+    };
     let cache = be.alloc_kv_cache(model.kv_shape(blocks, BLOCK_SIZE))?;
-    let widest = (batch * depth.max(pp)).max(batch).max(1);
     Ok((cache, Workspace::new(be, spec, widest)?))
 }
 
@@ -153,6 +157,9 @@ fn run_case<B: Backend>(
 pub fn check_options<B: Backend>(be: &B, opt: &BenchOptions) -> Result<()> {
     if opt.reps == 0 {
         bail!("bench: -r must be at least 1");
+    }
+    if opt.batch.contains(&0) {
+        bail!("bench: -b 0: a tg test decodes at least one sequence");
     }
     if opt.cuda_graphs && !be.supports_graphs() {
         bail!(

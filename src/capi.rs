@@ -239,6 +239,9 @@ pub unsafe extern "C" fn flint_add_request(
             vec![]
         } else if prompt.is_null() {
             bail!("prompt is NULL");
+        } else if prompt_len > isize::MAX as usize / std::mem::size_of::<u32>() {
+            // No array is this long: a negative length passed as size_t, most likely.
+            bail!("prompt_len {prompt_len} is not the length of an array");
         } else {
             std::slice::from_raw_parts(prompt, prompt_len).to_vec()
         };

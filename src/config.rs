@@ -163,6 +163,14 @@ const KNOWN: &[&str] = &[
     "grok-1",
 ];
 
+/// Largest value a size field (`hidden_size`, `vocab_size`, `max_position_embeddings`, ...)
+/// and a product of them (`num_attention_heads × head_dim`) may take: no model comes near it,
+/// and with every size below it the shapes flint multiplies out cannot overflow.
+pub const MAX_DIM: usize = (1 << 31) - 1;
+/// Most decoder layers a config may ask for (the largest published models have ~130). The
+/// per-layer tables are built from this count before any weight is read.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 /// A JSON object with errors that name the file and field.
 struct Fields<'a> {
     map: &'a Map<String, Value>,
@@ -177,12 +185,19 @@ impl<'a> Fields<'a> {
         let v = self
             .get(key)
             .ok_or_else(|| anyhow!("{}: missing required field `{key}`", self.file))?;
-        v.as_u64().map(|x| x as usize).ok_or_else(|| {
+        let x = v.as_u64().ok_or_else(|| {
             anyhow!(
                 "{}: field `{key}` must be a non-negative integer, got {v}",
                 self.file
             )
-        })
+        })?;
+        if x > MAX_DIM as u64 {
+            bail!(
+                "{}: field `{key}` is {x}, larger than flint supports ({MAX_DIM})",
+                self.file
+            );
+        }
+        Ok(x as usize)
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
@@ -193,10 +208,18 @@ impl<'a> Fields<'a> {
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|x| Some(x as f32))
-                .ok_or_else(|| anyhow!("{}: field `{key}` must be a number, got {v}", self.file)),
+            Some(v) => {
+                let x = v.as_f64().ok_or_else(|| {
+                    anyhow!("{}: field `{key}` must be a number, got {v}", self.file)
+                })?;
+                if !(x as f32).is_finite() {
+                    bail!(
+                        "{}: field `{key}` is {v}, outside the range of a 32-bit float",
+                        self.file
+                    );
+                }
+                Ok(Some(x as f32))
+            }
         }
     }
     fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
@@ -218,17 +241,23 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Token ids given as a number or a list of numbers.
-fn ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
-        _ => vec![],
-    }
+/// Token ids given as a number or a list of numbers (anything else, such as a negative
+/// placeholder, is skipped). A number past the u32 range is an error naming `file` and `key`:
+/// cast, it would name another token.
+fn ids(v: Option<&Value>, file: &str, key: &str) -> Result<Vec<u32>> {
+    let items: &[Value] = match v {
+        Some(Value::Array(a)) => a,
+        Some(n @ Value::Number(_)) => std::slice::from_ref(n),
+        _ => &[],
+    };
+    items
+        .iter()
+        .filter_map(|x| x.as_u64())
+        .map(|x| {
+            u32::try_from(x)
+                .map_err(|_| anyhow!("{file}: `{key}` holds {x}, which is not a 32-bit token id"))
+        })
+        .collect()
 }
 
 impl ModelSpec {
@@ -242,11 +271,12 @@ impl ModelSpec {
         if let Ok(gen) = std::fs::read_to_string(&gen_path) {
             let v: Value = serde_json::from_str(&gen)
                 .with_context(|| format!("{}: not valid JSON", gen_path.display()))?;
-            let eos = ids(v.get("eos_token_id"));
+            let g = gen_path.display().to_string();
+            let eos = ids(v.get("eos_token_id"), &g, "eos_token_id")?;
             if !eos.is_empty() {
                 spec.eos_token_ids = eos;
             }
-            if let Some(b) = ids(v.get("bos_token_id")).first() {
+            if let Some(b) = ids(v.get("bos_token_id"), &g, "bos_token_id")?.first() {
                 spec.bos_token_id = Some(*b);
             }
         }
@@ -276,6 +306,9 @@ impl ModelSpec {
         let hidden = f.usize("hidden_size")?;
         let num_heads = f.usize("num_attention_heads")?;
         let num_layers = f.usize("num_hidden_layers")?;
+        if num_layers > MAX_LAYERS {
+            bail!("{file}: field `num_hidden_layers` is {num_layers}, more than flint supports ({MAX_LAYERS})");
+        }
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
         let head_dim = f
             .opt_usize("head_dim")?
@@ -316,7 +349,13 @@ impl ModelSpec {
         };
 
         let partial = f.f32_or("partial_rotary_factor", 1.0)?;
+        if !(partial > 0.0 && partial <= 1.0) {
+            bail!("{file}: field `partial_rotary_factor` must be in (0, 1], got {partial}");
+        }
         let rotary_dim = ((head_dim as f32 * partial) as usize) & !1;
+        if rotary_dim == 0 {
+            bail!("{file}: `partial_rotary_factor` {partial} of head_dim {head_dim} rotates no dimension pair");
+        }
         let (global_rope, local_rope) = parse_ropes(&f, rotary_dim, &model_type)?;
 
         let layers = parse_layers(&f, &model_type, num_layers, local_rope.is_some())?;
@@ -390,8 +429,10 @@ impl ModelSpec {
                 1.0
             },
             moe,
-            bos_token_id: ids(f.get("bos_token_id")).first().copied(),
-            eos_token_ids: ids(f.get("eos_token_id")),
+            bos_token_id: ids(f.get("bos_token_id"), file, "bos_token_id")?
+                .first()
+                .copied(),
+            eos_token_ids: ids(f.get("eos_token_id"), file, "eos_token_id")?,
             model_type,
         };
         spec.validate(file)?;
@@ -411,6 +452,44 @@ impl ModelSpec {
         if self.moe.is_none() && self.intermediate == 0 {
             bail!("{file}: field `intermediate_size` must be positive");
         }
+        if let Some(r) = self
+            .ropes
+            .iter()
+            .find(|r| !(r.theta > 0.0 && r.theta.is_finite()))
+        {
+            bail!("{file}: rope theta must be positive, got {}", r.theta);
+        }
+        if self.max_position == 0 {
+            bail!("{file}: field `max_position_embeddings` must be positive");
+        }
+        if let Some(m) = &self.moe {
+            if m.expert_intermediate == 0 {
+                bail!("{file}: the experts' intermediate size must be positive");
+            }
+        }
+        // Products the decoder allocates by (q|k|v rows, the fused gate|up); each factor is
+        // at most MAX_DIM, so these cannot overflow a u64 even when they are too large.
+        let (h, hd) = (self.num_heads as u64, self.head_dim as u64);
+        let qkv = (h + 2 * self.num_kv_heads as u64) * hd;
+        if qkv > MAX_DIM as u64 {
+            bail!(
+                "{file}: (num_attention_heads {} + 2 × num_key_value_heads {}) × head_dim {} = {qkv} \
+                 q|k|v rows, more than flint supports ({MAX_DIM})",
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim
+            );
+        }
+        let wide = self
+            .intermediate
+            .max(self.moe.as_ref().map_or(0, |m| m.expert_intermediate));
+        if 2 * wide as u64 > MAX_DIM as u64 {
+            bail!("{file}: intermediate size {wide} (gate|up: twice that) is more than flint supports ({MAX_DIM})");
+        }
+        let params = self.param_count_wide();
+        if params > (u64::MAX / 4) as u128 {
+            bail!("{file}: the sizes add up to {params} parameters, which no machine holds");
+        }
         Ok(())
     }
 
@@ -425,12 +504,20 @@ impl ModelSpec {
         self.q_dim() + 2 * self.kv_dim()
     }
 
-    /// Parameter count of the checkpoint this spec describes (tied embeddings counted once).
+    /// Parameter count of the checkpoint this spec describes (tied embeddings counted once);
+    /// `u64::MAX` if it does not fit (a spec from config.json always fits, in a quarter of
+    /// that).
     pub fn param_count(&self) -> u64 {
+        u64::try_from(self.param_count_wide()).unwrap_or(u64::MAX)
+    }
+
+    /// The parameter count in u128: with every size at most [`MAX_DIM`] and at most
+    /// [`MAX_LAYERS`] layers no term can overflow it.
+    fn param_count_wide(&self) -> u128 {
         let (d, q, kv) = (
-            self.hidden as u64,
-            self.q_dim() as u64,
-            self.kv_dim() as u64,
+            self.hidden as u128,
+            self.num_heads as u128 * self.head_dim as u128,
+            self.num_kv_heads as u128 * self.head_dim as u128,
         );
         let mut attn = d * (q + 2 * kv) + q * d + 2 * d;
         if self.qkv_bias {
@@ -440,28 +527,28 @@ impl ModelSpec {
             attn += d;
         }
         if self.qk_norm {
-            attn += 2 * self.head_dim as u64;
+            attn += 2 * self.head_dim as u128;
         }
         if self.sandwich_norms {
             attn += 2 * d;
         }
-        let i = self.intermediate as u64;
+        let i = self.intermediate as u128;
         let mlp_dense = 3 * d * i + if self.mlp_bias { 2 * i + d } else { 0 };
-        let mut total = 0u64;
+        let mut total = 0u128;
         for l in 0..self.num_layers {
             total += attn;
             total += match &self.moe {
-                Some(m) if m.sparse_layers[l] => {
-                    let e = m.num_experts as u64 * 3 * d * m.expert_intermediate as u64;
+                Some(m) if m.sparse_layers.get(l) == Some(&true) => {
+                    let e = m.num_experts as u128 * 3 * d * m.expert_intermediate as u128;
                     let shared = m
                         .shared_expert_intermediate
-                        .map_or(0, |s| 3 * d * s as u64 + d);
-                    e + shared + d * m.num_experts as u64
+                        .map_or(0, |s| 3 * d * s as u128 + d);
+                    e + shared + d * m.num_experts as u128
                 }
                 _ => mlp_dense,
             };
         }
-        let emb = self.vocab_size as u64 * d;
+        let emb = self.vocab_size as u128 * d;
         total + emb + if self.tie_embeddings { 0 } else { emb } + d
     }
 }
@@ -477,9 +564,11 @@ fn parse_ropes(
     let one = |obj: Option<&Map<String, Value>>, default_theta: f32| -> Result<RopeSpec> {
         let theta = match obj
             .and_then(|o| o.get("rope_theta"))
-            .and_then(|v| v.as_f64())
+            .filter(|v| !v.is_null())
         {
-            Some(t) => t as f32,
+            Some(v) => v.as_f64().map(|t| t as f32).ok_or_else(|| {
+                anyhow!("{file}: `rope_theta` in the rope parameters must be a number, got {v}")
+            })?,
             None => default_theta,
         };
         let scaling = match obj {
@@ -490,29 +579,45 @@ fn parse_ropes(
                     .or_else(|| o.get("type"))
                     .and_then(|v| v.as_str())
                     .unwrap_or("default");
+                // Every scaling number divides a frequency or a wavelength: positive and
+                // finite, or the frequencies come out infinite or NaN.
                 let num = |k: &str| -> Result<f32> {
-                    o.get(k)
+                    let x = o
+                        .get(k)
                         .and_then(|v| v.as_f64())
                         .map(|x| x as f32)
                         .ok_or_else(|| {
                             anyhow!("{file}: rope scaling `{kind}` needs numeric field `{k}`")
-                        })
+                        })?;
+                    if !(x > 0.0 && x.is_finite()) {
+                        bail!("{file}: rope scaling `{kind}`: `{k}` must be positive, got {x}");
+                    }
+                    Ok(x)
                 };
                 match kind {
                     "default" => RopeScaling::None,
                     "linear" => RopeScaling::Linear { factor: num("factor")? },
-                    "llama3" => RopeScaling::Llama3 {
-                        factor: num("factor")?,
-                        low_freq_factor: num("low_freq_factor")?,
-                        high_freq_factor: num("high_freq_factor")?,
-                        original_max_position: num("original_max_position_embeddings")?,
-                    },
+                    "llama3" => {
+                        let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+                        if high <= low {
+                            bail!(
+                                "{file}: rope scaling `llama3`: `high_freq_factor` ({high}) must \
+                                 be larger than `low_freq_factor` ({low})"
+                            );
+                        }
+                        RopeScaling::Llama3 {
+                            factor: num("factor")?,
+                            low_freq_factor: low,
+                            high_freq_factor: high,
+                            original_max_position: num("original_max_position_embeddings")?,
+                        }
+                    }
                     other => bail!("{file}: unsupported rope_type `{other}` (supported: default, linear, llama3)"),
                 }
             }
         };
-        if theta <= 0.0 {
-            bail!("{file}: rope_theta must be positive");
+        if !(theta > 0.0 && theta.is_finite()) {
+            bail!("{file}: rope_theta must be positive, got {theta}");
         }
         Ok(RopeSpec {
             theta,

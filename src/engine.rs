@@ -160,7 +160,11 @@ pub fn generate_with<B: Backend>(
 ) -> Result<Generation> {
     validate_prompt(model, prompt)?;
     let mut sampler = Sampler::new(opts.sampling)?;
-    let total = (prompt.len() + opts.max_new_tokens).min(model.spec.max_position);
+    // Saturating: `max_new_tokens` may be "no limit" (usize::MAX); the context bounds it.
+    let total = prompt
+        .len()
+        .saturating_add(opts.max_new_tokens)
+        .min(model.spec.max_position);
     let num_blocks = total.div_ceil(BLOCK_SIZE).max(1);
     let mut alloc = BlockAllocator::new(num_blocks, BLOCK_SIZE);
     let mut cache = be.alloc_kv_cache(model.kv_shape(num_blocks, BLOCK_SIZE))?;
@@ -385,12 +389,34 @@ impl<B: Backend> Engine<B> {
                 c.gpu_memory_fraction
             );
         }
+        // Sizes the backends multiply out (and the scheduler's token count): the caller's
+        // numbers, so an overflow is an error naming them rather than a wrapped size.
+        let kv_fits = |blocks: usize| {
+            model
+                .kv_shape(blocks, c.block_size)
+                .checked_num_elements()
+                .and_then(|n| n.checked_mul(4))
+                .is_some()
+        };
+        if !kv_fits(c.num_blocks.unwrap_or(1)) {
+            bail!(
+                "engine config: a KV cache of {} blocks of {} tokens overflows the address space",
+                c.num_blocks.unwrap_or(1),
+                c.block_size
+            );
+        }
         let mut ws = Workspace::new(&backend, &model.spec, c.max_batch_tokens)?;
         let block_bytes = backend.kv_cache_bytes(model.kv_shape(1, c.block_size));
         let (num_blocks, source) = match c.num_blocks {
             Some(n) => (n, "configured".to_string()),
             None => size_kv_cache(&backend, &model, &mut ws, c, block_bytes)?,
         };
+        if !kv_fits(num_blocks) {
+            bail!(
+                "KV cache: {num_blocks} blocks of {} tokens overflow the address space ({source})",
+                c.block_size
+            );
+        }
         let cache = backend
             .alloc_kv_cache(model.kv_shape(num_blocks, c.block_size))
             .with_context(|| format!("allocating the KV cache ({num_blocks} blocks, {source})"))?;

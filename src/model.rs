@@ -162,6 +162,18 @@ impl<B: Backend> Workspace<B> {
         let inter = spec
             .intermediate
             .max(spec.moe.as_ref().map_or(0, |m| m.expert_intermediate));
+        // The widest buffer, in f32 bytes: a token budget too large to address is an error
+        // here, before a backend multiplies it out.
+        let widest = [spec.hidden, spec.qkv_dim(), 2 * inter, spec.vocab_size]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if t.checked_mul(widest)
+            .and_then(|n| n.checked_mul(4))
+            .is_none()
+        {
+            bail!("workspace: {t} tokens × {widest} columns of activations overflow the address space; lower the token budget");
+        }
         Ok(Workspace {
             x: be.alloc(t, spec.hidden)?,
             delta: be.alloc(t, spec.hidden)?,

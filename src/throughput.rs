@@ -6,7 +6,7 @@ use crate::engine::{Engine, EngineConfig, FinishReason, Request};
 use crate::sampling::{Rng, SamplingParams};
 use crate::weights::quant_source::LoadOptions;
 use crate::ModelRef;
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,44 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
     }
 }
 
+/// The longest length [`draw_len`] can draw.
+fn max_len(len: usize, ratio: f64) -> usize {
+    if ratio <= 0.0 {
+        return len.max(1);
+    }
+    ((len as f64 * (1.0 + ratio)).ceil() as usize).max(1)
+}
+
+impl ThroughputOptions {
+    /// Checks the options against a model's context before anything is loaded or drawn: a
+    /// rate of 0 made the first arrival infinitely late (a panic converting it to a
+    /// `Duration`), and lengths past the context were allocated as prompts (`--input-len
+    /// 10^12`: an allocator abort) only for every request to fail.
+    pub fn check(&self, max_position: usize) -> Result<()> {
+        if let Some(r) = self.request_rate {
+            if !(r > 0.0 && r.is_finite()) {
+                bail!("throughput: --request-rate must be a positive number of requests per second, got {r}");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.range_ratio) {
+            bail!(
+                "throughput: --range-ratio must be in [0, 1], got {}",
+                self.range_ratio
+            );
+        }
+        let longest = max_len(self.input_len, self.range_ratio);
+        if longest > max_position {
+            bail!(
+                "throughput: --input-len {} with --range-ratio {} draws prompts of up to {longest} \
+                 tokens; the model's context is {max_position}",
+                self.input_len,
+                self.range_ratio
+            );
+        }
+        Ok(())
+    }
+}
+
 fn draw_len(rng: &mut Rng, len: usize, ratio: f64) -> usize {
     if ratio <= 0.0 {
         return len.max(1);
@@ -83,10 +121,17 @@ fn draw_len(rng: &mut Rng, len: usize, ratio: f64) -> usize {
 
 /// The benchmark's requests for a model of `vocab` tokens, with their arrival offsets: the
 /// same for the same options (seeded), so a run can be replayed through the Engine API.
-pub fn requests(opt: &ThroughputOptions, vocab: usize) -> Vec<(Duration, Request)> {
+/// An error when the host cannot hold `num_requests` of them.
+pub fn requests(opt: &ThroughputOptions, vocab: usize) -> Result<Vec<(Duration, Request)>> {
     let vocab = vocab.max(1) as u64;
     let mut rng = Rng::new(opt.seed);
-    let mut reqs = Vec::with_capacity(opt.num_requests);
+    let mut reqs = Vec::new();
+    reqs.try_reserve_exact(opt.num_requests).map_err(|_| {
+        anyhow!(
+            "throughput: the host cannot hold {} requests",
+            opt.num_requests
+        )
+    })?;
     let mut arrival = 0.0f64;
     for n in 0..opt.num_requests {
         let i = draw_len(&mut rng, opt.input_len, opt.range_ratio);
@@ -105,9 +150,14 @@ pub fn requests(opt: &ThroughputOptions, vocab: usize) -> Vec<(Duration, Request
             },
             ..Default::default()
         };
-        reqs.push((Duration::from_secs_f64(arrival), req));
+        let at = Duration::try_from_secs_f64(arrival).map_err(|_| {
+            anyhow!(
+                "throughput: request {n} would arrive after {arrival} s (--request-rate too low)"
+            )
+        })?;
+        reqs.push((at, req));
     }
-    reqs
+    Ok(reqs)
 }
 
 /// Runs the benchmark on `be`.
@@ -117,6 +167,7 @@ pub fn run<B: Backend>(
     opt: &ThroughputOptions,
 ) -> Result<ThroughputReport> {
     opt.sampling.validate()?; // before loading a model every request would then fail on
+    opt.check(model.spec()?.max_position)?;
     let m = model.load_with(&be, &opt.load)?;
     let vocab = m.spec.vocab_size;
     let mut engine = Engine::new(be, m, opt.config.clone())?;
@@ -124,7 +175,7 @@ pub fn run<B: Backend>(
     if opt.config.cuda_graphs && !engine.graphs_enabled() && be.supports_graphs() {
         eprintln!("flint throughput: CUDA graphs are off (see above): decoding eagerly");
     }
-    let reqs = requests(opt, vocab);
+    let reqs = requests(opt, vocab)?;
     let mut rep = ThroughputReport::default();
     let start = Instant::now();
     let mut next = 0;

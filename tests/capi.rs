@@ -350,3 +350,109 @@ fn config_quant_loads_quantized_and_a_bad_one_is_a_clear_error() {
     assert_eq!(got, gen(&load));
     assert_ne!(got, gen(&LoadOptions::default()), "quant was not applied");
 }
+
+/// Bad arguments through the C ABI are -1 or NULL with the reason in `flint_last_error`:
+/// NULL and non-UTF-8 strings, NULL handles and out-pointers, an empty or NULL prompt, a
+/// prompt length no array has (a -1 cast to size_t, which reached `from_raw_parts`), bad
+/// sampling, out-of-range indices, and a KV cache no machine holds (an allocator abort
+/// before, which no `catch_unwind` can stop).
+#[test]
+fn bad_arguments_are_errors_not_crashes() {
+    use flint::capi::*;
+    use std::ffi::{CStr, CString};
+    let last_error = || {
+        // SAFETY: flint_last_error returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(flint_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let dir = fixtures_dir().join("llama3");
+    let model = CString::new(dir.to_str().unwrap()).unwrap();
+    let cfg = |num_blocks: usize, block_size: usize| FlintConfig {
+        device: std::ptr::null(),
+        num_blocks,
+        block_size,
+        max_num_seqs: 0,
+        max_batch_tokens: 0,
+        gpu_memory_fraction: 0.0,
+        disable_prefix_caching: false,
+        enforce_eager: false,
+        quant: std::ptr::null(),
+    };
+    // SAFETY (every call below): pointers are NULL or point to live values of the types
+    // the header documents; lengths match the arrays except where the test says otherwise,
+    // and then flint must reject them before reading.
+    unsafe {
+        assert!(flint_engine_create(std::ptr::null(), std::ptr::null()).is_null());
+        assert!(last_error().contains("model is NULL"), "{}", last_error());
+        let bad_utf8 = [0xffu8, 0xfe, 0];
+        assert!(flint_engine_create(bad_utf8.as_ptr().cast(), std::ptr::null()).is_null());
+        assert!(
+            last_error().contains("model is not UTF-8"),
+            "{}",
+            last_error()
+        );
+        assert!(flint_engine_create(model.as_ptr(), &cfg(1 << 40, 0)).is_null());
+        assert!(last_error().contains("cannot allocate"), "{}", last_error());
+        assert!(flint_engine_create(model.as_ptr(), &cfg(0, usize::MAX / 2)).is_null());
+        assert!(last_error().contains("overflows"), "{}", last_error());
+
+        let h = flint_engine_create(model.as_ptr(), &cfg(16, 0));
+        assert!(!h.is_null(), "{}", last_error());
+        let p = [1u32, 2, 3];
+        let add = |prompt: *const u32, len: usize, s: *const FlintSampling, max: usize| {
+            flint_add_request(h, prompt, len, s, max, false)
+        };
+        // Each call's message is read before the next call replaces it.
+        let fails = |id: i64, want: &str| {
+            assert_eq!(id, -1, "{want}");
+            assert!(last_error().contains(want), "{} lacks {want}", last_error());
+        };
+        let null_h = std::ptr::null_mut();
+        fails(
+            flint_add_request(null_h, p.as_ptr(), 3, std::ptr::null(), 1, false),
+            "engine handle is NULL",
+        );
+        fails(add(p.as_ptr(), 0, std::ptr::null(), 1), "prompt is empty");
+        fails(
+            add(std::ptr::null(), 3, std::ptr::null(), 1),
+            "prompt is NULL",
+        );
+        fails(
+            add(p.as_ptr(), usize::MAX, std::ptr::null(), 1),
+            "is not the length of an array",
+        );
+        fails(
+            add(p.as_ptr(), 3, std::ptr::null(), 0),
+            "max_new_tokens is 0",
+        );
+        let sampling = |temperature: f32, top_p: f32| FlintSampling {
+            temperature,
+            top_k: 0,
+            top_p,
+            seed: 0,
+        };
+        fails(
+            add(p.as_ptr(), 3, &sampling(1.0, 0.0), 1),
+            "top_p must be in (0, 1]",
+        );
+        fails(
+            add(p.as_ptr(), 3, &sampling(f32::NAN, 1.0), 1),
+            "temperature",
+        );
+        assert_eq!(flint_step(std::ptr::null_mut(), std::ptr::null_mut()), -1);
+        let id = add(p.as_ptr(), 3, std::ptr::null(), 1);
+        assert!(id >= 0, "{}", last_error());
+        let n = flint_step(h, std::ptr::null_mut());
+        assert_eq!(n, 1, "{}", last_error());
+        let (mut rid, mut tok) = (0u64, 0u32);
+        assert_eq!(flint_step_token(h, 1, &mut rid, &mut tok), -1);
+        assert!(last_error().contains("token index 1 out of range"));
+        assert_eq!(flint_step_token(h, 0, std::ptr::null_mut(), &mut tok), -1);
+        assert!(last_error().contains("id is NULL"));
+        assert!(flint_step_finished(h, 5, &mut rid, std::ptr::null_mut()).is_null());
+        assert!(last_error().contains("finished index 5 out of range"));
+        flint_engine_destroy(h);
+        flint_engine_destroy(std::ptr::null_mut());
+    }
+}

@@ -298,3 +298,37 @@ fn selftest_only_rejects_an_unknown_section() {
         "{err}"
     );
 }
+
+/// Bench sizes the machine cannot hold are errors naming them: `-b 99999999999` aborted in
+/// the allocator (a 400 TB KV cache), and `-b 0` failed deep inside the forward with
+/// "step has 0 tokens".
+#[test]
+fn bench_sizes_past_memory_are_errors() {
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "-m",
+            "synthetic:tiny",
+            "--device",
+            "cpu",
+            "-r",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        flint(&args)
+    };
+    let (ok, _, err) = bench(&["-b", "0", "-n", "2", "-p", "0"]);
+    assert!(!ok && err.contains("-b 0"), "{err}");
+    let (ok, _, err) = bench(&["-b", "99999999999", "-n", "1", "-p", "0"]);
+    assert!(
+        !ok && err.contains("cannot allocate") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = bench(&["-b", "18446744073709551615", "-n", "1", "-p", "0"]);
+    assert!(
+        !ok && err.contains("overflows") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = bench(&["-d", "18446744073709551615", "-n", "1", "-p", "1"]);
+    assert!(!ok && err.contains("exceeds the model's context"), "{err}");
+}

@@ -158,3 +158,103 @@ fn llama3_rope_scaling_keeps_high_and_scales_low_frequencies() {
         "the lowest frequency is divided by the factor"
     );
 }
+
+/// Sizes that are absurd, inconsistent or out of range are errors naming the field: before,
+/// some aborted the process (a layer table of 10^15 entries), overflowed a multiplication
+/// (the parameter count) or gave infinite or NaN rotary frequencies.
+#[test]
+fn absurd_sizes_and_scalings_are_errors_naming_the_field() {
+    let base = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+        "num_hidden_layers":1,"num_attention_heads":2}"#;
+    let with = |extra: &str| base.replacen('{', &format!("{{{extra},"), 1);
+    let err = |json: String| parse(&json).unwrap_err().to_string();
+    assert!(parse(&with(r#""partial_rotary_factor":0.5"#)).is_ok());
+
+    // 10^15 layers: the per-layer table alone was a petabyte (abort).
+    let e = err(base.replace(
+        r#""num_hidden_layers":1"#,
+        r#""num_hidden_layers":1000000000000000"#,
+    ));
+    assert!(
+        e.contains("`num_hidden_layers` is 1000000000000000") && e.contains("test/config.json"),
+        "{e}"
+    );
+    let e = err(base.replace(r#""num_hidden_layers":1"#, r#""num_hidden_layers":100000"#));
+    assert!(e.contains("more than flint supports (65536)"), "{e}");
+    // A size past 2^31: the parameter count overflowed u64.
+    let e = err(base.replace(r#""hidden_size":8"#, r#""hidden_size":4294967296"#));
+    assert!(
+        e.contains("`hidden_size` is 4294967296, larger than"),
+        "{e}"
+    );
+    // Each within range, their product not.
+    let e = err(with(r#""head_dim":2000000000,"num_key_value_heads":2"#));
+    assert!(
+        e.contains("head_dim 2000000000") && e.contains("q|k|v rows"),
+        "{e}"
+    );
+    let e = err(
+        with(r#""vocab_size":2000000000,"hidden_size":2000000000,"head_dim":2"#)
+            .replacen(r#""vocab_size":10,"#, "", 1)
+            .replacen(r#""hidden_size":8,"#, "", 1),
+    );
+    assert!(e.contains("parameters"), "{e}");
+    let e = err(base.replace(
+        r#""intermediate_size":16"#,
+        r#""intermediate_size":2000000000"#,
+    ));
+    assert!(e.contains("intermediate size 2000000000"), "{e}");
+    let e = err(with(r#""max_position_embeddings":0"#));
+    assert!(
+        e.contains("`max_position_embeddings` must be positive"),
+        "{e}"
+    );
+    // Out of f32 range: was an infinite epsilon.
+    let e = err(with(r#""rms_norm_eps":1e300"#));
+    assert!(
+        e.contains("`rms_norm_eps` is 1e+300") && e.contains("32-bit float"),
+        "{e}"
+    );
+    // rotary_dim past head_dim, or none at all.
+    let e = err(with(r#""partial_rotary_factor":2.0"#));
+    assert!(
+        e.contains("`partial_rotary_factor` must be in (0, 1], got 2"),
+        "{e}"
+    );
+    let e = err(with(r#""partial_rotary_factor":0.1"#));
+    assert!(e.contains("rotates no dimension pair"), "{e}");
+    // Scaling numbers that divide frequencies: infinite or NaN before.
+    let e = err(with(r#""rope_scaling":{"rope_type":"linear","factor":0}"#));
+    assert!(e.contains("`factor` must be positive, got 0"), "{e}");
+    let e = err(with(
+        r#""rope_scaling":{"rope_type":"llama3","factor":8,"low_freq_factor":4,
+            "high_freq_factor":4,"original_max_position_embeddings":8192}"#,
+    ));
+    assert!(e.contains("`high_freq_factor` (4) must be larger"), "{e}");
+    let e = err(with(r#""rope_theta":-1"#));
+    assert!(e.contains("rope_theta must be positive"), "{e}");
+    let e = err(with(
+        r#""rope_parameters":{"rope_type":"default","rope_theta":"1e4"}"#,
+    ));
+    assert!(
+        e.contains("`rope_theta`") && e.contains("must be a number"),
+        "{e}"
+    );
+    // transformers-5 rope_parameters and the published rope_theta agree.
+    let a = parse(&with(
+        r#""rope_parameters":{"rope_type":"default","rope_theta":500000}"#,
+    ));
+    let b = parse(&with(r#""rope_theta":500000"#));
+    assert_eq!(a.unwrap(), b.unwrap());
+    // An EOS id past u32 was cast to another token.
+    let e = err(with(r#""eos_token_id":[2,4294967298]"#));
+    assert!(e.contains("`eos_token_id` holds 4294967298"), "{e}");
+    // MoE: more experts per token than experts.
+    let moe = base.replace("llama", "mixtral").replacen(
+        '{',
+        r#"{"num_local_experts":4,"num_experts_per_tok":5,"#,
+        1,
+    );
+    let e = err(moe);
+    assert!(e.contains("`num_experts_per_tok` (5)"), "{e}");
+}

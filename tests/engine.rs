@@ -337,7 +337,11 @@ fn throughput_with_quant_matches_the_engine_api_with_the_same_load_options() {
         let m = model.load_with(&CpuBackend, load).unwrap();
         let vocab = m.spec.vocab_size;
         let mut e = Engine::new(CpuBackend, m, opt.config.clone()).unwrap();
-        let reqs = requests(&opt, vocab).into_iter().map(|(_, r)| r).collect();
+        let reqs = requests(&opt, vocab)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         let out = e.generate(reqs).unwrap();
         out.into_iter().map(|f| f.tokens).collect::<Vec<_>>()
     };
@@ -1192,7 +1196,11 @@ fn throughput_samples_each_request_with_its_own_seed() {
     assert_eq!((rep.completed, rep.failed), (6, 0));
     let m = model.load(&CpuBackend).unwrap();
     let vocab = m.spec.vocab_size;
-    let reqs: Vec<Request> = requests(&opt, vocab).into_iter().map(|(_, r)| r).collect();
+    let reqs: Vec<Request> = requests(&opt, vocab)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     let seeds: Vec<u64> = reqs.iter().map(|r| r.sampling.seed).collect();
     assert_eq!(seeds, (11..17).collect::<Vec<u64>>());
     let mut alone = Vec::new();
@@ -1228,4 +1236,110 @@ fn throughput_cli_rejects_bad_sampling_by_name() {
         !out.status.success() && err.contains("top_p must be in (0, 1]"),
         "{err}"
     );
+}
+
+/// Sizes past what a machine can hold are errors naming them. Before: a configured KV cache
+/// of 2^40 blocks or a token budget of 2^40 aborted the process in the allocator, and
+/// `generate` with `max_new_tokens = usize::MAX` wrapped its token count and sized a
+/// one-block cache, failing with "KV cache exhausted" instead of filling the context.
+#[test]
+fn sizes_past_memory_are_errors_not_aborts() {
+    let load = || {
+        ModelRef::Dir(fixtures_dir().join("llama3"))
+            .load(&CpuBackend)
+            .unwrap()
+    };
+    let err = |cfg: EngineConfig| match Engine::new(CpuBackend, load(), cfg) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    };
+    let e = err(EngineConfig {
+        num_blocks: Some(1 << 40),
+        ..small_cfg(16)
+    });
+    assert!(
+        e.contains("allocating the KV cache (1099511627776 blocks")
+            && e.contains("cannot allocate"),
+        "{e}"
+    );
+    let e = err(EngineConfig {
+        num_blocks: Some(usize::MAX / 2),
+        ..small_cfg(16)
+    });
+    assert!(e.contains("overflows the address space"), "{e}");
+    let e = err(EngineConfig {
+        block_size: usize::MAX / 2,
+        ..small_cfg(16)
+    });
+    assert!(e.contains("blocks of 9223372036854775807 tokens"), "{e}");
+    let e = err(small_cfg(1 << 40));
+    assert!(
+        e.contains("alloc: [1099511627776,") && e.contains("cannot allocate"),
+        "{e}"
+    );
+    let e = err(small_cfg(usize::MAX / 2));
+    assert!(e.contains("workspace: 9223372036854775807 tokens"), "{e}");
+
+    let m = load();
+    let opts = GenerateOptions {
+        max_new_tokens: usize::MAX,
+        sampling: SamplingParams::default(),
+        eos_ids: vec![],
+        ignore_eos: true,
+    };
+    let g = engine::generate(&CpuBackend, &m, &[1, 2, 3], &opts).unwrap();
+    assert_eq!(g.finish, FinishReason::ContextFull);
+    // Every position of the context ran; the last one's token is sampled too.
+    assert_eq!(g.tokens.len() + 3, m.spec.max_position + 1);
+}
+
+/// Throughput options that cannot run are errors naming the flag: `--request-rate 0` panicked
+/// converting an infinite arrival time to a `Duration`, `--range-ratio 1e30` panicked on a
+/// capacity overflow and `--input-len 10^12` aborted allocating the prompt.
+#[test]
+fn throughput_options_that_cannot_run_are_errors() {
+    let run = |extra: &[&str]| {
+        // Small defaults for the flags a case does not set.
+        let mut args = extra.to_vec();
+        for (flag, value) in [("--num-requests", "2"), ("--input-len", "4")] {
+            if !args.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+            .args(["throughput", "--model", "synthetic:tiny", "--device", "cpu"])
+            .args(["--output-len", "2"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, want) in [
+        (
+            &["--request-rate", "0"][..],
+            "--request-rate must be a positive",
+        ),
+        (&["--request-rate", "1e-308"][..], "--request-rate too low"),
+        (
+            &["--range-ratio", "1e30"][..],
+            "--range-ratio must be in [0, 1]",
+        ),
+        (
+            &["--input-len", "1000000000000"][..],
+            "the model's context is",
+        ),
+        (
+            &["--num-requests", "1000000000000000000"][..],
+            "cannot hold",
+        ),
+    ] {
+        let (ok, err) = run(args);
+        assert!(
+            !ok && err.contains(want) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
 }

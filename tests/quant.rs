@@ -588,3 +588,134 @@ fn quantize_throughput() {
     );
     assert_eq!(d.len() + q8.qdata.len() + f8.qdata.len(), 3 * n * k);
 }
+
+/// Zero-sized quantized tensors (valid safetensors) are errors naming the tensor in every
+/// importer: a compressed-tensors channel-strategy weight of K = 0 divided by its group
+/// size 0 and panicked.
+#[test]
+fn empty_quantized_tensors_are_errors_naming_them() {
+    use flint::weights::quant::{import_compressed_int, CtStrategy};
+    let raw = |name: &'static str, dtype, shape: &'static [usize]| Raw {
+        name,
+        dtype,
+        shape,
+        bytes: &[],
+    };
+    let check = |what: &str, want: &str, r: Result<anyhow::Result<QuantWeight>, _>| match r {
+        Ok(Err(e)) => {
+            let e = format!("{e:#}");
+            assert!(e.contains(want), "{what}: {e}");
+        }
+        Ok(Ok(_)) => panic!("{what}: an empty weight was accepted"),
+        Err(_) => panic!("{what}: panicked"),
+    };
+    let ct = |strategy, symmetric| QuantConfig::CompressedInt {
+        bits: 8,
+        strategy,
+        symmetric,
+        packed: false,
+    };
+    for (shape, strategy) in [
+        (&[4usize, 0][..], CtStrategy::Channel),
+        (&[0, 4][..], CtStrategy::Channel),
+        (&[4, 0][..], CtStrategy::Group(2)),
+    ] {
+        for symmetric in [true, false] {
+            let r = std::panic::catch_unwind(|| {
+                import_compressed_int(
+                    &ct(strategy, symmetric),
+                    raw("c.weight", DType::I8, shape),
+                    None,
+                    raw("c.weight_scale", DType::F32, &[4, 0]),
+                    Some(raw("c.weight_zero_point", DType::I8, &[4, 0])),
+                )
+            });
+            check(
+                &format!("int-quantized {shape:?} {strategy:?}"),
+                "c.weight",
+                r,
+            );
+        }
+    }
+    let gptq = QuantConfig::Gptq {
+        bits: 4,
+        group: None,
+        desc_act: false,
+        sym: true,
+        v2: false,
+    };
+    let r = std::panic::catch_unwind(|| {
+        import_gptq(
+            &gptq,
+            raw("g.qweight", DType::I32, &[0, 8]),
+            raw("g.qzeros", DType::I32, &[0, 1]),
+            raw("g.scales", DType::F16, &[0, 8]),
+            None,
+        )
+    });
+    check("gptq K = 0", "g.qweight", r);
+    let awq = QuantConfig::Awq {
+        group: 64,
+        zero_point: true,
+    };
+    let r = std::panic::catch_unwind(|| {
+        import_awq(
+            &awq,
+            raw("a.qweight", DType::I32, &[0, 1]),
+            Some(raw("a.qzeros", DType::I32, &[0, 1])),
+            raw("a.scales", DType::F16, &[0, 8]),
+        )
+    });
+    check("awq K = 0", "a.qweight", r);
+    // A zero dimension lets safetensors accept any other: N = 2^61 × 8 overflowed.
+    let r = std::panic::catch_unwind(|| {
+        import_awq(
+            &awq,
+            raw("a.qweight", DType::I32, &[0, 1 << 61]),
+            None,
+            raw("a.scales", DType::F16, &[0, 0]),
+        )
+    });
+    check("awq N overflow", "N = 2305843009213693952 × 8 overflows", r);
+    let r = std::panic::catch_unwind(|| {
+        import_gptq(
+            &gptq,
+            raw("g.qweight", DType::I32, &[1 << 62, 0]),
+            raw("g.qzeros", DType::I32, &[0, 0]),
+            raw("g.scales", DType::F16, &[0, 0]),
+            None,
+        )
+    });
+    check(
+        "gptq K overflow",
+        "K = 4611686018427387904 × 8 overflows",
+        r,
+    );
+    let r = std::panic::catch_unwind(|| {
+        import_fp8(
+            raw("f.weight", DType::F8E4M3, &[0, 16]),
+            raw("f.weight_scale", DType::F32, &[0]),
+            Fp8Scale::Channel,
+        )
+    });
+    check("fp8 N = 0", "f.weight", r);
+}
+
+/// Bit widths past u32 were cast (4294967300 bits read as 4) and accepted.
+#[test]
+fn quantization_config_bits_are_not_truncated() {
+    let parse = |v: serde_json::Value| QuantConfig::parse(&v).unwrap_err().to_string();
+    let e = parse(
+        serde_json::json!({"quant_method": "gptq", "bits": 4294967300u64,
+        "group_size": 128}),
+    );
+    assert!(e.contains("4294967300 bits"), "{e}");
+    let e = parse(serde_json::json!({"quant_method": "gptq", "bits": 3, "group_size": 128}));
+    assert!(e.contains("GPTQ with 3 bits"), "{e}");
+    let e = parse(serde_json::json!({"quant_method": "compressed-tensors",
+        "format": "pack-quantized", "config_groups": {"group_0": {"weights":
+        {"num_bits": 4294967304u64, "type": "int", "strategy": "channel"}}}}));
+    assert!(e.contains("group_0 with 4294967304 bits"), "{e}");
+    let e = parse(serde_json::json!({"quant_method": "awq", "bits": 4, "group_size": 0}));
+    assert!(e.contains("group_size must be positive"), "{e}");
+}

@@ -285,3 +285,76 @@ fn a_model_with_a_wrong_tensor_names_it() {
     let e = err_of(ModelRef::Dir(d).load(&CpuBackend));
     assert!(e.contains("`model.norm.weight` not found"), "{e}");
 }
+
+/// Headers crafted to lie (rather than randomly corrupted): each is an error naming the file
+/// and what is wrong, and a zero dimension beside a huge one loads as the empty tensor it is.
+#[test]
+fn crafted_headers_are_named_errors() {
+    let file = |header: &str, data: usize| {
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend(header.as_bytes());
+        out.extend(vec![0u8; data]);
+        out
+    };
+    let cases = [
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            12,
+            "invalid offset for tensor `b`",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            8,
+            "invalid shape",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            8,
+            "not fully covered",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#,
+            0,
+            "overflow",
+        ),
+        (
+            r#"{"a":{"dtype":"Q7","shape":[4],"data_offsets":[0,16]}}"#,
+            16,
+            "unknown variant `Q7`",
+        ),
+    ];
+    let d = temp_dir("crafted");
+    for (header, data, want) in cases {
+        write(&d, "model.safetensors", &file(header, data));
+        let e = err_of(WeightStore::open(&d));
+        assert!(
+            e.contains("model.safetensors") && e.contains(want),
+            "{header}: {e}"
+        );
+    }
+    let mut b = file(
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        4,
+    );
+    b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    write(&d, "model.safetensors", &b);
+    let e = err_of(WeightStore::open(&d));
+    assert!(
+        e.contains("model.safetensors") && e.contains("header"),
+        "{e}"
+    );
+
+    let huge = format!(
+        r#"{{"a":{{"dtype":"F32","shape":[0,{}],"data_offsets":[0,0]}}}}"#,
+        u64::MAX
+    );
+    write(&d, "model.safetensors", &file(&huge, 0));
+    let s = WeightStore::open(&d).unwrap();
+    let shape = s.info("a").unwrap().shape.clone();
+    assert_eq!(s.load_f32("a", &shape).unwrap(), Vec::<f32>::new());
+    let e = err_of(s.load_f32("a", &[0, 4]));
+    assert!(
+        e.contains("`a`") && e.contains("[0, 18446744073709551615]") && e.contains("[0, 4]"),
+        "{e}"
+    );
+}

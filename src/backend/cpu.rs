@@ -6,7 +6,7 @@ use super::{
     MoeRouting, QkNorm, StepInput,
 };
 use crate::config::Activation;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// A row-major f32 matrix with a fixed row capacity.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +107,21 @@ fn erf(x: f64) -> f64 {
     r.copysign(x)
 }
 
+/// A vector with room for `capacity` f32 (`None`: the size overflowed), `len` of them zero:
+/// an allocation the machine cannot make is an error, not an abort.
+fn try_zeroed(capacity: Option<usize>, len: usize) -> Result<Vec<f32>> {
+    let cap = capacity.ok_or_else(|| anyhow!("the element count overflows usize"))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(cap).map_err(|_| {
+        anyhow!(
+            "cannot allocate {cap} f32 ({:.1} GiB) on the host",
+            cap as f64 * 4.0 / (1u64 << 30) as f64
+        )
+    })?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuTensor;
@@ -144,8 +159,10 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, capacity_rows: usize, cols: usize) -> Result<CpuTensor> {
+        let data = try_zeroed(capacity_rows.checked_mul(cols), 0)
+            .with_context(|| format!("alloc: [{capacity_rows}, {cols}] f32"))?;
         Ok(CpuTensor {
-            data: Vec::with_capacity(capacity_rows * cols),
+            data,
             rows: 0,
             cols,
             capacity: capacity_rows,
@@ -153,11 +170,17 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_cache(&self, shape: KvShape) -> Result<CpuKvCache> {
-        let n = shape.num_blocks * shape.block_size * shape.kv_heads * shape.head_dim;
+        let n = shape
+            .checked_num_elements()
+            .map(|_| shape.num_blocks * shape.block_size * shape.kv_heads * shape.head_dim);
+        let layer = || {
+            try_zeroed(n, n.unwrap_or(0))
+                .with_context(|| format!("alloc_kv_cache: {shape:?}, one layer's K or V"))
+        };
         Ok(CpuKvCache {
             shape,
-            k: (0..shape.layers).map(|_| vec![0.0; n]).collect(),
-            v: (0..shape.layers).map(|_| vec![0.0; n]).collect(),
+            k: (0..shape.layers).map(|_| layer()).collect::<Result<_>>()?,
+            v: (0..shape.layers).map(|_| layer()).collect::<Result<_>>()?,
         })
     }
 

@@ -163,6 +163,20 @@ impl KvShape {
     pub fn num_elements(&self) -> usize {
         2 * self.layers * self.num_blocks * self.block_size * self.kv_heads * self.head_dim
     }
+
+    /// [`Self::num_elements`], or `None` when the count does not fit a `usize` (a cache
+    /// asked for by a caller's sizes rather than by the memory there is).
+    pub fn checked_num_elements(&self) -> Option<usize> {
+        [
+            self.layers,
+            self.num_blocks,
+            self.block_size,
+            self.kv_heads,
+            self.head_dim,
+        ]
+        .into_iter()
+        .try_fold(2usize, |acc, x| acc.checked_mul(x))
+    }
 }
 
 /// Device memory in bytes, as `cuMemGetInfo` reports it.

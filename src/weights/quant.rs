@@ -615,6 +615,15 @@ pub enum QuantConfig {
     Fp8 { block: Option<(usize, usize)> },
 }
 
+/// A bit width: the integer as written (a cast to u32 would read 2^32 + 4 as 4), checked
+/// against the supported widths by the caller.
+fn get_bits(v: &Value, key: &str, what: &str) -> Result<u32> {
+    let b = get_u64(v, key, what)?;
+    u32::try_from(b).map_err(|_| {
+        anyhow!("quantization_config: {what} with {b} bits is not supported (`{key}`)")
+    })
+}
+
 fn get_u64(v: &Value, key: &str, what: &str) -> Result<u64> {
     v.get(key)
         .and_then(|x| x.as_u64())
@@ -656,7 +665,7 @@ impl QuantConfig {
             .ok_or_else(|| anyhow!("quantization_config: missing string `quant_method`"))?;
         match method {
             "gptq" => {
-                let bits = get_u64(v, "bits", "gptq")? as u32;
+                let bits = get_bits(v, "bits", "GPTQ")?;
                 if bits != 4 && bits != 8 {
                     bail!("quantization_config: GPTQ with {bits} bits is not supported (4 or 8)");
                 }
@@ -756,7 +765,7 @@ impl QuantConfig {
             let fmt = get_str(grp, "format")
                 .or_else(|| get_str(v, "format"))
                 .unwrap_or("");
-            let bits = get_u64(w, "num_bits", "compressed-tensors weights")? as u32;
+            let bits = get_bits(w, "num_bits", &format!("config_groups.{gname}"))?;
             let ty = get_str(w, "type").unwrap_or("int");
             let strategy = match get_str(w, "strategy").unwrap_or("") {
                 "tensor" => CtStrategy::Tensor,
@@ -1001,7 +1010,14 @@ pub fn import_gptq(
     };
     let per = (32 / bits) as usize;
     let (kp, n) = qweight.rank2()?;
-    let k = kp * per;
+    // A dimension of 0 lets safetensors accept any other, however large: K is checked.
+    let k = kp.checked_mul(per).ok_or_else(|| {
+        anyhow!(
+            "tensor `{}` has shape {:?}: K = {kp} × {per} overflows",
+            qweight.name,
+            qweight.shape
+        )
+    })?;
     ensure!(
         n % per == 0,
         "tensor `{}`: N = {n} is not a multiple of {per} (qzeros packing)",
@@ -1085,7 +1101,13 @@ pub fn import_awq(
         bail!("import_awq: config is {cfg:?}, not AWQ");
     };
     let (k, np) = qweight.rank2()?;
-    let n = np * 8;
+    let n = np.checked_mul(8).ok_or_else(|| {
+        anyhow!(
+            "tensor `{}` has shape {:?}: N = {np} × 8 overflows",
+            qweight.name,
+            qweight.shape
+        )
+    })?;
     ensure!(
         group > 0 && k % group == 0,
         "tensor `{}`: group_size {group} does not divide K = {k}",
@@ -1177,6 +1199,11 @@ pub fn import_compressed_int(
     } else {
         weight.rank2()?
     };
+    ensure!(
+        n > 0 && k > 0,
+        "tensor `{}`: empty weight [{n}, {k}]",
+        weight.name
+    );
     let group = match strategy {
         CtStrategy::Channel => k,
         CtStrategy::Group(g) => g,
@@ -1186,7 +1213,7 @@ pub fn import_compressed_int(
         ),
     };
     ensure!(
-        k % group == 0,
+        group > 0 && k % group == 0,
         "tensor `{}`: group_size {group} does not divide K = {k}",
         weight.name
     );
