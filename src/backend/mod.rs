@@ -483,7 +483,10 @@ pub trait Backend {
 
     /// Bytes a KV cache of `shape` takes (f32 elements unless the backend says otherwise).
     fn kv_cache_bytes(&self, shape: KvShape) -> usize {
-        shape.num_elements() * 4
+        shape
+            .checked_num_elements()
+            .and_then(|n| n.checked_mul(4))
+            .unwrap_or(usize::MAX)
     }
 
     /// `out[t] = table[token_ids[t]] * scale`.

@@ -808,7 +808,13 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, capacity_rows: usize, cols: usize) -> Result<CudaTensor> {
-        let n = (capacity_rows * cols).max(1);
+        let n = capacity_rows
+            .checked_mul(cols)
+            .filter(|n| n.checked_mul(2).is_some())
+            .with_context(|| {
+                format!("alloc: [{capacity_rows}, {cols}] bf16 does not fit in memory")
+            })?
+            .max(1);
         // SAFETY: ops write rows before they are read; `to_host` reads only logical rows.
         let buf = unsafe { self.dev.stream.alloc::<bf16>(n) }
             .with_context(|| format!("alloc: [{capacity_rows}, {cols}] bf16 ({} bytes)", n * 2))?;
@@ -822,8 +828,11 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv_cache(&self, shape: KvShape) -> Result<CudaKvCache> {
-        let per = shape.num_blocks * shape.block_size * shape.kv_heads * shape.head_dim;
-        let n = (2 * shape.layers * per).max(1);
+        let n = shape
+            .checked_num_elements()
+            .filter(|n| n.checked_mul(2).is_some())
+            .with_context(|| format!("alloc_kv_cache: {shape:?} does not fit in memory"))?
+            .max(1);
         let buf =
             self.dev.stream.alloc_zeros::<bf16>(n).with_context(|| {
                 format!("alloc_kv_cache: {shape:?} needs {} bytes of bf16", n * 2)
@@ -876,7 +885,11 @@ impl Backend for CudaBackend {
     }
 
     fn kv_cache_bytes(&self, shape: KvShape) -> usize {
-        shape.num_elements() * 2 // bf16, as alloc_kv_cache allocates
+        // bf16, as alloc_kv_cache allocates; a shape past memory reports as much as there is.
+        shape
+            .checked_num_elements()
+            .and_then(|n| n.checked_mul(2))
+            .unwrap_or(usize::MAX)
     }
 
     fn prepare_attention(&self, step: &CudaStep, attn: &AttnParams) -> Result<()> {
