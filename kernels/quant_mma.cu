@@ -66,6 +66,8 @@ namespace flint::quant_mma {
 using quant::FP8;
 using quant::INT4;
 using quant::INT8;
+using quant::pack_bf16;
+using quant::store_out;
 
 constexpr int ROWS = FLINT_QUANT_MMA_ROWS;   // weight rows per CTA
 constexpr int BK = FLINT_QUANT_MMA_BK;       // columns per main-loop step
@@ -86,13 +88,6 @@ struct Codes {
     static constexpr int CHUNKS_PER_ROW = BYTES / 16;
 };
 
-
-
-// Two f32 as one register of two bf16 (lo in the low half), each rounded to nearest.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t *>(&h);
-}
 
 // Issues the cp.async copies of one BK-column tile starting at column kt: the CTA's 64 rows
 // of codes and x's T rows (chunks at or past kend are not copied; their k16 steps are skipped).
@@ -171,12 +166,6 @@ __device__ __forceinline__ void mma_tile(const QuantMmaParams &p, const uint8_t 
             mma16816(acc[nt], a0, a1, a2, a3, b.x, b.y);
         }
     }
-}
-
-// out = bf16(v), or with add_to_out bf16(out + bf16(v)) (gemv/fuse.cuh's store).
-__device__ __forceinline__ void store_out(const QuantMmaParams &p, int64_t i, float v) {
-    const bf16 d = to_bf16(v);
-    p.out[i] = p.add_to_out ? to_bf16(to_f32(p.out[i]) + to_f32(d)) : d;
 }
 
 template <int F, int NT, bool UNIFORM>

@@ -1,5 +1,5 @@
 // wgmma.cuh — the sm_90a warpgroup tensor-core primitives (wgmma.mma_async) of the kernels
-// that have a Hopper path (moe_wgmma.cu). Needs common.cuh first. The host emulation
+// that have a Hopper path (moe_wgmma.cu, quant_wgmma.cu). Needs common.cuh first. The host emulation
 // (tests/moe_emulation/cuda_shim.h, under FLINT_EMULATE) replaces each in one place.
 //
 // What the kernels rely on (PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate"):
@@ -16,6 +16,12 @@
 //   by a swizzled K-major operand whose K extent, 16 values = 32 bytes, fits the swizzle).
 // - The swizzle is applied to address bits (bits 4-6 XOR bits 7-9), so k16 step kk of a K
 //   step is the same descriptor with its start 32 kk bytes further.
+// - A may instead come from registers (the _rs forms): four 32-bit registers of two bf16 per
+//   thread, warp w of the warpgroup holding rows 16 w .. 16 w + 15 in mma.sync m16n8k16's A
+//   layout (g = lane / 4, t = lane % 4: a[0] row g, k 2t, 2t + 1; a[1] row g + 8, same k;
+//   a[2] / a[3] the same rows at k 2t + 8, 2t + 9). The registers are read asynchronously:
+//   they must not change until the batch is retired (wgmma_wait), so a kernel that fills the
+//   next A while a batch runs keeps two sets.
 // - The f32 accumulator of m64nNk16: warp w of the warpgroup holds rows 16 w .. 16 w + 15;
 //   thread (g = lane / 4, t = lane % 4) holds, for each n8 block j, d[4 j + 2 h + c] = row
 //   16 w + g + 8 h, column 8 j + 2 t + c (mma.sync's C fragment, once per n8 block).
@@ -67,11 +73,17 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 // it is called (the wgmma batch owns the registers between fence and wait).
 __device__ __forceinline__ void fence_operand(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// D (64 x 256, f32) += A (64 x 16) · B (256 x 16)^T; both operands K-major in shared memory.
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, uint64_t b) {
+// Keeps the compiler from moving accesses of an A fragment register across the point where it
+// is called (the register-A wgmma reads it asynchronously until its batch is retired).
+__device__ __forceinline__ void fence_operand(uint32_t &r) { asm volatile("" : "+r"(r)::"memory"); }
+
+// The accumulators of a wgmma, 8 at a time, as inline-asm operands.
 #define FLINT_D8(i)                                                                              \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
         "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// D (64 x 256, f32) += A (64 x 16) · B (256 x 16)^T; both operands K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, uint64_t b) {
     asm volatile(
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
@@ -87,8 +99,39 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, ui
           FLINT_D8(56), FLINT_D8(64), FLINT_D8(72), FLINT_D8(80), FLINT_D8(88), FLINT_D8(96), FLINT_D8(104),
           FLINT_D8(112), FLINT_D8(120)
         : "l"(a), "l"(b));
-#undef FLINT_D8
 }
+// D (64 x 256, f32) += A (64 x 16, bf16 in registers: mma.sync m16n8k16's A fragment per
+// warp, warp w of the warpgroup rows 16 w ..) · B (256 x 16)^T, B K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n256k16_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "{%128, %129, %130, %131}, %132, 1, 1, 1, 0;\n"
+        : FLINT_D8(0), FLINT_D8(8), FLINT_D8(16), FLINT_D8(24), FLINT_D8(32), FLINT_D8(40), FLINT_D8(48), FLINT_D8(56),
+          FLINT_D8(64), FLINT_D8(72), FLINT_D8(80), FLINT_D8(88), FLINT_D8(96), FLINT_D8(104), FLINT_D8(112), FLINT_D8(120)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+// D (64 x 128, f32) += A (64 x 16, bf16 in registers: mma.sync m16n8k16's A fragment per
+// warp, warp w of the warpgroup rows 16 w ..) · B (128 x 16)^T, B K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
+        : FLINT_D8(0), FLINT_D8(8), FLINT_D8(16), FLINT_D8(24), FLINT_D8(32), FLINT_D8(40), FLINT_D8(48), FLINT_D8(56)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+#undef FLINT_D8
 #elif defined(FLINT_EMULATE)  // the host emulation: synchronous, nothing to fence or wait for
 __device__ __forceinline__ void wgmma_fence() {}
 __device__ __forceinline__ void wgmma_commit() {}
@@ -96,8 +139,15 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {}
 __device__ __forceinline__ void fence_proxy_async_smem() {}
 __device__ __forceinline__ void fence_operand(float &) {}
+__device__ __forceinline__ void fence_operand(uint32_t &) {}
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, uint64_t b) {
     shim::wgmma_m64n256k16(d, a, b);
+}
+__device__ __forceinline__ void wgmma_m64n256k16_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+    shim::wgmma_rs<256>(d, a, b);
+}
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    shim::wgmma_rs<128>(d, a, b);
 }
 #endif
 

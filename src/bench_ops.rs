@@ -15,8 +15,10 @@
 //!   GEMV's crossover can move with the numbers);
 //! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down; fmt int8 per channel, int4 sym g128, fp8
 //!   per channel; T = 1 on the GEMV, the decode path, and T = 8, 32 on each path: gemv, mma,
-//!   dequant, each forced with `set_quant_path`): the quantized projection, group `quant`
-//!   (flint-only rows: no peer case). Bytes: the codes, the f32 scales, x and out;
+//!   dequant, each forced with `set_quant_path`; int4 and int8 at T = 128, 512 on mma, wgmma
+//!   (sm_90 only: an error row elsewhere) and dequant, at T = 4096 on wgmma and dequant): the
+//!   quantized projection, group `quant` (flint-only rows: no peer case). Bytes: the codes,
+//!   the f32 scales, x and out;
 //! - `prefill_attn_<n>`: `Backend::attention` over the paged cache, one causal sequence of n
 //!   tokens (1k, 4k, 16k);
 //! - `decode_attn_b<B>_c<C>`: B sequences of one new token over C cached ones (B = 1, 32, 128;
@@ -69,9 +71,13 @@ pub const PROJ_BOTH_PATHS: &[usize] = &[1, 2, 4, 8];
 /// Token counts of the quantized projection cases (each on every path, forced).
 pub const QUANT_TOKENS: &[usize] = &[8, 32];
 /// Prefill token counts of the quantized projection cases, int4 and int8 on the mma (in
-/// passes of 64 rows) and on dequantize + cuBLASLt: where the auto path's switch at 64 tokens
-/// should be (issue 5: int4 prefill no slower than bf16; the dense `proj_*_t512` rows beside).
+/// passes of 64 rows), on the wgmma GEMM (sm_90; an error row elsewhere) and on dequantize +
+/// cuBLASLt: where the auto path's switch at 64 tokens should be (issue 5: int4 prefill no
+/// slower than bf16; the dense `proj_*_t512` / `_t4096` rows beside).
 pub const QUANT_PREFILL_TOKENS: &[usize] = &[128, 512];
+/// Longer prompts: the wgmma GEMM against dequantize + cuBLASLt only (the mma's 64-row passes
+/// re-read the codes 64 times).
+pub const QUANT_LONG_PREFILL_TOKENS: &[usize] = &[4096];
 /// The quantized projections timed (names in [`PROJECTIONS`]).
 pub const QUANT_PROJECTIONS: &[&str] = &["qkv", "down"];
 /// The quantized formats timed: int8 per channel, int4 symmetric in groups of 128, fp8 per
@@ -360,8 +366,9 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                 continue;
             }
             // One token (decode): the GEMV alone, the path it always takes; then every path;
-            // then prefill sizes: the mma in 64-row passes against dequantize + cuBLASLt.
-            use QuantForce::{Dequant, Gemv, Mma};
+            // then prefill sizes: the mma in 64-row passes and the wgmma against dequantize +
+            // cuBLASLt.
+            use QuantForce::{Dequant, Gemv, Mma, Wgmma};
             let mut runs: Vec<(usize, &[&'static str], &[QuantForce])> =
                 vec![(1, QUANT_FMTS, &[Gemv])];
             runs.extend(
@@ -372,7 +379,12 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
             runs.extend(
                 QUANT_PREFILL_TOKENS
                     .iter()
-                    .map(|&t| (t, &["int4", "int8"][..], &[Mma, Dequant][..])),
+                    .map(|&t| (t, &["int4", "int8"][..], &[Mma, Wgmma, Dequant][..])),
+            );
+            runs.extend(
+                QUANT_LONG_PREFILL_TOKENS
+                    .iter()
+                    .map(|&t| (t, &["int4", "int8"][..], &[Wgmma, Dequant][..])),
             );
             for (t, fmts, paths) in runs {
                 for &fmt in fmts {
@@ -855,15 +867,19 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 16 + 3 + 9 + 6 + 4 + 2 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 32 + 3 + 9 + 6 + 4 + 2 + 3);
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
-        assert_eq!(quant.len(), 42 + 16);
-        // Per projection: 3 decode rows, 2 x 9 small-batch rows, then 8 prefill rows.
+        assert_eq!(quant.len(), 42 + 32);
+        // Per projection: 3 decode rows, 2 x 9 small-batch rows, 12 prefill rows (mma, wgmma,
+        // dequant), then 4 long-prefill rows (wgmma, dequant).
         assert_eq!(quant[21].id(), "proj_qkv_t128_int4_mma");
-        assert_eq!(quant[22].id(), "proj_qkv_t128_int4_dequant");
-        assert_eq!(quant[27].id(), "proj_qkv_t512_int8_mma");
-        assert_eq!(quant[29].id(), "proj_down_t1_int8_gemv");
+        assert_eq!(quant[22].id(), "proj_qkv_t128_int4_wgmma");
+        assert_eq!(quant[23].id(), "proj_qkv_t128_int4_dequant");
+        assert_eq!(quant[30].id(), "proj_qkv_t512_int8_mma");
+        assert_eq!(quant[33].id(), "proj_qkv_t4096_int4_wgmma");
+        assert_eq!(quant[36].id(), "proj_qkv_t4096_int8_dequant");
+        assert_eq!(quant[37].id(), "proj_down_t1_int8_gemv");
         assert!(quant.iter().all(|c| c.group() == "quant"));
         assert_eq!(quant[0].id(), "proj_qkv_t1_int8_gemv");
         assert_eq!(quant[3].id(), "proj_qkv_t8_int8_gemv");

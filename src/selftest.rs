@@ -1048,7 +1048,9 @@ impl Tester<'_> {
         // the mma when K % 32 == 0, else GEMV passes or dequant + cuBLASLt), then at the
         // model shapes each path forced (`set_quant_path`, checked against the path the
         // backend reports): the mma at 2, 8, 33, 64 tokens (kernels/quant_mma.cu, split-K at
-        // these N), the GEMV at 8, dequant + cuBLASLt at 9.
+        // these N), the GEMV at 8, dequant + cuBLASLt at 9; on sm_90 the wgmma prefill GEMM
+        // (kernels/quant_wgmma.cu) at 65 (split-K) and 300 tokens (tiles of 128, a partial
+        // one), which the ragged shapes also take unforced above 64 tokens.
         let shapes: &[(usize, usize)] = if quick {
             &[(6144, 4096), (96, 200)]
         } else {
@@ -1061,6 +1063,18 @@ impl Tester<'_> {
             ]
         };
         let mut out = Vec::new();
+        let wgmma = self.gpu.quant_wgmma_unavailable();
+        if let Some(why) = &wgmma {
+            out.push(Case {
+                group: "quant matmul",
+                name: "the prefill GEMM on wgmma (every uniform scheme, above 64 tokens)".into(),
+                err: f64::NAN,
+                tol: 0.0,
+                note: None,
+                error: None,
+                skipped: Some(why.clone()),
+            });
+        }
         for &(n, k) in shapes {
             let big = n * k >= 1 << 24;
             let tokens: &[usize] = match (quick, big) {
@@ -1071,7 +1085,7 @@ impl Tester<'_> {
             };
             use crate::backend::cuda::quant::{QuantForce, QuantPath};
             // (force, tokens) at the model shapes.
-            let forced: Vec<(QuantForce, usize)> = match (quick, big) {
+            let mut forced: Vec<(QuantForce, usize)> = match (quick, big) {
                 (_, false) => vec![],
                 (true, true) => vec![(QuantForce::Mma, 2), (QuantForce::Mma, 33)],
                 (false, true) => [2, 8, 33, 64]
@@ -1080,6 +1094,13 @@ impl Tester<'_> {
                     .chain([(QuantForce::Gemv, 8), (QuantForce::Dequant, 9)])
                     .collect(),
             };
+            if big && wgmma.is_none() && n * k < 1 << 25 {
+                // q|k|v only: the CPU reference of 300 rows is the slowest case here.
+                forced.push((QuantForce::Wgmma, 65));
+                if !quick {
+                    forced.push((QuantForce::Wgmma, 300));
+                }
+            }
             let w = self.data(n * k, 1.0 / (k as f32).sqrt());
             for what in QUANT_SCHEMES {
                 let weights = quant_weight(what, &w, n, k).and_then(|q| {
@@ -1102,6 +1123,9 @@ impl Tester<'_> {
                     ));
                 }
                 for &(force, t) in &forced {
+                    if force == QuantForce::Wgmma && what.contains("act-order") {
+                        continue; // no wgmma form: it dequantizes (tested unforced at 65)
+                    }
                     let bias = t % 2 == 1;
                     let b = if bias { " bias" } else { "" };
                     out.push(self.case(
@@ -1118,6 +1142,7 @@ impl Tester<'_> {
                             let now = self.gpu.quant_path_for(wg, t);
                             let want = match force {
                                 QuantForce::Mma => QuantPath::Mma,
+                                QuantForce::Wgmma => QuantPath::Wgmma,
                                 QuantForce::Gemv => QuantPath::Gemv(t.div_ceil(8)),
                                 QuantForce::Dequant => QuantPath::DequantGemm,
                             };
@@ -1136,7 +1161,8 @@ impl Tester<'_> {
             }
         }
         // A quantized lm_head is never dequantized into the scratch (`DeviceLayout::dequant_ok`):
-        // above 64 rows it runs the mma in 64-row passes, the last one partial.
+        // above 64 rows it runs the mma in 64-row passes, the last one partial (on sm_90: the
+        // wgmma GEMM, one launch).
         let (n, k) = (1000, 256);
         let w = self.data(n * k, 1.0 / (k as f32).sqrt());
         for what in ["int8 channel", "int4 sym g128", "fp8 channel"] {
@@ -1151,7 +1177,14 @@ impl Tester<'_> {
             for t in [65, 130] {
                 out.push(self.case(
                     "quant matmul",
-                    format!("{what} lm_head [{n}, {k}] tokens {t}: mma in 64-row passes"),
+                    format!(
+                        "{what} lm_head [{n}, {k}] tokens {t}: {}",
+                        if wgmma.is_none() {
+                            "the wgmma GEMM"
+                        } else {
+                            "mma in 64-row passes"
+                        }
+                    ),
                     OP_TOL,
                     || {
                         let (wc, wg) = match &weights {
@@ -1159,9 +1192,14 @@ impl Tester<'_> {
                             Err(e) => bail!("building the weight: {e:#}"),
                         };
                         use crate::backend::cuda::quant::QuantPath;
+                        let want = if wgmma.is_none() {
+                            QuantPath::Wgmma
+                        } else {
+                            QuantPath::Mma
+                        };
                         match self.gpu.quant_path_for(wg, t) {
-                            Some(QuantPath::Mma) => self.quant_matmul(wc, wg, t, false),
-                            other => bail!("the backend would take {other:?}, not the mma"),
+                            Some(p) if p == want => self.quant_matmul(wc, wg, t, false),
+                            other => bail!("the backend would take {other:?}, not {want:?}"),
                         }
                     },
                 ));

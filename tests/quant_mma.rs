@@ -5,6 +5,7 @@
 //! dequantized weights: int8 / int4 / fp8 x T in {2, 8, 9, 33, 64} x K tail-free and with a
 //! 32-column last tile x split-K or not x groups 128 / 64 / 32 / 96 / per row x zero points
 //! or not x GPTQ act-order g_idx (and a group that is not a multiple of 16: the _any kernel).
+//! Also the prefill GEMM on sm_90a (kernels/quant_wgmma.cu, the emulation's `wgmma` cases).
 //! Index math, fragments, barriers and rounding points, not speed. A planted fragment error
 //! (the shim's FLINT_SHIM_MMA_SWAP_B: every lane's b0 and b1 trade places) must fail. Needs a
 //! C++20 compiler and the CUDA headers scripts/setup.sh installs; skips without them unless
@@ -49,22 +50,99 @@ fn quant_mma_passes_its_host_emulation() {
     assert!(passed >= 78, "{passed} cases passed:\n{stdout}");
 }
 
-/// The emulation can fail: with every lane's B fragment registers swapped, no case passes.
-#[test]
-fn quant_mma_planted_fragment_swap_fails() {
-    let Some(exe) = common::build_emulation(
-        "quant_mma_planted_fragment_swap_fails",
-        "tests/quant_mma_emulation/main.cpp",
-        "quant_mma_emulation_swap_b",
-        &["FLINT_SHIM_MMA_SWAP_B"],
-    ) else {
+/// Builds the emulation with a planted error (`define`) and requires that it fails every case
+/// it runs (`args`: the case selection).
+fn planted_error_fails_every_case(test: &str, name: &str, define: &str, args: &[&str]) {
+    let Some(exe) =
+        common::build_emulation(test, "tests/quant_mma_emulation/main.cpp", name, &[define])
+    else {
         return;
     };
     let run = std::process::Command::new(&exe)
+        .args(args)
         .output()
         .expect("runs the emulation");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(!run.status.success(), "the planted swap passed:\n{stdout}");
+    assert!(!run.status.success(), "{define} passed:\n{stdout}");
     let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert_eq!(passed, 0, "cases passed with swapped fragments:\n{stdout}");
+    let failed = stdout.lines().filter(|l| l.starts_with("FAIL ")).count();
+    assert_eq!(passed, 0, "cases passed with {define}:\n{stdout}");
+    assert!(failed > 0, "no case ran with {define}:\n{stdout}");
+}
+
+/// The emulation can fail: with every lane's B fragment registers swapped, no case passes.
+#[test]
+fn quant_mma_planted_fragment_swap_fails() {
+    planted_error_fails_every_case(
+        "quant_mma_planted_fragment_swap_fails",
+        "quant_mma_emulation_swap_b",
+        "FLINT_SHIM_MMA_SWAP_B",
+        &[],
+    );
+}
+
+/// The prefill GEMM on sm_90a (kernels/quant_wgmma.cu: the codes dequantized in registers
+/// into a register-A wgmma, x staged with the 128-byte swizzle and named by a descriptor, two
+/// register sets for A, split-K) against the same float64 reference: every format x token
+/// tiles of 128 and 256 x K with a 32-column tail and an odd step count x one group per step or
+/// several x split-K, bias, add-to-out.
+#[test]
+fn quant_wgmma_passes_its_host_emulation() {
+    let Some(exe) = common::build_emulation(
+        "quant_wgmma_passes_its_host_emulation",
+        "tests/quant_mma_emulation/main.cpp",
+        "quant_wgmma_emulation",
+        &[],
+    ) else {
+        return;
+    };
+    let stdout = common::run_emulation_with_args_to_pass(&exe, &["wgmma"]);
+    for what in [
+        "qmma int8 wgmma t128 T 130",
+        "qmma int4 wgmma t256 T 300",
+        "qmma fp8  wgmma t256 T 130",
+        "qmma int4 wgmma t128 T  9",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("PASS  {what}"))),
+            "{what}:\n{stdout}"
+        );
+    }
+    for what in [
+        "splits 4",
+        "splits 1",
+        "zeros 1",
+        "add 1",
+        "K 416",
+        "group  96",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("PASS") && l.contains(what)),
+            "no passing case with {what}:\n{stdout}"
+        );
+    }
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(passed >= 90, "{passed} cases passed:\n{stdout}");
+}
+
+/// The wgmma emulation can fail: with A's registers a1 and a2 traded (rows g + 8 and columns
+/// 2t + 8 confused), or x read without the swizzle its descriptor names, no case passes.
+#[test]
+fn quant_wgmma_planted_errors_fail() {
+    planted_error_fails_every_case(
+        "quant_wgmma_planted_errors_fail",
+        "quant_mma_emulation_rs_swap_a",
+        "FLINT_SHIM_WGMMA_RS_SWAP_A",
+        &["wgmma"],
+    );
+    planted_error_fails_every_case(
+        "quant_wgmma_planted_errors_fail",
+        "quant_mma_emulation_no_swizzle",
+        "FLINT_SHIM_WGMMA_NO_SWIZZLE",
+        &["wgmma"],
+    );
 }

@@ -149,4 +149,19 @@ __device__ __forceinline__ float weight_at(const P &p, const Row &r, int k, int 
     return value<F>(q, r.scales[g], r.zeros ? r.zeros[g] : p.zero_default);
 }
 
+// Two f32 as one register of two bf16 (lo in the low half), each rounded to nearest: an
+// mma's A fragment register.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&h);
+}
+
+// The quantized GEMMs' store (quant_mma.cu, quant_wgmma.cu; P has out and add_to_out):
+// out = bf16(v), or with add_to_out bf16(out + bf16(v)) (gemv/fuse.cuh's store).
+template <class P>
+__device__ __forceinline__ void store_out(const P &p, int64_t i, float v) {
+    const bf16 d = to_bf16(v);
+    p.out[i] = p.add_to_out ? to_bf16(to_f32(p.out[i]) + to_f32(d)) : d;
+}
+
 }  // namespace flint::quant

@@ -84,6 +84,20 @@ typedef struct QuantMmaParams {
 } QuantMmaParams;
 FLINT_ASSERT_SIZE(QuantMmaParams, 104);
 
+/** quant_wgmma_<i8|i4|fp8>_t<128|256> (kernels/quant_wgmma.cu, sm_90a only): the same GEMM for
+ * prefill token counts on wgmma, the weights dequantized in registers as its A operand. Takes
+ * QuantMmaParams (num_tokens any count >= 1: grid.y covers the tokens in tiles of the kernel's
+ * TOK; grid.z the K splits); uniform scales only (no g_idx, group % 16 == 0). A CTA owns
+ * FLINT_QUANT_WGMMA_ROWS weight rows (two warpgroups of 64) and TOK tokens. */
+#define FLINT_QUANT_WGMMA_ROWS 128
+#define FLINT_QUANT_WGMMA_BK 64
+#define FLINT_QUANT_WGMMA_STAGES 4
+#define FLINT_QUANT_WGMMA_THREADS 256
+/** Dynamic shared memory of every quant_wgmma kernel (the largest, int8/fp8 at 256 tokens):
+ * 4 stages of x [256, 64] bf16 (32 KiB) and codes [128, 64 + 16] (10 KiB), plus 1 KiB to align
+ * the stages to 1024 bytes. */
+#define FLINT_QUANT_WGMMA_SMEM_BYTES 173056
+
 /* quant_dequant_{int8,int4,fp8} take the same struct: out[n, k] = bf16(w[n, k]) for prefill
  * (then cuBLASLt); x, bias, fuse and num_tokens are unused there. */
 

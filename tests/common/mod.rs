@@ -124,7 +124,13 @@ pub fn build_emulation(
 /// Runs an emulation binary with no arguments and returns its stdout (printed too) after
 /// requiring a zero exit and its closing "all passed" line.
 pub fn run_emulation_to_pass(exe: &std::path::Path) -> String {
+    run_emulation_with_args_to_pass(exe, &[])
+}
+
+/// [`run_emulation_to_pass`] with command-line arguments (a selection of the cases).
+pub fn run_emulation_with_args_to_pass(exe: &std::path::Path, args: &[&str]) -> String {
     let run = std::process::Command::new(exe)
+        .args(args)
         .output()
         .expect("runs the emulation");
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();

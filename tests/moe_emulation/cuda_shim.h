@@ -21,7 +21,9 @@
 // - wgmma.mma_async m64n256k16 (shim::wgmma_m64n256k16) reads A and B through their 64-bit
 //   descriptors (start, stride byte offset, 128-byte swizzle) exactly as the PTX ISA defines
 //   the K-major swizzled layouts, and each thread computes its own accumulators in PTX's
-//   fragment layout, synchronously (fence, commit and wait have nothing to wait for).
+//   fragment layout, synchronously (fence, commit and wait have nothing to wait for); the
+//   register-A form (shim::wgmma_rs, m64n128 / m64n256) gathers A from the lanes of each warp
+//   in PTX's fragment layout.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -262,6 +264,50 @@ inline void wgmma_m64n256k16(float (&d)[128], uint64_t a_desc, uint64_t b_desc) 
             for (int h = 0; h < 2; ++h) {
                 float s = 0.0f;
                 for (int k = 0; k < 16; ++k) s += a[h][k] * b[k];
+                d[4 * j + 2 * h + c] += s;
+            }
+        }
+}
+
+/// wgmma.mma_async.sync.aligned.m64n<NN>k16.f32.bf16.bf16 d, {a0..a3}, b_desc, 1, 1, 1, 0 (A from
+/// registers) — called by the 128 threads of a warpgroup. A's rows 16 w .. 16 w + 15 are held
+/// by warp w's lanes in mma.sync m16n8k16's A layout (g = lane / 4, t = lane % 4: a0 row g,
+/// k 2t, 2t + 1; a1 row g + 8; a2 / a3 the same rows at k 2t + 8, 2t + 9); every lane posts its
+/// registers and rebuilds its rows g, g + 8 from the 4 lanes that own them, so a lane passing
+/// a wrong register shows. B and the accumulators as wgmma_m64n256k16.
+/// FLINT_SHIM_WGMMA_RS_SWAP_A (a planted error of tests/quant_mma.rs): a1 and a2 trade places.
+template <int NN>
+inline void wgmma_rs(float (&d)[NN / 2], const uint32_t (&a)[4], uint64_t b_desc) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) cta->frags[threadIdx.x][i] = a[i];
+    cta->warp[w]->arrive_and_wait();
+    float ar[2][16];
+    for (int tt = 0; tt < 4; ++tt) {
+        const auto &f = cta->frags[w * 32 + 4 * g + tt];
+#ifdef FLINT_SHIM_WGMMA_RS_SWAP_A
+        const uint32_t r[4] = {f[0], f[2], f[1], f[3]};
+#else
+        const uint32_t r[4] = {f[0], f[1], f[2], f[3]};
+#endif
+        for (int h = 0; h < 2; ++h) {
+            ar[h][2 * tt] = bf16_lo(r[h]);
+            ar[h][2 * tt + 1] = bf16_hi(r[h]);
+            ar[h][2 * tt + 8] = bf16_lo(r[2 + h]);
+            ar[h][2 * tt + 9] = bf16_hi(r[2 + h]);
+        }
+    }
+    cta->warp[w]->arrive_and_wait();  // every lane has read the warp's registers
+    for (int j = 0; j < NN / 8; ++j)
+        for (int c = 0; c < 2; ++c) {
+            float bv[16];
+            for (int k = 0; k < 16; ++k) {
+                uint16_t v;
+                std::memcpy(&v, dynamic_smem + wgmma_addr(b_desc, 8 * j + 2 * t + c, k), 2);
+                bv[k] = bf16_lo(v);
+            }
+            for (int h = 0; h < 2; ++h) {
+                float s = 0.0f;
+                for (int k = 0; k < 16; ++k) s += ar[h][k] * bv[k];
                 d[4 * j + 2 * h + c] += s;
             }
         }

@@ -1,4 +1,5 @@
-// main.cpp — the quantized tensor-core GEMM (kernels/quant_mma.cu) run on the host
+// main.cpp — the quantized tensor-core GEMMs (kernels/quant_mma.cu; with the argument
+// `wgmma`, kernels/quant_wgmma.cu, the prefill GEMM on sm_90a's register-A wgmma) run on the host
 // (tests/moe_emulation/cuda_shim.h: CTAs as std::threads, mma.sync m16n8k16 with PTX's
 // per-lane fragments) against a float64 reference on the same weights: each weight the
 // reference's f32 value s * (q - z) (fp8: decode(q) * s) rounded to bf16, as the kernel feeds
@@ -9,12 +10,15 @@
 // the symmetric default x GPTQ act-order g_idx (the _any kernel, also for a group that is not
 // a multiple of 16), with bias / without, write / add-to-out. N = 80: a partial second row
 // block (rows past N).
+// quant_wgmma's cases: see wgmma_cases.
 // Outputs are poisoned with NaN first. Checks: rel-L2 < 1e-2, every element within 2 bf16
-// ulps of the reference, at most 2% of them not equal to it.
+// ulps of the reference plus 8 f32 ulps of the sum of its terms' magnitudes (the f32
+// accumulation's error where the terms cancel), at most 2% of them not equal to it.
 // Exit 0 = all passed. Built and run by tests/quant_mma.rs.
 #include "../moe_emulation/cuda_shim.h"
 
 #include "../../kernels/quant_mma.cu"
+#include "../../kernels/quant_wgmma.cu"
 
 #include "../moe_emulation/harness.h"
 
@@ -32,10 +36,12 @@ struct Case {
     int T, K, group;  // group: columns per scale group (K: one per row)
     int splits_cols;  // 0: no split, else columns per split
     bool zeros, gidx, bias, add;
+    int tok = 0;  // 0: quant_mma; 128 / 256: quant_wgmma_<fmt>_t<tok>
 };
 
 static void run(const Case &c, std::mt19937 &g) {
-    const int T = c.T, N = 80, K = c.K, group = c.group;
+    // N 80: a partial second quant_mma row block; 200: a partial second quant_wgmma one.
+    const int T = c.T, N = c.tok ? 200 : 80, K = c.K, group = c.group;
     const int G = (K + group - 1) / group;
     const int row_bytes = c.fmt == I4 ? K / 2 : K;
     std::uniform_real_distribution<float> us(0.5f, 1.5f);
@@ -82,12 +88,20 @@ static void run(const Case &c, std::mt19937 &g) {
     const auto b = randn(g, N, 0.5f);
     const auto res = randn(g, static_cast<size_t>(T) * N, 2.0f);
 
-    std::vector<double> want(static_cast<size_t>(T) * N), delta(want.size());
+    // want: the exact sum rounded as the kernel stores it; size: the sum of the terms'
+    // magnitudes, which bounds the f32 accumulation's error (cancellation can make the result
+    // itself far smaller).
+    std::vector<double> want(static_cast<size_t>(T) * N), delta(want.size()), size(want.size());
     for (int t = 0; t < T; ++t)
         for (int n = 0; n < N; ++n) {
-            double s = c.bias ? b[n] : 0.0;
-            for (int k = 0; k < K; ++k) s += static_cast<double>(x[static_cast<size_t>(t) * K + k]) * w[static_cast<size_t>(n) * K + k];
+            double s = c.bias ? b[n] : 0.0, m = 0.0;
+            for (int k = 0; k < K; ++k) {
+                const double term = static_cast<double>(x[static_cast<size_t>(t) * K + k]) * w[static_cast<size_t>(n) * K + k];
+                s += term;
+                m += std::abs(term);
+            }
             const size_t i = static_cast<size_t>(t) * N + n;
+            size[i] = m;
             delta[i] = rbf(static_cast<float>(s));
             want[i] = c.add ? rbf(static_cast<float>(res[i] + delta[i])) : delta[i];
         }
@@ -132,10 +146,21 @@ static void run(const Case &c, std::mt19937 &g) {
         {quant_mma_fp8_t8, quant_mma_fp8_t16, quant_mma_fp8_t32, quant_mma_fp8_t64},
     };
     static void (*const KA[3])(QuantMmaParams) = {quant_mma_i8_any, quant_mma_i4_any, quant_mma_fp8_any};
+    // quant_wgmma (quant.rs `wgmma_plan`): grid (row blocks of 128, token tiles, splits).
+    static void (*const KW[3][2])(QuantMmaParams) = {
+        {quant_wgmma_i8_t128, quant_wgmma_i8_t256},
+        {quant_wgmma_i4_t128, quant_wgmma_i4_t256},
+        {quant_wgmma_fp8_t128, quant_wgmma_fp8_t256},
+    };
     const bool uniform = !c.gidx && group % 16 == 0;
     const int ti = T <= 8 ? 0 : T <= 16 ? 1 : T <= 32 ? 2 : 3;
-    const dim3 grid((N + FLINT_QUANT_MMA_ROWS - 1) / FLINT_QUANT_MMA_ROWS, p.splits);
-    launch(uniform ? KT[c.fmt][ti] : KA[c.fmt], grid, dim3(FLINT_QUANT_MMA_THREADS), p);
+    if (c.tok) {
+        const dim3 grid((N + FLINT_QUANT_WGMMA_ROWS - 1) / FLINT_QUANT_WGMMA_ROWS, (T + c.tok - 1) / c.tok, p.splits);
+        launch(KW[c.fmt][c.tok == 256], grid, dim3(FLINT_QUANT_WGMMA_THREADS), p);
+    } else {
+        const dim3 grid((N + FLINT_QUANT_MMA_ROWS - 1) / FLINT_QUANT_MMA_ROWS, p.splits);
+        launch(uniform ? KT[c.fmt][ti] : KA[c.fmt], grid, dim3(FLINT_QUANT_MMA_THREADS), p);
+    }
     if (p.splits > 1) launch(quant_mma_reduce_f32, dim3(7), dim3(256), p);
 
     const auto got = download(p.out, static_cast<size_t>(T) * N);
@@ -143,21 +168,50 @@ static void run(const Case &c, std::mt19937 &g) {
     int bad = 0, ne = 0;
     for (size_t i = 0; i < want.size(); ++i) {
         const double mag = std::max(std::abs(want[i]), std::abs(delta[i]));
-        if (!(std::abs(got[i] - want[i]) <= std::ldexp(mag, -7) + 1e-6)) ++bad;
+        // 2 bf16 ulps of the result, plus 8 f32 ulps of the terms' size for the accumulation.
+        if (!(std::abs(got[i] - want[i]) <= std::ldexp(mag, -7) + std::ldexp(size[i], -21) + 1e-6)) ++bad;
         if (got[i] != want[i]) ++ne;
     }
     const int ne_max = 1 + static_cast<int>(want.size() / 50);
     char name[200];
+    char kind[16];
+    std::snprintf(kind, sizeof kind, "%s", c.tok ? (c.tok == 256 ? "wgmma t256" : "wgmma t128") : uniform ? "uniform" : "any    ");
     std::snprintf(name, sizeof name,
                   "qmma %-4s %s T %2d K %d group %3d splits %d zeros %d g_idx %d bias %d add %d: rel-L2 %.2e, %d off, %d inexact",
-                  FMT_NAMES[c.fmt], uniform ? "uniform" : "any    ", T, K, group, p.splits, c.zeros ? 1 : 0,
-                  c.gidx ? 1 : 0, c.bias ? 1 : 0, c.add ? 1 : 0, err, bad, ne);
+                  FMT_NAMES[c.fmt], kind, T, K, group, p.splits, c.zeros ? 1 : 0, c.gidx ? 1 : 0, c.bias ? 1 : 0,
+                  c.add ? 1 : 0, err, bad, ne);
     check(err < 1e-2 && bad == 0 && ne <= ne_max, name);
 }
 
-int main() {
+// quant_wgmma (the prefill GEMM on sm_90a): every format x token tiles of 128 / 256 (T one
+// partial tile, several, and a T far below the tile) x K tail-free (256), with a 32-column last
+// step (480) and with an odd step count (416: a padding step) x split-K or not x groups that
+// are one per step (64, 128, 256) or several per step / spanning steps (32, 96, fp8 per row
+// of 416 or 480 columns) x zero points or not, bias, add-to-out. N 200: a partial row block.
+static void wgmma_cases(std::mt19937 &g) {
+    int i = 0;
+    for (Fmt f : {I8, I4, F8})
+        for (const auto [T, tok] : {std::pair{130, 128}, {65, 128}, {9, 128}, {300, 256}, {130, 256}})
+            for (int K : {256, 480, 416})
+                for (int split : {0, 128}) {
+                    ++i;
+                    const int group = K == 256 ? (i % 3 == 0 ? 64 : i % 3 == 1 ? 128 : 32)
+                                      : f == F8 && i % 2 ? K
+                                      : K == 480       ? (i % 2 ? 96 : 32)
+                                                       : 32;
+                    const bool zeros = f != F8 && (i / 2) % 2 == 0;
+                    run(Case{f, T, K, group, split, zeros, false, i % 3 != 0, i % 5 == 1, tok}, g);
+                }
+}
+
+int main(int argc, char **argv) {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     std::mt19937 g(2025);
+    if (argc > 1 && std::strcmp(argv[1], "wgmma") == 0) {  // quant_wgmma only (tests/quant_mma.rs)
+        wgmma_cases(g);
+        std::printf("%s\n", failures ? "FAILED" : "all passed");
+        return failures ? 1 : 0;
+    }
     int i = 0, j256 = 0, j480 = 0;
     for (Fmt f : {I8, I4, F8})
         for (int T : {2, 8, 9, 33, 64})

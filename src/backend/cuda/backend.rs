@@ -328,6 +328,11 @@ impl CudaBackend {
             .map(|q| self.quant.path(q.layout(), tokens))
     }
 
+    /// Why the quantized prefill GEMM on wgmma cannot run here (`None`: it can, sm_90).
+    pub fn quant_wgmma_unavailable(&self) -> Option<String> {
+        self.quant.wgmma_unavailable()
+    }
+
     /// The forced quantized path, if any.
     pub fn quant_path_override(&self) -> Option<super::quant::QuantForce> {
         self.quant.force()

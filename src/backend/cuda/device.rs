@@ -205,6 +205,47 @@ impl Device {
         }
         .with_context(|| format!("{name}: raising dynamic shared memory to {bytes} bytes"))
     }
+
+    /// Kernel `name` of a wgmma kernel family (kernels/wgmma.cuh), ready to launch with
+    /// `smem_bytes` of dynamic shared memory; or why it cannot run here: `off_env=0` set, a
+    /// card other than sm_90 (the kernels are built for sm_90a only and trap in every other
+    /// image), or the driver running another image than the fatbin's sm_90a one for it (e.g.
+    /// a fatbin built without sm_90a). `what` names the family in the reasons.
+    pub fn wgmma_function(
+        &self,
+        name: &str,
+        smem_bytes: u32,
+        what: &str,
+        off_env: &str,
+    ) -> std::result::Result<sys::CUfunction, String> {
+        if std::env::var(off_env).is_ok_and(|v| v == "0") {
+            return Err(format!("{off_env}=0"));
+        }
+        let (major, minor) = self.info.compute_capability;
+        if (major, minor) != (9, 0) {
+            return Err(format!(
+                "{} is sm_{major}{minor}; {what} is built for sm_90a only",
+                self.info.name
+            ));
+        }
+        let f = self.function(name).map_err(|e| format!("{e:#}"))?;
+        // SAFETY: `f` was just resolved from this device's module.
+        let bin = unsafe {
+            cu::function::get_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_BINARY_VERSION,
+            )
+        }
+        .map_err(|e| format!("{name}: cuFuncGetAttribute(BINARY_VERSION): {e:?}"))?;
+        if bin != 90 {
+            return Err(format!(
+                "kernel `{name}` runs code built for sm_{bin} here, not the sm_90a image"
+            ));
+        }
+        // SAFETY: as above.
+        unsafe { self.set_max_shared(f, name, smem_bytes) }.map_err(|e| format!("{e:#}"))?;
+        Ok(f)
+    }
 }
 
 /// The oldest driver (`cuDriverGetVersion`'s 1000 * major + 10 * minor) whose stream capture

@@ -172,6 +172,14 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_mma_i8_t64",
     "quant_mma_i8_t8",
     "quant_mma_reduce_f32",
+    // quant_wgmma.cu: the same GEMM at prefill sizes on sm_90a's wgmma (A dequantized in
+    // registers; TOK in the name)
+    "quant_wgmma_fp8_t128",
+    "quant_wgmma_fp8_t256",
+    "quant_wgmma_i4_t128",
+    "quant_wgmma_i4_t256",
+    "quant_wgmma_i8_t128",
+    "quant_wgmma_i8_t256",
     // rms_norm.cu: optional fused residual add
     "rms_norm_bf16",
     // rope_kv_write.cu: qk-norm + rope + paged KV-cache write

@@ -57,7 +57,7 @@ use super::{CudaBackend, CudaTensor};
 use crate::backend::{MoeExperts, MoeOperands, MoeRouting};
 use crate::config::Activation;
 use anyhow::{bail, Result};
-use cudarc::driver::{result as cu, sys};
+use cudarc::driver::sys;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -294,34 +294,14 @@ pub const MOE_WGMMA_ENV: &str = "FLINT_MOE_WGMMA";
 /// when it can): an sm_90 card running the fatbin's sm_90a image (the kernels trap in every
 /// other image), and not turned off by [`MOE_WGMMA_ENV`].
 fn wgmma_ready(dev: &Device) -> std::result::Result<(), String> {
-    if std::env::var(MOE_WGMMA_ENV).is_ok_and(|v| v == "0") {
-        return Err(format!("{MOE_WGMMA_ENV}=0"));
-    }
-    let (major, minor) = dev.info.compute_capability;
-    if (major, minor) != (9, 0) {
-        return Err(format!(
-            "{} is sm_{major}{minor}; the wgmma grouped GEMM is built for sm_90a only",
-            dev.info.name
-        ));
-    }
     for act in ACTS.iter().map(Some).chain([None]) {
         let name = expert_kernel_name(MoePath::Wgmma, act.copied(), None, false);
-        let f = dev.function(&name).map_err(|e| format!("{e:#}"))?;
-        // SAFETY: `f` was just resolved from this device's module.
-        let bin = unsafe {
-            cu::function::get_function_attribute(
-                f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_BINARY_VERSION,
-            )
-        }
-        .map_err(|e| format!("{name}: cuFuncGetAttribute(BINARY_VERSION): {e:?}"))?;
-        if bin != 90 {
-            return Err(format!(
-                "kernel `{name}` runs code built for sm_{bin} here, not the sm_90a image"
-            ));
-        }
-        // SAFETY: as above.
-        unsafe { dev.set_max_shared(f, &name, WGMMA_SMEM_BYTES) }.map_err(|e| format!("{e:#}"))?;
+        dev.wgmma_function(
+            &name,
+            WGMMA_SMEM_BYTES,
+            "the wgmma grouped GEMM",
+            MOE_WGMMA_ENV,
+        )?;
     }
     Ok(())
 }

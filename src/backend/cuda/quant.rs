@@ -25,7 +25,7 @@
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
 use super::gemm::GemvIn;
-use super::kernels::{i32_of, launch, Dim3, LaunchStream};
+use super::kernels::{i32_of, launch, launch_raw, Dim3, LaunchStream};
 use super::params::{self, MoeQuantWeight, QuantGemvParams, QuantMmaParams};
 use crate::weights::names;
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
@@ -62,8 +62,22 @@ pub const MMA_CTAS_PER_SM: usize = 4;
 /// At most this many K splits, each at least [`MMA_MIN_SPLIT_TILES`] BK tiles.
 pub const MMA_MAX_SPLITS: usize = 16;
 pub const MMA_MIN_SPLIT_TILES: usize = 4;
-/// The environment variable that forces the quantized path: `gemv`, `mma`, `dequant` or `auto`.
+/// The environment variable that forces the quantized path: `gemv`, `mma`, `wgmma`, `dequant`
+/// or `auto`.
 pub const QUANT_PATH_ENV: &str = "FLINT_QUANT_PATH";
+/// Weight rows per quant_wgmma CTA (`FLINT_QUANT_WGMMA_ROWS`: two warpgroups of 64).
+pub const WGMMA_ROWS: usize = params::FLINT_QUANT_WGMMA_ROWS as usize;
+/// Columns per quant_wgmma main-loop step; split-K splits are multiples.
+pub const WGMMA_BK: usize = params::FLINT_QUANT_WGMMA_BK as usize;
+/// Threads per quant_wgmma CTA.
+pub const WGMMA_THREADS: u32 = params::FLINT_QUANT_WGMMA_THREADS;
+/// Dynamic shared memory of every quant_wgmma kernel (raised at load on sm_90).
+pub const WGMMA_SMEM_BYTES: u32 = params::FLINT_QUANT_WGMMA_SMEM_BYTES;
+/// The token tiles of `quant_wgmma_<fmt>_t<TOK>`.
+pub const WGMMA_TOKS: [usize; 2] = [128, 256];
+/// `FLINT_QUANT_WGMMA=0` keeps prefill on an sm_90 card off the wgmma GEMM (dequantize +
+/// cuBLASLt, as on other cards).
+pub const QUANT_WGMMA_ENV: &str = "FLINT_QUANT_WGMMA";
 
 /// The code type, one kernel pair each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,6 +285,12 @@ const MMA_NAMES: [[&str; 4]; 3] = [
     ],
 ];
 const MMA_ANY_NAMES: [&str; 3] = ["quant_mma_i8_any", "quant_mma_i4_any", "quant_mma_fp8_any"];
+/// quant_wgmma.cu's kernels by `Fmt::index` and [`WGMMA_TOKS`] position.
+const WGMMA_NAMES: [[&str; 2]; 3] = [
+    ["quant_wgmma_i8_t128", "quant_wgmma_i8_t256"],
+    ["quant_wgmma_i4_t128", "quant_wgmma_i4_t256"],
+    ["quant_wgmma_fp8_t128", "quant_wgmma_fp8_t256"],
+];
 const MMA_REDUCE_NAME: &str = "quant_mma_reduce_f32";
 
 /// The kernels, the prefill scratch, the mma's split-K workspace and the path override.
@@ -281,6 +301,9 @@ pub struct QuantKernels {
     mma: [[sys::CUfunction; 4]; 3],
     mma_any: [sys::CUfunction; 3],
     mma_reduce: sys::CUfunction,
+    /// The prefill GEMM on sm_90a's wgmma, by `Fmt::index` and [`WGMMA_TOKS`] position; or why
+    /// it cannot run here ([`Device::wgmma_function`]).
+    wgmma: std::result::Result<[[sys::CUfunction; 2]; 3], String>,
     scratch: RefCell<Option<CudaSlice<bf16>>>,
     /// [`MMA_WORKSPACE_BYTES`] of f32 partials, allocated once (never in the decode loop;
     /// the same address in every captured graph).
@@ -312,6 +335,20 @@ impl QuantKernels {
             Ok(v) => QuantForce::parse_override(&v)?,
             Err(_) => None,
         };
+        let wgmma = (|| {
+            let mut fns = [[std::ptr::null_mut(); 2]; 3];
+            for (fmt, names) in WGMMA_NAMES.iter().enumerate() {
+                for (i, name) in names.iter().enumerate() {
+                    fns[fmt][i] = dev.wgmma_function(
+                        name,
+                        WGMMA_SMEM_BYTES,
+                        "the quantized wgmma GEMM",
+                        QUANT_WGMMA_ENV,
+                    )?;
+                }
+            }
+            Ok(fns)
+        })();
         // SAFETY: the mma kernels write every partial the reduction reads.
         let workspace = unsafe { dev.stream.alloc::<f32>(MMA_WORKSPACE_BYTES / 4) }
             .context("allocating the quantized mma's split-K workspace")?;
@@ -326,6 +363,7 @@ impl QuantKernels {
             mma,
             mma_any,
             mma_reduce: f(MMA_REDUCE_NAME)?,
+            wgmma,
             scratch: RefCell::new(None),
             workspace,
             num_sms: dev.info.num_sms as usize,
@@ -347,10 +385,18 @@ impl QuantKernels {
         quant_path(
             l.fmt,
             tokens,
-            mma_supports(l),
-            l.dequant_ok,
+            Takes {
+                mma: mma_supports(l),
+                wgmma: self.wgmma.is_ok() && wgmma_supports(l),
+                dequant: l.dequant_ok,
+            },
             self.force.get(),
         )
+    }
+
+    /// Why the wgmma prefill GEMM cannot run here, or `None` when it can.
+    pub fn wgmma_unavailable(&self) -> Option<String> {
+        self.wgmma.as_ref().err().cloned()
     }
 }
 
@@ -408,6 +454,8 @@ pub enum QuantPath {
     /// The tensor-core GEMM with dequantization in its main loop (quant_mma.cu), in passes of
     /// at most 64 tokens (one pass unless the weight must not be dequantized).
     Mma,
+    /// The prefill GEMM on sm_90a's wgmma (quant_wgmma.cu), every token in one launch.
+    Wgmma,
     /// Dequantize to bf16, then cuBLASLt.
     DequantGemm,
 }
@@ -418,6 +466,7 @@ pub enum QuantPath {
 pub enum QuantForce {
     Gemv,
     Mma,
+    Wgmma,
     Dequant,
 }
 
@@ -426,6 +475,7 @@ impl QuantForce {
         match self {
             QuantForce::Gemv => "gemv",
             QuantForce::Mma => "mma",
+            QuantForce::Wgmma => "wgmma",
             QuantForce::Dequant => "dequant",
         }
     }
@@ -437,8 +487,11 @@ impl QuantForce {
             "" | "auto" => Ok(None),
             "gemv" => Ok(Some(QuantForce::Gemv)),
             "mma" => Ok(Some(QuantForce::Mma)),
+            "wgmma" => Ok(Some(QuantForce::Wgmma)),
             "dequant" => Ok(Some(QuantForce::Dequant)),
-            other => bail!("{QUANT_PATH_ENV}={other:?}: expected gemv, mma, dequant or auto"),
+            other => {
+                bail!("{QUANT_PATH_ENV}={other:?}: expected gemv, mma, wgmma, dequant or auto")
+            }
         }
     }
 }
@@ -453,6 +506,72 @@ pub fn mma_supports(l: &DeviceLayout) -> bool {
 /// else `_any`.
 pub fn mma_uniform(l: &DeviceLayout) -> bool {
     l.g_idx.is_none() && l.group % 16 == 0
+}
+
+/// Whether the wgmma prefill GEMM takes the weight: as the mma, with uniform scales (it has
+/// no `_any` form: GPTQ act-order and groups that are not a multiple of 16 dequantize).
+pub fn wgmma_supports(l: &DeviceLayout) -> bool {
+    mma_supports(l) && mma_uniform(l)
+}
+
+/// One quant_wgmma launch: the token tile, the K splits and their width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgmmaPlan {
+    /// 128 or 256 ([`WGMMA_TOKS`]): grid.y = ceil(tokens / tok).
+    pub tok: usize,
+    /// grid.z; 1: the GEMM writes out itself.
+    pub splits: usize,
+    /// Columns per split, a multiple of [`WGMMA_BK`].
+    pub split_cols: usize,
+}
+
+/// Plans the wgmma GEMM for an `[n, k]` weight and `tokens` rows on `num_sms` SMs (one CTA
+/// each) with `workspace_floats` of partials. Token tiles of 256 (each decoded weight serves
+/// twice the tokens) when the CTAs fill the SMs at least once, else 128; then, still under one
+/// CTA per SM (Llama-3-8B's N = 4096 at 128 tokens: 32 CTAs), K splits up to one CTA per SM,
+/// each at least 4 steps of 64 columns, while the partials fit the workspace. A prediction,
+/// to be measured on a GPU.
+pub fn wgmma_plan(
+    n: usize,
+    k: usize,
+    tokens: usize,
+    num_sms: usize,
+    workspace_floats: usize,
+) -> WgmmaPlan {
+    let rows = n.div_ceil(WGMMA_ROWS).max(1);
+    let tokens = tokens.max(1);
+    let tok = if rows * tokens.div_ceil(WGMMA_TOKS[1]) >= num_sms {
+        WGMMA_TOKS[1]
+    } else {
+        WGMMA_TOKS[0]
+    };
+    let ctas = rows * tokens.div_ceil(tok);
+    let steps = k.div_ceil(WGMMA_BK).max(1);
+    let mut splits = 1;
+    if ctas < num_sms {
+        splits = num_sms
+            .div_ceil(ctas)
+            .min(steps / MMA_MIN_SPLIT_TILES)
+            .min(workspace_floats / (tokens * n.max(1)))
+            .max(1);
+    }
+    let split_cols = steps.div_ceil(splits) * WGMMA_BK;
+    WgmmaPlan {
+        tok,
+        splits: k.div_ceil(split_cols).max(1),
+        split_cols,
+    }
+}
+
+/// What a weight's kernels take (`quant_path`'s inputs besides the format and token count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Takes {
+    /// The mma GEMM ([`mma_supports`]).
+    pub mma: bool,
+    /// The wgmma prefill GEMM, loaded here ([`wgmma_supports`]).
+    pub wgmma: bool,
+    /// Dequantizing into the bf16 scratch ([`DeviceLayout::dequant_ok`]).
+    pub dequant: bool,
 }
 
 /// One quant_mma launch: the kernel's token capacity, the K splits and their width.
@@ -526,31 +645,28 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
 
 /// The one place the quantized path is chosen. By default: the GEMV for 1 token (the
 /// decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
-/// it takes the weight (`mma_ok`: [`mma_supports`]); otherwise GEMV passes up to
-/// [`gemv_passes_max`], then dequantize + cuBLASLt. A weight that must not be dequantized
-/// (`dequant_ok` false: [`DeviceLayout::dequant_ok`]) runs the mma in passes of 64 rows
-/// instead, or GEMV passes where the mma does not take it. `force`: the GEMV in passes for
-/// any count, the mma wherever it takes the weight (`mma_ok`; in passes of 64 rows above
-/// 64 tokens, so bench-ops can time it against dequantize + cuBLASLt at prefill sizes; else
+/// it takes the weight (`takes.mma`: [`mma_supports`]); above that the wgmma GEMM where it
+/// runs and takes the weight (`takes.wgmma`: sm_90, [`wgmma_supports`]); otherwise GEMV passes
+/// up to [`gemv_passes_max`], then dequantize + cuBLASLt. A weight that must not be
+/// dequantized (`takes.dequant` false: [`DeviceLayout::dequant_ok`]) runs the mma in passes of
+/// 64 rows instead, or GEMV passes where the mma does not take it. `force`: the GEMV in passes
+/// for any count, the mma or the wgmma wherever it takes the weight (the mma in passes of 64
+/// rows above 64 tokens, so bench-ops can time it against the others at prefill sizes; else
 /// the default), or dequantize + cuBLASLt everywhere.
-pub fn quant_path(
-    fmt: Fmt,
-    tokens: usize,
-    mma_ok: bool,
-    dequant_ok: bool,
-    force: Option<QuantForce>,
-) -> QuantPath {
+pub fn quant_path(fmt: Fmt, tokens: usize, takes: Takes, force: Option<QuantForce>) -> QuantPath {
     let passes = tokens.div_ceil(GEMV_MAX_TOKENS).max(1);
-    let mma_can = mma_ok && (1..=MMA_MAX_TOKENS).contains(&tokens);
+    let mma_can = takes.mma && (1..=MMA_MAX_TOKENS).contains(&tokens);
     match force {
         Some(QuantForce::Dequant) => QuantPath::DequantGemm,
         Some(QuantForce::Gemv) => QuantPath::Gemv(passes),
-        Some(QuantForce::Mma) if mma_ok && tokens >= 1 => QuantPath::Mma,
+        Some(QuantForce::Mma) if takes.mma && tokens >= 1 => QuantPath::Mma,
+        Some(QuantForce::Wgmma) if takes.wgmma && tokens >= 1 => QuantPath::Wgmma,
         _ if tokens <= 1 => QuantPath::Gemv(1),
         _ if mma_can => QuantPath::Mma,
+        _ if takes.wgmma => QuantPath::Wgmma,
         _ if passes <= gemv_passes_max(fmt) => QuantPath::Gemv(passes),
-        _ if !dequant_ok && mma_ok => QuantPath::Mma,
-        _ if !dequant_ok => QuantPath::Gemv(passes),
+        _ if !takes.dequant && takes.mma => QuantPath::Mma,
+        _ if !takes.dequant => QuantPath::Gemv(passes),
         _ => QuantPath::DequantGemm,
     }
 }
@@ -610,6 +726,15 @@ pub fn matmul(
     };
     let stream = be.stream()?;
     let path = qk.path(l, t);
+    if let (Some(QuantForce::Wgmma), Err(why)) = (qk.force.get(), &qk.wgmma) {
+        bail!("quant matmul: the wgmma path was forced, but it cannot run here: {why}");
+    }
+    if path == QuantPath::Wgmma {
+        if input != GemvIn::Plain {
+            bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the wgmma takes it materialized");
+        }
+        return wgmma_pass(be, qk, l, &p, t, add, stream);
+    }
     if path == QuantPath::Mma {
         if input != GemvIn::Plain {
             bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the mma takes it materialized");
@@ -684,19 +809,15 @@ pub fn matmul(
     )
 }
 
-/// One quant_mma launch (and its split-K reduction) for the `t` <= [`MMA_MAX_TOKENS`] rows
-/// `p` points at.
-fn mma_pass(
-    be: &CudaBackend,
+/// The split-K GEMMs' parameters: `p`'s weight, x and out, `t` rows, the plan's splits.
+fn mma_params(
     qk: &QuantKernels,
-    l: &DeviceLayout,
+    be: &CudaBackend,
     p: &QuantGemvParams,
-    t: usize,
+    (splits, split_cols): (usize, usize),
     add: bool,
-    stream: LaunchStream,
-) -> Result<()> {
-    let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
-    let m = QuantMmaParams {
+) -> QuantMmaParams {
+    QuantMmaParams {
         x: p.x,
         qdata: p.qdata,
         scales: p.scales,
@@ -712,10 +833,45 @@ fn mma_pass(
         num_groups: p.num_groups,
         gidx_rows: p.gidx_rows,
         zero_default: p.zero_default,
-        splits: plan.splits as i32,
-        split_cols: plan.split_cols as i32,
+        splits: splits as i32,
+        split_cols: split_cols as i32,
         add_to_out: add as i32,
-    };
+    }
+}
+
+/// quant_mma_reduce_f32 after a split GEMM: sums the partials `m` names into out.
+fn reduce_splits(
+    qk: &QuantKernels,
+    m: &QuantMmaParams,
+    elems: usize,
+    stream: LaunchStream,
+) -> Result<()> {
+    // SAFETY: the GEMM just wrote m.splits x elems partials into the workspace m names, and
+    // out holds elems values (the caller's GEMM contract).
+    unsafe {
+        launch(
+            MMA_REDUCE_NAME,
+            qk.mma_reduce,
+            dequant_shape(elems),
+            stream,
+            m,
+        )
+    }
+}
+
+/// One quant_mma launch (and its split-K reduction) for the `t` <= [`MMA_MAX_TOKENS`] rows
+/// `p` points at.
+fn mma_pass(
+    be: &CudaBackend,
+    qk: &QuantKernels,
+    l: &DeviceLayout,
+    p: &QuantGemvParams,
+    t: usize,
+    add: bool,
+    stream: LaunchStream,
+) -> Result<()> {
+    let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
+    let m = mma_params(qk, be, p, (plan.splits, plan.split_cols), add);
     let fi = l.fmt.index();
     let (f, name) = if mma_uniform(l) {
         let ti = MMA_TOKS.iter().position(|&c| c == plan.tok).unwrap_or(3);
@@ -725,19 +881,59 @@ fn mma_pass(
     };
     // SAFETY: as the GEMV's launch in `matmul` (p.x: t rows of k, p.out: t rows of n, the
     // weight's buffers [n, k]); the plan keeps splits * t * n within the workspace, which
-    // only these two kernels use, one after the other on this stream.
+    // only these kernels use, one after the other on this stream.
     unsafe { launch(name, f, mma_shape(l.n, plan.splits), stream, &m)? };
     if plan.splits > 1 {
-        // SAFETY: as above; the reduction reads the partials the GEMM just wrote.
-        unsafe {
-            launch(
-                MMA_REDUCE_NAME,
-                qk.mma_reduce,
-                dequant_shape(t * l.n),
-                stream,
-                &m,
-            )?
-        };
+        reduce_splits(qk, &m, t * l.n, stream)?;
+    }
+    Ok(())
+}
+
+/// quant_wgmma_*: (row blocks of 128, token tiles, splits), 256 threads.
+pub fn wgmma_shape(n: usize, t: usize, plan: &WgmmaPlan) -> (Dim3, Dim3) {
+    (
+        (
+            n.div_ceil(WGMMA_ROWS).max(1) as u32,
+            t.div_ceil(plan.tok).max(1) as u32,
+            plan.splits as u32,
+        ),
+        (WGMMA_THREADS, 1, 1),
+    )
+}
+
+/// One quant_wgmma launch (and its split-K reduction) for all `t` rows `p` points at; the
+/// caller checked that the kernels loaded ([`QuantPath::Wgmma`]).
+fn wgmma_pass(
+    be: &CudaBackend,
+    qk: &QuantKernels,
+    l: &DeviceLayout,
+    p: &QuantGemvParams,
+    t: usize,
+    add: bool,
+    stream: LaunchStream,
+) -> Result<()> {
+    let fns = match &qk.wgmma {
+        Ok(f) => f,
+        Err(why) => bail!("quant matmul: the wgmma GEMM cannot run here: {why}"),
+    };
+    let plan = wgmma_plan(l.n, l.k, t, qk.num_sms, qk.workspace.len());
+    let m = mma_params(qk, be, p, (plan.splits, plan.split_cols), add);
+    let (fi, ti) = (l.fmt.index(), usize::from(plan.tok == WGMMA_TOKS[1]));
+    let (f, name) = (fns[fi][ti], WGMMA_NAMES[fi][ti]);
+    // SAFETY: as mma_pass; the kernel was loaded with its shared memory limit raised to
+    // WGMMA_SMEM_BYTES (Device::wgmma_function), which it is launched with.
+    unsafe {
+        launch_raw(
+            name,
+            f,
+            wgmma_shape(l.n, t, &plan),
+            WGMMA_SMEM_BYTES,
+            stream,
+            &m as *const QuantMmaParams as *const std::ffi::c_void,
+        )?
+    };
+    if plan.splits > 1 {
+        reduce_splits(qk, &m, t * l.n, stream)?;
     }
     Ok(())
 }
@@ -758,6 +954,10 @@ mod tests {
             }
             assert_eq!(MMA_ANY_NAMES[i], format!("quant_mma_{code}_any"));
             assert!(super::super::KERNEL_NAMES.contains(&MMA_ANY_NAMES[i]));
+            for (j, tok) in WGMMA_TOKS.into_iter().enumerate() {
+                assert_eq!(WGMMA_NAMES[i][j], format!("quant_wgmma_{code}_t{tok}"));
+                assert!(super::super::KERNEL_NAMES.contains(&WGMMA_NAMES[i][j]));
+            }
             for (mode, infix) in ["", "_norm", "_act"].into_iter().enumerate() {
                 assert_eq!(GEMV_NAMES[mode][i], format!("quant_gemv_{code}{infix}"));
                 assert_eq!(
@@ -776,40 +976,132 @@ mod tests {
         );
     }
 
+    /// A weight the mma does (`mma`) or does not take, that may (`dequant`) or may not be
+    /// dequantized, on a card without the wgmma GEMM.
+    fn tk(mma: bool, dequant: bool) -> Takes {
+        Takes {
+            mma,
+            wgmma: false,
+            dequant,
+        }
+    }
+
+    #[test]
+    fn quant_path_takes_the_wgmma_above_64_tokens_where_it_runs() {
+        let w = |dequant| Takes {
+            mma: true,
+            wgmma: true,
+            dequant,
+        };
+        for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
+            assert_eq!(quant_path(f, 1, w(true), None), QuantPath::Gemv(1));
+            assert_eq!(quant_path(f, 64, w(true), None), QuantPath::Mma);
+            for t in [65, 512, 4096] {
+                assert_eq!(
+                    quant_path(f, t, w(true), None),
+                    QuantPath::Wgmma,
+                    "{f:?} {t}"
+                );
+                // The lm_head too (never dequantized): one launch instead of 64-row passes.
+                assert_eq!(quant_path(f, t, w(false), None), QuantPath::Wgmma);
+            }
+        }
+        let (wg, m, d) = (
+            Some(QuantForce::Wgmma),
+            Some(QuantForce::Mma),
+            Some(QuantForce::Dequant),
+        );
+        assert_eq!(quant_path(Fmt::Int4, 8, w(true), wg), QuantPath::Wgmma);
+        assert_eq!(quant_path(Fmt::Int4, 512, w(true), m), QuantPath::Mma);
+        assert_eq!(
+            quant_path(Fmt::Int4, 512, w(true), d),
+            QuantPath::DequantGemm
+        );
+        // Forced where it does not take the weight (act-order, or not sm_90): the default.
+        assert_eq!(
+            quant_path(Fmt::Int4, 512, tk(true, true), wg),
+            QuantPath::DequantGemm
+        );
+        assert_eq!(quant_path(Fmt::Int4, 8, tk(true, true), wg), QuantPath::Mma);
+    }
+
+    #[test]
+    fn wgmma_plan_fills_the_sms_and_keeps_its_invariants() {
+        let ws = MMA_WORKSPACE_BYTES / 4;
+        let p = |n: usize, k: usize, t: usize| wgmma_plan(n, k, t, 132, ws);
+        // Llama-3-8B gate|up at 2048 tokens: 224 row blocks x 8 tiles of 256, no split.
+        assert_eq!(
+            p(28672, 4096, 2048),
+            WgmmaPlan {
+                tok: 256,
+                splits: 1,
+                split_cols: 4096
+            }
+        );
+        // o_proj at 512 tokens: 32 x 2 tiles of 256 = 64 CTAs < 132: tiles of 128 (128 CTAs),
+        // and the partials ([2, 512, 4096] f32 = 16 MiB) would not fit the workspace.
+        assert_eq!(p(4096, 4096, 512).tok, 128);
+        assert_eq!(p(4096, 4096, 512).splits, 1);
+        // o_proj at 65 tokens: 32 CTAs -> 5 splits (132 / 32 rounded up) of 13 steps.
+        assert_eq!(
+            p(4096, 4096, 65),
+            WgmmaPlan {
+                tok: 128,
+                splits: 5,
+                split_cols: 832
+            }
+        );
+        for (n, k, t) in [
+            (4096, 4096, 65),
+            (6144, 4096, 200),
+            (1000, 480, 9),
+            (80, 256, 300),
+        ] {
+            let q = p(n, k, t);
+            assert_eq!(q.split_cols % WGMMA_BK, 0);
+            assert_eq!(q.splits, k.div_ceil(q.split_cols));
+            assert!(q.splits * t * n <= ws || q.splits == 1, "{q:?}");
+            assert!(WGMMA_TOKS.contains(&q.tok));
+        }
+    }
+
     #[test]
     fn quant_path_counts_bytes() {
         // Auto: the GEMV for 1 token, the mma for 2..=64, dequantize + cuBLASLt above.
         for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
-            assert_eq!(quant_path(f, 1, true, true, None), QuantPath::Gemv(1));
+            assert_eq!(quant_path(f, 1, tk(true, true), None), QuantPath::Gemv(1));
             for t in [2, 8, 9, 33, 64] {
                 assert_eq!(
-                    quant_path(f, t, true, true, None),
+                    quant_path(f, t, tk(true, true), None),
                     QuantPath::Mma,
                     "{f:?} {t}"
                 );
             }
-            assert_eq!(quant_path(f, 65, true, true, None), QuantPath::DequantGemm);
+            assert_eq!(
+                quant_path(f, 65, tk(true, true), None),
+                QuantPath::DequantGemm
+            );
         }
         // A weight the mma does not take (K % 32 != 0): GEMV passes while they read fewer
         // bytes than dequantize + cuBLASLt.
         assert_eq!(
-            quant_path(Fmt::Int4, 9, false, true, None),
+            quant_path(Fmt::Int4, 9, tk(false, true), None),
             QuantPath::Gemv(2)
         );
         assert_eq!(
-            quant_path(Fmt::Int4, 48, false, true, None),
+            quant_path(Fmt::Int4, 48, tk(false, true), None),
             QuantPath::Gemv(6)
         );
         assert_eq!(
-            quant_path(Fmt::Int4, 49, false, true, None),
+            quant_path(Fmt::Int4, 49, tk(false, true), None),
             QuantPath::DequantGemm
         );
         assert_eq!(
-            quant_path(Fmt::Int8, 24, false, true, None),
+            quant_path(Fmt::Int8, 24, tk(false, true), None),
             QuantPath::Gemv(3)
         );
         assert_eq!(
-            quant_path(Fmt::Fp8, 25, false, true, None),
+            quant_path(Fmt::Fp8, 25, tk(false, true), None),
             QuantPath::DequantGemm
         );
         // Forced.
@@ -818,47 +1110,62 @@ mod tests {
             Some(QuantForce::Mma),
             Some(QuantForce::Dequant),
         );
-        assert_eq!(quant_path(Fmt::Int8, 33, true, true, g), QuantPath::Gemv(5));
         assert_eq!(
-            quant_path(Fmt::Int8, 100, true, true, g),
+            quant_path(Fmt::Int8, 33, tk(true, true), g),
+            QuantPath::Gemv(5)
+        );
+        assert_eq!(
+            quant_path(Fmt::Int8, 100, tk(true, true), g),
             QuantPath::Gemv(13)
         );
-        assert_eq!(quant_path(Fmt::Int8, 1, true, true, m), QuantPath::Mma);
-        assert_eq!(quant_path(Fmt::Int8, 64, true, true, m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int8, 1, tk(true, true), m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int8, 64, tk(true, true), m), QuantPath::Mma);
         // Forced above 64 tokens: the mma in passes of 64 rows.
-        assert_eq!(quant_path(Fmt::Int8, 65, true, true, m), QuantPath::Mma);
-        assert_eq!(quant_path(Fmt::Int4, 512, true, true, m), QuantPath::Mma);
+        assert_eq!(quant_path(Fmt::Int8, 65, tk(true, true), m), QuantPath::Mma);
         assert_eq!(
-            quant_path(Fmt::Int4, 512, true, true, None),
-            QuantPath::DequantGemm
-        );
-        assert_eq!(quant_path(Fmt::Int4, 8, false, true, m), QuantPath::Gemv(1));
-        assert_eq!(
-            quant_path(Fmt::Int4, 1, true, true, d),
-            QuantPath::DequantGemm
+            quant_path(Fmt::Int4, 512, tk(true, true), m),
+            QuantPath::Mma
         );
         assert_eq!(
-            quant_path(Fmt::Fp8, 8, true, true, d),
+            quant_path(Fmt::Int4, 512, tk(true, true), None),
+            QuantPath::DequantGemm
+        );
+        assert_eq!(
+            quant_path(Fmt::Int4, 8, tk(false, true), m),
+            QuantPath::Gemv(1)
+        );
+        assert_eq!(
+            quant_path(Fmt::Int4, 1, tk(true, true), d),
+            QuantPath::DequantGemm
+        );
+        assert_eq!(
+            quant_path(Fmt::Fp8, 8, tk(true, true), d),
             QuantPath::DequantGemm
         );
         // A weight that must not be dequantized (the lm_head): the mma in 64-row passes above
         // 64 rows, GEMV passes where the mma does not take it; a forced dequantize still is.
-        assert_eq!(quant_path(Fmt::Int8, 65, true, false, None), QuantPath::Mma);
         assert_eq!(
-            quant_path(Fmt::Int4, 4096, true, false, None),
+            quant_path(Fmt::Int8, 65, tk(true, false), None),
             QuantPath::Mma
         );
-        assert_eq!(quant_path(Fmt::Int4, 8, true, false, None), QuantPath::Mma);
         assert_eq!(
-            quant_path(Fmt::Int8, 1, true, false, None),
+            quant_path(Fmt::Int4, 4096, tk(true, false), None),
+            QuantPath::Mma
+        );
+        assert_eq!(
+            quant_path(Fmt::Int4, 8, tk(true, false), None),
+            QuantPath::Mma
+        );
+        assert_eq!(
+            quant_path(Fmt::Int8, 1, tk(true, false), None),
             QuantPath::Gemv(1)
         );
         assert_eq!(
-            quant_path(Fmt::Fp8, 100, false, false, None),
+            quant_path(Fmt::Fp8, 100, tk(false, false), None),
             QuantPath::Gemv(13)
         );
         assert_eq!(
-            quant_path(Fmt::Int8, 100, true, false, d),
+            quant_path(Fmt::Int8, 100, tk(true, false), d),
             QuantPath::DequantGemm
         );
     }
@@ -867,14 +1174,19 @@ mod tests {
     fn quant_path_override_parses_and_rejects_with_the_choices() {
         assert_eq!(QuantForce::parse_override("").unwrap(), None);
         assert_eq!(QuantForce::parse_override(" Auto").unwrap(), None);
-        for f in [QuantForce::Gemv, QuantForce::Mma, QuantForce::Dequant] {
+        for f in [
+            QuantForce::Gemv,
+            QuantForce::Mma,
+            QuantForce::Wgmma,
+            QuantForce::Dequant,
+        ] {
             assert_eq!(QuantForce::parse_override(f.name()).unwrap(), Some(f));
         }
         let e = QuantForce::parse_override("cublas")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("FLINT_QUANT_PATH") && e.contains("gemv, mma, dequant or auto"),
+            e.contains("FLINT_QUANT_PATH") && e.contains("gemv, mma, wgmma, dequant or auto"),
             "{e}"
         );
     }
