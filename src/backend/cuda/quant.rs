@@ -16,8 +16,11 @@
 //! weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
 //! in its main loop, split-K planned by [`mma_plan`] into a workspace allocated once, then
 //! `quant_mma_reduce_f32`; UNVERIFIED on a GPU) when K % 32 == 0, else GEMV passes of 8 tokens
-//! up to [`gemv_passes_max`]; more tokens dequantize into a grow-only bf16 scratch with
-//! `quant_dequant_<fmt>` and run cuBLASLt on it. Only `matmul` reads a quantized weight.
+//! up to [`gemv_passes_max`]; on sm_90, 65..=[`WGMMA_DEFAULT_MAX_TOKENS`] tokens run
+//! `quant_wgmma_<fmt>_t<TOK>` (kernels/quant_wgmma.cu: the codes decoded into a register-A
+//! wgmma, [`wgmma_plan`]; UNVERIFIED on a GPU) when the scales are uniform; more tokens
+//! dequantize into a grow-only bf16 scratch with `quant_dequant_<fmt>` and run cuBLASLt on
+//! it. Only `matmul` reads a quantized weight.
 //! The GEMV takes a fused input (the pre-norm or act·mul staged in the kernel, `GemvIn`) and
 //! can add into its output (the residual stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
 //! they run is decided in matmul.rs.
@@ -75,6 +78,14 @@ pub const WGMMA_THREADS: u32 = params::FLINT_QUANT_WGMMA_THREADS;
 pub const WGMMA_SMEM_BYTES: u32 = params::FLINT_QUANT_WGMMA_SMEM_BYTES;
 /// The token tiles of `quant_wgmma_<fmt>_t<TOK>`.
 pub const WGMMA_TOKS: [usize; 2] = [128, 256];
+/// Most tokens the wgmma GEMM takes by default; above, dequantize + cuBLASLt, whose extra
+/// pass (int4: 2.5 bytes per weight, ~197 / T of the GEMM's time on an H200) falls under what
+/// this first wgmma kernel is predicted to lose to cuBLASLt (bench/NOTES.md prediction 19: it
+/// must reach T / (T + 197) of cuBLASLt's rate to win, 57% at 256 tokens, 72% at 512). A
+/// prediction, to be moved by the bench-ops rows
+/// `proj_*_t{128,512,4096}_{int4,int8}_{wgmma,dequant}`. A weight that must not be dequantized
+/// (the lm_head) takes the wgmma at any count.
+pub const WGMMA_DEFAULT_MAX_TOKENS: usize = 256;
 /// `FLINT_QUANT_WGMMA=0` keeps prefill on an sm_90 card off the wgmma GEMM (dequantize +
 /// cuBLASLt, as on other cards).
 pub const QUANT_WGMMA_ENV: &str = "FLINT_QUANT_WGMMA";
@@ -645,8 +656,9 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
 
 /// The one place the quantized path is chosen. By default: the GEMV for 1 token (the
 /// decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
-/// it takes the weight (`takes.mma`: [`mma_supports`]); above that the wgmma GEMM where it
-/// runs and takes the weight (`takes.wgmma`: sm_90, [`wgmma_supports`]); otherwise GEMV passes
+/// it takes the weight (`takes.mma`: [`mma_supports`]); above that, up to
+/// [`WGMMA_DEFAULT_MAX_TOKENS`], the wgmma GEMM where it runs and takes the weight
+/// (`takes.wgmma`: sm_90, [`wgmma_supports`]); otherwise GEMV passes
 /// up to [`gemv_passes_max`], then dequantize + cuBLASLt. A weight that must not be
 /// dequantized (`takes.dequant` false: [`DeviceLayout::dequant_ok`]) runs the mma in passes of
 /// 64 rows instead, or GEMV passes where the mma does not take it. `force`: the GEMV in passes
@@ -663,7 +675,9 @@ pub fn quant_path(fmt: Fmt, tokens: usize, takes: Takes, force: Option<QuantForc
         Some(QuantForce::Wgmma) if takes.wgmma && tokens >= 1 => QuantPath::Wgmma,
         _ if tokens <= 1 => QuantPath::Gemv(1),
         _ if mma_can => QuantPath::Mma,
-        _ if takes.wgmma => QuantPath::Wgmma,
+        _ if takes.wgmma && (tokens <= WGMMA_DEFAULT_MAX_TOKENS || !takes.dequant) => {
+            QuantPath::Wgmma
+        }
         _ if passes <= gemv_passes_max(fmt) => QuantPath::Gemv(passes),
         _ if !takes.dequant && takes.mma => QuantPath::Mma,
         _ if !takes.dequant => QuantPath::Gemv(passes),
@@ -996,13 +1010,18 @@ mod tests {
         for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
             assert_eq!(quant_path(f, 1, w(true), None), QuantPath::Gemv(1));
             assert_eq!(quant_path(f, 64, w(true), None), QuantPath::Mma);
-            for t in [65, 512, 4096] {
+            for t in [65, 200, WGMMA_DEFAULT_MAX_TOKENS] {
                 assert_eq!(
                     quant_path(f, t, w(true), None),
                     QuantPath::Wgmma,
                     "{f:?} {t}"
                 );
-                // The lm_head too (never dequantized): one launch instead of 64-row passes.
+            }
+            // Longer prompts: dequantize + cuBLASLt (prediction 19).
+            let long = WGMMA_DEFAULT_MAX_TOKENS + 1;
+            assert_eq!(quant_path(f, long, w(true), None), QuantPath::DequantGemm);
+            for t in [65, 4096] {
+                // The lm_head (never dequantized): one launch instead of 64-row passes.
                 assert_eq!(quant_path(f, t, w(false), None), QuantPath::Wgmma);
             }
         }
@@ -1012,6 +1031,7 @@ mod tests {
             Some(QuantForce::Dequant),
         );
         assert_eq!(quant_path(Fmt::Int4, 8, w(true), wg), QuantPath::Wgmma);
+        assert_eq!(quant_path(Fmt::Int4, 4096, w(true), wg), QuantPath::Wgmma);
         assert_eq!(quant_path(Fmt::Int4, 512, w(true), m), QuantPath::Mma);
         assert_eq!(
             quant_path(Fmt::Int4, 512, w(true), d),
