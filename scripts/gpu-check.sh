@@ -47,7 +47,10 @@
 #                                   # graphs, with PDL where it works) 120 s, then transformers + torch.compile (TTFT and
 #                                   # decode b1/b32) with the rest of the 555 s; peers.md.
 # Run "core" on the first lent GPU; "serve", "sanitize" and "peers" when core has run on a
-# card.
+# card. Any part takes `--budget-s N` after its name (e.g. `run.sh sanitize --budget-s 200`):
+# it then ends within N seconds instead of 555, every step's limit cut to what is left, so a
+# second call fits the session's remaining device time (status's budget_left_s, less ~60 s
+# for the machine's start and the copy back).
 #
 # Exit code of run.sh: the selftest's (0 pass, 1 a case failed, 2 no usable GPU, 3 it hit its
 # timeout: not 124, which the device tool reads as the whole call timing out); the benches
@@ -105,6 +108,22 @@ core | serve | sanitize | peers) echo "gpu-check: part $part" ;;
     exit 2
     ;;
 esac
+# --budget-s N: the part ends within N seconds (default 555, under the tool's 600 s call
+# limit), for a second call that must fit what is left of the session's device time.
+budget=555
+if [ "${2:-}" = "--budget-s" ]; then
+    case "${3:-}" in
+    '' | *[!0-9]*)
+        echo "run.sh: --budget-s needs a whole number of seconds, got '${3:-}'" >&2
+        exit 2
+        ;;
+    esac
+    budget="$3"
+elif [ -n "${2:-}" ]; then
+    echo "run.sh: unknown argument '$2' (the only option is --budget-s N)" >&2
+    exit 2
+fi
+echo "gpu-check: budget $budget s"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${OUT:-$PWD/gpu-check-out}"
@@ -140,15 +159,17 @@ fi
 
 # The whole part ends by this time (the tool's call limit is 600 s; machine start-up, the
 # report and the copy back take the rest): the last steps get what the earlier ones left.
-part_end=$(( $(date +%s) + 555 ))
+part_end=$(( $(date +%s) + budget ))
 left_or() { # most seconds a step may take: its own limit, or what is left of the part
     local left=$(( part_end - $(date +%s) ))
     [ "$left" -lt 10 ] && left=10
     echo $(( $1 < left ? $1 : left ))
 }
 
-step() { # name timeout_s command...: runs, keeps stdout and stderr, records the exit code
-    local name="$1" limit="$2"
+step() { # name timeout_s command...: runs, keeps stdout and stderr, records the exit code;
+    # never past the part's end (a step's own limit is cut to what is left)
+    local name="$1" limit
+    limit="$(left_or "$2")"
     shift 2
     local t0=$(date +%s)
     echo "== $name ($*)"
