@@ -46,7 +46,7 @@
 // Epilogue straight from the accumulators: thread holds rows 16 w + g (+ 8) x tokens
 // 8 j + 2t (+ 1), stored as bf16 (bias, add_to_out) or f32 partials.
 //
-// Registers (ptxas sm_90a, at the time of writing): TOK 256 233-245, TOK 128 161-175, 0 spills;
+// Registers (ptxas sm_90a, at the time of writing): TOK 256 239-249, TOK 128 164-175, 0 spills;
 // SASS: 4 HGMMA per step reading the two A register sets in turn, one WARPGROUP.DEPBAR.LE 1
 // per step (no serialization).
 //
@@ -141,7 +141,11 @@ __device__ __forceinline__ void decode(const QuantMmaParams &p, const unsigned c
     using C = Codes<F>;
     const int t = threadIdx.x % 4;
     const bool step_group = p.group % BK == 0;  // one scale group for the whole step
-    float v[4][2][4];                           // [kk][h][columns 2t, 2t + 1, 2t + 8, 2t + 9]
+    int gi[4];                                  // the scale group of each k16 (both rows)
+    const int g0 = k0 / p.group;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) gi[kk] = step_group ? g0 : (k0 + 16 * kk) / p.group;
+    float v[4][2][4];  // [kk][h][columns 2t, 2t + 1, 2t + 8, 2t + 9]
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const unsigned char *row = cs + (rl + 8 * h) * C::STRIDE;
@@ -162,9 +166,8 @@ __device__ __forceinline__ void decode(const QuantMmaParams &p, const unsigned c
                 continue;
             }
             if (kk == 0 || !step_group) {
-                const int gi = k / p.group;
-                s = srow[gi];
-                const float z = zrow ? zrow[gi] : p.zero_default;
+                s = srow[gi[kk]];
+                const float z = zrow ? zrow[gi[kk]] : p.zero_default;
                 zb = quant::Magic<F == INT4 ? INT4 : INT8>::BIAS + z;
             }
             if (F == INT4) {
