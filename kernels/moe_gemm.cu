@@ -123,34 +123,20 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
     const int e = p.tile_expert[tile];
     if (e < 0) return;  // past the last used tile: uniform over the CTA, before any barrier
     if ((tile - p.offsets[e] / TILE_M) & 1) return;  // the second tile of its pair (ditto)
-    const bool two = tile + 1 < p.max_tiles && p.tile_expert[tile + 1] == e;
+    const bool two = pair_has_second(p, tile, e);
     const int N = p.n_dim, K = p.k_dim;
     const int n0 = blockIdx.y * BN;
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int wm = warp / MMA_WARPS_N, wn = warp % MMA_WARPS_N;
     const bool live = wm == 0 || two;  // this warp's 64 rows hold assignments
 
-    if (tid < MMA_ROWS)
-        s_row[tid] = tid < TILE_M || two ? p.row_src[static_cast<int64_t>(tile) * TILE_M + tid] : -1;
-    __syncthreads();
+    pair_row_sources(p, tile, two, s_row);
 
     // Staging: thread tid copies chunk lc of A rows lr + 64 i and of weight rows lr + 64 i.
     const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
     const int lc = tid % MMA_CHUNKS, lr = tid / MMA_CHUNKS;
-    const bf16 *a_src[MMA_A_PER_THREAD];  // null: a padding row (zeros)
-#pragma unroll
-    for (int i = 0; i < MMA_A_PER_THREAD; ++i) {
-        const int a = s_row[lr + MMA_LOAD_ROWS * i];
-        a_src[i] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
-    }
-    const bf16 *b_src[MMA_B_PER_THREAD];  // null: a column past N (zeros)
-#pragma unroll
-    for (int i = 0; i < MMA_B_PER_THREAD; ++i) {
-        const int br = lr + MMA_LOAD_ROWS * i;
-        const int n = n0 + br % BN;
-        const int64_t wrow = (static_cast<int64_t>(e) * NB + br / BN) * N + n;
-        b_src[i] = n < N ? p.w + wrow * K : nullptr;
-    }
+    const bf16 *a_src[MMA_A_PER_THREAD], *b_src[MMA_B_PER_THREAD];  // null: zeros
+    staging_sources<MMA_LOAD_ROWS, NB, BN>(p, s_row, e, n0, lr, a_src, b_src);
     auto stage = [&](int buf, int k0) {
         unsigned char *st = smem + buf * MMA_STAGE_BYTES;
         const int k = k0 + lc * VEC;

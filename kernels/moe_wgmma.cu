@@ -91,7 +91,7 @@ __device__ void grouped_gemm_wgmma(const MoeGemmParams &p) {
     const int e = p.tile_expert[tile];
     if (e < 0) return;  // past the last used tile: uniform over the CTA, before any barrier
     if ((tile - p.offsets[e] / TILE_M) & 1) return;  // the second tile of its pair (ditto)
-    const bool two = tile + 1 < p.max_tiles && p.tile_expert[tile + 1] == e;
+    const bool two = pair_has_second(p, tile, e);
     const int N = p.n_dim, K = p.k_dim;
     const int n0 = blockIdx.y * BN;
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, wg = tid / 128, w = (tid / WARP_SIZE) % 4;
@@ -99,27 +99,13 @@ __device__ void grouped_gemm_wgmma(const MoeGemmParams &p) {
     // The tiles start on a 1024-byte boundary of the shared state space.
     unsigned char *const smem = smem_raw + ((ALIGN - (smem_u32(smem_raw) & (ALIGN - 1))) & (ALIGN - 1));
 
-    if (tid < ROWS)
-        s_row[tid] = tid < TILE_M || two ? p.row_src[static_cast<int64_t>(tile) * TILE_M + tid] : -1;
-    __syncthreads();
+    pair_row_sources(p, tile, two, s_row);
 
     // Staging: thread tid copies chunk lc of A rows lr + 32 i and of weight rows lr + 32 i.
     const bool vec = K % VEC == 0 && aligned16(p.a) && aligned16(p.w);
     const int lc = tid % CHUNKS, lr = tid / CHUNKS;
-    const bf16 *a_src[A_PER_THREAD];  // null: a padding row (zeros)
-#pragma unroll
-    for (int i = 0; i < A_PER_THREAD; ++i) {
-        const int a = s_row[lr + LOAD_ROWS * i];
-        a_src[i] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
-    }
-    const bf16 *b_src[B_PER_THREAD];  // null: a column past N (zeros)
-#pragma unroll
-    for (int i = 0; i < B_PER_THREAD; ++i) {
-        const int br = lr + LOAD_ROWS * i;
-        const int n = n0 + br % BN;
-        const int64_t wrow = (static_cast<int64_t>(e) * NB + br / BN) * N + n;
-        b_src[i] = n < N ? p.w + wrow * K : nullptr;
-    }
+    const bf16 *a_src[A_PER_THREAD], *b_src[B_PER_THREAD];  // null: zeros
+    staging_sources<LOAD_ROWS, NB, BN>(p, s_row, e, n0, lr, a_src, b_src);
     auto stage = [&](int buf, int k0) {
         unsigned char *st = smem + buf * STAGE_BYTES;
         const int k = k0 + lc * VEC;

@@ -754,13 +754,26 @@ fn parse_moe(f: &Fields, model_type: &str, n: usize) -> Result<Option<MoeSpec>> 
         );
     }
     let step = f.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
+    // The layers with a dense MLP. Anything but a list of layer indices is an error: skipping
+    // a bad entry would leave its layer sparse, a wrong model without a word.
     let mlp_only: Vec<usize> = match f.get("mlp_only_layers") {
+        None => vec![],
         Some(Value::Array(a)) => a
             .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as usize)
-            .collect(),
-        _ => vec![],
+            .map(|x| {
+                x.as_u64().map(|i| i as usize).ok_or_else(|| {
+                    anyhow!(
+                        "{}: `mlp_only_layers` holds {x}, which is not a layer index \
+                         (a non-negative integer)",
+                        f.file
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+        Some(v) => bail!(
+            "{}: field `mlp_only_layers` must be a list of layer indices, got {v}",
+            f.file
+        ),
     };
     let sparse_layers = (0..n)
         .map(|i| !mlp_only.contains(&i) && (i + 1) % step == 0)

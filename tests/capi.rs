@@ -175,31 +175,45 @@ fn c_example_matches_the_rust_api() {
     let _ = std::fs::remove_dir_all(Path::new(&out_dir));
 }
 
+/// The zero `FlintConfig` a C caller gets from `FlintConfig cfg = {0}` (every field takes its
+/// default) but for `num_blocks` KV blocks; the tests set the fields they exercise with
+/// `..zero_config(n)`.
+fn zero_config(num_blocks: usize) -> flint::capi::FlintConfig {
+    flint::capi::FlintConfig {
+        device: std::ptr::null(),
+        num_blocks,
+        block_size: 0,
+        max_num_seqs: 0,
+        max_batch_tokens: 0,
+        gpu_memory_fraction: 0.0,
+        disable_prefix_caching: false,
+        enforce_eager: false,
+        quant: std::ptr::null(),
+    }
+}
+
+/// `flint_last_error()` as a String.
+fn last_error() -> String {
+    // SAFETY: flint_last_error returns a valid NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(flint::capi::flint_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
 fn an_unknown_or_unavailable_device_is_a_clear_error() {
-    use flint::capi::{flint_engine_create, flint_engine_destroy, flint_last_error, FlintConfig};
-    use std::ffi::{CStr, CString};
+    use flint::capi::{flint_engine_create, flint_engine_destroy, FlintConfig};
+    use std::ffi::CString;
     let model = CString::new("synthetic:tiny").unwrap();
     let create = |device: &str| {
         let d = CString::new(device).unwrap();
         let cfg = FlintConfig {
             device: d.as_ptr(),
-            num_blocks: 4,
-            block_size: 0,
-            max_num_seqs: 0,
-            max_batch_tokens: 0,
-            gpu_memory_fraction: 0.0,
-            disable_prefix_caching: false,
-            enforce_eager: false,
-            quant: std::ptr::null(),
+            ..zero_config(4)
         };
         // SAFETY: both strings outlive the call; cfg is a valid FlintConfig.
         let h = unsafe { flint_engine_create(model.as_ptr(), &cfg) };
-        // SAFETY: flint_last_error returns a valid NUL-terminated string.
-        let err = unsafe { CStr::from_ptr(flint_last_error()) }
-            .to_string_lossy()
-            .into_owned();
-        (h, err)
+        (h, last_error())
     };
     let (h, err) = create("tpu");
     assert!(h.is_null());
@@ -276,29 +290,16 @@ int main(void) {
 fn config_quant_loads_quantized_and_a_bad_one_is_a_clear_error() {
     use flint::capi::*;
     use flint::weights::quant_source::LoadOptions;
-    use std::ffi::{CStr, CString};
+    use std::ffi::CString;
     let dir = fixtures_dir().join("llama3");
     let model = CString::new(dir.to_str().unwrap()).unwrap();
     let create = |quant: Option<&CString>| {
         let cfg = FlintConfig {
-            device: std::ptr::null(),
-            num_blocks: 16,
-            block_size: 0,
-            max_num_seqs: 0,
-            max_batch_tokens: 0,
-            gpu_memory_fraction: 0.0,
-            disable_prefix_caching: false,
-            enforce_eager: false,
             quant: quant.map_or(std::ptr::null(), |q| q.as_ptr()),
+            ..zero_config(16)
         };
         // SAFETY: the strings outlive the call; cfg is a valid FlintConfig.
         unsafe { flint_engine_create(model.as_ptr(), &cfg) }
-    };
-    let last_error = || {
-        // SAFETY: flint_last_error returns a valid NUL-terminated string.
-        unsafe { CStr::from_ptr(flint_last_error()) }
-            .to_string_lossy()
-            .into_owned()
     };
     let bad = CString::new("int3").unwrap();
     assert!(create(Some(&bad)).is_null());
@@ -359,25 +360,12 @@ fn config_quant_loads_quantized_and_a_bad_one_is_a_clear_error() {
 #[test]
 fn bad_arguments_are_errors_not_crashes() {
     use flint::capi::*;
-    use std::ffi::{CStr, CString};
-    let last_error = || {
-        // SAFETY: flint_last_error returns a valid NUL-terminated string.
-        unsafe { CStr::from_ptr(flint_last_error()) }
-            .to_string_lossy()
-            .into_owned()
-    };
+    use std::ffi::CString;
     let dir = fixtures_dir().join("llama3");
     let model = CString::new(dir.to_str().unwrap()).unwrap();
     let cfg = |num_blocks: usize, block_size: usize| FlintConfig {
-        device: std::ptr::null(),
-        num_blocks,
         block_size,
-        max_num_seqs: 0,
-        max_batch_tokens: 0,
-        gpu_memory_fraction: 0.0,
-        disable_prefix_caching: false,
-        enforce_eager: false,
-        quant: std::ptr::null(),
+        ..zero_config(num_blocks)
     };
     // SAFETY (every call below): pointers are NULL or point to live values of the types
     // the header documents; lengths match the arrays except where the test says otherwise,

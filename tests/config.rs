@@ -139,6 +139,36 @@ fn bad_configs_name_the_problem() {
     assert!(e.contains("layer_types"), "{e}");
 }
 
+/// `mlp_only_layers` (Qwen-MoE: the layers with a dense MLP) holds layer indices; any other
+/// entry, or a value that is not a list, is an error naming the file, the key and the value
+/// (such an entry was skipped, leaving its layer sparse).
+#[test]
+fn mlp_only_layers_that_are_not_layer_indices_are_errors() {
+    let moe = |layers: &str| {
+        format!(
+            r#"{{"model_type":"qwen2_moe","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"num_experts":4,"num_experts_per_tok":2,
+            "moe_intermediate_size":8,"mlp_only_layers":{layers}}}"#
+        )
+    };
+    let sparse = |layers: &str| parse(&moe(layers)).unwrap().moe.unwrap().sparse_layers;
+    assert_eq!(sparse("[1]"), [true, false]);
+    assert_eq!(sparse("[]"), [true, true]);
+    assert_eq!(sparse("null"), [true, true]);
+    for (layers, bad) in [
+        ("[0,-1]", "holds -1,"),
+        ("[1.5]", "holds 1.5,"),
+        (r#"["1"]"#, r#"holds "1","#),
+        ("1", "must be a list of layer indices, got 1"),
+    ] {
+        let e = parse(&moe(layers)).unwrap_err().to_string();
+        assert!(
+            e.contains("test/config.json") && e.contains("`mlp_only_layers`") && e.contains(bad),
+            "{layers}: {e}"
+        );
+    }
+}
+
 #[test]
 fn llama3_rope_scaling_keeps_high_and_scales_low_frequencies() {
     let s = preset_spec("llama-3-8b").unwrap();

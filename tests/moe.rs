@@ -830,30 +830,55 @@ fn moe_kernels_pass_their_host_emulation() {
     );
 }
 
+/// One run of the MoE emulation built with a planted error: whether it exited successfully,
+/// and its report (a `PASS  <group> ...` or `FAIL  <group> ...` line per case).
+struct PlantedRun {
+    passed: bool,
+    stdout: String,
+}
+
+impl PlantedRun {
+    /// How many of the report's lines start with `prefix`.
+    fn count(&self, prefix: &str) -> usize {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+}
+
+/// Builds tests/moe_emulation as `name` with `define` planted and runs its cases of `group`
+/// (the planted-error tests below). None: the emulation cannot be built here
+/// (build_emulation says why, and fails instead under FLINT_REQUIRE_KERNELS=1).
+fn run_planted_emulation(test: &str, name: &str, define: &str, group: &str) -> Option<PlantedRun> {
+    let exe = build_emulation(test, "tests/moe_emulation/main.cpp", name, &[define])?;
+    let run = std::process::Command::new(&exe)
+        .arg(group)
+        .output()
+        .expect("runs the emulation");
+    Some(PlantedRun {
+        passed: run.status.success(),
+        stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
+    })
+}
+
 /// The emulation can fail: built with FLINT_EMULATE_BREAK_QUANT_INDEX, the quantized-expert
 /// kernels read the next expert's rows, and every quantized case must then fail.
 #[test]
 fn moe_emulation_catches_a_broken_quantized_expert_index() {
-    let Some(exe) = build_emulation(
+    let Some(run) = run_planted_emulation(
         "moe_emulation_catches_a_broken_quantized_expert_index",
-        "tests/moe_emulation/main.cpp",
         "moe_emulation_broken",
-        &["FLINT_EMULATE_BREAK_QUANT_INDEX"],
+        "FLINT_EMULATE_BREAK_QUANT_INDEX",
+        "quant",
     ) else {
         return;
     };
-    let run = std::process::Command::new(&exe)
-        .arg("quant")
-        .output()
-        .expect("runs the emulation");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = &run.stdout;
     let cases = stdout.lines().filter(|l| l.contains(" quant ")).count();
-    let failed = stdout
-        .lines()
-        .filter(|l| l.starts_with("FAIL  quant"))
-        .count();
+    let failed = run.count("FAIL  quant");
     assert!(
-        !run.status.success() && cases > 0 && failed == cases,
+        !run.passed && cases > 0 && failed == cases,
         "the broken build must fail every quantized case ({failed} of {cases} failed):\n{stdout}"
     );
 }
@@ -864,28 +889,24 @@ fn moe_emulation_catches_a_broken_quantized_expert_index() {
 /// tensor cores) still pass.
 #[test]
 fn moe_emulation_catches_a_swapped_mma_fragment() {
-    let Some(exe) = build_emulation(
+    let Some(run) = run_planted_emulation(
         "moe_emulation_catches_a_swapped_mma_fragment",
-        "tests/moe_emulation/main.cpp",
         "moe_emulation_swap_b",
-        &["FLINT_SHIM_MMA_SWAP_B"],
+        "FLINT_SHIM_MMA_SWAP_B",
+        "experts",
     ) else {
         return;
     };
-    let run = std::process::Command::new(&exe)
-        .arg("experts")
-        .output()
-        .expect("runs the emulation");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let count = |p: &str| stdout.lines().filter(|l| l.starts_with(p)).count();
+    let count = |p: &str| run.count(p);
     let grouped = count("PASS  experts grouped") + count("FAIL  experts grouped");
     assert!(
-        !run.status.success()
+        !run.passed
             && grouped > 0
             && count("FAIL  experts grouped") == grouped
             && count("PASS  experts gemv") > 0
             && count("FAIL  experts gemv") == 0,
-        "the swapped build must fail every grouped case and no GEMV case:\n{stdout}"
+        "the swapped build must fail every grouped case and no GEMV case:\n{}",
+        run.stdout
     );
 }
 
@@ -895,29 +916,25 @@ fn moe_emulation_catches_a_swapped_mma_fragment() {
 /// while the mma.sync and GEMV cases still pass.
 #[test]
 fn moe_emulation_catches_a_wgmma_layout_mismatch() {
-    let Some(exe) = build_emulation(
+    let Some(run) = run_planted_emulation(
         "moe_emulation_catches_a_wgmma_layout_mismatch",
-        "tests/moe_emulation/main.cpp",
         "moe_emulation_no_swizzle",
-        &["FLINT_SHIM_WGMMA_NO_SWIZZLE"],
+        "FLINT_SHIM_WGMMA_NO_SWIZZLE",
+        "experts",
     ) else {
         return;
     };
-    let run = std::process::Command::new(&exe)
-        .arg("experts")
-        .output()
-        .expect("runs the emulation");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let count = |p: &str| stdout.lines().filter(|l| l.starts_with(p)).count();
+    let count = |p: &str| run.count(p);
     let wgmma = count("PASS  experts wgmma") + count("FAIL  experts wgmma");
     assert!(
-        !run.status.success()
+        !run.passed
             && wgmma > 0
             && count("FAIL  experts wgmma") == wgmma
             && count("PASS  experts grouped") > 0
             && count("FAIL  experts grouped") == 0
             && count("FAIL  experts gemv") == 0,
-        "the unswizzled build must fail every wgmma case and nothing else:\n{stdout}"
+        "the unswizzled build must fail every wgmma case and nothing else:\n{}",
+        run.stdout
     );
 }
 

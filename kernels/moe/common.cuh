@@ -65,6 +65,51 @@ __device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, i
     }
 }
 
+// The bf16 grouped GEMMs' CTA setup (moe_gemm.cu grouped_gemm_mma and moe_wgmma.cu
+// grouped_gemm_wgmma: the same pairs of dispatch tiles, grid and staging order; their stage
+// layouts differ). The CTA of expert e's even-rank dispatch tile `tile` takes it and, when the
+// expert has it, the next one: pair_has_second says whether it does.
+__device__ __forceinline__ bool pair_has_second(const MoeGemmParams &p, int tile, int e) {
+    return tile + 1 < p.max_tiles && p.tile_expert[tile + 1] == e;
+}
+
+// Fills s_row with the pair's row sources (-1: a padding row, or the whole second tile when
+// there is none), then a barrier every thread of the CTA reaches. `two` by reference: passed
+// by value, the bool cost the wgmma kernels a register (sm_90a: 204 -> 205).
+template <int ROWS>
+__device__ __forceinline__ void pair_row_sources(const MoeGemmParams &p, int tile, const bool &two,
+                                                 int (&s_row)[ROWS]) {
+    static_assert(ROWS == 2 * TILE_M, "a pair of dispatch tiles");
+    const int tid = threadIdx.x;
+    if (tid < ROWS)
+        s_row[tid] = tid < TILE_M || two ? p.row_src[static_cast<int64_t>(tile) * TILE_M + tid] : -1;
+    __syncthreads();
+}
+
+// Where this thread's staged chunks come from, in the same grouped GEMMs: A rows lr +
+// LOAD_ROWS i (a_src[i]: the token row of assignment s_row[..]; null for a padding row, staged
+// as zeros) and weight rows lr + LOAD_ROWS i (b_src[i]: expert e's row of output column
+// n0 + br % BN, of the gate (br / BN = 0) or up (1) rows when NB = 2; null for a column past
+// N, zeros).
+template <int LOAD_ROWS, int NB, int BN, int A_N, int B_N>
+__device__ __forceinline__ void staging_sources(const MoeGemmParams &p, const int *s_row, int e, int n0, int lr,
+                                                const bf16 *(&a_src)[A_N], const bf16 *(&b_src)[B_N]) {
+    static_assert(LOAD_ROWS * B_N == NB * BN, "the weight rows cover the CTA's columns");
+    const int N = p.n_dim, K = p.k_dim;
+#pragma unroll
+    for (int i = 0; i < A_N; ++i) {
+        const int a = s_row[lr + LOAD_ROWS * i];
+        a_src[i] = a >= 0 ? p.a + static_cast<int64_t>(a / p.a_div) * K : nullptr;
+    }
+#pragma unroll
+    for (int i = 0; i < B_N; ++i) {
+        const int br = lr + LOAD_ROWS * i;
+        const int n = n0 + br % BN;
+        const int64_t wrow = (static_cast<int64_t>(e) * NB + br / BN) * N + n;
+        b_src[i] = n < N ? p.w + wrow * K : nullptr;
+    }
+}
+
 // The broken-index build of the host emulation (tests/moe.rs) reads the wrong expert's rows
 // in every quantized expert kernel (grouped GEMM and gather-GEMV), to show that the emulation
 // catches index errors in these kernels.
