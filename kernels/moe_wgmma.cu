@@ -185,9 +185,7 @@ __device__ void grouped_gemm_wgmma(const MoeGemmParams &p) {
 #else   // no wgmma in this image: the host launches these kernels on sm_90 only
 template <class Act, bool GATED>
 __device__ void grouped_gemm_wgmma(const MoeGemmParams &) {
-    flint_pdl_wait();  // PDL: see common.cuh
-    flint_pdl_launch_dependents();
-    __trap();
+    wgmma_absent();
 }
 #endif  // FLINT_WGMMA
 

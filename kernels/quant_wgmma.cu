@@ -297,9 +297,7 @@ __device__ void gemm(const QuantMmaParams &p) {
 #else   // no wgmma in this image: the host launches these kernels on sm_90 only
 template <int F, int TOK>
 __device__ void gemm(const QuantMmaParams &) {
-    flint_pdl_wait();  // PDL: see common.cuh
-    flint_pdl_launch_dependents();
-    __trap();
+    wgmma_absent();
 }
 #endif  // FLINT_WGMMA
 

@@ -41,6 +41,17 @@
 
 namespace flint {
 
+#ifndef FLINT_WGMMA
+// The body of a wgmma kernel in an image without the instruction (sm_80-89, the compute_80
+// PTX), where the host never launches it: it waits as every kernel does (PDL, common.cuh),
+// then traps.
+__device__ __forceinline__ void wgmma_absent() {
+    flint_pdl_wait();
+    flint_pdl_launch_dependents();
+    __trap();
+}
+#endif
+
 // The shared-state-space address of a pointer into shared memory.
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
 #ifdef FLINT_EMULATE

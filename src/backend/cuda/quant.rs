@@ -1102,92 +1102,50 @@ mod tests {
                 QuantPath::DequantGemm
             );
         }
-        // A weight the mma does not take (K % 32 != 0): GEMV passes while they read fewer
-        // bytes than dequantize + cuBLASLt.
-        assert_eq!(
-            quant_path(Fmt::Int4, 9, tk(false, true), None),
-            QuantPath::Gemv(2)
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 48, tk(false, true), None),
-            QuantPath::Gemv(6)
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 49, tk(false, true), None),
-            QuantPath::DequantGemm
-        );
-        assert_eq!(
-            quant_path(Fmt::Int8, 24, tk(false, true), None),
-            QuantPath::Gemv(3)
-        );
-        assert_eq!(
-            quant_path(Fmt::Fp8, 25, tk(false, true), None),
-            QuantPath::DequantGemm
-        );
-        // Forced.
+        use Fmt::{Fp8, Int4, Int8};
+        use QuantPath::{DequantGemm as Dq, Gemv, Mma};
         let (g, m, d) = (
             Some(QuantForce::Gemv),
             Some(QuantForce::Mma),
             Some(QuantForce::Dequant),
         );
-        assert_eq!(
-            quant_path(Fmt::Int8, 33, tk(true, true), g),
-            QuantPath::Gemv(5)
-        );
-        assert_eq!(
-            quant_path(Fmt::Int8, 100, tk(true, true), g),
-            QuantPath::Gemv(13)
-        );
-        assert_eq!(quant_path(Fmt::Int8, 1, tk(true, true), m), QuantPath::Mma);
-        assert_eq!(quant_path(Fmt::Int8, 64, tk(true, true), m), QuantPath::Mma);
-        // Forced above 64 tokens: the mma in passes of 64 rows.
-        assert_eq!(quant_path(Fmt::Int8, 65, tk(true, true), m), QuantPath::Mma);
-        assert_eq!(
-            quant_path(Fmt::Int4, 512, tk(true, true), m),
-            QuantPath::Mma
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 512, tk(true, true), None),
-            QuantPath::DequantGemm
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 8, tk(false, true), m),
-            QuantPath::Gemv(1)
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 1, tk(true, true), d),
-            QuantPath::DequantGemm
-        );
-        assert_eq!(
-            quant_path(Fmt::Fp8, 8, tk(true, true), d),
-            QuantPath::DequantGemm
-        );
-        // A weight that must not be dequantized (the lm_head): the mma in 64-row passes above
-        // 64 rows, GEMV passes where the mma does not take it; a forced dequantize still is.
-        assert_eq!(
-            quant_path(Fmt::Int8, 65, tk(true, false), None),
-            QuantPath::Mma
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 4096, tk(true, false), None),
-            QuantPath::Mma
-        );
-        assert_eq!(
-            quant_path(Fmt::Int4, 8, tk(true, false), None),
-            QuantPath::Mma
-        );
-        assert_eq!(
-            quant_path(Fmt::Int8, 1, tk(true, false), None),
-            QuantPath::Gemv(1)
-        );
-        assert_eq!(
-            quant_path(Fmt::Fp8, 100, tk(false, false), None),
-            QuantPath::Gemv(13)
-        );
-        assert_eq!(
-            quant_path(Fmt::Int8, 100, tk(true, false), d),
-            QuantPath::DequantGemm
-        );
+        // (format, tokens, mma takes it, may be dequantized, forced, path)
+        let table = [
+            // A weight the mma does not take (K % 32 != 0): GEMV passes while they read
+            // fewer bytes than dequantize + cuBLASLt.
+            (Int4, 9, false, true, None, Gemv(2)),
+            (Int4, 48, false, true, None, Gemv(6)),
+            (Int4, 49, false, true, None, Dq),
+            (Int8, 24, false, true, None, Gemv(3)),
+            (Fp8, 25, false, true, None, Dq),
+            // Forced; above 64 tokens the mma in passes of 64 rows.
+            (Int8, 33, true, true, g, Gemv(5)),
+            (Int8, 100, true, true, g, Gemv(13)),
+            (Int8, 1, true, true, m, Mma),
+            (Int8, 64, true, true, m, Mma),
+            (Int8, 65, true, true, m, Mma),
+            (Int4, 512, true, true, m, Mma),
+            (Int4, 512, true, true, None, Dq),
+            (Int4, 8, false, true, m, Gemv(1)),
+            (Int4, 1, true, true, d, Dq),
+            (Fp8, 8, true, true, d, Dq),
+            // A weight that must not be dequantized (the lm_head): the mma in 64-row passes
+            // above 64 rows, GEMV passes where the mma does not take it; a forced dequantize
+            // still is.
+            (Int8, 65, true, false, None, Mma),
+            (Int4, 4096, true, false, None, Mma),
+            (Int4, 8, true, false, None, Mma),
+            (Int8, 1, true, false, None, Gemv(1)),
+            (Fp8, 100, false, false, None, Gemv(13)),
+            (Int8, 100, true, false, d, Dq),
+        ];
+        for (f, t, mma, dequant, force, want) in table {
+            assert_eq!(
+                quant_path(f, t, tk(mma, dequant), force),
+                want,
+                "{f:?} {t} tokens, mma {mma}, dequant {dequant}, {force:?}"
+            );
+        }
     }
 
     #[test]
