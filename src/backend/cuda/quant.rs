@@ -747,7 +747,7 @@ pub fn matmul(
         if input != GemvIn::Plain {
             bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the wgmma takes it materialized");
         }
-        return wgmma_pass(be, qk, l, &p, t, add, stream);
+        return gemm_pass(path, be, qk, l, &p, t, add, stream);
     }
     if path == QuantPath::Mma {
         if input != GemvIn::Plain {
@@ -758,7 +758,7 @@ pub fn matmul(
             p.x = be.ptr(&x.buf) + (2 * t0 * x_cols) as u64;
             p.out = be.ptr(&out.buf) + (2 * t0 * l.n) as u64;
             p.num_tokens = rows as i32;
-            mma_pass(be, qk, l, &p, rows, add, stream)?;
+            gemm_pass(path, be, qk, l, &p, rows, add, stream)?;
         }
         return Ok(());
     }
@@ -873,36 +873,6 @@ fn reduce_splits(
     }
 }
 
-/// One quant_mma launch (and its split-K reduction) for the `t` <= [`MMA_MAX_TOKENS`] rows
-/// `p` points at.
-fn mma_pass(
-    be: &CudaBackend,
-    qk: &QuantKernels,
-    l: &DeviceLayout,
-    p: &QuantGemvParams,
-    t: usize,
-    add: bool,
-    stream: LaunchStream,
-) -> Result<()> {
-    let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
-    let m = mma_params(qk, be, p, (plan.splits, plan.split_cols), add);
-    let fi = l.fmt.index();
-    let (f, name) = if mma_uniform(l) {
-        let ti = MMA_TOKS.iter().position(|&c| c == plan.tok).unwrap_or(3);
-        (qk.mma[fi][ti], MMA_NAMES[fi][ti])
-    } else {
-        (qk.mma_any[fi], MMA_ANY_NAMES[fi])
-    };
-    // SAFETY: as the GEMV's launch in `matmul` (p.x: t rows of k, p.out: t rows of n, the
-    // weight's buffers [n, k]); the plan keeps splits * t * n within the workspace, which
-    // only these kernels use, one after the other on this stream.
-    unsafe { launch(name, f, mma_shape(l.n, plan.splits), stream, &m)? };
-    if plan.splits > 1 {
-        reduce_splits(qk, &m, t * l.n, stream)?;
-    }
-    Ok(())
-}
-
 /// quant_wgmma_*: (row blocks of 128, token tiles, splits), 256 threads.
 pub fn wgmma_shape(n: usize, t: usize, plan: &WgmmaPlan) -> (Dim3, Dim3) {
     (
@@ -915,9 +885,12 @@ pub fn wgmma_shape(n: usize, t: usize, plan: &WgmmaPlan) -> (Dim3, Dim3) {
     )
 }
 
-/// One quant_wgmma launch (and its split-K reduction) for all `t` rows `p` points at; the
-/// caller checked that the kernels loaded ([`QuantPath::Wgmma`]).
-fn wgmma_pass(
+/// One launch of a tensor-core GEMM (and its split-K reduction) for the `t` rows `p` points
+/// at: `QuantPath::Mma`, quant_mma for `t` <= [`MMA_MAX_TOKENS`]; `QuantPath::Wgmma`,
+/// quant_wgmma for any `t` (the caller checked that the kernels loaded).
+#[allow(clippy::too_many_arguments)]
+fn gemm_pass(
+    path: QuantPath,
     be: &CudaBackend,
     qk: &QuantKernels,
     l: &DeviceLayout,
@@ -926,27 +899,43 @@ fn wgmma_pass(
     add: bool,
     stream: LaunchStream,
 ) -> Result<()> {
-    let fns = match &qk.wgmma {
-        Ok(f) => f,
-        Err(why) => bail!("quant matmul: the wgmma GEMM cannot run here: {why}"),
+    let fi = l.fmt.index();
+    let (f, name, shape, smem, m) = if path == QuantPath::Wgmma {
+        let fns = match &qk.wgmma {
+            Ok(f) => f,
+            Err(why) => bail!("quant matmul: the wgmma GEMM cannot run here: {why}"),
+        };
+        let plan = wgmma_plan(l.n, l.k, t, qk.num_sms, qk.workspace.len());
+        let m = mma_params(qk, be, p, (plan.splits, plan.split_cols), add);
+        let ti = usize::from(plan.tok == WGMMA_TOKS[1]);
+        let shape = wgmma_shape(l.n, t, &plan);
+        (fns[fi][ti], WGMMA_NAMES[fi][ti], shape, WGMMA_SMEM_BYTES, m)
+    } else {
+        let plan = mma_plan(l.n, l.k, l.row_bytes(), t, qk.num_sms, qk.workspace.len());
+        let m = mma_params(qk, be, p, (plan.splits, plan.split_cols), add);
+        let (f, name) = if mma_uniform(l) {
+            let ti = MMA_TOKS.iter().position(|&c| c == plan.tok).unwrap_or(3);
+            (qk.mma[fi][ti], MMA_NAMES[fi][ti])
+        } else {
+            (qk.mma_any[fi], MMA_ANY_NAMES[fi])
+        };
+        (f, name, mma_shape(l.n, plan.splits), 0, m)
     };
-    let plan = wgmma_plan(l.n, l.k, t, qk.num_sms, qk.workspace.len());
-    let m = mma_params(qk, be, p, (plan.splits, plan.split_cols), add);
-    let (fi, ti) = (l.fmt.index(), usize::from(plan.tok == WGMMA_TOKS[1]));
-    let (f, name) = (fns[fi][ti], WGMMA_NAMES[fi][ti]);
-    // SAFETY: as mma_pass; the kernel was loaded with its shared memory limit raised to
-    // WGMMA_SMEM_BYTES (Device::wgmma_function), which it is launched with.
+    // SAFETY: as the GEMV's launch in `matmul` (p.x: t rows of k, p.out: t rows of n, the
+    // weight's buffers [n, k]); the plans keep splits * t * n within the workspace, which
+    // only these kernels use, one after the other on this stream; a wgmma kernel was loaded
+    // with its shared memory limit raised to WGMMA_SMEM_BYTES (Device::wgmma_function).
     unsafe {
         launch_raw(
             name,
             f,
-            wgmma_shape(l.n, t, &plan),
-            WGMMA_SMEM_BYTES,
+            shape,
+            smem,
             stream,
             &m as *const QuantMmaParams as *const std::ffi::c_void,
         )?
     };
-    if plan.splits > 1 {
+    if m.splits > 1 {
         reduce_splits(qk, &m, t * l.n, stream)?;
     }
     Ok(())
