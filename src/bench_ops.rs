@@ -630,8 +630,24 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
     }
 }
 
-/// A quantized `[n, k]` weight (random host values, std 1/√k, quantized as [`QUANT_FMTS`]
-/// says), replicated past the L2 cache, times x `[t, k]` on the forced path.
+/// A quantized `[n, k]` weight of random host values (std 1/√k), quantized as [`QUANT_FMTS`]
+/// says (`fmt`: int8 per channel, int4 symmetric in groups of 128, anything else fp8 per
+/// channel). Also the criterion bench's (benches/quant_cuda.rs).
+pub fn quant_weight(fmt: &str, n: usize, k: usize) -> Result<crate::weights::quant::QuantWeight> {
+    use crate::weights::quant::{quantize_fp8, quantize_int4, quantize_int8};
+    let mut rng = Rng::new(7);
+    let sd = 1.0 / (k as f32).sqrt();
+    let w: Vec<f32> = (0..n * k)
+        .map(|_| (rng.next_f32() - 0.5) * 3.4 * sd)
+        .collect();
+    match fmt {
+        "int8" => quantize_int8(&w, n, k, k),
+        "int4" => quantize_int4(&w, n, k, 128, true),
+        _ => quantize_fp8(&w, n, k, true),
+    }
+}
+
+/// [`quant_weight`], replicated past the L2 cache, times x `[t, k]` on the forced path.
 fn quant_case(
     be: &CudaBackend,
     pattern: &CudaTensor,
@@ -640,18 +656,7 @@ fn quant_case(
     path: QuantForce,
     case_s: f64,
 ) -> Result<Timing> {
-    use crate::weights::quant::{quantize_fp8, quantize_int4, quantize_int8};
-    let mut rng = Rng::new(7);
-    let sd = 1.0 / (k as f32).sqrt();
-    let w: Vec<f32> = (0..n * k)
-        .map(|_| (rng.next_f32() - 0.5) * 3.4 * sd)
-        .collect();
-    let q = match fmt {
-        "int8" => quantize_int8(&w, n, k, k)?,
-        "int4" => quantize_int4(&w, n, k, 128, true)?,
-        _ => quantize_fp8(&w, n, k, true)?,
-    };
-    drop(w);
+    let q = quant_weight(fmt, n, k)?;
     let ws = (0..copies_for(q.qdata.len()))
         .map(|_| be.upload_quantized(fmt, &q))
         .collect::<Result<Vec<_>>>()?;
