@@ -35,7 +35,7 @@
 // 2t, 2t + 1 of k16 kk, word 2 kk + 1 columns 2t + 8, 2t + 9). Codes rows are padded to 80
 // (int8 / fp8) / 48 (int4) bytes: conflict-free reads (quant_mma.cu's strides). Integers go
 // through the magic-number float (quant/dequant.cuh Magic: one PRMT, then exact q - z), fp8
-// through fp8_e4m3; times the scale in f32, one bf16 rounding per value (pack_bf16). Scales:
+// pairs through one cvt.rn.f16x2.e4m3x2 (fp8_pair); times the scale in f32, one bf16 rounding per value (pack_bf16). Scales:
 // one (s, z) per row and step when the group is a multiple of 64, else per k16, from global
 // memory (L1) at decode time.
 //
@@ -46,7 +46,7 @@
 // Epilogue straight from the accumulators: thread holds rows 16 w + g (+ 8) x tokens
 // 8 j + 2t (+ 1), stored as bf16 (bias, add_to_out) or f32 partials.
 //
-// Registers (ptxas sm_90a, at the time of writing): TOK 256 239-249, TOK 128 164-175, 0 spills;
+// Registers (ptxas sm_90a, at the time of writing): TOK 256 244-249, TOK 128 166-175, 0 spills;
 // SASS: 4 HGMMA per step reading the two A register sets in turn, one WARPGROUP.DEPBAR.LE 1
 // per step (no serialization).
 //
@@ -125,12 +125,29 @@ __device__ __forceinline__ void stage(const QuantMmaParams &p, unsigned char *st
     }
 }
 
-// The f32 value of the code in byte `b` (0-3) of `word`, a word of int8 codes already XORed
-// with 0x80808080 (magic_prep) or of fp8 codes; zb = Magic::BIAS + zero for int8.
-template <int F>
-__device__ __forceinline__ float byte_value(uint32_t word, uint32_t sel, int b, float s, float zb) {
-    if (F == FP8) return quant::fp8_e4m3((word >> (8 * b)) & 0xFFu) * s;
+// The f32 value of the int8 code that PRMT selector `sel` (0x7540 | byte) picks from `word`,
+// a word of codes already XORed with 0x80808080 (quant::magic_prep); zb = Magic::BIAS + zero.
+__device__ __forceinline__ float int8_value(uint32_t word, uint32_t sel, float s, float zb) {
     return s * (__uint_as_float(__byte_perm(word, 0x4B000000u, sel)) - zb);
+}
+
+// The f32 values of the two fp8 codes in half `hi` (0: bytes 0-1, 1: bytes 2-3) of `word`,
+// times s: on sm_90a one cvt.rn.f16x2.e4m3x2 (exact: every e4m3 value is an f16; the low byte
+// lands in the low half, as cuda_fp8.hpp's software path spells out), then the product in
+// f32, the reference's decode(q) * s. (The NaN code 0x7F gives NaN here, 480 in
+// quant::fp8_e4m3; no quantizer or importer produces it.) The host emulation takes the
+// per-byte decode.
+__device__ __forceinline__ void fp8_pair(uint32_t word, int hi, float s, float &v0, float &v1) {
+#if defined(FLINT_WGMMA) && !defined(FLINT_EMULATE)
+    const unsigned short pair = static_cast<unsigned short>(word >> (16 * hi));
+    uint32_t h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h2) : "h"(pair));
+    v0 = __half2float(__ushort_as_half(static_cast<unsigned short>(h2 & 0xFFFFu))) * s;
+    v1 = __half2float(__ushort_as_half(static_cast<unsigned short>(h2 >> 16))) * s;
+#else
+    v0 = quant::fp8_e4m3((word >> (16 * hi)) & 0xFFu) * s;
+    v1 = quant::fp8_e4m3((word >> (16 * hi + 8)) & 0xFFu) * s;
+#endif
 }
 
 // Step k0's A fragments of rows rl and rl + 8 (CTA-local; global rows nrow) from the staged
@@ -186,12 +203,17 @@ __device__ __forceinline__ void decode(const QuantMmaParams &p, const unsigned c
                     wl ^= 0x80808080u;
                     wh ^= 0x80808080u;
                 }
+                if (F == FP8) {
+                    fp8_pair(wl, t & 1, s, v[kk][h][0], v[kk][h][1]);
+                    fp8_pair(wh, t & 1, s, v[kk][h][2], v[kk][h][3]);
+                    continue;
+                }
                 const int b = 2 * (t & 1);
                 const uint32_t sel0 = 0x7540u | b, sel1 = 0x7540u | (b + 1);
-                v[kk][h][0] = byte_value<F>(wl, sel0, b, s, zb);
-                v[kk][h][1] = byte_value<F>(wl, sel1, b + 1, s, zb);
-                v[kk][h][2] = byte_value<F>(wh, sel0, b, s, zb);
-                v[kk][h][3] = byte_value<F>(wh, sel1, b + 1, s, zb);
+                v[kk][h][0] = int8_value(wl, sel0, s, zb);
+                v[kk][h][1] = int8_value(wl, sel1, s, zb);
+                v[kk][h][2] = int8_value(wh, sel0, s, zb);
+                v[kk][h][3] = int8_value(wh, sel1, s, zb);
             }
         }
     }
