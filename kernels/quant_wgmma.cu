@@ -35,9 +35,9 @@
 // 2t, 2t + 1 of k16 kk, word 2 kk + 1 columns 2t + 8, 2t + 9). Codes rows are padded to 80
 // (int8 / fp8) / 48 (int4) bytes: conflict-free reads (quant_mma.cu's strides). Integers go
 // through the magic-number float (quant/dequant.cuh Magic: one PRMT, then exact q - z), fp8
-// pairs through one cvt.rn.f16x2.e4m3x2 (fp8_pair); times the scale in f32, one bf16 rounding per value (pack_bf16). Scales:
-// one (s, z) per row and step when the group is a multiple of 64, else per k16, from global
-// memory (L1) at decode time.
+// pairs through one cvt.rn.f16x2.e4m3x2 (fp8_pair); times the scale in f32, one bf16
+// rounding per value (pack_bf16). Scales: one (s, z) per row and step when the group is a
+// multiple of 64, else per k16, from global memory (L1) at decode time.
 //
 // Shared memory: 4 stages of x [TOK, 64] bf16 (swizzled, unpadded, 1024-byte aligned) and
 // codes [128, 80 | 48] bytes: 42 KiB a stage at int8 and TOK 256, plus 1 KiB of alignment
