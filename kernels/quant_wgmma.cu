@@ -37,7 +37,8 @@
 // through the magic-number float (quant/dequant.cuh Magic: one PRMT, then exact q - z), fp8
 // pairs through one cvt.rn.f16x2.e4m3x2 (fp8_pair); times the scale in f32, one bf16
 // rounding per value (pack_bf16). Scales: one (s, z) per row and step when the group is a
-// multiple of 64, else per k16, from global memory (L1) at decode time.
+// multiple of 64, loaded from global memory a step ahead (step_scales), else per k16 at
+// decode time.
 //
 // Shared memory: 4 stages of x [TOK, 64] bf16 (swizzled, unpadded, 1024-byte aligned) and
 // codes [128, 80 | 48] bytes: 42 KiB a stage at int8 and TOK 256, plus 1 KiB of alignment
@@ -46,7 +47,7 @@
 // Epilogue straight from the accumulators: thread holds rows 16 w + g (+ 8) x tokens
 // 8 j + 2t (+ 1), stored as bf16 (bias, add_to_out) or f32 partials.
 //
-// Registers (ptxas sm_90a, at the time of writing): TOK 256 244-249, TOK 128 166-175, 0 spills;
+// Registers (ptxas sm_90a, at the time of writing): TOK 256 242-249, TOK 128 164-180, 0 spills;
 // SASS: 4 HGMMA per step reading the two A register sets in turn, one WARPGROUP.DEPBAR.LE 1
 // per step (no serialization).
 //
@@ -150,18 +151,33 @@ __device__ __forceinline__ void fp8_pair(uint32_t word, int hi, float s, float &
 #endif
 }
 
+// The scale and Magic::BIAS + zero of rows nrow[0], nrow[1] at column k (one scale group for
+// a whole step: loaded a step ahead, so their latency hides behind the step in flight).
+template <int F>
+__device__ __forceinline__ void step_scales(const QuantMmaParams &p, int k, const int64_t (&nrow)[2],
+                                            float (&sz)[2][2]) {
+    const int gi = k / p.group;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int64_t i = nrow[h] * p.num_groups + gi;
+        sz[h][0] = p.scales[i];
+        sz[h][1] = quant::Magic<F == INT4 ? INT4 : INT8>::BIAS + (p.zeros ? p.zeros[i] : p.zero_default);
+    }
+}
+
 // Step k0's A fragments of rows rl and rl + 8 (CTA-local; global rows nrow) from the staged
 // codes cs: a[kk] for k16 kk, zero for columns at or past kend.
+// With one scale group a step (group % 64 == 0), sz holds this step's scales on entry
+// (step_scales) and the next step's on return.
 template <int F>
 __device__ __forceinline__ void decode(const QuantMmaParams &p, const unsigned char *cs, int k0, int kend, int rl,
-                                       const int64_t (&nrow)[2], uint32_t (&a)[4][4]) {
+                                       const int64_t (&nrow)[2], float (&sz)[2][2], uint32_t (&a)[4][4]) {
     using C = Codes<F>;
     const int t = threadIdx.x % 4;
     const bool step_group = p.group % BK == 0;  // one scale group for the whole step
-    int gi[4];                                  // the scale group of each k16 (both rows)
-    const int g0 = k0 / p.group;
+    int gi[4];  // narrower groups: the scale group of each k16 (both rows)
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) gi[kk] = step_group ? g0 : (k0 + 16 * kk) / p.group;
+    for (int kk = 0; kk < 4; ++kk) gi[kk] = step_group ? 0 : (k0 + 16 * kk) / p.group;
     float v[4][2][4];  // [kk][h][columns 2t, 2t + 1, 2t + 8, 2t + 9]
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -182,7 +198,10 @@ __device__ __forceinline__ void decode(const QuantMmaParams &p, const unsigned c
                 for (int i = 0; i < 4; ++i) v[kk][h][i] = 0.0f;
                 continue;
             }
-            if (kk == 0 || !step_group) {
+            if (step_group) {
+                s = sz[h][0];
+                zb = sz[h][1];
+            } else {
                 s = srow[gi[kk]];
                 const float z = zrow ? zrow[gi[kk]] : p.zero_default;
                 zb = quant::Magic<F == INT4 ? INT4 : INT8>::BIAS + z;
@@ -217,6 +236,7 @@ __device__ __forceinline__ void decode(const QuantMmaParams &p, const unsigned c
             }
         }
     }
+    if (step_group && k0 + BK < kend) step_scales<F>(p, k0 + BK, nrow, sz);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
         a[kk][0] = quant::pack_bf16(v[kk][0][0], v[kk][0][1]);
@@ -261,6 +281,8 @@ __device__ void gemm(const QuantMmaParams &p) {
 #pragma unroll
     for (int i = 0; i < TOK / 2; ++i) acc[i] = 0.0f;
     uint32_t a0[4][4], a1[4][4];
+    float sz[2][2] = {};  // the step's scales (one group a step: loaded a step ahead)
+    if (p.group % BK == 0 && kbeg < kend) step_scales<F>(p, kbeg, nrow, sz);
 
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) {
@@ -275,7 +297,7 @@ __device__ void gemm(const QuantMmaParams &p) {
         if (nxt < steps2) stage<F, TOK>(p, smem + (nxt % STAGES) * S::BYTES, n0, t0, kbeg + nxt * BK, kend);
         cp_async_commit();
         const int buf = (kt % STAGES) * S::BYTES;
-        decode<F>(p, smem + buf + S::X_BYTES, kbeg + kt * BK, kend, rl, nrow, a);
+        decode<F>(p, smem + buf + S::X_BYTES, kbeg + kt * BK, kend, rl, nrow, sz, a);
         wgmma_fence();  // A and the accumulators were written by other instructions
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) wgmma_rs<TOK>(acc, a[kk], smem_desc_sw128(base + buf + 32 * kk));
