@@ -6,7 +6,10 @@
 //!   `matmul_flop/{qkv,down}/t512/cublaslt`;
 //! - `attention_decode/b32_c4096` (32 sequences of one new token over 4096 cached keys);
 //! - `attention_prefill_flop/t2048/{Fma,Mma}` (one causal sequence, both `PrefillPath`s, Mma
-//!   last: it is opt-in and a fault in it cannot cost the other rows).
+//!   last: it is opt-in and a fault in it cannot cost the other rows);
+//! - group `cuda_quant_llama3_8b`: `quant/{qkv,down}/{int8,int4,fp8}/t1/gemv` (decode) and
+//!   `t8/{gemv,mma,dequant}` as GB/s, `quant_flop/{qkv,down}/{fmt}/t512/{mma,wgmma,dequant}`
+//!   as FLOPs (wgmma only where it runs: sm_90 with the sm_90a image).
 //!
 //! Throughput: the fewest bytes an op must move (bf16, each input read and each output written
 //! once; `flint bench-ops`' formula for matmul and attention), shown as GB/s; ids with `_flop`
@@ -21,9 +24,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flint::backend::cuda::attention::PrefillPath;
+use flint::backend::cuda::quant::QuantForce;
 use flint::backend::cuda::{CudaBackend, CudaTensor, DensePath};
 use flint::backend::{Backend, KvShape, StepInput};
-use flint::bench_ops::{attention_step, attn_params, copies_for, Case};
+use flint::bench_ops::{attention_step, attn_params, copies_for, quant_weight, Case, QUANT_FMTS};
 use flint::config::Activation;
 use flint::sampling::Rng;
 use std::time::{Duration, Instant};
@@ -58,6 +62,15 @@ fn timed(be: &CudaBackend, iters: u64, mut f: impl FnMut(usize)) -> Duration {
     t0.elapsed()
 }
 
+/// 1 Mi random values in [-1.7, 1.7), tiled into every input (as `flint bench-ops`).
+fn pattern(be: &CudaBackend) -> CudaTensor {
+    let mut rng = Rng::new(7);
+    let vals: Vec<f32> = (0..1 << 20)
+        .map(|_| (rng.next_f32() * 2.0 - 1.0) * 1.7)
+        .collect();
+    be.tensor_from(&vals, 1 << 10, 1 << 10).unwrap()
+}
+
 fn bytes(n: usize) -> Throughput {
     Throughput::BytesDecimal(n as u64)
 }
@@ -70,12 +83,7 @@ fn ops(c: &mut Criterion) {
             return;
         }
     };
-    // 1 Mi random values in [-1.7, 1.7), tiled into every input (as `flint bench-ops`).
-    let mut rng = Rng::new(7);
-    let vals: Vec<f32> = (0..1 << 20)
-        .map(|_| (rng.next_f32() * 2.0 - 1.0) * 1.7)
-        .collect();
-    let pattern = be.tensor_from(&vals, 1 << 10, 1 << 10).unwrap();
+    let pattern = pattern(&be);
     let attn = attn_params();
     let (h, kv, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
     let qkv_cols = (h + 2 * kv) * hd;
@@ -238,12 +246,81 @@ fn ops(c: &mut Criterion) {
     g.finish();
 }
 
+/// Quantized matmul (group `cuda_quant_llama3_8b`): q|k|v and down at int8 per channel, int4
+/// sym g128 and fp8 per channel (`flint::bench_ops::quant_weight`, as `flint bench-ops` makes
+/// them), each path forced where it runs (`CudaBackend::set_quant_path`).
+fn quant(c: &mut Criterion) {
+    let be = match CudaBackend::new() {
+        Ok(be) => be,
+        Err(e) => {
+            eprintln!("cuda_ops (quant): skipped, no usable GPU: {e:#}");
+            return;
+        }
+    };
+    let wgmma = be.quant_wgmma_unavailable();
+    if let Some(why) = &wgmma {
+        eprintln!("cuda_ops (quant): no wgmma rows: {why}");
+    }
+    let pattern = pattern(&be);
+    let before = be.quant_path_override();
+    let mut g = c.benchmark_group("cuda_quant_llama3_8b");
+    for &(name, n, k) in MATMULS {
+        for &fmt in QUANT_FMTS {
+            let q = quant_weight(fmt, n, k).unwrap();
+            let ws: Vec<CudaTensor> = (0..copies_for(q.qdata.len()))
+                .map(|_| be.upload_quantized(fmt, &q).unwrap())
+                .collect();
+            use QuantForce::{Dequant, Gemv, Mma, Wgmma};
+            let runs: [(usize, &[QuantForce]); 3] = [
+                (1, &[Gemv]),
+                (8, &[Gemv, Mma, Dequant]),
+                (512, &[Mma, Wgmma, Dequant]),
+            ];
+            for (t, paths) in runs {
+                let x = filled(&be, &pattern, t, k);
+                let mut out = be.alloc(t, n).unwrap();
+                for &path in paths {
+                    if path == Wgmma && wgmma.is_some() {
+                        continue;
+                    }
+                    let case = Case::Quant {
+                        id: String::new(),
+                        t,
+                        n,
+                        k,
+                        fmt,
+                        path,
+                    };
+                    let id = if t <= 8 {
+                        g.throughput(Throughput::BytesDecimal(case.bytes() as u64));
+                        format!("quant/{name}/{fmt}/t{t}/{}", path.name())
+                    } else {
+                        g.throughput(Throughput::Elements(case.flops() as u64));
+                        format!("quant_flop/{name}/{fmt}/t{t}/{}", path.name())
+                    };
+                    be.set_quant_path(Some(path));
+                    g.bench_function(id, |b| {
+                        b.iter_custom(|iters| {
+                            timed(&be, iters, |i| {
+                                be.matmul(&x, &ws[i % ws.len()], None, &mut out).unwrap()
+                            })
+                        })
+                    });
+                }
+            }
+        }
+    }
+    g.finish();
+    be.set_quant_path(before);
+}
+
 criterion_group! {
     name = benches;
-    // Short by default (22 benches); `--warm-up-time` / `--measurement-time` override.
+    // Short by default (22 dense benches, 42 quantized: 36 without wgmma); `--warm-up-time` /
+    // `--measurement-time` override, a name filter picks (`cargo bench --bench cuda_ops -- quant`).
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = ops
+    targets = ops, quant
 }
 criterion_main!(benches);
