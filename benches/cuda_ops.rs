@@ -71,17 +71,20 @@ fn pattern(be: &CudaBackend) -> CudaTensor {
     be.tensor_from(&vals, 1 << 10, 1 << 10).unwrap()
 }
 
+/// The backend, or `None` after saying why the benches of `what` register nothing.
+fn gpu(what: &str) -> Option<CudaBackend> {
+    CudaBackend::new()
+        .map_err(|e| eprintln!("{what}: skipped, no usable GPU: {e:#}"))
+        .ok()
+}
+
 fn bytes(n: usize) -> Throughput {
     Throughput::BytesDecimal(n as u64)
 }
 
 fn ops(c: &mut Criterion) {
-    let be = match CudaBackend::new() {
-        Ok(be) => be,
-        Err(e) => {
-            eprintln!("cuda_ops: skipped, no usable GPU: {e:#}");
-            return;
-        }
+    let Some(be) = gpu("cuda_ops") else {
+        return;
     };
     let pattern = pattern(&be);
     let attn = attn_params();
@@ -250,12 +253,8 @@ fn ops(c: &mut Criterion) {
 /// sym g128 and fp8 per channel (`flint::bench_ops::quant_weight`, as `flint bench-ops` makes
 /// them), each path forced where it runs (`CudaBackend::set_quant_path`).
 fn quant(c: &mut Criterion) {
-    let be = match CudaBackend::new() {
-        Ok(be) => be,
-        Err(e) => {
-            eprintln!("cuda_ops (quant): skipped, no usable GPU: {e:#}");
-            return;
-        }
+    let Some(be) = gpu("cuda_ops (quant)") else {
+        return;
     };
     let wgmma = be.quant_wgmma_unavailable();
     if let Some(why) = &wgmma {
