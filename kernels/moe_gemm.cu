@@ -120,9 +120,8 @@ __device__ void grouped_gemm_mma(const MoeGemmParams &p) {
     constexpr int NB = GATED ? 2 : 1;
     constexpr int BN = MMA_B_ROWS / NB;  // output columns per CTA
     const int tile = blockIdx.x;
-    const int e = p.tile_expert[tile];
-    if (e < 0) return;  // past the last used tile: uniform over the CTA, before any barrier
-    if ((tile - p.offsets[e] / TILE_M) & 1) return;  // the second tile of its pair (ditto)
+    const int e = pair_expert(p, tile);
+    if (e < 0) return;  // not a pair's first tile: uniform over the CTA, before any barrier
     const bool two = pair_has_second(p, tile, e);
     const int N = p.n_dim, K = p.k_dim;
     const int n0 = blockIdx.y * BN;

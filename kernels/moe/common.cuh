@@ -68,7 +68,14 @@ __device__ __forceinline__ void stage_chunk(bf16 *dst, const bf16 *src, int k, i
 // The bf16 grouped GEMMs' CTA setup (moe_gemm.cu grouped_gemm_mma and moe_wgmma.cu
 // grouped_gemm_wgmma: the same pairs of dispatch tiles, grid and staging order; their stage
 // layouts differ). The CTA of expert e's even-rank dispatch tile `tile` takes it and, when the
-// expert has it, the next one: pair_has_second says whether it does.
+// expert has it, the next one: pair_expert gives e for such a CTA and -1 for every other
+// (past the last used tile, or the second tile of its pair: it exits at once, uniformly,
+// before any barrier), pair_has_second whether the pair has its second tile.
+__device__ __forceinline__ int pair_expert(const MoeGemmParams &p, int tile) {
+    const int e = p.tile_expert[tile];
+    return e < 0 || ((tile - p.offsets[e] / TILE_M) & 1) ? -1 : e;
+}
+
 __device__ __forceinline__ bool pair_has_second(const MoeGemmParams &p, int tile, int e) {
     return tile + 1 < p.max_tiles && p.tile_expert[tile + 1] == e;
 }
