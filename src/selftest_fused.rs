@@ -8,6 +8,7 @@
 
 use super::{Case, Tester, OP_TOL};
 use crate::backend::cpu::CpuTensor;
+use crate::backend::cuda::quant::QuantForce;
 use crate::backend::cuda::{dense_path, CudaTensor, DensePath};
 use crate::backend::{Backend, MatIn, MatOut};
 use crate::config::Activation;
@@ -74,7 +75,7 @@ impl Tester<'_> {
                         ))
                     })
                 };
-                // bf16: 1 token (the default GEMV), 2 and 8 (forced); quantized: 1 and 8 (one
+                // bf16: 1 token (the default GEMV), 2 and 8 (forced); quantized (GEMV forced): 1 and 8 (one
                 // GEMV pass), 9 (two passes: the second's x starts 8 rows in).
                 let tokens: &[usize] = match (dense, quick) {
                     (true, true) => &[1],
@@ -89,11 +90,17 @@ impl Tester<'_> {
                             format!("{what} {name} [{n}, {k}] {role:?} tokens {t} bias {bias}");
                         let r = match &weights {
                             Ok((wc, wg)) => {
+                                // Fusion lives in the GEMV: force it (by default 2..=64
+                                // quantized tokens take quant_mma, which does not fuse).
+                                let quant_before = self.gpu.quant_path_override();
                                 if dense {
                                     self.gpu.set_dense_path(Some(DensePath::Gemv));
+                                } else {
+                                    self.gpu.set_quant_path(Some(QuantForce::Gemv));
                                 }
                                 let r = self.fused_matmul(wc, wg, role, t, bias);
                                 self.gpu.set_dense_path(None);
+                                self.gpu.set_quant_path(quant_before);
                                 let restored = self.gpu.set_fuse(configured);
                                 r.and_then(|e| {
                                     restored?;
