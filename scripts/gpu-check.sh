@@ -40,8 +40,9 @@
 #   bash gpu-bundle/run.sh sanitize # compute-sanitizer over `flint selftest --quick`:
 #                                   # memcheck of the kernel sections 240 s, racecheck of
 #                                   # the tiled kernels' sections 150 s (shared-memory
-#                                   # races), then memcheck of the fixtures end to end with
-#                                   # what is left; errors in the report.
+#                                   # races; cuBLASLt's kernels excluded), then memcheck of
+#                                   # the fixtures end to end with what is left (up to
+#                                   # 400 s); errors counted per kernel in the report.
 #   bash gpu-bundle/run.sh peers    # issue 7's end-to-end peer rows: the copy and GEMM
 #                                   # ceilings 30 s, flint bench (pp2048, tg128 b1/b32 from
 #                                   # graphs, with PDL where it works) 120 s, then transformers + torch.compile (TTFT and
@@ -204,17 +205,24 @@ if [ -z "$san" ]; then
     echo "no compute-sanitizer on this machine" >"$log/selftest.err"
     echo 127 >"$log/selftest.rc"
 else
-    # The sanitizer's exit code is nonzero on any error it finds; its report is on stderr.
-    # The kernel sections first (every kernel runs there, at small shapes); the fixtures end to
-    # end run the same kernels again, so they come last, with whatever time is left.
-    step selftest 240 "$san" --tool memcheck --error-exitcode 9 "$flint" selftest --quick \
-        --only ops,quant,dense,fused,quant_moe,attention_mma,pdl --json "$log/selftest.json"
+    # The sanitizer's exit code is 9 on any error it finds; its own report goes to
+    # <step>.sanitizer (--log-file), summarized per kernel in the report. The kernel sections
+    # first (every kernel runs there, at small shapes); the fixtures end to end run the same
+    # kernels again, so they come last, with whatever time is left.
+    step selftest 240 "$san" --tool memcheck --error-exitcode 9 --log-file "$log/selftest.sanitizer" \
+        "$flint" selftest --quick --only ops,quant,dense,fused,quant_moe,attention_mma,pdl --json "$log/selftest.json"
     # racecheck (shared-memory hazards) over the tiled kernels: attention (ops holds both
-    # engines' cases), the tensor-core prefill, the GEMVs and the MoE grouped GEMM.
-    step racecheck 150 "$san" --tool racecheck --racecheck-report all --error-exitcode 9 "$flint" selftest --quick \
-        --only ops,dense,fused,quant_moe,attention_mma
-    step memcheck_e2e "$(left_or 150)" "$san" --tool memcheck --error-exitcode 9 "$flint" selftest --quick \
-        --only e2e,quant_e2e,graphs --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
+    # engines' cases), the tensor-core prefill, the GEMVs and the MoE grouped GEMM. cuBLASLt's
+    # kernels are excluded: on the H200 (2026-11-28) every hazard racecheck printed sat in
+    # its nvjet_sm90 GEMM, whose TMA / mbarrier hand-offs racecheck does not follow, and
+    # they are not ours to fix. memcheck keeps them (a wrong argument of ours would show
+    # there as an out-of-bounds access inside cuBLASLt).
+    step racecheck 150 "$san" --tool racecheck --racecheck-report all --error-exitcode 9 \
+        --kernel-name-exclude regex='nvjet|xmma|cutlass|cublas' --print-limit 200 \
+        --log-file "$log/racecheck.sanitizer" \
+        "$flint" selftest --quick --only ops,dense,fused,quant_moe,attention_mma
+    step memcheck_e2e "$(left_or 400)" "$san" --tool memcheck --error-exitcode 9 --log-file "$log/memcheck_e2e.sanitizer" \
+        "$flint" selftest --quick --only e2e,quant_e2e,graphs --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 fi
 selftest_rc="$(cat "$log/selftest.rc")"
 elif [ "$part" = peers ]; then
@@ -290,7 +298,7 @@ fi # part
 # One report: JSON when python3 is there, else the logs concatenated.
 if command -v python3 >/dev/null; then
     python3 - "$log" "$out" "$here" <<'PY'
-import json, os, sys
+import json, os, re, sys
 log, out, here = sys.argv[1:4]
 def read(name):
     p = os.path.join(log, name)
@@ -323,8 +331,18 @@ report = {
     "comparison": parse(read("peers.json")),
 }
 serve = ["bench_tg_bf16", "bench_tg_int8", "bench_tg_int4", "bench_tg_fp8", "throughput"]
-report["racecheck"] = stepinfo("racecheck", None)
-report["memcheck_e2e"] = stepinfo("memcheck_e2e", None)
+def sanitizer(name):
+    # compute-sanitizer's own log: its summary line and how many reports name each kernel.
+    text = read(name + ".sanitizer")
+    if text is None: return None
+    kernels = {}
+    for m in re.finditer(r"(?:Thread|thread) \([0-9, ]+\) (?:at|in block .*? at) ([A-Za-z_][A-Za-z0-9_]*)\+0x", text):
+        kernels[m.group(1)] = kernels.get(m.group(1), 0) + 1
+    summary = [l.strip("= ").strip() for l in text.splitlines() if "SUMMARY" in l]
+    return {"summary": summary, "reports_by_kernel": kernels, "head": "\n".join(text.splitlines()[:60])}
+report["selftest"]["sanitizer"] = sanitizer("selftest")
+report["racecheck"] = stepinfo("racecheck", sanitizer("racecheck"))
+report["memcheck_e2e"] = stepinfo("memcheck_e2e", sanitizer("memcheck_e2e"))
 for k in serve:
     report[k] = stepinfo(k, parse(read(k + ".out")) if k == "throughput" else read(k + ".out"))
 ran = lambda k: read(k + ".rc") is not None
@@ -337,6 +355,9 @@ elif selftest and selftest.get("error"):
     md.append(f"selftest: exit {s['exit']}: {selftest['error']}")
 elif selftest and selftest.get("cases") is not None:
     md.append(f"selftest: exit {s['exit']}, {selftest.get('passed')} passed, {selftest.get('failed')} failed, {selftest.get('skipped', 0)} skipped")
+    if s.get("sanitizer"):
+        md.append(f"- memcheck: {'; '.join(s['sanitizer']['summary']) or 'no summary line'}"
+                  + (f" by kernel: {s['sanitizer']['reports_by_kernel']}" if s["sanitizer"]["reports_by_kernel"] else ""))
     fails = [c for c in selftest["cases"] if not c.get("pass") and not c.get("skipped")]
     for c in selftest["cases"]:
         if c.get("skipped"):
@@ -374,7 +395,9 @@ if probe is not None:
 for k in ("racecheck", "memcheck_e2e"):
     if ran(k):
         r = report[k]
-        md.append(f"{k}: exit {r['exit']} after {r['seconds']} s: {r['stderr_tail'][-600:]}")
+        san = r["result"] or {}
+        md.append(f"{k}: exit {r['exit']} after {r['seconds']} s: {'; '.join(san.get('summary') or []) or r['stderr_tail'][-600:]}"
+                  + (f" by kernel: {san['reports_by_kernel']}" if san.get("reports_by_kernel") else ""))
 if ran("throughput"):
     t = report["throughput"]
     keep = ("completed", "failed", "output_tokens_per_s", "total_tokens_per_s", "ttft_ms", "itl_ms", "kv_cache", "graph_steps")
