@@ -3,7 +3,8 @@
 //! residual add in the epilogue) run on the host (tests/fused_gemv_emulation, with the shim of
 //! tests/moe_emulation: CTAs as std::threads) against a float64 reference rounded where the
 //! unfused GPU ops store: every mode x bf16 / int8 / int4 / fp8 x 1, 2 and 8 tokens x one and
-//! several staged chunks, add-to-out, the scalar paths and the grid-stride loop. Index math,
+//! several staged chunks, add-to-out, the scalar paths and the grid-stride loop; and the
+//! prefill's dequantize (quant_dequant_*) bit for bit on both its paths. Index math,
 //! barriers and rounding points, not speed. Needs a C++20 compiler and the CUDA headers
 //! scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
 
@@ -32,6 +33,16 @@ fn fused_gemvs_pass_their_host_emulation() {
             "{what}:\n{stdout}"
         );
     }
+    for what in [
+        "int8 N 19 K  1024 group     8",
+        "int4 N 19 K  1024 group    32 g_idx 1",
+        "fp8  N 19 K  1000",
+    ] {
+        assert!(
+            stdout.contains(&format!("PASS  dequant {what}")),
+            "dequant {what}:\n{stdout}"
+        );
+    }
     let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert!(passed >= 108, "{passed} cases passed:\n{stdout}");
+    assert!(passed >= 126, "{passed} cases passed:\n{stdout}");
 }

@@ -50,9 +50,11 @@ struct Weight {
     std::vector<float> bf;    // bf16 weights (BF16)
     std::vector<uint8_t> q;   // codes (quantized)
     std::vector<float> scales;
+    std::vector<int32_t> g_idx;  // [K] (act order), or empty: k / group
 };
 
-static Weight make_weight(Wt wt, int N, int K, std::mt19937 &g) {
+// group 0: the default above; gidx: each column in a random group (GPTQ's act order).
+static Weight make_weight(Wt wt, int N, int K, std::mt19937 &g, int group = 0, bool gidx = false) {
     Weight w{wt};
     const float sd = 1.0f / std::sqrt(static_cast<float>(K));
     if (wt == BF16) {
@@ -60,8 +62,12 @@ static Weight make_weight(Wt wt, int N, int K, std::mt19937 &g) {
         w.val.assign(w.bf.begin(), w.bf.end());
         return w;
     }
-    w.group = wt == INT4 ? (K % 32 == 0 ? 32 : 8) : K;
+    w.group = group ? group : wt == INT4 ? (K % 32 == 0 ? 32 : 8) : K;
     const int groups = K / w.group;
+    if (gidx) {
+        std::uniform_int_distribution<int> pick(0, groups - 1);
+        for (int k = 0; k < K; ++k) w.g_idx.push_back(pick(g));
+    }
     std::uniform_real_distribution<float> us(0.5f, 1.5f);
     std::uniform_int_distribution<int> code(0, 255);
     w.scales.resize(static_cast<size_t>(N) * groups);
@@ -72,7 +78,7 @@ static Weight make_weight(Wt wt, int N, int K, std::mt19937 &g) {
     for (int n = 0; n < N; ++n)
         for (int k = 0; k < K; ++k) {
             int c = code(g);
-            const double s = w.scales[static_cast<size_t>(n) * groups + k / w.group];
+            const double s = w.scales[static_cast<size_t>(n) * groups + (gidx ? w.g_idx[k] : k / w.group)];
             double v;
             if (wt == INT8) {
                 w.q[static_cast<size_t>(n) * row_bytes + k] = static_cast<uint8_t>(c);
@@ -223,6 +229,45 @@ static void run(const Case &c, std::mt19937 &g) {
     check(err < 1e-2 && bad == 0 && ne <= ne_max, name);
 }
 
+// quant_dequant_<fmt> (the prefill's dequantize before cuBLASLt): out[N, K] must be each
+// value's exact f32 rounded once to bf16, bit for bit, on the vector path (K % 32 == 0: one
+// 16-byte load per thread, the scale once per load or, with groups smaller than a load or a
+// g_idx, per code) and the scalar one, launched with the host's grid (a thread per load, as
+// dequant_units) or a small one (the grid-stride loop).
+static void run_dequant(Wt wt, int N, int K, int group, bool gidx, unsigned grid, std::mt19937 &g) {
+    const Weight w = make_weight(wt, N, K, g, group, gidx);
+    QuantGemvParams p{};
+    uint8_t *q = alloc<uint8_t>(w.q.size());
+    std::memcpy(q, w.q.data(), w.q.size());
+    float *s = alloc<float>(w.scales.size());
+    std::memcpy(s, w.scales.data(), w.scales.size() * 4);
+    int32_t *gi = gidx ? alloc<int32_t>(K) : nullptr;
+    if (gi) std::memcpy(gi, w.g_idx.data(), K * 4);
+    bf16 *out = alloc<bf16>(static_cast<size_t>(N) * K);  // poisoned: 0xFFFF is a NaN
+    p.qdata = q;
+    p.scales = s;
+    p.g_idx = gi;
+    p.out = out;
+    p.n = N;
+    p.k = K;
+    p.group = w.group;
+    p.num_groups = K / w.group;
+    p.gidx_rows = N;
+    p.zero_default = wt == INT4 ? 8.0f : 0.0f;
+    const size_t units = K % 32 ? static_cast<size_t>(N) * K : static_cast<size_t>(N) * K / (wt == INT4 ? 32 : 16);
+    const unsigned ctas = grid ? grid : static_cast<unsigned>((units + 255) / 256);
+    static void (*const D[3])(QuantGemvParams) = {quant_dequant_i8, quant_dequant_i4, quant_dequant_fp8};
+    launch(D[wt == INT8 ? 0 : wt == INT4 ? 1 : 2], dim3(ctas), dim3(256), p);
+    const auto got = download(out, static_cast<size_t>(N) * K);
+    int off = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+        if (!(got[i] == rbf(static_cast<float>(w.val[i])))) ++off;
+    char name[160];
+    std::snprintf(name, sizeof name, "dequant %-4s N %d K %5d group %5d g_idx %d grid %u: %d of %zu values off", WT_NAMES[wt],
+                  N, K, w.group, gidx ? 1 : 0, ctas, off, got.size());
+    check(off == 0, name);
+}
+
 int main() {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     std::mt19937 g(2024);
@@ -249,6 +294,19 @@ int main() {
     for (Wt wt : {BF16, INT4})
         for (Mode mode : {NORM, ACT})
             for (int T : {1, 2, 8}) run(Case{wt, mode, FLINT_GEMV_ACT_GELU, T, 40, T == 8 ? 4160 : 1024, true, true, 0.0f, 1}, g);
+    // The dequantize: vector path with one scale per load (per channel, int4 groups of 32 and
+    // 128) and per code (groups of 8, act order), the scalar path, the grid-stride loop.
+    for (Wt wt : {INT8, INT4, FP8}) {
+        run_dequant(wt, 19, 1024, 0, false, 0, g);
+        run_dequant(wt, 19, 1024, 8, false, 0, g);
+        run_dequant(wt, 19, 1000, 8, false, 0, g);
+        run_dequant(wt, 37, 2048, 0, false, 3, g);
+        if (wt != FP8) {
+            run_dequant(wt, 19, 1024, 128, false, 0, g);
+            run_dequant(wt, 19, 1024, 32, true, 0, g);
+            run_dequant(wt, 7, 1000, 8, true, 2, g);
+        }
+    }
     std::printf("%s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;
 }

@@ -418,7 +418,17 @@ pub fn gemv_shape(n: usize) -> (Dim3, Dim3) {
     ((ctas, 1, 1), (GEMV_THREADS, 1, 1))
 }
 
-/// quant_dequant_*: a grid-stride loop, 256 threads, at most 65,535 CTAs.
+/// The threads quant_dequant_* wants for an [n, k] weight: one per 16-byte load of codes on
+/// its vector path (k % 32 == 0; 16 int8 / fp8 or 32 int4 codes each), else one per value.
+pub fn dequant_units(fmt: Fmt, n: usize, k: usize) -> usize {
+    if k % 32 != 0 {
+        return n * k;
+    }
+    n * k / if fmt == Fmt::Int4 { 32 } else { 16 }
+}
+
+/// quant_dequant_* (`units` from [`dequant_units`]) and quant_mma_reduce_f32 (a thread per
+/// value): a grid-stride loop, 256 threads, at most 65,535 CTAs.
 pub fn dequant_shape(elems: usize) -> (Dim3, Dim3) {
     (
         (elems.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
@@ -808,7 +818,7 @@ pub fn matmul(
         launch(
             name,
             qk.dequant[l.fmt.index()],
-            dequant_shape(elems),
+            dequant_shape(dequant_units(l.fmt, l.n, l.k)),
             stream,
             &p,
         )?
@@ -1342,6 +1352,14 @@ mod tests {
         assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
         assert_eq!(dequant_shape(1 << 30).0 .0, 65_535);
         assert_eq!(dequant_shape(1).0 .0, 1);
+        // q|k|v of Llama-3-8B: a thread per 16-byte load (6144 x 4096 / 16, / 32 for int4).
+        assert_eq!(dequant_units(Fmt::Int8, 6144, 4096), 1_572_864);
+        assert_eq!(dequant_units(Fmt::Int4, 6144, 4096), 786_432);
+        assert_eq!(dequant_units(Fmt::Fp8, 3, 1000), 3000);
+        assert_eq!(
+            dequant_shape(dequant_units(Fmt::Int4, 6144, 4096)).0 .0,
+            3072
+        );
         // quant/params.h's FLINT_ASSERT_SIZE (with the GemvFuse of gemv/params.h).
         assert_eq!(size_of::<QuantGemvParams>(), 120);
         assert_eq!(size_of::<QuantMmaParams>(), 104);
