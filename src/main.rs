@@ -213,9 +213,10 @@ enum Cmd {
         /// sm_90+ only: an error elsewhere. FLINT_PDL=1 turns it on for every launch instead.
         #[arg(long)]
         pdl: bool,
-        /// Also run each tg+graphs test (each tg test without --cuda-graphs) with the norms
-        /// and act·mul as kernels of their own instead of inside the GEMVs (row
-        /// `tg<n>+graphs+unfused`; CUDA only). FLINT_FUSE=0 turns fusion off everywhere instead.
+        /// Run each tg+graphs test (each tg test without --cuda-graphs) twice: with the norms
+        /// and act·mul inside the GEMVs (the plain rows) and as kernels of their own (row
+        /// `tg<n>+graphs+unfused`; CUDA only). Without it every row runs FLINT_FUSE's
+        /// setting (unfused unless FLINT_FUSE=1).
         #[arg(long)]
         unfused: bool,
     },

@@ -15,9 +15,9 @@
 //! flip). Routing near ties of MoE layers are followed, not compared: the CPU takes the GPU's
 //! experts where its own router logits nearly tie (`model::RouteTap`), and the case says so.
 //! The `flint generate --device cuda` path runs as a subprocess of this binary. The end-to-end
-//! cases run the backend's configured fusion (`FLINT_FUSE`, on by default: dense decode layers
-//! then run their pre-norms, act·mul and residual adds inside the GEMVs); `fused matmul` and
-//! `fused=unfused` check those GEMVs alone (selftest_fused.rs).
+//! cases run the backend's configured fusion (`FLINT_FUSE`, off by default; with 1 dense decode
+//! layers run their pre-norms, act·mul and residual adds inside the GEMVs); `fused matmul` and
+//! `fused=unfused` check those GEMVs alone whatever the setting (selftest_fused.rs).
 //!
 //! Exit codes: 0 all passed, 1 a case failed, 2 no usable GPU (with the reason).
 

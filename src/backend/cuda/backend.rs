@@ -267,11 +267,8 @@ impl CudaBackend {
         dev.pdl.set(pdl_start);
         let fuse = match std::env::var(matmul::FUSE_ENV) {
             Ok(v) => matmul::parse_fuse(&v)?,
-            Err(_) => true,
+            Err(_) => matmul::FUSE_DEFAULT,
         };
-        if !fuse {
-            eprintln!("flint: FLINT_FUSE=0: the decode GEMVs' inputs are materialized by rms_norm / act_mul kernels, and rope_kv_write runs before decode attention");
-        }
         let split_counters = dev
             .stream
             .alloc_zeros::<i32>(super::attention::split_counters_len(dev.info.num_sms))

@@ -5,7 +5,9 @@
 //! `quant::quant_path` for quantized ones (so those two stay the only path choices), and
 //! only while fusion is on (`FLINT_FUSE`, `CudaBackend::set_fuse`). The residual add
 //! (`MatOut::AddTo`) is always the matmul's own: the GEMV's epilogue, or cuBLASLt's beta = 1.
-//! The fused kernels are UNVERIFIED on a GPU (host emulation only, tests/fused_gemv.rs).
+//! On an H200 (2026-11-28) the fused GEMVs matched the CPU and their unfused twins (bf16 at
+//! 1, 2 and 8 tokens, the quantized formats at 1) but ran the decode 5-6.5% slower, so fusion
+//! is off unless asked for ([`FUSE_DEFAULT`]).
 
 use super::super::gemm::{DensePath, GemvIn};
 use super::{CudaBackend, CudaTensor};
@@ -13,17 +15,26 @@ use crate::backend::{unfused_input, MatIn, MatOut};
 use anyhow::{bail, Result};
 
 /// The environment variable that turns the fused GEMV inputs and decode attention's fused
-/// rope prologue (`rope_attention`) off (`0`) or on (`1`, the default), read once when a
+/// rope prologue (`rope_attention`) on (`1`) or off (`0`, the default), read once when a
 /// `CudaBackend` starts.
 pub const FUSE_ENV: &str = "FLINT_FUSE";
 
-/// `FLINT_FUSE`'s value: `0` or `1` (empty: the default, on); anything else is an error
-/// naming the choices.
+/// Whether a backend starts fused when `FLINT_FUSE` is unset: no. On the H200
+/// (bench/results/2026-11-28-h200-core) `tg128+graphs+unfused` ran 6.5% faster than the
+/// fused `tg128+graphs` at batch 1 (213.5 against 200.4 tok/s) and 5% at batch 32: each fused
+/// GEMV recomputes its norm or act·mul per CTA before its first product, which lengthens
+/// exactly the latency a one-token GEMV is bound by, by more than the ~2-3 µs kernel and
+/// boundary it saves (bench/NOTES.md, prediction 10's outcome).
+pub const FUSE_DEFAULT: bool = false;
+
+/// `FLINT_FUSE`'s value: `0` or `1` (empty: the default, [`FUSE_DEFAULT`]); anything else is
+/// an error naming the choices.
 pub fn parse_fuse(v: &str) -> Result<bool> {
     match v.trim() {
-        "" | "1" => Ok(true),
+        "" => Ok(FUSE_DEFAULT),
+        "1" => Ok(true),
         "0" => Ok(false),
-        other => bail!("{FUSE_ENV}={other:?}: expected 0 (unfused: rms_norm, act_mul and rope_kv_write kernels) or 1 (fused into the GEMVs and decode attention, the default)"),
+        other => bail!("{FUSE_ENV}={other:?}: expected 0 (unfused: rms_norm, act_mul and rope_kv_write kernels, the default) or 1 (fused into the GEMVs and decode attention)"),
     }
 }
 
@@ -144,7 +155,7 @@ mod tests {
     #[test]
     fn fuse_switch_parses_and_rejects_with_the_choices() {
         assert!(parse_fuse("1").unwrap());
-        assert!(parse_fuse("").unwrap());
+        assert!(!parse_fuse("").unwrap(), "unset is unfused (FUSE_DEFAULT)");
         assert!(!parse_fuse(" 0 ").unwrap());
         let e = parse_fuse("yes").unwrap_err().to_string();
         assert!(e.contains("FLINT_FUSE") && e.contains("expected 0"), "{e}");
