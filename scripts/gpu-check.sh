@@ -16,12 +16,12 @@
 # $OUT/gpu-check.md, a short summary with the table that it also prints last (so the reply's
 # output tail holds it). Steps, most important first, each with its own timeout; the last
 # step of a part gets what the others left of 555 s (the tool's call limit is 600 s):
-#   selftest 150 s, bench-ops 65 s, bench (pp512, pp2048, tg128 at b1/b32, eager and from
-#   CUDA graphs, each also with PDL on sm_90+, and graphs without the fused GEMV inputs
-#   (`--unfused`)) 135 s, MoE layer bench 40 s, peers micro 55 s,
+#   selftest 150 s, bench-ops 110 s, bench (pp512, pp2048, tg128 at b1/b32, eager and from
+#   CUDA graphs, each also with PDL on sm_90+, and graphs with the fused GEMV inputs on and
+#   off (`--unfused`)) 135 s, MoE layer bench 40 s, int4 decode b1 90 s, peers micro 55 s,
 #   peers e2e (transformers + torch.compile, ~90 s per decode batch size) up to 300 s,
-#   report ~5 s. On an H200 the first five took 190 s in all (bench 84 s, ~65 s of it the
-#   8B model's load, before the four PDL rows, ~3 s each, were added).
+#   report ~5 s. On the H200 (2026-11-28) the part took 331 s: selftest 120, bench-ops 46
+#   (its budget: 45), bench 40, MoE 8, peers micro 15, peers e2e 95.
 # Without $OUT (by hand), it writes to ./gpu-check-out/.
 #
 # Two parts, one per device call (one call cannot hold both):
@@ -263,8 +263,10 @@ else
 step selftest 150 "$flint" selftest --json "$log/selftest.json" --fixtures "$here/fixtures" --quant-fixtures "$here/quant_fixtures"
 selftest_rc="$(cat "$log/selftest.rc")"
 # Kernel-level timings (issue 7): stops starting cases after --budget-s, then ends the one
-# in flight (the slowest, prefill attention at 16k tokens, takes a few seconds).
-step bench_ops 65 "$flint" bench-ops -o json --budget-s 45 --case-s 0.25
+# in flight (the slowest, prefill attention at 16k tokens, takes a few seconds). 45 s ended
+# before the decode-attention, MoE and tensor-core prefill rows on the H200 (2026-11-28,
+# with the quantized rows added), while the whole part took 331 of its 555 s.
+step bench_ops 110 "$flint" bench-ops -o json --budget-s 90 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
 pdl="$(pdl_flag)"
@@ -274,6 +276,9 @@ step bench 135 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 
 # Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
 # dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).
 step bench_moe_layer 40 "$flint" bench --device cuda --moe-layer -m synthetic:mixtral-8x7b -r 3 -o csv
+# Issue 5's headline (int4 decode >= 3x bf16 at batch 1), beside the bf16 rows above: the
+# serve part has all formats and batch sizes, but has not run since 777494c.
+step bench_tg_int4 90 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1 -r 3 -o csv --quant int4 --cuda-graphs
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1
