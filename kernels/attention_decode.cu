@@ -1,8 +1,8 @@
 // attention_decode.cu — decode attention: one new token per sequence against its paged cache,
 // the keys split across CTAs (flash-decoding), the splits merged by log-sum-exp in the same
-// launch by the last split CTA of each (sequence, kv head) to finish. UNVERIFIED ON A GPU
-// (the split merge in one launch is newer than the H200 run, which had a reduce kernel): its
-// source runs on the host against float64 (tests/attention_emulation, CTAs in both orders).
+// launch by the last split CTA of each (sequence, kv head) to finish. It passed flint selftest on an H200 (2026-11-28, commit 7c3918d)
+// (split cases included); its source also runs on the host against float64
+// (tests/attention_emulation, CTAs in both orders). Its speed is not yet measured.
 //
 // attention_decode_bf16_hd{16,32,64,128,256}(AttentionParams p)   (kernels/attention/params.h)
 //   q, k_cache, v_cache, metadata, scale, softcap, window: as attention_prefill.cu; every

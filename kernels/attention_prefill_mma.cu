@@ -35,8 +35,8 @@
 // hd 256: K, V 32 x 264 + q 16 x 264 = 41.3 KiB. ptxas: 168 registers at hd 128 on sm_80..90a
 // (__launch_bounds__(128, 3): 3 CTAs = 12 warps per SM where smem allows, sm_80 and sm_90; left
 // alone sm_86/89 took 200), 238 at hd 256, no spills.
-// STATUS: UNVERIFIED on a GPU — Q in registers, the cp.async pipeline and ldmatrix are
-// checked by the host emulation only (tests/attention_emulation; cp.async is a synchronous
+// STATUS: this version passed flint selftest on an H200 (2026-11-28, commit 7c3918d) (`attention_mma`); Q in registers, the
+// cp.async pipeline and ldmatrix are also checked by the host emulation (tests/attention_emulation; cp.async is a synchronous
 // copy there, so it checks the indexing and the barrier order, not the asynchrony); the
 // 16-row single-warp version (synchronous loads, scalar fragments) passed flint selftest on
 // an H200.

@@ -10,8 +10,9 @@
 //   gemv_bf16_act_t<T>    x = gate|up [T, 2K] staged as act(gate) * up (ACT_MUL)
 //   any of them with p.fuse.add_to_out: out = bf16(out + bf16(x . w + bias)) (residual add)
 // The fused modes (gemv/fuse.cuh) take the place of rms_norm.cu and act_mul.cu kernels
-// between decode GEMVs, with those kernels' roundings. UNVERIFIED on a GPU: compiled,
-// register-checked and run on the host emulation (tests/fused_gemv_emulation) only.
+// between decode GEMVs, with those kernels' roundings. They passed flint selftest on an H200 (2026-11-28, commit 7c3918d) (and
+// run on the host emulation, tests/fused_gemv_emulation) but made the decode slower there:
+// off unless FLINT_FUSE=1 (src/backend/cuda/matmul.rs says why).
 //
 // At T <= 8 the product is memory-bound (<= 8 FLOP per weight byte against ~300 at the H100's
 // ridge), so the kernel's job is to stream every weight byte from HBM exactly once, with

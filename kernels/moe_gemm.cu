@@ -4,8 +4,8 @@
 //
 // moe_{gate_up_bf16_<act>, down_bf16}(MoeGemmParams) — grouped GEMM, one launch for every
 //   expert, on mma.sync m16n8k16 (bf16 in, f32 accumulate; kernels/mma.cuh). STATUS:
-//   UNVERIFIED on a GPU (compiled, register-checked, and run lane-exactly on the host
-//   emulation only). Grid = (max_tiles, ceil(n_dim / BN)), BN = 128 columns (gate_up) or 256
+//   passed flint selftest on an H200 (2026-11-28, commit 7c3918d) (`moe_experts`); also run
+//   lane-exactly on the host emulation. Grid = (max_tiles, ceil(n_dim / BN)), BN = 128 columns (gate_up) or 256
 //   (down); a CTA whose tile has no expert (-1) exits at once, so experts with no tokens cost
 //   one early-exit CTA per empty tile slot and read no weights. A CTA takes a PAIR of its
 //   expert's 64-row dispatch tiles (128 rows: the CTA of an even-rank tile takes it and the
@@ -44,7 +44,7 @@
 // Versions: 1. simple staged loads; 2. cp.async double-buffered K loop in the grouped GEMM;
 // 3. quantized experts decoded in the grouped GEMM's main loop (was: a dequantize pass into
 // an E x 2I x D bf16 scratch, 1.9 GB at Mixtral-8x7B, then the bf16 GEMM); 4. (now, branch
-// moegemm, UNVERIFIED on a GPU) the bf16 grouped GEMM on mma.sync + ldmatrix, 128 x 256-row
+// moegemm; correct on an H200 2026-11-28) the bf16 grouped GEMM on mma.sync + ldmatrix, 128 x 256-row
 // CTA tiles (pairs of dispatch tiles) of 8 warps, 4 cp.async stages, swizzled smem (was:
 // 64 x 64 wmma tiles of 4 warps, 2 stages, 18.7 ms for a Mixtral layer at 4096 tokens on an
 // H200 against torch's 6.0 ms; bench/NOTES.md prediction 14). The quantized grouped GEMM

@@ -2,8 +2,8 @@
 // codes dequantized in registers inside the main loop (each code read from global memory once:
 // no bf16 copy of the weight). Same layout and the same value per weight as quant_gemv.cu and
 // the CPU reference (quant/params.h, quant/dequant.cuh), rounded to bf16 for the mma's A
-// operand, as the dequantize + cuBLASLt path rounds it. UNVERIFIED on a GPU: compiled,
-// register-checked and run on the CPU host emulation (tests/quant_mma_emulation) only.
+// operand, as the dequantize + cuBLASLt path rounds it. Correct on a GPU: passed flint selftest on an H200 (2026-11-28, commit 7c3918d); also run
+// on the CPU host emulation (tests/quant_mma_emulation). Its speed: bench/NOTES.md prediction 11.
 //
 //   quant_mma_<i8|i4|fp8>_t<8|16|32|64>(QuantMmaParams p)   one scale group per k16 step
 //   quant_mma_<i8|i4|fp8>_any(QuantMmaParams p)              g_idx, or group % 16 != 0 (slow)

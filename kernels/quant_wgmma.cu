@@ -4,9 +4,10 @@
 // int8 / int4 / fp8 weights without writing a bf16 copy of them (the dequantize + cuBLASLt
 // path writes and reads 4 bytes per weight per prefill). Same layout and the same value per
 // weight as quant_mma.cu, quant_gemv.cu and the CPU reference (quant/params.h): the
-// reference's exact f32 value, rounded once to bf16. STATUS: UNVERIFIED on a GPU (compiled,
-// register-checked, and run on the host emulation, tests/quant_mma_emulation, whose
-// register-A wgmma takes each lane's registers in PTX's fragment layout).
+// reference's exact f32 value, rounded once to bf16. STATUS: passed flint selftest on an H200 (2026-11-28, commit 7c3918d) (forced
+// at 65 and 300 tokens, the lm_head cases); also run on the host emulation,
+// tests/quant_mma_emulation, whose register-A wgmma takes each lane's registers in PTX's
+// fragment layout. Its speed: bench/NOTES.md prediction 19.
 //
 //   quant_wgmma_<i8|i4|fp8>_t<128|256>(QuantMmaParams p)   uniform scales (no g_idx, group %
 //   16 == 0), K % 32 == 0; grid (ceil(N / 128), ceil(T / TOK), splits), 256 threads,

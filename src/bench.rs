@@ -294,7 +294,7 @@ fn run_cases<B: Backend>(
         };
         let secs = match timed(&mut bufs) {
             Ok(s) => s,
-            // Graphs are unverified on a GPU so far, PDL too: a failure costs the row, not
+            // A graph or PDL failure (on a card they have not run on) costs the row, not
             // the run.
             Err(e) if graphs || pdl => {
                 be.clear_graphs();

@@ -8,7 +8,7 @@
 //!   cuBLASLt's speed, so 2..=8 tokens run it only when forced.
 //!   Its `_norm` / `_act` kernels stage a computed x (the pre-norm, act·mul: [`GemvIn`]) and
 //!   any of them can add into out (the residual stream); backend/cuda/matmul.rs decides where
-//!   (UNVERIFIED on a GPU).
+//!   (correct on an H200, slower there: off by default).
 //! - **cuBLASLt** for everything else, with a plan cache: the matmul descriptor, the three
 //!   layouts and the heuristic's algorithm are built once per (T, N, K, bias, alignment) and
 //!   reused, so a call is one `cublasLtMatmul` (cudarc's `CudaBlasLT::matmul` rebuilds all of

@@ -1,7 +1,8 @@
-//! Quantized weights on the GPU. The layout and the first GEMV passed `flint selftest`'s
-//! `quant matmul` cases on an H200 (2026-11-27) but decoded slower than bf16; the GEMV that
-//! replaced it (x staged in shared memory, 2 rows per warp) and the mma GEMM for 2..=64
-//! tokens (kernels/quant_mma.cu) are UNVERIFIED on a GPU.
+//! Quantized weights on the GPU. Every kernel here (the GEMV with x staged in shared memory,
+//! the mma GEMM for 2..=64 tokens, the sm_90a wgmma GEMM, the dequantize pass) passed `flint
+//! selftest` on an H200 (2026-11-28, commit 7c3918d); none is yet faster than bf16 where it
+//! should be (bench/NOTES.md predictions 6, 11, 19), and the dequantize pass was rewritten
+//! after that run (UNVERIFIED on a GPU: bit-exact in tests/fused_gemv_emulation).
 //!
 //! Device layout (see `kernels/quant/params.h`): the codes exactly as `QuantWeight` holds
 //! them (row-major along K, which is already what a GEMV wants: each warp streams its rows with
@@ -15,14 +16,14 @@
 //! `quant_gemv_<fmt>_t1` (one launch per linear layer; fused q|k|v and gate|up are one
 //! weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
 //! in its main loop, split-K planned by [`mma_plan`] into a workspace allocated once, then
-//! `quant_mma_reduce_f32`; UNVERIFIED on a GPU) when K % 32 == 0, else GEMV passes of 8 tokens
+//! `quant_mma_reduce_f32`) when K % 32 == 0, else GEMV passes of 8 tokens
 //! up to [`gemv_passes_max`]; on sm_90, 65..=[`WGMMA_DEFAULT_MAX_TOKENS`] tokens run
 //! `quant_wgmma_<fmt>_t<TOK>` (kernels/quant_wgmma.cu: the codes decoded into a register-A
-//! wgmma, [`wgmma_plan`]; UNVERIFIED on a GPU) when the scales are uniform; more tokens
+//! wgmma, [`wgmma_plan`]) when the scales are uniform; more tokens
 //! dequantize into a grow-only bf16 scratch with `quant_dequant_<fmt>` and run cuBLASLt on
 //! it. Only `matmul` reads a quantized weight.
 //! The GEMV takes a fused input (the pre-norm or act·mul staged in the kernel, `GemvIn`) and
-//! can add into its output (the residual stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are UNVERIFIED on a GPU; where
+//! can add into its output (the residual stream); those kernels (`quant_gemv_<fmt>_{norm,act}[_t1]`) are correct on an H200; where
 //! they run is decided in matmul.rs.
 
 use super::backend::{CudaBackend, CudaTensor};
