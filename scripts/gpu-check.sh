@@ -47,6 +47,10 @@
 #                                   # ceilings 30 s, flint bench (pp2048, tg128 b1/b32 from
 #                                   # graphs, with PDL where it works) 120 s, then transformers + torch.compile (TTFT and
 #                                   # decode b1/b32) with the rest of the 555 s; peers.md.
+#   bash gpu-bundle/run.sh profile  # Nsight Compute (ncu) on one launch each of the bf16
+#                                   # GEMV, the int4 GEMV / mma / wgmma / dequantize and the
+#                                   # MoE gather-GEMV, up to 90 s each; reports under
+#                                   # $OUT/profile/<kernel>.txt.
 # Run "core" on the first lent GPU; "serve", "sanitize" and "peers" when core has run on a
 # card. Any part takes `--budget-s N` after its name (e.g. `run.sh sanitize --budget-s 200`):
 # it then ends within N seconds instead of 555, every step's limit cut to what is left, so a
@@ -103,9 +107,9 @@ cat >"$bundle/run.sh" <<'RUN'
 set -uo pipefail
 part="${1:-core}"
 case "$part" in
-core | serve | sanitize | peers) echo "gpu-check: part $part" ;;
+core | serve | sanitize | peers | profile) echo "gpu-check: part $part" ;;
 *)
-    echo "run.sh: unknown part '$part' (core, serve, sanitize or peers)" >&2
+    echo "run.sh: unknown part '$part' (core, serve, sanitize, peers or profile)" >&2
     exit 2
     ;;
 esac
@@ -245,6 +249,31 @@ else
     echo 127 >"$log/peers_e2e.rc"
 fi
 selftest_rc=0 # no selftest in this part: the core part checks correctness
+elif [ "$part" = profile ]; then
+# Nsight Compute over the kernels whose measured speed no count explains (bench/NOTES.md
+# predictions 6, 11, 18, 19, 20), with the bf16 GEMV that reaches its floor as the reference:
+# one launch each (after 2 warm-up launches), the sections that tell latency from issue from
+# occupancy from bytes. Each runs the bench-ops group holding the kernel with tiny cases.
+ncu_bin="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
+if [ -z "$ncu_bin" ]; then
+    echo "no ncu on this machine" >"$log/profile.err"
+    echo 127 >"$log/profile.rc"
+else
+    mkdir -p "$out/profile"
+    for spec in gemv_bf16_t1:proj quant_gemv_i4_t1:quant quant_mma_i4_t8:quant quant_wgmma_i4_t128:quant \
+        quant_dequant_i4:quant moe_gemv_gate_up_bf16_silu:moe; do
+        kernel="${spec%%:*}" group="${spec##*:}"
+        step "profile_$kernel" "$(left_or 90)" "$ncu_bin" --kernel-name "$kernel" --launch-skip 2 --launch-count 1 \
+            --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+            --section SchedulerStats --section MemoryWorkloadAnalysis \
+            "$flint" bench-ops --only "$group" -o json --budget-s 30 --case-s 0.01
+        # ncu's report is on stdout, after the bench's rows.
+        grep -v '^{' "$log/profile_$kernel.out" >"$out/profile/$kernel.txt" || true
+        tail -20 "$log/profile_$kernel.err" >>"$out/profile/$kernel.txt"
+    done
+    echo 0 >"$log/profile.rc"
+fi
+selftest_rc=0 # no selftest in this part
 elif [ "$part" = serve ]; then
 # The full selftest (about 65 s on an H200): correctness first on every card, whatever ran
 # before on another.
@@ -397,6 +426,21 @@ probe = read("pdl_probe.out")
 if probe is not None:
     report["pdl_probe"] = probe[-1000:]
     md.append("pdl: benches ran with --pdl" if ",tg2+pdl," in probe else f"pdl: benches ran without --pdl: {probe.strip()[-300:]}")
+# The profile part: a few headline metrics per kernel (the whole reports are in profile/).
+for name in sorted(f[:-3] for f in os.listdir(log) if f.startswith("profile_") and f.endswith(".rc")):
+    st = stepinfo(name, None)
+    text = read_out(os.path.join("profile", name[len("profile_"):] + ".txt")) or ""
+    keys = ("Duration", "Memory Throughput", "DRAM Throughput", "Compute (SM) Throughput", "Registers Per Thread",
+            "Achieved Occupancy", "Theoretical Occupancy", "Issue Slots Busy", "No Eligible", "Warp Cycles Per Issued Instruction")
+    got = []
+    for l in text.splitlines():
+        t = l.strip()
+        for key in keys:
+            if t.startswith(key):
+                got.append(" ".join(t.split()))
+                break
+    report[name] = dict(st, result=got)
+    md.append(f"{name}: exit {st['exit']} after {st['seconds']} s: " + ("; ".join(got) or st["stderr_tail"][-300:] or text[-300:]))
 for k in ("racecheck", "memcheck_e2e"):
     if ran(k):
         r = report[k]
