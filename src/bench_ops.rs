@@ -13,6 +13,10 @@
 //! - `proj_<name>_t<T>_gemv` and `_cublaslt` (T = 1, 2, 4, 8): the same product forced onto
 //!   each path, after the default rows, so one run times both where they compete (and the
 //!   GEMV's crossover can move with the numbers);
+//! - `fuse_<name>_t1_{fused,unfused}` (qkv, gate_up, down): one decode GEMV with its computed
+//!   input as the model runs it: the pre-norm (q|k|v, gate|up) or act·mul of gate|up with the
+//!   residual add (down), fused into the GEMV (`FLINT_FUSE=1`) or by its own kernel first:
+//!   which fusion cost the decode the 6.5% measured end to end (bench/NOTES prediction 10);
 //! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down; fmt int8 per channel, int4 sym g128, fp8
 //!   per channel; T = 1 on the GEMV, the decode path, and T = 8, 32 on each path: gemv, mma,
 //!   dequant, each forced with `set_quant_path`; int4 and int8 at T = 128, 512 on mma, wgmma
@@ -51,7 +55,9 @@
 use crate::backend::cuda::attention::PrefillPath;
 use crate::backend::cuda::quant::QuantForce;
 use crate::backend::cuda::{moe_path, CudaBackend, CudaKvCache, CudaTensor, DensePath, MoePath};
-use crate::backend::{AttnParams, Backend, KvShape, MoeExperts, MoeRouting, SeqStep, StepInput};
+use crate::backend::{
+    AttnParams, Backend, KvShape, MatIn, MatOut, MoeExperts, MoeRouting, SeqStep, StepInput,
+};
 use crate::config::Activation;
 use crate::sampling::Rng;
 use anyhow::{bail, Result};
@@ -94,6 +100,10 @@ pub const PROJECTIONS: &[(&str, usize, usize)] = &[
 pub const PREFILL_TOKENS: &[usize] = &[1024, 4096, 16384];
 pub const DECODE_BATCH: &[usize] = &[1, 32, 128];
 pub const DECODE_CTX: &[usize] = &[1024, 8192, 32768];
+/// The decode GEMVs whose input can be fused (`FLINT_FUSE`), each timed both ways at one
+/// token (`fuse_<name>_t1_{fused,unfused}`): q|k|v and gate|up with their pre-norm, down with
+/// act·mul and the residual add.
+pub const FUSE_PROJECTIONS: &[&str] = &["qkv", "gate_up", "down"];
 /// (batch, context) of the `decode_rope_attn_*` rows: each fused and unfused.
 pub const DECODE_ROPE: [(usize, usize); 3] = [(1, 1024), (1, 8192), (32, 8192)];
 /// Mixtral-8x7B's MoE layer (peers.py's `moe_*` cases): experts, top-k, expert intermediate.
@@ -142,6 +152,15 @@ pub enum Case {
     Moe {
         tokens: usize,
         mma: bool,
+    },
+    /// A decode GEMV (one token, bf16) with its computed input: the pre-norm (q|k|v,
+    /// gate|up) or act·mul of gate|up plus the residual add (down), fused into the GEMV or
+    /// (unfused) by the rms_norm / act_mul kernel first, as the model runs it either way.
+    Fused {
+        name: &'static str,
+        n: usize,
+        k: usize,
+        fused: bool,
     },
     /// A quantized projection on a forced path.
     Quant {
@@ -192,7 +211,7 @@ impl Case {
         match self {
             Case::Copy { .. } => "copy",
             Case::Gemm { id, .. } if id.starts_with("gemm") => "gemm",
-            Case::Gemm { .. } => "proj",
+            Case::Gemm { .. } | Case::Fused { .. } => "proj",
             Case::Prefill { .. } => "prefill",
             Case::Decode { .. } | Case::DecodeRope { .. } => "decode",
             Case::Moe { .. } => "moe",
@@ -215,6 +234,10 @@ impl Case {
                 if *fused { "fused" } else { "unfused" }
             ),
             Case::Moe { tokens, mma } => format!("moe_t{tokens}{}", if *mma { "_mma" } else { "" }),
+            Case::Fused { name, fused, .. } => format!(
+                "fuse_{name}_t1_{}",
+                if *fused { "fused" } else { "unfused" }
+            ),
         }
     }
 
@@ -242,6 +265,21 @@ impl Case {
             Case::Quant {
                 t, n, k, fmt, path, ..
             } => format!("[{t}, {k}] x [{n}, {k}]^T {fmt}, {} forced", path.name()),
+            Case::Fused { name, n, k, fused } => {
+                let input = if *name == "down" {
+                    "act·mul of gate|up, residual add"
+                } else {
+                    "rms_norm"
+                };
+                format!(
+                    "[1, {k}] x [{n}, {k}]^T, {input} {}",
+                    if *fused {
+                        "in the GEMV"
+                    } else {
+                        "by its own kernel"
+                    }
+                )
+            }
             Case::Moe { tokens, mma } => {
                 let path = match (moe_path(*tokens), mma) {
                     (MoePath::Gemv, _) => "gemv",
@@ -284,6 +322,15 @@ impl Case {
                 let codes = if fmt == "int4" { n * k / 2 } else { n * k };
                 codes + 4 * n * quant_groups(fmt, k) + 2 * (t * k + t * n)
             }
+            // The weight, the input (gate|up: twice K), the norm weight, out (down: read and
+            // written, the residual add).
+            Case::Fused { name, n, k, .. } => {
+                if name == "down" {
+                    2 * (n * k + 2 * k + 2 * n)
+                } else {
+                    2 * (n * k + 2 * k + n)
+                }
+            }
             Case::Moe { .. } => unreachable!("returned above"),
         };
         b as f64
@@ -296,6 +343,7 @@ impl Case {
             Case::Gemm { t, n, k, .. } | Case::Quant { t, n, k, .. } => {
                 2.0 * t as f64 * n as f64 * k as f64
             }
+            Case::Fused { n, k, .. } => 2.0 * n as f64 * k as f64,
             Case::Prefill { tokens, .. } => {
                 let pairs = tokens as f64 * (tokens as f64 + 1.0) / 2.0;
                 4.0 * (HEADS * HEAD_DIM) as f64 * pairs
@@ -356,6 +404,14 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                         k,
                         path: Some(path),
                     });
+                }
+            }
+        }
+        // Each fusable decode GEMV fused and unfused (what FLINT_FUSE moves, per kernel).
+        for &(name, n, k) in PROJECTIONS {
+            if FUSE_PROJECTIONS.contains(&name) {
+                for fused in [true, false] {
+                    v.push(Case::Fused { name, n, k, fused });
                 }
             }
         }
@@ -624,10 +680,71 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             t
         }
         Case::Moe { tokens, mma } => moe_case(be, pattern, tokens, mma, case_s),
+        Case::Fused { name, n, k, fused } => {
+            let was = be.fuse();
+            be.set_fuse(fused)?;
+            let t = fused_case(be, pattern, name == "down", (n, k), case_s);
+            be.set_fuse(was)?;
+            t
+        }
         Case::Quant {
             t, n, k, fmt, path, ..
         } => quant_case(be, pattern, (t, n, k), fmt, path, case_s),
     }
+}
+
+/// One decode GEMV with a computed input, fused or not as the backend is set: q|k|v and
+/// gate|up take `MatIn::Norm` and write; down (`act`) takes `MatIn::ActMul` of a [1, 2k]
+/// gate|up and adds into out. A row that would not run the way it is named is an error.
+fn fused_case(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    act: bool,
+    (n, k): (usize, usize),
+    case_s: f64,
+) -> Result<Timing> {
+    let ws = (0..copies_for(2 * n * k))
+        .map(|_| filled(be, pattern, n, k))
+        .collect::<Result<Vec<_>>>()?;
+    if be.fuses_input(&ws[0], 1) != be.fuse() {
+        bail!(
+            "the backend would {}fuse this GEMV's input",
+            if be.fuse() { "not " } else { "" }
+        );
+    }
+    let x = filled(be, pattern, 1, if act { 2 * k } else { k })?;
+    let nw = filled(be, pattern, 1, k)?;
+    let mut scratch = be.alloc(1, k)?;
+    scratch.rows = 1;
+    let mut out = filled(be, pattern, 1, n)?;
+    time_op(be, case_s, |i| {
+        let w = &ws[i % ws.len()];
+        if act {
+            be.matmul_ex(
+                MatIn::ActMul {
+                    gate_up: &x,
+                    act: Activation::Silu,
+                    scratch: &mut scratch,
+                },
+                w,
+                None,
+                MatOut::AddTo(&mut out),
+            )
+        } else {
+            be.matmul_ex(
+                MatIn::Norm {
+                    x: &x,
+                    w: &nw,
+                    eps: 1e-5,
+                    offset: 0.0,
+                    scratch: &mut scratch,
+                },
+                w,
+                None,
+                MatOut::Write(&mut out),
+            )
+        }
+    })
 }
 
 /// A quantized `[n, k]` weight of random host values (std 1/√k), quantized as [`QUANT_FMTS`]
@@ -872,7 +989,7 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 42 + 32 + 3 + 9 + 6 + 4 + 2 + 3);
+        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 6 + 42 + 32 + 3 + 9 + 6 + 4 + 2 + 3);
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
         assert_eq!(quant.len(), 42 + 32);
@@ -922,6 +1039,24 @@ mod tests {
             .iter()
             .any(|c| c.id() == "proj_down_t8_cublaslt" && c.shape().ends_with("cublaslt forced")));
         assert!(!ids.contains(&"proj_o_t64_cublaslt".to_string()));
+        // The fused/unfused GEMV pairs close the proj group, fused first.
+        assert_eq!(
+            pos("fuse_qkv_t1_fused"),
+            pos("proj_lm_head_t8_cublaslt") + 1
+        );
+        assert_eq!(pos("fuse_down_t1_unfused"), pos("fuse_qkv_t1_fused") + 5);
+        let down = &all[pos("fuse_down_t1_fused")];
+        assert_eq!(
+            (down.group(), down.flops()),
+            ("proj", 2.0 * 4096.0 * 14336.0)
+        );
+        assert!(down
+            .shape()
+            .ends_with("act·mul of gate|up, residual add in the GEMV"));
+        assert_eq!(
+            down.bytes(),
+            (2 * (4096 * 14336 + 2 * 14336 + 2 * 4096)) as f64
+        );
         assert!(ids.contains(&"decode_attn_b128_c32768".to_string()));
         // MoE after the other cases, before the tensor-core prefill; peers.py's token counts.
         assert_eq!(pos("moe_t8"), pos("decode_rope_attn_b32_c8192_unfused") + 1);
