@@ -253,20 +253,22 @@ elif [ "$part" = profile ]; then
 # Nsight Compute over the kernels whose measured speed no count explains (bench/NOTES.md
 # predictions 6, 11, 18, 19, 20), with the bf16 GEMV that reaches its floor as the reference:
 # one launch each (after 2 warm-up launches), the sections that tell latency from issue from
-# occupancy from bytes. Each runs the bench-ops group holding the kernel with tiny cases.
+# occupancy from bytes (and the fused GEMVs beside the plain one: prediction 10). Each runs
+# the bench-ops group holding the kernel with tiny cases.
 ncu_bin="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
 if [ -z "$ncu_bin" ]; then
     echo "no ncu on this machine" >"$log/profile.err"
     echo 127 >"$log/profile.rc"
 else
     mkdir -p "$out/profile"
-    for spec in gemv_bf16_t1:proj quant_gemv_i4_t1:quant quant_mma_i4_t8:quant quant_wgmma_i4_t128:quant \
-        quant_dequant_i4:quant moe_gemv_gate_up_bf16_silu:moe; do
+    # Most wanted first (a later one may find the part's time spent).
+    for spec in gemv_bf16_t1:proj quant_gemv_i4_t1:quant quant_mma_i4_t8:quant moe_gemv_gate_up_bf16_silu:moe \
+        gemv_bf16_norm_t1:proj gemv_bf16_act_t1:proj quant_dequant_i4:quant quant_wgmma_i4_t128:quant; do
         kernel="${spec%%:*}" group="${spec##*:}"
         step "profile_$kernel" "$(left_or 90)" "$ncu_bin" --kernel-name "$kernel" --launch-skip 2 --launch-count 1 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section MemoryWorkloadAnalysis \
-            "$flint" bench-ops --only "$group" -o json --budget-s 30 --case-s 0.01
+            "$flint" bench-ops --only "$group" -o json --budget-s 60 --case-s 0.01
         # ncu's report is on stdout, after the bench's rows.
         grep -v '^{' "$log/profile_$kernel.out" >"$out/profile/$kernel.txt" || true
         tail -20 "$log/profile_$kernel.err" >>"$out/profile/$kernel.txt"
