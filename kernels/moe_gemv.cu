@@ -39,8 +39,11 @@
 //   column each (x read from global memory, no shared memory); each lane streams 16 bytes of packed codes per load
 //   (16 int8 / fp8 or 32 int4 codes), decodes them with quant/dequant.cuh (shared with
 //   quant_gemv.cu) to the reference's exact f32 value and accumulates in f32.
+//   Each lane's chunks of a row are software-pipelined: the next chunk's 16 bytes (of each
+//   row) are loaded before the current one is decoded, so a load per row stays in flight while
+//   the lane decodes (before, each chunk's load was consumed before the next was issued).
 //   The _t1 kernels take one token a pass (single-token steps: fewer registers, more loads
-//   in flight per SM).
+//   in flight per SM). UNVERIFIED on a GPU since the pipelining (emulated and compiled only).
 //
 // Minimum arch sm_80. tests/moe_emulation compiles this file for the host (FLINT_EMULATE) and
 // checks every kernel against a double-precision reference.
@@ -222,18 +225,15 @@ __device__ void gather_gemv(const MoeGemmParams &p) {
 // ---------------------------------------------------------------------------------------
 // Quantized experts (int8, int4 sym/asym with or without act-order g_idx, fp8)
 
-// One 16-byte chunk c of a quantized gate (and up) row: decode its codes (UNIFORM: one
-// scale/zero for the chunk; else a lookup per code) and accumulate x . w for every slot.
+// One 16-byte chunk c of a quantized gate (and up) row, its codes already loaded (raw0, and
+// raw1 when GATED): decode them (UNIFORM: one scale/zero for the chunk; else a lookup per
+// code) and accumulate x . w for every slot.
 template <int F, bool GATED, bool UNIFORM, int TOK>
 __device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQuantWeight &q, const quant::Row &w0,
-                                            const quant::Row &w1, int c, const int (&tok)[TOK], float (&acc0)[TOK],
-                                            float (&acc1)[TOK]) {
+                                            const quant::Row &w1, int c, const uint4 &raw0, const uint4 &raw1,
+                                            const int (&tok)[TOK], float (&acc0)[TOK], float (&acc1)[TOK]) {
     constexpr int C = quant::Chunk<F>::CODES;
     const int K = p.k_dim;
-    // Streamed once: evict-first.
-    const uint4 raw0 = __ldcs(reinterpret_cast<const uint4 *>(w0.codes) + c);
-    uint4 raw1 = raw0;
-    if (GATED) raw1 = __ldcs(reinterpret_cast<const uint4 *>(w1.codes) + c);
     const int k0 = c * C;
     float s0 = 0.0f, z0 = 0.0f, s1 = 0.0f, z1 = 0.0f;
     if (UNIFORM) {
@@ -272,7 +272,32 @@ __device__ __forceinline__ void quant_chunk(const MoeGemmParams &p, const MoeQua
     }
 }
 
-// Gather-GEMV on quantized experts: gather_gemv's grid and token loop, with each selected
+// A lane's chunks lane, lane + 32, ... < chunks of a quantized gate (and up) row, software-
+// pipelined: the next chunk's codes (of each row; streamed once: evict-first) are loaded
+// before the current one is decoded, so a load per row is always in flight while the lane
+// decodes, and the decode is not duplicated (an unrolled batch of two chunks spilled int4).
+template <int F, bool GATED, bool UNIFORM, int TOK>
+__device__ __forceinline__ void quant_chunks(const MoeGemmParams &p, const MoeQuantWeight &q, const quant::Row &w0,
+                                             const quant::Row &w1, int lane, int chunks, const int (&tok)[TOK],
+                                             float (&acc0)[TOK], float (&acc1)[TOK]) {
+    const uint4 *c0p = reinterpret_cast<const uint4 *>(w0.codes);
+    const uint4 *c1p = reinterpret_cast<const uint4 *>(w1.codes);
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    uint4 next0 = lane < chunks ? __ldcs(c0p + lane) : zero;
+    uint4 next1 = GATED && lane < chunks ? __ldcs(c1p + lane) : zero;
+    for (int c = lane; c < chunks; c += WARP_SIZE) {
+        const uint4 raw0 = next0, raw1 = next1;
+        const int cn = c + WARP_SIZE;
+        if (cn < chunks) {
+            next0 = __ldcs(c0p + cn);
+            if (GATED) next1 = __ldcs(c1p + cn);
+        }
+        quant_chunk<F, GATED, UNIFORM, TOK>(p, q, w0, w1, c, raw0, GATED ? raw1 : raw0, tok, acc0, acc1);
+    }
+}
+
+// Gather-GEMV on quantized experts: 4 warps of one output column (x read from global memory,
+// TOK tokens a pass over the tile's rows), with each selected
 // weight row streamed once in 16-byte loads of packed codes (16 int8 / fp8 or 32 int4 codes
 // per lane-load, every code read once per pass), dequantized in registers to the reference's
 // exact f32 value, f32 accumulate. One scale (and zero) per chunk when no g_idx and the group
@@ -319,11 +344,9 @@ __device__ void quant_gather_gemv(const MoeQuantGemmParams &qp) {
         if (vec) {
             // Two copies of the chunk loop, so each keeps only its own scale path live.
             if (uniform) {
-                for (int c = lane; c < rb / 16; c += WARP_SIZE)
-                    quant_chunk<F, GATED, true, TOK>(p, q, w0, w1, c, tok, acc0, acc1);
+                quant_chunks<F, GATED, true, TOK>(p, q, w0, w1, lane, rb / 16, tok, acc0, acc1);
             } else {
-                for (int c = lane; c < rb / 16; c += WARP_SIZE)
-                    quant_chunk<F, GATED, false, TOK>(p, q, w0, w1, c, tok, acc0, acc1);
+                quant_chunks<F, GATED, false, TOK>(p, q, w0, w1, lane, rb / 16, tok, acc0, acc1);
             }
         } else {
             for (int k = lane; k < K; k += WARP_SIZE) {
@@ -385,15 +408,20 @@ extern "C" __global__ FLINT_MOE_GEMV_BOUNDS void moe_gemv_down_bf16(const MoeGem
 extern "C" __global__ FLINT_MOE_GEMV_T1_BOUNDS void moe_gemv_down_bf16_t1(const MoeGemmParams p) {
     flint::moe_gemv::gather_gemv<flint::moe::None, false, 1>(p);
 }
-// The gated quantized GEMV holds two rows' decoded chunks and 2 x 8 accumulators: with the
-// plain bound ptxas aimed at 128 registers and spilled (int4, sm_80 / sm_90a); at least 2 CTAs
-// per SM lets it take what it needs (~210 registers, 0 spills). The one-token (_t1) kernels
-// are bound to 5 CTAs (gate_up: at most 102 registers, 20 warps per SM; 6 CTAs spilled int4)
-// and 8 (down: 64 registers, 32 warps per SM).
+// The quantized GEMV holds each row's next chunk of codes (the pipelined loads), the decoded
+// chunk and, gated, 2 x 8 accumulators. With the plain bound ptxas aimed at 128 registers and
+// spilled (gated int4, and with the pipelined loads down int4 / fp8 on sm_80); at least 2 CTAs
+// per SM lets it take what it needs (ptxas, sm_80 / sm_90a, 0 spills: gate_up 154-195, down
+// 144-236; 3 CTAs spilled down int4). One-token (_t1) kernels: gate_up fp8 at 5 CTAs (at most
+// 102 registers: 91), int8 / int4 at 4 (at most 128: 118-128; at 5 int4 spilled on sm_90a and
+// int8 on sm_80); down int8 / fp8 at 8 (64 registers, 32 warps per SM), int4 at 6 (80; at 8
+// and 5 it spilled).
 #define FLINT_MOE_QGEMV_GATED_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE, 2)
-#define FLINT_MOE_QGEMV_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE)
+#define FLINT_MOE_QGEMV_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE, 2)
 #define FLINT_MOE_QGEMV_GATED_T1_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE, 5)
 #define FLINT_MOE_QGEMV_T1_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE, 8)
+#define FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE, 4)
+#define FLINT_MOE_QGEMV_T1_WIDE_BOUNDS __launch_bounds__(flint::moe_gemv::GEMV_WARPS * flint::WARP_SIZE, 6)
 
 // The quantized-expert gather-GEMVs, by code type: gate_up per activation (8 tokens a pass,
 // and _t1), then down (and _t1). Written out (not macro-generated) so that every symbol can be
@@ -401,19 +429,19 @@ extern "C" __global__ FLINT_MOE_GEMV_T1_BOUNDS void moe_gemv_down_bf16_t1(const 
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_silu(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i8_silu_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS void moe_qgemv_gate_up_i8_silu_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT8, flint::moe::Silu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS void moe_qgemv_gate_up_i8_gelu_tanh_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT8, flint::moe::GeluTanh, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i8_gelu(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i8_gelu_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS void moe_qgemv_gate_up_i8_gelu_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT8, flint::moe::Gelu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_BOUNDS void moe_qgemv_down_i8(const MoeQuantGemmParams p) {
@@ -425,25 +453,25 @@ extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_i8_t1(const 
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_silu(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i4_silu_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS void moe_qgemv_gate_up_i4_silu_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::Silu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS void moe_qgemv_gate_up_i4_gelu_tanh_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::GeluTanh, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_i4_gelu(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_BOUNDS void moe_qgemv_gate_up_i4_gelu_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_GATED_T1_WIDE_BOUNDS void moe_qgemv_gate_up_i4_gelu_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::Gelu, true, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_BOUNDS void moe_qgemv_down_i4(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false, flint::moe_gemv::GEMV_TOKENS>(p);
 }
-extern "C" __global__ FLINT_MOE_QGEMV_T1_BOUNDS void moe_qgemv_down_i4_t1(const MoeQuantGemmParams p) {
+extern "C" __global__ FLINT_MOE_QGEMV_T1_WIDE_BOUNDS void moe_qgemv_down_i4_t1(const MoeQuantGemmParams p) {
     flint::moe_gemv::quant_gather_gemv<flint::quant::INT4, flint::moe::None, false, 1>(p);
 }
 extern "C" __global__ FLINT_MOE_QGEMV_GATED_BOUNDS void moe_qgemv_gate_up_fp8_silu(const MoeQuantGemmParams p) {

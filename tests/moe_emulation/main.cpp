@@ -505,6 +505,14 @@ static void test_quant() {
     test_quant_experts(int4_act, 1, 6, 2, 64, 32, GELU, RANDOM, g);
     test_quant_experts(fp8_block, 1, 4, 2, 64, 64, GELU_TANH, RANDOM, g);
     test_quant_experts(int4_asym_g4, 1, 4, 2, 44, 36, SILU, RANDOM, g);
+    // Rows of more than 32 chunks of codes (a lane takes several, the next one loaded while
+    // the current one decodes): int8 and int4 gate_up (K = D 1088, 2080) and int4 act-order
+    // down (K = I 2112) on one token and on a few, fp8 both (D 1056, I 1040) on one.
+    test_quant_experts(int8_group, 1, 4, 2, 1088, 64, SILU, RANDOM, g);
+    test_quant_experts(int4_asym_g16, 1, 4, 2, 2080, 32, GELU, RANDOM, g);
+    test_quant_experts(int4_act, 3, 4, 2, 64, 2112, GELU, RANDOM, g);
+    test_quant_experts(int8_channel, 5, 4, 2, 1088, 40, GELU_TANH, RANDOM, g);
+    test_quant_experts(fp8_row, 1, 3, 2, 1056, 1040, GELU_TANH, RANDOM, g);
     // Two 64-row tiles per expert on the grouped GEMM (one expert idle).
     test_quant_experts(int8_group, 70, 3, 2, 64, 32, SILU, ALL_SAME, g);
     test_quant_experts(int4_act, 70, 3, 2, 64, 32, GELU, ALL_SAME, g);
