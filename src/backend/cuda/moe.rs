@@ -49,6 +49,9 @@
 //! emulation (tests/moe_emulation, run by tests/moe.rs; the quantized kernels too, with a
 //! deliberately broken build that must fail); on an H200 (2026-11-27) every `moe_route`,
 //! `moe_experts` and `moe quant` case of `flint selftest` passed against the CPU reference.
+//! Since then the gather-GEMVs were restructured (bf16: 8 warps of two rows, x staged in
+//! shared memory, 4 loads per row in flight, `_t1` one-token kernels, [`gemv_tile`];
+//! quantized: pipelined code loads): UNVERIFIED on a GPU, host emulation and ptxas only.
 
 use super::super::device::{Device, Staging};
 use super::super::kernels::{self as k, i32_of, Dim3};
