@@ -158,6 +158,13 @@ FLINT_ASSERT_SIZE(SoftcapParams, 24);
 /** Tokens one gather-GEMV pass reads a weight row for (the launcher picks GEMV only for
  * at most this many tokens, so every selected weight is read exactly once). */
 #define FLINT_MOE_GEMV_TOKENS 8
+/** The bf16 gather-GEMV (moe_gemv_*_bf16*, moe_gemv.cu): FLINT_MOE_GEMV_WARPS warps per CTA,
+ * each streaming two weight rows (gate_up: the gate and up rows of one output column; down: two
+ * output columns), so a CTA owns FLINT_MOE_GEMV_WARPS gate_up columns or 2 * FLINT_MOE_GEMV_WARPS
+ * down columns; the pass's input rows are staged in shared memory, FLINT_MOE_GEMV_X_ELEMS bf16
+ * (32 KiB) at a time. The quantized gather-GEMV (moe_qgemv_*) keeps 4 warps of one column. */
+#define FLINT_MOE_GEMV_WARPS 8
+#define FLINT_MOE_GEMV_X_ELEMS 16384
 
 /** moe_route_bf16: p = softmax(logits[t]) in f32, the top_k of p (ties: lower id first),
  * optionally divided by their sum. */

@@ -252,9 +252,15 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
     void (*gate_up_gemm)(MoeGemmParams) = a == SILU ? moe_gate_up_bf16_silu
                                           : a == GELU_TANH ? moe_gate_up_bf16_gelu_tanh
                                                            : moe_gate_up_bf16_gelu;
-    void (*gate_up_gemv)(MoeGemmParams) = a == SILU ? moe_gemv_gate_up_bf16_silu
-                                          : a == GELU_TANH ? moe_gemv_gate_up_bf16_gelu_tanh
-                                                           : moe_gemv_gate_up_bf16_gelu;
+    // The gather-GEMV: the single-token (_t1) kernels for one token, as the host picks them.
+    void (*gate_up_gemv)(MoeGemmParams) =
+        T == 1 ? (a == SILU ? moe_gemv_gate_up_bf16_silu_t1
+                  : a == GELU_TANH ? moe_gemv_gate_up_bf16_gelu_tanh_t1
+                                   : moe_gemv_gate_up_bf16_gelu_t1)
+               : (a == SILU ? moe_gemv_gate_up_bf16_silu
+                  : a == GELU_TANH ? moe_gemv_gate_up_bf16_gelu_tanh
+                                   : moe_gemv_gate_up_bf16_gelu);
+    void (*down_gemv)(MoeGemmParams) = T == 1 ? moe_gemv_down_bf16_t1 : moe_gemv_down_bf16;
     void (*gate_up_wgmma)(MoeGemmParams) = a == SILU ? moe_gate_up_bf16_silu_wgmma
                                            : a == GELU_TANH ? moe_gate_up_bf16_gelu_tanh_wgmma
                                                             : moe_gate_up_bf16_gelu_wgmma;
@@ -279,8 +285,11 @@ static void test_experts(int T, int E, int K, int D, int I, Act a, Routing routi
                    dim3(FLINT_MOE_MMA_THREADS), dn);
         } else {
             const unsigned tiles = static_cast<unsigned>(std::max(1, tb.max_tiles));
-            launch(gate_up_gemv, dim3((I + 3) / 4, tiles), dim3(128), gu);
-            launch(moe_gemv_down_bf16, dim3((D + 3) / 4, tiles), dim3(128), dn);
+            // src/backend/cuda/moe.rs gemv_tile: FLINT_MOE_GEMV_WARPS warps, one gate_up column
+            // or two down columns each.
+            const unsigned gu_cols = FLINT_MOE_GEMV_WARPS, dn_cols = 2 * FLINT_MOE_GEMV_WARPS;
+            launch(gate_up_gemv, dim3((I + gu_cols - 1) / gu_cols, tiles), dim3(FLINT_MOE_GEMV_WARPS * 32), gu);
+            launch(down_gemv, dim3((D + dn_cols - 1) / dn_cols, tiles), dim3(FLINT_MOE_GEMV_WARPS * 32), dn);
         }
         const double err = combine_error(y, dids, out, T, E, K, D, want);
         std::snprintf(name, sizeof name, "experts %s T %d E %d top-%d D %d I %d act %d %s: rel-L2 %.2e",
@@ -496,6 +505,14 @@ static void test_quant() {
     test_quant_experts(int4_act, 1, 6, 2, 64, 32, GELU, RANDOM, g);
     test_quant_experts(fp8_block, 1, 4, 2, 64, 64, GELU_TANH, RANDOM, g);
     test_quant_experts(int4_asym_g4, 1, 4, 2, 44, 36, SILU, RANDOM, g);
+    // Rows of more than 32 chunks of codes (a lane takes several, the next one loaded while
+    // the current one decodes): int8 and int4 gate_up (K = D 1088, 2080) and int4 act-order
+    // down (K = I 2112) on one token and on a few, fp8 both (D 1056, I 1040) on one.
+    test_quant_experts(int8_group, 1, 4, 2, 1088, 64, SILU, RANDOM, g);
+    test_quant_experts(int4_asym_g16, 1, 4, 2, 2080, 32, GELU, RANDOM, g);
+    test_quant_experts(int4_act, 3, 4, 2, 64, 2112, GELU, RANDOM, g);
+    test_quant_experts(int8_channel, 5, 4, 2, 1088, 40, GELU_TANH, RANDOM, g);
+    test_quant_experts(fp8_row, 1, 3, 2, 1056, 1040, GELU_TANH, RANDOM, g);
     // Two 64-row tiles per expert on the grouped GEMM (one expert idle).
     test_quant_experts(int8_group, 70, 3, 2, 64, 32, SILU, ALL_SAME, g);
     test_quant_experts(int4_act, 70, 3, 2, 64, 32, GELU, ALL_SAME, g);
@@ -682,6 +699,15 @@ int main(int argc, char **argv) {
     test_experts(20, 3, 3, 36, 20, GELU_TANH, ALL_SAME, true, g);
     // Few tokens, many idle experts; erf GELU.
     test_experts(5, 16, 4, 64, 64, GELU, RANDOM, true, g);
+    // The gather-GEMV's staged x in more than one chunk (FLINT_MOE_GEMV_X_ELEMS / m columns
+    // for a pass of m rows): one token (the _t1 kernels) with I 16400 (down: 16384 + 16
+    // columns), and passes of 8 and of 3 rows with D 2056 and 5464 (2048 + 8, 5456 + 8);
+    // odd column counts (down: a warp's second column past D).
+    test_experts(1, 4, 2, 40, 16400, SILU, RANDOM, true, g);
+    test_experts(1, 3, 1, 24, 13, GELU, RANDOM, true, g);
+    test_experts(8, 2, 2, 2056, 48, GELU_TANH, ALL_SAME, true, g);
+    test_experts(3, 4, 2, 5464, 24, SILU, ALL_SAME, true, g);
+    test_experts(2, 5, 2, 33, 40, SILU, RANDOM, true, g);
     // All tokens on the same two experts: three 64-row tiles each (grouped path only: the
     // GEMV emulation is slow), then two tiles each on both paths.
     test_experts(150, 8, 2, 40, 72, SILU, ALL_SAME, false, g);

@@ -49,6 +49,9 @@
 //! emulation (tests/moe_emulation, run by tests/moe.rs; the quantized kernels too, with a
 //! deliberately broken build that must fail); on an H200 (2026-11-27) every `moe_route`,
 //! `moe_experts` and `moe quant` case of `flint selftest` passed against the CPU reference.
+//! Since then the gather-GEMVs were restructured (bf16: 8 warps of two rows, x staged in
+//! shared memory, 4 loads per row in flight, `_t1` one-token kernels, [`gemv_tile`];
+//! quantized: pipelined code loads): UNVERIFIED on a GPU, host emulation and ptxas only.
 
 use super::super::device::{Device, Staging};
 use super::super::kernels::{self as k, i32_of, Dim3};
@@ -66,8 +69,11 @@ pub const TILE_N: usize = FLINT_MOE_TILE_N as usize;
 pub const GEMV_TOKENS: usize = FLINT_MOE_GEMV_TOKENS as usize;
 pub const MAX_EXPERTS: usize = FLINT_MOE_MAX_EXPERTS as usize;
 pub const MAX_TOPK: usize = FLINT_MOE_MAX_TOPK as usize;
-/// Warps per CTA of the GEMV kernels (one output column each) and of the router.
-const GEMV_WARPS: usize = 4;
+/// Warps per CTA of the bf16 gather-GEMV (two weight rows each: one gate_up column, two down
+/// columns; [`gemv_tile`]).
+const GEMV_WARPS: usize = FLINT_MOE_GEMV_WARPS as usize;
+/// Warps per CTA of the quantized gather-GEMV (one output column each) and of the router.
+const QGEMV_WARPS: usize = 4;
 const ROUTE_WARPS: usize = 4;
 
 /// Which expert kernels a `moe_experts` call runs.
@@ -247,16 +253,27 @@ pub fn grouped_shape(
     ))
 }
 
-/// Gather-GEMV: (column quad, dispatch tile), 4 warps. With few tokens the tiles are the
-/// used experts, so idle experts get no CTA.
-pub fn gemv_shape(n: usize, max_tiles: usize) -> Result<(Dim3, Dim3)> {
-    let x = n.div_ceil(GEMV_WARPS);
+/// The gather-GEMV's CTA: (output columns, threads). bf16: `FLINT_MOE_GEMV_WARPS` (8) warps
+/// of two weight rows, i.e. 8 gate_up columns (gate and up row each) or 16 down columns;
+/// quantized: 4 warps of one column.
+pub fn gemv_tile(gated: bool, quant: bool) -> (usize, usize) {
+    match (quant, gated) {
+        (true, _) => (QGEMV_WARPS, QGEMV_WARPS * 32),
+        (false, true) => (GEMV_WARPS, GEMV_WARPS * 32),
+        (false, false) => (2 * GEMV_WARPS, GEMV_WARPS * 32),
+    }
+}
+
+/// Gather-GEMV: (column block of `cols`, dispatch tile), `threads` threads ([`gemv_tile`]).
+/// With few tokens the tiles are the used experts, so idle experts get no CTA.
+pub fn gemv_shape(n: usize, cols: usize, threads: usize, max_tiles: usize) -> Result<(Dim3, Dim3)> {
+    let x = n.div_ceil(cols);
     if x > i32::MAX as usize || max_tiles > 65_535 {
         bail!("moe_experts: GEMV grid ({x}, {max_tiles}) is too large");
     }
     Ok((
         (x.max(1) as u32, max_tiles.max(1) as u32, 1),
-        ((GEMV_WARPS * 32) as u32, 1, 1),
+        (threads as u32, 1, 1),
     ))
 }
 
@@ -360,7 +377,7 @@ fn expert_keys() -> impl Iterator<Item = ExpertKey> {
                         .flat_map(move |act| {
                             [false, true]
                                 .into_iter()
-                                .filter(move |&t1| !t1 || t1_kernel(path, fmt, true))
+                                .filter(move |&t1| !t1 || t1_kernel(path, true))
                                 .map(move |t1| (path, act, fmt, t1))
                         })
                 })
@@ -376,8 +393,8 @@ const QUANT_FMTS: [&str; 3] = ["i8", "i4", "fp8"];
 /// The symbol of an expert kernel: gate_up with activation `act` (None: down), on `path`,
 /// bf16 or quantized format index `fmt`.
 ///
-/// `one_token`: the step has a single token, so the quantized gather-GEMV's `_t1` kernels run
-/// (one token a pass: fewer registers, more loads in flight; see kernels/moe_gemv.cu).
+/// `one_token`: the step has a single token, so the gather-GEMV's `_t1` kernels run (one
+/// token a pass: fewer registers, more loads in flight; see kernels/moe_gemv.cu).
 pub fn expert_kernel_name(
     path: MoePath,
     act: Option<&str>,
@@ -385,7 +402,7 @@ pub fn expert_kernel_name(
     one_token: bool,
 ) -> String {
     let code = fmt.map_or("bf16", |fi| QUANT_FMTS[fi]);
-    let t1 = if t1_kernel(path, fmt, one_token) {
+    let t1 = if t1_kernel(path, one_token) {
         "_t1"
     } else {
         ""
@@ -407,9 +424,9 @@ pub fn expert_kernel_name(
     }
 }
 
-/// Whether the single-token quantized gather-GEMV applies.
-fn t1_kernel(path: MoePath, fmt: Option<usize>, one_token: bool) -> bool {
-    one_token && path == MoePath::Gemv && fmt.is_some()
+/// Whether the single-token gather-GEMV (bf16 or quantized) applies.
+fn t1_kernel(path: MoePath, one_token: bool) -> bool {
+    one_token && path == MoePath::Gemv
 }
 
 impl CudaBackend {
@@ -633,7 +650,10 @@ impl CudaBackend {
                     let (cols, threads, shared) = grouped_tile(path, act.is_some(), q.is_some());
                     (grouped_shape(lay.max_tiles, n, cols, threads)?, shared)
                 }
-                MoePath::Gemv => (gemv_shape(n, lay.max_tiles)?, 0),
+                MoePath::Gemv => {
+                    let (cols, threads) = gemv_tile(act.is_some(), q.is_some());
+                    (gemv_shape(n, cols, threads, lay.max_tiles)?, 0)
+                }
             };
             let (name, f) = self.expert_kernel(path, act, q.map(|(fi, _)| fi), t == 1)?;
             // SAFETY: x [T, D], gate_up [E·2I, D] (or its codes), h holds `assign` rows of I
@@ -673,7 +693,7 @@ impl CudaBackend {
         fmt: Option<usize>,
         one_token: bool,
     ) -> Result<(&str, sys::CUfunction)> {
-        let key = (path, act, fmt, t1_kernel(path, fmt, one_token));
+        let key = (path, act, fmt, t1_kernel(path, one_token));
         match self.moe.experts.get(&key) {
             Some((name, f)) => Ok((name.as_str(), *f)),
             None => bail!("moe_experts: no expert kernel for {key:?}"),
@@ -878,7 +898,7 @@ mod tests {
                 "{n}"
             );
         }
-        assert_eq!(names.len(), 48); // 32 + the 12 single-token quantized GEMVs + 4 wgmma
+        assert_eq!(names.len(), 52); // 32 + the 16 single-token GEMVs + 4 wgmma
         let exported = crate::backend::cuda::KERNEL_NAMES
             .iter()
             .filter(|n| {
@@ -893,7 +913,7 @@ mod tests {
             for fmt in [None, Some(0), Some(1), Some(2)] {
                 for act in [Some(0), Some(1), Some(2), None] {
                     for one in [false, true] {
-                        let key = (path, act, fmt, t1_kernel(path, fmt, one));
+                        let key = (path, act, fmt, t1_kernel(path, one));
                         assert!(keys.contains(&key), "{key:?}");
                     }
                 }
@@ -926,9 +946,31 @@ mod tests {
         assert_eq!(shared, 0);
         let (g, b) = grouped_shape(max_tiles(8192, 8), 14336, cols, threads).unwrap();
         assert_eq!((g, b), ((136, 224, 1), (128, 1, 1)));
-        // Decode on Qwen3-MoE (128 experts, top-8): 8 tile rows, not 128.
-        assert_eq!(gemv_shape(768, max_tiles(8, 128)).unwrap().0, (192, 8, 1));
-        assert!(gemv_shape(64, 70_000).is_err());
+        // Decode on Qwen3-MoE (128 experts, top-8): 8 tile rows, not 128. bf16 gate_up: 8
+        // columns per 256-thread CTA; down: 16; quantized: 4 per 128 threads.
+        assert_eq!(gemv_tile(true, false), (8, 256));
+        assert_eq!(gemv_tile(false, false), (16, 256));
+        assert_eq!(gemv_tile(true, true), (4, 128));
+        assert_eq!(gemv_tile(false, true), (4, 128));
+        let (cols, threads) = gemv_tile(true, false);
+        let (g, b) = gemv_shape(768, cols, threads, max_tiles(8, 128)).unwrap();
+        assert_eq!((g, b), ((96, 8, 1), (256, 1, 1)));
+        // Mixtral at one token (2 used experts of 8): gate_up 14336 / 8, down 4096 / 16.
+        assert_eq!(
+            gemv_shape(14336, 8, 256, max_tiles(2, 8)).unwrap().0,
+            (1792, 2, 1)
+        );
+        assert_eq!(
+            gemv_shape(4096, 16, 256, max_tiles(2, 8)).unwrap().0,
+            (256, 2, 1)
+        );
+        assert_eq!(gemv_shape(4097, 16, 256, 1).unwrap().0, (257, 1, 1));
+        let (cols, threads) = gemv_tile(true, true);
+        assert_eq!(
+            gemv_shape(768, cols, threads, max_tiles(8, 128)).unwrap(),
+            ((192, 8, 1), (128, 1, 1))
+        );
+        assert!(gemv_shape(64, 4, 128, 70_000).is_err());
         assert_eq!(rowwise_shape(5, 4096), ((5, 2, 1), (256, 1, 1)));
         assert!(grouped_shape(1, 64 * 70_000, 64, 128).is_err());
     }
