@@ -337,7 +337,8 @@ impl Backend for CpuBackend {
 
     /// The unfused ops, in f32: the input materialized into its scratch by `rms_norm` /
     /// `act_mul`, then `matmul`'s sums; `AddTo` adds `x · wᵀ + b` to each element (the same
-    /// f32 operations as `matmul` into a delta, then `rms_norm`'s residual add).
+    /// f32 operations as `matmul` into a delta, then `rms_norm`'s residual add); `ActMul` is
+    /// the product into its scratch, then `act_mul`.
     fn matmul_ex(
         &self,
         input: MatIn<'_, CpuTensor, CpuTensor>,
@@ -345,11 +346,14 @@ impl Backend for CpuBackend {
         bias: Option<&CpuTensor>,
         out: MatOut<'_, CpuTensor>,
     ) -> Result<()> {
-        let x = super::unfused_input(self, input)?;
         let out = match out {
-            MatOut::Write(o) => return self.matmul(x, w, bias, o),
+            MatOut::Write(o) => return self.matmul(super::unfused_input(self, input)?, w, bias, o),
             MatOut::AddTo(o) => o,
+            MatOut::ActMul { out, act, scratch } => {
+                return super::unfused_act_mul_out(self, input, w, bias, (out, act, scratch));
+            }
         };
+        let x = super::unfused_input(self, input)?;
         let (k, n) = (w.cols, w.rows);
         if x.cols != k || out.cols != n || out.rows != x.rows {
             bail!(
