@@ -819,6 +819,21 @@ mod tests {
             be.matmul_ex(input, &w, Some(&b), MatOut::AddTo(&mut got))
                 .unwrap();
             assert_eq!(got, want, "act·mul {act:?} added");
+            // act·mul output (w2 = gate|up [2n, k]): matmul into the scratch, then act_mul.
+            let w2 = up(vals(2 * n * k, 7), 2 * n, k);
+            let b2 = up(vals(2 * n, 8), 1, 2 * n);
+            let (mut product, mut want) = (be.alloc(t, 2 * n).unwrap(), be.alloc(t, n).unwrap());
+            be.matmul(&x, &w2, Some(&b2), &mut product).unwrap();
+            be.act_mul(&product, act, &mut want).unwrap();
+            let (mut scratch2, mut got) = (be.alloc(t, 2 * n).unwrap(), be.alloc(t, n).unwrap());
+            let out = MatOut::ActMul {
+                out: &mut got,
+                act,
+                scratch: &mut scratch2,
+            };
+            be.matmul_ex(MatIn::Plain(&x), &w2, Some(&b2), out).unwrap();
+            assert_eq!(got, want, "act·mul {act:?} output");
+            assert_eq!(scratch2, product, "the scratch holds the product");
         }
         // Plain, added, no bias.
         let mut delta = be.alloc(t, n).unwrap();
