@@ -9,6 +9,15 @@
 //   gemv_bf16_norm_t<T>   x staged as RMSNorm(x) * (offset + norm_w) (p.fuse.in_mode NORM)
 //   gemv_bf16_act_t<T>    x = gate|up [T, 2K] staged as act(gate) * up (ACT_MUL)
 //   any of them with p.fuse.add_to_out: out = bf16(out + bf16(x . w + bias)) (residual add)
+//   any of them with p.fuse.out_act = 1 + FLINT_GEMV_ACT_* (the act·mul output, a run-time
+//     field read only in the row mapping and the epilogue; not with add_to_out): w = gate|up
+//     [N, K], N = 2I, out [T, I] = bf16(act(bf16(g)) * bf16(u)) with g, u = x . w + bias of
+//     gate row m and up row m + I: the plain GEMV's stores, then act_mul.cu's, so the gate|up
+//     [T, 2I] tensor and the act_mul kernel are not needed (FLINT_FUSE_OUT, default on).
+//     Each warp's two rows are then m and m + I, 8 outputs per CTA, ceil(I / 8) row blocks
+//     (the host's grid, ceil(N / 16), is the same count). UNVERIFIED on a GPU: host emulation
+//     (tests/fused_gemv_emulation) bit for bit against the unfused path only; predicted to
+//     save the act_mul kernel, ~3 µs a layer in a graph (~0.1 ms of a 4.68 ms b1 step).
 // The fused modes (gemv/fuse.cuh) take the place of rms_norm.cu and act_mul.cu kernels
 // between decode GEMVs, with those kernels' roundings. They passed flint selftest on an H200 (2026-11-28, commit 7c3918d) (and
 // run on the host emulation, tests/fused_gemv_emulation) but made the decode slower there:
@@ -41,8 +50,9 @@
 // are computed by every CTA over all of K after the first barrier, before the first chunk is
 // staged (2 more barriers, once per CTA). Order per chunk: first weight loads -> barrier ->
 // (NORM scales, first chunk only) -> stage x -> barrier -> the dot products.
-// Registers (ptxas, sm_90a, 0 spills): plain t1..t8 79-108; norm/act t1 72/80 (asked for 3
-// CTAs per SM, as the plain one gets), t2..t8 92-108.
+// Registers (ptxas, sm_90a, 0 spills): plain t1..t8 77-107; norm/act t1 78/80 (asked for 3
+// CTAs per SM, as the plain one gets), t2..t8 91-112 (with out_act: before it plain t1 79,
+// norm t1 72, act t1 80; sm_80 t1 76/75/79).
 #include "common.cuh"
 #include "norm.cuh"
 #include "gemv/fuse.cuh"
@@ -72,14 +82,19 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
     const GemvFuse &f = p.fuse;
     // Uniform over the grid: which path every warp takes.
     const bool vec = K % VEC == 0 && aligned16(p.x) && aligned16(p.w) && gemv_fuse::aligned<MODE>(f);
-    const int row_blocks = (N + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
+    // The act·mul output (f.out_act != 0, uniform): warp row 0 is gate row m, row 1 is up
+    // row m + I (I = N / 2), one output per warp (8 per CTA); else ROWS consecutive rows.
+    const int I = N / 2;
+    const bool act_out = f.out_act != 0;
+    const int row_blocks = act_out ? (I + WARPS - 1) / WARPS : (N + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
+    const int row_step = act_out ? I : 1;
 
     for (int rb = blockIdx.x; rb < row_blocks; rb += gridDim.x) {  // uniform over the CTA
-        const int n0 = rb * ROWS_PER_CTA + warp * ROWS;
-        const bool active = n0 < N;  // uniform over the warp
+        const int n0 = act_out ? rb * WARPS + warp : rb * ROWS_PER_CTA + warp * ROWS;
+        const bool active = n0 < (act_out ? I : N);  // uniform over the warp
         const bf16 *wr[ROWS];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) wr[r] = p.w + (int64_t)min(n0 + r, N - 1) * K;
+        for (int r = 0; r < ROWS; ++r) wr[r] = p.w + (int64_t)min(n0 + r * row_step, N - 1) * K;
         float acc[T][ROWS];
 #pragma unroll
         for (int t = 0; t < T; ++t)
@@ -174,7 +189,15 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
             }
         }
 
-        if (active) {
+        if (active && act_out) {
+            static_assert(ROWS == 2, "the act·mul output pairs a gate row with an up row");
+            const float bg = p.bias ? to_f32(p.bias[n0]) : 0.0f, bu = p.bias ? to_f32(p.bias[n0 + I]) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < T; ++t) {
+                const float g = warp_sum(acc[t][0]), u = warp_sum(acc[t][1]);  // the whole warp
+                if (lane == 0) p.out[(int64_t)t * I + n0] = gemv_fuse::act_mul_out(f, g + bg, u + bu);
+            }
+        } else if (active) {
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) {
                 const int n = n0 + r;

@@ -32,6 +32,8 @@ pub struct BenchOptions {
     /// Also run every tg+graphs test (every tg test without `cuda_graphs`) with the fused
     /// GEMV inputs off (`Backend::set_fuse(false)`: the norms and act·mul as kernels of their
     /// own), as a row `tg<n>+graphs+unfused` beside it: what the fusion saves, same run.
+    /// The act·mul output of the gate|up GEMV (`FLINT_FUSE_OUT`, `Backend::set_fuse_out`) is
+    /// not switched here: compare it with `FLINT_FUSE_OUT=0` in a second run.
     pub unfused: bool,
 }
 

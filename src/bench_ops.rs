@@ -17,6 +17,8 @@
 //!   input as the model runs it: the pre-norm (q|k|v, gate|up) or act·mul of gate|up with the
 //!   residual add (down), fused into the GEMV (`FLINT_FUSE=1`) or by its own kernel first:
 //!   which fusion cost the decode the 6.5% measured end to end (bench/NOTES prediction 10);
+//! - `fuse_gate_up_act_t1_{fused,unfused}`: the gate|up GEMV (plain input) writing
+//!   act(gate) · up, in its epilogue (`FLINT_FUSE_OUT=1`) or by an act_mul kernel after it;
 //! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down; fmt int8 per channel, int4 sym g128, fp8
 //!   per channel; T = 1 on the GEMV, the decode path, and T = 8, 32 on each path: gemv, mma,
 //!   dequant, each forced with `set_quant_path`; int4 and int8 at T = 128, 512 on mma, wgmma
@@ -104,6 +106,10 @@ pub const DECODE_CTX: &[usize] = &[1024, 8192, 32768];
 /// token (`fuse_<name>_t1_{fused,unfused}`): q|k|v and gate|up with their pre-norm, down with
 /// act·mul and the residual add.
 pub const FUSE_PROJECTIONS: &[&str] = &["qkv", "gate_up", "down"];
+/// The decode GEMV whose act·mul output can be fused (`FLINT_FUSE_OUT`), timed both ways at
+/// one token after the `FUSE_PROJECTIONS` rows (`fuse_gate_up_act_t1_{fused,unfused}`): gate|up
+/// with a plain input, so the rows differ by the act_mul kernel alone.
+pub const FUSE_OUT_PROJECTION: (&str, usize, usize) = ("gate_up_act", 2 * 14336, HIDDEN);
 /// (batch, context) of the `decode_rope_attn_*` rows: each fused and unfused.
 pub const DECODE_ROPE: [(usize, usize); 3] = [(1, 1024), (1, 8192), (32, 8192)];
 /// Mixtral-8x7B's MoE layer (peers.py's `moe_*` cases): experts, top-k, expert intermediate.
@@ -156,6 +162,8 @@ pub enum Case {
     /// A decode GEMV (one token, bf16) with its computed input: the pre-norm (q|k|v,
     /// gate|up) or act·mul of gate|up plus the residual add (down), fused into the GEMV or
     /// (unfused) by the rms_norm / act_mul kernel first, as the model runs it either way.
+    /// `gate_up_act`: gate|up with a plain input and the act·mul output, in the GEMV's
+    /// epilogue or (unfused) by the act_mul kernel after it.
     Fused {
         name: &'static str,
         n: usize,
@@ -266,10 +274,10 @@ impl Case {
                 t, n, k, fmt, path, ..
             } => format!("[{t}, {k}] x [{n}, {k}]^T {fmt}, {} forced", path.name()),
             Case::Fused { name, n, k, fused } => {
-                let input = if *name == "down" {
-                    "act·mul of gate|up, residual add"
-                } else {
-                    "rms_norm"
+                let input = match *name {
+                    "down" => "act·mul of gate|up, residual add",
+                    "gate_up_act" => "act·mul output",
+                    _ => "rms_norm",
                 };
                 format!(
                     "[1, {k}] x [{n}, {k}]^T, {input} {}",
@@ -324,13 +332,12 @@ impl Case {
             }
             // The weight, the input (gate|up: twice K), the norm weight, out (down: read and
             // written, the residual add).
-            Case::Fused { name, n, k, .. } => {
-                if name == "down" {
-                    2 * (n * k + 2 * k + 2 * n)
-                } else {
-                    2 * (n * k + 2 * k + n)
-                }
-            }
+            // gate_up_act: the weight, x and the [1, n / 2] output (the fused path's).
+            Case::Fused { name, n, k, .. } => match name {
+                "down" => 2 * (n * k + 2 * k + 2 * n),
+                "gate_up_act" => 2 * (n * k + k + n / 2),
+                _ => 2 * (n * k + 2 * k + n),
+            },
             Case::Moe { .. } => unreachable!("returned above"),
         };
         b as f64
@@ -414,6 +421,10 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                     v.push(Case::Fused { name, n, k, fused });
                 }
             }
+        }
+        let (name, n, k) = FUSE_OUT_PROJECTION;
+        for fused in [true, false] {
+            v.push(Case::Fused { name, n, k, fused });
         }
     }
     if want("quant") {
@@ -680,6 +691,15 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             t
         }
         Case::Moe { tokens, mma } => moe_case(be, pattern, tokens, mma, case_s),
+        Case::Fused { name, n, k, fused } if name == FUSE_OUT_PROJECTION.0 => {
+            let (was, was_out) = (be.fuse(), be.fuse_out());
+            be.set_fuse(false)?;
+            be.set_fuse_out(fused)?;
+            let t = fused_out_case(be, pattern, (n, k), case_s);
+            be.set_fuse_out(was_out)?;
+            be.set_fuse(was)?;
+            t
+        }
         Case::Fused { name, n, k, fused } => {
             let was = be.fuse();
             be.set_fuse(fused)?;
@@ -744,6 +764,41 @@ fn fused_case(
                 MatOut::Write(&mut out),
             )
         }
+    })
+}
+
+/// The gate|up GEMV `[n, k]` (one token, plain x) into `MatOut::ActMul`: the act·mul in its
+/// epilogue or by act_mul after it, as the backend's `fuse_out` is set. A row that would not
+/// run the way it is named is an error.
+fn fused_out_case(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    (n, k): (usize, usize),
+    case_s: f64,
+) -> Result<Timing> {
+    let ws = (0..copies_for(2 * n * k))
+        .map(|_| filled(be, pattern, n, k))
+        .collect::<Result<Vec<_>>>()?;
+    if be.fuses_act_out(&ws[0], 1) != be.fuse_out() {
+        bail!(
+            "the backend would {}fuse this GEMV's act·mul output",
+            if be.fuse_out() { "not " } else { "" }
+        );
+    }
+    let x = filled(be, pattern, 1, k)?;
+    let mut scratch = be.alloc(1, n)?;
+    let mut out = be.alloc(1, n / 2)?;
+    time_op(be, case_s, |i| {
+        be.matmul_ex(
+            MatIn::Plain(&x),
+            &ws[i % ws.len()],
+            None,
+            MatOut::ActMul {
+                out: &mut out,
+                act: Activation::Silu,
+                scratch: &mut scratch,
+            },
+        )
     })
 }
 
@@ -989,7 +1044,10 @@ mod tests {
     #[test]
     fn cases_cover_the_issue_and_ids_are_unique() {
         let all = cases(&[]).unwrap();
-        assert_eq!(all.len(), 1 + 1 + 25 + 40 + 6 + 42 + 32 + 3 + 9 + 6 + 4 + 2 + 3);
+        assert_eq!(
+            all.len(),
+            1 + 1 + 25 + 40 + 6 + 2 + 42 + 32 + 3 + 9 + 6 + 4 + 2 + 3
+        );
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
         assert_eq!(quant.len(), 42 + 32);
@@ -1045,6 +1103,15 @@ mod tests {
             pos("proj_lm_head_t8_cublaslt") + 1
         );
         assert_eq!(pos("fuse_down_t1_unfused"), pos("fuse_qkv_t1_fused") + 5);
+        // Then the fused act·mul output's pair, its bytes those of the [1, n / 2] output.
+        assert_eq!(
+            pos("fuse_gate_up_act_t1_fused"),
+            pos("fuse_down_t1_unfused") + 1
+        );
+        let act = &all[pos("fuse_gate_up_act_t1_unfused")];
+        assert_eq!(act.group(), "proj");
+        assert!(act.shape().ends_with("act·mul output by its own kernel"));
+        assert_eq!(act.bytes(), (2 * (28672 * 4096 + 4096 + 14336)) as f64);
         let down = &all[pos("fuse_down_t1_fused")];
         assert_eq!(
             (down.group(), down.flops()),

@@ -551,7 +551,7 @@ impl<B: Backend> Model<B> {
                 norm(&l.attn_norm),
                 &mut ws.h,
                 (&l.qkv, l.qkv_bias.as_ref()),
-                &mut ws.qkv,
+                MatOut::Write(&mut ws.qkv),
             )?;
             let qk = l.qk_norm.as_ref().map(|(q, k)| QkNorm {
                 q,
@@ -582,18 +582,37 @@ impl<B: Backend> Model<B> {
             // MLP block.
             match &l.mlp {
                 Mlp::Dense(m) => {
+                    // act(gate) * up is the gate|up matmul's output (`MatOut::ActMul`: the
+                    // GEMV's epilogue where the backend fuses it, else an act_mul after it)
+                    // and down takes it plain. Only with the fused inputs on and the fused
+                    // output off is it down's input instead (`MatIn::ActMul`, FLINT_FUSE=1
+                    // FLINT_FUSE_OUT=0: the act·mul staged by the down GEMV).
+                    let act_in_down = be.fuse() && !be.fuse_out();
+                    let gate_up_out = if act_in_down {
+                        MatOut::Write(&mut ws.gate_up)
+                    } else {
+                        MatOut::ActMul {
+                            out: &mut ws.act,
+                            act: spec.activation,
+                            scratch: &mut ws.gate_up,
+                        }
+                    };
                     norm_matmul(
                         be,
                         (&mut ws.x, &ws.delta, &mut pending),
                         norm(&l.mlp_norm),
                         &mut ws.h,
                         (&m.gate_up, m.gate_up_bias.as_ref()),
-                        &mut ws.gate_up,
+                        gate_up_out,
                     )?;
-                    let act = MatIn::ActMul {
-                        gate_up: &ws.gate_up,
-                        act: spec.activation,
-                        scratch: &mut ws.act,
+                    let act = if act_in_down {
+                        MatIn::ActMul {
+                            gate_up: &ws.gate_up,
+                            act: spec.activation,
+                            scratch: &mut ws.act,
+                        }
+                    } else {
+                        MatIn::Plain(&ws.act)
                     };
                     let bias = m.down_bias.as_ref();
                     match &l.post_mlp_norm {
@@ -634,7 +653,7 @@ impl<B: Backend> Model<B> {
                 norm(&self.final_norm),
                 &mut ws.h,
                 head_in,
-                &mut ws.logits,
+                MatOut::Write(&mut ws.logits),
             )?;
         } else if pending {
             be.rms_norm(
@@ -658,7 +677,7 @@ impl<B: Backend> Model<B> {
                 norm(&self.final_norm),
                 &mut ws.h,
                 head_in,
-                &mut ws.logits,
+                MatOut::Write(&mut ws.logits),
             )?;
         }
         if let Some(cap) = spec.final_softcap {
@@ -670,19 +689,23 @@ impl<B: Backend> Model<B> {
 
 /// `out = norm(x) · wᵀ (+ b)` for the residual stream `(x, delta, pending)`, which it leaves
 /// up to date (nothing pending): a pending delta is added by `rms_norm`'s residual path (into
-/// `h`, then a plain matmul); otherwise the norm is the matmul's input (`MatIn::Norm`, with `h`
-/// as its scratch), which a backend may fuse.
+/// `h`, then a plain-input matmul); otherwise the norm is the matmul's input (`MatIn::Norm`,
+/// with `h` as its scratch), which a backend may fuse. `out` is any `MatOut` but `AddTo` (the
+/// gate|up matmul's is `ActMul`).
 fn norm_matmul<B: Backend>(
     be: &B,
     (x, delta, pending): (&mut B::Tensor, &B::Tensor, &mut bool),
     (nw, eps, offset): (&B::Weight, f32, f32),
     h: &mut B::Tensor,
     (w, bias): (&B::Weight, Option<&B::Weight>),
-    out: &mut B::Tensor,
+    out: MatOut<'_, B::Tensor>,
 ) -> Result<()> {
     if std::mem::take(pending) {
         be.rms_norm(delta, Some(x), nw, eps, offset, h)?;
-        return be.matmul(h, w, bias, out);
+        return match out {
+            MatOut::Write(o) => be.matmul(h, w, bias, o),
+            out => be.matmul_ex(MatIn::Plain(h), w, bias, out),
+        };
     }
     let input = MatIn::Norm {
         x,
@@ -691,7 +714,7 @@ fn norm_matmul<B: Backend>(
         offset,
         scratch: h,
     };
-    be.matmul_ex(input, w, bias, MatOut::Write(out))
+    be.matmul_ex(input, w, bias, out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@
 //! fused GEMV) and unfused (the rms_norm / act_mul kernels, then the plain matmul), and
 //! reports two rows: fused against the CPU reference at OP_TOL, and fused against unfused at
 //! FUSED_TOL (the same roundings: at these shapes the two should agree bit for bit).
+//! gate|up is also run in the decoder's other role, the act·mul output (`MatOut::ActMul`, the
+//! GEMV epilogue of `FLINT_FUSE_OUT`, bf16 only): fused (`set_fuse_out(true)`) against the CPU
+//! at OP_TOL and against unfused (the plain GEMV, then act_mul) at 0, i.e. bit for bit; the
+//! input fusion is off for both. UNVERIFIED: not yet run on a GPU.
 
 use super::{Case, Tester, OP_TOL};
 use crate::backend::cpu::CpuTensor;
@@ -26,7 +30,13 @@ enum Role {
     PlainAdd,
     /// `MatIn::ActMul`, `MatOut::AddTo` (down).
     ActAdd(Activation),
+    /// `MatIn::Norm`, `MatOut::ActMul` (gate|up writing act(gate) * up; switched by
+    /// `set_fuse_out`, bf16 only).
+    NormActOut(Activation),
 }
+
+/// Fused against unfused for the act·mul output: bit for bit (the same roundings by design).
+const ACT_OUT_TOL: f64 = 0.0;
 
 impl Tester<'_> {
     pub(super) fn fused_cases(&self, quick: bool) -> Vec<Case> {
@@ -46,6 +56,7 @@ impl Tester<'_> {
         // The cases switch fusion on and off; the end-to-end cases after them run the
         // backend's configured choice.
         let configured = self.gpu.fuse();
+        let configured_out = self.gpu.fuse_out();
         let mut out = Vec::new();
         for &what in schemes {
             for &(name, n, k, role) in shapes {
@@ -60,6 +71,18 @@ impl Tester<'_> {
                         Role::ActAdd(Activation::GeluTanh),
                         Role::ActAdd(Activation::Gelu),
                     ],
+                    // gate|up's act·mul output (the decoder's default role for it), each
+                    // activation but in the quick run.
+                    _ if dense && name == "gate_up" => {
+                        let acts: &[Activation] = if quick {
+                            &[Activation::Silu]
+                        } else {
+                            &[Activation::Silu, Activation::GeluTanh, Activation::Gelu]
+                        };
+                        let mut v = vec![role];
+                        v.extend(acts.iter().map(|&a| Role::NormActOut(a)));
+                        v
+                    }
                     _ => vec![role],
                 };
                 let w = self.data(n * k, 1.0 / (k as f32).sqrt());
@@ -101,7 +124,10 @@ impl Tester<'_> {
                                 let r = self.fused_matmul(wc, wg, role, t, bias);
                                 self.gpu.set_dense_path(None);
                                 self.gpu.set_quant_path(quant_before);
-                                let restored = self.gpu.set_fuse(configured);
+                                let restored = self
+                                    .gpu
+                                    .set_fuse(configured)
+                                    .and_then(|_| self.gpu.set_fuse_out(configured_out));
                                 r.and_then(|e| {
                                     restored?;
                                     self.gpu.synchronize()?;
@@ -117,8 +143,12 @@ impl Tester<'_> {
                                 (Err(s.clone()), Err(s))
                             }
                         };
+                        let tol = match role {
+                            Role::NormActOut(_) => ACT_OUT_TOL,
+                            _ => FUSED_TOL,
+                        };
                         out.push(case("fused matmul", label.clone(), OP_TOL, cpu));
-                        out.push(case("fused=unfused", label, FUSED_TOL, unfused));
+                        out.push(case("fused=unfused", label, tol, unfused));
                     }
                 }
             }
@@ -149,9 +179,19 @@ impl Tester<'_> {
         let b = self.input(1, n, 0.5)?;
         let b = bias.then_some(&b);
         let residual = self.data(t * n, 2.0);
+        // The act·mul output: [t, n / 2], the product [t, n] in its scratch.
+        let act_out = match role {
+            Role::NormActOut(a) => Some(a),
+            _ => None,
+        };
+        let out_cols = if act_out.is_some() { n / 2 } else { n };
         // The CPU reference.
         let mut c_scratch = self.cpu.alloc(t, k)?;
-        let mut c_out = self.cpu.upload_weight("residual", &residual, t, n)?;
+        let mut c_product = self.cpu.alloc(t, n)?;
+        let mut c_out = match act_out {
+            Some(_) => self.cpu.alloc(t, out_cols)?,
+            None => self.cpu.upload_weight("residual", &residual, t, n)?,
+        };
         match role {
             Role::NormWrite => self.cpu.matmul_ex(
                 MatIn::Norm {
@@ -181,10 +221,38 @@ impl Tester<'_> {
                 b.map(|b| &b.cpu),
                 MatOut::AddTo(&mut c_out),
             )?,
+            Role::NormActOut(act) => self.cpu.matmul_ex(
+                MatIn::Norm {
+                    x: &x.cpu,
+                    w: &nw.cpu,
+                    eps: 1e-5,
+                    offset: 0.0,
+                    scratch: &mut c_scratch,
+                },
+                wc,
+                b.map(|b| &b.cpu),
+                MatOut::ActMul {
+                    out: &mut c_out,
+                    act,
+                    scratch: &mut c_product,
+                },
+            )?,
         }
         // The GPU, fused then unfused, each from the same residual into a poisoned scratch.
+        // The act·mul output switches the fused output (set_fuse_out), the inputs unfused.
         let run = |fuse: bool| -> Result<CudaTensor> {
-            self.gpu.set_fuse(fuse)?;
+            if act_out.is_some() {
+                self.gpu.set_fuse(false)?;
+                self.gpu.set_fuse_out(fuse)?;
+                if self.gpu.fuses_act_out(wg, t) != fuse {
+                    bail!(
+                        "set_fuse_out({fuse}) but the backend says it would fuse: {}",
+                        !fuse
+                    );
+                }
+            } else {
+                self.gpu.set_fuse(fuse)?;
+            }
             if matches!(role, Role::NormWrite | Role::ActAdd(_))
                 && self.gpu.fuses_input(wg, t) != fuse
             {
@@ -195,7 +263,15 @@ impl Tester<'_> {
             }
             let mut scratch = self.gpu.alloc(t, k)?;
             self.gpu.poison(&mut scratch)?;
-            let mut out = self.gpu.tensor_from(&residual, t, n)?;
+            let mut product = self.gpu.alloc(t, n)?;
+            self.gpu.poison(&mut product)?;
+            let mut out = if act_out.is_some() {
+                let mut o = self.gpu.alloc(t, out_cols)?;
+                self.gpu.poison(&mut o)?;
+                o
+            } else {
+                self.gpu.tensor_from(&residual, t, n)?
+            };
             let bg = b.map(|b| &b.gpu);
             match role {
                 Role::NormWrite => self.gpu.matmul_ex(
@@ -223,6 +299,22 @@ impl Tester<'_> {
                     wg,
                     bg,
                     MatOut::AddTo(&mut out),
+                )?,
+                Role::NormActOut(act) => self.gpu.matmul_ex(
+                    MatIn::Norm {
+                        x: &x.gpu,
+                        w: &nw.gpu,
+                        eps: 1e-5,
+                        offset: 0.0,
+                        scratch: &mut scratch,
+                    },
+                    wg,
+                    bg,
+                    MatOut::ActMul {
+                        out: &mut out,
+                        act,
+                        scratch: &mut product,
+                    },
                 )?,
             }
             Ok(out)

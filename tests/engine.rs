@@ -807,6 +807,7 @@ impl Backend for GraphProbe {
         let out = match &o {
             MatOut::Write(_) => "write",
             MatOut::AddTo(_) => "add",
+            MatOut::ActMul { .. } => "act",
         };
         self.log(&format!("{input}>{out}"));
         self.inner.matmul_ex(x, w, b, o)
@@ -1087,7 +1088,8 @@ fn the_model_applies_the_backends_scalar_rounding_to_the_embedding_scale() {
 
 /// The decoder's residual flow per family, as ops (`matmul_ex` shown as input>output; the
 /// logits themselves are held to transformers by tests/hf_fixtures.rs): a dense layer without
-/// post-norms runs its norms, act·mul and residual adds inside its matmuls; post-norms
+/// post-norms runs its norms, act·mul and residual adds inside its matmuls (act·mul as the
+/// gate|up matmul's output, `MatOut::ActMul`, and down's input plain); post-norms
 /// (Gemma 2) and MoE MLPs (Qwen2-MoE: every other layer) write a delta that the next norm
 /// adds. One prefill of 3 tokens, logits of the last.
 #[test]
@@ -1105,22 +1107,24 @@ fn dense_layers_fuse_their_norms_and_residual_adds_into_the_matmuls() {
         (spec.num_layers, sparse, got)
     };
     let count = |m: &std::collections::BTreeMap<String, usize>, k: &str| *m.get(k).unwrap_or(&0);
-    // Llama 3: per layer norm>write (qkv, gate|up), plain>add (o), act>add (down); the final
+    // Llama 3: per layer norm>write (qkv), norm>act (gate|up), plain>add (o, down); the final
     // norm goes into lm_head; no norm or act·mul of the decoder's own.
     let (l, _, m) = ops("llama3");
-    assert_eq!(count(&m, "norm>write"), 2 * l + 1, "{m:?}");
-    assert_eq!(count(&m, "plain>add"), l, "{m:?}");
-    assert_eq!(count(&m, "act>add"), l, "{m:?}");
+    assert_eq!(count(&m, "norm>write"), l + 1, "{m:?}");
+    assert_eq!(count(&m, "norm>act"), l, "{m:?}");
+    assert_eq!(count(&m, "plain>add"), 2 * l, "{m:?}");
+    assert_eq!(count(&m, "act>add") + count(&m, "act>write"), 0, "{m:?}");
     assert_eq!(
         count(&m, "rms_norm") + count(&m, "rms_norm+residual"),
         0,
         "{m:?}"
     );
     // Gemma 2: post-norms after o and down, so every later norm adds a delta.
+    // gate|up's input is the norm with the delta added (pending), its output act·mul.
     let (l, _, m) = ops("gemma2");
     assert_eq!(count(&m, "plain>add") + count(&m, "act>add"), 0, "{m:?}");
-    assert_eq!(count(&m, "plain>write"), l, "{m:?}");
-    assert_eq!(count(&m, "act>write"), l, "{m:?}");
+    assert_eq!(count(&m, "plain>write"), 2 * l, "o and down: {m:?}");
+    assert_eq!(count(&m, "plain>act"), l, "{m:?}");
     assert_eq!(count(&m, "rms_norm"), 2 * l, "post-norms: {m:?}");
     // The first pre-norm has nothing pending; every other one and the final one do.
     assert_eq!(count(&m, "norm>write"), 1, "{m:?}");
@@ -1132,8 +1136,13 @@ fn dense_layers_fuse_their_norms_and_residual_adds_into_the_matmuls() {
         "the fixture mixes layers: {sparse} of {l}"
     );
     let dense = l - sparse;
-    assert_eq!(count(&m, "plain>add"), l, "{m:?}");
-    assert_eq!(count(&m, "act>add"), dense, "{m:?}");
+    assert_eq!(count(&m, "plain>add"), l + dense, "o and dense down: {m:?}");
+    assert_eq!(
+        count(&m, "norm>act") + count(&m, "plain>act"),
+        dense,
+        "{m:?}"
+    );
+    assert_eq!(count(&m, "act>add"), 0, "{m:?}");
     // A sparse MLP's norm is its own (it feeds the router and the experts); its delta is
     // added by the next attention norm or the final one.
     assert_eq!(

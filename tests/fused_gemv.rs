@@ -3,7 +3,8 @@
 //! residual add in the epilogue) run on the host (tests/fused_gemv_emulation, with the shim of
 //! tests/moe_emulation: CTAs as std::threads) against a float64 reference rounded where the
 //! unfused GPU ops store: every mode x bf16 / int8 / int4 / fp8 x 1, 2 and 8 tokens x one and
-//! several staged chunks, add-to-out, the scalar paths and the grid-stride loop; and the
+//! several staged chunks, add-to-out, the scalar paths and the grid-stride loop; the dense
+//! GEMV's act·mul output bit for bit against its unfused path (the GEMV, then act_mul.cu); and the
 //! prefill's dequantize (quant_dequant_*) bit for bit on both its paths. Index math,
 //! barriers and rounding points, not speed. Needs a C++20 compiler and the CUDA headers
 //! scripts/setup.sh installs; skips without them unless FLINT_REQUIRE_KERNELS=1.
@@ -43,6 +44,17 @@ fn fused_gemvs_pass_their_host_emulation() {
             "dequant {what}:\n{stdout}"
         );
     }
+    for what in [
+        "plain/silu      T 1 I 37",
+        "plain/gelu_tanh T 8 I 37",
+        "norm /gelu_tanh T 1 I 40 K  1030 bias 1 grid 2",
+        "plain/silu      T 1 I 24 K  1024 bias 0 grid 1",
+    ] {
+        assert!(
+            stdout.contains(&format!("PASS  act-out bf16 {what}")),
+            "act-out {what}:\n{stdout}"
+        );
+    }
     let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert!(passed >= 126, "{passed} cases passed:\n{stdout}");
+    assert!(passed >= 126 + 14, "{passed} cases passed:\n{stdout}");
 }

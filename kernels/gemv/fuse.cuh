@@ -8,7 +8,9 @@
 //             rsqrt(mean(x[t, :]^2) + eps): rms_norm.cu's value, rounded where it stores it
 //   ACT_MUL   bf16(Act::apply(x[t, k]) * x[t, K + k]) (x = gate|up [T, 2K]): act_mul.cu's value
 // Output: out = bf16(acc + bias), or with add_to_out out = bf16(out + bf16(acc + bias)): the
-// residual add of rms_norm.cu (each output element belongs to one lane: no race).
+// residual add of rms_norm.cu (each output element belongs to one lane: no race). The dense
+// GEMV's out_act (gemv.cu): out[t, m] = bf16(act(bf16(gate)) * bf16(up)) from the gate row m
+// and up row m + I of one warp (act_mul_out): the plain GEMV's stores, then act_mul.cu's.
 //
 // NORM needs scale[t] before the first chunk is staged, and a chunk is narrower than K at
 // T > 1: every CTA computes the sums of squares of its tokens itself, over all of K, right
@@ -116,6 +118,12 @@ __device__ __forceinline__ bf16 stage1(const GemvFuse &f, const bf16 *x, int t, 
 __device__ __forceinline__ void store(const GemvFuse &f, bf16 *out, float v) {
     const bf16 d = to_bf16(v);
     *out = f.add_to_out ? to_bf16(to_f32(*out) + to_f32(d)) : d;
+}
+
+// The act·mul output of a gate row and its up row (f.out_act = 1 + act; g, u = acc + bias in
+// f32): what the plain GEMV stores (bf16(g), bf16(u)), then act_mul.cu's bf16(act(g) * u).
+__device__ __forceinline__ bf16 act_mul_out(const GemvFuse &f, float g, float u) {
+    return to_bf16(act_mul(f.out_act - 1, to_f32(to_bf16(g)), to_f32(to_bf16(u))));
 }
 
 }  // namespace flint::gemv_fuse

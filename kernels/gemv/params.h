@@ -24,7 +24,8 @@
 #define FLINT_GEMV_ACT_GELU 2
 
 /** The fused input and output of a GEMV (dense bf16 and quantized alike; gemv/fuse.cuh). All
- * zeros: plain x, out overwritten. */
+ * zeros: plain x, out overwritten. out_act is the dense bf16 GEMV's only (quant_gemv.cu
+ * ignores it; the host never sets it there). */
 typedef struct GemvFuse {
     FLINT_PTR(const flint_bf16) norm_w;  /**< [k] for FLINT_GEMV_IN_NORM, else 0 */
     int32_t in_mode;                     /**< FLINT_GEMV_IN_* */
@@ -33,7 +34,11 @@ typedef struct GemvFuse {
     float norm_offset;                   /**< FLINT_GEMV_IN_NORM: 0, or 1 for Gemma's (1 + w) */
     int32_t add_to_out;                  /**< 1: out = bf16(out + bf16(x . w + bias)) (the
                                               residual add; out must not alias x) */
-    int32_t reserved;                    /**< 0 */
+    int32_t out_act;                     /**< 0, or 1 + FLINT_GEMV_ACT_*: the act·mul output
+                                              (gemv.cu only): w = gate|up [n, k], n even,
+                                              out [num_tokens, n / 2] = bf16(act(bf16(gate)) *
+                                              bf16(up)), as the plain GEMV then act_mul.cu
+                                              store it; not with add_to_out */
 } GemvFuse;
 FLINT_ASSERT_SIZE(GemvFuse, 32);
 

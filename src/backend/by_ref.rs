@@ -197,6 +197,12 @@ impl<B: Backend> Backend for &B {
     fn fuse(&self) -> bool {
         (**self).fuse()
     }
+    fn set_fuse_out(&self, on: bool) -> Result<()> {
+        (**self).set_fuse_out(on)
+    }
+    fn fuse_out(&self) -> bool {
+        (**self).fuse_out()
+    }
     fn pdl_unavailable(&self) -> Option<String> {
         (**self).pdl_unavailable()
     }

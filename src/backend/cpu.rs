@@ -337,7 +337,8 @@ impl Backend for CpuBackend {
 
     /// The unfused ops, in f32: the input materialized into its scratch by `rms_norm` /
     /// `act_mul`, then `matmul`'s sums; `AddTo` adds `x · wᵀ + b` to each element (the same
-    /// f32 operations as `matmul` into a delta, then `rms_norm`'s residual add).
+    /// f32 operations as `matmul` into a delta, then `rms_norm`'s residual add); `ActMul` is
+    /// the product into its scratch, then `act_mul`.
     fn matmul_ex(
         &self,
         input: MatIn<'_, CpuTensor, CpuTensor>,
@@ -345,11 +346,14 @@ impl Backend for CpuBackend {
         bias: Option<&CpuTensor>,
         out: MatOut<'_, CpuTensor>,
     ) -> Result<()> {
-        let x = super::unfused_input(self, input)?;
         let out = match out {
-            MatOut::Write(o) => return self.matmul(x, w, bias, o),
+            MatOut::Write(o) => return self.matmul(super::unfused_input(self, input)?, w, bias, o),
             MatOut::AddTo(o) => o,
+            MatOut::ActMul { out, act, scratch } => {
+                return super::unfused_act_mul_out(self, input, w, bias, (out, act, scratch));
+            }
         };
+        let x = super::unfused_input(self, input)?;
         let (k, n) = (w.cols, w.rows);
         if x.cols != k || out.cols != n || out.rows != x.rows {
             bail!(
@@ -815,6 +819,21 @@ mod tests {
             be.matmul_ex(input, &w, Some(&b), MatOut::AddTo(&mut got))
                 .unwrap();
             assert_eq!(got, want, "act·mul {act:?} added");
+            // act·mul output (w2 = gate|up [2n, k]): matmul into the scratch, then act_mul.
+            let w2 = up(vals(2 * n * k, 7), 2 * n, k);
+            let b2 = up(vals(2 * n, 8), 1, 2 * n);
+            let (mut product, mut want) = (be.alloc(t, 2 * n).unwrap(), be.alloc(t, n).unwrap());
+            be.matmul(&x, &w2, Some(&b2), &mut product).unwrap();
+            be.act_mul(&product, act, &mut want).unwrap();
+            let (mut scratch2, mut got) = (be.alloc(t, 2 * n).unwrap(), be.alloc(t, n).unwrap());
+            let out = MatOut::ActMul {
+                out: &mut got,
+                act,
+                scratch: &mut scratch2,
+            };
+            be.matmul_ex(MatIn::Plain(&x), &w2, Some(&b2), out).unwrap();
+            assert_eq!(got, want, "act·mul {act:?} output");
+            assert_eq!(scratch2, product, "the scratch holds the product");
         }
         // Plain, added, no bias.
         let mut delta = be.alloc(t, n).unwrap();

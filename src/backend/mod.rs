@@ -146,6 +146,16 @@ pub enum MatOut<'a, T> {
     Write(&'a mut T),
     /// `out += x · wᵀ (+ bias)`: out already holds `[T, N]` (the residual stream).
     AddTo(&'a mut T),
+    /// `out = act_mul(x · wᵀ (+ bias), act)`, `[T, N / 2]` (see [`Backend::act_mul`]): the
+    /// product is gate|up (w's rows `0..N/2` the gate, `N/2..N` the up projection). `scratch`
+    /// (`[T, N]` of room) is where a backend may materialize the product first; its contents
+    /// afterwards are unspecified. A backend that fuses it (the CUDA GEMV's epilogue) rounds
+    /// the product where the unfused ops store it.
+    ActMul {
+        out: &'a mut T,
+        act: Activation,
+        scratch: &'a mut T,
+    },
 }
 
 /// Paged KV cache geometry.
@@ -303,6 +313,20 @@ pub fn unfused_input<'a, B: Backend + ?Sized>(
             Ok(scratch)
         }
     }
+}
+
+/// [`Backend::matmul_ex`] into `MatOut::ActMul` by the unfused ops: the product into the
+/// scratch (`matmul_ex` with `MatOut::Write`), then `be`'s own `act_mul`. The path every
+/// backend takes where it does not fuse the act·mul output.
+pub fn unfused_act_mul_out<B: Backend + ?Sized>(
+    be: &B,
+    input: MatIn<'_, B::Tensor, B::Weight>,
+    w: &B::Weight,
+    bias: Option<&B::Weight>,
+    (out, act, scratch): (&mut B::Tensor, Activation, &mut B::Tensor),
+) -> Result<()> {
+    be.matmul_ex(input, w, bias, MatOut::Write(scratch))?;
+    be.act_mul(scratch, act, out)
 }
 
 pub trait Backend {
@@ -478,6 +502,22 @@ pub trait Backend {
 
     /// Whether `matmul_ex` fuses now.
     fn fuse(&self) -> bool {
+        false
+    }
+
+    /// Turns the fused act·mul output (`MatOut::ActMul` computed in the GEMV's epilogue, CUDA:
+    /// `FLINT_FUSE_OUT`) on or off for later `matmul_ex` calls, apart from [`Backend::set_fuse`]
+    /// (captured graphs are dropped when that changes them). Turning it on where
+    /// [`Backend::fuse_unavailable`] gives a reason is an error saying it.
+    fn set_fuse_out(&self, on: bool) -> Result<()> {
+        match self.fuse_unavailable() {
+            Some(why) if on => bail!("{why}"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `matmul_ex` fuses the act·mul output now.
+    fn fuse_out(&self) -> bool {
         false
     }
 

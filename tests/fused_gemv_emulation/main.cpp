@@ -8,6 +8,7 @@
 // x K in one staged chunk and in several (with a tail), with and without add-to-out, the
 // scalar paths (K % 8 != 0 for bf16, K % 32 != 0 for the quantized), and the grid-stride
 // loop over row blocks (the norm's scales are computed once per CTA and reused).
+// And the dense GEMV's act·mul output (run_act_out), bit for bit against its unfused path.
 // Outputs are poisoned with NaN first (add-to-out starts from a random residual). Checks:
 // rel-L2 < 1e-2 (the other GEMV emulations' bound), every element within 2 bf16 ulps of the
 // reference, and at most 2% of them not equal to it (so a rounding in the wrong place shows,
@@ -18,6 +19,7 @@
 
 #include "../../kernels/quant_gemv.cu"
 #include "../../kernels/gemv.cu"
+#include "../../kernels/act_mul.cu"
 
 #include "../moe_emulation/harness.h"
 
@@ -229,6 +231,61 @@ static void run(const Case &c, std::mt19937 &g) {
     check(err < 1e-2 && bad == 0 && ne <= ne_max, name);
 }
 
+// The dense GEMV's act·mul output (GemvFuse::out_act = 1 + act): w = gate|up [2I, K], each
+// warp a gate row m and its up row m + I, out[T, I]. Checked bit for bit against the unfused
+// path on this same emulation: the plain (or norm-input) GEMV into gate|up [T, 2I], then
+// act_mul.cu's kernel, i.e. bf16(act(bf16(g + b)) * bf16(u + b)) as the GPU rounds it
+// without the fusion. Outputs poisoned with NaN (a skipped element never equals). grid 0: the
+// host's (ceil(2I / 16) CTAs, 8 outputs each); else a small grid (the grid-stride loop).
+static void run_act_out(Mode mode, int act, int T, int I, int K, bool bias, unsigned grid, std::mt19937 &g) {
+    static void (*const G[2][8])(GemvParams) = {
+        {gemv_bf16_t1, gemv_bf16_t2, gemv_bf16_t3, gemv_bf16_t4, gemv_bf16_t5, gemv_bf16_t6, gemv_bf16_t7, gemv_bf16_t8},
+        {gemv_bf16_norm_t1, gemv_bf16_norm_t2, gemv_bf16_norm_t3, gemv_bf16_norm_t4, gemv_bf16_norm_t5,
+         gemv_bf16_norm_t6, gemv_bf16_norm_t7, gemv_bf16_norm_t8},
+    };
+    static void (*const A[3])(ActMulParams) = {act_mul_bf16_silu, act_mul_bf16_gelu_tanh, act_mul_bf16_gelu};
+    const int N = 2 * I;
+    const auto w = randn(g, static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)));
+    const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
+    auto nw = randn(g, K, 0.3f);
+    for (auto &v : nw) v = rbf(v + 1.0f);
+    const auto b = randn(g, N, 0.5f);
+    GemvParams p{};
+    p.x = upload(x);
+    p.w = upload(w);
+    p.bias = bias ? upload(b) : nullptr;
+    p.num_tokens = T;
+    p.n = N;
+    p.k = K;
+    p.fuse.in_mode = mode;
+    p.fuse.norm_w = mode == NORM ? upload(nw) : nullptr;
+    p.fuse.eps = 1e-5f;
+    const unsigned host_ctas = static_cast<unsigned>((N + 15) / 16);
+    // Unfused: the product, then act_mul (grid as its launcher: tokens x ceil(I / 2048)).
+    bf16 *gate_up = alloc<bf16>(static_cast<size_t>(T) * N), *want = alloc<bf16>(static_cast<size_t>(T) * I);
+    p.out = gate_up;
+    launch(G[mode][T - 1], dim3(host_ctas), dim3(FLINT_GEMV_WARPS * 32), p);
+    ActMulParams a{};
+    a.gate_up = gate_up;
+    a.out = want;
+    a.num_tokens = T;
+    a.inter = I;
+    launch(A[act], dim3(T, (I + 2047) / 2048), dim3(256), a);
+    // Fused.
+    bf16 *out = alloc<bf16>(static_cast<size_t>(T) * I);
+    p.out = out;
+    p.fuse.out_act = 1 + act;
+    launch(G[mode][T - 1], dim3(grid ? grid : host_ctas), dim3(FLINT_GEMV_WARPS * 32), p);
+    const auto got = download(out, static_cast<size_t>(T) * I), ref = download(want, static_cast<size_t>(T) * I);
+    int off = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+        if (!(got[i] == ref[i])) ++off;  // NaN (poison) counts
+    char name[200];
+    std::snprintf(name, sizeof name, "act-out bf16 %-5s/%-9s T %d I %d K %5d bias %d grid %u: %d of %zu off", mode == NORM ? "norm" : "plain",
+                  ACT_NAMES[act], T, I, K, bias ? 1 : 0, grid, off, got.size());
+    check(off == 0, name);
+}
+
 // quant_dequant_<fmt> (the prefill's dequantize before cuBLASLt): out[N, K] must be each
 // value's exact f32 rounded once to bf16, bit for bit, on the vector path (K % 32 == 0: one
 // 16-byte load per thread, the scale once per load or, with groups smaller than a load or a
@@ -294,6 +351,16 @@ int main() {
     for (Wt wt : {BF16, INT4})
         for (Mode mode : {NORM, ACT})
             for (int T : {1, 2, 8}) run(Case{wt, mode, FLINT_GEMV_ACT_GELU, T, 40, T == 8 ? 4160 : 1024, true, true, 0.0f, 1}, g);
+    // The act·mul output: every activation at T = 1, 2, 8 (one staged chunk and, at T = 8,
+    // several), 37 outputs (5 CTAs, the last with 3 idle warps); the norm input with it on
+    // the scalar path (K % 8 != 0); the grid-stride loop (5 row blocks on 2 CTAs, 3 on 1);
+    // no bias.
+    for (int T : {1, 2, 8})
+        for (int act : {FLINT_GEMV_ACT_SILU, FLINT_GEMV_ACT_GELU_TANH, FLINT_GEMV_ACT_GELU})
+            run_act_out(PLAIN, act, T, 37, T == 8 ? 4160 : 1024, true, 0, g);
+    for (int T : {1, 2, 8}) run_act_out(NORM, T % 3, T, 40, 1030, true, 2, g);
+    run_act_out(PLAIN, FLINT_GEMV_ACT_SILU, 1, 24, 1024, false, 1, g);
+    run_act_out(NORM, FLINT_GEMV_ACT_GELU, 8, 37, 1024, false, 0, g);
     // The dequantize: vector path with one scale per load (per channel, int4 groups of 32 and
     // 128) and per code (groups of 8, act order), the scalar path, the grid-stride loop.
     for (Wt wt : {INT8, INT4, FP8}) {

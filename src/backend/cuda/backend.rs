@@ -174,6 +174,9 @@ pub struct CudaBackend {
     prefill_start: PrefillPath,
     /// Whether `matmul_ex` fuses its computed inputs into the GEMVs (`FLINT_FUSE`, matmul.rs).
     fuse: Cell<bool>,
+    /// Whether `matmul_ex` computes `MatOut::ActMul` in the GEMV's epilogue (`FLINT_FUSE_OUT`,
+    /// matmul.rs).
+    fuse_out: Cell<bool>,
     /// Decode graphs by key, with the input addresses each was captured with.
     graphs: RefCell<HashMap<u64, (InputAddrs, CudaGraph)>>,
     mode: Cell<GraphMode>,
@@ -269,6 +272,10 @@ impl CudaBackend {
             Ok(v) => matmul::parse_fuse(&v)?,
             Err(_) => matmul::FUSE_DEFAULT,
         };
+        let fuse_out = match std::env::var(matmul::FUSE_OUT_ENV) {
+            Ok(v) => matmul::parse_fuse_out(&v)?,
+            Err(_) => matmul::FUSE_OUT_DEFAULT,
+        };
         let split_counters = dev
             .stream
             .alloc_zeros::<i32>(super::attention::split_counters_len(dev.info.num_sms))
@@ -276,6 +283,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             split_counters,
             fuse: Cell::new(fuse),
+            fuse_out: Cell::new(fuse_out),
             gemm,
             k,
             quant,
@@ -1016,6 +1024,22 @@ impl Backend for CudaBackend {
 
     fn fuse(&self) -> bool {
         self.fuse.get()
+    }
+
+    /// `FLINT_FUSE_OUT` sets the starting value (matmul.rs); as `set_fuse`, a change drops the
+    /// captured graphs.
+    fn set_fuse_out(&self, on: bool) -> Result<()> {
+        if self.mode.get() != GraphMode::Eager {
+            bail!("set_fuse_out inside a graph region");
+        }
+        if self.fuse_out.replace(on) != on {
+            self.clear_graphs();
+        }
+        Ok(())
+    }
+
+    fn fuse_out(&self) -> bool {
+        self.fuse_out.get()
     }
 
     fn embed(

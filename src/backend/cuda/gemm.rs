@@ -109,15 +109,20 @@ impl GemvIn {
             }
             GemvIn::ActMul(act) => {
                 f.in_mode = params::FLINT_GEMV_IN_ACT_MUL as i32;
-                f.act = match act {
-                    Activation::Silu => params::FLINT_GEMV_ACT_SILU,
-                    Activation::GeluTanh => params::FLINT_GEMV_ACT_GELU_TANH,
-                    Activation::Gelu => params::FLINT_GEMV_ACT_GELU,
-                } as i32;
+                f.act = act_code(act);
             }
         }
         f
     }
+}
+
+/// An activation's `FLINT_GEMV_ACT_*` code (`GemvFuse::act`; `out_act` is one more).
+pub fn act_code(act: Activation) -> i32 {
+    (match act {
+        Activation::Silu => params::FLINT_GEMV_ACT_SILU,
+        Activation::GeluTanh => params::FLINT_GEMV_ACT_GELU_TANH,
+        Activation::Gelu => params::FLINT_GEMV_ACT_GELU,
+    }) as i32
 }
 /// Output rows per GEMV CTA (`FLINT_GEMV_WARPS * FLINT_GEMV_ROWS_PER_WARP`).
 pub const GEMV_ROWS_PER_CTA: usize =
@@ -489,9 +494,11 @@ impl Gemm {
     }
 
     /// The dense matmul on the path [`dense_path`] picks. Shapes are checked by the caller
-    /// (`CudaBackend::matmul_ex`): x holds t*k (t*2k for `ActMul`), w n*k, out t*n and bias n
-    /// elements, t, n, k >= 1. `add`: out += x · wᵀ + bias. A fused input needs the GEMV path
-    /// (the caller materializes it otherwise: `CudaBackend::matmul_ex`).
+    /// (`CudaBackend::matmul_ex`): x holds t*k (t*2k for `ActMul`), w n*k, out t*n (t*n/2
+    /// with `out_act`) and bias n elements, t, n, k >= 1. `add`: out += x · wᵀ + bias.
+    /// `out_act`: out = act(gate) * up of the product (w = gate|up, n even; not with `add`).
+    /// A fused input or output needs the GEMV path (the caller materializes it otherwise:
+    /// `CudaBackend::matmul_ex`).
     #[allow(clippy::too_many_arguments)]
     pub fn dense(
         &self,
@@ -500,16 +507,16 @@ impl Gemm {
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
-        add: bool,
+        (add, out_act): (bool, Option<Activation>),
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         match self.path(t, n, k) {
-            DensePath::Gemv => self.gemv(x, input, w, bias, out, add, (t, n, k)),
-            DensePath::CublasLt if input == GemvIn::Plain => {
+            DensePath::Gemv => self.gemv(x, input, w, bias, out, (add, out_act), (t, n, k)),
+            DensePath::CublasLt if input == GemvIn::Plain && out_act.is_none() => {
                 self.run(x, w, bias, out, add, (t, n, k))
             }
             DensePath::CublasLt => {
-                bail!("matmul: a fused input ({input:?}) needs the GEMV path; cuBLASLt takes it materialized")
+                bail!("matmul: a fused input ({input:?}) or act·mul output ({out_act:?}) needs the GEMV path; cuBLASLt takes it materialized")
             }
         }
     }
@@ -518,6 +525,9 @@ impl Gemm {
     /// output (`kernels/gemv/fuse.cuh`). With PDL on it loads its
     /// first pieces of `w` before waiting for the previous kernel (kernels/gemv.cu): `w` must
     /// be a weight, written by copies only, never by a kernel (true of every weight).
+    /// `out_act` (the act·mul output, `GemvFuse::out_act`): w is gate|up `[n, k]`, n even,
+    /// and out `[t, n / 2]` gets `act(gate) * up`, rounded as the plain GEMV and then
+    /// `act_mul_bf16_*` store them; the grid stays `gemv_shape(n)` (8 outputs per CTA).
     #[allow(clippy::too_many_arguments)]
     pub fn gemv(
         &self,
@@ -526,19 +536,24 @@ impl Gemm {
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
-        add: bool,
+        (add, out_act): (bool, Option<Activation>),
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         if !(1..=GEMV_MAX_TOKENS).contains(&t) || n == 0 || k == 0 {
             bail!("matmul: the GEMV takes 1..={GEMV_MAX_TOKENS} tokens and N, K >= 1, got [{t}, {k}] x [{n}, {k}]^T");
         }
+        if out_act.is_some() && (add || n % 2 != 0) {
+            bail!("matmul: the GEMV's act·mul output needs an even N (gate|up, got {n}) and no add to out");
+        }
+        let mut fuse = input.params(add);
+        fuse.out_act = out_act.map_or(0, |a| 1 + act_code(a));
         let s = &self.stream;
         let p = GemvParams {
             x: dptr(x, s),
             w: dptr(w, s),
             bias: bias.map_or(0, |b| dptr(b, s)),
             out: dptr(out, s),
-            fuse: input.params(add),
+            fuse,
             num_tokens: t as i32,
             n: i32_of("matmul (gemv)", "N", n)?,
             k: i32_of("matmul (gemv)", "K", k)?,
@@ -674,6 +689,11 @@ mod tests {
                 (params::FLINT_GEMV_IN_ACT_MUL as i32, code as i32)
             );
         }
+        assert_eq!(f.out_act, 0, "params() never sets the act·mul output");
+        assert_eq!(
+            (act_code(Activation::Silu), act_code(Activation::Gelu)),
+            (0, 2)
+        );
         assert_eq!(size_of::<GemvFuse>(), 32);
     }
 

@@ -5,13 +5,17 @@
 //! `quant::quant_path` for quantized ones (so those two stay the only path choices), and
 //! only while fusion is on (`FLINT_FUSE`, `CudaBackend::set_fuse`). The residual add
 //! (`MatOut::AddTo`) is always the matmul's own: the GEMV's epilogue, or cuBLASLt's beta = 1.
+//! The act·mul output (`MatOut::ActMul`, the gate|up matmul writing `act(gate) * up`) is the
+//! dense GEMV's epilogue where the bf16 weight takes the GEMV and `FLINT_FUSE_OUT` is on (the
+//! default, [`FUSE_OUT_DEFAULT`]); elsewhere (cuBLASLt, quantized weights, switched off) the
+//! product goes to the scratch and `act_mul_bf16_*` runs after it. UNVERIFIED on a GPU.
 //! On an H200 (2026-11-28) the fused GEMVs matched the CPU and their unfused twins (bf16 at
 //! 1, 2 and 8 tokens, the quantized formats at 1) but ran the decode 5-6.5% slower, so fusion
 //! is off unless asked for ([`FUSE_DEFAULT`]).
 
 use super::super::gemm::{DensePath, GemvIn};
 use super::{CudaBackend, CudaTensor};
-use crate::backend::{unfused_input, MatIn, MatOut};
+use crate::backend::{unfused_act_mul_out, unfused_input, MatIn, MatOut};
 use anyhow::{bail, Result};
 
 /// The environment variable that turns the fused GEMV inputs and decode attention's fused
@@ -38,7 +42,43 @@ pub fn parse_fuse(v: &str) -> Result<bool> {
     }
 }
 
+/// The environment variable that turns the fused act·mul output (`MatOut::ActMul` in the
+/// dense GEMV's epilogue: the gate|up GEMV writes `act(gate) * up`, no `act_mul_bf16_*` kernel
+/// runs) on (`1`, the default) or off (`0`), read once when a `CudaBackend` starts. Apart from
+/// `FLINT_FUSE` (the inputs).
+pub const FUSE_OUT_ENV: &str = "FLINT_FUSE_OUT";
+
+/// Whether a backend starts with the fused act·mul output when `FLINT_FUSE_OUT` is unset:
+/// yes. UNVERIFIED on a GPU: it compiles (0 spills) and its host emulation matches the unfused
+/// path bit for bit (tests/fused_gemv_emulation); the predicted saving is one `act_mul` kernel
+/// per layer of a one-token decode, ~3 µs each in a graph, ~0.1 ms of the 4.68 ms batch-1
+/// Llama-3-8B step on an H200. Unlike the fused inputs it adds no work before the first
+/// product (only the epilogue's one activation per output).
+pub const FUSE_OUT_DEFAULT: bool = true;
+
+/// `FLINT_FUSE_OUT`'s value: `0` or `1` (empty: the default, [`FUSE_OUT_DEFAULT`]); anything
+/// else is an error naming the choices.
+pub fn parse_fuse_out(v: &str) -> Result<bool> {
+    match v.trim() {
+        "" => Ok(FUSE_OUT_DEFAULT),
+        "1" => Ok(true),
+        "0" => Ok(false),
+        other => bail!("{FUSE_OUT_ENV}={other:?}: expected 1 (act(gate) * up in the gate|up GEMV's epilogue, the default) or 0 (an act_mul kernel after it)"),
+    }
+}
+
 impl CudaBackend {
+    /// Whether a `[tokens, k] x w^T` matmul into `MatOut::ActMul` computes the act·mul in the
+    /// GEMV's epilogue now (else: the product into the scratch, then `act_mul_bf16_*`): bf16
+    /// weights on the GEMV path (`gemm::dense_path`), an even N, `FLINT_FUSE_OUT` on.
+    /// Quantized weights never do (their GEMVs have no act·mul output).
+    pub fn fuses_act_out(&self, w: &CudaTensor, tokens: usize) -> bool {
+        self.fuse_out.get()
+            && w.quant.is_none()
+            && w.rows % 2 == 0
+            && self.gemm.path(tokens, w.rows, w.cols) == DensePath::Gemv
+    }
+
     /// Whether a `[tokens, k] x w^T` matmul with a computed input runs it fused into the
     /// GEMV now (else: materialized by its own kernel, then the plain matmul).
     pub fn fuses_input(&self, w: &CudaTensor, tokens: usize) -> bool {
@@ -81,13 +121,21 @@ impl CudaBackend {
                 bail!("matmul_ex: bias has {} values for {n} outputs", b.len());
             }
         }
-        let (out, add) = match out {
-            MatOut::Write(o) => (o, false),
-            MatOut::AddTo(o) => (o, true),
+        let (out, add, out_act) = match out {
+            MatOut::Write(o) => (o, false, None),
+            MatOut::AddTo(o) => (o, true, None),
+            MatOut::ActMul { out, act, scratch } => {
+                if !self.fuses_act_out(w, rows) {
+                    // The product into the scratch, then act_mul (each checks its shapes).
+                    return unfused_act_mul_out(self, input, w, bias, (out, act, scratch));
+                }
+                (out, false, Some(act))
+            }
         };
-        if out.cols != n {
+        let out_cols = if out_act.is_some() { n / 2 } else { n };
+        if out.cols != out_cols {
             bail!(
-                "matmul_ex: weight [{n}, {kk}], output has {} columns",
+                "matmul_ex: weight [{n}, {kk}], output has {} columns (expected {out_cols})",
                 out.cols
             );
         }
@@ -134,6 +182,7 @@ impl CudaBackend {
             return Ok(()); // the graph launches this at graph_end
         }
         if let Some(q) = &w.quant {
+            // fuses_act_out is false for quantized weights: out_act is None here.
             return super::super::quant::matmul(self, x, mode, rows, q, bias, out, add);
         }
         self.gemm.dense(
@@ -142,7 +191,7 @@ impl CudaBackend {
             &w.buf,
             bias.map(|b| &b.buf),
             &mut out.buf,
-            add,
+            (add, out_act),
             (rows, n, kk),
         )
     }
@@ -159,5 +208,20 @@ mod tests {
         assert!(!parse_fuse(" 0 ").unwrap());
         let e = parse_fuse("yes").unwrap_err().to_string();
         assert!(e.contains("FLINT_FUSE") && e.contains("expected 0"), "{e}");
+    }
+
+    #[test]
+    fn fuse_out_switch_parses_and_rejects_with_the_choices() {
+        assert!(
+            parse_fuse_out("").unwrap(),
+            "unset is fused (FUSE_OUT_DEFAULT)"
+        );
+        assert!(parse_fuse_out(" 1").unwrap());
+        assert!(!parse_fuse_out("0").unwrap());
+        let e = parse_fuse_out("on").unwrap_err().to_string();
+        assert!(
+            e.contains("FLINT_FUSE_OUT") && e.contains("expected 1") && e.contains("or 0"),
+            "{e}"
+        );
     }
 }
