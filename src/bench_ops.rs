@@ -713,6 +713,29 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
     }
 }
 
+/// The rotated `[n, k]` bf16 weights of a fused/unfused row, after checking that the backend
+/// would take the path the row is named for (`takes`: whether it fuses `what` for such a
+/// weight at one token; `set`: what its switch says).
+fn fusion_weights(
+    be: &CudaBackend,
+    pattern: &CudaTensor,
+    (n, k): (usize, usize),
+    takes: impl Fn(&CudaTensor) -> bool,
+    set: bool,
+    what: &str,
+) -> Result<Vec<CudaTensor>> {
+    let ws = (0..copies_for(2 * n * k))
+        .map(|_| filled(be, pattern, n, k))
+        .collect::<Result<Vec<_>>>()?;
+    if takes(&ws[0]) != set {
+        bail!(
+            "the backend would {}fuse this GEMV's {what}",
+            if set { "not " } else { "" }
+        );
+    }
+    Ok(ws)
+}
+
 /// One decode GEMV with a computed input, fused or not as the backend is set: q|k|v and
 /// gate|up take `MatIn::Norm` and write; down (`act`) takes `MatIn::ActMul` of a [1, 2k]
 /// gate|up and adds into out. A row that would not run the way it is named is an error.
@@ -723,15 +746,14 @@ fn fused_case(
     (n, k): (usize, usize),
     case_s: f64,
 ) -> Result<Timing> {
-    let ws = (0..copies_for(2 * n * k))
-        .map(|_| filled(be, pattern, n, k))
-        .collect::<Result<Vec<_>>>()?;
-    if be.fuses_input(&ws[0], 1) != be.fuse() {
-        bail!(
-            "the backend would {}fuse this GEMV's input",
-            if be.fuse() { "not " } else { "" }
-        );
-    }
+    let ws = fusion_weights(
+        be,
+        pattern,
+        (n, k),
+        |w| be.fuses_input(w, 1),
+        be.fuse(),
+        "input",
+    )?;
     let x = filled(be, pattern, 1, if act { 2 * k } else { k })?;
     let nw = filled(be, pattern, 1, k)?;
     let mut scratch = be.alloc(1, k)?;
@@ -776,15 +798,14 @@ fn fused_out_case(
     (n, k): (usize, usize),
     case_s: f64,
 ) -> Result<Timing> {
-    let ws = (0..copies_for(2 * n * k))
-        .map(|_| filled(be, pattern, n, k))
-        .collect::<Result<Vec<_>>>()?;
-    if be.fuses_act_out(&ws[0], 1) != be.fuse_out() {
-        bail!(
-            "the backend would {}fuse this GEMV's act·mul output",
-            if be.fuse_out() { "not " } else { "" }
-        );
-    }
+    let ws = fusion_weights(
+        be,
+        pattern,
+        (n, k),
+        |w| be.fuses_act_out(w, 1),
+        be.fuse_out(),
+        "act·mul output",
+    )?;
     let x = filled(be, pattern, 1, k)?;
     let mut scratch = be.alloc(1, n)?;
     let mut out = be.alloc(1, n / 2)?;
