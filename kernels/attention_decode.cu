@@ -87,16 +87,6 @@ __device__ __forceinline__ void load_chunk(const AttentionParams &p, const int *
     }
 }
 
-__device__ __forceinline__ void unpack8(const uint4 &raw, float (&x)[VEC]) {
-    Pack8 pk;
-    pk.raw = raw;
-#pragma unroll
-    for (int i = 0; i < VEC / 2; ++i) {
-        const float2 f = __bfloat1622float2(pk.h[i]);
-        x[2 * i] = f.x;
-        x[2 * i + 1] = f.y;
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The fused rope prologue (p.qkv != 0): rope_kv_write.cu's math for the one token of a decode

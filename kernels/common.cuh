@@ -80,16 +80,21 @@ union Pack8 {
     __nv_bfloat162 h[VEC / 2];
 };
 
-// p must be 16-byte aligned.
-__device__ __forceinline__ void load8(const bf16 *p, float (&v)[VEC]) {
+// The 8 bf16 of a 16-byte load as f32.
+__device__ __forceinline__ void unpack8(const uint4 &raw, float (&v)[VEC]) {
     Pack8 pk;
-    pk.raw = *reinterpret_cast<const uint4 *>(p);
+    pk.raw = raw;
 #pragma unroll
     for (int i = 0; i < VEC / 2; ++i) {
         const float2 f = __bfloat1622float2(pk.h[i]);
         v[2 * i] = f.x;
         v[2 * i + 1] = f.y;
     }
+}
+
+// p must be 16-byte aligned.
+__device__ __forceinline__ void load8(const bf16 *p, float (&v)[VEC]) {
+    unpack8(*reinterpret_cast<const uint4 *>(p), v);
 }
 
 // p must be 16-byte aligned.

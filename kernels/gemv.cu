@@ -153,16 +153,7 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
                         if (c >= pieces) break;  // later pieces are further out of range
                         float wf[ROWS][VEC];
 #pragma unroll
-                        for (int r = 0; r < ROWS; ++r) {
-                            Pack8 pk;
-                            pk.raw = raw[u][r];
-#pragma unroll
-                            for (int i = 0; i < VEC / 2; ++i) {
-                                const float2 f = __bfloat1622float2(pk.h[i]);
-                                wf[r][2 * i] = f.x;
-                                wf[r][2 * i + 1] = f.y;
-                            }
-                        }
+                        for (int r = 0; r < ROWS; ++r) unpack8(raw[u][r], wf[r]);
 #pragma unroll
                         for (int t = 0; t < T; ++t) {
                             float xv[VEC];

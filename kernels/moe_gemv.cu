@@ -162,16 +162,7 @@ __device__ void gather_gemv(const MoeGemmParams &p) {
                         if (c >= pieces) break;  // later pieces are further out of range
                         float wf[BF16_ROWS][VEC];
 #pragma unroll
-                        for (int r = 0; r < BF16_ROWS; ++r) {
-                            Pack8 pk;
-                            pk.raw = raw[u][r];
-#pragma unroll
-                            for (int i = 0; i < VEC / 2; ++i) {
-                                const float2 f = __bfloat1622float2(pk.h[i]);
-                                wf[r][2 * i] = f.x;
-                                wf[r][2 * i + 1] = f.y;
-                            }
-                        }
+                        for (int r = 0; r < BF16_ROWS; ++r) unpack8(raw[u][r], wf[r]);
 #pragma unroll
                         for (int j = 0; j < TOK; ++j) {
                             if (j >= m) break;  // uniform over the CTA
