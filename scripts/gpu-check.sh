@@ -48,7 +48,8 @@
 #                                   # graphs, with PDL where it works) 120 s, then transformers + torch.compile (TTFT and
 #                                   # decode b1/b32) with the rest of the 555 s; peers.md.
 #   bash gpu-bundle/run.sh profile  # Nsight Compute (ncu) on one launch each of the bf16
-#                                   # GEMV, the int4 GEMV / mma / wgmma / dequantize and the
+#                                   # GEMV, the int4 tensor-core GEMV / GEMV / mma / wgmma /
+#                                   # dequantize and the
 #                                   # MoE gather-GEMV, up to 90 s each; reports under
 #                                   # $OUT/profile/<kernel>.txt.
 # Run "core" on the first lent GPU; "serve", "sanitize" and "peers" when core has run on a
@@ -251,7 +252,7 @@ fi
 selftest_rc=0 # no selftest in this part: the core part checks correctness
 elif [ "$part" = profile ]; then
 # Nsight Compute over the kernels whose measured speed no count explains (bench/NOTES.md
-# predictions 6, 11, 18, 19, 20), with the bf16 GEMV that reaches its floor as the reference:
+# predictions 6, 11, 18, 19, 20) and the tensor-core GEMV that should replace one (23), with the bf16 GEMV that reaches its floor as the reference:
 # one launch each (after 2 warm-up launches), the sections that tell latency from issue from
 # occupancy from bytes (and the fused GEMVs beside the plain one: prediction 10). Each runs
 # the bench-ops group holding the kernel with tiny cases.
@@ -262,7 +263,7 @@ if [ -z "$ncu_bin" ]; then
 else
     mkdir -p "$out/profile"
     # Most wanted first (a later one may find the part's time spent).
-    for spec in gemv_bf16_t1:proj quant_gemv_i4_t1:quant quant_mma_i4_t8:quant moe_gemv_gate_up_bf16_silu:moe \
+    for spec in gemv_bf16_t1:proj quant_gemv_tc_i4:quant quant_gemv_i4_t1:quant quant_mma_i4_t8:quant moe_gemv_gate_up_bf16_silu:moe \
         gemv_bf16_norm_t1:proj gemv_bf16_act_t1:proj quant_dequant_i4:quant quant_wgmma_i4_t128:quant; do
         kernel="${spec%%:*}" group="${spec##*:}"
         step "profile_$kernel" "$(left_or 90)" "$ncu_bin" --kernel-name "$kernel" --launch-skip 2 --launch-count 1 \

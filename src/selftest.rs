@@ -1044,11 +1044,12 @@ impl Tester<'_> {
         // (n, k): model shapes first (Llama-3-8B q|k|v and down), then ragged ones that take
         // the scalar and per-code-group paths. Each weight is made, quantized and uploaded
         // once per scheme; the token counts reuse it (the CPU reference is slow at model
-        // shapes, so those run fewer counts). Unforced (the default path: 1 the GEMV, 2..=64
-        // the mma when K % 32 == 0, else GEMV passes or dequant + cuBLASLt), then at the
-        // model shapes each path forced (`set_quant_path`, checked against the path the
+        // shapes, so those run fewer counts). Unforced (the default path: 1 the tensor-core
+        // GEMV where it takes the weight, else the GEMV; 2..=64 the mma when K % 32 == 0, else
+        // GEMV passes or dequant + cuBLASLt), then at the model shapes each path forced (`set_quant_path`, checked against the path the
         // backend reports): the mma at 2, 8, 33, 64 tokens (kernels/quant_mma.cu, split-K at
-        // these N), the GEMV at 8, dequant + cuBLASLt at 9; on sm_90 the wgmma prefill GEMM
+        // these N), the GEMV at 1 and 8, the tensor-core GEMV at 2 and 4 (8 on the small
+        // shapes) where it takes the weight, dequant + cuBLASLt at 9; on sm_90 the wgmma prefill GEMM
         // (kernels/quant_wgmma.cu) at 65 (split-K) and 300 tokens (tiles of 128, a partial
         // one), which the ragged shapes also take unforced above 64 tokens.
         let shapes: &[(usize, usize)] = if quick {
@@ -1085,13 +1086,25 @@ impl Tester<'_> {
             };
             use crate::backend::cuda::quant::{QuantForce, QuantPath};
             // (force, tokens) at the model shapes.
+            // The tensor-core GEMV at several token counts where it takes the weight (one
+            // token is its default: the unforced cases), and the CUDA-core GEMV at one token.
             let mut forced: Vec<(QuantForce, usize)> = match (quick, big) {
-                (_, false) => vec![],
-                (true, true) => vec![(QuantForce::Mma, 2), (QuantForce::Mma, 33)],
+                (_, false) => vec![(QuantForce::GemvTc, 8)],
+                (true, true) => vec![
+                    (QuantForce::Mma, 2),
+                    (QuantForce::Mma, 33),
+                    (QuantForce::Gemv, 1),
+                ],
                 (false, true) => [2, 8, 33, 64]
                     .into_iter()
                     .map(|t| (QuantForce::Mma, t))
-                    .chain([(QuantForce::Gemv, 8), (QuantForce::Dequant, 9)])
+                    .chain([
+                        (QuantForce::Gemv, 1),
+                        (QuantForce::Gemv, 8),
+                        (QuantForce::Dequant, 9),
+                        (QuantForce::GemvTc, 2),
+                        (QuantForce::GemvTc, 4),
+                    ])
                     .collect(),
             };
             if big && wgmma.is_none() && n * k < 1 << 25 {
@@ -1129,6 +1142,23 @@ impl Tester<'_> {
                     if force == QuantForce::Wgmma && t > 65 && !WGMMA_LONG_SCHEMES.contains(&what) {
                         continue; // the CPU reference of 300 rows: one scheme per format
                     }
+                    if force == QuantForce::GemvTc {
+                        // Only where it takes the weight (tc_supports: no act-order, scale
+                        // groups of whole blocks, x in its shared memory).
+                        let takes = match &weights {
+                            Ok((_, wg)) => {
+                                let before = self.gpu.quant_path_override();
+                                self.gpu.set_quant_path(Some(force));
+                                let now = self.gpu.quant_path_for(wg, t);
+                                self.gpu.set_quant_path(before);
+                                now == Some(QuantPath::GemvTc)
+                            }
+                            Err(_) => true, // the case reports the error
+                        };
+                        if !takes {
+                            continue;
+                        }
+                    }
                     let bias = t % 2 == 1;
                     let b = if bias { " bias" } else { "" };
                     out.push(self.case(
@@ -1147,6 +1177,7 @@ impl Tester<'_> {
                                 QuantForce::Mma => QuantPath::Mma,
                                 QuantForce::Wgmma => QuantPath::Wgmma,
                                 QuantForce::Gemv => QuantPath::Gemv(t.div_ceil(8)),
+                                QuantForce::GemvTc => QuantPath::GemvTc,
                                 QuantForce::Dequant => QuantPath::DequantGemm,
                             };
                             let r = if now == Some(want) {

@@ -5,7 +5,8 @@
 //! dequantized weights: int8 / int4 / fp8 x T in {2, 8, 9, 33, 64} x K tail-free and with a
 //! 32-column last tile x split-K or not x groups 128 / 64 / 32 / 96 / per row x zero points
 //! or not x GPTQ act-order g_idx (and a group that is not a multiple of 16: the _any kernel).
-//! Also the prefill GEMM on sm_90a (kernels/quant_wgmma.cu, the emulation's `wgmma` cases).
+//! Also the prefill GEMM on sm_90a (kernels/quant_wgmma.cu, the emulation's `wgmma` cases) and
+//! the tensor-core GEMV for 1..8 tokens (kernels/quant_gemv_tc.cu, the `tc` cases).
 //! Index math, fragments, barriers and rounding points, not speed. A planted fragment error
 //! (the shim's FLINT_SHIM_MMA_SWAP_B: every lane's b0 and b1 trade places) must fail. Needs a
 //! C++20 compiler and the CUDA headers scripts/setup.sh installs; skips without them unless
@@ -144,5 +145,59 @@ fn quant_wgmma_planted_errors_fail() {
         "quant_mma_emulation_no_swizzle",
         "FLINT_SHIM_WGMMA_NO_SWIZZLE",
         &["wgmma"],
+    );
+}
+
+/// The tensor-core GEMV for 1..8 tokens (kernels/quant_gemv_tc.cu: codes decoded from the
+/// 16-byte loads straight into mma.sync's A registers, x staged permuted to match, 8 warps
+/// splitting K, a shared-memory reduction) against a float64 reference on the exact weights:
+/// every format x T 1, 2, 5, 8 x K of fewer blocks than warps up to several per warp x scale
+/// groups of one block, several, one per row x zero points, bias, add-to-out x a partial last
+/// tile x the grid-stride loop.
+#[test]
+fn quant_gemv_tc_passes_its_host_emulation() {
+    let Some(exe) = common::build_emulation(
+        "quant_gemv_tc_passes_its_host_emulation",
+        "tests/quant_mma_emulation/main.cpp",
+        "quant_gemv_tc_emulation",
+        &[],
+    ) else {
+        return;
+    };
+    let stdout = common::run_emulation_with_args_to_pass(&exe, &["tc"]);
+    for what in [
+        "qtc  int8 T 1",
+        "qtc  int4 T 1",
+        "qtc  fp8  T 1",
+        "qtc  int4 T 8",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("PASS  {what}"))),
+            "{what}:\n{stdout}"
+        );
+    }
+    for what in ["grid-stride 1", "zeros 1", "add 1", "K 3072", "N 37"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("PASS") && l.contains(what)),
+            "no passing case with {what}:\n{stdout}"
+        );
+    }
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(passed >= 40, "{passed} cases passed:\n{stdout}");
+}
+
+/// The tensor-core GEMV's emulation can fail: with every lane's B registers swapped, no case
+/// passes.
+#[test]
+fn quant_gemv_tc_planted_fragment_swap_fails() {
+    planted_error_fails_every_case(
+        "quant_gemv_tc_planted_fragment_swap_fails",
+        "quant_gemv_tc_emulation_swap_b",
+        "FLINT_SHIM_MMA_SWAP_B",
+        &["tc"],
     );
 }

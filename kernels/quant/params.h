@@ -49,6 +49,18 @@ typedef struct QuantGemvParams {
 } QuantGemvParams;
 FLINT_ASSERT_SIZE(QuantGemvParams, 120);
 
+/** quant_gemv_tc_<i8|i4|fp8> (kernels/quant_gemv_tc.cu): the small-batch GEMV on the tensor
+ * cores, 1..FLINT_QUANT_GEMV_MAX_TOKENS tokens, QuantGemvParams (plain input; add_to_out). A
+ * CTA owns FLINT_QUANT_TC_ROWS weight rows (one m16 tile) and all of K, split among its
+ * FLINT_QUANT_TC_WARPS warps; x is staged whole in shared memory, each token's row padded by
+ * FLINT_QUANT_TC_X_PAD values: the kernel takes T * (k + FLINT_QUANT_TC_X_PAD) <=
+ * FLINT_QUANT_TC_X_ELEMS, k a multiple of its format's block (128 columns int4, 64 int8 / fp8),
+ * uniform scales (no g_idx, group a multiple of the block) and integer zero points. */
+#define FLINT_QUANT_TC_ROWS 16
+#define FLINT_QUANT_TC_WARPS 8
+#define FLINT_QUANT_TC_X_PAD 32
+#define FLINT_QUANT_TC_X_ELEMS 16640
+
 /** quant_mma_{i8,i4,fp8}_t{8,16,32,64} (kernels/quant_mma.cu): the tensor-core GEMM for 2..64
  * tokens, out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]): a CTA owns FLINT_QUANT_MMA_ROWS
  * weight rows and every token, FLINT_QUANT_MMA_BK columns per main-loop step. */

@@ -334,6 +334,9 @@ inline float __uint_as_float(unsigned u) {
     return x;
 }
 // PRMT: result byte n is byte (s >> 4n) & 7 of the 8 bytes {y:x} (x bytes 0-3, y bytes 4-7).
+/// __umulhi: the high 32 bits of the 64-bit product.
+inline unsigned __umulhi(unsigned a, unsigned b) { return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32); }
+
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     const unsigned long long xy = (static_cast<unsigned long long>(y) << 32) | x;
     unsigned r = 0;

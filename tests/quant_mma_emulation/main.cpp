@@ -10,7 +10,9 @@
 // the symmetric default x GPTQ act-order g_idx (the _any kernel, also for a group that is not
 // a multiple of 16), with bias / without, write / add-to-out. N = 80: a partial second row
 // block (rows past N).
-// quant_wgmma's cases: see wgmma_cases.
+// quant_wgmma's cases: see wgmma_cases. With `tc`, the tensor-core GEMV (kernels/quant_gemv_tc.cu)
+// for 1..8 tokens: see tc_cases; its weights are the exact f32 values (it feeds q - z, exact in
+// bf16, and applies the scale to the sums), so its reference does not round them.
 // Outputs are poisoned with NaN first. Checks: rel-L2 < 1e-2, every element within 2 bf16
 // ulps of the reference plus 8 f32 ulps of the sum of its terms' magnitudes (the f32
 // accumulation's error where the terms cancel), at most 2% of them not equal to it.
@@ -19,6 +21,7 @@
 
 #include "../../kernels/quant_mma.cu"
 #include "../../kernels/quant_wgmma.cu"
+#include "../../kernels/quant_gemv_tc.cu"
 
 #include "../moe_emulation/harness.h"
 
@@ -36,12 +39,17 @@ struct Case {
     int T, K, group;  // group: columns per scale group (K: one per row)
     int splits_cols;  // 0: no split, else columns per split
     bool zeros, gidx, bias, add;
-    int tok = 0;  // 0: quant_mma; 128 / 256: quant_wgmma_<fmt>_t<tok>
+    int tok = 0;  // 0: quant_mma; 128 / 256: quant_wgmma_<fmt>_t<tok>; -1: quant_gemv_tc_<fmt>
+    int n = 0;    // rows (0: 80, or 200 for quant_wgmma)
 };
+
+static void verify(const std::vector<float> &got, const std::vector<double> &want, const std::vector<double> &delta,
+                   const std::vector<double> &size, const char *what);
 
 static void run(const Case &c, std::mt19937 &g) {
     // N 80: a partial second quant_mma row block; 200: a partial second quant_wgmma one.
-    const int T = c.T, N = c.tok ? 200 : 80, K = c.K, group = c.group;
+    const int T = c.T, N = c.n ? c.n : c.tok > 0 ? 200 : 80, K = c.K, group = c.group;
+    const bool tc = c.tok < 0;
     const int G = (K + group - 1) / group;
     const int row_bytes = c.fmt == I4 ? K / 2 : K;
     std::uniform_real_distribution<float> us(0.5f, 1.5f);
@@ -82,7 +90,8 @@ static void run(const Case &c, std::mt19937 &g) {
                 q[static_cast<size_t>(n) * row_bytes + k] = static_cast<uint8_t>(cd);
                 v = fp8_val(static_cast<uint8_t>(cd)) * s;
             }
-            w[static_cast<size_t>(n) * K + k] = rbf(v);  // the mma's A operand
+            // quant_mma / quant_wgmma's A operand; quant_gemv_tc's weights are exact
+            w[static_cast<size_t>(n) * K + k] = tc ? v : rbf(v);
         }
     const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
     const auto b = randn(g, N, 0.5f);
@@ -105,6 +114,44 @@ static void run(const Case &c, std::mt19937 &g) {
             delta[i] = rbf(static_cast<float>(s));
             want[i] = c.add ? rbf(static_cast<float>(res[i] + delta[i])) : delta[i];
         }
+
+    if (tc) {
+        QuantGemvParams p{};
+        p.x = upload(x);
+        uint8_t *qd = alloc<uint8_t>(q.size());
+        std::memcpy(qd, q.data(), q.size());
+        float *sp = alloc<float>(scales.size());
+        std::memcpy(sp, scales.data(), scales.size() * 4);
+        p.qdata = qd;
+        p.scales = sp;
+        if (c.zeros) {
+            float *zp = alloc<float>(zeros.size());
+            std::memcpy(zp, zeros.data(), zeros.size() * 4);
+            p.zeros = zp;
+        }
+        p.bias = c.bias ? upload(b) : nullptr;
+        p.out = c.add ? upload(res) : alloc<bf16>(static_cast<size_t>(T) * N);
+        p.fuse.add_to_out = c.add ? 1 : 0;
+        p.num_tokens = T;
+        p.n = N;
+        p.k = K;
+        p.group = group;
+        p.num_groups = G;
+        p.gidx_rows = N;
+        p.zero_default = zd;
+        // The host's launch (quant.rs tc_shape): a CTA per 16 rows, 8 warps.
+        static void (*const KT[3])(QuantGemvParams) = {quant_gemv_tc_i8, quant_gemv_tc_i4, quant_gemv_tc_fp8};
+        const int tiles = (N + FLINT_QUANT_TC_ROWS - 1) / FLINT_QUANT_TC_ROWS;
+        // A grid smaller than the tiles (c.splits_cols != 0) runs the grid-stride loop.
+        launch(KT[c.fmt], dim3(c.splits_cols ? std::max(1, tiles / 3) : tiles), dim3(FLINT_QUANT_TC_WARPS * 32), p);
+        const auto got = download(p.out, static_cast<size_t>(T) * N);
+        char name[200];
+        std::snprintf(name, sizeof name,
+                      "qtc  %-4s T %d N %d K %d group %4d grid-stride %d zeros %d bias %d add %d", FMT_NAMES[c.fmt],
+                      T, N, K, group, c.splits_cols ? 1 : 0, c.zeros ? 1 : 0, c.bias ? 1 : 0, c.add ? 1 : 0);
+        verify(got, want, delta, size, name);
+        return;
+    }
 
     QuantMmaParams p{};
     p.x = upload(x);
@@ -164,6 +211,19 @@ static void run(const Case &c, std::mt19937 &g) {
     if (p.splits > 1) launch(quant_mma_reduce_f32, dim3(7), dim3(256), p);
 
     const auto got = download(p.out, static_cast<size_t>(T) * N);
+    char name[200];
+    char kind[16];
+    std::snprintf(kind, sizeof kind, "%s", c.tok ? (c.tok == 256 ? "wgmma t256" : "wgmma t128") : uniform ? "uniform" : "any    ");
+    std::snprintf(name, sizeof name, "qmma %-4s %s T %2d K %d group %3d splits %d zeros %d g_idx %d bias %d add %d",
+                  FMT_NAMES[c.fmt], kind, T, K, group, p.splits, c.zeros ? 1 : 0, c.gidx ? 1 : 0, c.bias ? 1 : 0,
+                  c.add ? 1 : 0);
+    verify(got, want, delta, size, name);
+}
+
+// got against the reference: rel-L2 < 1e-2, every element within 2 bf16 ulps of want plus 8
+// f32 ulps of the terms' size, at most 2% not equal to it.
+static void verify(const std::vector<float> &got, const std::vector<double> &want, const std::vector<double> &delta,
+                   const std::vector<double> &size, const char *what) {
     const double err = rel_l2(got, want);
     int bad = 0, ne = 0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -173,13 +233,8 @@ static void run(const Case &c, std::mt19937 &g) {
         if (got[i] != want[i]) ++ne;
     }
     const int ne_max = 1 + static_cast<int>(want.size() / 50);
-    char name[200];
-    char kind[16];
-    std::snprintf(kind, sizeof kind, "%s", c.tok ? (c.tok == 256 ? "wgmma t256" : "wgmma t128") : uniform ? "uniform" : "any    ");
-    std::snprintf(name, sizeof name,
-                  "qmma %-4s %s T %2d K %d group %3d splits %d zeros %d g_idx %d bias %d add %d: rel-L2 %.2e, %d off, %d inexact",
-                  FMT_NAMES[c.fmt], kind, T, K, group, p.splits, c.zeros ? 1 : 0, c.gidx ? 1 : 0, c.bias ? 1 : 0,
-                  c.add ? 1 : 0, err, bad, ne);
+    char name[300];
+    std::snprintf(name, sizeof name, "%s: rel-L2 %.2e, %d off, %d inexact", what, err, bad, ne);
     check(err < 1e-2 && bad == 0 && ne <= ne_max, name);
 }
 
@@ -204,9 +259,35 @@ static void wgmma_cases(std::mt19937 &g) {
                 }
 }
 
+// quant_gemv_tc (1..8 tokens on mma.sync): every format x T in {1, 2, 5, 8} x K with one block
+// per warp or fewer (256 int4: 2 blocks for 8 warps; 512), several per warp with the refill
+// (2048, 3072) x scale groups of one block, several blocks (256, 512) and one per row x zero
+// points or the symmetric default x bias, add-to-out x N 80 (a partial last tile) and 37 x the
+// grid-stride loop (a grid of a third of the tiles).
+static void tc_cases(std::mt19937 &g) {
+    int i = 0;
+    for (Fmt f : {I8, I4, F8})
+        for (int T : {1, 2, 5, 8})
+            for (int K : {256, 512, 2048, 3072}) {
+                if (T * (K + FLINT_QUANT_TC_X_PAD) > FLINT_QUANT_TC_X_ELEMS) continue;  // the host's bound
+                ++i;
+                const int block = f == I4 ? 128 : 64;
+                const int groups[] = {block, 2 * block, 4 * block, K};
+                int group = groups[i % 4];
+                if (K % group) group = block;
+                const bool zeros = f != F8 && i % 3 == 0;
+                run(Case{f, T, K, group, i % 5 == 2 ? 1 : 0, zeros, false, i % 3 != 1, i % 4 == 1, -1, i % 2 ? 80 : 37}, g);
+            }
+}
+
 int main(int argc, char **argv) {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
     std::mt19937 g(2025);
+    if (argc > 1 && std::strcmp(argv[1], "tc") == 0) {  // quant_gemv_tc only (tests/quant_mma.rs)
+        tc_cases(g);
+        std::printf("%s\n", failures ? "FAILED" : "all passed");
+        return failures ? 1 : 0;
+    }
     if (argc > 1 && std::strcmp(argv[1], "wgmma") == 0) {  // quant_wgmma only (tests/quant_mma.rs)
         wgmma_cases(g);
         std::printf("%s\n", failures ? "FAILED" : "all passed");

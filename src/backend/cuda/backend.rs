@@ -319,8 +319,8 @@ impl CudaBackend {
         self.gemm.set_force(force);
     }
 
-    /// Forces the quantized matmul path (`None`: the default: GEMV for 1 token, the mma for
-    /// 2..=64, dequantize + cuBLASLt above); see `quant::quant_path`. `FLINT_QUANT_PATH` sets
+    /// Forces the quantized matmul path (`None`: the default: the tensor-core GEMV or the
+    /// GEMV for 1 token, the mma for 2..=64, the wgmma or dequantize + cuBLASLt above); see `quant::quant_path`. `FLINT_QUANT_PATH` sets
     /// the starting value.
     pub fn set_quant_path(&self, force: Option<super::quant::QuantForce>) {
         self.quant.set_force(force);

@@ -158,6 +158,10 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_gemv_i8_norm_t1",
     "quant_gemv_i8_act",
     "quant_gemv_i8_act_t1",
+    // quant_gemv_tc.cu: quantized-weight GEMV on the tensor cores (1..8 tokens)
+    "quant_gemv_tc_fp8",
+    "quant_gemv_tc_i4",
+    "quant_gemv_tc_i8",
     // quant_mma.cu: quantized-weight tensor-core GEMM (2..64 tokens; TOK in the name, _any:
     // g_idx or any group) and its split-K reduction
     "quant_mma_fp8_any",

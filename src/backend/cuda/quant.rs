@@ -13,8 +13,10 @@
 //! reference's f32 value, bit for bit, before the f32 accumulation.
 //!
 //! Dispatch (`matmul`, [`quant_path`], `FLINT_QUANT_PATH` to force one): 1 token runs
-//! `quant_gemv_<fmt>_t1` (one launch per linear layer; fused q|k|v and gate|up are one
-//! weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
+//! `quant_gemv_tc_<fmt>` (kernels/quant_gemv_tc.cu: the codes decoded into mma.sync operands;
+//! UNVERIFIED on a GPU) where it takes the weight ([`tc_supports`]; `FLINT_QUANT_TC=0` turns
+//! it off), else `quant_gemv_<fmt>_t1` (one launch per linear layer; fused q|k|v and gate|up
+//! are one weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
 //! in its main loop, split-K planned by [`mma_plan`] into a workspace allocated once, then
 //! `quant_mma_reduce_f32`) when K % 32 == 0, else GEMV passes of 8 tokens
 //! up to [`gemv_passes_max`]; on sm_90, 65..=[`WGMMA_DEFAULT_MAX_TOKENS`] tokens run
@@ -45,6 +47,17 @@ pub const GEMV_ROWS_PER_CTA: usize =
     (params::FLINT_QUANT_GEMV_WARPS * params::FLINT_QUANT_GEMV_ROWS_PER_WARP) as usize;
 /// Threads per GEMV CTA.
 pub const GEMV_THREADS: u32 = params::FLINT_QUANT_GEMV_WARPS * 32;
+
+/// Weight rows per quant_gemv_tc CTA (one m16 tile; its warps split K).
+pub const TC_ROWS: usize = params::FLINT_QUANT_TC_ROWS as usize;
+/// Threads per quant_gemv_tc CTA.
+pub const TC_THREADS: u32 = params::FLINT_QUANT_TC_WARPS * 32;
+/// `FLINT_QUANT_TC=0` keeps one token on the CUDA-core GEMV (`quant_gemv_<fmt>_t1`) instead of
+/// the tensor-core GEMV (kernels/quant_gemv_tc.cu), which is the default where it takes the
+/// weight.
+pub const QUANT_TC_ENV: &str = "FLINT_QUANT_TC";
+/// quant_gemv_tc's symbols by `Fmt::index`.
+const TC_NAMES: [&str; 3] = ["quant_gemv_tc_i8", "quant_gemv_tc_i4", "quant_gemv_tc_fp8"];
 
 /// Weight rows per quant_mma CTA (`FLINT_QUANT_MMA_ROWS`: 4 warps of one m16 tile).
 pub const MMA_ROWS: usize = params::FLINT_QUANT_MMA_ROWS as usize;
@@ -131,6 +144,10 @@ pub struct DeviceLayout {
     /// the mma in passes of 64 rows instead (at up to a few hundred sequences also fewer bytes
     /// than dequantizing: one read of the codes per pass against codes + 4 bytes per weight).
     pub dequant_ok: bool,
+    /// Whether every zero point lies in [-128, 127] (or there are none): the tensor-core GEMV
+    /// subtracts 128 + z exactly in bf16 ([`tc_supports`]). `QuantWeight` holds them as
+    /// integers; the f32 copy here is exact.
+    pub integer_zeros: bool,
 }
 
 impl DeviceLayout {
@@ -140,6 +157,10 @@ impl DeviceLayout {
         i32_of(name, "rows", n)?;
         i32_of(name, "columns", k)?;
         let dequant_ok = name != names::LM_HEAD;
+        let integer_zeros = w
+            .zeros
+            .as_ref()
+            .is_none_or(|z| z.iter().all(|v| (-128..=127).contains(v)));
         let int = |fmt: Fmt, group: usize, zero_default: f32| {
             let g_idx: Option<Vec<i32>> = w
                 .g_idx
@@ -161,6 +182,7 @@ impl DeviceLayout {
                 gidx_rows,
                 zero_default,
                 dequant_ok,
+                integer_zeros,
             }
         };
         Ok(match w.scheme {
@@ -191,6 +213,7 @@ impl DeviceLayout {
                     gidx_rows: n,
                     zero_default: 0.0,
                     dequant_ok,
+                    integer_zeros: true,
                 }
             }
         })
@@ -309,6 +332,9 @@ const MMA_REDUCE_NAME: &str = "quant_mma_reduce_f32";
 pub struct QuantKernels {
     gemv: [[sys::CUfunction; 3]; 3],
     gemv_t1: [[sys::CUfunction; 3]; 3],
+    gemv_tc: [sys::CUfunction; 3],
+    /// `FLINT_QUANT_TC` (default on): the tensor-core GEMV at one token.
+    tc_default: bool,
     dequant: [sys::CUfunction; 3],
     mma: [[sys::CUfunction; 4]; 3],
     mma_any: [sys::CUfunction; 3],
@@ -343,6 +369,14 @@ impl QuantKernels {
             }
             mma_any[fmt] = f(MMA_ANY_NAMES[fmt])?;
         }
+        let tc_default = match std::env::var(QUANT_TC_ENV) {
+            Ok(v) => match v.trim() {
+                "" | "1" => true,
+                "0" => false,
+                other => bail!("{QUANT_TC_ENV}={other:?}: expected 0 or 1"),
+            },
+            Err(_) => true,
+        };
         let force = match std::env::var(QUANT_PATH_ENV) {
             Ok(v) => QuantForce::parse_override(&v)?,
             Err(_) => None,
@@ -367,6 +401,8 @@ impl QuantKernels {
         Ok(QuantKernels {
             gemv,
             gemv_t1,
+            gemv_tc: [f(TC_NAMES[0])?, f(TC_NAMES[1])?, f(TC_NAMES[2])?],
+            tc_default,
             dequant: [
                 f(DEQUANT_NAMES[0])?,
                 f(DEQUANT_NAMES[1])?,
@@ -401,6 +437,8 @@ impl QuantKernels {
                 mma: mma_supports(l),
                 wgmma: self.wgmma.is_ok() && wgmma_supports(l),
                 dequant: l.dequant_ok,
+                tc: tc_supports(l, tokens),
+                tc_default: self.tc_default,
             },
             self.force.get(),
         )
@@ -468,9 +506,44 @@ pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTenso
     CudaTensor::quantized(be, w.n, w.k, q)
 }
 
+/// quant_gemv_tc_*: one CTA per 16 rows (8 warps splitting K), a grid-stride loop past 65,535.
+pub fn tc_shape(n: usize) -> (Dim3, Dim3) {
+    let ctas = n.div_ceil(TC_ROWS).clamp(1, 65_535) as u32;
+    ((ctas, 1, 1), (TC_THREADS, 1, 1))
+}
+
+/// Columns per quant_gemv_tc block: 4 lanes' 16-byte loads of one row (128 int4 codes, 64
+/// int8 / fp8).
+pub fn tc_block(fmt: Fmt) -> usize {
+    match fmt {
+        Fmt::Int4 => 128,
+        Fmt::Int8 | Fmt::Fp8 => 64,
+    }
+}
+
+/// Whether quant_gemv_tc takes this weight at `tokens` rows (kernels/quant/params.h): 1..=8
+/// tokens whose x fits its shared memory (`tokens * (k + X_PAD) <= X_ELEMS`: k <= 16,608 at
+/// one token), k a multiple of the block and under 2^16 blocks, no g_idx, scale groups whole
+/// blocks, integer zero points.
+pub fn tc_supports(l: &DeviceLayout, tokens: usize) -> bool {
+    let block = tc_block(l.fmt);
+    let x_elems = tokens * (l.k + params::FLINT_QUANT_TC_X_PAD as usize);
+    (1..=GEMV_MAX_TOKENS).contains(&tokens)
+        && x_elems <= params::FLINT_QUANT_TC_X_ELEMS as usize
+        && l.k > 0
+        && l.n > 0
+        && l.k % block == 0
+        && l.k / block < 1 << 16
+        && l.g_idx.is_none()
+        && l.group % block == 0
+        && l.integer_zeros
+}
+
 /// How `matmul` runs a quantized weight for `tokens` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantPath {
+    /// The tensor-core GEMV (quant_gemv_tc.cu), 1..=8 tokens in one launch, plain input.
+    GemvTc,
     /// The GEMV kernel, in this many passes of at most 8 tokens.
     Gemv(usize),
     /// The tensor-core GEMM with dequantization in its main loop (quant_mma.cu), in passes of
@@ -487,6 +560,7 @@ pub enum QuantPath {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantForce {
     Gemv,
+    GemvTc,
     Mma,
     Wgmma,
     Dequant,
@@ -496,6 +570,7 @@ impl QuantForce {
     pub fn name(self) -> &'static str {
         match self {
             QuantForce::Gemv => "gemv",
+            QuantForce::GemvTc => "tc",
             QuantForce::Mma => "mma",
             QuantForce::Wgmma => "wgmma",
             QuantForce::Dequant => "dequant",
@@ -508,11 +583,12 @@ impl QuantForce {
         match v.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
             "gemv" => Ok(Some(QuantForce::Gemv)),
+            "tc" => Ok(Some(QuantForce::GemvTc)),
             "mma" => Ok(Some(QuantForce::Mma)),
             "wgmma" => Ok(Some(QuantForce::Wgmma)),
             "dequant" => Ok(Some(QuantForce::Dequant)),
             other => {
-                bail!("{QUANT_PATH_ENV}={other:?}: expected gemv, mma, wgmma, dequant or auto")
+                bail!("{QUANT_PATH_ENV}={other:?}: expected gemv, tc, mma, wgmma, dequant or auto")
             }
         }
     }
@@ -594,6 +670,10 @@ pub struct Takes {
     pub wgmma: bool,
     /// Dequantizing into the bf16 scratch ([`DeviceLayout::dequant_ok`]).
     pub dequant: bool,
+    /// The tensor-core GEMV, at this token count ([`tc_supports`]).
+    pub tc: bool,
+    /// Whether the tensor-core GEMV is the default at one token (`FLINT_QUANT_TC`).
+    pub tc_default: bool,
 }
 
 /// One quant_mma launch: the kernel's token capacity, the K splits and their width.
@@ -665,8 +745,9 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
     }
 }
 
-/// The one place the quantized path is chosen. By default: the GEMV for 1 token (the
-/// decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
+/// The one place the quantized path is chosen. By default: the tensor-core GEMV for 1 token
+/// where it takes the weight (`takes.tc`: [`tc_supports`]) and `takes.tc_default`, else the
+/// GEMV (the decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
 /// it takes the weight (`takes.mma`: [`mma_supports`]); above that, up to
 /// [`WGMMA_DEFAULT_MAX_TOKENS`], the wgmma GEMM where it runs and takes the weight
 /// (`takes.wgmma`: sm_90, [`wgmma_supports`]); otherwise GEMV passes
@@ -682,8 +763,10 @@ pub fn quant_path(fmt: Fmt, tokens: usize, takes: Takes, force: Option<QuantForc
     match force {
         Some(QuantForce::Dequant) => QuantPath::DequantGemm,
         Some(QuantForce::Gemv) => QuantPath::Gemv(passes),
+        Some(QuantForce::GemvTc) if takes.tc => QuantPath::GemvTc,
         Some(QuantForce::Mma) if takes.mma && tokens >= 1 => QuantPath::Mma,
         Some(QuantForce::Wgmma) if takes.wgmma && tokens >= 1 => QuantPath::Wgmma,
+        _ if tokens == 1 && takes.tc && takes.tc_default => QuantPath::GemvTc,
         _ if tokens <= 1 => QuantPath::Gemv(1),
         _ if mma_can => QuantPath::Mma,
         _ if takes.wgmma && (tokens <= WGMMA_DEFAULT_MAX_TOKENS || !takes.dequant) => {
@@ -759,6 +842,24 @@ pub fn matmul(
             bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the wgmma takes it materialized");
         }
         return gemm_pass(path, be, qk, l, &p, t, add, stream);
+    }
+    // quant_gemv_tc reads x with 16-byte loads (k is a multiple of 64, so every token row is
+    // aligned when x is); an unaligned view takes the CUDA-core GEMV.
+    let path = if path == QuantPath::GemvTc && p.x % 16 != 0 {
+        QuantPath::Gemv(1)
+    } else {
+        path
+    };
+    if path == QuantPath::GemvTc {
+        if input != GemvIn::Plain {
+            bail!("quant matmul: a fused input ({input:?}) needs the GEMV path; the tensor-core GEMV takes it materialized");
+        }
+        let fi = l.fmt.index();
+        // SAFETY: p points into live buffers of the shapes QuantGemvParams documents (t <= 8
+        // rows of k, 16-byte aligned; out t rows of n), and tc_supports(l, t) held when the
+        // path was chosen: x fits the kernel's shared memory, k is whole blocks, the scales
+        // are one per (row, group of whole blocks), the zero points integers.
+        return unsafe { launch(TC_NAMES[fi], qk.gemv_tc[fi], tc_shape(l.n), stream, &p) };
     }
     if path == QuantPath::Mma {
         if input != GemvIn::Plain {
@@ -997,6 +1098,8 @@ mod tests {
             mma,
             wgmma: false,
             dequant,
+            tc: false,
+            tc_default: true,
         }
     }
 
@@ -1006,6 +1109,8 @@ mod tests {
             mma: true,
             wgmma: true,
             dequant,
+            tc: false,
+            tc_default: true,
         };
         for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
             assert_eq!(quant_path(f, 1, w(true), None), QuantPath::Gemv(1));
@@ -1154,6 +1259,7 @@ mod tests {
         assert_eq!(QuantForce::parse_override(" Auto").unwrap(), None);
         for f in [
             QuantForce::Gemv,
+            QuantForce::GemvTc,
             QuantForce::Mma,
             QuantForce::Wgmma,
             QuantForce::Dequant,
@@ -1164,7 +1270,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("FLINT_QUANT_PATH") && e.contains("gemv, mma, wgmma, dequant or auto"),
+            e.contains("FLINT_QUANT_PATH") && e.contains("gemv, tc, mma, wgmma, dequant or auto"),
             "{e}"
         );
     }
@@ -1316,6 +1422,87 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "case {i} ({:?}): the device layout does not give the reference values",
                 q.scheme
+            );
+        }
+    }
+
+    /// quant_gemv_tc takes whole blocks (128 int4 / 64 int8 and fp8 columns), scale groups of
+    /// whole blocks, no act-order, integer zero points, and x only where it fits its shared
+    /// memory; one token goes there by default (unless `FLINT_QUANT_TC=0`), more only forced.
+    #[test]
+    fn tensor_core_gemv_takes_whole_blocks_and_fitting_x() {
+        let layout = |q: QuantWeight| DeviceLayout::new("w", &q).unwrap();
+        let (n, k) = (16, 4096);
+        let w = rand(n * k, 3);
+        let i4 = layout(quantize_int4(&w, n, k, 128, true).unwrap());
+        assert!(tc_supports(&i4, 1) && tc_supports(&i4, 4));
+        assert!(
+            !tc_supports(&i4, 8),
+            "8 x (4096 + 32) values exceed its shared memory"
+        );
+        assert!(!tc_supports(&i4, 0) && !tc_supports(&i4, 9));
+        let i4_asym = layout(quantize_int4(&w, n, k, 256, false).unwrap());
+        assert!(i4_asym.zeros.is_some() && tc_supports(&i4_asym, 1));
+        assert!(!tc_supports(
+            &layout(quantize_int4(&w, n, k, 64, false).unwrap()),
+            1
+        ));
+        assert!(tc_supports(
+            &layout(quantize_int8(&w, n, k, 64).unwrap()),
+            1
+        ));
+        assert!(!tc_supports(
+            &layout(quantize_int8(&w, n, k, 32).unwrap()),
+            1
+        ));
+        assert!(tc_supports(
+            &layout(quantize_fp8(&w, n, k, true).unwrap()),
+            1
+        ));
+        let mut act = quantize_int4(&w, n, k, 128, true).unwrap();
+        act.g_idx = Some((0..k as u32).map(|c| c / 128).collect());
+        assert!(!tc_supports(&layout(act), 1), "act-order");
+        let mut far = i4_asym.clone();
+        far.integer_zeros = false;
+        assert!(!tc_supports(&far, 1));
+        // Llama-3-8B's down projection: K 14336 at one token only.
+        let (n, k) = (16, 14336);
+        let down = layout(quantize_int4(&rand(n * k, 4), n, k, 128, false).unwrap());
+        assert!(tc_supports(&down, 1) && !tc_supports(&down, 2));
+        // K not whole int4 blocks (but whole int8 ones).
+        let (n, k) = (16, 192);
+        let w = rand(n * k, 5);
+        assert!(!tc_supports(
+            &layout(quantize_int4(&w, n, k, 64, false).unwrap()),
+            1
+        ));
+        assert!(tc_supports(&layout(quantize_int8(&w, n, k, k).unwrap()), 1));
+
+        let takes = |tc: bool, tc_default: bool| Takes {
+            mma: true,
+            wgmma: false,
+            dequant: true,
+            tc,
+            tc_default,
+        };
+        for f in [Fmt::Int8, Fmt::Int4, Fmt::Fp8] {
+            assert_eq!(quant_path(f, 1, takes(true, true), None), QuantPath::GemvTc);
+            assert_eq!(
+                quant_path(f, 1, takes(true, false), None),
+                QuantPath::Gemv(1)
+            );
+            assert_eq!(
+                quant_path(f, 1, takes(false, true), None),
+                QuantPath::Gemv(1)
+            );
+            assert_eq!(quant_path(f, 4, takes(true, true), None), QuantPath::Mma);
+            let tc = Some(QuantForce::GemvTc);
+            assert_eq!(quant_path(f, 4, takes(true, false), tc), QuantPath::GemvTc);
+            assert_eq!(quant_path(f, 4, takes(false, true), tc), QuantPath::Mma);
+            let gemv = Some(QuantForce::Gemv);
+            assert_eq!(
+                quant_path(f, 1, takes(true, true), gemv),
+                QuantPath::Gemv(1)
             );
         }
     }
