@@ -5,8 +5,7 @@
 // against a float64 reference; bench/NOTES.md prediction 23 says what it should measure.
 //
 //   quant_gemv_tc_<i8|i4|fp8>(QuantGemvParams p)
-//     x      [T, K]  bf16, 16-byte aligned, T <= FLINT_QUANT_GEMV_MAX_TOKENS, T * (K + X_PAD)
-//                    <= FLINT_QUANT_TC_X_ELEMS (quant/params.h)
+//     x      [T, K]  bf16, 16-byte aligned, T <= FLINT_QUANT_GEMV_MAX_TOKENS (8)
 //     qdata  [N, row_bytes] u8, 16-byte aligned; K a multiple of the block (int4 128 columns,
 //                    int8 / fp8 64); scales / zeros [N, G] f32, group a multiple of the block,
 //                    no g_idx; integer zero points (the host checks: quant.rs tc_supports)
@@ -19,11 +18,13 @@
 // - int4: the nibbles of a 32-bit word become bf16 pairs by one shift and one LOP3 each
 //   (0x4300 | q is the bf16 128 + q; pairs (q_s, q_{s+4}) of the word, s = 0..3), then one
 //   bf16x2 subtract of 128 + z: exactly q - z. ~1.4 instructions per weight for the decode,
-//   ~2.5 in all (SASS, sm_90a: 157 per 64-weight slot with its mmas, x reads and refill).
+//   ~3 in all (SASS, sm_90a: ~195 per 64-weight slot with its mmas, x reads, refill and
+//   chunk check).
 // - int8: the f32 magic number (2^23 + q + 128, one PRMT per code), one FADD for
-//   - (2^23 + 128 + z), one cvt per pair to bf16x2: exactly q - z. ~4.8 in all.
+//   - (2^23 + 128 + z), one cvt per pair to bf16x2: exactly q - z. ~5.8 in all.
 // - fp8 e4m3: PRMT / LOP3 place a pair's bytes as f16 (value * 2^-8, exact, subnormals
-//   too), two cvt to f32, one to bf16x2: exact. ~4.8 in all.
+//   too), two cvt to f32, one to bf16x2: exact. ~6 in all (int8 and fp8 stay under their
+//   bytes' time: 1 byte per weight).
 // The scale is applied once per block of 128 (int4) / 64 columns to the mma's f32 sums:
 // acc += s * sum_k x_k (q_k - z) (fp8: s * 256 * sum x decode(q) / 256), the reference's
 // value regrouped (the same up to f32 rounding; the weights themselves are exact, unlike
@@ -49,6 +50,12 @@
 //   each lane's B registers are one 16-byte shared read per piece, the 4 lanes of a token's
 //   row read 64 consecutive bytes and the padding (64 bytes) puts two tokens in one 128-byte
 //   bank window: conflict-free.
+// - x chunks: all of K is staged at once when T * (K + X_PAD) fits FLINT_QUANT_TC_X_ELEMS
+//   (16,640 values: K <= 16,608 at one token, 4,128 at four), once per CTA; otherwise in
+//   chunks of m rounds of 8 blocks (every warp reaches a chunk's end at the same step of its
+//   loop, which runs the same number of steps in every warp, so the barriers around each
+//   restaging are uniform), e.g. int4 at 8 tokens 2,048 columns, 7 chunks for K = 14,336.
+//   The code loads in flight are not held up by a restaging (they do not depend on x).
 // - rows past N load row N - 1 (no pointer past the weight) and store nothing.
 // - the 8 warps' D (after their scales) are summed through shared memory in warp order
 //   (deterministic), then one thread per (row, token) adds the bias and stores.
@@ -222,6 +229,24 @@ __device__ __forceinline__ void consume(const Slot &sl, const bf16 *xs, int xoff
     acc[3] = fmaf(sl.s[1] * unit, d[3], acc[3]);
 }
 
+// Stages x's columns [c0, c0 + cols) of every token (cols whole blocks), permuted (header).
+// Not inlined: the main loop calls it once per slot of its unrolled body.
+template <int F>
+__device__ __noinline__ void stage(const bf16 *x, int K, bf16 *xs, int T, int XS, int c0, int cols) {
+    using G = Geo<F>;
+    const int per_t = cols / VEC;
+    for (int i = threadIdx.x; i < T * per_t; i += blockDim.x) {
+        const int t = i / per_t, m = i % per_t;
+        const int c = m / G::PIECES, pi = m % G::PIECES;  // load c of the chunk's row, piece pi
+        const int j = c / 4, lt = c % 4;
+        uint4 v = *reinterpret_cast<const uint4 *>(x + int64_t(t) * K + c0 + m * VEC);
+        if (F == INT4)
+            v = make_uint4(__byte_perm(v.x, v.z, 0x5410u), __byte_perm(v.x, v.z, 0x7632u),
+                           __byte_perm(v.y, v.w, 0x5410u), __byte_perm(v.y, v.w, 0x7632u));
+        *reinterpret_cast<uint4 *>(xs + t * XS + ((j * G::PIECES + pi) * 4 + lt) * VEC) = v;
+    }
+}
+
 template <int F>
 __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     using G = Geo<F>;
@@ -231,7 +256,15 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     const int g = lane / 4, tq = lane % 4;
     const int T = p.num_tokens, N = p.n, K = p.k;
     const int nb = K / G::BLOCK;  // blocks per row
-    const int XS = K + X_PAD;     // staged values per token
+    // x is staged a chunk of CB blocks at a time, CB a multiple of WARPS (so every warp
+    // reaches a chunk's end at the same step of its loop: the barriers are uniform): all of K
+    // when T * (K + X_PAD) fits, else the most whole rounds of WARPS blocks that do.
+    const int per_round = WARPS * G::BLOCK;
+    const int rounds_fit = max(1, (X_ELEMS / max(T, 1) - X_PAD) / per_round);
+    const int iters = (nb + WARPS - 1) / WARPS;  // blocks per warp (the last round partial)
+    const int m = min(rounds_fit, iters);        // blocks per warp per chunk
+    const bool one_chunk = m >= iters;
+    const int XS = min(K, m * per_round) + X_PAD;  // staged values per token
     const int tiles = (N + ROWS - 1) / ROWS;
     const GemvFuse &f = p.fuse;
     const bool has_x = g < T;
@@ -248,28 +281,30 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
             // kernel; x and out wait.
             flint_pdl_wait();
             flint_pdl_launch_dependents();
-            // x, every token, all of K, once per CTA (permuted: see the header).
-            const int per_t = K / VEC;
-            for (int i = threadIdx.x; i < T * per_t; i += blockDim.x) {
-                const int t = i / per_t, m = i % per_t;
-                const int c = m / G::PIECES, pi = m % G::PIECES;  // load c of the row, its piece pi
-                const int j = c / 4, lt = c % 4;
-                uint4 v = *reinterpret_cast<const uint4 *>(p.x + int64_t(t) * K + m * VEC);
-                if (F == INT4)
-                    v = make_uint4(__byte_perm(v.x, v.z, 0x5410u), __byte_perm(v.x, v.z, 0x7632u),
-                                   __byte_perm(v.y, v.w, 0x5410u), __byte_perm(v.y, v.w, 0x7632u));
-                *reinterpret_cast<uint4 *>(xs + t * XS + ((j * G::PIECES + pi) * 4 + lt) * VEC) = v;
-            }
+        }
+        // The first chunk (one chunk: once per CTA). The previous tile ended with a barrier
+        // after its last read of xs.
+        if (tile == blockIdx.x || !one_chunk) {
+            stage<F>(p.x, K, xs, T, XS, 0, min(K, m * per_round));
             __syncthreads();
         }
 
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int j0 = warp; j0 < nb; j0 += AHEAD * WARPS) {
+        int next = m, j_chunk = 0;  // the step that starts the next chunk; its first block
+        for (int i0 = 0; i0 < iters; i0 += AHEAD) {
 #pragma unroll
             for (int u = 0; u < AHEAD; ++u) {
-                const int j = j0 + u * WARPS;
-                if (j >= nb) break;  // uniform over the warp; later slots are further out
-                consume<F>(sl[u], xs, xoff, has_x, j, acc);
+                const int i = i0 + u;
+                if (i >= iters) break;  // uniform over the CTA
+                if (i == next) {        // uniform over the CTA: every warp is at step i
+                    __syncthreads();    // the previous chunk is consumed
+                    j_chunk += m * WARPS;
+                    stage<F>(p.x, K, xs, T, XS, j_chunk * G::BLOCK, min(K - j_chunk * G::BLOCK, m * per_round));
+                    __syncthreads();
+                    next += m;
+                }
+                const int j = warp + WARPS * i;
+                if (j < nb) consume<F>(sl[u], xs, xoff, has_x, j - j_chunk, acc);
                 load_block<F>(p, rw, sl[u], j + AHEAD * WARPS, nb);
             }
         }
@@ -290,7 +325,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
             if (p.bias) v += to_f32(p.bias[n]);
             gemv_fuse::store(f, p.out + int64_t(t) * N + n, v);
         }
-        __syncthreads();  // red is free for the next tile
+        __syncthreads();  // red and xs are free for the next tile
     }
     flint_pdl_wait();  // a CTA without a tile (the host launches none) waits too
 }
@@ -298,7 +333,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
 }  // namespace flint::quant_gemv_tc
 
 // Exported symbols: quant_gemv_tc_<i8|i4|fp8>, FLINT_QUANT_TC_WARPS * 32 threads, 2 CTAs per
-// SM asked for (at most 128 registers; ptxas sm_90a 91-95, sm_80 87-94, 0 spills).
+// SM asked for (at most 128 registers; ptxas sm_90a 90-104, sm_80 86-96, 0 spills).
 #define FLINT_QUANT_TC_BOUNDS __launch_bounds__(FLINT_QUANT_TC_WARPS * 32, 2)
 namespace fqt = flint::quant_gemv_tc;
 extern "C" __global__ FLINT_QUANT_TC_BOUNDS void quant_gemv_tc_i8(const QuantGemvParams p) { fqt::gemv<fqt::INT8>(p); }

@@ -21,8 +21,8 @@
 //!   act(gate) · up, in its epilogue (`FLINT_FUSE_OUT=1`) or by an act_mul kernel after it;
 //! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down; fmt int8 per channel, int4 sym g128, fp8
 //!   per channel; T = 1 on the tensor-core GEMV (tc, the decode path) and the CUDA-core one
-//!   (gemv), and T = 8, 32 on each path: gemv, mma, dequant (and tc where x fits its shared
-//!   memory), each forced with `set_quant_path`; int4 and int8 at T = 128, 512 on mma, wgmma
+//!   (gemv), and T = 8, 32 on each path: gemv, mma, dequant (and tc at 8), each forced with
+//!   `set_quant_path`; int4 and int8 at T = 128, 512 on mma, wgmma
 //!   (sm_90 only: an error row elsewhere) and dequant, at T = 4096 on wgmma and dequant): the
 //!   quantized projection, group `quant` (flint-only rows: no peer case). Bytes: the codes,
 //!   the f32 scales, x and out;
@@ -434,16 +434,14 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                 continue;
             }
             // One token (decode): the tensor-core GEMV (its default) against the CUDA-core
-            // one; then every path (the tensor-core GEMV too where x fits its shared memory);
-            // then prefill sizes: the mma in 64-row passes and the wgmma
+            // one; then every path (the tensor-core GEMV too up to 8 tokens); then prefill
+            // sizes: the mma in 64-row passes and the wgmma
             // against dequantize + cuBLASLt.
             use QuantForce::{Dequant, Gemv, GemvTc, Mma, Wgmma};
             let mut runs: Vec<(usize, &[&'static str], &[QuantForce])> =
                 vec![(1, QUANT_FMTS, &[GemvTc, Gemv])];
             runs.extend(QUANT_TOKENS.iter().map(|&t| {
-                let tc = t * (k + crate::backend::cuda::params::FLINT_QUANT_TC_X_PAD as usize)
-                    <= crate::backend::cuda::params::FLINT_QUANT_TC_X_ELEMS as usize;
-                let paths: &[QuantForce] = if tc {
+                let paths: &[QuantForce] = if t <= crate::backend::cuda::quant::GEMV_MAX_TOKENS {
                     &[GemvTc, Gemv, Mma, Dequant]
                 } else {
                     &[Gemv, Mma, Dequant]

@@ -1044,14 +1044,15 @@ impl Tester<'_> {
         // (n, k): model shapes first (Llama-3-8B q|k|v and down), then ragged ones that take
         // the scalar and per-code-group paths. Each weight is made, quantized and uploaded
         // once per scheme; the token counts reuse it (the CPU reference is slow at model
-        // shapes, so those run fewer counts). Unforced (the default path: 1 the tensor-core
-        // GEMV where it takes the weight, else the GEMV; 2..=64 the mma when K % 32 == 0, else
-        // GEMV passes or dequant + cuBLASLt), then at the model shapes each path forced (`set_quant_path`, checked against the path the
-        // backend reports): the mma at 2, 8, 33, 64 tokens (kernels/quant_mma.cu, split-K at
-        // these N), the GEMV at 1 and 8, the tensor-core GEMV at 2 and 4 (8 on the small
-        // shapes) where it takes the weight, dequant + cuBLASLt at 9; on sm_90 the wgmma prefill GEMM
-        // (kernels/quant_wgmma.cu) at 65 (split-K) and 300 tokens (tiles of 128, a partial
-        // one), which the ragged shapes also take unforced above 64 tokens.
+        // shapes, so those run fewer counts). Unforced (the default path: 1..=8 the
+        // tensor-core GEMV where it takes the weight, else 1 the GEMV; 2..=64 the mma when
+        // K % 32 == 0, else GEMV passes or dequant + cuBLASLt), then at the model shapes each
+        // path forced (`set_quant_path`, checked against the path the backend reports): the
+        // mma at 2, 8, 33, 64 tokens (kernels/quant_mma.cu, split-K at these N), the GEMV at 1
+        // and 8, the tensor-core GEMV at 2 and 5 (x staged in chunks at 5; 8 on the small
+        // shapes) where it takes the weight, dequant + cuBLASLt at 9; on sm_90 the wgmma
+        // prefill GEMM (kernels/quant_wgmma.cu) at 65 (split-K) and 300 tokens (tiles of 128,
+        // a partial one), which the ragged shapes also take unforced above 64 tokens.
         let shapes: &[(usize, usize)] = if quick {
             &[(6144, 4096), (96, 200)]
         } else {
@@ -1086,8 +1087,8 @@ impl Tester<'_> {
             };
             use crate::backend::cuda::quant::{QuantForce, QuantPath};
             // (force, tokens) at the model shapes.
-            // The tensor-core GEMV at several token counts where it takes the weight (one
-            // token is its default: the unforced cases), and the CUDA-core GEMV at one token.
+            // The tensor-core GEMV forced where it takes the weight (it is the default at 1..=8
+            // tokens: the unforced cases at 1 and 8 run it too), and the CUDA-core GEMV at 1.
             let mut forced: Vec<(QuantForce, usize)> = match (quick, big) {
                 (_, false) => vec![(QuantForce::GemvTc, 8)],
                 (true, true) => vec![
@@ -1103,7 +1104,7 @@ impl Tester<'_> {
                         (QuantForce::Gemv, 8),
                         (QuantForce::Dequant, 9),
                         (QuantForce::GemvTc, 2),
-                        (QuantForce::GemvTc, 4),
+                        (QuantForce::GemvTc, 5),
                     ])
                     .collect(),
             };

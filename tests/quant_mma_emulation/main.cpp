@@ -263,13 +263,15 @@ static void wgmma_cases(std::mt19937 &g) {
 // per warp or fewer (256 int4: 2 blocks for 8 warps; 512), several per warp with the refill
 // (2048, 3072) x scale groups of one block, several blocks (256, 512) and one per row x zero
 // points or the symmetric default x bias, add-to-out x N 80 (a partial last tile) and 37 x the
-// grid-stride loop (a grid of a third of the tiles).
+// grid-stride loop (a grid of a third of the tiles). Then x staged in chunks (T * (K + pad)
+// above FLINT_QUANT_TC_X_ELEMS): several whole chunks, a partial last chunk, a last round of
+// blocks that only some warps have (int8 K 2112: 33 blocks), Llama-3-8B's down K 14336, and the
+// grid-stride loop restaging the first chunk for each tile (K 4096).
 static void tc_cases(std::mt19937 &g) {
     int i = 0;
     for (Fmt f : {I8, I4, F8})
         for (int T : {1, 2, 5, 8})
             for (int K : {256, 512, 2048, 3072}) {
-                if (T * (K + FLINT_QUANT_TC_X_PAD) > FLINT_QUANT_TC_X_ELEMS) continue;  // the host's bound
                 ++i;
                 const int block = f == I4 ? 128 : 64;
                 const int groups[] = {block, 2 * block, 4 * block, K};
@@ -278,6 +280,15 @@ static void tc_cases(std::mt19937 &g) {
                 const bool zeros = f != F8 && i % 3 == 0;
                 run(Case{f, T, K, group, i % 5 == 2 ? 1 : 0, zeros, false, i % 3 != 1, i % 4 == 1, -1, i % 2 ? 80 : 37}, g);
             }
+    struct Chunked {
+        Fmt f;
+        int T, K, group;
+        bool zeros;
+    };
+    for (const Chunked c : {Chunked{I4, 8, 4096, 128, true}, {I4, 8, 14336, 128, false}, {I4, 3, 7168, 256, true},
+                            {I8, 8, 2112, 2112, true}, {I8, 8, 14336, 64, false}, {F8, 6, 4096, 128, false},
+                            {F8, 8, 2112, 64, false}})
+        run(Case{c.f, c.T, c.K, c.group, c.K == 4096 ? 1 : 0, c.zeros, false, true, c.T == 8, -1, c.K == 4096 ? 80 : 37}, g);
 }
 
 int main(int argc, char **argv) {

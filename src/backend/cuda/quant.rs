@@ -12,11 +12,11 @@
 //! kernel per code type serves every format, and the value a kernel computes is the CPU
 //! reference's f32 value, bit for bit, before the f32 accumulation.
 //!
-//! Dispatch (`matmul`, [`quant_path`], `FLINT_QUANT_PATH` to force one): 1 token runs
+//! Dispatch (`matmul`, [`quant_path`], `FLINT_QUANT_PATH` to force one): 1..=8 tokens run
 //! `quant_gemv_tc_<fmt>` (kernels/quant_gemv_tc.cu: the codes decoded into mma.sync operands;
 //! UNVERIFIED on a GPU) where it takes the weight ([`tc_supports`]; `FLINT_QUANT_TC=0` turns
-//! it off), else `quant_gemv_<fmt>_t1` (one launch per linear layer; fused q|k|v and gate|up
-//! are one weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
+//! it off); otherwise 1 token runs `quant_gemv_<fmt>_t1` (one launch per linear layer; fused
+//! q|k|v and gate|up are one weight); 2..=64 tokens run the tensor-core GEMM `quant_mma_<fmt>_t<TOK>` (dequantization
 //! in its main loop, split-K planned by [`mma_plan`] into a workspace allocated once, then
 //! `quant_mma_reduce_f32`) when K % 32 == 0, else GEMV passes of 8 tokens
 //! up to [`gemv_passes_max`]; on sm_90, 65..=[`WGMMA_DEFAULT_MAX_TOKENS`] tokens run
@@ -52,8 +52,8 @@ pub const GEMV_THREADS: u32 = params::FLINT_QUANT_GEMV_WARPS * 32;
 pub const TC_ROWS: usize = params::FLINT_QUANT_TC_ROWS as usize;
 /// Threads per quant_gemv_tc CTA.
 pub const TC_THREADS: u32 = params::FLINT_QUANT_TC_WARPS * 32;
-/// `FLINT_QUANT_TC=0` keeps one token on the CUDA-core GEMV (`quant_gemv_<fmt>_t1`) instead of
-/// the tensor-core GEMV (kernels/quant_gemv_tc.cu), which is the default where it takes the
+/// `FLINT_QUANT_TC=0` keeps 1..=8 tokens on the CUDA-core GEMV (one token) and quant_mma
+/// instead of the tensor-core GEMV (kernels/quant_gemv_tc.cu), the default where it takes the
 /// weight.
 pub const QUANT_TC_ENV: &str = "FLINT_QUANT_TC";
 /// quant_gemv_tc's symbols by `Fmt::index`.
@@ -522,14 +522,12 @@ pub fn tc_block(fmt: Fmt) -> usize {
 }
 
 /// Whether quant_gemv_tc takes this weight at `tokens` rows (kernels/quant/params.h): 1..=8
-/// tokens whose x fits its shared memory (`tokens * (k + X_PAD) <= X_ELEMS`: k <= 16,608 at
-/// one token), k a multiple of the block and under 2^16 blocks, no g_idx, scale groups whole
-/// blocks, integer zero points.
+/// tokens (x is staged in chunks where it does not fit its shared memory at once), k a
+/// multiple of the block and under 2^16 blocks, no g_idx, scale groups of whole blocks,
+/// integer zero points.
 pub fn tc_supports(l: &DeviceLayout, tokens: usize) -> bool {
     let block = tc_block(l.fmt);
-    let x_elems = tokens * (l.k + params::FLINT_QUANT_TC_X_PAD as usize);
     (1..=GEMV_MAX_TOKENS).contains(&tokens)
-        && x_elems <= params::FLINT_QUANT_TC_X_ELEMS as usize
         && l.k > 0
         && l.n > 0
         && l.k % block == 0
@@ -745,9 +743,9 @@ pub fn gemv_passes_max(fmt: Fmt) -> usize {
     }
 }
 
-/// The one place the quantized path is chosen. By default: the tensor-core GEMV for 1 token
-/// where it takes the weight (`takes.tc`: [`tc_supports`]) and `takes.tc_default`, else the
-/// GEMV (the decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
+/// The one place the quantized path is chosen. By default: the tensor-core GEMV for 1..=8
+/// tokens where it takes the weight (`takes.tc`: [`tc_supports`]) and `takes.tc_default`;
+/// else the GEMV for 1 token (the decode path, with its fused inputs); the mma GEMM for 2..=[`MMA_MAX_TOKENS`] tokens when
 /// it takes the weight (`takes.mma`: [`mma_supports`]); above that, up to
 /// [`WGMMA_DEFAULT_MAX_TOKENS`], the wgmma GEMM where it runs and takes the weight
 /// (`takes.wgmma`: sm_90, [`wgmma_supports`]); otherwise GEMV passes
@@ -766,7 +764,9 @@ pub fn quant_path(fmt: Fmt, tokens: usize, takes: Takes, force: Option<QuantForc
         Some(QuantForce::GemvTc) if takes.tc => QuantPath::GemvTc,
         Some(QuantForce::Mma) if takes.mma && tokens >= 1 => QuantPath::Mma,
         Some(QuantForce::Wgmma) if takes.wgmma && tokens >= 1 => QuantPath::Wgmma,
-        _ if tokens == 1 && takes.tc && takes.tc_default => QuantPath::GemvTc,
+        _ if takes.tc && takes.tc_default && (1..=GEMV_MAX_TOKENS).contains(&tokens) => {
+            QuantPath::GemvTc
+        }
         _ if tokens <= 1 => QuantPath::Gemv(1),
         _ if mma_can => QuantPath::Mma,
         _ if takes.wgmma && (tokens <= WGMMA_DEFAULT_MAX_TOKENS || !takes.dequant) => {
@@ -1427,19 +1427,15 @@ mod tests {
     }
 
     /// quant_gemv_tc takes whole blocks (128 int4 / 64 int8 and fp8 columns), scale groups of
-    /// whole blocks, no act-order, integer zero points, and x only where it fits its shared
-    /// memory; one token goes there by default (unless `FLINT_QUANT_TC=0`), more only forced.
+    /// whole blocks, no act-order, integer zero points, at 1..=8 tokens, its default there
+    /// (unless `FLINT_QUANT_TC=0`).
     #[test]
-    fn tensor_core_gemv_takes_whole_blocks_and_fitting_x() {
+    fn tensor_core_gemv_takes_whole_blocks_up_to_8_tokens() {
         let layout = |q: QuantWeight| DeviceLayout::new("w", &q).unwrap();
         let (n, k) = (16, 4096);
         let w = rand(n * k, 3);
         let i4 = layout(quantize_int4(&w, n, k, 128, true).unwrap());
-        assert!(tc_supports(&i4, 1) && tc_supports(&i4, 4));
-        assert!(
-            !tc_supports(&i4, 8),
-            "8 x (4096 + 32) values exceed its shared memory"
-        );
+        assert!(tc_supports(&i4, 1) && tc_supports(&i4, 4) && tc_supports(&i4, 8));
         assert!(!tc_supports(&i4, 0) && !tc_supports(&i4, 9));
         let i4_asym = layout(quantize_int4(&w, n, k, 256, false).unwrap());
         assert!(i4_asym.zeros.is_some() && tc_supports(&i4_asym, 1));
@@ -1465,10 +1461,10 @@ mod tests {
         let mut far = i4_asym.clone();
         far.integer_zeros = false;
         assert!(!tc_supports(&far, 1));
-        // Llama-3-8B's down projection: K 14336 at one token only.
+        // Llama-3-8B's down projection (x staged in chunks above one token).
         let (n, k) = (16, 14336);
         let down = layout(quantize_int4(&rand(n * k, 4), n, k, 128, false).unwrap());
-        assert!(tc_supports(&down, 1) && !tc_supports(&down, 2));
+        assert!(tc_supports(&down, 1) && tc_supports(&down, 8));
         // K not whole int4 blocks (but whole int8 ones).
         let (n, k) = (16, 192);
         let w = rand(n * k, 5);
@@ -1495,7 +1491,9 @@ mod tests {
                 quant_path(f, 1, takes(false, true), None),
                 QuantPath::Gemv(1)
             );
-            assert_eq!(quant_path(f, 4, takes(true, true), None), QuantPath::Mma);
+            assert_eq!(quant_path(f, 8, takes(true, true), None), QuantPath::GemvTc);
+            assert_eq!(quant_path(f, 8, takes(true, false), None), QuantPath::Mma);
+            assert_eq!(quant_path(f, 9, takes(true, true), None), QuantPath::Mma);
             let tc = Some(QuantForce::GemvTc);
             assert_eq!(quant_path(f, 4, takes(true, false), tc), QuantPath::GemvTc);
             assert_eq!(quant_path(f, 4, takes(false, true), tc), QuantPath::Mma);
