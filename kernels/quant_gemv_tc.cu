@@ -9,7 +9,10 @@
 //     qdata  [N, row_bytes] u8, 16-byte aligned; K a multiple of the block (int4 128 columns,
 //                    int8 / fp8 64); scales / zeros [N, G] f32, group a multiple of the block,
 //                    no g_idx; integer zero points (the host checks: quant.rs tc_supports)
-//     out    [T, N]  bf16: bf16(acc + bias), or with p.fuse.add_to_out bf16(out + that)
+//     out    [T, N]  bf16: bf16(acc + bias), or with p.fuse.add_to_out bf16(out + that);
+//                    with p.fuse.out_act = 1 + FLINT_GEMV_ACT_* (not with add_to_out): w is
+//                    gate|up, N = 2I, out [T, I] = bf16(act(bf16(g)) * bf16(u)) of gate row m
+//                    and up row m + I (act_mul.cu's roundings; its kernel is then not needed)
 //
 // Why: the CUDA-core GEMV (quant_gemv.cu) spent ~5.5 instructions per int4 weight in its
 // one-token loop (SASS of quant_gemv_i4_t1: 352 per 64 weights), ~10 us of issue for
@@ -56,7 +59,8 @@
 //   loop, which runs the same number of steps in every warp, so the barriers around each
 //   restaging are uniform), e.g. int4 at 8 tokens 2,048 columns, 7 chunks for K = 14,336.
 //   The code loads in flight are not held up by a restaging (they do not depend on x).
-// - rows past N load row N - 1 (no pointer past the weight) and store nothing.
+// - rows past N load row N - 1 (no pointer past the weight) and store nothing. With the
+//   act·mul output a tile is 8 gate rows and their 8 up rows (ceil(I / 8) tiles).
 // - the 8 warps' D (after their scales) are summed through shared memory in warp order
 //   (deterministic), then one thread per (row, token) adds the bias and stores.
 #include "common.cuh"
@@ -145,14 +149,14 @@ struct Rows {
 };
 
 template <int F>
-__device__ __forceinline__ Rows rows_of(const QuantGemvParams &p, int n0, int g, int tq) {
+__device__ __forceinline__ Rows rows_of(const QuantGemvParams &p, int row0, int row1, int tq) {
     Rows w;
     const uint32_t row16 = uint32_t(quant::row_bytes_of<F>(p.k) / 16);
+    const int rows[2] = {row0, row1};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const uint32_t row = uint32_t(min(n0 + g + 8 * r, p.n - 1));
-        w.codes[r] = row * row16 + uint32_t(tq);
-        w.scales[r] = row * uint32_t(p.num_groups);
+        w.codes[r] = uint32_t(rows[r]) * row16 + uint32_t(tq);
+        w.scales[r] = uint32_t(rows[r]) * uint32_t(p.num_groups);
     }
     const uint32_t bpg = uint32_t(p.group / Geo<F>::BLOCK);
     w.group_magic = bpg > 1 ? uint32_t((0x100000000ull + bpg - 1) / bpg) : 0u;
@@ -265,15 +269,22 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     const int m = min(rounds_fit, iters);        // blocks per warp per chunk
     const bool one_chunk = m >= iters;
     const int XS = min(K, m * per_round) + X_PAD;  // staged values per token
-    const int tiles = (N + ROWS - 1) / ROWS;
     const GemvFuse &f = p.fuse;
+    // The act·mul output (f.out_act != 0, uniform): w is gate|up [N = 2I, K]; a tile's rows
+    // g are gate rows m0 + g and its rows g + 8 the up rows I + m0 + g (8 outputs per tile),
+    // and out [T, I] = act(gate) * up (gemv_fuse::act_mul_out's roundings).
+    const bool act_out = f.out_act != 0;
+    const int I = N / 2;
+    const int tiles = act_out ? (I + 7) / 8 : (N + ROWS - 1) / ROWS;
     const bool has_x = g < T;
     const int xoff = g * XS + tq * VEC;
 
     Slot sl[AHEAD];
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform over the CTA
-        const int n0 = tile * ROWS;
-        const Rows rw = rows_of<F>(p, n0, g, tq);
+        // Rows past the end load the last row (no pointer past the weight), store nothing.
+        const int n0 = act_out ? tile * 8 : tile * ROWS;
+        const Rows rw = act_out ? rows_of<F>(p, min(n0 + g, I - 1), I + min(n0 + g, I - 1), tq)
+                                : rows_of<F>(p, min(n0 + g, N - 1), min(n0 + g + 8, N - 1), tq);
 #pragma unroll
         for (int u = 0; u < AHEAD; ++u) load_block<F>(p, rw, sl[u], warp + u * WARPS, nb);
         if (tile == blockIdx.x) {
@@ -316,14 +327,32 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
             if (t < MAX_T) red[warp][(g + 8 * (e >> 1)) * MAX_T + t] = acc[e];
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < ROWS * T; i += blockDim.x) {
-            const int r = i / T, t = i % T, n = n0 + r;
-            if (n >= N) continue;
-            float v = 0.0f;
+        if (act_out) {
+            for (int i = threadIdx.x; i < 8 * T; i += blockDim.x) {
+                const int r = i / T, t = i % T, m = n0 + r;
+                if (m >= I) continue;
+                float gv = 0.0f, uv = 0.0f;
 #pragma unroll
-            for (int w = 0; w < WARPS; ++w) v += red[w][r * MAX_T + t];
-            if (p.bias) v += to_f32(p.bias[n]);
-            gemv_fuse::store(f, p.out + int64_t(t) * N + n, v);
+                for (int w = 0; w < WARPS; ++w) {
+                    gv += red[w][r * MAX_T + t];
+                    uv += red[w][(r + 8) * MAX_T + t];
+                }
+                if (p.bias) {
+                    gv += to_f32(p.bias[m]);
+                    uv += to_f32(p.bias[I + m]);
+                }
+                p.out[int64_t(t) * I + m] = gemv_fuse::act_mul_out(f, gv, uv);
+            }
+        } else {
+            for (int i = threadIdx.x; i < ROWS * T; i += blockDim.x) {
+                const int r = i / T, t = i % T, n = n0 + r;
+                if (n >= N) continue;
+                float v = 0.0f;
+#pragma unroll
+                for (int w = 0; w < WARPS; ++w) v += red[w][r * MAX_T + t];
+                if (p.bias) v += to_f32(p.bias[n]);
+                gemv_fuse::store(f, p.out + int64_t(t) * N + n, v);
+            }
         }
         __syncthreads();  // red and xs are free for the next tile
     }

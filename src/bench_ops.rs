@@ -1072,23 +1072,28 @@ mod tests {
         let all = cases(&[]).unwrap();
         assert_eq!(
             all.len(),
-            1 + 1 + 25 + 40 + 6 + 2 + 42 + 32 + 3 + 9 + 6 + 4 + 2 + 3
+            1 + 1 + 25 + 40 + 6 + 2 + 43 + 43 + 3 + 9 + 6 + 4 + 2 + 3
         );
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
-        assert_eq!(quant.len(), 42 + 32);
-        // Per projection: 3 decode rows, 2 x 9 small-batch rows, 12 prefill rows (mma, wgmma,
-        // dequant), then 4 long-prefill rows (wgmma, dequant).
-        assert_eq!(quant[21].id(), "proj_qkv_t128_int4_mma");
-        assert_eq!(quant[22].id(), "proj_qkv_t128_int4_wgmma");
-        assert_eq!(quant[23].id(), "proj_qkv_t128_int4_dequant");
-        assert_eq!(quant[30].id(), "proj_qkv_t512_int8_mma");
-        assert_eq!(quant[33].id(), "proj_qkv_t4096_int4_wgmma");
-        assert_eq!(quant[36].id(), "proj_qkv_t4096_int8_dequant");
-        assert_eq!(quant[37].id(), "proj_down_t1_int8_gemv");
+        assert_eq!(quant.len(), 43 + 43);
+        // Per projection: 6 decode rows (tc, gemv), 12 rows at 8 tokens (tc, gemv, mma,
+        // dequant), 9 at 32 (gemv, mma, dequant), 12 prefill rows (mma, wgmma, dequant), then
+        // 4 long-prefill rows (wgmma, dequant).
+        assert_eq!(quant[0].id(), "proj_qkv_t1_int8_tc");
+        assert_eq!(quant[1].id(), "proj_qkv_t1_int8_gemv");
+        assert_eq!(quant[6].id(), "proj_qkv_t8_int8_tc");
+        assert_eq!(quant[7].id(), "proj_qkv_t8_int8_gemv");
+        assert_eq!(quant[18].id(), "proj_qkv_t32_int8_gemv");
+        assert_eq!(quant[27].id(), "proj_qkv_t128_int4_mma");
+        assert_eq!(quant[28].id(), "proj_qkv_t128_int4_wgmma");
+        assert_eq!(quant[29].id(), "proj_qkv_t128_int4_dequant");
+        assert_eq!(quant[36].id(), "proj_qkv_t512_int8_mma");
+        assert_eq!(quant[39].id(), "proj_qkv_t4096_int4_wgmma");
+        assert_eq!(quant[42].id(), "proj_qkv_t4096_int8_dequant");
+        assert_eq!(quant[43].id(), "proj_down_t1_int8_tc");
+        assert_eq!(quant[44].id(), "proj_down_t1_int8_gemv");
         assert!(quant.iter().all(|c| c.group() == "quant"));
-        assert_eq!(quant[0].id(), "proj_qkv_t1_int8_gemv");
-        assert_eq!(quant[3].id(), "proj_qkv_t8_int8_gemv");
         assert!(quant
             .iter()
             .any(|c| c.id() == "proj_down_t32_int4_mma" && c.shape().ends_with("mma forced")));

@@ -6,9 +6,10 @@
 //! reports two rows: fused against the CPU reference at OP_TOL, and fused against unfused at
 //! FUSED_TOL (the same roundings: at these shapes the two should agree bit for bit).
 //! gate|up is also run in the decoder's other role, the act·mul output (`MatOut::ActMul`, the
-//! GEMV epilogue of `FLINT_FUSE_OUT`, bf16 only): fused (`set_fuse_out(true)`) against the CPU
-//! at OP_TOL and against unfused (the plain GEMV, then act_mul) at 0, i.e. bit for bit; the
-//! input fusion is off for both. UNVERIFIED: not yet run on a GPU.
+//! GEMV epilogue of `FLINT_FUSE_OUT`; bf16, and the quantized q|k|v shape on the tensor-core
+//! GEMV at 1 and 8 tokens): fused (`set_fuse_out(true)`) against the CPU at OP_TOL and
+//! against unfused (the plain GEMV, then act_mul) at ACT_OUT_TOL; the input fusion is off for
+//! both. UNVERIFIED: not yet run on a GPU.
 
 use super::{Case, Tester, OP_TOL};
 use crate::backend::cpu::CpuTensor;
@@ -83,6 +84,11 @@ impl Tester<'_> {
                         v.extend(acts.iter().map(|&a| Role::NormActOut(a)));
                         v
                     }
+                    // Quantized q|k|v (an even N) in the act·mul output role too: the
+                    // tensor-core GEMV's epilogue (kernels/quant_gemv_tc.cu).
+                    _ if !dense && name == "qkv" => {
+                        vec![role, Role::NormActOut(Activation::Silu)]
+                    }
                     _ => vec![role],
                 };
                 let w = self.data(n * k, 1.0 / (k as f32).sqrt());
@@ -108,16 +114,24 @@ impl Tester<'_> {
                 };
                 for role in roles {
                     for &t in tokens {
+                        let act_out = matches!(role, Role::NormActOut(_));
+                        if !dense && act_out && t > 8 {
+                            continue; // the tensor-core GEMV takes 1..=8 tokens
+                        }
                         let bias = t != 8;
                         let label =
                             format!("{what} {name} [{n}, {k}] {role:?} tokens {t} bias {bias}");
                         let r = match &weights {
                             Ok((wc, wg)) => {
                                 // Fusion lives in the GEMV: force it (by default 2..=64
-                                // quantized tokens take quant_mma, which does not fuse).
+                                // quantized tokens take quant_mma or the tensor-core GEMV,
+                                // which fuse no input); a quantized act·mul output is the
+                                // tensor-core GEMV's.
                                 let quant_before = self.gpu.quant_path_override();
                                 if dense {
                                     self.gpu.set_dense_path(Some(DensePath::Gemv));
+                                } else if act_out {
+                                    self.gpu.set_quant_path(Some(QuantForce::GemvTc));
                                 } else {
                                     self.gpu.set_quant_path(Some(QuantForce::Gemv));
                                 }

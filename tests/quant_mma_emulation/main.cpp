@@ -41,6 +41,7 @@ struct Case {
     bool zeros, gidx, bias, add;
     int tok = 0;  // 0: quant_mma; 128 / 256: quant_wgmma_<fmt>_t<tok>; -1: quant_gemv_tc_<fmt>
     int n = 0;    // rows (0: 80, or 200 for quant_wgmma)
+    int out_act = 0;  // quant_gemv_tc: 1 + FLINT_GEMV_ACT_* for the act·mul output (N = 2I)
 };
 
 static void verify(const std::vector<float> &got, const std::vector<double> &want, const std::vector<double> &delta,
@@ -100,7 +101,7 @@ static void run(const Case &c, std::mt19937 &g) {
     // want: the exact sum rounded as the kernel stores it; size: the sum of the terms'
     // magnitudes, which bounds the f32 accumulation's error (cancellation can make the result
     // itself far smaller).
-    std::vector<double> want(static_cast<size_t>(T) * N), delta(want.size()), size(want.size());
+    std::vector<double> want(static_cast<size_t>(T) * N), delta(want.size()), size(want.size()), raw(want.size());
     for (int t = 0; t < T; ++t)
         for (int n = 0; n < N; ++n) {
             double s = c.bias ? b[n] : 0.0, m = 0.0;
@@ -111,6 +112,7 @@ static void run(const Case &c, std::mt19937 &g) {
             }
             const size_t i = static_cast<size_t>(t) * N + n;
             size[i] = m;
+            raw[i] = s;
             delta[i] = rbf(static_cast<float>(s));
             want[i] = c.add ? rbf(static_cast<float>(res[i] + delta[i])) : delta[i];
         }
@@ -132,6 +134,7 @@ static void run(const Case &c, std::mt19937 &g) {
         p.bias = c.bias ? upload(b) : nullptr;
         p.out = c.add ? upload(res) : alloc<bf16>(static_cast<size_t>(T) * N);
         p.fuse.add_to_out = c.add ? 1 : 0;
+        p.fuse.out_act = c.out_act;
         p.num_tokens = T;
         p.n = N;
         p.k = K;
@@ -141,14 +144,32 @@ static void run(const Case &c, std::mt19937 &g) {
         p.zero_default = zd;
         // The host's launch (quant.rs tc_shape): a CTA per 16 rows, 8 warps.
         static void (*const KT[3])(QuantGemvParams) = {quant_gemv_tc_i8, quant_gemv_tc_i4, quant_gemv_tc_fp8};
-        const int tiles = (N + FLINT_QUANT_TC_ROWS - 1) / FLINT_QUANT_TC_ROWS;
+        // The act·mul output: a tile of 8 gate rows and their up rows; out [T, N / 2].
+        const int I = N / 2;
+        const int tiles = c.out_act ? (I + 7) / 8 : (N + FLINT_QUANT_TC_ROWS - 1) / FLINT_QUANT_TC_ROWS;
+        if (c.out_act) {
+            // act_mul.cu's value of the exact gate and up sums (gemv_fuse::act_mul_out rounds
+            // each to bf16 first, as the unfused GEMV stores them).
+            std::vector<double> w2(static_cast<size_t>(T) * I), d2(w2.size()), s2(w2.size());
+            for (int t = 0; t < T; ++t)
+                for (int m = 0; m < I; ++m) {
+                    const size_t gi = static_cast<size_t>(t) * N + m, o = static_cast<size_t>(t) * I + m;
+                    w2[o] = __bfloat162float(flint::gemv_fuse::act_mul_out(p.fuse, static_cast<float>(raw[gi]),
+                                                                              static_cast<float>(raw[gi + I])));
+                    d2[o] = w2[o];
+                    s2[o] = std::max(size[gi], size[gi + I]) * 4;  // act's slope and the product
+                }
+            want = w2, delta = d2, size = s2;
+            p.out = alloc<bf16>(static_cast<size_t>(T) * I);
+        }
         // A grid smaller than the tiles (c.splits_cols != 0) runs the grid-stride loop.
         launch(KT[c.fmt], dim3(c.splits_cols ? std::max(1, tiles / 3) : tiles), dim3(FLINT_QUANT_TC_WARPS * 32), p);
-        const auto got = download(p.out, static_cast<size_t>(T) * N);
+        const auto got = download(p.out, want.size());
         char name[200];
         std::snprintf(name, sizeof name,
-                      "qtc  %-4s T %d N %d K %d group %4d grid-stride %d zeros %d bias %d add %d", FMT_NAMES[c.fmt],
-                      T, N, K, group, c.splits_cols ? 1 : 0, c.zeros ? 1 : 0, c.bias ? 1 : 0, c.add ? 1 : 0);
+                      "qtc  %-4s T %d N %d K %d group %4d grid-stride %d zeros %d bias %d add %d act-out %d",
+                      FMT_NAMES[c.fmt], T, N, K, group, c.splits_cols ? 1 : 0, c.zeros ? 1 : 0, c.bias ? 1 : 0,
+                      c.add ? 1 : 0, c.out_act);
         verify(got, want, delta, size, name);
         return;
     }
@@ -289,6 +310,17 @@ static void tc_cases(std::mt19937 &g) {
                             {I8, 8, 2112, 2112, true}, {I8, 8, 14336, 64, false}, {F8, 6, 4096, 128, false},
                             {F8, 8, 2112, 64, false}})
         run(Case{c.f, c.T, c.K, c.group, c.K == 4096 ? 1 : 0, c.zeros, false, true, c.T == 8, -1, c.K == 4096 ? 80 : 37}, g);
+    // The act·mul output (gate|up rows m and m + I in one tile; out [T, I]): silu, gelu-tanh,
+    // gelu x formats x a partial last tile (I 37) x the grid-stride loop x x in chunks.
+    const int acts[] = {1 + FLINT_GEMV_ACT_SILU, 1 + FLINT_GEMV_ACT_GELU_TANH, 1 + FLINT_GEMV_ACT_GELU};
+    int a = 0;
+    for (Fmt f : {I8, I4, F8})
+        for (const auto [T, K, n, stride] : {std::tuple{1, 2048, 74, 0}, {3, 1024, 64, 1}, {8, 4096, 48, 0}}) {
+            const int block = f == I4 ? 128 : 64;
+            Case c{f, T, K, block * 2, stride, f != F8 && a % 2 == 0, false, a % 2 == 1, false, -1, n};
+            c.out_act = acts[a++ % 3];
+            run(c, g);
+        }
 }
 
 int main(int argc, char **argv) {

@@ -6,9 +6,10 @@
 //! only while fusion is on (`FLINT_FUSE`, `CudaBackend::set_fuse`). The residual add
 //! (`MatOut::AddTo`) is always the matmul's own: the GEMV's epilogue, or cuBLASLt's beta = 1.
 //! The act·mul output (`MatOut::ActMul`, the gate|up matmul writing `act(gate) * up`) is the
-//! dense GEMV's epilogue where the bf16 weight takes the GEMV and `FLINT_FUSE_OUT` is on (the
-//! default, [`FUSE_OUT_DEFAULT`]); elsewhere (cuBLASLt, quantized weights, switched off) the
-//! product goes to the scratch and `act_mul_bf16_*` runs after it. UNVERIFIED on a GPU.
+//! dense GEMV's epilogue where the bf16 weight takes the GEMV, or the tensor-core quantized
+//! GEMV's, and `FLINT_FUSE_OUT` is on (the default, [`FUSE_OUT_DEFAULT`]); elsewhere
+//! (cuBLASLt, the other quantized paths, switched off) the product goes to the scratch and
+//! `act_mul_bf16_*` runs after it. UNVERIFIED on a GPU.
 //! On an H200 (2026-11-28) the fused GEMVs matched the CPU and their unfused twins (bf16 at
 //! 1, 2 and 8 tokens, the quantized formats at 1) but ran the decode 5-6.5% slower, so fusion
 //! is off unless asked for ([`FUSE_DEFAULT`]).
@@ -71,12 +72,18 @@ impl CudaBackend {
     /// Whether a `[tokens, k] x w^T` matmul into `MatOut::ActMul` computes the act·mul in the
     /// GEMV's epilogue now (else: the product into the scratch, then `act_mul_bf16_*`): bf16
     /// weights on the GEMV path (`gemm::dense_path`), an even N, `FLINT_FUSE_OUT` on.
-    /// Quantized weights never do (their GEMVs have no act·mul output).
+    /// Quantized weights do where they take the tensor-core GEMV (`quant::QuantPath::GemvTc`,
+    /// kernels/quant_gemv_tc.cu; UNVERIFIED on a GPU).
     pub fn fuses_act_out(&self, w: &CudaTensor, tokens: usize) -> bool {
         self.fuse_out.get()
-            && w.quant.is_none()
             && w.rows % 2 == 0
-            && self.gemm.path(tokens, w.rows, w.cols) == DensePath::Gemv
+            && match &w.quant {
+                Some(q) => {
+                    self.quant_kernels().path(q.layout(), tokens)
+                        == super::super::quant::QuantPath::GemvTc
+                }
+                None => self.gemm.path(tokens, w.rows, w.cols) == DensePath::Gemv,
+            }
     }
 
     /// Whether a `[tokens, k] x w^T` matmul with a computed input runs it fused into the
@@ -182,8 +189,8 @@ impl CudaBackend {
             return Ok(()); // the graph launches this at graph_end
         }
         if let Some(q) = &w.quant {
-            // fuses_act_out is false for quantized weights: out_act is None here.
-            return super::super::quant::matmul(self, x, mode, rows, q, bias, out, add);
+            // out_act only where fuses_act_out chose the tensor-core GEMV.
+            return super::super::quant::matmul(self, x, mode, rows, q, bias, out, (add, out_act));
         }
         self.gemm.dense(
             &x.buf,

@@ -30,9 +30,10 @@
 
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
-use super::gemm::GemvIn;
+use super::gemm::{act_code, GemvIn};
 use super::kernels::{i32_of, launch, launch_raw, Dim3, LaunchStream};
 use super::params::{self, MoeQuantWeight, QuantGemvParams, QuantMmaParams};
+use crate::config::Activation;
 use crate::weights::names;
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
 use anyhow::{bail, Context, Result};
@@ -506,10 +507,15 @@ pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTenso
     CudaTensor::quantized(be, w.n, w.k, q)
 }
 
-/// quant_gemv_tc_*: one CTA per 16 rows (8 warps splitting K), a grid-stride loop past 65,535.
-pub fn tc_shape(n: usize) -> (Dim3, Dim3) {
-    let ctas = n.div_ceil(TC_ROWS).clamp(1, 65_535) as u32;
-    ((ctas, 1, 1), (TC_THREADS, 1, 1))
+/// quant_gemv_tc_*: one CTA per 16 rows (8 warps splitting K), or per 8 outputs of the act·mul
+/// output (8 gate rows and their up rows), a grid-stride loop past 65,535.
+pub fn tc_shape(n: usize, act_out: bool) -> (Dim3, Dim3) {
+    let tiles = if act_out {
+        (n / 2).div_ceil(TC_ROWS / 2)
+    } else {
+        n.div_ceil(TC_ROWS)
+    };
+    ((tiles.clamp(1, 65_535) as u32, 1, 1), (TC_THREADS, 1, 1))
 }
 
 /// Columns per quant_gemv_tc block: 4 lanes' 16-byte loads of one row (128 int4 codes, 64
@@ -795,7 +801,9 @@ pub fn mma_shape(n: usize, splits: usize) -> (Dim3, Dim3) {
 /// `matmul_ex` with a quantized weight: shapes were checked by the caller, `out` has its rows
 /// set (to x's with `add`). x holds `t` rows of k values (2k for `GemvIn::ActMul`). A fused
 /// input needs the GEMV path ([`is_gemv`]; the caller materializes it otherwise). `add`: out
-/// += x · wᵀ + bias (the GEMV's epilogue, or cuBLASLt's beta = 1).
+/// += x · wᵀ + bias (the GEMV's epilogue, or cuBLASLt's beta = 1). `out_act`: out [t, n / 2]
+/// = act(gate) * up of the product, the tensor-core GEMV's epilogue (the caller checked that
+/// the weight takes it at `t` rows: `CudaBackend::fuses_act_out`; not with `add`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     be: &CudaBackend,
@@ -805,7 +813,7 @@ pub fn matmul(
     q: &QuantDev,
     bias: Option<&CudaTensor>,
     out: &mut CudaTensor,
-    add: bool,
+    (add, out_act): (bool, Option<Activation>),
 ) -> Result<()> {
     let l = &q.layout;
     let x_cols = if matches!(input, GemvIn::ActMul(_)) {
@@ -843,12 +851,18 @@ pub fn matmul(
         }
         return gemm_pass(path, be, qk, l, &p, t, add, stream);
     }
+    if let Some(act) = out_act {
+        if path != QuantPath::GemvTc || add || l.n % 2 != 0 || p.x % 16 != 0 {
+            bail!("quant matmul: the act·mul output ({act:?}) needs the tensor-core GEMV, an even N, no add and an aligned x (path {path:?}, n {})", l.n);
+        }
+        p.fuse.out_act = 1 + act_code(act);
+    }
     // quant_gemv_tc reads x with 16-byte loads (k is a multiple of 64, so every token row is
-    // aligned when x is); an unaligned view takes the CUDA-core GEMV.
-    let path = if path == QuantPath::GemvTc && p.x % 16 != 0 {
-        QuantPath::Gemv(1)
-    } else {
-        path
+    // aligned when x is); an unaligned view takes the CUDA-core GEMV (or the mma, in passes).
+    let path = match path {
+        QuantPath::GemvTc if p.x % 16 != 0 && t == 1 => QuantPath::Gemv(1),
+        QuantPath::GemvTc if p.x % 16 != 0 => QuantPath::Gemv(t.div_ceil(GEMV_MAX_TOKENS)),
+        other => other,
     };
     if path == QuantPath::GemvTc {
         if input != GemvIn::Plain {
@@ -856,10 +870,18 @@ pub fn matmul(
         }
         let fi = l.fmt.index();
         // SAFETY: p points into live buffers of the shapes QuantGemvParams documents (t <= 8
-        // rows of k, 16-byte aligned; out t rows of n), and tc_supports(l, t) held when the
-        // path was chosen: x fits the kernel's shared memory, k is whole blocks, the scales
-        // are one per (row, group of whole blocks), the zero points integers.
-        return unsafe { launch(TC_NAMES[fi], qk.gemv_tc[fi], tc_shape(l.n), stream, &p) };
+        // rows of k, 16-byte aligned; out t rows of n, or of n / 2 with out_act), and
+        // tc_supports(l, t) held when the path was chosen: k is whole blocks, the scales are
+        // one per (row, group of whole blocks), the zero points integers.
+        return unsafe {
+            launch(
+                TC_NAMES[fi],
+                qk.gemv_tc[fi],
+                tc_shape(l.n, out_act.is_some()),
+                stream,
+                &p,
+            )
+        };
     }
     if path == QuantPath::Mma {
         if input != GemvIn::Plain {
