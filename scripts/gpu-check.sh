@@ -47,7 +47,8 @@
 #                                   # ceilings 30 s, flint bench (pp2048, tg128 b1/b32 from
 #                                   # graphs, with PDL where it works) 120 s, then transformers + torch.compile (TTFT and
 #                                   # decode b1/b32) with the rest of the 555 s; peers.md.
-#   bash gpu-bundle/run.sh profile  # Nsight Compute (ncu) on one launch each of the bf16
+#   bash gpu-bundle/run.sh profile  # Nsight Compute (ncu): the kernels of one bf16 and one
+#                                   # int4 decode step, timed per kernel; then one launch each of the bf16
 #                                   # GEMV, the int4 tensor-core GEMV / GEMV / mma / wgmma /
 #                                   # dequantize and the
 #                                   # MoE gather-GEMV, up to 90 s each; reports under
@@ -262,6 +263,21 @@ if [ -z "$ncu_bin" ]; then
     echo 127 >"$log/profile.rc"
 else
     mkdir -p "$out/profile"
+    # Where a batch-1 decode step's time goes, kernel by kernel (bench/NOTES.md: ~0.7 ms of
+    # the bf16 step is not GEMVs; prediction 23 leaves int4's 3x to those kernels): the
+    # duration of every launch of about one eager step (after the first ~300 launches, the
+    # prefill and a step), summed per kernel by ncu's per-kernel summary. ncu serializes the
+    # launches, so these are each kernel's own time, without the boundaries a graph overlaps.
+    for q in bf16 int4; do
+        qflag=""
+        [ "$q" = bf16 ] || qflag="--quant $q"
+        # shellcheck disable=SC2086
+        step "profile_step_$q" "$(left_or 90)" "$ncu_bin" --metrics gpu__time_duration.sum --print-summary per-kernel \
+            --launch-skip 300 --launch-count 240 \
+            "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 8 -b 1 -r 1 -o csv $qflag
+        grep -v '^{' "$log/profile_step_$q.out" >"$out/profile/step_$q.txt" || true
+        tail -20 "$log/profile_step_$q.err" >>"$out/profile/step_$q.txt"
+    done
     # Most wanted first (a later one may find the part's time spent).
     for spec in gemv_bf16_t1:proj quant_gemv_tc_i4:quant quant_gemv_i4_t1:quant quant_mma_i4_t8:quant moe_gemv_gate_up_bf16_silu:moe \
         gemv_bf16_norm_t1:proj gemv_bf16_act_t1:proj quant_dequant_i4:quant quant_wgmma_i4_t128:quant; do
@@ -286,7 +302,7 @@ selftest_rc="$(cat "$log/selftest.rc")"
 pdl="$(pdl_flag)"
 step bench_tg_bf16 110 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --cuda-graphs $pdl
 for q in int8 int4 fp8; do
-    step "bench_tg_$q" 85 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --quant "$q"
+    step "bench_tg_$q" 85 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1,8,32 -r 3 -o csv --quant "$q" --cuda-graphs $pdl
 done
 # Issue 6: the serving report (graphs on; the selftest's graph cases check on == off).
 step throughput "$(left_or 130)" "$flint" throughput --device cuda -m synthetic:llama-3-8b --num-requests 1000 \
@@ -438,6 +454,11 @@ for name in sorted(f[:-3] for f in os.listdir(log) if f.startswith("profile_") a
     got = []
     for l in text.splitlines():
         t = l.strip()
+        if name.startswith("profile_step_"):
+            # The per-kernel summary: each kernel's launch line and its duration row.
+            if ")x(" in t or t.startswith("gpu__time_duration"):
+                got.append(" ".join(t.split()))
+            continue
         for key in keys:
             if t.startswith(key):
                 got.append(" ".join(t.split()))
