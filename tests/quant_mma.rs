@@ -14,32 +14,31 @@
 
 mod common;
 
-#[test]
-fn quant_mma_passes_its_host_emulation() {
-    let Some(exe) = common::build_emulation(
-        "quant_mma_passes_its_host_emulation",
-        "tests/quant_mma_emulation/main.cpp",
-        "quant_mma_emulation",
-        &[],
-    ) else {
+/// Builds the emulation (`name`), runs it with `args` to its closing "all passed", and requires
+/// a passing case starting with each of `starts`, one containing each of `contains`, and at
+/// least `min_passed` passing cases in all.
+fn emulation_passes(
+    test: &str,
+    name: &str,
+    args: &[&str],
+    starts: &[&str],
+    contains: &[&str],
+    min_passed: usize,
+) {
+    let Some(exe) = common::build_emulation(test, "tests/quant_mma_emulation/main.cpp", name, &[])
+    else {
         return;
     };
-    let stdout = common::run_emulation_to_pass(&exe);
-    for what in [
-        "qmma int8 uniform T  2",
-        "qmma int4 uniform T 64",
-        "qmma fp8  uniform T 33",
-        "qmma int4 any     T  9",
-        "qmma fp8  any     T 64",
-    ] {
+    let stdout = common::run_emulation_with_args_to_pass(&exe, args);
+    for what in starts {
         assert!(
-            stdout.contains(&format!("PASS  {what}")),
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("PASS  {what}"))),
             "{what}:\n{stdout}"
         );
     }
-    for what in [
-        "splits 4", "splits 1", "g_idx 1", "zeros 1", "add 1", "K 480",
-    ] {
+    for what in contains {
         assert!(
             stdout
                 .lines()
@@ -48,7 +47,27 @@ fn quant_mma_passes_its_host_emulation() {
         );
     }
     let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert!(passed >= 78, "{passed} cases passed:\n{stdout}");
+    assert!(passed >= min_passed, "{passed} cases passed:\n{stdout}");
+}
+
+#[test]
+fn quant_mma_passes_its_host_emulation() {
+    emulation_passes(
+        "quant_mma_passes_its_host_emulation",
+        "quant_mma_emulation",
+        &[],
+        &[
+            "qmma int8 uniform T  2",
+            "qmma int4 uniform T 64",
+            "qmma fp8  uniform T 33",
+            "qmma int4 any     T  9",
+            "qmma fp8  any     T 64",
+        ],
+        &[
+            "splits 4", "splits 1", "g_idx 1", "zeros 1", "add 1", "K 480",
+        ],
+        78,
+    );
 }
 
 /// Builds the emulation with a planted error (`define`) and requires that it fails every case
@@ -89,45 +108,26 @@ fn quant_mma_planted_fragment_swap_fails() {
 /// several x split-K, bias, add-to-out.
 #[test]
 fn quant_wgmma_passes_its_host_emulation() {
-    let Some(exe) = common::build_emulation(
+    emulation_passes(
         "quant_wgmma_passes_its_host_emulation",
-        "tests/quant_mma_emulation/main.cpp",
         "quant_wgmma_emulation",
-        &[],
-    ) else {
-        return;
-    };
-    let stdout = common::run_emulation_with_args_to_pass(&exe, &["wgmma"]);
-    for what in [
-        "qmma int8 wgmma t128 T 130",
-        "qmma int4 wgmma t256 T 300",
-        "qmma fp8  wgmma t256 T 130",
-        "qmma int4 wgmma t128 T  9",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(&format!("PASS  {what}"))),
-            "{what}:\n{stdout}"
-        );
-    }
-    for what in [
-        "splits 4",
-        "splits 1",
-        "zeros 1",
-        "add 1",
-        "K 416",
-        "group  96",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with("PASS") && l.contains(what)),
-            "no passing case with {what}:\n{stdout}"
-        );
-    }
-    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert!(passed >= 90, "{passed} cases passed:\n{stdout}");
+        &["wgmma"],
+        &[
+            "qmma int8 wgmma t128 T 130",
+            "qmma int4 wgmma t256 T 300",
+            "qmma fp8  wgmma t256 T 130",
+            "qmma int4 wgmma t128 T  9",
+        ],
+        &[
+            "splits 4",
+            "splits 1",
+            "zeros 1",
+            "add 1",
+            "K 416",
+            "group  96",
+        ],
+        90,
+    );
 }
 
 /// The wgmma emulation can fail: with A's registers a1 and a2 traded (rows g + 8 and columns
@@ -157,47 +157,30 @@ fn quant_wgmma_planted_errors_fail() {
 /// memory (Llama-3-8B's down projection at 8 tokens, a partial last chunk and round).
 #[test]
 fn quant_gemv_tc_passes_its_host_emulation() {
-    let Some(exe) = common::build_emulation(
+    emulation_passes(
         "quant_gemv_tc_passes_its_host_emulation",
-        "tests/quant_mma_emulation/main.cpp",
         "quant_gemv_tc_emulation",
-        &[],
-    ) else {
-        return;
-    };
-    let stdout = common::run_emulation_with_args_to_pass(&exe, &["tc"]);
-    for what in [
-        "qtc  int8 T 1",
-        "qtc  int4 T 1",
-        "qtc  fp8  T 1",
-        "qtc  int4 T 8",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(&format!("PASS  {what}"))),
-            "{what}:\n{stdout}"
-        );
-    }
-    for what in [
-        "grid-stride 1",
-        "zeros 1",
-        "add 1",
-        "K 3072",
-        "N 37",
-        "int4 T 8 N 37 K 14336",
-        "int8 T 8 N 37 K 2112",
-        "int4 T 8 N 80 K 4096 group  128 grid-stride 1",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with("PASS") && l.contains(what)),
-            "no passing case with {what}:\n{stdout}"
-        );
-    }
-    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert!(passed >= 64, "{passed} cases passed:\n{stdout}");
+        &["tc"],
+        &[
+            "qtc  int8 T 1",
+            "qtc  int4 T 1",
+            "qtc  fp8  T 1",
+            "qtc  int4 T 8",
+        ],
+        &[
+            "grid-stride 1",
+            "zeros 1",
+            "add 1",
+            "K 3072",
+            "N 37",
+            "int4 T 8 N 37 K 14336",
+            "int8 T 8 N 37 K 2112",
+            "int4 T 8 N 80 K 4096 group  128 grid-stride 1",
+            "act-out 1",
+            "act-out 3",
+        ],
+        64,
+    );
 }
 
 /// The tensor-core GEMV's emulation can fail: with every lane's B registers swapped, no case

@@ -117,8 +117,8 @@ static void run(const Case &c, std::mt19937 &g) {
             want[i] = c.add ? rbf(static_cast<float>(res[i] + delta[i])) : delta[i];
         }
 
-    if (tc) {
-        QuantGemvParams p{};
+    // The fields QuantGemvParams and QuantMmaParams share: x, the weight, bias, out, sizes.
+    auto fill = [&](auto &p) {
         p.x = upload(x);
         uint8_t *qd = alloc<uint8_t>(q.size());
         std::memcpy(qd, q.data(), q.size());
@@ -131,10 +131,13 @@ static void run(const Case &c, std::mt19937 &g) {
             std::memcpy(zp, zeros.data(), zeros.size() * 4);
             p.zeros = zp;
         }
+        if (c.gidx) {
+            int32_t *gp = alloc<int32_t>(gidx.size());
+            std::memcpy(gp, gidx.data(), gidx.size() * 4);
+            p.g_idx = gp;
+        }
         p.bias = c.bias ? upload(b) : nullptr;
         p.out = c.add ? upload(res) : alloc<bf16>(static_cast<size_t>(T) * N);
-        p.fuse.add_to_out = c.add ? 1 : 0;
-        p.fuse.out_act = c.out_act;
         p.num_tokens = T;
         p.n = N;
         p.k = K;
@@ -142,6 +145,12 @@ static void run(const Case &c, std::mt19937 &g) {
         p.num_groups = G;
         p.gidx_rows = N;
         p.zero_default = zd;
+    };
+    if (tc) {
+        QuantGemvParams p{};
+        fill(p);
+        p.fuse.add_to_out = c.add ? 1 : 0;
+        p.fuse.out_act = c.out_act;
         // The host's launch (quant.rs tc_shape): a CTA per 16 rows, 8 warps.
         static void (*const KT[3])(QuantGemvParams) = {quant_gemv_tc_i8, quant_gemv_tc_i4, quant_gemv_tc_fp8};
         // The act·mul output: a tile of 8 gate rows and their up rows; out [T, N / 2].
@@ -175,32 +184,7 @@ static void run(const Case &c, std::mt19937 &g) {
     }
 
     QuantMmaParams p{};
-    p.x = upload(x);
-    uint8_t *qd = alloc<uint8_t>(q.size());
-    std::memcpy(qd, q.data(), q.size());
-    float *sp = alloc<float>(scales.size());
-    std::memcpy(sp, scales.data(), scales.size() * 4);
-    p.qdata = qd;
-    p.scales = sp;
-    if (c.zeros) {
-        float *zp = alloc<float>(zeros.size());
-        std::memcpy(zp, zeros.data(), zeros.size() * 4);
-        p.zeros = zp;
-    }
-    if (c.gidx) {
-        int32_t *gp = alloc<int32_t>(gidx.size());
-        std::memcpy(gp, gidx.data(), gidx.size() * 4);
-        p.g_idx = gp;
-    }
-    p.bias = c.bias ? upload(b) : nullptr;
-    p.out = c.add ? upload(res) : alloc<bf16>(static_cast<size_t>(T) * N);
-    p.num_tokens = T;
-    p.n = N;
-    p.k = K;
-    p.group = group;
-    p.num_groups = G;
-    p.gidx_rows = N;
-    p.zero_default = zd;
+    fill(p);
     p.split_cols = c.splits_cols ? c.splits_cols : K;
     p.splits = (K + p.split_cols - 1) / p.split_cols;
     p.add_to_out = c.add ? 1 : 0;
