@@ -775,6 +775,15 @@ fn parse_moe(f: &Fields, model_type: &str, n: usize) -> Result<Option<MoeSpec>> 
             f.file
         ),
     };
+    // An index past the last layer names no layer: most likely a config written for another
+    // depth, whose dense layers would then be wrong here.
+    if let Some(&i) = mlp_only.iter().find(|&&i| i >= n) {
+        bail!(
+            "{}: `mlp_only_layers` holds {i}, but the model has {n} layers (indices 0..{})",
+            f.file,
+            n.saturating_sub(1)
+        );
+    }
     let sparse_layers = (0..n)
         .map(|i| !mlp_only.contains(&i) && (i + 1) % step == 0)
         .collect();

@@ -140,8 +140,8 @@ fn bad_configs_name_the_problem() {
 }
 
 /// `mlp_only_layers` (Qwen-MoE: the layers with a dense MLP) holds layer indices; any other
-/// entry, or a value that is not a list, is an error naming the file, the key and the value
-/// (such an entry was skipped, leaving its layer sparse).
+/// entry, an index past the last layer, or a value that is not a list, is an error naming the
+/// file, the key and the value (such an entry was skipped, leaving its layer sparse).
 #[test]
 fn mlp_only_layers_that_are_not_layer_indices_are_errors() {
     let moe = |layers: &str| {
@@ -160,6 +160,10 @@ fn mlp_only_layers_that_are_not_layer_indices_are_errors() {
         ("[1.5]", "holds 1.5,"),
         (r#"["1"]"#, r#"holds "1","#),
         ("1", "must be a list of layer indices, got 1"),
+        (
+            "[0,2]",
+            "holds 2, but the model has 2 layers (indices 0..1)",
+        ),
     ] {
         let e = parse(&moe(layers)).unwrap_err().to_string();
         assert!(
