@@ -4,6 +4,9 @@
 // f32 multiply). UNVERIFIED on a GPU: host emulation (tests/quant_mma_emulation, `tc` cases)
 // against a float64 reference; bench/NOTES.md prediction 23 says what it should measure.
 //
+//   gemv_tc_bf16(QuantGemvParams p): the same for a bf16 weight [N, K] in qdata (K a multiple
+//     of 32; scales, zeros unused): its 16-byte loads are the A registers as they are, 8
+//     blocks of 32 columns in flight per lane. Forced only (FLINT_DENSE_PATH=tc) until timed.
 //   quant_gemv_tc_<i8|i4|fp8>(QuantGemvParams p)
 //     x      [T, K]  bf16, 16-byte aligned, T <= FLINT_QUANT_GEMV_MAX_TOKENS (8)
 //     qdata  [N, row_bytes] u8, 16-byte aligned; K a multiple of the block (int4 128 columns,
@@ -81,13 +84,20 @@ constexpr int WARPS = FLINT_QUANT_TC_WARPS;
 constexpr int X_PAD = FLINT_QUANT_TC_X_PAD;
 constexpr int X_ELEMS = FLINT_QUANT_TC_X_ELEMS;
 constexpr int MAX_T = FLINT_QUANT_GEMV_MAX_TOKENS;
-constexpr int AHEAD = 4;  // blocks in flight per lane
+// The bf16 weight (gemv_tc_bf16): the same kernel with the weight's 16-byte loads used as
+// the A registers as they are (8 columns per load, no decode, no scale).
+constexpr int BF16W = 3;
+// Blocks in flight per lane: 4 (128 bytes; 8 for bf16's 32-column blocks, 256 bytes).
+template <int F>
+struct Ahead {
+    static constexpr int N = F == BF16W ? 8 : 4;
+};
 static_assert(ROWS == 16 && MAX_T <= 8, "one m16 tile of rows, one n8 tile of tokens");
 static_assert(X_PAD % 32 == 0 && (X_PAD / 32) % 2 == 1, "64 bytes mod 128: two tokens per bank window");
 
 template <int F>
 struct Geo {
-    static constexpr int CODES = F == INT4 ? 32 : 16;  // columns per 16-byte load
+    static constexpr int CODES = F == INT4 ? 32 : F == BF16W ? 8 : 16;  // columns per 16-byte load
     static constexpr int BLOCK = 4 * CODES;            // columns per block (4 lanes of a row)
     static constexpr int PIECES = CODES / VEC;         // 8-column pieces of x per load
 };
@@ -151,14 +161,14 @@ struct Rows {
 template <int F>
 __device__ __forceinline__ Rows rows_of(const QuantGemvParams &p, int row0, int row1, int tq) {
     Rows w;
-    const uint32_t row16 = uint32_t(quant::row_bytes_of<F>(p.k) / 16);
+    const uint32_t row16 = uint32_t((F == BF16W ? 2 * p.k : quant::row_bytes_of<F>(p.k)) / 16);
     const int rows[2] = {row0, row1};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         w.codes[r] = uint32_t(rows[r]) * row16 + uint32_t(tq);
         w.scales[r] = uint32_t(rows[r]) * uint32_t(p.num_groups);
     }
-    const uint32_t bpg = uint32_t(p.group / Geo<F>::BLOCK);
+    const uint32_t bpg = F == BF16W ? 1u : uint32_t(p.group / Geo<F>::BLOCK);
     w.group_magic = bpg > 1 ? uint32_t((0x100000000ull + bpg - 1) / bpg) : 0u;
     return w;
 }
@@ -170,8 +180,10 @@ __device__ __forceinline__ void load_block(const QuantGemvParams &p, const Rows 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         sl.raw[r] = __ldcs(reinterpret_cast<const uint4 *>(p.qdata) + (w.codes[r] + 4 * uint32_t(j)));
-        sl.s[r] = p.scales[w.scales[r] + gi];
-        sl.z[r] = p.zeros ? p.zeros[w.scales[r] + gi] : p.zero_default;
+        if (F != BF16W) {
+            sl.s[r] = p.scales[w.scales[r] + gi];
+            sl.z[r] = p.zeros ? p.zeros[w.scales[r] + gi] : p.zero_default;
+        }
     }
 }
 
@@ -185,7 +197,11 @@ __device__ __forceinline__ void consume(const Slot &sl, const bf16 *xs, int xoff
     for (int pi = 0; pi < G::PIECES; ++pi) {
         uint4 xv = make_uint4(0, 0, 0, 0);
         if (has_x) xv = *reinterpret_cast<const uint4 *>(&xs[xoff + (j * G::PIECES + pi) * 4 * VEC]);
-        if constexpr (F == INT4) {
+        if constexpr (F == BF16W) {
+            // The load's words are bf16 pairs of columns (c, c+1), ..., (c+6, c+7).
+            mma16816(d, sl.raw[0].x, sl.raw[1].x, sl.raw[0].y, sl.raw[1].y, xv.x, xv.y);
+            mma16816(d, sl.raw[0].z, sl.raw[1].z, sl.raw[0].w, sl.raw[1].w, xv.z, xv.w);
+        } else if constexpr (F == INT4) {
             // Word pi of each row: slots (c, c+4), (c+1, c+5) | (c+2, c+6), (c+3, c+7).
             uint32_t a[2][4];
 #pragma unroll
@@ -224,6 +240,11 @@ __device__ __forceinline__ void consume(const Slot &sl, const bf16 *xs, int xoff
                 mma16816(d, a[0][0], a[1][0], a[0][1], a[1][1], h ? xv.z : xv.x, h ? xv.w : xv.y);
             }
         }
+    }
+    if constexpr (F == BF16W) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] += d[e];
+        return;
     }
     // fp8: the pairs were decode(q) * 2^-8.
     const float unit = F == FP8 ? 256.0f : 1.0f;
@@ -279,6 +300,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     const bool has_x = g < T;
     const int xoff = g * XS + tq * VEC;
 
+    constexpr int AHEAD = Ahead<F>::N;
     Slot sl[AHEAD];
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform over the CTA
         // Rows past the end load the last row (no pointer past the weight), store nothing.
@@ -362,9 +384,11 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
 }  // namespace flint::quant_gemv_tc
 
 // Exported symbols: quant_gemv_tc_<i8|i4|fp8>, FLINT_QUANT_TC_WARPS * 32 threads, 2 CTAs per
-// SM asked for (at most 128 registers; ptxas sm_90a 90-104, sm_80 86-96, 0 spills).
+// SM asked for (at most 128 registers; ptxas sm_90a 95-110, sm_80 89-103, 0 spills).
 #define FLINT_QUANT_TC_BOUNDS __launch_bounds__(FLINT_QUANT_TC_WARPS * 32, 2)
 namespace fqt = flint::quant_gemv_tc;
 extern "C" __global__ FLINT_QUANT_TC_BOUNDS void quant_gemv_tc_i8(const QuantGemvParams p) { fqt::gemv<fqt::INT8>(p); }
 extern "C" __global__ FLINT_QUANT_TC_BOUNDS void quant_gemv_tc_i4(const QuantGemvParams p) { fqt::gemv<fqt::INT4>(p); }
 extern "C" __global__ FLINT_QUANT_TC_BOUNDS void quant_gemv_tc_fp8(const QuantGemvParams p) { fqt::gemv<fqt::FP8>(p); }
+// gemv_tc_bf16: a bf16 weight [N, K] in qdata (K a multiple of 32; scales, zeros unused).
+extern "C" __global__ FLINT_QUANT_TC_BOUNDS void gemv_tc_bf16(const QuantGemvParams p) { fqt::gemv<fqt::BF16W>(p); }

@@ -10,9 +10,9 @@
 //! - `proj_<name>_t<T>`: `Backend::matmul` at the projections (qkv 6144×4096, o 4096×4096,
 //!   gate_up 28672×4096, down 4096×14336, lm_head 128256×4096) for T = 1, 8, 64, 512, 4096,
 //!   on the default dense path (the GEMV at 1 token, cuBLASLt above: `gemm::dense_path`);
-//! - `proj_<name>_t<T>_gemv` and `_cublaslt` (T = 1, 2, 4, 8): the same product forced onto
-//!   each path, after the default rows, so one run times both where they compete (and the
-//!   GEMV's crossover can move with the numbers);
+//! - `proj_<name>_t<T>_gemv`, `_tc` and `_cublaslt` (T = 1, 2, 4, 8): the same product forced
+//!   onto each path (`tc`: the tensor-core GEMV, gemv_tc_bf16), after the default rows, so one
+//!   run times them where they compete (and the GEMV's crossover can move with the numbers);
 //! - `fuse_<name>_t1_{fused,unfused}` (qkv, gate_up, down): one decode GEMV with its computed
 //!   input as the model runs it: the pre-norm (q|k|v, gate|up) or act·mul of gate|up with the
 //!   residual add (down), fused into the GEMV (`FLINT_FUSE=1`) or by its own kernel first:
@@ -75,7 +75,8 @@ const HEAD_DIM: usize = 128;
 const BLOCK: usize = 16;
 /// Token counts of the projection cases.
 pub const PROJ_TOKENS: &[usize] = &[1, 8, 64, 512, 4096];
-/// Token counts whose projections are also timed on each path forced (`_gemv`, `_cublaslt`).
+/// Token counts whose projections are also timed on each path forced (`_gemv`, `_tc`,
+/// `_cublaslt`).
 pub const PROJ_BOTH_PATHS: &[usize] = &[1, 2, 4, 8];
 /// Token counts of the quantized projection cases (each on every path, forced).
 pub const QUANT_TOKENS: &[usize] = &[8, 32];
@@ -404,7 +405,7 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                 });
             }
             for &t in PROJ_BOTH_PATHS {
-                for path in [DensePath::Gemv, DensePath::CublasLt] {
+                for path in [DensePath::Gemv, DensePath::GemvTc, DensePath::CublasLt] {
                     v.push(Case::Gemm {
                         id: format!("proj_{name}_t{t}_{}", path.name()),
                         t,
@@ -1072,7 +1073,7 @@ mod tests {
         let all = cases(&[]).unwrap();
         assert_eq!(
             all.len(),
-            1 + 1 + 25 + 40 + 6 + 2 + 43 + 43 + 3 + 9 + 6 + 4 + 2 + 3
+            1 + 1 + 25 + 60 + 6 + 2 + 43 + 43 + 3 + 9 + 6 + 4 + 2 + 3
         );
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
@@ -1120,7 +1121,8 @@ mod tests {
         // Both dense paths where they compete, each forced row beside its default one.
         let pos = |id: &str| all.iter().position(|c| c.id() == id).unwrap();
         assert_eq!(pos("proj_o_t1_gemv"), pos("proj_o_t4096") + 1);
-        assert_eq!(pos("proj_o_t1_cublaslt"), pos("proj_o_t1_gemv") + 1);
+        assert_eq!(pos("proj_o_t1_tc"), pos("proj_o_t1_gemv") + 1);
+        assert_eq!(pos("proj_o_t1_cublaslt"), pos("proj_o_t1_tc") + 1);
         assert!(all
             .iter()
             .any(|c| c.id() == "proj_qkv_t4_gemv" && c.shape().ends_with("gemv forced")));

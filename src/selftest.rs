@@ -961,7 +961,8 @@ impl Tester<'_> {
 // `set_dense_path` and checks that it is the one `dense_path` reports, then compares with the
 // CPU. Shapes: Llama-3-8B rows (4096 x 4096, down's K = 14336: seven x chunks), an odd K (the
 // GEMV's scalar path, three chunks), K % 8 == 0 with a one-piece last chunk, N not a multiple
-// of the 16 rows of a CTA, tiny K. 9 tokens is past the GEMV: cuBLASLt even when forced.
+// of the 16 rows of a CTA, tiny K. 9 tokens is past the GEMV: cuBLASLt even when forced. The
+// tensor-core GEMV (`tc`, gemv_tc_bf16) where K is whole 32-column blocks, else cuBLASLt.
 // ---------------------------------------------------------------------------------------
 
 impl Tester<'_> {
@@ -987,7 +988,7 @@ impl Tester<'_> {
             let b = self.input(1, n, 1.0);
             for &t in tokens {
                 let bias = t % 2 == 1; // 1, 3 and 9 with a bias, 2 and 8 without
-                for force in [DensePath::Gemv, DensePath::CublasLt] {
+                for force in [DensePath::Gemv, DensePath::GemvTc, DensePath::CublasLt] {
                     let path = dense_path(t, n, k, Some(force));
                     out.push(self.case(
                         "dense matmul",

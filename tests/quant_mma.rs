@@ -178,8 +178,11 @@ fn quant_gemv_tc_passes_its_host_emulation() {
             "int4 T 8 N 80 K 4096 group  128 grid-stride 1",
             "act-out 1",
             "act-out 3",
+            "bf16 T 1 N 37 K 14336",
+            "bf16 T 8 N 37 K 4096",
+            "bf16 T 2 N 74 K 512",
         ],
-        64,
+        70,
     );
 }
 

@@ -25,8 +25,9 @@
 
 #include "../moe_emulation/harness.h"
 
-enum Fmt { I8 = 0, I4 = 1, F8 = 2 };
-static const char *const FMT_NAMES[] = {"int8", "int4", "fp8"};
+// B16: a bf16 weight, gemv_tc_bf16 only (the tensor-core GEMV's dense form).
+enum Fmt { I8 = 0, I4 = 1, F8 = 2, B16 = 3 };
+static const char *const FMT_NAMES[] = {"int8", "int4", "fp8", "bf16"};
 
 static float fp8_val(uint8_t b) {
     const int e = (b >> 3) & 0xF, m = b & 7;
@@ -52,7 +53,7 @@ static void run(const Case &c, std::mt19937 &g) {
     const int T = c.T, N = c.n ? c.n : c.tok > 0 ? 200 : 80, K = c.K, group = c.group;
     const bool tc = c.tok < 0;
     const int G = (K + group - 1) / group;
-    const int row_bytes = c.fmt == I4 ? K / 2 : K;
+    const int row_bytes = c.fmt == I4 ? K / 2 : c.fmt == B16 ? 2 * K : K;
     std::uniform_real_distribution<float> us(0.5f, 1.5f);
     std::uniform_int_distribution<int> code(0, 255);
     const float sd = 1.0f / std::sqrt(static_cast<float>(K));
@@ -86,6 +87,10 @@ static void run(const Case &c, std::mt19937 &g) {
                 uint8_t &b = q[static_cast<size_t>(n) * row_bytes + k / 2];
                 b = (k & 1) ? static_cast<uint8_t>((b & 0x0F) | (cd << 4)) : static_cast<uint8_t>(cd);
                 v = s * (static_cast<float>(cd) - z);
+            } else if (c.fmt == B16) {
+                v = rbf(sd * std::ldexp(static_cast<float>(cd - 128), -5));
+                const bf16 h = __float2bfloat16_rn(v);
+                std::memcpy(&q[static_cast<size_t>(n) * row_bytes + 2 * static_cast<size_t>(k)], &h, 2);
             } else {
                 if ((cd & 0x7F) == 0x7F) cd &= 0xF7;  // no NaN code
                 q[static_cast<size_t>(n) * row_bytes + k] = static_cast<uint8_t>(cd);
@@ -152,7 +157,8 @@ static void run(const Case &c, std::mt19937 &g) {
         p.fuse.add_to_out = c.add ? 1 : 0;
         p.fuse.out_act = c.out_act;
         // The host's launch (quant.rs tc_shape): a CTA per 16 rows, 8 warps.
-        static void (*const KT[3])(QuantGemvParams) = {quant_gemv_tc_i8, quant_gemv_tc_i4, quant_gemv_tc_fp8};
+        static void (*const KT[4])(QuantGemvParams) = {quant_gemv_tc_i8, quant_gemv_tc_i4, quant_gemv_tc_fp8,
+                                                        gemv_tc_bf16};
         // The act·mul output: a tile of 8 gate rows and their up rows; out [T, N / 2].
         const int I = N / 2;
         const int tiles = c.out_act ? (I + 7) / 8 : (N + FLINT_QUANT_TC_ROWS - 1) / FLINT_QUANT_TC_ROWS;
@@ -294,6 +300,15 @@ static void tc_cases(std::mt19937 &g) {
                             {I8, 8, 2112, 2112, true}, {I8, 8, 14336, 64, false}, {F8, 6, 4096, 128, false},
                             {F8, 8, 2112, 64, false}})
         run(Case{c.f, c.T, c.K, c.group, c.K == 4096 ? 1 : 0, c.zeros, false, true, c.T == 8, -1, c.K == 4096 ? 80 : 37}, g);
+    // The bf16 weight (gemv_tc_bf16: 32-column blocks, 8 in flight): T 1 / 3 / 8 x one block
+    // per warp or fewer, several, x in chunks (8 x 4096), Llama's down K at one token, a
+    // partial tile, the grid-stride loop, add-to-out, the act·mul output.
+    for (const auto [T, K, stride, act] : {std::tuple{1, 96, 0, 0}, {1, 14336, 1, 0}, {3, 1024, 0, 0}, {8, 4096, 1, 0},
+                                           {2, 512, 0, 1}, {8, 2048, 0, 2}}) {
+        Case c{B16, T, K, K, stride, false, false, T != 3, act == 0 && T == 3, -1, act ? 74 : 37};
+        c.out_act = act;
+        run(c, g);
+    }
     // The act·mul output (gate|up rows m and m + I in one tile; out [T, I]): silu, gelu-tanh,
     // gelu x formats x a partial last tile (I 37) x the grid-stride loop x x in chunks.
     const int acts[] = {1 + FLINT_GEMV_ACT_SILU, 1 + FLINT_GEMV_ACT_GELU_TANH, 1 + FLINT_GEMV_ACT_GELU};

@@ -39,6 +39,9 @@ use std::sync::Arc;
 pub const GEMV_MAX_TOKENS: usize = params::FLINT_GEMV_MAX_TOKENS as usize;
 /// The GEMV kernel of each input mode ([`GemvIn::index`]) and token count (index t - 1),
 /// named once: no string is built per call.
+/// The tensor-core GEMV's dense form (kernels/quant_gemv_tc.cu).
+const GEMV_TC_KERNEL: &str = "gemv_tc_bf16";
+
 const GEMV_KERNELS: [[&str; GEMV_MAX_TOKENS]; 3] = [
     [
         "gemv_bf16_t1",
@@ -143,6 +146,10 @@ pub const DENSE_PATH_ENV: &str = "FLINT_DENSE_PATH";
 pub enum DensePath {
     /// `gemv_bf16_t<T>`, 1..=8 tokens.
     Gemv,
+    /// `gemv_tc_bf16` (kernels/quant_gemv_tc.cu's dense form: the weight's 16-byte loads as
+    /// mma.sync A registers, 8 warps splitting K), 1..=8 tokens, K a multiple of 32; forced
+    /// only (`FLINT_DENSE_PATH=tc`) until a GPU has timed it against the others. UNVERIFIED.
+    GemvTc,
     /// cuBLASLt (cached plan).
     CublasLt,
 }
@@ -151,6 +158,7 @@ impl DensePath {
     pub fn name(self) -> &'static str {
         match self {
             DensePath::Gemv => "gemv",
+            DensePath::GemvTc => "tc",
             DensePath::CublasLt => "cublaslt",
         }
     }
@@ -161,8 +169,9 @@ impl DensePath {
         match v.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
             "gemv" => Ok(Some(DensePath::Gemv)),
+            "tc" => Ok(Some(DensePath::GemvTc)),
             "cublaslt" | "cublas" => Ok(Some(DensePath::CublasLt)),
-            other => bail!("{DENSE_PATH_ENV}={other:?}: expected gemv, cublaslt or auto"),
+            other => bail!("{DENSE_PATH_ENV}={other:?}: expected gemv, tc, cublaslt or auto"),
         }
     }
 }
@@ -176,8 +185,9 @@ pub const GEMV_AUTO_TOKENS: usize = 1;
 
 /// The one place the dense path is chosen. By default the GEMV for 1 token
 /// ([`GEMV_AUTO_TOKENS`]), cuBLASLt above. `force` (from [`DENSE_PATH_ENV`] or `CudaBackend::set_dense_path`, for benches and
-/// the selftest) picks cuBLASLt everywhere, or the GEMV wherever it can run: it takes at most
-/// 8 tokens, so a forced GEMV still gives more tokens to cuBLASLt. Shapes whose counts do not
+/// the selftest) picks cuBLASLt everywhere, or the GEMV (or the tensor-core GEMV, `tc`)
+/// wherever it can run: they take at most 8 tokens, so a forced GEMV still gives more tokens
+/// to cuBLASLt. Shapes whose counts do not
 /// fit the kernel's int32 arithmetic also go to cuBLASLt.
 pub fn dense_path(tokens: usize, n: usize, k: usize, force: Option<DensePath>) -> DensePath {
     // Leaves room for the kernel's int32 k0 + chunk and row-block arithmetic.
@@ -185,9 +195,12 @@ pub fn dense_path(tokens: usize, n: usize, k: usize, force: Option<DensePath>) -
     let gemv_can = (1..=GEMV_MAX_TOKENS).contains(&tokens)
         && (1..=KERNEL_MAX).contains(&n)
         && (1..=KERNEL_MAX).contains(&k);
+    // gemv_tc_bf16: whole 32-column blocks, under 2^16 of them (its group-index multiply).
+    let tc_can = gemv_can && k % 32 == 0 && k / 32 < 1 << 16;
     match force {
         Some(DensePath::CublasLt) => DensePath::CublasLt,
         Some(DensePath::Gemv) if gemv_can => DensePath::Gemv,
+        Some(DensePath::GemvTc) if tc_can => DensePath::GemvTc,
         None if gemv_can && tokens <= GEMV_AUTO_TOKENS => DensePath::Gemv,
         _ => DensePath::CublasLt,
     }
@@ -429,6 +442,7 @@ pub struct Gemm {
     stream: Arc<CudaStream>,
     plans: RefCell<PlanCache<PlanKey, Plan>>,
     gemv: [[sys::CUfunction; GEMV_MAX_TOKENS]; 3],
+    gemv_tc: sys::CUfunction,
     force: Cell<Option<DensePath>>,
     /// The backend's PDL switch (the device's), read at each GEMV launch.
     pdl: PdlSwitch,
@@ -469,6 +483,7 @@ impl Gemm {
             stream: dev.stream.clone(),
             plans: RefCell::new(PlanCache::new(MAX_PLANS)),
             gemv,
+            gemv_tc: dev.function(GEMV_TC_KERNEL)?,
             force: Cell::new(force),
             pdl: dev.pdl.clone(),
         })
@@ -512,6 +527,12 @@ impl Gemm {
     ) -> Result<()> {
         match self.path(t, n, k) {
             DensePath::Gemv => self.gemv(x, input, w, bias, out, (add, out_act), (t, n, k)),
+            DensePath::GemvTc if input == GemvIn::Plain => {
+                self.gemv_tc(x, w, bias, out, (add, out_act), (t, n, k))
+            }
+            DensePath::GemvTc => {
+                bail!("matmul: a fused input ({input:?}) needs the CUDA-core GEMV; the tensor-core GEMV takes it materialized")
+            }
             DensePath::CublasLt if input == GemvIn::Plain && out_act.is_none() => {
                 self.run(x, w, bias, out, add, (t, n, k))
             }
@@ -571,6 +592,78 @@ impl Gemm {
                 GEMV_KERNELS[mode][t - 1],
                 self.gemv[mode][t - 1],
                 gemv_shape(n),
+                self.pdl.on(s.cu_stream()),
+                &p,
+            )
+        }
+    }
+
+    /// `gemv_tc_bf16` (1..=8 tokens, K a multiple of 32: [`dense_path`] checked), with the
+    /// residual add or the act·mul output in its epilogue (as [`Gemm::gemv`]'s). It takes
+    /// quant_gemv_tc's params: the weight in `qdata`, no scales.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_tc(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        bias: Option<&CudaSlice<bf16>>,
+        out: &mut CudaSlice<bf16>,
+        (add, out_act): (bool, Option<Activation>),
+        (t, n, k): (usize, usize, usize),
+    ) -> Result<()> {
+        if !(1..=GEMV_MAX_TOKENS).contains(&t) || n == 0 || k % 32 != 0 || k / 32 >= 1 << 16 {
+            bail!("matmul: the tensor-core GEMV takes 1..={GEMV_MAX_TOKENS} tokens, N >= 1 and K a multiple of 32 (under 2^21), got [{t}, {k}] x [{n}, {k}]^T");
+        }
+        if out_act.is_some() && (add || n % 2 != 0) {
+            bail!(
+                "matmul: the act·mul output needs an even N (gate|up, got {n}) and no add to out"
+            );
+        }
+        let mut fuse = GemvIn::Plain.params(add);
+        fuse.out_act = out_act.map_or(0, |a| 1 + act_code(a));
+        let s = &self.stream;
+        let (xp, op) = (dptr(x, s), dptr(out, s));
+        if xp % 16 != 0 {
+            bail!("matmul: the tensor-core GEMV needs a 16-byte aligned x");
+        }
+        let p = params::QuantGemvParams {
+            x: xp,
+            qdata: dptr(w, s),
+            scales: 0,
+            zeros: 0,
+            g_idx: 0,
+            bias: bias.map_or(0, |b| dptr(b, s)),
+            out: op,
+            fuse,
+            num_tokens: t as i32,
+            n: i32_of("matmul (tensor-core gemv)", "N", n)?,
+            k: i32_of("matmul (tensor-core gemv)", "K", k)?,
+            group: k as i32,
+            num_groups: 1,
+            gidx_rows: n as i32,
+            zero_default: 0.0,
+            reserved: 0,
+        };
+        s.context()
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        let tiles = if out_act.is_some() {
+            (n / 2).div_ceil(8)
+        } else {
+            n.div_ceil(16)
+        };
+        let shape = (
+            (tiles.clamp(1, 65_535) as u32, 1, 1),
+            (params::FLINT_QUANT_TC_WARPS * 32, 1, 1),
+        );
+        // SAFETY: p points into live buffers of the shapes the caller checked (x t rows of k,
+        // 16-byte aligned; w [n, k] bf16, a 256-byte aligned allocation; out t rows of n, or
+        // n / 2 with out_act); k is whole 32-column blocks.
+        unsafe {
+            launch(
+                GEMV_TC_KERNEL,
+                self.gemv_tc,
+                shape,
                 self.pdl.on(s.cu_stream()),
                 &p,
             )
@@ -728,6 +821,18 @@ mod tests {
         assert_eq!(dense_path(1, 8, 1 << 31, None), DensePath::CublasLt);
         assert_eq!(dense_path(0, 8, 8, None), DensePath::CublasLt);
         assert_eq!(dense_path(1, 0, 8, gv), DensePath::CublasLt);
+        // The tensor-core GEMV: forced only, 1..=8 tokens of whole 32-column blocks.
+        let tc = Some(DensePath::GemvTc);
+        for t in 1..=8 {
+            assert_eq!(dense_path(t, 4096, 14336, tc), DensePath::GemvTc, "t={t}");
+        }
+        assert_eq!(dense_path(9, 4096, 4096, tc), DensePath::CublasLt);
+        assert_eq!(dense_path(1, 4096, 4100, tc), DensePath::CublasLt);
+        assert_eq!(dense_path(1, 4096, 32 << 16, tc), DensePath::CublasLt);
+        assert_eq!(
+            DensePath::parse_override("tc").unwrap(),
+            Some(DensePath::GemvTc)
+        );
     }
 
     #[test]
@@ -744,7 +849,7 @@ mod tests {
         );
         let e = DensePath::parse_override("fast").unwrap_err().to_string();
         assert!(
-            e.contains("FLINT_DENSE_PATH") && e.contains("gemv, cublaslt or auto"),
+            e.contains("FLINT_DENSE_PATH") && e.contains("gemv, tc, cublaslt or auto"),
             "{e}"
         );
     }

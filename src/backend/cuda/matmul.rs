@@ -82,7 +82,10 @@ impl CudaBackend {
                     self.quant_kernels().path(q.layout(), tokens)
                         == super::super::quant::QuantPath::GemvTc
                 }
-                None => self.gemm.path(tokens, w.rows, w.cols) == DensePath::Gemv,
+                None => matches!(
+                    self.gemm.path(tokens, w.rows, w.cols),
+                    DensePath::Gemv | DensePath::GemvTc
+                ),
             }
     }
 

@@ -158,7 +158,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_gemv_i8_norm_t1",
     "quant_gemv_i8_act",
     "quant_gemv_i8_act_t1",
-    // quant_gemv_tc.cu: quantized-weight GEMV on the tensor cores (1..8 tokens)
+    // quant_gemv_tc.cu: quantized-weight GEMV on the tensor cores (1..8 tokens), and its
+    // bf16 form
+    "gemv_tc_bf16",
     "quant_gemv_tc_fp8",
     "quant_gemv_tc_i4",
     "quant_gemv_tc_i8",
