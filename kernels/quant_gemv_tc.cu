@@ -39,10 +39,12 @@
 // Mapping (mma.sync m16n8k16, mma.cuh): weights are A (16 rows), tokens B (n8: token g of
 // lane g's B registers; tokens >= T are zeros), D[16 rows x 8 tokens].
 // - grid min(ceil(N / 16), 65535) with a grid-stride loop; block FLINT_QUANT_TC_WARPS (8)
-//   warps; a CTA owns 16 rows and all of K, warp w takes blocks w, w + 8, ... of the row
-//   (a block: the 4 lanes tq = lane % 4 of each row group g = lane / 4 load 16 bytes each,
-//   consecutive, of rows g and g + 8: 128 int4 / 64 int8 columns), so the 8 warps read 8
-//   consecutive 64-byte pieces of each row at a time.
+//   warps, or 4 where 8-warp CTAs (2 per SM at ~100 registers) would need a second, partial
+//   wave and 4-warp ones (4 per SM) fit one (q|k|v's 384 tiles on 132 SMs; the host's
+//   tc_shape); a CTA owns 16 rows and all of K, warp w of W takes blocks w, w + W, ... of
+//   the row (a block: the 4 lanes tq = lane % 4 of each row group g = lane / 4 load 16 bytes
+//   each, consecutive, of rows g and g + 8: 128 int4 / 64 int8 columns), so the W warps
+//   read W consecutive 64-byte pieces of each row at a time.
 // - each lane keeps AHEAD (4) blocks in flight (8 loads of 16 bytes, 128 bytes, with their
 //   scales), the first issued before the PDL wait and the x staging, and refills a slot as
 //   soon as it is consumed.
@@ -281,12 +283,15 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
     const int g = lane / 4, tq = lane % 4;
     const int T = p.num_tokens, N = p.n, K = p.k;
     const int nb = K / G::BLOCK;  // blocks per row
-    // x is staged a chunk of CB blocks at a time, CB a multiple of WARPS (so every warp
+    // Warps per CTA: 8, or 4 where 8-warp CTAs would not fit the grid in one wave (the
+    // host's choice, tc_shape); the kernel takes any count up to WARPS.
+    const int warps = blockDim.x / WARP_SIZE;
+    // x is staged a chunk of CB blocks at a time, CB a multiple of the warps (so every warp
     // reaches a chunk's end at the same step of its loop: the barriers are uniform): all of K
-    // when T * (K + X_PAD) fits, else the most whole rounds of WARPS blocks that do.
-    const int per_round = WARPS * G::BLOCK;
+    // when T * (K + X_PAD) fits, else the most whole rounds of `warps` blocks that do.
+    const int per_round = warps * G::BLOCK;
     const int rounds_fit = max(1, (X_ELEMS / max(T, 1) - X_PAD) / per_round);
-    const int iters = (nb + WARPS - 1) / WARPS;  // blocks per warp (the last round partial)
+    const int iters = (nb + warps - 1) / warps;  // blocks per warp (the last round partial)
     const int m = min(rounds_fit, iters);        // blocks per warp per chunk
     const bool one_chunk = m >= iters;
     const int XS = min(K, m * per_round) + X_PAD;  // staged values per token
@@ -308,7 +313,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
         const Rows rw = act_out ? rows_of<F>(p, min(n0 + g, I - 1), I + min(n0 + g, I - 1), tq)
                                 : rows_of<F>(p, min(n0 + g, N - 1), min(n0 + g + 8, N - 1), tq);
 #pragma unroll
-        for (int u = 0; u < AHEAD; ++u) load_block<F>(p, rw, sl[u], warp + u * WARPS, nb);
+        for (int u = 0; u < AHEAD; ++u) load_block<F>(p, rw, sl[u], warp + u * warps, nb);
         if (tile == blockIdx.x) {
             // PDL (common.cuh): only the weight loads above may run ahead of the previous
             // kernel; x and out wait.
@@ -331,14 +336,14 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
                 if (i >= iters) break;  // uniform over the CTA
                 if (i == next) {        // uniform over the CTA: every warp is at step i
                     __syncthreads();    // the previous chunk is consumed
-                    j_chunk += m * WARPS;
+                    j_chunk += m * warps;
                     stage<F>(p.x, K, xs, T, XS, j_chunk * G::BLOCK, min(K - j_chunk * G::BLOCK, m * per_round));
                     __syncthreads();
                     next += m;
                 }
-                const int j = warp + WARPS * i;
+                const int j = warp + warps * i;
                 if (j < nb) consume<F>(sl[u], xs, xoff, has_x, j - j_chunk, acc);
-                load_block<F>(p, rw, sl[u], j + AHEAD * WARPS, nb);
+                load_block<F>(p, rw, sl[u], j + AHEAD * warps, nb);
             }
         }
 
@@ -354,8 +359,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
                 const int r = i / T, t = i % T, m = n0 + r;
                 if (m >= I) continue;
                 float gv = 0.0f, uv = 0.0f;
-#pragma unroll
-                for (int w = 0; w < WARPS; ++w) {
+                for (int w = 0; w < warps; ++w) {
                     gv += red[w][r * MAX_T + t];
                     uv += red[w][(r + 8) * MAX_T + t];
                 }
@@ -371,7 +375,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
                 if (n >= N) continue;
                 float v = 0.0f;
 #pragma unroll
-                for (int w = 0; w < WARPS; ++w) v += red[w][r * MAX_T + t];
+                for (int w = 0; w < warps; ++w) v += red[w][r * MAX_T + t];
                 if (p.bias) v += to_f32(p.bias[n]);
                 gemv_fuse::store(f, p.out + int64_t(t) * N + n, v);
             }

@@ -181,6 +181,8 @@ fn quant_gemv_tc_passes_its_host_emulation() {
             "bf16 T 1 N 37 K 14336",
             "bf16 T 8 N 37 K 4096",
             "bf16 T 2 N 74 K 512",
+            "warps 4",
+            "warps 8",
         ],
         70,
     );

@@ -443,6 +443,7 @@ pub struct Gemm {
     plans: RefCell<PlanCache<PlanKey, Plan>>,
     gemv: [[sys::CUfunction; GEMV_MAX_TOKENS]; 3],
     gemv_tc: sys::CUfunction,
+    num_sms: usize,
     force: Cell<Option<DensePath>>,
     /// The backend's PDL switch (the device's), read at each GEMV launch.
     pdl: PdlSwitch,
@@ -484,6 +485,7 @@ impl Gemm {
             plans: RefCell::new(PlanCache::new(MAX_PLANS)),
             gemv,
             gemv_tc: dev.function(GEMV_TC_KERNEL)?,
+            num_sms: dev.info.num_sms as usize,
             force: Cell::new(force),
             pdl: dev.pdl.clone(),
         })
@@ -647,15 +649,7 @@ impl Gemm {
         s.context()
             .bind_to_thread()
             .context("binding the CUDA context to this thread")?;
-        let tiles = if out_act.is_some() {
-            (n / 2).div_ceil(8)
-        } else {
-            n.div_ceil(16)
-        };
-        let shape = (
-            (tiles.clamp(1, 65_535) as u32, 1, 1),
-            (params::FLINT_QUANT_TC_WARPS * 32, 1, 1),
-        );
+        let shape = super::quant::tc_shape(n, out_act.is_some(), self.num_sms);
         // SAFETY: p points into live buffers of the shapes the caller checked (x t rows of k,
         // 16-byte aligned; w [n, k] bf16, a 256-byte aligned allocation; out t rows of n, or
         // n / 2 with out_act); k is whole 32-column blocks.

@@ -51,7 +51,7 @@ pub const GEMV_THREADS: u32 = params::FLINT_QUANT_GEMV_WARPS * 32;
 
 /// Weight rows per quant_gemv_tc CTA (one m16 tile; its warps split K).
 pub const TC_ROWS: usize = params::FLINT_QUANT_TC_ROWS as usize;
-/// Threads per quant_gemv_tc CTA.
+/// Threads per quant_gemv_tc CTA (the most: [`tc_shape`] may launch half).
 pub const TC_THREADS: u32 = params::FLINT_QUANT_TC_WARPS * 32;
 /// `FLINT_QUANT_TC=0` keeps 1..=8 tokens on the CUDA-core GEMV (one token) and quant_mma
 /// instead of the tensor-core GEMV (kernels/quant_gemv_tc.cu), the default where it takes the
@@ -507,15 +507,23 @@ pub fn upload(be: &CudaBackend, name: &str, w: &QuantWeight) -> Result<CudaTenso
     CudaTensor::quantized(be, w.n, w.k, q)
 }
 
-/// quant_gemv_tc_*: one CTA per 16 rows (8 warps splitting K), or per 8 outputs of the act·mul
-/// output (8 gate rows and their up rows), a grid-stride loop past 65,535.
-pub fn tc_shape(n: usize, act_out: bool) -> (Dim3, Dim3) {
+/// quant_gemv_tc_* (and gemv_tc_bf16): one CTA per 16 rows, or per 8 outputs of the act·mul
+/// output (8 gate rows and their up rows), a grid-stride loop past 65,535. 8 warps split K,
+/// or 4 where the tiles exceed the 2 CTAs of 8 warps an SM holds (~100 registers) but fit 4
+/// of 4 warps: one wave instead of a second, partial one (Llama-3-8B's q|k|v: 384 tiles on
+/// 132 SMs).
+pub fn tc_shape(n: usize, act_out: bool, num_sms: usize) -> (Dim3, Dim3) {
     let tiles = if act_out {
         (n / 2).div_ceil(TC_ROWS / 2)
     } else {
         n.div_ceil(TC_ROWS)
     };
-    ((tiles.clamp(1, 65_535) as u32, 1, 1), (TC_THREADS, 1, 1))
+    let warps = if tiles > 2 * num_sms && tiles <= 4 * num_sms {
+        TC_THREADS / 64
+    } else {
+        TC_THREADS / 32
+    };
+    ((tiles.clamp(1, 65_535) as u32, 1, 1), (warps * 32, 1, 1))
 }
 
 /// Columns per quant_gemv_tc block: 4 lanes' 16-byte loads of one row (128 int4 codes, 64
@@ -877,7 +885,7 @@ pub fn matmul(
             launch(
                 TC_NAMES[fi],
                 qk.gemv_tc[fi],
-                tc_shape(l.n, out_act.is_some()),
+                tc_shape(l.n, out_act.is_some(), qk.num_sms),
                 stream,
                 &p,
             )
@@ -1525,6 +1533,19 @@ mod tests {
                 QuantPath::Gemv(1)
             );
         }
+    }
+
+    /// One wave where the tiles allow: 8 warps up to 2 CTAs per SM, 4 warps up to 4.
+    #[test]
+    fn tensor_core_gemv_grid_takes_one_wave_where_it_can() {
+        let sms = 132;
+        assert_eq!(tc_shape(4096, false, sms), ((256, 1, 1), (256, 1, 1)));
+        assert_eq!(tc_shape(6144, false, sms), ((384, 1, 1), (128, 1, 1)));
+        assert_eq!(tc_shape(28672, false, sms), ((1792, 1, 1), (256, 1, 1)));
+        assert_eq!(tc_shape(28672, true, sms), ((1792, 1, 1), (256, 1, 1)));
+        assert_eq!(tc_shape(8448, true, sms), ((528, 1, 1), (128, 1, 1)));
+        assert_eq!(tc_shape(1 << 24, false, sms).0, (65_535, 1, 1));
+        assert_eq!(tc_shape(1, false, sms), ((1, 1, 1), (256, 1, 1)));
     }
 
     /// The selftest's weights must be valid (a GPU run is rare: it must not fail on them).
