@@ -388,7 +388,7 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
 }  // namespace flint::quant_gemv_tc
 
 // Exported symbols: quant_gemv_tc_<i8|i4|fp8>, FLINT_QUANT_TC_WARPS * 32 threads, 2 CTAs per
-// SM asked for (at most 128 registers; ptxas sm_90a 95-110, sm_80 89-103, 0 spills).
+// SM asked for (at most 128 registers; ptxas sm_90a 100-117, sm_80 93-111, 0 spills).
 #define FLINT_QUANT_TC_BOUNDS __launch_bounds__(FLINT_QUANT_TC_WARPS * 32, 2)
 namespace fqt = flint::quant_gemv_tc;
 extern "C" __global__ FLINT_QUANT_TC_BOUNDS void quant_gemv_tc_i8(const QuantGemvParams p) { fqt::gemv<fqt::INT8>(p); }
