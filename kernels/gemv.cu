@@ -18,6 +18,11 @@
 //     (the host's grid, ceil(N / 16), is the same count). UNVERIFIED on a GPU: host emulation
 //     (tests/fused_gemv_emulation) bit for bit against the unfused path only; predicted to
 //     save the act_mul kernel, ~3 µs a layer in a graph (~0.1 ms of a 4.68 ms b1 step).
+//   any of them with p.fuse.add_to_out and p.fuse.norm_out (the output norm): the last CTA
+//     to finish also writes norm_out = RMSNorm(new out) * (norm_offset + norm_w), bit for bit
+//     rms_norm.cu's (gemv/fuse.cuh, norm_out_last): the o and down GEMVs leave the next
+//     pre-norm done, and no rms_norm kernel runs between decode layers. UNVERIFIED on a GPU
+//     (host emulation, tests/fused_gemv_emulation, against the rms_norm kernel bit for bit).
 // The fused modes (gemv/fuse.cuh) take the place of rms_norm.cu and act_mul.cu kernels
 // between decode GEMVs, with those kernels' roundings. They passed flint selftest on an H200 (2026-11-28, commit 7c3918d) (and
 // run on the host emulation, tests/fused_gemv_emulation) but made the decode slower there:
@@ -202,6 +207,9 @@ __device__ __forceinline__ void gemv(const GemvParams &p) {
         }
     }
     flint_pdl_wait();  // a CTA without a row block (the host launches none) waits too
+    // The output norm (with add_to_out; the last CTA): after the wait, as the counter it
+    // takes is the previous launch's until that one has finished.
+    gemv_fuse::norm_out_last(f, p.out, T, N, norm_red);
 }
 
 }  // namespace flint::gemv

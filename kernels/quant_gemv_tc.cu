@@ -16,6 +16,8 @@
 //                    with p.fuse.out_act = 1 + FLINT_GEMV_ACT_* (not with add_to_out): w is
 //                    gate|up, N = 2I, out [T, I] = bf16(act(bf16(g)) * bf16(u)) of gate row m
 //                    and up row m + I (act_mul.cu's roundings; its kernel is then not needed)
+//     norm_out       with add_to_out and p.fuse.norm_out: the last CTA also writes the RMSNorm
+//                    of the new out (gemv/fuse.cuh, norm_out_last)
 //
 // Why: the CUDA-core GEMV (quant_gemv.cu) spent ~5.5 instructions per int4 weight in its
 // one-token loop (SASS of quant_gemv_i4_t1: 352 per 64 weights), ~10 us of issue for
@@ -383,6 +385,10 @@ __device__ __forceinline__ void gemv(const QuantGemvParams &p) {
         __syncthreads();  // red and xs are free for the next tile
     }
     flint_pdl_wait();  // a CTA without a tile (the host launches none) waits too
+    // The output norm (with add_to_out; the last CTA): after the wait, as the counter it
+    // takes is the previous launch's until that one has finished. red is free (the tile
+    // loop ended on a barrier).
+    gemv_fuse::norm_out_last(f, p.out, T, N, &red[0][0]);
 }
 
 }  // namespace flint::quant_gemv_tc

@@ -327,6 +327,10 @@ step bench_moe_layer 40 "$flint" bench --device cuda --moe-layer -m synthetic:mi
 # Issue 5's headline (int4 decode >= 3x bf16 at batch 1), beside the bf16 rows above: the
 # serve part has all formats and batch sizes, but has not run since 777494c.
 step bench_tg_int4 90 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1 -r 3 -o csv --quant int4 --cuda-graphs
+# bench/NOTES predictions 22 and 25 (the act·mul output and the output norm in the GEMVs'
+# epilogues, FLINT_FUSE_OUT=1 by default): the same b1 decode with both off, same card and
+# run; its tg128+graphs+unfused row against bench's is what they save.
+step bench_fuse_out0 60 env FLINT_FUSE_OUT=0 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 0 -n 128 -b 1 -r 3 -o csv --cuda-graphs $pdl --unfused
 
 if command -v python3 >/dev/null && python3 -c 'import torch' 2>/dev/null; then
     export PYTHONUNBUFFERED=1
@@ -383,7 +387,7 @@ report = {
     "peers_e2e": stepinfo("peers_e2e", parse(read("peers_e2e.out"))),
     "comparison": parse(read("peers.json")),
 }
-serve = ["bench_tg_bf16", "bench_tg_int8", "bench_tg_int4", "bench_tg_fp8", "throughput"]
+serve = ["bench_tg_bf16", "bench_tg_int8", "bench_tg_int4", "bench_tg_fp8", "bench_fuse_out0", "throughput"]
 def sanitizer(name):
     # compute-sanitizer's own log: its summary line and how many reports name each kernel.
     text = read(name + ".sanitizer")
@@ -433,7 +437,7 @@ else:
 def csv_cell(c):
     try: return f"{c[2]} b{c[3]}: {float(c[6]):.1f} ± {float(c[7]):.1f} t/s"
     except ValueError: return ",".join(c)
-for k in ["bench"] + serve[:4]:
+for k in ["bench"] + serve[:5]:
     if not ran(k): continue
     b = report[k]
     csv = [l.split(",") for l in (b["result"] or "").splitlines() if l.count(",") == 7 and not l.startswith("model,")]

@@ -19,6 +19,9 @@
 //!   which fusion cost the decode the 6.5% measured end to end (bench/NOTES prediction 10);
 //! - `fuse_gate_up_act_t1_{fused,unfused}`: the gate|up GEMV (plain input) writing
 //!   act(gate) · up, in its epilogue (`FLINT_FUSE_OUT=1`) or by an act_mul kernel after it;
+//! - `fuse_o_norm_t1_{fused,unfused}`: the o GEMV adding into the residual and writing the
+//!   next pre-norm of it, by its last CTA (`FLINT_FUSE_OUT=1`) or by an rms_norm kernel after
+//!   it (bench/NOTES prediction 25);
 //! - `proj_<name>_t<T>_<fmt>_<path>` (qkv and down; fmt int8 per channel, int4 sym g128, fp8
 //!   per channel; T = 1 on the tensor-core GEMV (tc, the decode path) and the CUDA-core one
 //!   (gemv), and T = 8, 32 on each path: gemv, mma, dequant (and tc at 8), each forced with
@@ -112,6 +115,10 @@ pub const FUSE_PROJECTIONS: &[&str] = &["qkv", "gate_up", "down"];
 /// one token after the `FUSE_PROJECTIONS` rows (`fuse_gate_up_act_t1_{fused,unfused}`): gate|up
 /// with a plain input, so the rows differ by the act_mul kernel alone.
 pub const FUSE_OUT_PROJECTION: (&str, usize, usize) = ("gate_up_act", 2 * 14336, HIDDEN);
+/// The decode GEMV whose output norm can be fused (`FLINT_FUSE_OUT`), timed both ways at one
+/// token after the act·mul output's rows (`fuse_o_norm_t1_{fused,unfused}`): o with a plain
+/// input adding into the residual, so the rows differ by the rms_norm kernel alone.
+pub const FUSE_NORM_PROJECTION: (&str, usize, usize) = ("o_norm", HIDDEN, HIDDEN);
 /// (batch, context) of the `decode_rope_attn_*` rows: each fused and unfused.
 pub const DECODE_ROPE: [(usize, usize); 3] = [(1, 1024), (1, 8192), (32, 8192)];
 /// Mixtral-8x7B's MoE layer (peers.py's `moe_*` cases): experts, top-k, expert intermediate.
@@ -279,6 +286,7 @@ impl Case {
                 let input = match *name {
                     "down" => "act·mul of gate|up, residual add",
                     "gate_up_act" => "act·mul output",
+                    "o_norm" => "residual add, next rms_norm",
                     _ => "rms_norm",
                 };
                 format!(
@@ -335,9 +343,11 @@ impl Case {
             // The weight, the input (gate|up: twice K), the norm weight, out (down: read and
             // written, the residual add).
             // gate_up_act: the weight, x and the [1, n / 2] output (the fused path's).
+            // o_norm: the weight, x, out read and written, the norm weight and its output.
             Case::Fused { name, n, k, .. } => match name {
                 "down" => 2 * (n * k + 2 * k + 2 * n),
                 "gate_up_act" => 2 * (n * k + k + n / 2),
+                "o_norm" => 2 * (n * k + k + 4 * n),
                 _ => 2 * (n * k + 2 * k + n),
             },
             Case::Moe { .. } => unreachable!("returned above"),
@@ -424,9 +434,10 @@ pub fn cases(groups: &[String]) -> Result<Vec<Case>> {
                 }
             }
         }
-        let (name, n, k) = FUSE_OUT_PROJECTION;
-        for fused in [true, false] {
-            v.push(Case::Fused { name, n, k, fused });
+        for (name, n, k) in [FUSE_OUT_PROJECTION, FUSE_NORM_PROJECTION] {
+            for fused in [true, false] {
+                v.push(Case::Fused { name, n, k, fused });
+            }
         }
     }
     if want("quant") {
@@ -697,11 +708,14 @@ fn run_case(be: &CudaBackend, pattern: &CudaTensor, case: &Case, case_s: f64) ->
             t
         }
         Case::Moe { tokens, mma } => moe_case(be, pattern, tokens, mma, case_s),
-        Case::Fused { name, n, k, fused } if name == FUSE_OUT_PROJECTION.0 => {
+        Case::Fused { name, n, k, fused }
+            if name == FUSE_OUT_PROJECTION.0 || name == FUSE_NORM_PROJECTION.0 =>
+        {
             let (was, was_out) = (be.fuse(), be.fuse_out());
             be.set_fuse(false)?;
             be.set_fuse_out(fused)?;
-            let t = fused_out_case(be, pattern, (n, k), case_s);
+            let norm = name == FUSE_NORM_PROJECTION.0;
+            let t = fused_out_case(be, pattern, (n, k), norm, case_s);
             be.set_fuse_out(was_out)?;
             be.set_fuse(was)?;
             t
@@ -798,34 +812,47 @@ fn fused_case(
 /// The gate|up GEMV `[n, k]` (one token, plain x) into `MatOut::ActMul`: the act·mul in its
 /// epilogue or by act_mul after it, as the backend's `fuse_out` is set. A row that would not
 /// run the way it is named is an error.
+/// With `norm`, the o GEMV adding into a [1, n] residual and writing the norm of it
+/// (`MatOut::AddToNorm`); else the gate|up GEMV writing act(gate) · up (`MatOut::ActMul`).
 fn fused_out_case(
     be: &CudaBackend,
     pattern: &CudaTensor,
     (n, k): (usize, usize),
+    norm: bool,
     case_s: f64,
 ) -> Result<Timing> {
-    let ws = fusion_weights(
-        be,
-        pattern,
-        (n, k),
-        |w| be.fuses_act_out(w, 1),
-        be.fuse_out(),
-        "act·mul output",
-    )?;
+    let ws = if norm {
+        let takes = |w: &CudaTensor| be.fuses_norm_out(w, 1);
+        fusion_weights(be, pattern, (n, k), takes, be.fuse_out(), "output norm")?
+    } else {
+        let takes = |w: &CudaTensor| be.fuses_act_out(w, 1);
+        fusion_weights(be, pattern, (n, k), takes, be.fuse_out(), "act·mul output")?
+    };
     let x = filled(be, pattern, 1, k)?;
+    let nw = filled(be, pattern, 1, n)?;
     let mut scratch = be.alloc(1, n)?;
-    let mut out = be.alloc(1, n / 2)?;
+    let mut out = if norm {
+        filled(be, pattern, 1, n)?
+    } else {
+        be.alloc(1, n / 2)?
+    };
     time_op(be, case_s, |i| {
-        be.matmul_ex(
-            MatIn::Plain(&x),
-            &ws[i % ws.len()],
-            None,
+        let out = if norm {
+            MatOut::AddToNorm {
+                out: &mut out,
+                w: &nw,
+                eps: 1e-5,
+                offset: 0.0,
+                h: &mut scratch,
+            }
+        } else {
             MatOut::ActMul {
                 out: &mut out,
                 act: Activation::Silu,
                 scratch: &mut scratch,
-            },
-        )
+            }
+        };
+        be.matmul_ex(MatIn::Plain(&x), &ws[i % ws.len()], None, out)
     })
 }
 
@@ -1073,7 +1100,7 @@ mod tests {
         let all = cases(&[]).unwrap();
         assert_eq!(
             all.len(),
-            1 + 1 + 25 + 60 + 6 + 2 + 43 + 43 + 3 + 9 + 6 + 4 + 2 + 3
+            1 + 1 + 25 + 60 + 6 + 2 + 2 + 43 + 43 + 3 + 9 + 6 + 4 + 2 + 3
         );
         // The quantized rows: after the dense projections, every path of each (T, format).
         let quant = cases(&["quant".into()]).unwrap();
@@ -1141,6 +1168,16 @@ mod tests {
             pos("fuse_gate_up_act_t1_fused"),
             pos("fuse_down_t1_unfused") + 1
         );
+        // And the output norm's pair after it.
+        assert_eq!(
+            pos("fuse_o_norm_t1_fused"),
+            pos("fuse_gate_up_act_t1_unfused") + 1
+        );
+        let norm = &all[pos("fuse_o_norm_t1_unfused")];
+        assert!(norm
+            .shape()
+            .ends_with("residual add, next rms_norm by its own kernel"));
+        assert_eq!(norm.bytes(), (2 * (4096 * 4096 + 4096 + 4 * 4096)) as f64);
         let act = &all[pos("fuse_gate_up_act_t1_unfused")];
         assert_eq!(act.group(), "proj");
         assert!(act.shape().ends_with("act·mul output by its own kernel"));

@@ -509,28 +509,32 @@ impl<B: Backend> Model<B> {
             );
         }
         let dstep = be.upload_step(step)?;
+        // Logits of every row: every sequence one new token (decode), or all positions.
+        let every_row = all_positions || step.seqs.len() == n;
         let Some(key) = graph else {
-            return self.device_forward(be, &dstep, cache, ws, all_positions);
+            return self.device_forward(be, &dstep, cache, ws, (all_positions, every_row));
         };
         // Plans and metadata uploads happen before the region: nothing inside may copy.
         for l in &self.layers {
             be.prepare_attention(&dstep, &l.attn)?;
         }
         be.graph_begin(key)?;
-        let ran = self.device_forward(be, &dstep, cache, ws, all_positions);
+        let ran = self.device_forward(be, &dstep, cache, ws, (all_positions, every_row));
         let ended = be.graph_end(ran.is_ok());
         ran?;
         ended
     }
 
-    /// Every kernel of one step, leaving the logits in `ws.logits`.
+    /// Every kernel of one step, leaving the logits in `ws.logits`. `every_row`: every row of
+    /// the step gets logits (all positions, or a decode step), so the final norm may run on
+    /// all of them.
     fn device_forward(
         &self,
         be: &B,
         dstep: &B::Step,
         cache: &mut B::KvCache,
         ws: &mut Workspace<B>,
-        all_positions: bool,
+        (all_positions, every_row): (bool, bool),
     ) -> Result<()> {
         let spec = &self.spec;
         let (eps, off) = (spec.norm_eps, spec.norm_weight_offset);
@@ -541,13 +545,25 @@ impl<B: Backend> Model<B> {
         // post-norms keeps nothing pending: its pre-norms run inside the qkv and gate|up
         // matmuls and its o and down matmuls add into ws.x (`Backend::matmul_ex`). A post-norm
         // or a MoE MLP writes a delta instead, which the next norm adds (rms_norm's residual).
+        // With the fused inputs off (the default) an o or down matmul that adds into ws.x
+        // also writes the next pre-norm of it into ws.h (`MatOut::AddToNorm`: on CUDA the
+        // GEMV's last CTA, no norm kernel) and `normed` says ws.h holds it.
         let mut pending = false;
+        let mut normed = false;
+        let out_norm = !be.fuse();
         let norm = |w| (w, eps, off);
         for (i, l) in self.layers.iter().enumerate() {
+            // The pre-norm after this layer: the next layer's, or the final one (where every
+            // row's logits are wanted: otherwise only the last rows are normed).
+            let next_norm = match self.layers.get(i + 1) {
+                Some(next) => Some(&next.attn_norm),
+                None if every_row => Some(&self.final_norm),
+                None => None,
+            };
             // Attention block.
             norm_matmul(
                 be,
-                (&mut ws.x, &ws.delta, &mut pending),
+                (&mut ws.x, &ws.delta, &mut pending, &mut normed),
                 norm(&l.attn_norm),
                 &mut ws.h,
                 (&l.qkv, l.qkv_bias.as_ref()),
@@ -577,6 +593,17 @@ impl<B: Backend> Model<B> {
                     be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
                     pending = true;
                 }
+                None if out_norm => {
+                    let out = MatOut::AddToNorm {
+                        out: &mut ws.x,
+                        w: &l.mlp_norm,
+                        eps,
+                        offset: off,
+                        h: &mut ws.h,
+                    };
+                    be.matmul_ex(o_in, &l.o, l.o_bias.as_ref(), out)?;
+                    normed = true;
+                }
                 None => be.matmul_ex(o_in, &l.o, l.o_bias.as_ref(), MatOut::AddTo(&mut ws.x))?,
             }
             // MLP block.
@@ -599,7 +626,7 @@ impl<B: Backend> Model<B> {
                     };
                     norm_matmul(
                         be,
-                        (&mut ws.x, &ws.delta, &mut pending),
+                        (&mut ws.x, &ws.delta, &mut pending, &mut normed),
                         norm(&l.mlp_norm),
                         &mut ws.h,
                         (&m.gate_up, m.gate_up_bias.as_ref()),
@@ -621,12 +648,28 @@ impl<B: Backend> Model<B> {
                             be.rms_norm(&ws.proj, None, pn, eps, off, &mut ws.delta)?;
                             pending = true;
                         }
-                        None => be.matmul_ex(act, &m.down, bias, MatOut::AddTo(&mut ws.x))?,
+                        None => match next_norm {
+                            Some(nw) if out_norm => {
+                                let out = MatOut::AddToNorm {
+                                    out: &mut ws.x,
+                                    w: nw,
+                                    eps,
+                                    offset: off,
+                                    h: &mut ws.h,
+                                };
+                                be.matmul_ex(act, &m.down, bias, out)?;
+                                normed = true;
+                            }
+                            _ => be.matmul_ex(act, &m.down, bias, MatOut::AddTo(&mut ws.x))?,
+                        },
                     }
                 }
                 Mlp::Moe(m) => {
-                    // h feeds the router and the experts: the norm is materialized.
-                    if pending {
+                    // h feeds the router and the experts: the norm is materialized (by the
+                    // o matmul already where `normed`).
+                    if std::mem::take(&mut normed) {
+                        debug_assert!(!pending);
+                    } else if pending {
                         be.rms_norm(&ws.delta, Some(&mut ws.x), &l.mlp_norm, eps, off, &mut ws.h)?;
                     } else {
                         be.rms_norm(&ws.x, None, &l.mlp_norm, eps, off, &mut ws.h)?;
@@ -645,8 +688,14 @@ impl<B: Backend> Model<B> {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let head_in = (head, None);
-        if all_positions {
-            let x = (&mut ws.x, &ws.delta, &mut pending);
+        if std::mem::take(&mut normed) {
+            // ws.h holds the final norm of every row (the last down matmul's output norm), and
+            // every row gets logits: with all positions, or in a decode step, where row i is
+            // sequence i's last (gathering the last rows would copy them in place).
+            debug_assert!(every_row && !pending);
+            be.matmul(&ws.h, head, None, &mut ws.logits)?;
+        } else if all_positions {
+            let x = (&mut ws.x, &ws.delta, &mut pending, &mut normed);
             norm_matmul(
                 be,
                 x,
@@ -669,8 +718,8 @@ impl<B: Backend> Model<B> {
         } else {
             // The norm is row by row: the last rows' norm is the norm's last rows.
             be.gather_last(&ws.x, dstep, &mut ws.last)?;
-            let mut no_delta = false;
-            let x = (&mut ws.last, &ws.delta, &mut no_delta);
+            let (mut no_delta, mut not_normed) = (false, false);
+            let x = (&mut ws.last, &ws.delta, &mut no_delta, &mut not_normed);
             norm_matmul(
                 be,
                 x,
@@ -694,12 +743,20 @@ impl<B: Backend> Model<B> {
 /// gate|up matmul's is `ActMul`).
 fn norm_matmul<B: Backend>(
     be: &B,
-    (x, delta, pending): (&mut B::Tensor, &B::Tensor, &mut bool),
+    (x, delta, pending, normed): (&mut B::Tensor, &B::Tensor, &mut bool, &mut bool),
     (nw, eps, offset): (&B::Weight, f32, f32),
     h: &mut B::Tensor,
     (w, bias): (&B::Weight, Option<&B::Weight>),
-    out: MatOut<'_, B::Tensor>,
+    out: MatOut<'_, B::Tensor, B::Weight>,
 ) -> Result<()> {
+    if std::mem::take(normed) {
+        // h already holds this norm of x (the previous matmul's `MatOut::AddToNorm`).
+        debug_assert!(!*pending);
+        return match out {
+            MatOut::Write(o) => be.matmul(h, w, bias, o),
+            out => be.matmul_ex(MatIn::Plain(h), w, bias, out),
+        };
+    }
     if std::mem::take(pending) {
         be.rms_norm(delta, Some(x), nw, eps, offset, h)?;
         return match out {

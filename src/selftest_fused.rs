@@ -10,6 +10,10 @@
 //! GEMV at 1 and 8 tokens): fused (`set_fuse_out(true)`) against the CPU at OP_TOL and
 //! against unfused (the plain GEMV, then act_mul) at ACT_OUT_TOL; the input fusion is off for
 //! both. UNVERIFIED: not yet run on a GPU.
+//! o (bf16, 1 / 2 / 8 tokens on the GEMV) and the quantized down shape (the tensor-core GEMV
+//! at 1 and 8 tokens) also run as the output norm (`MatOut::AddToNorm`, the last CTA writing
+//! the next pre-norm; `FLINT_FUSE_OUT`): the new residual and the norm, fused against the CPU
+//! at OP_TOL and against unfused (the add, then rms_norm_bf16) bit for bit. UNVERIFIED too.
 
 use super::{Case, Tester, OP_TOL};
 use crate::backend::cpu::CpuTensor;
@@ -32,8 +36,11 @@ enum Role {
     /// `MatIn::ActMul`, `MatOut::AddTo` (down).
     ActAdd(Activation),
     /// `MatIn::Norm`, `MatOut::ActMul` (gate|up writing act(gate) * up; switched by
-    /// `set_fuse_out`, bf16 only).
+    /// `set_fuse_out`).
     NormActOut(Activation),
+    /// `MatIn::Plain`, `MatOut::AddToNorm` (o or down adding into the residual and writing
+    /// the next pre-norm; switched by `set_fuse_out`).
+    PlainAddNorm,
 }
 
 /// Fused against unfused for the act·mul output: bit for bit (the same roundings by design).
@@ -89,6 +96,10 @@ impl Tester<'_> {
                     _ if !dense && name == "qkv" => {
                         vec![role, Role::NormActOut(Activation::Silu)]
                     }
+                    // The output norm: dense o, quantized down (the tensor-core GEMV).
+                    _ if (dense && name == "o") || (!dense && name == "down") => {
+                        vec![role, Role::PlainAddNorm]
+                    }
                     _ => vec![role],
                 };
                 let w = self.data(n * k, 1.0 / (k as f32).sqrt());
@@ -114,7 +125,7 @@ impl Tester<'_> {
                 };
                 for role in roles {
                     for &t in tokens {
-                        let act_out = matches!(role, Role::NormActOut(_));
+                        let act_out = matches!(role, Role::NormActOut(_) | Role::PlainAddNorm);
                         if !dense && act_out && t > 8 {
                             continue; // the tensor-core GEMV takes 1..=8 tokens
                         }
@@ -158,7 +169,7 @@ impl Tester<'_> {
                             }
                         };
                         let tol = match role {
-                            Role::NormActOut(_) => ACT_OUT_TOL,
+                            Role::NormActOut(_) | Role::PlainAddNorm => ACT_OUT_TOL,
                             _ => FUSED_TOL,
                         };
                         out.push(case("fused matmul", label.clone(), OP_TOL, cpu));
@@ -190,6 +201,9 @@ impl Tester<'_> {
         };
         let x = self.input(t, x_cols, if x_cols == k { 1.0 } else { 1.5 })?;
         let nw = self.input(1, k, 0.5)?;
+        // The output norm's weight (over the n outputs).
+        let add_norm = matches!(role, Role::PlainAddNorm);
+        let nwn = self.input(1, if add_norm { n } else { 1 }, 0.5)?;
         let b = self.input(1, n, 0.5)?;
         let b = bias.then_some(&b);
         let residual = self.data(t * n, 2.0);
@@ -206,6 +220,7 @@ impl Tester<'_> {
             Some(_) => self.cpu.alloc(t, out_cols)?,
             None => self.cpu.upload_weight("residual", &residual, t, n)?,
         };
+        let mut c_h = self.cpu.alloc(t, n)?;
         match role {
             Role::NormWrite => self.cpu.matmul_ex(
                 MatIn::Norm {
@@ -251,14 +266,32 @@ impl Tester<'_> {
                     scratch: &mut c_product,
                 },
             )?,
+            Role::PlainAddNorm => self.cpu.matmul_ex(
+                MatIn::Plain(&x.cpu),
+                wc,
+                b.map(|b| &b.cpu),
+                MatOut::AddToNorm {
+                    out: &mut c_out,
+                    w: &nwn.cpu,
+                    eps: 1e-5,
+                    offset: 0.0,
+                    h: &mut c_h,
+                },
+            )?,
         }
         // The GPU, fused then unfused, each from the same residual into a poisoned scratch.
-        // The act·mul output switches the fused output (set_fuse_out), the inputs unfused.
-        let run = |fuse: bool| -> Result<CudaTensor> {
-            if act_out.is_some() {
+        // The act·mul output and the output norm switch the fused output (set_fuse_out), the
+        // inputs unfused.
+        let run = |fuse: bool| -> Result<(CudaTensor, CudaTensor)> {
+            if act_out.is_some() || add_norm {
                 self.gpu.set_fuse(false)?;
                 self.gpu.set_fuse_out(fuse)?;
-                if self.gpu.fuses_act_out(wg, t) != fuse {
+                let takes = if add_norm {
+                    self.gpu.fuses_norm_out(wg, t)
+                } else {
+                    self.gpu.fuses_act_out(wg, t)
+                };
+                if takes != fuse {
                     bail!(
                         "set_fuse_out({fuse}) but the backend says it would fuse: {}",
                         !fuse
@@ -279,6 +312,8 @@ impl Tester<'_> {
             self.gpu.poison(&mut scratch)?;
             let mut product = self.gpu.alloc(t, n)?;
             self.gpu.poison(&mut product)?;
+            let mut h = self.gpu.alloc(t, n)?;
+            self.gpu.poison(&mut h)?;
             let mut out = if act_out.is_some() {
                 let mut o = self.gpu.alloc(t, out_cols)?;
                 self.gpu.poison(&mut o)?;
@@ -330,14 +365,33 @@ impl Tester<'_> {
                         scratch: &mut product,
                     },
                 )?,
+                Role::PlainAddNorm => self.gpu.matmul_ex(
+                    MatIn::Plain(&x.gpu),
+                    wg,
+                    bg,
+                    MatOut::AddToNorm {
+                        out: &mut out,
+                        w: &nwn.gpu,
+                        eps: 1e-5,
+                        offset: 0.0,
+                        h: &mut h,
+                    },
+                )?,
             }
-            Ok(out)
+            Ok((out, h))
         };
-        let fused = run(true)?;
-        let unfused = run(false)?;
-        let vs_cpu = self.compare(&c_out, &fused)?;
+        let (fused, fused_h) = run(true)?;
+        let (unfused, unfused_h) = run(false)?;
+        let mut vs_cpu = self.compare(&c_out, &fused)?;
         let (f, u) = (self.gpu.to_host(&fused)?, self.gpu.to_host(&unfused)?);
-        Ok((vs_cpu, super::rel_l2(&f, &u)))
+        let mut vs_unfused = super::rel_l2(&f, &u);
+        if add_norm {
+            // The norm too (the residual above): against the CPU and bit for bit.
+            vs_cpu = vs_cpu.max(self.compare(&c_h, &fused_h)?);
+            let (f, u) = (self.gpu.to_host(&fused_h)?, self.gpu.to_host(&unfused_h)?);
+            vs_unfused = vs_unfused.max(super::rel_l2(&f, &u));
+        }
+        Ok((vs_cpu, vs_unfused))
     }
 }
 

@@ -797,7 +797,7 @@ impl Backend for GraphProbe {
         x: MatIn<'_, Self::Tensor, Self::Weight>,
         w: &Self::Weight,
         b: Option<&Self::Weight>,
-        o: MatOut<'_, Self::Tensor>,
+        o: MatOut<'_, Self::Tensor, Self::Weight>,
     ) -> Result<()> {
         let input = match &x {
             MatIn::Plain(_) => "plain",
@@ -808,6 +808,7 @@ impl Backend for GraphProbe {
             MatOut::Write(_) => "write",
             MatOut::AddTo(_) => "add",
             MatOut::ActMul { .. } => "act",
+            MatOut::AddToNorm { .. } => "addnorm",
         };
         self.log(&format!("{input}>{out}"));
         self.inner.matmul_ex(x, w, b, o)
@@ -1088,17 +1089,18 @@ fn the_model_applies_the_backends_scalar_rounding_to_the_embedding_scale() {
 
 /// The decoder's residual flow per family, as ops (`matmul_ex` shown as input>output; the
 /// logits themselves are held to transformers by tests/hf_fixtures.rs): a dense layer without
-/// post-norms runs its norms, act·mul and residual adds inside its matmuls (act·mul as the
-/// gate|up matmul's output, `MatOut::ActMul`, and down's input plain); post-norms
-/// (Gemma 2) and MoE MLPs (Qwen2-MoE: every other layer) write a delta that the next norm
-/// adds. One prefill of 3 tokens, logits of the last.
+/// post-norms runs its norms, act·mul and residual adds inside its matmuls: o and down add
+/// into the residual and write the next pre-norm (`MatOut::AddToNorm`), which the next matmul
+/// takes plain; act·mul is the gate|up matmul's output (`MatOut::ActMul`) and down's input
+/// plain. Post-norms (Gemma 2) and MoE MLPs (Qwen2-MoE: every other layer) write a delta that
+/// the next norm adds. One prefill of 3 tokens, logits of the last (and of every position).
 #[test]
 fn dense_layers_fuse_their_norms_and_residual_adds_into_the_matmuls() {
-    let ops = |name: &str| {
+    let ops = |name: &str, all_positions: bool| {
         let be = GraphProbe::default();
         let m = ModelRef::Dir(fixtures_dir().join(name)).load(&be).unwrap();
         be.ops.borrow_mut().clear();
-        engine::prompt_logits(&be, &m, &[1, 2, 3], false).unwrap();
+        engine::prompt_logits(&be, &m, &[1, 2, 3], all_positions).unwrap();
         let spec = &m.spec;
         let sparse = (0..spec.num_layers)
             .filter(|&i| spec.moe.as_ref().is_some_and(|s| s.sparse_layers[i]))
@@ -1107,22 +1109,36 @@ fn dense_layers_fuse_their_norms_and_residual_adds_into_the_matmuls() {
         (spec.num_layers, sparse, got)
     };
     let count = |m: &std::collections::BTreeMap<String, usize>, k: &str| *m.get(k).unwrap_or(&0);
-    // Llama 3: per layer norm>write (qkv), norm>act (gate|up), plain>add (o, down); the final
-    // norm goes into lm_head; no norm or act·mul of the decoder's own.
-    let (l, _, m) = ops("llama3");
-    assert_eq!(count(&m, "norm>write"), l + 1, "{m:?}");
-    assert_eq!(count(&m, "norm>act"), l, "{m:?}");
-    assert_eq!(count(&m, "plain>add"), 2 * l, "{m:?}");
+    // Llama 3: the first qkv takes its norm (norm>write); o and every down but the last add
+    // and write the next pre-norm (plain>addnorm), gate|up takes it (plain>act) and so does
+    // the next qkv (a plain matmul); the last down adds (plain>add) and the final norm goes
+    // into lm_head on the last row (norm>write). No norm or act·mul of the decoder's own.
+    let (l, _, m) = ops("llama3", false);
+    assert_eq!(count(&m, "norm>write"), 2, "{m:?}");
+    assert_eq!(count(&m, "plain>addnorm"), 2 * l - 1, "{m:?}");
+    assert_eq!(count(&m, "plain>add"), 1, "{m:?}");
+    assert_eq!(count(&m, "plain>act"), l, "{m:?}");
+    assert_eq!(count(&m, "norm>act"), 0, "{m:?}");
     assert_eq!(count(&m, "act>add") + count(&m, "act>write"), 0, "{m:?}");
     assert_eq!(
         count(&m, "rms_norm") + count(&m, "rms_norm+residual"),
         0,
         "{m:?}"
     );
+    // With every position's logits the last down writes the final norm too, and lm_head
+    // takes it plain.
+    let (l, _, m) = ops("llama3", true);
+    assert_eq!(count(&m, "norm>write"), 1, "{m:?}");
+    assert_eq!(count(&m, "plain>addnorm"), 2 * l, "{m:?}");
+    assert_eq!(count(&m, "plain>add"), 0, "{m:?}");
     // Gemma 2: post-norms after o and down, so every later norm adds a delta.
     // gate|up's input is the norm with the delta added (pending), its output act·mul.
-    let (l, _, m) = ops("gemma2");
-    assert_eq!(count(&m, "plain>add") + count(&m, "act>add"), 0, "{m:?}");
+    let (l, _, m) = ops("gemma2", false);
+    assert_eq!(
+        count(&m, "plain>add") + count(&m, "act>add") + count(&m, "plain>addnorm"),
+        0,
+        "{m:?}"
+    );
     assert_eq!(count(&m, "plain>write"), 2 * l, "o and down: {m:?}");
     assert_eq!(count(&m, "plain>act"), l, "{m:?}");
     assert_eq!(count(&m, "rms_norm"), 2 * l, "post-norms: {m:?}");
@@ -1130,26 +1146,28 @@ fn dense_layers_fuse_their_norms_and_residual_adds_into_the_matmuls() {
     assert_eq!(count(&m, "norm>write"), 1, "{m:?}");
     assert_eq!(count(&m, "rms_norm+residual"), 2 * l, "{m:?}");
     // Qwen2-MoE: dense and sparse layers mixed.
-    let (l, sparse, m) = ops("qwen2_moe");
+    let (l, sparse, m) = ops("qwen2_moe", false);
     assert!(
         sparse > 0 && sparse < l,
         "the fixture mixes layers: {sparse} of {l}"
     );
     let dense = l - sparse;
-    assert_eq!(count(&m, "plain>add"), l + dense, "o and dense down: {m:?}");
+    assert_eq!(
+        count(&m, "plain>addnorm") + count(&m, "plain>add"),
+        l + dense,
+        "o and dense down: {m:?}"
+    );
+    assert!(count(&m, "plain>addnorm") >= l, "every o: {m:?}");
     assert_eq!(
         count(&m, "norm>act") + count(&m, "plain>act"),
         dense,
         "{m:?}"
     );
     assert_eq!(count(&m, "act>add"), 0, "{m:?}");
-    // A sparse MLP's norm is its own (it feeds the router and the experts); its delta is
-    // added by the next attention norm or the final one.
-    assert_eq!(
-        count(&m, "rms_norm") + count(&m, "rms_norm+residual"),
-        2 * sparse,
-        "{m:?}"
-    );
+    // A sparse MLP's norm (it feeds the router and the experts) is the o matmul's output
+    // norm; its delta is added by the next attention norm or the final one.
+    assert_eq!(count(&m, "rms_norm"), 0, "{m:?}");
+    assert_eq!(count(&m, "rms_norm+residual"), sparse, "{m:?}");
 }
 
 // ---- Send: an engine can live on its own thread (serving stacks) ----

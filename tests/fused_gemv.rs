@@ -55,6 +55,20 @@ fn fused_gemvs_pass_their_host_emulation() {
             "act-out {what}:\n{stdout}"
         );
     }
+    // The output norm, each case with the CTAs in both orders (a different one is last).
+    for what in [
+        "plain K  1024 bias 1 grid 128 T 1 N 2048 offset 0 reversed 1",
+        "plain K   512 bias 1 grid 65 T 1 N 1030 offset 1 reversed 0",
+        "plain K  1030 bias 0 grid 2 T 2 N 21",
+        "plain K  4160 bias 1 grid 64 T 8 N 1024",
+        "act   K  1024",
+        "plain K  1024 bias 0 grid 5 T 1 N 1024 offset 0 reversed 1",
+    ] {
+        assert!(
+            stdout.contains(&format!("PASS  norm-out bf16 {what}")),
+            "norm-out {what}:\n{stdout}"
+        );
+    }
     let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
-    assert!(passed >= 126 + 14, "{passed} cases passed:\n{stdout}");
+    assert!(passed >= 126 + 14 + 12, "{passed} cases passed:\n{stdout}");
 }

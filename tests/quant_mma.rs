@@ -183,8 +183,14 @@ fn quant_gemv_tc_passes_its_host_emulation() {
             "bf16 T 2 N 74 K 512",
             "warps 4",
             "warps 8",
+            "norm-out int4 K 1024 group  128 grid-stride 0 warps 8 T 1 N 2048",
+            "norm-out int4 K 512 group  128 grid-stride 0 warps 4 T 1 N 2072",
+            "norm-out int8 K 1024 group   64 grid-stride 1 warps 4 T 8 N 37 offset 1",
+            "norm-out fp8  K 512",
+            "norm-out bf16 K 1024 group 1024 grid-stride 1 warps 8 T 1 N 2048",
+            "reversed 1",
         ],
-        70,
+        70 + 10,
     );
 }
 

@@ -11,6 +11,9 @@
 // residual add of rms_norm.cu (each output element belongs to one lane: no race). The dense
 // GEMV's out_act (gemv.cu): out[t, m] = bf16(act(bf16(gate)) * bf16(up)) from the gate row m
 // and up row m + I of one warp (act_mul_out): the plain GEMV's stores, then act_mul.cu's.
+// The output norm (norm_out, with add_to_out; gemv.cu, quant_gemv_tc.cu): the last CTA to
+// finish writes rms_norm.cu's RMSNorm of the new out, the next layer's pre-norm
+// (norm_out_last).
 //
 // NORM needs scale[t] before the first chunk is staged, and a chunk is narrower than K at
 // T > 1: every CTA computes the sums of squares of its tokens itself, over all of K, right
@@ -124,6 +127,49 @@ __device__ __forceinline__ void store(const GemvFuse &f, bf16 *out, float v) {
 // f32): what the plain GEMV stores (bf16(g), bf16(u)), then act_mul.cu's bf16(act(g) * u).
 __device__ __forceinline__ bf16 act_mul_out(const GemvFuse &f, float g, float u) {
     return to_bf16(act_mul(f.out_act - 1, to_f32(to_bf16(g)), to_f32(to_bf16(u))));
+}
+
+// The output norm (f.norm_out, with add_to_out): called by every thread of every CTA once
+// its last rows of out are stored (a uniform call; CTAs that stored nothing call it too).
+// Each CTA makes its stores visible and counts itself done (f.done); the CTA that counts
+// last reads the whole new out [T, N] back through L2 and writes norm_out = bf16(RMSNorm(out)
+// * (norm_offset + norm_w)) with rms_norm.cu's arithmetic and reduction order (the threads
+// it would run the row with: norm::row_sum_squares), so norm_out is bit for bit what
+// rms_norm_bf16 would write from out, and the next pre-norm needs no kernel of its own. It
+// then leaves f.done at 0 for the next launch. red: shared, >= 8 floats, free.
+__device__ __forceinline__ void norm_out_last(const GemvFuse &f, const bf16 *out, int T, int N, float *red) {
+    if (f.norm_out == nullptr) return;  // uniform
+    __shared__ int last;
+    __threadfence();  // this thread's stores of out, before the count that publishes them
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(f.done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;  // uniform over the CTA
+    __threadfence();    // every other CTA's stores, counted before ours, are visible now
+    const int lanes = norm::rms_norm_threads(N);
+    const bool vec = N % VEC == 0 && aligned16(out) && aligned16(f.norm_w) && aligned16(f.norm_out);
+#pragma unroll 1
+    for (int t = 0; t < T; ++t) {
+        const bf16 *row = out + (int64_t)t * N;
+        bf16 *dst = f.norm_out + (int64_t)t * N;
+        const float ss = vec ? norm::row_sum_squares<true>(row, N, lanes, red)
+                             : norm::row_sum_squares<false>(row, N, lanes, red);
+        const float scale = norm::rms_scale(ss, N, f.eps);
+        if (vec) {
+            for (int c = threadIdx.x * VEC; c < N; c += blockDim.x * VEC) {
+                float v[VEC], g[VEC];
+                unpack8(__ldcg(reinterpret_cast<const uint4 *>(row + c)), v);
+                load8(f.norm_w + c, g);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) v[i] = norm::rms_apply(v[i], scale, f.norm_offset, g[i]);
+                store8(dst + c, v);
+            }
+        } else {
+            for (int c = threadIdx.x; c < N; c += blockDim.x)
+                dst[c] = to_bf16(norm::rms_apply(to_f32(__ldcg(row + c)), scale, f.norm_offset, to_f32(f.norm_w[c])));
+        }
+    }
+    if (threadIdx.x == 0) *f.done = 0;  // every CTA has counted: no one reads it again
 }
 
 }  // namespace flint::gemv_fuse

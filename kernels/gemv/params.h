@@ -39,8 +39,18 @@ typedef struct GemvFuse {
                                               out [num_tokens, n / 2] = bf16(act(bf16(gate)) *
                                               bf16(up)), as the plain GEMV then act_mul.cu
                                               store it; not with add_to_out */
+    FLINT_PTR(flint_bf16) norm_out;      /**< 0, or [num_tokens, n] with add_to_out (gemv.cu,
+                                              quant_gemv_tc.cu): the output norm. Once every CTA
+                                              has stored its rows, the last CTA to finish writes
+                                              bf16(RMSNorm(out) * (norm_offset + norm_w)) of the
+                                              new out, norm_w [n], eps and norm_offset as above,
+                                              bit for bit what rms_norm_bf16 writes from it (the
+                                              next pre-norm; not with in_mode NORM) */
+    FLINT_PTR(uint32_t) done;            /**< with norm_out: a counter of finished CTAs, 0 before
+                                              the launch and left 0 after it (the last CTA resets
+                                              it); one per stream, launches on it in order */
 } GemvFuse;
-FLINT_ASSERT_SIZE(GemvFuse, 32);
+FLINT_ASSERT_SIZE(GemvFuse, 48);
 
 /** gemv_bf16_t<T>: out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), f32 accumulate, one bf16
  * rounding at the store; x and out as `fuse` says. */
@@ -55,6 +65,6 @@ typedef struct GemvParams {
     int32_t k;                           /**< >= 1 */
     int32_t reserved;                    /**< 0 */
 } GemvParams;
-FLINT_ASSERT_SIZE(GemvParams, 80);
+FLINT_ASSERT_SIZE(GemvParams, 96);
 
 #endif /* FLINT_GEMV_PARAMS_H */

@@ -47,7 +47,7 @@ typedef struct QuantGemvParams {
     float zero_default;
     int32_t reserved;                    /**< 0 */
 } QuantGemvParams;
-FLINT_ASSERT_SIZE(QuantGemvParams, 120);
+FLINT_ASSERT_SIZE(QuantGemvParams, 136);
 
 /** quant_gemv_tc_<i8|i4|fp8> (kernels/quant_gemv_tc.cu): the small-batch GEMV on the tensor
  * cores, 1..FLINT_QUANT_GEMV_MAX_TOKENS tokens, QuantGemvParams (plain input; add_to_out). A

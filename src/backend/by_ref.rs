@@ -111,7 +111,7 @@ impl<B: Backend> Backend for &B {
         x: MatIn<'_, Self::Tensor, Self::Weight>,
         w: &Self::Weight,
         b: Option<&Self::Weight>,
-        o: MatOut<'_, Self::Tensor>,
+        o: MatOut<'_, Self::Tensor, Self::Weight>,
     ) -> Result<()> {
         (**self).matmul_ex(x, w, b, o)
     }

@@ -338,19 +338,28 @@ impl Backend for CpuBackend {
     /// The unfused ops, in f32: the input materialized into its scratch by `rms_norm` /
     /// `act_mul`, then `matmul`'s sums; `AddTo` adds `x · wᵀ + b` to each element (the same
     /// f32 operations as `matmul` into a delta, then `rms_norm`'s residual add); `ActMul` is
-    /// the product into its scratch, then `act_mul`.
+    /// the product into its scratch, then `act_mul`; `AddToNorm` is `AddTo`, then `rms_norm`.
     fn matmul_ex(
         &self,
         input: MatIn<'_, CpuTensor, CpuTensor>,
         w: &CpuTensor,
         bias: Option<&CpuTensor>,
-        out: MatOut<'_, CpuTensor>,
+        out: MatOut<'_, CpuTensor, CpuTensor>,
     ) -> Result<()> {
         let out = match out {
             MatOut::Write(o) => return self.matmul(super::unfused_input(self, input)?, w, bias, o),
             MatOut::AddTo(o) => o,
             MatOut::ActMul { out, act, scratch } => {
                 return super::unfused_act_mul_out(self, input, w, bias, (out, act, scratch));
+            }
+            MatOut::AddToNorm {
+                out,
+                w: nw,
+                eps,
+                offset,
+                h,
+            } => {
+                return super::unfused_add_norm(self, input, w, bias, (out, nw, eps, offset, h));
             }
         };
         let x = super::unfused_input(self, input)?;

@@ -141,7 +141,7 @@ pub enum MatIn<'a, T, W> {
 }
 
 /// The output of [`Backend::matmul_ex`].
-pub enum MatOut<'a, T> {
+pub enum MatOut<'a, T, W> {
     /// `out = x · wᵀ (+ bias)`, `[T, N]`, as [`Backend::matmul`].
     Write(&'a mut T),
     /// `out += x · wᵀ (+ bias)`: out already holds `[T, N]` (the residual stream).
@@ -155,6 +155,17 @@ pub enum MatOut<'a, T> {
         out: &'a mut T,
         act: Activation,
         scratch: &'a mut T,
+    },
+    /// `out += x · wᵀ (+ bias)` as `AddTo`, then `h = rms_norm(out, None, w, eps, offset)` of
+    /// the new out (see [`Backend::rms_norm`]; h `[T, N]`): the residual add and the next
+    /// pre-norm. A backend may compute the norm in the matmul's epilogue (the CUDA GEMVs: the
+    /// last CTA to finish), with the norm kernel's arithmetic.
+    AddToNorm {
+        out: &'a mut T,
+        w: &'a W,
+        eps: f32,
+        offset: f32,
+        h: &'a mut T,
     },
 }
 
@@ -327,6 +338,20 @@ pub fn unfused_act_mul_out<B: Backend + ?Sized>(
 ) -> Result<()> {
     be.matmul_ex(input, w, bias, MatOut::Write(scratch))?;
     be.act_mul(scratch, act, out)
+}
+
+/// [`Backend::matmul_ex`] into `MatOut::AddToNorm` by the unfused ops: the residual add
+/// (`matmul_ex` with `MatOut::AddTo`), then `be`'s own `rms_norm` of the new stream. The path
+/// every backend takes where it does not fuse the output norm.
+pub fn unfused_add_norm<B: Backend + ?Sized>(
+    be: &B,
+    input: MatIn<'_, B::Tensor, B::Weight>,
+    w: &B::Weight,
+    bias: Option<&B::Weight>,
+    (out, nw, eps, offset, h): (&mut B::Tensor, &B::Weight, f32, f32, &mut B::Tensor),
+) -> Result<()> {
+    be.matmul_ex(input, w, bias, MatOut::AddTo(out))?;
+    be.rms_norm(out, None, nw, eps, offset, h)
 }
 
 pub trait Backend {
@@ -570,7 +595,7 @@ pub trait Backend {
         input: MatIn<'_, Self::Tensor, Self::Weight>,
         w: &Self::Weight,
         bias: Option<&Self::Weight>,
-        out: MatOut<'_, Self::Tensor>,
+        out: MatOut<'_, Self::Tensor, Self::Weight>,
     ) -> Result<()>;
 
     /// Splits the fused `qkv [T, (H + 2·KV)·hd]`, applies the optional per-head q/k norm and

@@ -8,7 +8,8 @@
 // x K in one staged chunk and in several (with a tail), with and without add-to-out, the
 // scalar paths (K % 8 != 0 for bf16, K % 32 != 0 for the quantized), and the grid-stride
 // loop over row blocks (the norm's scales are computed once per CTA and reused).
-// And the dense GEMV's act·mul output (run_act_out), bit for bit against its unfused path.
+// And the dense GEMV's act·mul output (run_act_out), bit for bit against its unfused path,
+// and its output norm (run_norm_out, norm_out_check.h), bit for bit against rms_norm.cu.
 // Outputs are poisoned with NaN first (add-to-out starts from a random residual). Checks:
 // rel-L2 < 1e-2 (the other GEMV emulations' bound), every element within 2 bf16 ulps of the
 // reference, and at most 2% of them not equal to it (so a rounding in the wrong place shows,
@@ -22,6 +23,7 @@
 #include "../../kernels/act_mul.cu"
 
 #include "../moe_emulation/harness.h"
+#include "../moe_emulation/norm_out_check.h"
 
 enum Mode { PLAIN = FLINT_GEMV_IN_PLAIN, NORM = FLINT_GEMV_IN_NORM, ACT = FLINT_GEMV_IN_ACT_MUL };
 enum Wt { BF16, INT8, INT4, FP8 };
@@ -286,6 +288,42 @@ static void run_act_out(Mode mode, int act, int T, int I, int K, bool bias, unsi
     check(off == 0, name);
 }
 
+// The dense GEMV's output norm (GemvFuse::norm_out with add_to_out): norm_out_check.h's
+// comparison with the add, then rms_norm.cu's kernel. grid 0: the host's (ceil(N / 16)).
+static void run_norm_out(Mode mode, int T, int N, int K, bool bias, unsigned grid, float offset, std::mt19937 &g) {
+    static void (*const G[3][8])(GemvParams) = {
+        {gemv_bf16_t1, gemv_bf16_t2, gemv_bf16_t3, gemv_bf16_t4, gemv_bf16_t5, gemv_bf16_t6, gemv_bf16_t7, gemv_bf16_t8},
+        {},
+        {gemv_bf16_act_t1, gemv_bf16_act_t2, gemv_bf16_act_t3, gemv_bf16_act_t4, gemv_bf16_act_t5, gemv_bf16_act_t6,
+         gemv_bf16_act_t7, gemv_bf16_act_t8},
+    };
+    const int x_cols = mode == ACT ? 2 * K : K;
+    const auto w = randn(g, static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)));
+    const auto x = randn(g, static_cast<size_t>(T) * x_cols, 1.0f);
+    const auto b = randn(g, N, 0.5f);
+    GemvParams p{};
+    p.x = upload(x);
+    p.w = upload(w);
+    p.bias = bias ? upload(b) : nullptr;
+    p.num_tokens = T;
+    p.n = N;
+    p.k = K;
+    GemvFuse base{};
+    base.in_mode = mode;
+    const unsigned ctas = grid ? grid : static_cast<unsigned>((N + 15) / 16);
+    char what[80];
+    std::snprintf(what, sizeof what, "norm-out bf16 %-5s K %5d bias %d grid %u", mode == ACT ? "act" : "plain", K,
+                  bias ? 1 : 0, ctas);
+    const auto res = randn(g, static_cast<size_t>(T) * N, 2.0f);
+    check_norm_out(what, T, N, offset, base, res, nullptr,
+                   [&](const GemvFuse &f, bf16 *out) {
+                       p.fuse = f;
+                       p.out = out;
+                       launch(G[mode][T - 1], dim3(ctas), dim3(FLINT_GEMV_WARPS * 32), p);
+                   },
+                   g);
+}
+
 // quant_dequant_<fmt> (the prefill's dequantize before cuBLASLt): out[N, K] must be each
 // value's exact f32 rounded once to bf16, bit for bit, on the vector path (K % 32 == 0: one
 // 16-byte load per thread, the scale once per load or, with groups smaller than a load or a
@@ -361,6 +399,16 @@ int main() {
     for (int T : {1, 2, 8}) run_act_out(NORM, T % 3, T, 40, 1030, true, 2, g);
     run_act_out(PLAIN, FLINT_GEMV_ACT_SILU, 1, 24, 1024, false, 1, g);
     run_act_out(NORM, FLINT_GEMV_ACT_GELU, 8, 37, 1024, false, 0, g);
+    // The output norm: one token (the decode default) and 2 / 8 (forced), the vector norm
+    // (N % 8 == 0: 256 lanes at N 2048, 128 at N 1024) and the scalar one (N 1030: 160
+    // lanes; N 21: one warp), Gemma's (1 + w), the act·mul input (the down GEMV with
+    // FLINT_FUSE), the grid-stride loop (fewer CTAs than row blocks), no bias.
+    run_norm_out(PLAIN, 1, 2048, 1024, true, 0, 0.0f, g);
+    run_norm_out(PLAIN, 1, 1030, 512, true, 0, 1.0f, g);
+    run_norm_out(PLAIN, 2, 21, 1030, false, 0, 0.0f, g);
+    run_norm_out(PLAIN, 8, 1024, 4160, true, 0, 0.0f, g);
+    run_norm_out(ACT, 1, 1024, 1024, true, 0, 0.0f, g);
+    run_norm_out(PLAIN, 1, 1024, 1024, false, 5, 0.0f, g);
     // The dequantize: vector path with one scale per load (per channel, int4 groups of 32 and
     // 128) and per code (groups of 8, act order), the scalar path, the grid-stride loop.
     for (Wt wt : {INT8, INT4, FP8}) {

@@ -12,7 +12,8 @@
 // block (rows past N).
 // quant_wgmma's cases: see wgmma_cases. With `tc`, the tensor-core GEMV (kernels/quant_gemv_tc.cu)
 // for 1..8 tokens: see tc_cases; its weights are the exact f32 values (it feeds q - z, exact in
-// bf16, and applies the scale to the sums), so its reference does not round them.
+// bf16, and applies the scale to the sums), so its reference does not round them; its output
+// norm is checked against rms_norm.cu's kernel bit for bit (norm_out_check.h).
 // Outputs are poisoned with NaN first. Checks: rel-L2 < 1e-2, every element within 2 bf16
 // ulps of the reference plus 8 f32 ulps of the sum of its terms' magnitudes (the f32
 // accumulation's error where the terms cancel), at most 2% of them not equal to it.
@@ -24,6 +25,7 @@
 #include "../../kernels/quant_gemv_tc.cu"
 
 #include "../moe_emulation/harness.h"
+#include "../moe_emulation/norm_out_check.h"
 
 // B16: a bf16 weight, gemv_tc_bf16 only (the tensor-core GEMV's dense form).
 enum Fmt { I8 = 0, I4 = 1, F8 = 2, B16 = 3 };
@@ -43,6 +45,7 @@ struct Case {
     int tok = 0;  // 0: quant_mma; 128 / 256: quant_wgmma_<fmt>_t<tok>; -1: quant_gemv_tc_<fmt>
     int n = 0;    // rows (0: 80, or 200 for quant_wgmma)
     int out_act = 0;  // quant_gemv_tc: 1 + FLINT_GEMV_ACT_* for the act·mul output (N = 2I)
+    bool norm_out = false;  // quant_gemv_tc with add: also the output norm (norm_out_check.h)
 };
 
 static void verify(const std::vector<float> &got, const std::vector<double> &want, const std::vector<double> &delta,
@@ -180,7 +183,8 @@ static void run(const Case &c, std::mt19937 &g) {
         // A grid smaller than the tiles (c.splits_cols != 0) runs the grid-stride loop; the
         // N = 37 / 74 cases run CTAs of 4 warps (tc_shape's choice where it saves a wave).
         const int warps = N % 37 == 0 ? FLINT_QUANT_TC_WARPS / 2 : FLINT_QUANT_TC_WARPS;
-        launch(KT[c.fmt], dim3(c.splits_cols ? std::max(1, tiles / 3) : tiles), dim3(warps * 32), p);
+        const dim3 grid(c.splits_cols ? std::max(1, tiles / 3) : tiles), block(warps * 32);
+        launch(KT[c.fmt], grid, block, p);
         const auto got = download(p.out, want.size());
         char name[200];
         std::snprintf(name, sizeof name,
@@ -188,6 +192,18 @@ static void run(const Case &c, std::mt19937 &g) {
                       FMT_NAMES[c.fmt], T, N, K, group, c.splits_cols ? 1 : 0, c.zeros ? 1 : 0, c.bias ? 1 : 0,
                       c.add ? 1 : 0, c.out_act, warps);
         verify(got, want, delta, size, name);
+        if (c.norm_out) {
+            std::snprintf(name, sizeof name, "qtc norm-out %-4s K %d group %4d grid-stride %d warps %d", FMT_NAMES[c.fmt], K,
+                          group, c.splits_cols ? 1 : 0, warps);
+            const GemvFuse base = p.fuse;
+            check_norm_out(name, T, N, c.fmt == I8 ? 1.0f : 0.0f, base, res, &want,
+                           [&](const GemvFuse &f, bf16 *out) {
+                               p.fuse = f;
+                               p.out = out;
+                               launch(KT[c.fmt], grid, block, p);
+                           },
+                           g);
+        }
         return;
     }
 
@@ -309,6 +325,17 @@ static void tc_cases(std::mt19937 &g) {
                                            {2, 512, 0, 1}, {8, 2048, 0, 2}}) {
         Case c{B16, T, K, K, stride, false, false, T != 3, act == 0 && T == 3, -1, act ? 74 : 37};
         c.out_act = act;
+        run(c, g);
+    }
+    // The output norm (with add-to-out; norm_out_check.h, bit for bit against rms_norm.cu):
+    // 8-warp CTAs with the norm's 256 lanes (N 2048) and 32 (N 80), 4-warp CTAs (N a
+    // multiple of 37) with 256 lanes (N 2072) and 32 (N 37) on the scalar norm path (N % 8
+    // != 0), 1 / 2 / 8 tokens, the grid-stride loop, Gemma's (1 + w) (int8), the bf16 weight.
+    for (const auto [f, T, K, n, stride] : {std::tuple{I4, 1, 1024, 2048, 0}, {I4, 1, 512, 2072, 0}, {I8, 8, 1024, 37, 1},
+                                            {F8, 2, 512, 80, 0}, {B16, 1, 1024, 2048, 1}}) {
+        const int block = f == I4 ? 128 : f == B16 ? 32 : 64;
+        Case c{f, T, K, f == B16 ? K : block, stride, false, false, true, true, -1, n};
+        c.norm_out = true;
         run(c, g);
     }
     // The act·mul output (gate|up rows m and m + I in one tile; out [T, I]): silu, gelu-tanh,

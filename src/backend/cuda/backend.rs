@@ -167,6 +167,9 @@ pub struct CudaBackend {
     /// A split decode's per-group counters (attention::split_counters_len i32), zeroed once
     /// here; the decode kernel leaves each at 0 after its launch.
     split_counters: CudaSlice<i32>,
+    /// The output norm's counter of finished CTAs (`GemvFuse::done`, one u32), zeroed once
+    /// here; every GEMV with an output norm leaves it at 0 (matmul.rs).
+    pub(super) norm_done: CudaSlice<u32>,
     uploaded: Cell<usize>,
     moe: moe::MoeState,
     prefill_path: Cell<PrefillPath>,
@@ -280,8 +283,13 @@ impl CudaBackend {
             .stream
             .alloc_zeros::<i32>(super::attention::split_counters_len(dev.info.num_sms))
             .context("allocating the split decode's counters")?;
+        let norm_done = dev
+            .stream
+            .alloc_zeros::<u32>(1)
+            .context("allocating the output norm's counter")?;
         Ok(CudaBackend {
             split_counters,
+            norm_done,
             fuse: Cell::new(fuse),
             fuse_out: Cell::new(fuse_out),
             gemm,
@@ -1170,7 +1178,7 @@ impl Backend for CudaBackend {
         input: MatIn<'_, CudaTensor, CudaTensor>,
         w: &CudaTensor,
         bias: Option<&CudaTensor>,
-        out: MatOut<'_, CudaTensor>,
+        out: MatOut<'_, CudaTensor, CudaTensor>,
     ) -> Result<()> {
         self.matmul_ex_impl(input, w, bias, out)
     }

@@ -119,6 +119,55 @@ impl GemvIn {
     }
 }
 
+/// The output norm of an add-to-out GEMV (`GemvFuse::norm_out`): the last CTA writes
+/// `rms_norm(out) * (offset + w)` of the new out into `out` (device addresses: the norm
+/// weight `[N]`, the norm's output `[T, N]`, the finished-CTA counter
+/// `CudaBackend::norm_done`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutNorm {
+    pub w: u64,
+    pub eps: f32,
+    pub offset: f32,
+    pub out: u64,
+    pub done: u64,
+}
+
+/// What a GEMV's epilogue does besides storing `x · wᵀ + bias` (`GemvFuse`'s output fields):
+/// add it to out (`add`, the residual add), then the output norm (`norm`, only with `add`);
+/// or write `act(gate) * up` of it (`act`, the act·mul output: w = gate|up, N even; not with
+/// `add`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GemvOut {
+    pub add: bool,
+    pub act: Option<Activation>,
+    pub norm: Option<OutNorm>,
+}
+
+impl GemvOut {
+    /// The kernels' `GemvFuse` for `input` and this output on a weight of `n` rows, or an
+    /// error naming the combination the kernels do not take.
+    pub fn fuse(self, input: GemvIn, n: usize) -> Result<GemvFuse> {
+        if self.act.is_some() && (self.add || n % 2 != 0) {
+            bail!("matmul: the GEMV's act·mul output needs an even N (gate|up, got {n}) and no add to out");
+        }
+        if self.norm.is_some() && (!self.add || matches!(input, GemvIn::Norm { .. })) {
+            bail!("matmul: the GEMV's output norm needs the add to out and no fused input norm ({input:?})");
+        }
+        let mut f = input.params(self.add);
+        f.out_act = self.act.map_or(0, |a| 1 + act_code(a));
+        if let Some(nm) = self.norm {
+            (f.norm_w, f.eps, f.norm_offset) = (nm.w, nm.eps, nm.offset);
+            (f.norm_out, f.done) = (nm.out, nm.done);
+        }
+        Ok(f)
+    }
+
+    /// Whether the epilogue does anything a cuBLASLt matmul cannot (its beta = 1 adds).
+    pub fn needs_gemv(&self) -> bool {
+        self.act.is_some() || self.norm.is_some()
+    }
+}
+
 /// An activation's `FLINT_GEMV_ACT_*` code (`GemvFuse::act`; `out_act` is one more).
 pub fn act_code(act: Activation) -> i32 {
     (match act {
@@ -512,10 +561,9 @@ impl Gemm {
 
     /// The dense matmul on the path [`dense_path`] picks. Shapes are checked by the caller
     /// (`CudaBackend::matmul_ex`): x holds t*k (t*2k for `ActMul`), w n*k, out t*n (t*n/2
-    /// with `out_act`) and bias n elements, t, n, k >= 1. `add`: out += x · wᵀ + bias.
-    /// `out_act`: out = act(gate) * up of the product (w = gate|up, n even; not with `add`).
-    /// A fused input or output needs the GEMV path (the caller materializes it otherwise:
-    /// `CudaBackend::matmul_ex`).
+    /// with an act·mul output) and bias n elements, t, n, k >= 1; `epi` says what the
+    /// epilogue does ([`GemvOut`]). A fused input or an act·mul / norm output needs the GEMV
+    /// path (the caller materializes it otherwise: `CudaBackend::matmul_ex`).
     #[allow(clippy::too_many_arguments)]
     pub fn dense(
         &self,
@@ -524,22 +572,22 @@ impl Gemm {
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
-        (add, out_act): (bool, Option<Activation>),
+        epi: GemvOut,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         match self.path(t, n, k) {
-            DensePath::Gemv => self.gemv(x, input, w, bias, out, (add, out_act), (t, n, k)),
+            DensePath::Gemv => self.gemv(x, input, w, bias, out, epi, (t, n, k)),
             DensePath::GemvTc if input == GemvIn::Plain => {
-                self.gemv_tc(x, w, bias, out, (add, out_act), (t, n, k))
+                self.gemv_tc(x, w, bias, out, epi, (t, n, k))
             }
             DensePath::GemvTc => {
                 bail!("matmul: a fused input ({input:?}) needs the CUDA-core GEMV; the tensor-core GEMV takes it materialized")
             }
-            DensePath::CublasLt if input == GemvIn::Plain && out_act.is_none() => {
-                self.run(x, w, bias, out, add, (t, n, k))
+            DensePath::CublasLt if input == GemvIn::Plain && !epi.needs_gemv() => {
+                self.run(x, w, bias, out, epi.add, (t, n, k))
             }
             DensePath::CublasLt => {
-                bail!("matmul: a fused input ({input:?}) or act·mul output ({out_act:?}) needs the GEMV path; cuBLASLt takes it materialized")
+                bail!("matmul: a fused input ({input:?}) or an act·mul / norm output ({epi:?}) needs the GEMV path; cuBLASLt takes it materialized")
             }
         }
     }
@@ -548,9 +596,10 @@ impl Gemm {
     /// output (`kernels/gemv/fuse.cuh`). With PDL on it loads its
     /// first pieces of `w` before waiting for the previous kernel (kernels/gemv.cu): `w` must
     /// be a weight, written by copies only, never by a kernel (true of every weight).
-    /// `out_act` (the act·mul output, `GemvFuse::out_act`): w is gate|up `[n, k]`, n even,
-    /// and out `[t, n / 2]` gets `act(gate) * up`, rounded as the plain GEMV and then
+    /// The act·mul output (`GemvOut::act`, `GemvFuse::out_act`): w is gate|up `[n, k]`, n
+    /// even, and out `[t, n / 2]` gets `act(gate) * up`, rounded as the plain GEMV and then
     /// `act_mul_bf16_*` store them; the grid stays `gemv_shape(n)` (8 outputs per CTA).
+    /// The output norm (`GemvOut::norm`): its out holds t rows of n.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv(
         &self,
@@ -559,17 +608,13 @@ impl Gemm {
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
-        (add, out_act): (bool, Option<Activation>),
+        epi: GemvOut,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         if !(1..=GEMV_MAX_TOKENS).contains(&t) || n == 0 || k == 0 {
             bail!("matmul: the GEMV takes 1..={GEMV_MAX_TOKENS} tokens and N, K >= 1, got [{t}, {k}] x [{n}, {k}]^T");
         }
-        if out_act.is_some() && (add || n % 2 != 0) {
-            bail!("matmul: the GEMV's act·mul output needs an even N (gate|up, got {n}) and no add to out");
-        }
-        let mut fuse = input.params(add);
-        fuse.out_act = out_act.map_or(0, |a| 1 + act_code(a));
+        let fuse = epi.fuse(input, n)?;
         let s = &self.stream;
         let p = GemvParams {
             x: dptr(x, s),
@@ -601,8 +646,8 @@ impl Gemm {
     }
 
     /// `gemv_tc_bf16` (1..=8 tokens, K a multiple of 32: [`dense_path`] checked), with the
-    /// residual add or the act·mul output in its epilogue (as [`Gemm::gemv`]'s). It takes
-    /// quant_gemv_tc's params: the weight in `qdata`, no scales.
+    /// residual add (and output norm) or the act·mul output in its epilogue (as
+    /// [`Gemm::gemv`]'s). It takes quant_gemv_tc's params: the weight in `qdata`, no scales.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_tc(
         &self,
@@ -610,19 +655,13 @@ impl Gemm {
         w: &CudaSlice<bf16>,
         bias: Option<&CudaSlice<bf16>>,
         out: &mut CudaSlice<bf16>,
-        (add, out_act): (bool, Option<Activation>),
+        epi: GemvOut,
         (t, n, k): (usize, usize, usize),
     ) -> Result<()> {
         if !(1..=GEMV_MAX_TOKENS).contains(&t) || n == 0 || k % 32 != 0 || k / 32 >= 1 << 16 {
             bail!("matmul: the tensor-core GEMV takes 1..={GEMV_MAX_TOKENS} tokens, N >= 1 and K a multiple of 32 (under 2^21), got [{t}, {k}] x [{n}, {k}]^T");
         }
-        if out_act.is_some() && (add || n % 2 != 0) {
-            bail!(
-                "matmul: the act·mul output needs an even N (gate|up, got {n}) and no add to out"
-            );
-        }
-        let mut fuse = GemvIn::Plain.params(add);
-        fuse.out_act = out_act.map_or(0, |a| 1 + act_code(a));
+        let fuse = epi.fuse(GemvIn::Plain, n)?;
         let s = &self.stream;
         let (xp, op) = (dptr(x, s), dptr(out, s));
         if xp % 16 != 0 {
@@ -649,7 +688,7 @@ impl Gemm {
         s.context()
             .bind_to_thread()
             .context("binding the CUDA context to this thread")?;
-        let shape = super::quant::tc_shape(n, out_act.is_some(), self.num_sms);
+        let shape = super::quant::tc_shape(n, epi.act.is_some(), self.num_sms);
         // SAFETY: p points into live buffers of the shapes the caller checked (x t rows of k,
         // 16-byte aligned; w [n, k] bf16, a 256-byte aligned allocation; out t rows of n, or
         // n / 2 with out_act); k is whole 32-column blocks.
@@ -781,7 +820,73 @@ mod tests {
             (act_code(Activation::Silu), act_code(Activation::Gelu)),
             (0, 2)
         );
-        assert_eq!(size_of::<GemvFuse>(), 32);
+        assert_eq!(size_of::<GemvFuse>(), 48);
+    }
+
+    /// The epilogue's fields: the output norm fills the norm fields, the output and the
+    /// counter; the act·mul output its code; the combinations the kernels do not take are
+    /// errors naming them.
+    #[test]
+    fn gemv_outputs_fill_the_kernel_params_or_say_why_not() {
+        let norm = OutNorm {
+            w: 0x1000,
+            eps: 1e-6,
+            offset: 1.0,
+            out: 0x2000,
+            done: 0x3000,
+        };
+        let add_norm = GemvOut {
+            add: true,
+            norm: Some(norm),
+            ..GemvOut::default()
+        };
+        let f = add_norm.fuse(GemvIn::Plain, 4096).unwrap();
+        assert_eq!((f.add_to_out, f.out_act, f.in_mode), (1, 0, 0));
+        assert_eq!(
+            (f.norm_w, f.eps, f.norm_offset, f.norm_out, f.done),
+            (0x1000, 1e-6, 1.0, 0x2000, 0x3000)
+        );
+        assert!(add_norm.needs_gemv());
+        // The act·mul input (down with FLINT_FUSE=1 FLINT_FUSE_OUT=1) takes it too.
+        let f = add_norm
+            .fuse(GemvIn::ActMul(Activation::Silu), 4096)
+            .unwrap();
+        assert_eq!(
+            (f.in_mode, f.norm_out),
+            (params::FLINT_GEMV_IN_ACT_MUL as i32, 0x2000)
+        );
+        let e = add_norm
+            .fuse(
+                GemvIn::Norm {
+                    w: 1,
+                    eps: 1e-5,
+                    offset: 0.0,
+                },
+                4096,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output norm") && e.contains("input norm"), "{e}");
+        let no_add = GemvOut {
+            norm: Some(norm),
+            ..GemvOut::default()
+        };
+        let e = no_add.fuse(GemvIn::Plain, 64).unwrap_err().to_string();
+        assert!(e.contains("needs the add to out"), "{e}");
+        let act = GemvOut {
+            act: Some(Activation::Gelu),
+            ..GemvOut::default()
+        };
+        assert_eq!(act.fuse(GemvIn::Plain, 64).unwrap().out_act, 1 + 2);
+        let e = act.fuse(GemvIn::Plain, 63).unwrap_err().to_string();
+        assert!(e.contains("even N"), "{e}");
+        let plain = GemvOut {
+            add: true,
+            ..GemvOut::default()
+        };
+        assert!(!plain.needs_gemv());
+        let f = plain.fuse(GemvIn::Plain, 63).unwrap();
+        assert_eq!((f.add_to_out, f.norm_out, f.done), (1, 0, 0));
     }
 
     #[test]
@@ -857,7 +962,7 @@ mod tests {
         assert_eq!(gemv_shape(128_256).0 .0, 8016);
         // Past 65535 CTAs the kernel's grid-stride loop covers the rest.
         assert_eq!(gemv_shape(65_535 * 16 + 1).0 .0, 65_535);
-        assert_eq!(size_of::<GemvParams>(), 80);
+        assert_eq!(size_of::<GemvParams>(), 96);
     }
 
     #[test]

@@ -9,14 +9,17 @@
 //! dense GEMV's epilogue where the bf16 weight takes the GEMV, or the tensor-core quantized
 //! GEMV's, and `FLINT_FUSE_OUT` is on (the default, [`FUSE_OUT_DEFAULT`]); elsewhere
 //! (cuBLASLt, the other quantized paths, switched off) the product goes to the scratch and
-//! `act_mul_bf16_*` runs after it. UNVERIFIED on a GPU.
+//! `act_mul_bf16_*` runs after it. UNVERIFIED on a GPU. The output norm (`MatOut::AddToNorm`,
+//! the o and down matmuls writing the next pre-norm too) is the last CTA's work in the same
+//! GEMVs under the same switch (`fuses_norm_out`); elsewhere `rms_norm_bf16` runs after the
+//! add. UNVERIFIED on a GPU as well.
 //! On an H200 (2026-11-28) the fused GEMVs matched the CPU and their unfused twins (bf16 at
 //! 1, 2 and 8 tokens, the quantized formats at 1) but ran the decode 5-6.5% slower, so fusion
 //! is off unless asked for ([`FUSE_DEFAULT`]).
 
-use super::super::gemm::{DensePath, GemvIn};
+use super::super::gemm::{DensePath, GemvIn, GemvOut, OutNorm};
 use super::{CudaBackend, CudaTensor};
-use crate::backend::{unfused_act_mul_out, unfused_input, MatIn, MatOut};
+use crate::backend::{unfused_act_mul_out, unfused_add_norm, unfused_input, MatIn, MatOut};
 use anyhow::{bail, Result};
 
 /// The environment variable that turns the fused GEMV inputs and decode attention's fused
@@ -43,18 +46,21 @@ pub fn parse_fuse(v: &str) -> Result<bool> {
     }
 }
 
-/// The environment variable that turns the fused act·mul output (`MatOut::ActMul` in the
-/// dense GEMV's epilogue: the gate|up GEMV writes `act(gate) * up`, no `act_mul_bf16_*` kernel
-/// runs) on (`1`, the default) or off (`0`), read once when a `CudaBackend` starts. Apart from
-/// `FLINT_FUSE` (the inputs).
+/// The environment variable that turns the fused outputs on (`1`, the default) or off (`0`),
+/// read once when a `CudaBackend` starts: the act·mul output (`MatOut::ActMul` in the GEMV's
+/// epilogue: the gate|up GEMV writes `act(gate) * up`, no `act_mul_bf16_*` kernel runs) and
+/// the output norm (`MatOut::AddToNorm`: the o / down GEMV's last CTA writes the next
+/// pre-norm, no `rms_norm_bf16` kernel runs). Apart from `FLINT_FUSE` (the inputs).
 pub const FUSE_OUT_ENV: &str = "FLINT_FUSE_OUT";
 
-/// Whether a backend starts with the fused act·mul output when `FLINT_FUSE_OUT` is unset:
-/// yes. UNVERIFIED on a GPU: it compiles (0 spills) and its host emulation matches the unfused
-/// path bit for bit (tests/fused_gemv_emulation); the predicted saving is one `act_mul` kernel
-/// per layer of a one-token decode, ~3 µs each in a graph, ~0.1 ms of the 4.68 ms batch-1
-/// Llama-3-8B step on an H200. Unlike the fused inputs it adds no work before the first
-/// product (only the epilogue's one activation per output).
+/// Whether a backend starts with the fused outputs when `FLINT_FUSE_OUT` is unset: yes.
+/// UNVERIFIED on a GPU: they compile (0 spills) and their host emulations match the unfused
+/// path bit for bit (tests/fused_gemv_emulation, tests/quant_mma_emulation); the predicted
+/// saving is the `act_mul` kernel and both `rms_norm` kernels of a one-token decode layer,
+/// ~2-3 µs each in a graph, ~0.2-0.3 ms of the 4.68 ms batch-1 Llama-3-8B step on an H200
+/// (bench/NOTES.md, predictions 22 and 25). Unlike the fused inputs they add no work before
+/// the first product: the act·mul is one activation per output in the epilogue, the norm the
+/// last CTA's work after its own rows (what the norm kernel did, without its launch).
 pub const FUSE_OUT_DEFAULT: bool = true;
 
 /// `FLINT_FUSE_OUT`'s value: `0` or `1` (empty: the default, [`FUSE_OUT_DEFAULT`]); anything
@@ -64,7 +70,7 @@ pub fn parse_fuse_out(v: &str) -> Result<bool> {
         "" => Ok(FUSE_OUT_DEFAULT),
         "1" => Ok(true),
         "0" => Ok(false),
-        other => bail!("{FUSE_OUT_ENV}={other:?}: expected 1 (act(gate) * up in the gate|up GEMV's epilogue, the default) or 0 (an act_mul kernel after it)"),
+        other => bail!("{FUSE_OUT_ENV}={other:?}: expected 1 (act(gate) * up and the next pre-norm in the GEMVs' epilogues, the default) or 0 (act_mul and rms_norm kernels after them)"),
     }
 }
 
@@ -75,8 +81,15 @@ impl CudaBackend {
     /// Quantized weights do where they take the tensor-core GEMV (`quant::QuantPath::GemvTc`,
     /// kernels/quant_gemv_tc.cu; UNVERIFIED on a GPU).
     pub fn fuses_act_out(&self, w: &CudaTensor, tokens: usize) -> bool {
+        w.rows % 2 == 0 && self.fuses_norm_out(w, tokens)
+    }
+
+    /// Whether a `[tokens, k] x w^T` matmul into `MatOut::AddToNorm` computes the norm in the
+    /// GEMV's epilogue now (the last CTA: `GemvFuse::norm_out`; else `AddTo`, then
+    /// `rms_norm_bf16`): where the act·mul output would be (`fuses_act_out`'s paths and
+    /// switch, `FLINT_FUSE_OUT`), any N.
+    pub fn fuses_norm_out(&self, w: &CudaTensor, tokens: usize) -> bool {
         self.fuse_out.get()
-            && w.rows % 2 == 0
             && match &w.quant {
                 Some(q) => {
                     self.quant_kernels().path(q.layout(), tokens)
@@ -106,7 +119,7 @@ impl CudaBackend {
         input: MatIn<'_, CudaTensor, CudaTensor>,
         w: &CudaTensor,
         bias: Option<&CudaTensor>,
-        out: MatOut<'_, CudaTensor>,
+        out: MatOut<'_, CudaTensor, CudaTensor>,
     ) -> Result<()> {
         let (kk, n) = (w.cols, w.rows);
         // x's rows and columns, checked against the weight (ActMul: gate|up, twice K).
@@ -131,25 +144,63 @@ impl CudaBackend {
                 bail!("matmul_ex: bias has {} values for {n} outputs", b.len());
             }
         }
-        let (out, add, out_act) = match out {
-            MatOut::Write(o) => (o, false, None),
-            MatOut::AddTo(o) => (o, true, None),
+        let fused_in = self.fuses_input(w, rows);
+        let (out, mut epi, norm_out) = match out {
+            MatOut::Write(o) => (o, GemvOut::default(), None),
+            MatOut::AddTo(o) => (
+                o,
+                GemvOut {
+                    add: true,
+                    ..GemvOut::default()
+                },
+                None,
+            ),
             MatOut::ActMul { out, act, scratch } => {
                 if !self.fuses_act_out(w, rows) {
                     // The product into the scratch, then act_mul (each checks its shapes).
                     return unfused_act_mul_out(self, input, w, bias, (out, act, scratch));
                 }
-                (out, false, Some(act))
+                let epi = GemvOut {
+                    act: Some(act),
+                    ..GemvOut::default()
+                };
+                (out, epi, None)
+            }
+            MatOut::AddToNorm {
+                out,
+                w: nw,
+                eps,
+                offset,
+                h,
+            } => {
+                // Not with a fused input norm (the kernels' one set of norm fields).
+                let fused_norm_in = fused_in && matches!(input, MatIn::Norm { .. });
+                if !self.fuses_norm_out(w, rows) || fused_norm_in {
+                    // AddTo, then rms_norm (each checks its shapes).
+                    let out = (out, nw, eps, offset, h);
+                    return unfused_add_norm(self, input, w, bias, out);
+                }
+                if nw.len() != n {
+                    bail!(
+                        "matmul_ex: output norm weight has {} values for N = {n}",
+                        nw.len()
+                    );
+                }
+                let epi = GemvOut {
+                    add: true,
+                    ..GemvOut::default()
+                };
+                (out, epi, Some((nw, eps, offset, h)))
             }
         };
-        let out_cols = if out_act.is_some() { n / 2 } else { n };
+        let out_cols = if epi.act.is_some() { n / 2 } else { n };
         if out.cols != out_cols {
             bail!(
                 "matmul_ex: weight [{n}, {kk}], output has {} columns (expected {out_cols})",
                 out.cols
             );
         }
-        if add {
+        if epi.add {
             if out.rows != rows {
                 bail!(
                     "matmul_ex: adding [{rows}, {n}] to an output of {} rows",
@@ -166,7 +217,23 @@ impl CudaBackend {
             // cuBLASLt rejects K = 0; the product is the bias (or zeros).
             bail!("matmul: weight has no input features");
         }
-        let fused = self.fuses_input(w, rows);
+        if let Some((nw, eps, offset, h)) = norm_out {
+            h.set_rows(rows, "matmul (output norm)")?;
+            if h.cols != n {
+                bail!(
+                    "matmul_ex: the output norm's h has {} columns for N = {n}",
+                    h.cols
+                );
+            }
+            epi.norm = Some(OutNorm {
+                w: self.ptr(&nw.buf),
+                eps,
+                offset,
+                out: self.ptr(&h.buf),
+                done: self.ptr(&self.norm_done),
+            });
+        }
+        let fused = fused_in;
         // The GEMV's input mode, and the tensor it reads (materialized when not fused; the
         // materializing ops do their own replay check).
         let (x, mode): (&CudaTensor, GemvIn) = match input {
@@ -193,7 +260,7 @@ impl CudaBackend {
         }
         if let Some(q) = &w.quant {
             // out_act only where fuses_act_out chose the tensor-core GEMV.
-            return super::super::quant::matmul(self, x, mode, rows, q, bias, out, (add, out_act));
+            return super::super::quant::matmul(self, x, mode, rows, q, bias, out, epi);
         }
         self.gemm.dense(
             &x.buf,
@@ -201,7 +268,7 @@ impl CudaBackend {
             &w.buf,
             bias.map(|b| &b.buf),
             &mut out.buf,
-            (add, out_act),
+            epi,
             (rows, n, kk),
         )
     }

@@ -30,10 +30,9 @@
 
 use super::backend::{CudaBackend, CudaTensor};
 use super::device::Device;
-use super::gemm::{act_code, GemvIn};
+use super::gemm::{GemvIn, GemvOut};
 use super::kernels::{i32_of, launch, launch_raw, Dim3, LaunchStream};
 use super::params::{self, MoeQuantWeight, QuantGemvParams, QuantMmaParams};
-use crate::config::Activation;
 use crate::weights::names;
 use crate::weights::quant::{Fp8Scale, QuantScheme, QuantWeight};
 use anyhow::{bail, Context, Result};
@@ -808,10 +807,11 @@ pub fn mma_shape(n: usize, splits: usize) -> (Dim3, Dim3) {
 
 /// `matmul_ex` with a quantized weight: shapes were checked by the caller, `out` has its rows
 /// set (to x's with `add`). x holds `t` rows of k values (2k for `GemvIn::ActMul`). A fused
-/// input needs the GEMV path ([`is_gemv`]; the caller materializes it otherwise). `add`: out
-/// += x · wᵀ + bias (the GEMV's epilogue, or cuBLASLt's beta = 1). `out_act`: out [t, n / 2]
-/// = act(gate) * up of the product, the tensor-core GEMV's epilogue (the caller checked that
-/// the weight takes it at `t` rows: `CudaBackend::fuses_act_out`; not with `add`).
+/// input needs the GEMV path ([`is_gemv`]; the caller materializes it otherwise). `epi.add`:
+/// out += x · wᵀ + bias (the GEMV's epilogue, or cuBLASLt's beta = 1). `epi.act`: out
+/// [t, n / 2] = act(gate) * up of the product, and `epi.norm`: the output norm, both the
+/// tensor-core GEMV's epilogue only (the caller checked that the weight takes it at `t` rows:
+/// `CudaBackend::fuses_act_out`, `fuses_norm_out`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     be: &CudaBackend,
@@ -821,8 +821,9 @@ pub fn matmul(
     q: &QuantDev,
     bias: Option<&CudaTensor>,
     out: &mut CudaTensor,
-    (add, out_act): (bool, Option<Activation>),
+    epi: GemvOut,
 ) -> Result<()> {
+    let add = epi.add;
     let l = &q.layout;
     let x_cols = if matches!(input, GemvIn::ActMul(_)) {
         2 * l.k
@@ -859,11 +860,11 @@ pub fn matmul(
         }
         return gemm_pass(path, be, qk, l, &p, t, add, stream);
     }
-    if let Some(act) = out_act {
-        if path != QuantPath::GemvTc || add || l.n % 2 != 0 || p.x % 16 != 0 {
-            bail!("quant matmul: the act·mul output ({act:?}) needs the tensor-core GEMV, an even N, no add and an aligned x (path {path:?}, n {})", l.n);
+    if epi.needs_gemv() {
+        if path != QuantPath::GemvTc || p.x % 16 != 0 {
+            bail!("quant matmul: an act·mul or norm output ({epi:?}) needs the tensor-core GEMV and an aligned x (path {path:?}, n {})", l.n);
         }
-        p.fuse.out_act = 1 + act_code(act);
+        p.fuse = epi.fuse(input, l.n)?;
     }
     // quant_gemv_tc reads x with 16-byte loads (k is a multiple of 64, so every token row is
     // aligned when x is); an unaligned view takes the CUDA-core GEMV (or the mma, in passes).
@@ -885,7 +886,7 @@ pub fn matmul(
             launch(
                 TC_NAMES[fi],
                 qk.gemv_tc[fi],
-                tc_shape(l.n, out_act.is_some(), qk.num_sms),
+                tc_shape(l.n, epi.act.is_some(), qk.num_sms),
                 stream,
                 &p,
             )
@@ -1590,7 +1591,7 @@ mod tests {
             3072
         );
         // quant/params.h's FLINT_ASSERT_SIZE (with the GemvFuse of gemv/params.h).
-        assert_eq!(size_of::<QuantGemvParams>(), 120);
+        assert_eq!(size_of::<QuantGemvParams>(), 136);
         assert_eq!(size_of::<QuantMmaParams>(), 104);
         assert_eq!(mma_shape(4096, 8), ((64, 8, 1), (128, 1, 1)));
         assert_eq!(mma_shape(100, 1).0, (2, 1, 1));
