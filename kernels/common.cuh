@@ -7,7 +7,7 @@
 // - Everything else lives in `namespace flint::<file stem>`: the compute_80 PTX is built from
 //   one translation unit that #includes every .cu, so file-local names must not collide.
 // - Storage is bf16, math is f32. Minimum arch sm_80 (native bf16 conversions).
-// - Programmatic dependent launch (PDL, sm_90+; the host turns it on with FLINT_PDL=1, see
+// - Programmatic dependent launch (PDL, sm_90+; on by default where it can run, FLINT_PDL=0 off; see
 //   launch_raw in src/backend/cuda/kernels.rs): a kernel launched with it may be scheduled
 //   while the kernel before it on the stream is still running, so EVERY __global__ kernel
 //   calls flint_pdl_wait() in every thread before it reads anything an earlier kernel may

@@ -318,8 +318,9 @@ step bench_ops 110 "$flint" bench-ops -o json --budget-s 90 --case-s 0.25
 # One model load for every end-to-end case: pp2048 is the TTFT row, tg128 b1/b32 the decode
 # rows. CSV: each row is printed when it completes, so a timeout keeps the finished ones.
 pdl="$(pdl_flag)"
-# --unfused: the tg+graphs rows again with the norms and act·mul as kernels of their own
-# (what fusing them into the GEMVs saves, same load, same card).
+# --unfused: the tg+graphs rows again with the fused inputs off (FLINT_FUSE=0, the default:
+# the norms and act·mul staged by kernels of their own or, FLINT_FUSE_OUT=1, written by the
+# GEMVs' epilogues), with PDL off and on: tg128+graphs+pdl+unfused is the default decode.
 step bench 135 "$flint" bench --device cuda -m synthetic:llama-3-8b -p 512,2048 -n 128 -b 1,32 -r 3 -o csv --cuda-graphs $pdl --unfused
 # Issue 4: one Mixtral MoE layer at 1..4096 tokens beside a per-expert cuBLAS loop and the
 # dense-equivalent GEMM (CSV, so a timeout keeps the finished rows).

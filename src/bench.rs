@@ -31,7 +31,8 @@ pub struct BenchOptions {
     pub pdl: bool,
     /// Also run every tg+graphs test (every tg test without `cuda_graphs`) with the fused
     /// GEMV inputs off (`Backend::set_fuse(false)`: the norms and act·mul as kernels of their
-    /// own), as a row `tg<n>+graphs+unfused` beside it: what the fusion saves, same run.
+    /// own), as a row `tg<n>+graphs+unfused` beside it (and `tg<n>+graphs+pdl+unfused` with
+    /// `pdl`): what the fusion saves, same run.
     /// The act·mul output of the gate|up GEMV (`FLINT_FUSE_OUT`, `Backend::set_fuse_out`) is
     /// not switched here: compare it with `FLINT_FUSE_OUT=0` in a second run.
     pub unfused: bool,
@@ -206,7 +207,8 @@ type BenchCase = (String, usize, usize, usize, usize, bool, bool, bool);
 
 /// The tests of `opt`, in the order they run: per depth, the pp tests, then per batch and
 /// tg length `tg`, `tg+pdl`, `tg+graphs`, `tg+graphs+pdl` (as the options ask), and with
-/// `unfused` a `+unfused` twin right after the last tg row that has PDL off.
+/// `unfused` `+unfused` twins of the last (graphs) rows right after them, PDL off, then on
+/// with `pdl`.
 fn bench_cases(opt: &BenchOptions) -> Vec<BenchCase> {
     let mut cases = Vec::new();
     let pdl = if opt.pdl {
@@ -236,9 +238,17 @@ fn bench_cases(opt: &BenchOptions) -> Vec<BenchCase> {
                     }
                 }
                 if opt.unfused {
+                    // The unfused twin of the last tg row, with PDL off and (with --pdl) on:
+                    // the default decode is unfused, with PDL where the device can.
                     let g = opt.cuda_graphs;
-                    let name = format!("tg{n}{}+unfused", if g { "+graphs" } else { "" });
-                    cases.push((name, b, d, 0, n, g, false, false));
+                    for &on in pdl {
+                        let name = format!(
+                            "tg{n}{}{}+unfused",
+                            if g { "+graphs" } else { "" },
+                            if on { "+pdl" } else { "" }
+                        );
+                        cases.push((name, b, d, 0, n, g, on, false));
+                    }
                 }
             }
         }
@@ -415,19 +425,21 @@ mod tests {
         let mut o = opt(true, true);
         o.unfused = true;
         assert_eq!(
-            names(&o)[1..6],
+            names(&o)[1..7],
             [
                 "tg128 b1",
                 "tg128+pdl b1",
                 "tg128+graphs b1",
                 "tg128+graphs+pdl b1",
                 "tg128+graphs+unfused b1",
+                "tg128+graphs+pdl+unfused b1",
             ]
         );
         for (name, _, _, _, _, graphs, pdl, fused) in bench_cases(&o) {
             assert_eq!(name.contains("+unfused"), !fused, "{name}");
+            assert_eq!(name.contains("+pdl"), pdl, "{name}");
             if !fused {
-                assert!(graphs && !pdl, "{name}");
+                assert!(graphs, "{name}");
             }
         }
         let mut eager = opt(false, false);

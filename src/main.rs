@@ -210,13 +210,14 @@ enum Cmd {
         cuda_graphs: bool,
         /// Also run each tg test (and tg+graphs test) with programmatic dependent launch on
         /// (rows `tg<n>+pdl`, `tg<n>+graphs+pdl`; the other rows run with it off). CUDA on
-        /// sm_90+ only: an error elsewhere. FLINT_PDL=1 turns it on for every launch instead.
+        /// sm_90+ only: an error elsewhere. Without it every row runs FLINT_PDL's setting (on
+        /// where the device can, unless FLINT_PDL=0).
         #[arg(long)]
         pdl: bool,
         /// Run each tg+graphs test (each tg test without --cuda-graphs) twice: with the norms
         /// and act·mul inside the GEMVs (the plain rows) and as kernels of their own (row
-        /// `tg<n>+graphs+unfused`; CUDA only). Without it every row runs FLINT_FUSE's
-        /// setting (unfused unless FLINT_FUSE=1).
+        /// `tg<n>+graphs+unfused`, and with --pdl also `tg<n>+graphs+pdl+unfused`; CUDA only).
+        /// Without it every row runs FLINT_FUSE's setting (unfused unless FLINT_FUSE=1).
         #[arg(long)]
         unfused: bool,
     },
