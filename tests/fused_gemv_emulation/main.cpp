@@ -233,6 +233,19 @@ static void run(const Case &c, std::mt19937 &g) {
     check(err < 1e-2 && bad == 0 && ne <= ne_max, name);
 }
 
+// gemv.cu's params for x [T, *] and w [N, K] (uploaded here) and a bias (or null); fuse zero.
+static GemvParams dense_params(const std::vector<float> &x, const std::vector<float> &w, const bf16 *bias, int T, int N,
+                               int K) {
+    GemvParams p{};
+    p.x = upload(x);
+    p.w = upload(w);
+    p.bias = bias;
+    p.num_tokens = T;
+    p.n = N;
+    p.k = K;
+    return p;
+}
+
 // The dense GEMV's act·mul output (GemvFuse::out_act = 1 + act): w = gate|up [2I, K], each
 // warp a gate row m and its up row m + I, out[T, I]. Checked bit for bit against the unfused
 // path on this same emulation: the plain (or norm-input) GEMV into gate|up [T, 2I], then
@@ -251,14 +264,7 @@ static void run_act_out(Mode mode, int act, int T, int I, int K, bool bias, unsi
     const auto x = randn(g, static_cast<size_t>(T) * K, 1.0f);
     auto nw = randn(g, K, 0.3f);
     for (auto &v : nw) v = rbf(v + 1.0f);
-    const auto b = randn(g, N, 0.5f);
-    GemvParams p{};
-    p.x = upload(x);
-    p.w = upload(w);
-    p.bias = bias ? upload(b) : nullptr;
-    p.num_tokens = T;
-    p.n = N;
-    p.k = K;
+    GemvParams p = dense_params(x, w, bias ? upload(randn(g, N, 0.5f)) : nullptr, T, N, K);
     p.fuse.in_mode = mode;
     p.fuse.norm_w = mode == NORM ? upload(nw) : nullptr;
     p.fuse.eps = 1e-5f;
@@ -300,14 +306,7 @@ static void run_norm_out(Mode mode, int T, int N, int K, bool bias, unsigned gri
     const int x_cols = mode == ACT ? 2 * K : K;
     const auto w = randn(g, static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)));
     const auto x = randn(g, static_cast<size_t>(T) * x_cols, 1.0f);
-    const auto b = randn(g, N, 0.5f);
-    GemvParams p{};
-    p.x = upload(x);
-    p.w = upload(w);
-    p.bias = bias ? upload(b) : nullptr;
-    p.num_tokens = T;
-    p.n = N;
-    p.k = K;
+    GemvParams p = dense_params(x, w, bias ? upload(randn(g, N, 0.5f)) : nullptr, T, N, K);
     GemvFuse base{};
     base.in_mode = mode;
     const unsigned ctas = grid ? grid : static_cast<unsigned>((N + 15) / 16);
